@@ -269,12 +269,13 @@ impl<R: Read> Decoder<R> {
     }
 }
 
-/// A corrupt compressed stream is `InvalidData`; anything else came from the reader itself.
+/// A corrupt compressed stream is `InvalidData`, a cut-off one `UnexpectedEof`; anything else
+/// came from the reader itself.
 fn lz4_error(raw_offset: u64, e: io::Error) -> LtxError {
-    if e.kind() == io::ErrorKind::InvalidData {
-        LtxError::Lz4 { raw_offset, source: e }
-    } else {
-        LtxError::Io { offset: raw_offset, source: e }
+    match e.kind() {
+        io::ErrorKind::InvalidData => LtxError::Lz4 { raw_offset, source: e },
+        io::ErrorKind::UnexpectedEof => LtxError::TruncatedCompressed { raw_offset },
+        _ => LtxError::Io { offset: raw_offset, source: e },
     }
 }
 

@@ -100,6 +100,12 @@ pub enum LtxError {
         /// How many were there.
         got: usize,
     },
+    /// The file ended inside the LZ4 frame that holds the page section.
+    #[error("file truncated inside the LZ4 page section at file offset {raw_offset}")]
+    TruncatedCompressed {
+        /// Offset in the stored file where the frame's current block started.
+        raw_offset: u64,
+    },
     /// The header is invalid.
     #[error("invalid header: {0}")]
     Header(#[from] HeaderError),
