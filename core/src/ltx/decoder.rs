@@ -273,9 +273,25 @@ impl<R: Read> Decoder<R> {
 /// came from the reader itself.
 fn lz4_error(raw_offset: u64, e: io::Error) -> LtxError {
     match e.kind() {
-        io::ErrorKind::InvalidData => LtxError::Lz4 { raw_offset, source: e },
+        io::ErrorKind::InvalidData => LtxError::Lz4 { raw_offset, detail: describe_lz4(&e) },
         io::ErrorKind::UnexpectedEof => LtxError::TruncatedCompressed { raw_offset },
         _ => LtxError::Io { offset: raw_offset, source: e },
+    }
+}
+
+/// A short human description of what the LZ4 frame decoder found wrong.
+fn describe_lz4(e: &io::Error) -> String {
+    use lz4_flex::frame::Error as F;
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<F>()) {
+        Some(F::ContentChecksumError) => "content checksum mismatch".into(),
+        Some(F::HeaderChecksumError) => "frame header checksum mismatch".into(),
+        Some(F::BlockChecksumError) => "block checksum mismatch".into(),
+        Some(F::WrongMagicNumber) => "not an LZ4 frame (bad magic)".into(),
+        Some(F::BlockTooBig) => "block larger than the frame's block size".into(),
+        Some(F::InvalidBlockInfo) => "malformed block header".into(),
+        Some(F::DecompressionError(d)) => format!("block does not decompress: {d}"),
+        Some(other) => format!("{other:?}"),
+        None => e.to_string(),
     }
 }
 

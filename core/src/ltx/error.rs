@@ -110,13 +110,12 @@ pub enum LtxError {
     #[error("invalid header: {0}")]
     Header(#[from] HeaderError),
     /// The LZ4 frame holding the page section is corrupt.
-    #[error("corrupt LZ4 page section at file offset {raw_offset}: {source}")]
+    #[error("corrupt LZ4 page section at file offset {raw_offset}: {detail}")]
     Lz4 {
-        /// Offset in the stored (compressed) file.
+        /// Offset in the stored (compressed) file where the bad block or frame part starts.
         raw_offset: u64,
-        /// What the LZ4 decoder said.
-        #[source]
-        source: io::Error,
+        /// What the LZ4 decoder found wrong.
+        detail: String,
     },
     /// The LZ4 frame holds bytes after the end-of-pages marker.
     #[error("LZ4 page section has data after the end-of-pages marker at offset {offset}")]
