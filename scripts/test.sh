@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every check and test replite has, on a fresh Debian machine with Rust installed:
+# installs the system packages the tests need, then formatting, lints and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages the tests use: FUSE for real mounts, etcd for lease tests, protoc for the
+# etcd client build, sqlite3 for hand checks. Installed only when missing.
+packages=(fuse3 etcd-server protobuf-compiler sqlite3)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# In CI the LiteFS fixtures in ../shared must be there; locally a missing shared/ is a skip.
+if [ "${CI:-}" = "true" ]; then export REPLITE_REQUIRE_FIXTURES=1; fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
