@@ -1,6 +1,7 @@
 //! `replite`: the command-line tool and (in later issues) the daemon.
 
 mod args;
+mod config;
 mod db_file;
 mod ltx_cmd;
 mod timefmt;
@@ -22,6 +23,12 @@ enum Command {
     /// Inspect, verify, build and apply LTX files.
     #[command(subcommand)]
     Ltx(ltx_cmd::LtxCommand),
+    /// Check a config file (LiteFS's keys and replite's) and say where it was found.
+    ConfigCheck {
+        /// Config file; default: replite.yml or litefs.yml in ., $HOME, then /etc.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -32,6 +39,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args::normalize(std::env::args_os()));
     let result = match cli.command {
         Command::Ltx(cmd) => cmd.run(),
+        Command::ConfigCheck { config } => config_check(config.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -40,4 +48,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn config_check(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let (config, found) = config::Config::load(path)?;
+    println!("{}: ok (lease: {}, fuse.dir: {})", found.display(), config.lease.kind, config.fuse.dir.display());
+    Ok(ExitCode::SUCCESS)
 }
