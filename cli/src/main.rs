@@ -1,7 +1,6 @@
 //! `replite`: the command-line tool and (in later issues) the daemon.
 
 mod args;
-mod config;
 mod db_file;
 mod ltx_cmd;
 mod timefmt;
@@ -51,7 +50,7 @@ fn main() -> ExitCode {
 }
 
 fn config_check(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
-    let (config, found) = config::Config::load(path)?;
+    let (config, found) = replite::config::Config::load(path)?;
     println!("{}: ok (lease: {}, fuse.dir: {})", found.display(), config.lease.kind, config.fuse.dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,7 @@
+//! replite's daemon-side library: configuration, lease backends and (in later modules) the
+//! tokio driver that owns a core `Node` and carries out its outputs. The `replite` binary is a
+//! thin command-line front over it. Unit tests sit beside the code; tests that start real
+//! processes (etcd, several daemons) are in `cli/tests/`.
+
+pub mod config;
+pub mod lease;

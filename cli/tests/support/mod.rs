@@ -1,0 +1,4 @@
+//! Shared helpers for the cli crate's integration tests.
+#![allow(dead_code)]
+
+pub mod etcd;
