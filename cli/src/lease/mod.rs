@@ -2,6 +2,7 @@
 //! only talks to its store and reports what happened; when to acquire, renew or give up is
 //! decided by the core `Node`.
 
+mod consul;
 mod etcd;
 mod record;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 use replite_core::Epoch;
 use thiserror::Error;
 
+pub use consul::ConsulLeaser;
 pub use etcd::EtcdLeaser;
 pub use record::LeaseRecord;
 

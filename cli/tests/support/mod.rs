@@ -1,4 +1,5 @@
 //! Shared helpers for the cli crate's integration tests.
 #![allow(dead_code)]
 
+pub mod consul;
 pub mod etcd;
