@@ -5,6 +5,7 @@
 mod consul;
 mod etcd;
 mod record;
+mod static_lease;
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use thiserror::Error;
 pub use consul::ConsulLeaser;
 pub use etcd::EtcdLeaser;
 pub use record::LeaseRecord;
+pub use static_lease::{STATIC_EPOCH, StaticLeaser};
 
 /// What an attempt to take the lease found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,4 +62,23 @@ pub enum LeaseError {
         /// The epoch asked about.
         epoch: Epoch,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use replite_core::NodeId;
+
+    #[test]
+    fn static_primary_holds_epoch_one_and_followers_see_it() {
+        let primary =
+            LeaseRecord { hostname: "p".into(), advertise_url: "http://p:20202".into(), node_id: Some(NodeId(1)) };
+        let mut on_primary = StaticLeaser::new(true, primary.clone());
+        assert!(matches!(on_primary.acquire(), AcquireOutcome::Acquired { epoch: STATIC_EPOCH, .. }));
+        assert!(on_primary.renew(STATIC_EPOCH).expect("held"));
+        let mut on_replica = StaticLeaser::new(false, primary.clone());
+        assert_eq!(on_replica.acquire(), AcquireOutcome::Held { holder: primary.clone(), epoch: STATIC_EPOCH });
+        assert!(on_replica.renew(STATIC_EPOCH).is_err());
+        assert_eq!(on_replica.observe(), Some((primary, STATIC_EPOCH)));
+    }
 }
