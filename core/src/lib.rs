@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod ltx;
+pub mod stream;
 pub mod types;
 
 pub use types::{Checksum, Epoch, NodeId, PageSize, ParseError, Pgno, Pos, TxId};
