@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod ltx;
+pub mod node;
 pub mod stream;
 pub mod types;
 

@@ -11,7 +11,7 @@ mod frame;
 mod name;
 mod posmap;
 
-pub use chunk::{Chunk, MAX_CHUNK_SIZE, decode_chunk, encode_chunks};
+pub use chunk::{Chunk, MAX_CHUNK_SIZE, decode_chunk, encode_chunks, encode_ltx_message};
 pub use decoder::{MAX_LTX_PAYLOAD_BYTES, StreamDecoder, StreamEvent};
 pub use error::FrameError;
 pub use frame::{
