@@ -1,1 +1,289 @@
-//! placeholder
+//! replite-sim-tests: workloads for the simulator and the invariants checked after every
+//! event. `tests/` runs many seeds; `REPLITE_SIM_SEEDS=N` runs more, `REPLITE_SIM_SEED=S`
+//! replays one. A failure names the seed, the replay command and the last events.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use replite_core::node::{Faults, Role, SyncPolicy};
+use replite_core::{Epoch, Pos, TxId};
+use replite_sim::{Fact, Sim, SimConfig, Via};
+
+/// Quiet time after faults stop within which every node must converge.
+pub const CONVERGE_MS: u64 = 15_000;
+
+/// The workload shape a seed runs: rotates through modes so every mode gets many seeds.
+#[must_use]
+pub fn config_for_seed(seed: u64, node_faults: Faults) -> SimConfig {
+    let mut cfg = SimConfig { node_faults, faults_until_ms: 20_000, ..SimConfig::default() };
+    match seed % 4 {
+        0 => {
+            // Asynchronous, a non-candidate replica.
+            cfg.nodes = 3;
+            cfg.candidates = 2;
+        }
+        1 => {
+            cfg.sync = Some(SyncPolicy::Block);
+        }
+        2 => {
+            cfg.nodes = 4;
+            cfg.candidates = 3;
+            cfg.async_window_ms = Some(1_500);
+        }
+        _ => {
+            cfg.sync = Some(SyncPolicy::Degrade);
+        }
+    }
+    cfg
+}
+
+/// What one seed did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    /// Events processed.
+    pub events: u64,
+    /// Commits acknowledged.
+    pub acked: u64,
+    /// Primaries elected.
+    pub elections: u64,
+}
+
+/// Invariant state built from the simulator's facts.
+#[derive(Debug, Default)]
+pub struct Checker {
+    sync: bool,
+    window_ms: Option<u64>,
+    /// Every position some primary created: post -> (pre, epoch, time).
+    parent: HashMap<Pos, (Pos, Epoch, u64)>,
+    epoch_writer: BTreeMap<Epoch, usize>,
+    last_write_at: BTreeMap<Epoch, u64>,
+    acked: Vec<(Pos, u64)>,
+    last_acked: Option<Pos>,
+    degraded: HashSet<TxId>,
+    max_source_epoch: BTreeMap<usize, Epoch>,
+    elections: u64,
+}
+
+impl Checker {
+    /// A checker for a configuration.
+    #[must_use]
+    pub fn new(cfg: &SimConfig) -> Checker {
+        Checker {
+            sync: cfg.sync.is_some(),
+            window_ms: cfg.async_window_ms,
+            ..Checker::default()
+        }
+    }
+
+    fn known(&self, pos: Pos) -> bool {
+        pos == Pos::ZERO || self.parent.contains_key(&pos)
+    }
+
+    /// The ancestor of `pos` at `txid`, walking the recorded history.
+    fn ancestor_at(&self, mut pos: Pos, txid: TxId) -> Option<Pos> {
+        while pos.txid > txid {
+            pos = self.parent.get(&pos)?.0;
+        }
+        (pos.txid == txid).then_some(pos)
+    }
+
+    fn lineage(&self, mut pos: Pos) -> HashSet<Pos> {
+        let mut set = HashSet::new();
+        while pos != Pos::ZERO && set.insert(pos) {
+            match self.parent.get(&pos) {
+                Some(p) => pos = p.0,
+                None => break,
+            }
+        }
+        set
+    }
+
+    /// Checks everything that happened since the last call, then the writers at this instant.
+    pub fn check(&mut self, sim: &mut Sim) -> Result<(), String> {
+        for fact in std::mem::take(&mut sim.facts) {
+            self.fact(fact)?;
+        }
+        let mut writers = Vec::new();
+        for i in 0..sim.node_count() {
+            let local = sim.local_time(i, sim.now);
+            if let Some(node) = sim.node(i) {
+                if let Some(epoch) = node.accepting_writes(local) {
+                    writers.push((i, epoch));
+                }
+                let pos = node.pos();
+                if !self.known(pos) {
+                    return Err(format!("node {i} is at {pos}, a position no primary created"));
+                }
+            }
+        }
+        if writers.len() > 1 {
+            return Err(format!("two nodes accept writes at once: {writers:?}"));
+        }
+        for (i, epoch) in writers {
+            if let Some(&w) = self.epoch_writer.get(&epoch) {
+                if w != i {
+                    return Err(format!("node {i} accepts writes in epoch {epoch}, which node {w} wrote in"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fact(&mut self, fact: Fact) -> Result<(), String> {
+        match fact {
+            Fact::Committed { node, epoch, pre, post, at } => {
+                if let Some(&w) = self.epoch_writer.get(&epoch) {
+                    if w != node {
+                        return Err(format!("node {node} committed {post} in epoch {epoch}, already written by node {w}"));
+                    }
+                }
+                if !self.known(pre) {
+                    return Err(format!("node {node} committed on top of unknown position {pre}"));
+                }
+                if post.txid != pre.txid.next() {
+                    return Err(format!("node {node} committed {post} on top of {pre}: TXID is not last + 1"));
+                }
+                self.epoch_writer.insert(epoch, node);
+                self.last_write_at.insert(epoch, at);
+                self.parent.insert(post, (pre, epoch, at));
+            }
+            Fact::Acked { node, pos, at } => {
+                if !self.parent.contains_key(&pos) {
+                    return Err(format!("node {node} acknowledged {pos}, which was never committed"));
+                }
+                if self.sync && !self.degraded.contains(&pos.txid) {
+                    if let Some(last) = self.last_acked {
+                        if last.txid <= pos.txid && self.ancestor_at(pos, last.txid) != Some(last) {
+                            return Err(format!(
+                                "node {node} acknowledged {pos}, which does not descend from acknowledged {last}: an acknowledged transaction was lost"
+                            ));
+                        }
+                    }
+                    if self.last_acked.is_none_or(|l| l.txid <= pos.txid) {
+                        self.last_acked = Some(pos);
+                    }
+                }
+                self.acked.push((pos, at));
+            }
+            Fact::Degraded { txid } => {
+                self.degraded.insert(txid);
+            }
+            Fact::BecamePrimary { node, epoch, pos } => {
+                self.elections += 1;
+                if !self.known(pos) {
+                    return Err(format!("node {node} became primary at unknown position {pos}"));
+                }
+                if self.sync {
+                    if let Some(last) = self.last_acked {
+                        if self.ancestor_at(pos, last.txid) != Some(last) {
+                            return Err(format!(
+                                "node {node} became primary (epoch {epoch}) at {pos} without acknowledged {last}"
+                            ));
+                        }
+                    }
+                }
+                if let Some(window) = self.window_ms {
+                    let lineage = self.lineage(pos);
+                    for &(acked, at) in &self.acked {
+                        if lineage.contains(&acked) || acked.txid > pos.txid && self.parent.get(&acked).is_none() {
+                            continue;
+                        }
+                        let Some(&(_, e, _)) = self.parent.get(&acked) else { continue };
+                        let last = self.last_write_at.get(&e).copied().unwrap_or(at);
+                        // Slack: acknowledgement latency and commit spacing on top of the window.
+                        if at + window + 500 < last {
+                            return Err(format!(
+                                "node {node} became primary at {pos}, losing {acked} acknowledged at {at}ms, \
+                                 more than the {window}ms window before epoch {e}'s last write at {last}ms"
+                            ));
+                        }
+                    }
+                }
+            }
+            Fact::Moved { node, from, to, via, source_epoch } => {
+                if !self.known(to) {
+                    return Err(format!("node {node} moved from {from} to unknown position {to}"));
+                }
+                if via == Via::Incremental && to != Pos::ZERO {
+                    let pre = self.parent.get(&to).map(|p| p.0);
+                    if pre != Some(from) {
+                        return Err(format!(
+                            "node {node} applied {to} on top of {from}, but it follows {pre:?}: out of order or twice"
+                        ));
+                    }
+                }
+                if let Some(e) = source_epoch {
+                    let max = self.max_source_epoch.entry(node).or_default();
+                    if e < *max {
+                        return Err(format!("node {node} applied data from epoch {e} after following epoch {max}"));
+                    }
+                    *max = e;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one seed to the end: faults, then a quiet period, then the convergence check.
+pub fn run_seed(seed: u64, cfg: SimConfig) -> Result<Summary, String> {
+    let quiet_until = cfg.faults_until_ms + CONVERGE_MS;
+    let mut checker = Checker::new(&cfg);
+    let mut sim = Sim::new(seed, cfg);
+    let fail = |sim: &Sim, why: String| -> String {
+        format!(
+            "seed {seed} failed at {}ms after {} events: {why}\nreplay: REPLITE_SIM_SEED={seed} cargo test -p replite-sim-tests --test simulation -- --nocapture\nlast events:\n  {}",
+            sim.now,
+            sim.events,
+            sim.trace_lines().join("\n  ")
+        )
+    };
+    while sim.now < quiet_until {
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.step()));
+        match stepped {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                return Err(fail(&sim, format!("panic: {msg}")));
+            }
+        }
+        if let Err(why) = checker.check(&mut sim) {
+            return Err(fail(&sim, why));
+        }
+    }
+    // Convergence: one primary, everyone at its position, disks agree.
+    let primaries: Vec<usize> = (0..sim.node_count())
+        .filter(|&i| matches!(sim.node(i).map(|n| n.role()), Some(Role::Primary { .. })))
+        .collect();
+    let [p] = primaries[..] else {
+        return Err(fail(&sim, format!("{CONVERGE_MS}ms after faults stopped there are primaries {primaries:?}")));
+    };
+    let target = sim.node(p).map(|n| n.pos()).unwrap_or(Pos::ZERO);
+    for i in 0..sim.node_count() {
+        let pos = sim.node(i).map(|n| n.pos());
+        if pos != Some(target) {
+            return Err(fail(&sim, format!("node {i} at {pos:?} has not converged to primary {p}'s {target}")));
+        }
+        if !sim.disk_busy(i) {
+            let disk = sim.disk_checksum(i);
+            if disk != target.checksum && target != Pos::ZERO {
+                return Err(fail(&sim, format!("node {i}'s database file sums to {disk}, its position says {target}")));
+            }
+        }
+    }
+    Ok(Summary { events: sim.events, acked: sim.acked_commits, elections: checker.elections })
+}
+
+/// Seeds to run: `REPLITE_SIM_SEED=S` for one, else `REPLITE_SIM_SEEDS=N` (default given).
+#[must_use]
+pub fn seeds_from_env(default: u64) -> Vec<u64> {
+    if let Some(seed) = std::env::var("REPLITE_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        return vec![seed];
+    }
+    let n = std::env::var("REPLITE_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    (0..n).collect()
+}
