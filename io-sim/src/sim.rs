@@ -24,7 +24,7 @@ const TRACE_LINES: usize = 60;
 /// Fault probabilities and rates.
 #[derive(Debug, Clone)]
 pub struct FaultMix {
-    /// Per-message probability a stream message is dropped (breaks framing: a middlebox fault).
+    /// Per-message probability a stream message is lost and the connection reset.
     pub msg_drop: f64,
     /// Per-message probability a stream message is delivered twice.
     pub msg_dup: f64,
@@ -73,6 +73,8 @@ pub struct SimConfig {
     pub commit_every_ms: u64,
     /// Faults stop at this true time; afterwards the cluster must converge.
     pub faults_until_ms: u64,
+    /// Clients stop committing at this true time.
+    pub clients_until_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -86,6 +88,7 @@ impl Default for SimConfig {
             node_faults: Faults::default(),
             commit_every_ms: 40,
             faults_until_ms: 40_000,
+            clients_until_ms: 50_000,
         }
     }
 }
@@ -195,6 +198,8 @@ struct Conn {
     accepted: bool,
     epoch: Option<Epoch>,
     last: [u64; 2],
+    /// Nothing overtakes the response headers.
+    floor: u64,
 }
 
 #[derive(Debug)]
@@ -543,9 +548,12 @@ impl Sim {
             }
             Output::AckCommit { pos, .. } => {
                 self.acked_commits += 1;
+                self.trace(format!("node {i} acknowledges {pos}"));
                 self.facts.push(Fact::Acked { node: i, pos, at: self.now });
             }
-            Output::RefuseCommit { .. } => {}
+            Output::RefuseCommit { commit, reason } => {
+                self.trace(format!("node {i} refuses commit {}: {reason:?}", commit.0))
+            }
             Output::Connect { conn, peer, ext, body } => {
                 let key = self.next_conn;
                 self.next_conn += 1;
@@ -563,6 +571,7 @@ impl Sim {
                         accepted: false,
                         epoch: None,
                         last: [0, 0],
+                        floor: 0,
                     },
                 );
                 let _ = ext;
@@ -639,6 +648,8 @@ impl Sim {
         }
         let f = self.cfg.faults.clone();
         if self.now < self.cfg.faults_until_ms && self.rng.chance(f.msg_drop) {
+            // A stream is TCP: a lost segment that is never retransmitted is a reset.
+            self.kill_conn(key);
             return;
         }
         let copies = if self.now < self.cfg.faults_until_ms && self.rng.chance(f.msg_dup) { 2 } else { 1 };
@@ -647,7 +658,7 @@ impl Sim {
             let lat = self.latency();
             let dir = usize::from(to_replica);
             let Some(c) = self.conns.get_mut(&key) else { return };
-            let at = if reorder { self.now + lat } else { (self.now + lat).max(c.last[dir]) };
+            let at = if reorder { (self.now + lat).max(c.floor) } else { (self.now + lat).max(c.last[dir]) };
             c.last[dir] = c.last[dir].max(at);
             self.seq += 1;
             self.queue.insert((at, self.seq), Ev::ConnData { key, to_replica, bytes: bytes.clone() });
@@ -724,6 +735,9 @@ impl Sim {
                 }
             }
             Ev::Client => {
+                if self.now >= self.cfg.clients_until_ms {
+                    return true;
+                }
                 self.client_commit();
                 let every = self.cfg.commit_every_ms;
                 let d = 1 + self.rng.below(2 * every);
@@ -841,6 +855,7 @@ impl Sim {
             let lat = self.latency();
             if let Some(c) = self.conns.get_mut(&key) {
                 c.last[1] = self.now + lat;
+                c.floor = self.now + lat;
             }
             self.schedule(lat, Ev::ConnAccepted { key, ext: Extensions::ALL });
         } else {

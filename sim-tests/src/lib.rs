@@ -14,7 +14,12 @@ pub const CONVERGE_MS: u64 = 15_000;
 /// The workload shape a seed runs: rotates through modes so every mode gets many seeds.
 #[must_use]
 pub fn config_for_seed(seed: u64, node_faults: Faults) -> SimConfig {
-    let mut cfg = SimConfig { node_faults, faults_until_ms: 20_000, ..SimConfig::default() };
+    let mut cfg = SimConfig {
+        node_faults,
+        faults_until_ms: 20_000,
+        clients_until_ms: 20_000 + CONVERGE_MS - 5_000,
+        ..SimConfig::default()
+    };
     match seed % 4 {
         0 => {
             // Asynchronous, a non-candidate replica.
@@ -67,11 +72,7 @@ impl Checker {
     /// A checker for a configuration.
     #[must_use]
     pub fn new(cfg: &SimConfig) -> Checker {
-        Checker {
-            sync: cfg.sync.is_some(),
-            window_ms: cfg.async_window_ms,
-            ..Checker::default()
-        }
+        Checker { sync: cfg.sync.is_some(), window_ms: cfg.async_window_ms, ..Checker::default() }
     }
 
     fn known(&self, pos: Pos) -> bool {
@@ -133,7 +134,9 @@ impl Checker {
             Fact::Committed { node, epoch, pre, post, at } => {
                 if let Some(&w) = self.epoch_writer.get(&epoch) {
                     if w != node {
-                        return Err(format!("node {node} committed {post} in epoch {epoch}, already written by node {w}"));
+                        return Err(format!(
+                            "node {node} committed {post} in epoch {epoch}, already written by node {w}"
+                        ));
                     }
                 }
                 if !self.known(pre) {
