@@ -790,8 +790,9 @@ impl Sim {
             let slow = self.faulty() && self.rng.chance(self.cfg.faults.lease_slow);
             let lat = self.latency() + if slow { 500 + self.rng.below(2_500) } else { 0 };
             // An RPC client gives up after its deadline and reports the outcome unknown.
-            let input = if lat >= 1_000 { Input::LeaseRequestFailed { op } } else { input };
-            let lat = lat.min(1_000);
+            let observe = matches!(input, Input::LeaseObserved { .. });
+            let input = if lat >= 1_000 && !observe { Input::LeaseRequestFailed { op } } else { input };
+            let lat = if observe { lat } else { lat.min(1_000) };
             // Slow answers to observe requests are delivered anyway: a watch event arriving late.
             self.schedule(lat, Ev::LeaseAnswer { node: i, inc, input });
         } else {

@@ -12,6 +12,10 @@ use crate::node::{Node, Role};
 use crate::stream::{Frame, encode_frame};
 use crate::types::{Epoch, NodeId};
 
+/// Most lease requests outstanding at once: a store that stops answering must not make us
+/// queue requests without bound; every request is answered or times out within seconds.
+const MAX_LEASE_OPS_IN_FLIGHT: usize = 16;
+
 /// Our view of the lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LeaseState {
@@ -89,12 +93,14 @@ impl Node {
             return;
         }
         self.timers.set(TimerKind::LeasePoll, now + self.cfg.lease_poll_ms);
-        if self.lease_request_in_flight(LeaseOpKind::Acquire) || self.lease_request_in_flight(LeaseOpKind::Observe) {
+        if self.lease_request_in_flight(LeaseOpKind::Acquire) {
             return;
         }
         if self.known_primary.is_none() && self.may_acquire() {
             self.send_lease_op(now, LeaseOpKind::Acquire);
-        } else {
+        } else if self.lease_ops.len() < MAX_LEASE_OPS_IN_FLIGHT {
+            // Observations are not serialised: a slow answer must not stop newer ones, and
+            // answers may arrive out of order (the epoch check discards stale ones).
             self.send_lease_op(now, LeaseOpKind::Observe);
         }
     }

@@ -260,7 +260,9 @@ impl Node {
         offered: Extensions,
         body: &[u8],
     ) {
-        let serving = matches!(self.role(), crate::node::Role::Primary { .. });
+        // With the ignore-epochs fault a deposed primary keeps serving: the bug epochs prevent.
+        let deposed_serves = self.cfg.faults.ignore_epochs && !self.history.is_empty();
+        let serving = matches!(self.role(), crate::node::Role::Primary { .. }) || deposed_serves;
         let map = decode_pos_map(body);
         let (true, Ok(map)) = (serving && peer != self.cfg.node_id, map) else {
             self.emit(Output::CloseDownstream { conn });
