@@ -866,16 +866,20 @@ impl Sim {
         self.feed(p, Input::DownstreamOpened { conn: DownstreamId(key), peer, ext: Extensions::ALL, body });
     }
 
+    /// The first node that believes it is primary.
+    fn believed_primary(&self) -> Option<usize> {
+        (0..self.nodes.len())
+            .find(|&i| matches!(self.nodes[i].node.as_ref().map(Node::role), Some(Role::Primary { .. })))
+    }
+
     fn client_commit(&mut self) {
         // Clients write on whichever node believes it is primary, sometimes on a random one.
         let n = self.nodes.len();
         let mut target = self.rng.below(n as u64) as usize;
-        if !self.rng.chance(0.1) {
-            if let Some(p) =
-                (0..n).find(|&i| matches!(self.nodes[i].node.as_ref().map(Node::role), Some(Role::Primary { .. })))
-            {
-                target = p;
-            }
+        if !self.rng.chance(0.1)
+            && let Some(p) = self.believed_primary()
+        {
+            target = p;
         }
         let Some(node) = self.nodes[target].node.as_ref() else { return };
         let pos = node.pos();

@@ -120,10 +120,10 @@ impl Checker {
             return Err(format!("two nodes accept writes at once: {writers:?}"));
         }
         for (i, epoch) in writers {
-            if let Some(&w) = self.epoch_writer.get(&epoch) {
-                if w != i {
-                    return Err(format!("node {i} accepts writes in epoch {epoch}, which node {w} wrote in"));
-                }
+            if let Some(&w) = self.epoch_writer.get(&epoch)
+                && w != i
+            {
+                return Err(format!("node {i} accepts writes in epoch {epoch}, which node {w} wrote in"));
             }
         }
         Ok(())
@@ -132,12 +132,10 @@ impl Checker {
     fn fact(&mut self, fact: Fact) -> Result<(), String> {
         match fact {
             Fact::Committed { node, epoch, pre, post, at } => {
-                if let Some(&w) = self.epoch_writer.get(&epoch) {
-                    if w != node {
-                        return Err(format!(
-                            "node {node} committed {post} in epoch {epoch}, already written by node {w}"
-                        ));
-                    }
+                if let Some(&w) = self.epoch_writer.get(&epoch)
+                    && w != node
+                {
+                    return Err(format!("node {node} committed {post} in epoch {epoch}, already written by node {w}"));
                 }
                 if !self.known(pre) {
                     return Err(format!("node {node} committed on top of unknown position {pre}"));
@@ -154,8 +152,11 @@ impl Checker {
                     return Err(format!("node {node} acknowledged {pos}, which was never committed"));
                 }
                 if self.sync && !self.degraded.contains(&pos.txid) {
-                    if let Some(last) = self.last_acked {
-                        if last.txid <= pos.txid && self.ancestor_at(pos, last.txid) != Some(last) {
+                    if let Some(last) = self.last_acked
+                        && last.txid <= pos.txid
+                        && self.ancestor_at(pos, last.txid) != Some(last)
+                    {
+                        {
                             return Err(format!(
                                 "node {node} acknowledged {pos}, which does not descend from acknowledged {last}: an acknowledged transaction was lost"
                             ));
@@ -175,9 +176,12 @@ impl Checker {
                 if !self.known(pos) {
                     return Err(format!("node {node} became primary at unknown position {pos}"));
                 }
-                if self.sync {
-                    if let Some(last) = self.last_acked {
-                        if self.ancestor_at(pos, last.txid) != Some(last) {
+                if self.sync
+                    && let Some(last) = self.last_acked
+                    && self.ancestor_at(pos, last.txid) != Some(last)
+                {
+                    {
+                        {
                             return Err(format!(
                                 "node {node} became primary (epoch {epoch}) at {pos} without acknowledged {last}"
                             ));
@@ -187,7 +191,7 @@ impl Checker {
                 if let Some(window) = self.window_ms {
                     let lineage = self.lineage(pos);
                     for &(acked, at) in &self.acked {
-                        if lineage.contains(&acked) || acked.txid > pos.txid && self.parent.get(&acked).is_none() {
+                        if lineage.contains(&acked) {
                             continue;
                         }
                         let Some(&(_, e, _)) = self.parent.get(&acked) else { continue };

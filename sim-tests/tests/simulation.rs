@@ -31,7 +31,7 @@ fn the_cluster_keeps_every_invariant_under_faults_for_many_seeds() {
                             }
                             Err(report) => {
                                 failures.push(report);
-                                if failures.len() >= 1 {
+                                if !failures.is_empty() {
                                     break;
                                 }
                             }

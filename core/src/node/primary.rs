@@ -170,10 +170,10 @@ impl Node {
     }
 
     fn finish_commit(&mut self) {
-        if let Some(inflight) = self.commit.take() {
-            if !inflight.acked_early {
-                self.emit(Output::AckCommit { commit: inflight.commit, pos: inflight.entry.post_pos() });
-            }
+        if let Some(inflight) = self.commit.take()
+            && !inflight.acked_early
+        {
+            self.emit(Output::AckCommit { commit: inflight.commit, pos: inflight.entry.post_pos() });
         }
     }
 
@@ -222,15 +222,15 @@ impl Node {
 
     pub(crate) fn fail_pending_commit_on_step_down(&mut self) {
         // A commit still waiting is not acknowledged: its LTX may or may not survive.
-        if let Some(inflight) = &self.commit {
-            if inflight.op.is_none() {
-                let commit = inflight.commit;
-                let early = inflight.acked_early;
-                self.commit = None;
-                self.timers.stop(TimerKind::SyncTimeout);
-                if !early {
-                    self.emit(Output::RefuseCommit { commit, reason: RefuseReason::NotPrimary });
-                }
+        if let Some(inflight) = &self.commit
+            && inflight.op.is_none()
+        {
+            let commit = inflight.commit;
+            let early = inflight.acked_early;
+            self.commit = None;
+            self.timers.stop(TimerKind::SyncTimeout);
+            if !early {
+                self.emit(Output::RefuseCommit { commit, reason: RefuseReason::NotPrimary });
             }
         }
     }
@@ -372,10 +372,7 @@ impl Node {
     /// Drops the oldest LTX files past the age or size limit, never the newest file and never
     /// one a candidate still lacks while the async window or sync mode counts on it.
     pub(crate) fn on_retention_timer(&mut self, now: Millis) {
-        loop {
-            let (Some(first), Some(last)) = (self.history.first().copied(), self.history.last().copied()) else {
-                break;
-            };
+        while let (Some(first), Some(last)) = (self.history.first().copied(), self.history.last().copied()) {
             if first.max == last.max {
                 break;
             }

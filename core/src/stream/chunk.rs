@@ -47,6 +47,15 @@ pub fn decode_chunk(buf: &[u8], offset: u64) -> Result<Option<(Chunk<'_>, usize)
     Ok(Some((chunk, c.consumed())))
 }
 
+/// Appends what a primary sends for one LTX file: an LTX frame, the file as chunks, and an
+/// HWM frame naming `hwm` (as LiteFS does after each file).
+pub fn encode_ltx_message(name: &crate::stream::DbName, file: &[u8], hwm: crate::types::TxId, out: &mut Vec<u8>) {
+    use crate::stream::frame::{Frame, encode_frame};
+    encode_frame(&Frame::Ltx { size: 0, name: name.clone() }, out);
+    encode_chunks(file, out);
+    encode_frame(&Frame::Hwm { txid: hwm, name: name.clone() }, out);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,13 +102,4 @@ mod tests {
         assert_eq!(decode_chunk(&[0, 3, 1, 2], 0), Ok(None));
         assert_eq!(decode_chunk(&[0, 2, 1, 2, 9], 0), Ok(Some((Chunk::Data(&[1, 2]), 4))));
     }
-}
-
-/// Appends what a primary sends for one LTX file: an LTX frame, the file as chunks, and an
-/// HWM frame naming `hwm` (as LiteFS does after each file).
-pub fn encode_ltx_message(name: &crate::stream::DbName, file: &[u8], hwm: crate::types::TxId, out: &mut Vec<u8>) {
-    use crate::stream::frame::{Frame, encode_frame};
-    encode_frame(&Frame::Ltx { size: 0, name: name.clone() }, out);
-    encode_chunks(file, out);
-    encode_frame(&Frame::Hwm { txid: hwm, name: name.clone() }, out);
 }
