@@ -155,7 +155,7 @@ fn the_lease_is_renewed_and_a_renewal_extends_from_when_it_was_sent() {
     let op = drain(&mut node)
         .into_iter()
         .find_map(|o| match o {
-            Output::RenewLease { op, epoch } if epoch == Epoch(7) => Some(op),
+            Output::RenewLease { op, epoch: Epoch(7) } => Some(op),
             _ => None,
         })
         .expect("renews at the renew interval");
@@ -199,7 +199,7 @@ fn connected_replica() -> (Node, UpstreamId) {
     let conn = drain(&mut node)
         .into_iter()
         .find_map(|o| match o {
-            Output::Connect { conn, peer, body, .. } if peer == NodeId(1) => {
+            Output::Connect { conn, peer: NodeId(1), body, .. } => {
                 let mut expected = BTreeMap::new();
                 expected.insert(db(), Pos::ZERO);
                 assert_eq!(body, encode_pos_map(&expected));
