@@ -15,4 +15,4 @@ mod sim;
 
 pub use disk::Disk;
 pub use lease_store::{LeaseReply, LeaseStore};
-pub use sim::{Fact, FaultMix, Sim, SimConfig, Via};
+pub use sim::{Fact, FaultMix, Sim, SimConfig, Stats, Via};

@@ -38,6 +38,8 @@ pub struct FaultMix {
     pub disk_enospc: f64,
     /// Mean milliseconds between fault events (crash, restart, partition, heal, handoff).
     pub fault_every_ms: u64,
+    /// Per-persist probability the node crashes while the write is in flight.
+    pub crash_in_write: f64,
 }
 
 impl Default for FaultMix {
@@ -50,6 +52,7 @@ impl Default for FaultMix {
             disk_eio: 0.003,
             disk_enospc: 0.002,
             fault_every_ms: 1500,
+            crash_in_write: 0.002,
         }
     }
 }
@@ -75,6 +78,8 @@ pub struct SimConfig {
     pub faults_until_ms: u64,
     /// Clients stop committing at this true time.
     pub clients_until_ms: u64,
+    /// The last node starts this late, with an empty disk (a new node joining), if set.
+    pub late_join_ms: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -89,8 +94,38 @@ impl Default for SimConfig {
             commit_every_ms: 40,
             faults_until_ms: 40_000,
             clients_until_ms: 50_000,
+            late_join_ms: None,
         }
     }
+}
+
+/// Counts of what happened in a run, to show the fault mix is real.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Node crashes (including clean shutdowns).
+    pub crashes: u64,
+    /// Partitions made (one-way, two-way, from the lease store).
+    pub partitions: u64,
+    /// Operator handoffs requested.
+    pub handoffs: u64,
+    /// Snapshots sent to replicas.
+    pub snapshots: u64,
+    /// Incremental LTX files sent to replicas.
+    pub ltx_sent: u64,
+    /// Replica resyncs (stream refused or failed).
+    pub resyncs: u64,
+    /// Injected EIO/ENOSPC failures.
+    pub disk_errors: u64,
+    /// In-flight writes torn by a crash.
+    pub torn_writes: u64,
+    /// Stream messages lost (connection reset), duplicated or reordered.
+    pub net_faults: u64,
+    /// Lease answers delayed by seconds.
+    pub slow_lease_answers: u64,
+    /// Commits refused.
+    pub refused: u64,
+    /// Nodes that joined late with an empty disk.
+    pub late_joins: u64,
 }
 
 /// How a node's position changed.
@@ -170,6 +205,7 @@ enum Ev {
     ConnClosed { key: u64, to_replica: bool },
     Client,
     Fault,
+    Crash { node: usize, inc: u64 },
     Restart { node: usize },
 }
 
@@ -247,6 +283,8 @@ pub struct Sim {
     pub events: u64,
     /// Commits acknowledged.
     pub acked_commits: u64,
+    /// What happened.
+    pub stats: Stats,
 }
 
 impl Sim {
@@ -317,9 +355,17 @@ impl Sim {
             trace: VecDeque::new(),
             events: 0,
             acked_commits: 0,
+            stats: Stats::default(),
         };
-        for i in 0..sim.nodes.len() {
-            sim.start_node(i);
+        let n = sim.nodes.len();
+        for i in 0..n {
+            match sim.cfg.late_join_ms {
+                Some(at) if i == n - 1 => {
+                    sim.stats.late_joins += 1;
+                    sim.schedule(at, Ev::Restart { node: i });
+                }
+                _ => sim.start_node(i),
+            }
         }
         sim.schedule(10, Ev::Client);
         let first_fault = sim.cfg.faults.fault_every_ms;
@@ -411,6 +457,7 @@ impl Sim {
             return;
         }
         self.trace(format!("node {i} crashes"));
+        self.stats.crashes += 1;
         let ops = std::mem::take(&mut self.nodes[i].ops);
         for (_, op) in ops {
             // In-flight writes: lost, torn, or the LTX landed without the database apply.
@@ -418,6 +465,7 @@ impl Sim {
                 match self.rng.below(3) {
                     0 => {}
                     1 => {
+                        self.stats.torn_writes += 1;
                         let cut = self.rng.below(bytes.len() as u64) as usize;
                         self.nodes[i].disk.ltx.insert((min, max), bytes[..cut].to_vec());
                     }
@@ -537,6 +585,10 @@ impl Sim {
                 self.nodes[i].ops.insert(op, DiskOp::Persist { min, max, bytes, base, source_epoch });
                 let d = 1 + self.rng.below(4);
                 self.schedule(d, Ev::DiskDone { node: i, inc, op });
+                if self.faulty() && self.rng.chance(self.cfg.faults.crash_in_write) {
+                    let at = self.rng.below(d);
+                    self.schedule(at, Ev::Crash { node: i, inc });
+                }
             }
             Output::ReplayLtx { op, min, max, base } => {
                 self.nodes[i].ops.insert(op, DiskOp::Replay { min, max, base });
@@ -552,6 +604,7 @@ impl Sim {
                 self.facts.push(Fact::Acked { node: i, pos, at: self.now });
             }
             Output::RefuseCommit { commit, reason } => {
+                self.stats.refused += 1;
                 self.trace(format!("node {i} refuses commit {}: {reason:?}", commit.0))
             }
             Output::Connect { conn, peer, ext, body } => {
@@ -596,6 +649,7 @@ impl Sim {
             }
             Output::SendDownstream { conn, bytes } => self.send(conn.0, true, bytes),
             Output::StreamLtx { conn, min, max } => {
+                self.stats.ltx_sent += 1;
                 let Some(file) = self.nodes[i].disk.ltx.get(&(min, max)).cloned() else {
                     self.trace(format!("node {i} lacks LTX {min}-{max} to stream"));
                     self.kill_conn(conn.0);
@@ -606,6 +660,7 @@ impl Sim {
                 self.send(conn.0, true, bytes);
             }
             Output::StreamSnapshot { conn, pos } => {
+                self.stats.snapshots += 1;
                 let db = &self.nodes[i].disk.db;
                 let options = SnapshotOptions { max_txid: pos.txid, timestamp_ms: 0, compress: false };
                 let (file, _, trailer) = encode_database(db.as_slice(), db.len() as u64, Vec::new(), options)
@@ -623,6 +678,9 @@ impl Sim {
             Output::Event(e) => {
                 if let Event::BecamePrimary { epoch, pos } = e {
                     self.facts.push(Fact::BecamePrimary { node: i, epoch, pos });
+                }
+                if let Event::Resync { .. } = e {
+                    self.stats.resyncs += 1;
                 }
                 if let Event::SyncDegraded { txid } = e {
                     self.facts.push(Fact::Degraded { txid });
@@ -649,11 +707,13 @@ impl Sim {
         let f = self.cfg.faults.clone();
         if self.now < self.cfg.faults_until_ms && self.rng.chance(f.msg_drop) {
             // A stream is TCP: a lost segment that is never retransmitted is a reset.
+            self.stats.net_faults += 1;
             self.kill_conn(key);
             return;
         }
         let copies = if self.now < self.cfg.faults_until_ms && self.rng.chance(f.msg_dup) { 2 } else { 1 };
         let reorder = self.now < self.cfg.faults_until_ms && self.rng.chance(f.msg_reorder);
+        self.stats.net_faults += u64::from(copies > 1) + u64::from(reorder);
         for _ in 0..copies {
             let lat = self.latency();
             let dir = usize::from(to_replica);
@@ -753,6 +813,13 @@ impl Sim {
                     self.heal_everything();
                 }
             }
+            Ev::Crash { node, inc } => {
+                if self.nodes[node].inc == inc {
+                    self.crash_node(node);
+                    let d = 200 + self.rng.below(3_000);
+                    self.schedule(d, Ev::Restart { node });
+                }
+            }
             Ev::Restart { node } => {
                 if self.nodes[node].node.is_none() {
                     self.start_node(node);
@@ -788,6 +855,7 @@ impl Sim {
         let s = self.store_index();
         if self.link_ok(s, i) {
             let slow = self.faulty() && self.rng.chance(self.cfg.faults.lease_slow);
+            self.stats.slow_lease_answers += u64::from(slow);
             let lat = self.latency() + if slow { 500 + self.rng.below(2_500) } else { 0 };
             // An RPC client gives up after its deadline and reports the outcome unknown.
             let observe = matches!(input, Input::LeaseObserved { .. });
@@ -808,6 +876,7 @@ impl Sim {
         let faulty = self.faulty();
         let eio = faulty && self.rng.chance(self.cfg.faults.disk_eio);
         let enospc = faulty && self.rng.chance(self.cfg.faults.disk_enospc);
+        self.stats.disk_errors += u64::from(eio || enospc);
         let page_size = self.nodes[i].cfg.page_size;
         let (result, via, source_epoch) = match disk_op {
             DiskOp::Persist { min, max, bytes, base, source_epoch } => {
@@ -944,16 +1013,19 @@ impl Sim {
             }
             2 => {
                 self.trace(format!("partition {i} -> {j} (one-way)"));
+                self.stats.partitions += 1;
                 self.blocked.insert((i, j));
             }
             3 => {
                 self.trace(format!("partition {i} <-> {j}"));
+                self.stats.partitions += 1;
                 self.blocked.insert((i, j));
                 self.blocked.insert((j, i));
             }
             4 => {
                 let s = self.store_index();
                 self.trace(format!("partition node {i} from the lease store"));
+                self.stats.partitions += 1;
                 self.blocked.insert((i, s));
                 if self.rng.chance(0.5) {
                     self.blocked.insert((s, i));
@@ -970,6 +1042,7 @@ impl Sim {
                 {
                     let to = self.nodes[j].id;
                     self.trace(format!("operator: handoff {p} -> {j}"));
+                    self.stats.handoffs += 1;
                     self.feed(p, Input::Handoff { to });
                 }
             }

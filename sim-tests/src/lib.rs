@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use replite_core::node::{Faults, Role, SyncPolicy};
 use replite_core::{Epoch, Pos, TxId};
-use replite_sim::{Fact, Sim, SimConfig, Via};
+use replite_sim::{Fact, Sim, SimConfig, Stats, Via};
 
 /// Quiet time after faults stop within which every node must converge.
 pub const CONVERGE_MS: u64 = 15_000;
@@ -20,6 +20,10 @@ pub fn config_for_seed(seed: u64, node_faults: Faults) -> SimConfig {
         clients_until_ms: 20_000 + CONVERGE_MS - 5_000,
         ..SimConfig::default()
     };
+    if (seed / 4) % 2 == 1 {
+        // A new node joins with an empty disk while the cluster is busy.
+        cfg.late_join_ms = Some(3_000 + seed.wrapping_mul(7_919) % 12_000);
+    }
     match seed % 4 {
         0 => {
             // Asynchronous, a non-candidate replica.
@@ -50,6 +54,8 @@ pub struct Summary {
     pub acked: u64,
     /// Primaries elected.
     pub elections: u64,
+    /// What the simulator did.
+    pub stats: Stats,
 }
 
 /// Invariant state built from the simulator's facts.
@@ -282,7 +288,7 @@ pub fn run_seed(seed: u64, cfg: SimConfig) -> Result<Summary, String> {
             }
         }
     }
-    Ok(Summary { events: sim.events, acked: sim.acked_commits, elections: checker.elections })
+    Ok(Summary { events: sim.events, acked: sim.acked_commits, elections: checker.elections, stats: sim.stats })
 }
 
 /// Seeds to run: `REPLITE_SIM_SEED=S` for one, else `REPLITE_SIM_SEEDS=N` (default given).

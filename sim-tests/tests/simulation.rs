@@ -1,5 +1,6 @@
 //! Many seeds of the full fault mix, split across threads; every invariant after every event.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ fn the_cluster_keeps_every_invariant_under_faults_for_many_seeds() {
     let events = AtomicU64::new(0);
     let acked = AtomicU64::new(0);
     let elections = AtomicU64::new(0);
+    let stats = Mutex::new(Vec::new());
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
     let failures: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -28,6 +30,7 @@ fn the_cluster_keeps_every_invariant_under_faults_for_many_seeds() {
                                 events.fetch_add(sum.events, Ordering::Relaxed);
                                 acked.fetch_add(sum.acked, Ordering::Relaxed);
                                 elections.fetch_add(sum.elections, Ordering::Relaxed);
+                                stats.lock().expect("no thread panics holding it").push(sum.stats);
                             }
                             Err(report) => {
                                 failures.push(report);
@@ -52,8 +55,30 @@ fn the_cluster_keeps_every_invariant_under_faults_for_many_seeds() {
         acked.load(Ordering::Relaxed),
         elections.load(Ordering::Relaxed)
     );
+    let stats = stats.into_inner().expect("no thread panicked holding it");
+    let total = |f: fn(&replite_sim::Stats) -> u64| stats.iter().map(f).sum::<u64>();
+    let mix = [
+        ("crashes", total(|s| s.crashes)),
+        ("partitions", total(|s| s.partitions)),
+        ("handoffs", total(|s| s.handoffs)),
+        ("snapshots", total(|s| s.snapshots)),
+        ("incremental LTX sent", total(|s| s.ltx_sent)),
+        ("resyncs", total(|s| s.resyncs)),
+        ("disk errors", total(|s| s.disk_errors)),
+        ("torn writes", total(|s| s.torn_writes)),
+        ("network faults", total(|s| s.net_faults)),
+        ("slow lease answers", total(|s| s.slow_lease_answers)),
+        ("refused commits", total(|s| s.refused)),
+        ("late joins", total(|s| s.late_joins)),
+    ];
+    eprintln!("fault mix: {mix:?}");
     if let Some(first) = failures.first() {
         panic!("{} failing seeds; first:\n{first}", failures.len());
     }
     assert!(events > seeds.len() as u64 * 1000, "seeds ran too few events to mean anything");
+    if seeds.len() >= 100 {
+        for (what, n) in mix {
+            assert!(n > 0, "{} seeds produced no {what}: the fault mix is not what it claims", seeds.len());
+        }
+    }
 }
