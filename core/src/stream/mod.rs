@@ -8,6 +8,8 @@ mod chunk;
 mod decoder;
 mod error;
 mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 mod name;
 mod posmap;
 
