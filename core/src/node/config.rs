@@ -4,8 +4,7 @@ use std::collections::BTreeSet;
 
 use thiserror::Error;
 
-use crate::stream::DbName;
-use crate::types::{NodeId, PageSize};
+use crate::types::NodeId;
 
 /// What a synchronous commit does when acknowledgements do not arrive in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,10 +49,6 @@ pub struct Config {
     /// Every candidate node of the cluster (including this one if it is a candidate). Used by
     /// synchronous mode and the asynchronous loss window: see `docs/decisions/0001-sync-failover-rule.md`.
     pub candidates: BTreeSet<NodeId>,
-    /// The replicated database.
-    pub db: DbName,
-    /// Its page size.
-    pub page_size: PageSize,
     /// Lease time-to-live, as granted by the lease store.
     pub lease_ttl_ms: u64,
     /// Renew this long after the previous grant.
@@ -119,13 +114,11 @@ pub enum ConfigError {
 impl Config {
     /// A configuration with LiteFS-like defaults (10 s TTL, 1 s heartbeats).
     #[must_use]
-    pub fn new(node_id: NodeId, db: DbName, page_size: PageSize) -> Config {
+    pub fn new(node_id: NodeId) -> Config {
         Config {
             node_id,
             candidate: true,
             candidates: [node_id].into_iter().collect(),
-            db,
-            page_size,
             lease_ttl_ms: 10_000,
             lease_renew_ms: 3_000,
             lease_safety_margin_ms: 1_000,

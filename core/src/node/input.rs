@@ -1,8 +1,10 @@
 //! Inputs: things that happened. Each carries plain data; results of requested I/O carry the
 //! id of the [`crate::node::Output`] that asked for them.
 
-use crate::stream::Extensions;
-use crate::types::{Checksum, Epoch, NodeId, Pgno, Pos, TxId};
+use std::collections::BTreeMap;
+
+use crate::stream::{DbName, Extensions};
+use crate::types::{Checksum, Epoch, NodeId, PageSize, Pgno, Pos, TxId};
 
 /// Id of a request whose result comes back as an input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -31,9 +33,16 @@ pub struct PageChange {
     pub data: Vec<u8>,
 }
 
-/// What is durable on disk at start, as the caller found it.
+/// What is durable on disk at start, as the caller found it: one entry per database.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovery {
+    /// Each database's files.
+    pub dbs: BTreeMap<DbName, DbRecovery>,
+}
+
+/// What is durable for one database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DbRecovery {
     /// Every LTX file that verified, in any order.
     pub ltx: Vec<LtxFileInfo>,
     /// LTX files that failed verification (torn writes): removed by rule.
@@ -117,6 +126,10 @@ pub enum Input {
     Commit {
         /// Its id, echoed in the answer.
         commit: CommitId,
+        /// The database.
+        db: DbName,
+        /// Its page size (must match earlier transactions).
+        page_size: PageSize,
         /// Changed pages, any order.
         pages: Vec<PageChange>,
         /// Database size in pages after the commit.

@@ -57,7 +57,7 @@ impl Node {
         let LeaseState::Held { epoch, expires_at, handing_off } = self.lease else {
             return None;
         };
-        if handing_off || self.stopped || self.needs_snapshot {
+        if handing_off || self.stopped {
             return None;
         }
         let safe_until = expires_at - self.cfg.lease_safety_margin_ms;
@@ -82,10 +82,7 @@ impl Node {
     }
 
     fn may_acquire(&self) -> bool {
-        self.cfg.candidate
-            && !self.needs_snapshot
-            && self.replay.is_empty()
-            && !matches!(self.persist, Some(crate::node::Persist { replay: true, .. }))
+        self.cfg.candidate && !self.dbs.values().any(|db| db.needs_snapshot || db.replaying())
     }
 
     pub(crate) fn on_lease_poll(&mut self, now: Millis) {
@@ -122,15 +119,16 @@ impl Node {
         self.known_primary = Some((self.cfg.node_id, epoch));
         self.drop_upstream();
         self.acked.clear();
-        self.commit_times.clear();
+        for db in self.dbs.values_mut() {
+            db.commit_times.clear();
+        }
         self.timers.stop(TimerKind::LeasePoll);
         self.timers.stop(TimerKind::Reconnect);
         self.timers.stop(TimerKind::UpstreamIdle);
         self.arm_lease_timers(req.sent_at, expires_at);
         self.timers.set(TimerKind::Heartbeat, now + self.cfg.heartbeat_ms);
         self.timers.set(TimerKind::Retention, now + self.cfg.heartbeat_ms);
-        let pos = self.pos;
-        self.event(Event::BecamePrimary { epoch, pos });
+        self.event(Event::BecamePrimary { epoch });
     }
 
     fn arm_lease_timers(&mut self, sent_at: Millis, expires_at: Millis) {
@@ -239,7 +237,7 @@ impl Node {
             self.event(Event::HandoffRefused { to, reason: "not primary" });
             return;
         };
-        if self.commit.is_some() {
+        if self.dbs.values().any(|db| db.commit.is_some()) {
             self.event(Event::HandoffRefused { to, reason: "a commit is in flight" });
             return;
         }
@@ -248,7 +246,10 @@ impl Node {
             self.event(Event::HandoffRefused { to, reason: "target not connected with acknowledgements" });
             return;
         };
-        if self.acked.get(&to) != Some(&self.pos) {
+        let caught_up = self.dbs.iter().all(|(name, db)| {
+            db.pos == crate::types::Pos::ZERO || self.acked.get(&(to, name.clone())) == Some(&db.pos)
+        });
+        if !caught_up {
             self.event(Event::HandoffRefused { to, reason: "target has not acknowledged our position" });
             return;
         }

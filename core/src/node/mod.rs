@@ -3,11 +3,15 @@
 //! ([`Node::handle`]), carry out the [`Output`]s it queues ([`Node::poll_output`]), and call
 //! `handle(now, Input::Timeout)` when [`Node::poll_timeout`]'s deadline passes.
 //!
+//! One node replicates any number of databases: one lease and one stream per peer carry them
+//! all, and each database keeps its own position, history and in-flight work (`db`).
+//!
 //! Files by job: `lease` (acquire, renew, safe-write deadline, step-down, handoff), `primary`
 //! (commit path, serving replicas, acknowledgements, retention), `replica` (following a
 //! primary, applying LTX files, backoff), `recovery` (start from durable state).
 
 mod config;
+mod db;
 mod history;
 mod input;
 mod lease;
@@ -23,15 +27,17 @@ use std::collections::{BTreeMap, VecDeque};
 
 pub use config::{Config, ConfigError, Faults, SyncConfig, SyncPolicy};
 pub use history::{History, LtxEntry};
-pub use input::{CommitId, DownstreamId, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery, UpstreamId};
+pub use input::{CommitId, DbRecovery, DownstreamId, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery, UpstreamId};
 pub use output::{Event, Output, RefuseReason};
 pub use rng::SplitMix64;
 pub use time::Millis;
 pub use timer::{TimerKind, Timers};
 
+use crate::stream::DbName;
 use crate::types::{Epoch, NodeId, Pos};
+use db::Db;
 use lease::LeaseState;
-use primary::{Downstream, InflightCommit};
+use primary::Downstream;
 use replica::{Persist, Upstream};
 
 /// What a node is doing right now.
@@ -67,25 +73,18 @@ pub struct Node {
     next_id: u64,
     started: bool,
     stopped: bool,
-    pos: Pos,
-    history: History,
+    dbs: BTreeMap<DbName, Db>,
+    /// Which database each disk request belongs to.
+    ops: BTreeMap<OpId, DbName>,
     /// Highest lease epoch this node has seen anywhere. Never decreases.
     max_epoch: Epoch,
     lease: LeaseState,
     known_primary: Option<(NodeId, Epoch)>,
     lease_ops: BTreeMap<OpId, lease::LeaseOp>,
-    commit: Option<InflightCommit>,
     downstream: BTreeMap<DownstreamId, Downstream>,
-    /// Latest durable position each replica acknowledged on our lineage.
-    acked: BTreeMap<NodeId, Pos>,
-    /// Commit times of transactions not yet acknowledged by every candidate.
-    commit_times: BTreeMap<crate::types::TxId, Millis>,
+    /// Latest durable position each replica acknowledged on our lineage, per database.
+    acked: BTreeMap<(NodeId, DbName), Pos>,
     upstream: Option<Upstream>,
-    inbox: VecDeque<Vec<u8>>,
-    persist: Option<Persist>,
-    replay: VecDeque<LtxFileInfo>,
-    /// Recovery could not establish a trustworthy position: wait for a snapshot.
-    needs_snapshot: bool,
     backoff_attempt: u32,
 }
 
@@ -101,21 +100,15 @@ impl Node {
             next_id: 1,
             started: false,
             stopped: false,
-            pos: Pos::ZERO,
-            history: History::default(),
+            dbs: BTreeMap::new(),
+            ops: BTreeMap::new(),
             max_epoch: Epoch(0),
             lease: LeaseState::None,
             known_primary: None,
             lease_ops: BTreeMap::new(),
-            commit: None,
             downstream: BTreeMap::new(),
             acked: BTreeMap::new(),
-            commit_times: BTreeMap::new(),
             upstream: None,
-            inbox: VecDeque::new(),
-            persist: None,
-            replay: VecDeque::new(),
-            needs_snapshot: false,
             backoff_attempt: 0,
         })
     }
@@ -125,8 +118,7 @@ impl Node {
         if self.stopped {
             return;
         }
-        let before = (self.pos, self.max_epoch);
-        let _ = before.0;
+        let epoch_before = self.max_epoch;
         match input {
             Input::Start(recovery) => self.on_start(now, recovery),
             _ if !self.started => {}
@@ -147,8 +139,8 @@ impl Node {
                 self.lease_ops.remove(&op);
                 self.on_observation(now, holder);
             }
-            Input::Commit { commit, pages, commit_pages, removed } => {
-                self.on_commit(now, commit, pages, commit_pages, removed);
+            Input::Commit { commit, db, page_size, pages, commit_pages, removed } => {
+                self.on_commit(now, commit, db, page_size, pages, commit_pages, removed);
             }
             Input::LtxDone { op, result } => self.on_ltx_done(now, op, result),
             Input::UpstreamOpened { conn, ext } => self.on_upstream_opened(now, conn, ext),
@@ -163,14 +155,15 @@ impl Node {
             Input::Promote => self.on_promote(now),
             Input::Shutdown => self.on_shutdown(now),
         }
-        debug_assert!(self.max_epoch >= before.1, "epoch went back");
-        debug_assert!(
-            self.history.last().is_none_or(|f| f.post_pos() == self.pos)
-                || !self.replay.is_empty()
-                || matches!(self.persist, Some(Persist { replay: true, .. })),
-            "position {} is not the end of the retained history",
-            self.pos
-        );
+        debug_assert!(self.max_epoch >= epoch_before, "epoch went back");
+        #[cfg(debug_assertions)]
+        for (name, db) in &self.dbs {
+            debug_assert!(
+                db.history.last().is_none_or(|f| f.post_pos() == db.pos) || db.replaying(),
+                "{name}: position {} is not the end of the retained history",
+                db.pos
+            );
+        }
     }
 
     /// The next thing to do, if any.
@@ -184,10 +177,15 @@ impl Node {
         if self.stopped { None } else { self.timers.next() }
     }
 
-    /// The database position (what is durable and applied).
+    /// A database's position (what is durable and applied); zero for an unknown database.
     #[must_use]
-    pub fn pos(&self) -> Pos {
-        self.pos
+    pub fn pos(&self, db: &DbName) -> Pos {
+        self.dbs.get(db).map_or(Pos::ZERO, |d| d.pos)
+    }
+
+    /// Every database this node knows, with its position.
+    pub fn positions(&self) -> impl Iterator<Item = (&DbName, Pos)> {
+        self.dbs.iter().map(|(name, db)| (name, db.pos))
     }
 
     /// The highest epoch this node has seen.
@@ -196,10 +194,10 @@ impl Node {
         self.max_epoch
     }
 
-    /// The retained LTX history index.
+    /// A database's retained LTX history index.
     #[must_use]
-    pub fn history(&self) -> &History {
-        &self.history
+    pub fn history(&self, db: &DbName) -> Option<&History> {
+        self.dbs.get(db).map(|d| &d.history)
     }
 
     /// This node's id.
@@ -214,7 +212,7 @@ impl Node {
         if self.stopped || !self.started {
             return Role::Stopped;
         }
-        if !self.replay.is_empty() || matches!(self.persist, Some(Persist { replay: true, .. })) {
+        if self.dbs.values().any(Db::replaying) {
             return Role::Recovering;
         }
         if let LeaseState::Held { epoch, .. } = self.lease {

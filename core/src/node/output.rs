@@ -4,7 +4,7 @@
 //! the LTX it acknowledges was reported durable (and, in synchronous mode, acknowledged).
 
 use crate::node::input::{CommitId, DownstreamId, OpId, UpstreamId};
-use crate::stream::Extensions;
+use crate::stream::{DbName, Extensions};
 use crate::types::{Checksum, Epoch, NodeId, Pos, TxId};
 
 /// Why a commit was refused; the application sees a read-only error.
@@ -50,6 +50,8 @@ pub enum Output {
     /// Make this LTX file durable, then apply it to the database whose checksum is `base`
     /// (a snapshot replaces the database and all older LTX files). Answer with `LtxDone`.
     PersistLtx {
+        /// The database.
+        db: DbName,
         /// Request id.
         op: OpId,
         /// The file's transaction range.
@@ -63,6 +65,8 @@ pub enum Output {
     },
     /// Apply an LTX file already on disk (recovery replay). Answer with `LtxDone`.
     ReplayLtx {
+        /// The database.
+        db: DbName,
         /// Request id.
         op: OpId,
         /// The file's transaction range.
@@ -74,6 +78,8 @@ pub enum Output {
     },
     /// Delete an LTX file.
     RemoveLtx {
+        /// The database.
+        db: DbName,
         /// Range of the file.
         min: TxId,
         /// See `min`.
@@ -81,6 +87,8 @@ pub enum Output {
     },
     /// Tell the application its commit is durable.
     AckCommit {
+        /// The database.
+        db: DbName,
         /// The commit.
         commit: CommitId,
         /// The position it produced.
@@ -129,6 +137,8 @@ pub enum Output {
     StreamLtx {
         /// The stream.
         conn: DownstreamId,
+        /// The database.
+        db: DbName,
         /// The file's range.
         min: TxId,
         /// See `min`.
@@ -138,6 +148,8 @@ pub enum Output {
     StreamSnapshot {
         /// The stream.
         conn: DownstreamId,
+        /// The database.
+        db: DbName,
         /// The database's position.
         pos: Pos,
     },
@@ -157,8 +169,6 @@ pub enum Event {
     BecamePrimary {
         /// Lease epoch.
         epoch: Epoch,
-        /// Position at that moment.
-        pos: Pos,
     },
     /// This node stopped being primary.
     SteppedDown {
@@ -181,6 +191,8 @@ pub enum Event {
     },
     /// Recovery found the database and LTX history disagreeing, and applied a rule.
     Recovered {
+        /// The database.
+        db: DbName,
         /// The position recovered to.
         pos: Pos,
         /// Which rule applied.
@@ -188,11 +200,15 @@ pub enum Event {
     },
     /// A synchronous commit was acknowledged without all required acknowledgements.
     SyncDegraded {
+        /// The database.
+        db: DbName,
         /// The transaction.
         txid: TxId,
     },
     /// A synchronous commit is blocked waiting for acknowledgements.
     SyncStalled {
+        /// The database.
+        db: DbName,
         /// The transaction.
         txid: TxId,
     },
@@ -205,6 +221,8 @@ pub enum Event {
     },
     /// A disk operation failed.
     DiskFailed {
+        /// The database.
+        db: DbName,
         /// What failed.
         failure: super::input::IoFailure,
     },

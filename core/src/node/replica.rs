@@ -3,8 +3,6 @@
 //! extends our position (min TXID = ours + 1 and pre-apply checksum = ours) or a snapshot,
 //! acknowledge durable positions, and reconnect with jittered backoff.
 
-use std::collections::BTreeMap;
-
 use crate::ltx::{VerifiedLtx, verify};
 use crate::node::history::LtxEntry;
 use crate::node::input::{IoFailure, OpId, UpstreamId};
@@ -12,10 +10,10 @@ use crate::node::output::{Event, Output};
 use crate::node::time::Millis;
 use crate::node::timer::TimerKind;
 use crate::node::{Node, Role};
-use crate::stream::{Extensions, Frame, StreamDecoder, StreamEvent, encode_frame, encode_pos_map};
+use crate::stream::{DbName, Extensions, Frame, PosMap, StreamDecoder, StreamEvent, encode_frame, encode_pos_map};
 use crate::types::{Epoch, NodeId, Pos, TxId};
 
-/// Most received-but-unapplied LTX files buffered while one is being persisted. The primary
+/// Most received-but-unapplied LTX files buffered per database while one is being persisted. The primary
 /// sends in order and a replica persists one at a time; past this the replica is too slow
 /// and resyncs rather than buffer without bound.
 const MAX_INBOX_FILES: usize = 256;
@@ -54,7 +52,9 @@ impl Node {
         if let Some(up) = self.upstream.take() {
             self.emit(Output::CloseUpstream { conn: up.conn });
         }
-        self.inbox.clear();
+        for db in self.dbs.values_mut() {
+            db.inbox.clear();
+        }
         self.timers.stop(TimerKind::UpstreamIdle);
     }
 
@@ -79,8 +79,7 @@ impl Node {
         }
         let Role::Replica { primary, epoch } = self.role() else { return };
         let conn = UpstreamId(self.next_op().0);
-        let mut map = BTreeMap::new();
-        map.insert(self.cfg.db.clone(), self.pos);
+        let map: PosMap = self.dbs.iter().map(|(name, db)| (name.clone(), db.pos)).collect();
         let body = encode_pos_map(&map);
         self.upstream = Some(Upstream {
             conn,
@@ -105,7 +104,9 @@ impl Node {
     pub(crate) fn on_upstream_closed(&mut self, now: Millis, conn: UpstreamId) {
         if self.upstream.as_ref().is_some_and(|u| u.conn == conn) {
             self.upstream = None;
-            self.inbox.clear();
+            for db in self.dbs.values_mut() {
+                db.inbox.clear();
+            }
             self.timers.stop(TimerKind::UpstreamIdle);
             self.schedule_reconnect(now);
         }
@@ -121,6 +122,7 @@ impl Node {
         let Some(up) = self.upstream.as_mut().filter(|u| u.conn == conn && u.opened) else { return };
         up.decoder.feed(bytes);
         self.timers.set(TimerKind::UpstreamIdle, now + self.cfg.upstream_idle_ms);
+        let mut touched: Vec<DbName> = Vec::new();
         loop {
             let Some(up) = self.upstream.as_mut().filter(|u| u.conn == conn) else { return };
             let (peer, epoch) = (up.peer, up.epoch);
@@ -128,13 +130,12 @@ impl Node {
                 Ok(None) => break,
                 Err(e) => return self.resync(now, format!("stream from {peer}: {e}")),
                 Ok(Some(StreamEvent::Ltx { name, payload })) => {
-                    if name != self.cfg.db {
-                        continue;
+                    let db = self.dbs.entry(name.clone()).or_default();
+                    if db.inbox.len() >= MAX_INBOX_FILES {
+                        return self.resync(now, format!("{name}: too many LTX files buffered"));
                     }
-                    if self.inbox.len() >= MAX_INBOX_FILES {
-                        return self.resync(now, "too many LTX files buffered".into());
-                    }
-                    self.inbox.push_back(payload);
+                    db.inbox.push_back(payload);
+                    touched.push(name);
                 }
                 Ok(Some(StreamEvent::Frame(frame))) => match frame {
                     Frame::Epoch { epoch: theirs, node_id } => {
@@ -151,36 +152,41 @@ impl Node {
                 },
             }
         }
-        self.process_inbox(now);
+        touched.dedup();
+        for name in touched {
+            self.process_inbox(now, &name);
+        }
     }
 
-    /// Checks that a verified file extends our position (or is a snapshot).
-    fn check_contiguous(&self, verified: VerifiedLtx) -> Result<Contiguous, String> {
+    /// Checks that a verified file extends our position in its database (or is a snapshot).
+    fn check_contiguous(&self, pos: Pos, verified: VerifiedLtx) -> Result<Contiguous, String> {
         let header = verified.header();
         if header.is_snapshot() || self.cfg.faults.skip_pre_apply_check {
             return Ok(Contiguous { verified });
         }
-        if header.min_txid != self.pos.txid.next() {
-            return Err(format!("LTX starts at {} but we are at {}", header.min_txid, self.pos));
+        if header.min_txid != pos.txid.next() {
+            return Err(format!("LTX starts at {} but we are at {pos}", header.min_txid));
         }
-        if header.pre_apply_checksum != self.pos.checksum {
-            return Err(format!("LTX pre-apply checksum {} but we are at {}", header.pre_apply_checksum, self.pos));
+        if header.pre_apply_checksum != pos.checksum {
+            return Err(format!("LTX pre-apply checksum {} but we are at {pos}", header.pre_apply_checksum));
         }
         Ok(Contiguous { verified })
     }
 
-    fn process_inbox(&mut self, now: Millis) {
-        if self.persist.is_some() || self.commit.is_some() {
+    pub(crate) fn process_inbox(&mut self, now: Millis, name: &DbName) {
+        let Some(db) = self.dbs.get_mut(name) else { return };
+        if db.busy() {
             return;
         }
-        let Some(payload) = self.inbox.pop_front() else { return };
+        let Some(payload) = db.inbox.pop_front() else { return };
+        let pos = db.pos;
         let verified = match verify(payload.as_slice()) {
             Ok(v) => v,
-            Err(e) => return self.resync(now, format!("invalid LTX: {e}")),
+            Err(e) => return self.resync(now, format!("{name}: invalid LTX: {e}")),
         };
-        let proof = match self.check_contiguous(verified) {
+        let proof = match self.check_contiguous(pos, verified) {
             Ok(p) => p,
-            Err(reason) => return self.resync(now, reason),
+            Err(reason) => return self.resync(now, format!("{name}: {reason}")),
         };
         let h = proof.verified.header();
         let entry = LtxEntry {
@@ -191,59 +197,66 @@ impl Node {
             size: proof.verified.size(),
             added_at: now,
         };
+        let page_size = h.page_size;
         // With the pre-apply check skipped (fault injection) the node trusts the file's own
         // claim about where it applies.
-        let base = if self.cfg.faults.skip_pre_apply_check { entry.pre } else { self.pos.checksum };
+        let base = if self.cfg.faults.skip_pre_apply_check { entry.pre } else { pos.checksum };
         let op = self.next_op();
         let conn = self.upstream.as_ref().map(|u| u.conn);
-        self.persist = Some(Persist { op, entry, replay: false, conn });
-        self.emit(Output::PersistLtx { op, min: entry.min, max: entry.max, bytes: payload, base });
+        self.ops.insert(op, name.clone());
+        if let Some(db) = self.dbs.get_mut(name) {
+            db.persist = Some(Persist { op, entry, replay: false, conn });
+            db.page_size = Some(page_size);
+        }
+        self.emit(Output::PersistLtx { db: name.clone(), op, min: entry.min, max: entry.max, bytes: payload, base });
     }
 
     pub(crate) fn on_ltx_done(&mut self, now: Millis, op: OpId, result: Result<Pos, IoFailure>) {
-        if self.commit.as_ref().is_some_and(|c| c.op_is(op)) {
-            self.on_commit_persisted(now, result);
-            self.process_inbox(now);
+        let Some(name) = self.ops.remove(&op) else { return };
+        let Some(db) = self.dbs.get_mut(&name) else { return };
+        if db.commit.as_ref().is_some_and(|c| c.op_is(op)) {
+            self.on_commit_persisted(now, &name, result);
+            self.process_inbox(now, &name);
             return;
         }
-        let Some(p) = self.persist.filter(|p| p.op == op) else { return };
-        self.persist = None;
+        let Some(p) = db.persist.filter(|p| p.op == op) else { return };
+        db.persist = None;
         match result {
             Ok(pos) if pos == p.entry.post_pos() => {
-                if p.entry.min == TxId(1) && p.entry.max < self.pos.txid {
+                if p.entry.min == TxId(1) && p.entry.max < db.pos.txid {
                     // A snapshot moved a diverged replica back: its later history is gone.
-                    self.history.clear();
+                    db.history.clear();
                 }
                 if p.replay {
-                    self.pos = pos;
+                    db.pos = pos;
                 } else {
-                    self.advance(now, p.entry);
-                    self.needs_snapshot = false;
-                    self.send_ack(p.conn, pos);
+                    db.needs_snapshot = false;
+                    self.advance(now, &name, p.entry);
+                    self.send_ack(p.conn, &name, pos);
                 }
             }
             Ok(_) | Err(_) => {
                 let failure = result.err().unwrap_or(IoFailure::Mismatch);
-                self.event(Event::DiskFailed { failure });
+                self.event(Event::DiskFailed { db: name.clone(), failure });
                 if p.replay {
-                    self.recovery_failed(now);
+                    self.recovery_failed(now, &name);
                 } else {
-                    self.resync(now, format!("persisting {}-{} failed", p.entry.min, p.entry.max));
+                    self.resync(now, format!("{name}: persisting {}-{} failed", p.entry.min, p.entry.max));
                 }
                 return;
             }
         }
         if p.replay {
-            self.continue_replay(now);
+            self.continue_replay(now, &name);
         } else {
-            self.process_inbox(now);
+            self.process_inbox(now, &name);
         }
     }
 
-    fn send_ack(&mut self, conn: Option<UpstreamId>, pos: Pos) {
+    fn send_ack(&mut self, conn: Option<UpstreamId>, name: &DbName, pos: Pos) {
         let Some(up) = self.upstream.as_ref().filter(|u| Some(u.conn) == conn && u.ext.ack) else { return };
         let mut bytes = Vec::new();
-        encode_frame(&Frame::Ack { pos, name: self.cfg.db.clone() }, &mut bytes);
+        encode_frame(&Frame::Ack { pos, name: name.clone() }, &mut bytes);
         let conn = up.conn;
         self.emit(Output::SendUpstream { conn, bytes });
     }

@@ -14,7 +14,7 @@ fn db() -> DbName {
 }
 
 fn config(id: u64) -> Config {
-    let mut c = Config::new(NodeId(id), db(), PageSize::new(PAGE).expect("valid"));
+    let mut c = Config::new(NodeId(id));
     c.candidates = [NodeId(1), NodeId(2)].into_iter().collect();
     c
 }
@@ -56,7 +56,11 @@ fn change(pgno: u32, old: Option<&[u8]>, fill: u8) -> PageChange {
 }
 
 fn commit(node: &mut Node, now: u64, id: u64, pages: Vec<PageChange>, commit_pages: u32) -> Vec<Output> {
-    node.handle(Millis(now), Input::Commit { commit: CommitId(id), pages, commit_pages, removed: Vec::new() });
+    let page_size = PageSize::new(PAGE).expect("valid");
+    node.handle(
+        Millis(now),
+        Input::Commit { commit: CommitId(id), db: db(), page_size, pages, commit_pages, removed: Vec::new() },
+    );
     drain(node)
 }
 
@@ -112,15 +116,15 @@ fn the_first_commit_is_txid_1_and_is_acknowledged_only_after_it_is_durable() {
     assert_eq!(verified.post_apply_pos(), Pos::new(TxId(1), expected.value()));
     node.handle(Millis(11), Input::LtxDone { op, result: Ok(verified.post_apply_pos()) });
     let out = drain(&mut node);
-    assert_eq!(out, vec![Output::AckCommit { commit: CommitId(42), pos: verified.post_apply_pos() }]);
-    assert_eq!(node.pos(), verified.post_apply_pos());
+    assert_eq!(out, vec![Output::AckCommit { db: db(), commit: CommitId(42), pos: verified.post_apply_pos() }]);
+    assert_eq!(node.pos(&db()), verified.post_apply_pos());
 }
 
 #[test]
 fn the_post_apply_checksum_is_derived_from_old_and_new_page_checksums() {
     let (node, _, file_db) = primary_with_two_commits();
     let whole = ltx::checksum_database(file_db.as_slice(), PageSize::new(PAGE).expect("valid")).expect("sums");
-    assert_eq!(node.pos(), Pos::new(TxId(2), whole));
+    assert_eq!(node.pos(&db()), Pos::new(TxId(2), whole));
 }
 
 #[test]
@@ -131,7 +135,7 @@ fn a_failed_persist_refuses_the_commit_and_keeps_the_position() {
     node.handle(Millis(11), Input::LtxDone { op, result: Err(IoFailure::NoSpace) });
     let out = drain(&mut node);
     assert!(out.contains(&Output::RefuseCommit { commit: CommitId(1), reason: RefuseReason::Disk }));
-    assert_eq!(node.pos(), Pos::ZERO);
+    assert_eq!(node.pos(&db()), Pos::ZERO);
 }
 
 #[test]
@@ -200,9 +204,8 @@ fn connected_replica() -> (Node, UpstreamId) {
         .into_iter()
         .find_map(|o| match o {
             Output::Connect { conn, peer: NodeId(1), body, .. } => {
-                let mut expected = BTreeMap::new();
-                expected.insert(db(), Pos::ZERO);
-                assert_eq!(body, encode_pos_map(&expected));
+                // A node that holds no database yet asks for everything.
+                assert_eq!(body, encode_pos_map(&BTreeMap::new()));
                 Some(conn)
             }
             _ => None,
@@ -244,7 +247,7 @@ fn a_replica_applies_a_snapshot_then_the_next_file_and_acknowledges_each() {
         let mut ack = Vec::new();
         encode_frame(&Frame::Ack { pos, name: db() }, &mut ack);
         assert!(out.contains(&Output::SendUpstream { conn, bytes: ack }), "{out:?}");
-        assert_eq!(node.pos(), pos);
+        assert_eq!(node.pos(&db()), pos);
     }
 }
 
@@ -267,17 +270,17 @@ fn open_downstream(node: &mut Node, conn: u64, pos: Pos) -> Vec<Output> {
 fn a_primary_sends_the_next_file_or_a_snapshot_by_the_replicas_position() {
     let (mut node, files, _) = primary_with_two_commits();
     let p1 = ltx::verify(files[0].as_slice()).expect("valid").post_apply_pos();
-    let p2 = node.pos();
+    let p2 = node.pos(&db());
     let c = DownstreamId;
-    assert_eq!(open_downstream(&mut node, 1, Pos::ZERO), vec![Output::StreamSnapshot { conn: c(1), pos: p2 }]);
-    assert_eq!(open_downstream(&mut node, 2, p1), vec![Output::StreamLtx { conn: c(2), min: TxId(2), max: TxId(2) }]);
+    assert_eq!(open_downstream(&mut node, 1, Pos::ZERO), vec![Output::StreamSnapshot { db: db(), conn: c(1), pos: p2 }]);
+    assert_eq!(open_downstream(&mut node, 2, p1), vec![Output::StreamLtx { db: db(), conn: c(2), min: TxId(2), max: TxId(2) }]);
     assert_eq!(open_downstream(&mut node, 3, p2), vec![]);
     let diverged = Pos::new(TxId(2), Checksum(p2.checksum.0 ^ 1));
-    assert_eq!(open_downstream(&mut node, 4, diverged), vec![Output::StreamSnapshot { conn: c(4), pos: p2 }]);
+    assert_eq!(open_downstream(&mut node, 4, diverged), vec![Output::StreamSnapshot { db: db(), conn: c(4), pos: p2 }]);
     let ahead = Pos::new(TxId(3), p2.checksum);
-    assert_eq!(open_downstream(&mut node, 5, ahead), vec![Output::StreamSnapshot { conn: c(5), pos: p2 }]);
+    assert_eq!(open_downstream(&mut node, 5, ahead), vec![Output::StreamSnapshot { db: db(), conn: c(5), pos: p2 }]);
     let off_lineage = Pos::new(TxId(1), Checksum(p1.checksum.0 ^ 1));
-    assert_eq!(open_downstream(&mut node, 6, off_lineage), vec![Output::StreamSnapshot { conn: c(6), pos: p2 }]);
+    assert_eq!(open_downstream(&mut node, 6, off_lineage), vec![Output::StreamSnapshot { db: db(), conn: c(6), pos: p2 }]);
 }
 
 #[test]
@@ -294,11 +297,11 @@ fn a_synchronous_commit_waits_for_every_other_candidate_to_acknowledge() {
     assert!(!out.iter().any(|o| matches!(o, Output::AckCommit { .. })), "acknowledged without replicas: {out:?}");
     node.handle(Millis(1_100), Input::Timeout);
     let out = drain(&mut node);
-    assert!(out.contains(&Output::Event(Event::SyncStalled { txid: TxId(1) })), "{out:?}");
+    assert!(out.contains(&Output::Event(Event::SyncStalled { db: db(), txid: TxId(1) })), "{out:?}");
     let mut ack = Vec::new();
     encode_frame(&Frame::Ack { pos, name: db() }, &mut ack);
     node.handle(Millis(1_200), Input::DownstreamData { conn: DownstreamId(1), bytes: ack });
-    assert_eq!(drain(&mut node), vec![Output::AckCommit { commit: CommitId(1), pos }]);
+    assert_eq!(drain(&mut node), vec![Output::AckCommit { db: db(), commit: CommitId(1), pos }]);
 }
 
 #[test]
@@ -313,8 +316,8 @@ fn a_degrading_synchronous_commit_is_acknowledged_at_the_timeout_with_an_event()
     drain(&mut node);
     node.handle(Millis(541), Input::Timeout);
     let out = drain(&mut node);
-    assert!(out.contains(&Output::Event(Event::SyncDegraded { txid: TxId(1) })));
-    assert!(out.contains(&Output::AckCommit { commit: CommitId(1), pos }));
+    assert!(out.contains(&Output::Event(Event::SyncDegraded { db: db(), txid: TxId(1) })));
+    assert!(out.contains(&Output::AckCommit { db: db(), commit: CommitId(1), pos }));
 }
 
 #[test]
@@ -326,9 +329,13 @@ fn the_async_window_refuses_writes_while_a_candidate_lags_too_long() {
     let (op, _, bytes) = persisted(&out);
     let pos = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
     node.handle(Millis(41), Input::LtxDone { op, result: Ok(pos) });
-    assert!(drain(&mut node).contains(&Output::AckCommit { commit: CommitId(1), pos }));
+    assert!(drain(&mut node).contains(&Output::AckCommit { db: db(), commit: CommitId(1), pos }));
     let out = commit(&mut node, 2_000, 2, vec![change(1, Some(&page(1)), 2)], 1);
     assert_eq!(out, vec![Output::RefuseCommit { commit: CommitId(2), reason: RefuseReason::AsyncWindow }]);
+}
+
+fn one_db(rec: DbRecovery) -> Recovery {
+    Recovery { dbs: [(db(), rec)].into_iter().collect() }
 }
 
 fn info(file: &[u8]) -> LtxFileInfo {
@@ -347,24 +354,24 @@ fn recovery_replays_the_files_the_database_missed() {
     let (_, files, _) = primary_with_two_commits();
     let first = info(&files[0]);
     let second = info(&files[1]);
-    let recovery = Recovery { ltx: vec![second, first], invalid_ltx: vec![], db_checksum: first.post };
+    let recovery = one_db(DbRecovery { ltx: vec![second, first], invalid_ltx: vec![], db_checksum: first.post });
     let (node, out) = started(config(2), recovery);
-    assert!(out.contains(&Output::ReplayLtx { op: OpId(2), min: TxId(2), max: TxId(2), base: first.post }), "{out:?}");
+    assert!(out.contains(&Output::ReplayLtx { db: db(), op: OpId(2), min: TxId(2), max: TxId(2), base: first.post }), "{out:?}");
     assert_eq!(node.role(), Role::Recovering);
 }
 
 #[test]
 fn recovery_with_a_database_matching_no_file_waits_for_a_snapshot_and_never_acquires() {
     let (_, files, _) = primary_with_two_commits();
-    let recovery = Recovery {
+    let recovery = one_db(DbRecovery {
         ltx: vec![info(&files[1])],
         invalid_ltx: vec![(TxId(3), TxId(3))],
         db_checksum: Checksum(Checksum::FLAG | 12345),
-    };
+    });
     let (mut node, out) = started(config(1), recovery);
-    assert!(out.contains(&Output::RemoveLtx { min: TxId(3), max: TxId(3) }));
-    assert!(out.contains(&Output::RemoveLtx { min: TxId(2), max: TxId(2) }));
-    assert_eq!(node.pos(), Pos::ZERO);
+    assert!(out.contains(&Output::RemoveLtx { db: db(), min: TxId(3), max: TxId(3) }));
+    assert!(out.contains(&Output::RemoveLtx { db: db(), min: TxId(2), max: TxId(2) }));
+    assert_eq!(node.pos(&db()), Pos::ZERO);
     node.handle(Millis(0), Input::Timeout);
     let out = drain(&mut node);
     assert!(out.iter().any(|o| matches!(o, Output::ObserveLease { .. })));
@@ -400,10 +407,10 @@ fn handoff_goes_only_to_a_replica_that_acknowledged_our_position() {
     let (mut node, _, _) = primary_with_two_commits();
     node.handle(Millis(30), Input::Handoff { to: NodeId(2) });
     assert!(drain(&mut node).iter().any(|o| matches!(o, Output::Event(Event::HandoffRefused { .. }))));
-    let here = node.pos();
+    let here = node.pos(&db());
     open_downstream(&mut node, 1, here);
     let mut ack = Vec::new();
-    encode_frame(&Frame::Ack { pos: node.pos(), name: db() }, &mut ack);
+    encode_frame(&Frame::Ack { pos: node.pos(&db()), name: db() }, &mut ack);
     node.handle(Millis(31), Input::DownstreamData { conn: DownstreamId(1), bytes: ack });
     node.handle(Millis(32), Input::Handoff { to: NodeId(2) });
     let out = drain(&mut node);
