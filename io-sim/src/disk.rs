@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use replite_core::ltx::{self, PageFile};
-use replite_core::node::{IoFailure, LtxFileInfo, Recovery};
+use replite_core::node::{DbRecovery, IoFailure, LtxFileInfo};
 use replite_core::{Checksum, PageSize, Pos, TxId};
 
 /// Durable files.
@@ -35,8 +35,8 @@ impl Disk {
 
     /// What a restarting node finds.
     #[must_use]
-    pub fn recovery(&mut self, page_size: PageSize) -> Recovery {
-        let mut rec = Recovery::default();
+    pub fn recovery(&mut self, page_size: PageSize) -> DbRecovery {
+        let mut rec = DbRecovery::default();
         for (&(min, max), bytes) in &self.ltx {
             match ltx::verify(bytes.as_slice()) {
                 Ok(v) if v.header().min_txid == min && v.header().max_txid == max => rec.ltx.push(LtxFileInfo {

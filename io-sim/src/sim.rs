@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use replite_core::ltx::page_checksum;
 use replite_core::ltx::{SnapshotOptions, encode_database};
 use replite_core::node::{
-    CommitId, Config, DownstreamId, Event, Faults, Input, IoFailure, Millis, Node, OpId, Output, PageChange, Role,
-    SplitMix64, SyncConfig, SyncPolicy, UpstreamId,
+    CommitId, Config, DownstreamId, Event, Faults, Input, IoFailure, Millis, Node, OpId, Output, PageChange, Recovery,
+    Role, SplitMix64, SyncConfig, SyncPolicy, UpstreamId,
 };
 use replite_core::stream::{DbName, Extensions, encode_ltx_message};
 use replite_core::{Epoch, NodeId, PageSize, Pgno, Pos, TxId};
@@ -18,6 +18,10 @@ use crate::lease_store::{LeaseReply, LeaseStore};
 const PAGE_SIZE: u32 = 512;
 /// Largest simulated database, in pages.
 const MAX_DB_PAGES: u32 = 12;
+fn page_size() -> PageSize {
+    PageSize::new(PAGE_SIZE).expect("constant page size is valid")
+}
+
 /// How many trace lines are kept for failure reports.
 const TRACE_LINES: usize = 60;
 
@@ -80,6 +84,8 @@ pub struct SimConfig {
     pub clients_until_ms: u64,
     /// The last node starts this late, with an empty disk (a new node joining), if set.
     pub late_join_ms: Option<u64>,
+    /// How many databases the cluster replicates.
+    pub databases: usize,
 }
 
 impl Default for SimConfig {
@@ -95,6 +101,7 @@ impl Default for SimConfig {
             faults_until_ms: 40_000,
             clients_until_ms: 50_000,
             late_join_ms: None,
+            databases: 2,
         }
     }
 }
@@ -146,6 +153,8 @@ pub enum Fact {
     Committed {
         /// Node index.
         node: usize,
+        /// Database.
+        db: DbName,
         /// Epoch it believed it wrote under.
         epoch: Epoch,
         /// Position before.
@@ -159,6 +168,8 @@ pub enum Fact {
     Acked {
         /// Node index.
         node: usize,
+        /// Database.
+        db: DbName,
         /// Position.
         pos: Pos,
         /// True time.
@@ -166,6 +177,8 @@ pub enum Fact {
     },
     /// A synchronous commit was acknowledged without all acknowledgements.
     Degraded {
+        /// Database.
+        db: DbName,
         /// Transaction.
         txid: TxId,
     },
@@ -175,13 +188,15 @@ pub enum Fact {
         node: usize,
         /// Epoch.
         epoch: Epoch,
-        /// Its position.
-        pos: Pos,
+        /// Its positions.
+        positions: Vec<(DbName, Pos)>,
     },
     /// A node's position changed.
     Moved {
         /// Node index.
         node: usize,
+        /// Database.
+        db: DbName,
         /// Old position.
         from: Pos,
         /// New position.
@@ -246,11 +261,11 @@ struct SimNode {
     inc: u64,
     offset_ms: u64,
     drift_ppm: i64,
-    disk: Disk,
-    ops: BTreeMap<OpId, DiskOp>,
+    disks: BTreeMap<DbName, Disk>,
+    ops: BTreeMap<OpId, (DbName, DiskOp)>,
     timeout_gen: u64,
     timeout_at: Option<u64>,
-    last_pos: Pos,
+    last_pos: BTreeMap<DbName, Pos>,
     last_epoch_held: Option<Epoch>,
     upstream_epoch: Option<Epoch>,
 }
@@ -279,6 +294,7 @@ pub struct Sim {
     /// Facts since the checker last drained them.
     pub facts: Vec<Fact>,
     trace: VecDeque<String>,
+    db_names: Vec<DbName>,
     /// Events processed.
     pub events: u64,
     /// Commits acknowledged.
@@ -298,9 +314,7 @@ impl Sim {
         let mut nodes = Vec::new();
         for i in 0..cfg.nodes {
             let id = NodeId(i as u64 + 1);
-            let db = DbName::new("sim.db").expect("constant name is valid");
-            let page_size = PageSize::new(PAGE_SIZE).expect("constant page size is valid");
-            let mut c = Config::new(id, db, page_size);
+            let mut c = Config::new(id);
             c.candidate = i < cfg.candidates;
             c.candidates = candidates.clone();
             c.lease_ttl_ms = ttl_ms;
@@ -327,15 +341,16 @@ impl Sim {
                 inc: 0,
                 offset_ms: rng.below(1_000_000),
                 drift_ppm,
-                disk: Disk::default(),
+                disks: BTreeMap::new(),
                 ops: BTreeMap::new(),
                 timeout_gen: 0,
                 timeout_at: None,
-                last_pos: Pos::ZERO,
+                last_pos: BTreeMap::new(),
                 last_epoch_held: None,
                 upstream_epoch: None,
             });
         }
+        let cfg_databases = cfg.databases.max(1);
         let mut sim = Sim {
             seed,
             rng,
@@ -353,6 +368,9 @@ impl Sim {
             next_commit: 1,
             facts: Vec::new(),
             trace: VecDeque::new(),
+            db_names: (0..cfg_databases)
+                .map(|k| DbName::new(&format!("db{k}.sqlite")).expect("generated names are valid"))
+                .collect(),
             events: 0,
             acked_commits: 0,
             stats: Stats::default(),
@@ -439,15 +457,18 @@ impl Sim {
     }
 
     fn start_node(&mut self, i: usize) {
-        let page_size = self.nodes[i].cfg.page_size;
+        let page_size = page_size();
         let n = &mut self.nodes[i];
         n.inc += 1;
         n.cfg.seed = n.cfg.seed.wrapping_add(0x9e37_79b9);
         n.ops.clear();
-        let recovery = n.disk.recovery(page_size);
+        let recovery =
+            Recovery { dbs: n.disks.iter_mut().map(|(name, d)| (name.clone(), d.recovery(page_size))).collect() };
         n.node = Some(Node::new(n.cfg.clone()).expect("simulated configs are valid"));
         n.upstream_epoch = None;
-        let line = format!("node {i} starts: {} LTX files, {} torn", recovery.ltx.len(), recovery.invalid_ltx.len());
+        let files: usize = recovery.dbs.values().map(|r| r.ltx.len()).sum();
+        let torn: usize = recovery.dbs.values().map(|r| r.invalid_ltx.len()).sum();
+        let line = format!("node {i} starts: {files} LTX files, {torn} torn");
         self.trace(line);
         self.feed(i, Input::Start(recovery));
     }
@@ -459,21 +480,22 @@ impl Sim {
         self.trace(format!("node {i} crashes"));
         self.stats.crashes += 1;
         let ops = std::mem::take(&mut self.nodes[i].ops);
-        for (_, op) in ops {
+        for (_, (name, op)) in ops {
             // In-flight writes: lost, torn, or the LTX landed without the database apply.
             if let DiskOp::Persist { min, max, bytes, .. } = op {
+                let disk = self.nodes[i].disks.entry(name).or_default();
                 match self.rng.below(3) {
                     0 => {}
                     1 => {
                         self.stats.torn_writes += 1;
                         let cut = self.rng.below(bytes.len() as u64) as usize;
-                        self.nodes[i].disk.ltx.insert((min, max), bytes[..cut].to_vec());
+                        disk.ltx.insert((min, max), bytes[..cut].to_vec());
                     }
                     _ => {
                         if min == TxId(1) {
-                            self.nodes[i].disk.ltx.clear();
+                            disk.ltx.clear();
                         }
-                        self.nodes[i].disk.ltx.insert((min, max), bytes);
+                        disk.ltx.insert((min, max), bytes);
                     }
                 }
             }
@@ -507,17 +529,12 @@ impl Sim {
         let local = self.local_time(i, self.now);
         let is_commit = matches!(input, Input::Commit { .. });
         let epoch_before = self.nodes[i].node.as_ref().and_then(|n| n.accepting_writes(local));
-        let via = match &input {
-            Input::Start(_) => Via::Recovery,
-            _ => Via::Incremental,
-        };
         let Some(node) = self.nodes[i].node.as_mut() else { return };
         node.handle(local, input);
         let mut outputs = Vec::new();
         while let Some(o) = node.poll_output() {
             outputs.push(o);
         }
-        let pos = node.pos();
         let role = node.role();
         if let Role::Primary { epoch } = role {
             self.nodes[i].last_epoch_held = Some(epoch);
@@ -525,18 +542,23 @@ impl Sim {
         for o in outputs {
             self.carry_out(i, o, is_commit, epoch_before);
         }
-        let _ = via;
         self.reschedule_timeout(i);
-        let _ = pos;
     }
 
     fn note_moves(&mut self, i: usize, via: Via, source_epoch: Option<Epoch>) {
         let Some(node) = self.nodes[i].node.as_ref() else { return };
-        let pos = node.pos();
-        if pos != self.nodes[i].last_pos {
-            let from = self.nodes[i].last_pos;
-            self.nodes[i].last_pos = pos;
-            self.facts.push(Fact::Moved { node: i, from, to: pos, via, source_epoch });
+        let mut moved = Vec::new();
+        for (db, pos) in node.positions() {
+            let from = self.nodes[i].last_pos.get(db).copied().unwrap_or(Pos::ZERO);
+            if pos != from {
+                moved.push(Fact::Moved { node: i, db: db.clone(), from, to: pos, via, source_epoch });
+            }
+        }
+        for fact in moved {
+            if let Fact::Moved { db, to, .. } = &fact {
+                self.nodes[i].last_pos.insert(db.clone(), *to);
+            }
+            self.facts.push(fact);
         }
     }
 
@@ -572,17 +594,17 @@ impl Sim {
             Output::RenewLease { op, epoch } => self.lease_rpc(i, Some(op), LeaseReq::Renew(epoch)),
             Output::ReleaseLease { epoch } => self.lease_rpc(i, None, LeaseReq::Release(epoch)),
             Output::ObserveLease { op } => self.lease_rpc(i, Some(op), LeaseReq::Observe),
-            Output::PersistLtx { op, min, max, bytes, base } => {
+            Output::PersistLtx { db, op, min, max, bytes, base } => {
                 if is_commit {
                     let post = replite_core::ltx::verify(bytes.as_slice())
                         .map(|v| v.post_apply_pos())
                         .expect("a primary's own LTX verifies");
-                    let pre = self.nodes[i].node.as_ref().map(|n| n.pos()).unwrap_or(Pos::ZERO);
+                    let pre = self.nodes[i].node.as_ref().map(|n| n.pos(&db)).unwrap_or(Pos::ZERO);
                     let epoch = epoch.expect("a commit was accepted, so the node had a write grant");
-                    self.facts.push(Fact::Committed { node: i, epoch, pre, post, at: self.now });
+                    self.facts.push(Fact::Committed { node: i, db: db.clone(), epoch, pre, post, at: self.now });
                 }
                 let source_epoch = if is_commit { None } else { self.nodes[i].upstream_epoch };
-                self.nodes[i].ops.insert(op, DiskOp::Persist { min, max, bytes, base, source_epoch });
+                self.nodes[i].ops.insert(op, (db, DiskOp::Persist { min, max, bytes, base, source_epoch }));
                 let d = 1 + self.rng.below(4);
                 self.schedule(d, Ev::DiskDone { node: i, inc, op });
                 if self.faulty() && self.rng.chance(self.cfg.faults.crash_in_write) {
@@ -590,18 +612,18 @@ impl Sim {
                     self.schedule(at, Ev::Crash { node: i, inc });
                 }
             }
-            Output::ReplayLtx { op, min, max, base } => {
-                self.nodes[i].ops.insert(op, DiskOp::Replay { min, max, base });
+            Output::ReplayLtx { db, op, min, max, base } => {
+                self.nodes[i].ops.insert(op, (db, DiskOp::Replay { min, max, base }));
                 let d = 1 + self.rng.below(4);
                 self.schedule(d, Ev::DiskDone { node: i, inc, op });
             }
-            Output::RemoveLtx { min, max } => {
-                self.nodes[i].disk.ltx.remove(&(min, max));
+            Output::RemoveLtx { db, min, max } => {
+                self.nodes[i].disks.entry(db).or_default().ltx.remove(&(min, max));
             }
-            Output::AckCommit { pos, .. } => {
+            Output::AckCommit { db, pos, .. } => {
                 self.acked_commits += 1;
                 self.trace(format!("node {i} acknowledges {pos}"));
-                self.facts.push(Fact::Acked { node: i, pos, at: self.now });
+                self.facts.push(Fact::Acked { node: i, db, pos, at: self.now });
             }
             Output::RefuseCommit { commit, reason } => {
                 self.stats.refused += 1;
@@ -648,20 +670,21 @@ impl Sim {
                 }
             }
             Output::SendDownstream { conn, bytes } => self.send(conn.0, true, bytes),
-            Output::StreamLtx { conn, min, max } => {
+            Output::StreamLtx { conn, db, min, max } => {
                 self.stats.ltx_sent += 1;
-                let Some(file) = self.nodes[i].disk.ltx.get(&(min, max)).cloned() else {
+                let Some(file) = self.nodes[i].disks.get(&db).and_then(|d| d.ltx.get(&(min, max))).cloned() else {
                     self.trace(format!("node {i} lacks LTX {min}-{max} to stream"));
                     self.kill_conn(conn.0);
                     return;
                 };
                 let mut bytes = Vec::new();
-                encode_ltx_message(&self.nodes[i].cfg.db, &file, max, &mut bytes);
+                encode_ltx_message(&db, &file, max, &mut bytes);
                 self.send(conn.0, true, bytes);
             }
-            Output::StreamSnapshot { conn, pos } => {
+            Output::StreamSnapshot { conn, db: name, pos } => {
                 self.stats.snapshots += 1;
-                let db = &self.nodes[i].disk.db;
+                let empty = Disk::default();
+                let db = &self.nodes[i].disks.get(&name).unwrap_or(&empty).db;
                 let options = SnapshotOptions { max_txid: pos.txid, timestamp_ms: 0, compress: false };
                 let (file, _, trailer) = encode_database(db.as_slice(), db.len() as u64, Vec::new(), options)
                     .expect("a primary's database file encodes");
@@ -671,19 +694,24 @@ impl Sim {
                     self.seed
                 );
                 let mut bytes = Vec::new();
-                encode_ltx_message(&self.nodes[i].cfg.db, &file, pos.txid, &mut bytes);
+                encode_ltx_message(&name, &file, pos.txid, &mut bytes);
                 self.send(conn.0, true, bytes);
             }
             Output::CloseDownstream { conn } => self.kill_conn(conn.0),
             Output::Event(e) => {
-                if let Event::BecamePrimary { epoch, pos } = e {
-                    self.facts.push(Fact::BecamePrimary { node: i, epoch, pos });
+                if let Event::BecamePrimary { epoch } = e {
+                    let positions = self.nodes[i]
+                        .node
+                        .as_ref()
+                        .map(|n| n.positions().map(|(d, p)| (d.clone(), p)).collect())
+                        .unwrap_or_default();
+                    self.facts.push(Fact::BecamePrimary { node: i, epoch, positions });
                 }
                 if let Event::Resync { .. } = e {
                     self.stats.resyncs += 1;
                 }
-                if let Event::SyncDegraded { txid } = e {
-                    self.facts.push(Fact::Degraded { txid });
+                if let Event::SyncDegraded { db, txid } = &e {
+                    self.facts.push(Fact::Degraded { db: db.clone(), txid: *txid });
                 }
                 self.trace(format!("node {i}: {e:?}"));
             }
@@ -872,12 +900,13 @@ impl Sim {
         if self.nodes[i].inc != inc {
             return;
         }
-        let Some(disk_op) = self.nodes[i].ops.remove(&op) else { return };
+        let Some((name, disk_op)) = self.nodes[i].ops.remove(&op) else { return };
         let faulty = self.faulty();
         let eio = faulty && self.rng.chance(self.cfg.faults.disk_eio);
         let enospc = faulty && self.rng.chance(self.cfg.faults.disk_enospc);
         self.stats.disk_errors += u64::from(eio || enospc);
-        let page_size = self.nodes[i].cfg.page_size;
+        let page_size = page_size();
+        let disk = self.nodes[i].disks.entry(name).or_default();
         let (result, via, source_epoch) = match disk_op {
             DiskOp::Persist { min, max, bytes, base, source_epoch } => {
                 let via = if min == TxId(1) { Via::Snapshot } else { Via::Incremental };
@@ -886,18 +915,18 @@ impl Sim {
                 } else if enospc {
                     Err(IoFailure::NoSpace)
                 } else {
-                    self.nodes[i].disk.persist(min, max, bytes, base)
+                    disk.persist(min, max, bytes, base)
                 };
                 (r, via, source_epoch)
             }
             DiskOp::Replay { min, max, base } => {
                 let via = if min == TxId(1) { Via::Snapshot } else { Via::Incremental };
-                let r = if eio { Err(IoFailure::Io) } else { self.nodes[i].disk.apply(min, max, base) };
+                let r = if eio { Err(IoFailure::Io) } else { disk.apply(min, max, base) };
                 (r, via, None)
             }
         };
         if let Ok(pos) = result {
-            debug_assert_eq!(self.nodes[i].disk.db_checksum(page_size), pos.checksum);
+            debug_assert_eq!(disk.db_checksum(page_size), pos.checksum);
         }
         self.feed(i, Input::LtxDone { op, result });
         self.note_moves(i, via, source_epoch);
@@ -950,11 +979,13 @@ impl Sim {
         {
             target = p;
         }
+        let name = self.db_names[self.rng.below(self.db_names.len() as u64) as usize].clone();
         let Some(node) = self.nodes[target].node.as_ref() else { return };
-        let pos = node.pos();
-        let page_size = self.nodes[target].cfg.page_size;
+        let pos = node.pos(&name);
+        let page_size = page_size();
         let psize = page_size.bytes();
-        let db = &self.nodes[target].disk.db;
+        let empty = Disk::default();
+        let db = &self.nodes[target].disks.get(&name).unwrap_or(&empty).db;
         let old_pages = (db.len() / psize) as u32;
         let commit_pages = if pos.txid == TxId::ZERO {
             4
@@ -995,7 +1026,9 @@ impl Sim {
                 .then(|| page_checksum(Pgno(pgno), &db[start..start + psize]));
             pages.push(PageChange { pgno: Pgno(pgno), old, data });
         }
-        self.feed(target, Input::Commit { commit: CommitId(id), pages, commit_pages, removed: Vec::new() });
+        let commit =
+            Input::Commit { commit: CommitId(id), db: name, page_size, pages, commit_pages, removed: Vec::new() };
+        self.feed(target, commit);
         self.note_moves(target, Via::Incremental, None);
     }
 
@@ -1078,10 +1111,15 @@ impl Sim {
         }
     }
 
-    /// The database file checksum of node `i` as it is on disk.
-    pub fn disk_checksum(&mut self, i: usize) -> replite_core::Checksum {
-        let page_size = self.nodes[i].cfg.page_size;
-        self.nodes[i].disk.db_checksum(page_size)
+    /// The database file checksum of database `db` on node `i` as it is on disk.
+    pub fn disk_checksum(&mut self, i: usize, db: &DbName) -> replite_core::Checksum {
+        self.nodes[i].disks.get_mut(db).map_or(replite_core::Checksum::ZERO, |d| d.db_checksum(page_size()))
+    }
+
+    /// The simulated databases' names.
+    #[must_use]
+    pub fn db_names(&self) -> &[DbName] {
+        &self.db_names
     }
 
     /// Whether node `i` has disk operations in flight.

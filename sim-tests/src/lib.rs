@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use replite_core::node::{Faults, Role, SyncPolicy};
+use replite_core::stream::DbName;
 use replite_core::{Epoch, Pos, TxId};
 use replite_sim::{Fact, Sim, SimConfig, Stats, Via};
 
@@ -63,14 +64,14 @@ pub struct Summary {
 pub struct Checker {
     sync: bool,
     window_ms: Option<u64>,
-    /// Every position some primary created: post -> (pre, epoch, time).
-    parent: HashMap<Pos, (Pos, Epoch, u64)>,
+    /// Every position some primary created, per database: post -> (pre, epoch, time).
+    parent: HashMap<(DbName, Pos), (Pos, Epoch, u64)>,
     epoch_writer: BTreeMap<Epoch, usize>,
     last_write_at: BTreeMap<Epoch, u64>,
-    acked: Vec<(Pos, u64)>,
-    last_acked: Option<Pos>,
-    degraded: HashSet<TxId>,
-    max_source_epoch: BTreeMap<usize, Epoch>,
+    acked: Vec<(DbName, Pos, u64)>,
+    last_acked: BTreeMap<DbName, Pos>,
+    degraded: HashSet<(DbName, TxId)>,
+    max_source_epoch: BTreeMap<(usize, DbName), Epoch>,
     elections: u64,
 }
 
@@ -81,22 +82,26 @@ impl Checker {
         Checker { sync: cfg.sync.is_some(), window_ms: cfg.async_window_ms, ..Checker::default() }
     }
 
-    fn known(&self, pos: Pos) -> bool {
-        pos == Pos::ZERO || self.parent.contains_key(&pos)
+    fn known(&self, db: &DbName, pos: Pos) -> bool {
+        pos == Pos::ZERO || self.parent.contains_key(&(db.clone(), pos))
+    }
+
+    fn parent_of(&self, db: &DbName, pos: Pos) -> Option<&(Pos, Epoch, u64)> {
+        self.parent.get(&(db.clone(), pos))
     }
 
     /// The ancestor of `pos` at `txid`, walking the recorded history.
-    fn ancestor_at(&self, mut pos: Pos, txid: TxId) -> Option<Pos> {
+    fn ancestor_at(&self, db: &DbName, mut pos: Pos, txid: TxId) -> Option<Pos> {
         while pos.txid > txid {
-            pos = self.parent.get(&pos)?.0;
+            pos = self.parent_of(db, pos)?.0;
         }
         (pos.txid == txid).then_some(pos)
     }
 
-    fn lineage(&self, mut pos: Pos) -> HashSet<Pos> {
+    fn lineage(&self, db: &DbName, mut pos: Pos) -> HashSet<Pos> {
         let mut set = HashSet::new();
         while pos != Pos::ZERO && set.insert(pos) {
-            match self.parent.get(&pos) {
+            match self.parent_of(db, pos) {
                 Some(p) => pos = p.0,
                 None => break,
             }
@@ -116,9 +121,10 @@ impl Checker {
                 if let Some(epoch) = node.accepting_writes(local) {
                     writers.push((i, epoch));
                 }
-                let pos = node.pos();
-                if !self.known(pos) {
-                    return Err(format!("node {i} is at {pos}, a position no primary created"));
+                for (db, pos) in node.positions() {
+                    if !self.known(db, pos) {
+                        return Err(format!("node {i} is at {db} {pos}, a position no primary created"));
+                    }
                 }
             }
         }
@@ -137,13 +143,13 @@ impl Checker {
 
     fn fact(&mut self, fact: Fact) -> Result<(), String> {
         match fact {
-            Fact::Committed { node, epoch, pre, post, at } => {
+            Fact::Committed { node, db, epoch, pre, post, at } => {
                 if let Some(&w) = self.epoch_writer.get(&epoch)
                     && w != node
                 {
                     return Err(format!("node {node} committed {post} in epoch {epoch}, already written by node {w}"));
                 }
-                if !self.known(pre) {
+                if !self.known(&db, pre) {
                     return Err(format!("node {node} committed on top of unknown position {pre}"));
                 }
                 if post.txid != pre.txid.next() {
@@ -151,16 +157,16 @@ impl Checker {
                 }
                 self.epoch_writer.insert(epoch, node);
                 self.last_write_at.insert(epoch, at);
-                self.parent.insert(post, (pre, epoch, at));
+                self.parent.insert((db, post), (pre, epoch, at));
             }
-            Fact::Acked { node, pos, at } => {
-                if !self.parent.contains_key(&pos) {
+            Fact::Acked { node, db, pos, at } => {
+                if !self.known(&db, pos) || pos == Pos::ZERO {
                     return Err(format!("node {node} acknowledged {pos}, which was never committed"));
                 }
-                if self.sync && !self.degraded.contains(&pos.txid) {
-                    if let Some(last) = self.last_acked
+                if self.sync && !self.degraded.contains(&(db.clone(), pos.txid)) {
+                    if let Some(&last) = self.last_acked.get(&db)
                         && last.txid <= pos.txid
-                        && self.ancestor_at(pos, last.txid) != Some(last)
+                        && self.ancestor_at(&db, pos, last.txid) != Some(last)
                     {
                         {
                             return Err(format!(
@@ -168,56 +174,60 @@ impl Checker {
                             ));
                         }
                     }
-                    if self.last_acked.is_none_or(|l| l.txid <= pos.txid) {
-                        self.last_acked = Some(pos);
+                    if self.last_acked.get(&db).is_none_or(|l| l.txid <= pos.txid) {
+                        self.last_acked.insert(db.clone(), pos);
                     }
                 }
-                self.acked.push((pos, at));
+                self.acked.push((db, pos, at));
             }
-            Fact::Degraded { txid } => {
-                self.degraded.insert(txid);
+            Fact::Degraded { db, txid } => {
+                self.degraded.insert((db, txid));
             }
-            Fact::BecamePrimary { node, epoch, pos } => {
+            Fact::BecamePrimary { node, epoch, positions } => {
                 self.elections += 1;
-                if !self.known(pos) {
-                    return Err(format!("node {node} became primary at unknown position {pos}"));
+                let positions: BTreeMap<DbName, Pos> = positions.into_iter().collect();
+                let pos_of = |db: &DbName| positions.get(db).copied().unwrap_or(Pos::ZERO);
+                for (db, &pos) in &positions {
+                    if !self.known(db, pos) {
+                        return Err(format!("node {node} became primary at unknown position {db} {pos}"));
+                    }
                 }
-                if self.sync
-                    && let Some(last) = self.last_acked
-                    && self.ancestor_at(pos, last.txid) != Some(last)
-                {
-                    {
-                        {
+                if self.sync {
+                    for (db, &last) in &self.last_acked {
+                        let pos = pos_of(db);
+                        if self.ancestor_at(db, pos, last.txid) != Some(last) {
                             return Err(format!(
-                                "node {node} became primary (epoch {epoch}) at {pos} without acknowledged {last}"
+                                "node {node} became primary (epoch {epoch}) at {db} {pos} without acknowledged {last}"
                             ));
                         }
                     }
                 }
                 if let Some(window) = self.window_ms {
-                    let lineage = self.lineage(pos);
-                    for &(acked, at) in &self.acked {
-                        if lineage.contains(&acked) {
+                    let mut lineages: BTreeMap<DbName, HashSet<Pos>> = BTreeMap::new();
+                    for (db, acked, at) in &self.acked {
+                        let lineage = lineages.entry(db.clone()).or_insert_with(|| self.lineage(db, pos_of(db)));
+                        if lineage.contains(acked) {
                             continue;
                         }
-                        let Some(&(_, e, _)) = self.parent.get(&acked) else { continue };
-                        let last = self.last_write_at.get(&e).copied().unwrap_or(at);
+                        let Some(&(_, e, _)) = self.parent_of(db, *acked) else { continue };
+                        let last = self.last_write_at.get(&e).copied().unwrap_or(*at);
                         // Slack: acknowledgement latency and commit spacing on top of the window.
                         if at + window + 500 < last {
                             return Err(format!(
-                                "node {node} became primary at {pos}, losing {acked} acknowledged at {at}ms, \
-                                 more than the {window}ms window before epoch {e}'s last write at {last}ms"
+                                "node {node} became primary at {db} {}, losing {acked} acknowledged at {at}ms, \
+                                 more than the {window}ms window before epoch {e}'s last write at {last}ms",
+                                pos_of(db)
                             ));
                         }
                     }
                 }
             }
-            Fact::Moved { node, from, to, via, source_epoch } => {
-                if !self.known(to) {
+            Fact::Moved { node, db, from, to, via, source_epoch } => {
+                if !self.known(&db, to) {
                     return Err(format!("node {node} moved from {from} to unknown position {to}"));
                 }
                 if via == Via::Incremental && to != Pos::ZERO {
-                    let pre = self.parent.get(&to).map(|p| p.0);
+                    let pre = self.parent_of(&db, to).map(|p| p.0);
                     if pre != Some(from) {
                         return Err(format!(
                             "node {node} applied {to} on top of {from}, but it follows {pre:?}: out of order or twice"
@@ -225,7 +235,7 @@ impl Checker {
                     }
                 }
                 if let Some(e) = source_epoch {
-                    let max = self.max_source_epoch.entry(node).or_default();
+                    let max = self.max_source_epoch.entry((node, db.clone())).or_default();
                     if e < *max {
                         return Err(format!("node {node} applied data from epoch {e} after following epoch {max}"));
                     }
@@ -275,16 +285,22 @@ pub fn run_seed(seed: u64, cfg: SimConfig) -> Result<Summary, String> {
     let [p] = primaries[..] else {
         return Err(fail(&sim, format!("{CONVERGE_MS}ms after faults stopped there are primaries {primaries:?}")));
     };
-    let target = sim.node(p).map(|n| n.pos()).unwrap_or(Pos::ZERO);
-    for i in 0..sim.node_count() {
-        let pos = sim.node(i).map(|n| n.pos());
-        if pos != Some(target) {
-            return Err(fail(&sim, format!("node {i} at {pos:?} has not converged to primary {p}'s {target}")));
-        }
-        if !sim.disk_busy(i) {
-            let disk = sim.disk_checksum(i);
-            if disk != target.checksum && target != Pos::ZERO {
-                return Err(fail(&sim, format!("node {i}'s database file sums to {disk}, its position says {target}")));
+    let names: Vec<DbName> = sim.db_names().to_vec();
+    for db in &names {
+        let target = sim.node(p).map(|n| n.pos(db)).unwrap_or(Pos::ZERO);
+        for i in 0..sim.node_count() {
+            let pos = sim.node(i).map(|n| n.pos(db));
+            if pos != Some(target) {
+                return Err(fail(
+                    &sim,
+                    format!("node {i} at {db} {pos:?} has not converged to primary {p}'s {target}"),
+                ));
+            }
+            if !sim.disk_busy(i) && target != Pos::ZERO {
+                let disk = sim.disk_checksum(i, db);
+                if disk != target.checksum {
+                    return Err(fail(&sim, format!("node {i}'s {db} file sums to {disk}, its position says {target}")));
+                }
             }
         }
     }

@@ -27,7 +27,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 pub use config::{Config, ConfigError, Faults, SyncConfig, SyncPolicy};
 pub use history::{History, LtxEntry};
-pub use input::{CommitId, DbRecovery, DownstreamId, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery, UpstreamId};
+pub use input::{
+    CommitId, DbRecovery, DownstreamId, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery, UpstreamId,
+};
 pub use output::{Event, Output, RefuseReason};
 pub use rng::SplitMix64;
 pub use time::Millis;

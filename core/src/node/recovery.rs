@@ -126,7 +126,11 @@ impl Node {
         for f in dropped {
             self.emit(Output::RemoveLtx { db: name.clone(), min: f.min, max: f.max });
         }
-        self.event(Event::Recovered { db: name.clone(), pos: Pos::ZERO, rule: "replay failed: waiting for a snapshot" });
+        self.event(Event::Recovered {
+            db: name.clone(),
+            pos: Pos::ZERO,
+            rule: "replay failed: waiting for a snapshot",
+        });
         self.timers.set(TimerKind::LeasePoll, now);
     }
 }

@@ -272,15 +272,24 @@ fn a_primary_sends_the_next_file_or_a_snapshot_by_the_replicas_position() {
     let p1 = ltx::verify(files[0].as_slice()).expect("valid").post_apply_pos();
     let p2 = node.pos(&db());
     let c = DownstreamId;
-    assert_eq!(open_downstream(&mut node, 1, Pos::ZERO), vec![Output::StreamSnapshot { db: db(), conn: c(1), pos: p2 }]);
-    assert_eq!(open_downstream(&mut node, 2, p1), vec![Output::StreamLtx { db: db(), conn: c(2), min: TxId(2), max: TxId(2) }]);
+    assert_eq!(
+        open_downstream(&mut node, 1, Pos::ZERO),
+        vec![Output::StreamSnapshot { db: db(), conn: c(1), pos: p2 }]
+    );
+    assert_eq!(
+        open_downstream(&mut node, 2, p1),
+        vec![Output::StreamLtx { db: db(), conn: c(2), min: TxId(2), max: TxId(2) }]
+    );
     assert_eq!(open_downstream(&mut node, 3, p2), vec![]);
     let diverged = Pos::new(TxId(2), Checksum(p2.checksum.0 ^ 1));
     assert_eq!(open_downstream(&mut node, 4, diverged), vec![Output::StreamSnapshot { db: db(), conn: c(4), pos: p2 }]);
     let ahead = Pos::new(TxId(3), p2.checksum);
     assert_eq!(open_downstream(&mut node, 5, ahead), vec![Output::StreamSnapshot { db: db(), conn: c(5), pos: p2 }]);
     let off_lineage = Pos::new(TxId(1), Checksum(p1.checksum.0 ^ 1));
-    assert_eq!(open_downstream(&mut node, 6, off_lineage), vec![Output::StreamSnapshot { db: db(), conn: c(6), pos: p2 }]);
+    assert_eq!(
+        open_downstream(&mut node, 6, off_lineage),
+        vec![Output::StreamSnapshot { db: db(), conn: c(6), pos: p2 }]
+    );
 }
 
 #[test]
@@ -356,7 +365,10 @@ fn recovery_replays_the_files_the_database_missed() {
     let second = info(&files[1]);
     let recovery = one_db(DbRecovery { ltx: vec![second, first], invalid_ltx: vec![], db_checksum: first.post });
     let (node, out) = started(config(2), recovery);
-    assert!(out.contains(&Output::ReplayLtx { db: db(), op: OpId(2), min: TxId(2), max: TxId(2), base: first.post }), "{out:?}");
+    assert!(
+        out.contains(&Output::ReplayLtx { db: db(), op: OpId(2), min: TxId(2), max: TxId(2), base: first.post }),
+        "{out:?}"
+    );
     assert_eq!(node.role(), Role::Recovering);
 }
 
