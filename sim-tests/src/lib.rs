@@ -222,6 +222,9 @@ impl Checker {
                     }
                 }
             }
+            Fact::ApplyMismatch { node, db } => {
+                return Err(format!("node {node} asked to apply an LTX file that does not fit its {db} database"));
+            }
             Fact::Moved { node, db, from, to, via, source_epoch } => {
                 if !self.known(&db, to) {
                     return Err(format!("node {node} moved from {from} to unknown position {to}"));
@@ -252,6 +255,7 @@ pub fn run_seed(seed: u64, cfg: SimConfig) -> Result<Summary, String> {
     let quiet_until = cfg.faults_until_ms + CONVERGE_MS;
     let mut checker = Checker::new(&cfg);
     let mut sim = Sim::new(seed, cfg);
+    sim.echo_trace = std::env::var_os("REPLITE_SIM_TRACE").is_some();
     let fail = |sim: &Sim, why: String| -> String {
         format!(
             "seed {seed} failed at {}ms after {} events: {why}\nreplay: REPLITE_SIM_SEED={seed} cargo test -p replite-sim-tests --test simulation -- --nocapture\nlast events:\n  {}",

@@ -215,8 +215,10 @@ impl Node {
                     self.drop_upstream();
                     self.backoff_attempt = 0;
                     self.event(Event::Following { primary: node, epoch });
-                    self.maybe_connect(now);
                 }
+                // Also when nothing changed: a stream that could not open earlier (during
+                // recovery, say) is opened now, unless a backoff is running.
+                self.maybe_connect(now);
             }
             None => {
                 if matches!(self.lease, LeaseState::Held { .. }) {

@@ -48,6 +48,15 @@ pub(crate) struct Downstream {
     decoder: StreamDecoder,
 }
 
+/// What a transaction changed, as the commit input described it.
+#[derive(Clone, Copy)]
+struct TxPages<'a> {
+    page_size: PageSize,
+    pages: &'a [PageChange],
+    commit_pages: u32,
+    removed: &'a [(Pgno, Checksum)],
+}
+
 /// Builds the LTX file of a commit on top of `pos`. Needs the grant: no TXID is assigned
 /// without one.
 fn encode_commit(
@@ -55,11 +64,9 @@ fn encode_commit(
     now: Millis,
     _grant: WriteGrant,
     pos: Pos,
-    page_size: PageSize,
-    pages: &[PageChange],
-    commit_pages: u32,
-    removed: &[(Pgno, Checksum)],
+    tx: &TxPages<'_>,
 ) -> Option<(LtxEntry, Vec<u8>)> {
+    let TxPages { page_size, pages, commit_pages, removed } = *tx;
     let txid = pos.txid.next();
     // The first transaction is a snapshot: its pre-apply checksum is zero by LTX rule.
     let first = txid == TxId(1);
@@ -123,9 +130,8 @@ impl Node {
             return refuse(self, RefuseReason::AsyncWindow);
         }
         let pos = self.pos(&name);
-        let Some((entry, bytes)) =
-            encode_commit(self.cfg.node_id, now, grant, pos, page_size, &pages, commit_pages, &removed)
-        else {
+        let tx = TxPages { page_size, pages: &pages, commit_pages, removed: &removed };
+        let Some((entry, bytes)) = encode_commit(self.cfg.node_id, now, grant, pos, &tx) else {
             return refuse(self, RefuseReason::Invalid);
         };
         let op = self.next_op();
@@ -155,10 +161,10 @@ impl Node {
             return;
         }
         self.advance(now, name, entry);
-        if self.cfg.async_window_ms.is_some() || self.cfg.sync.is_some() {
-            if let Some(db) = self.dbs.get_mut(name) {
-                db.commit_times.insert(entry.max, now);
-            }
+        if (self.cfg.async_window_ms.is_some() || self.cfg.sync.is_some())
+            && let Some(db) = self.dbs.get_mut(name)
+        {
+            db.commit_times.insert(entry.max, now);
         }
         let conns: Vec<DownstreamId> = self.downstream.keys().copied().collect();
         for conn in conns {

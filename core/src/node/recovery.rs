@@ -38,6 +38,8 @@ impl Node {
             self.continue_replay(now, name);
         }
         self.timers.set(TimerKind::LeasePoll, now);
+        // Replicas trim their history too: they keep what a promotion would need.
+        self.timers.set(TimerKind::Retention, now + self.cfg.heartbeat_ms.max(1));
     }
 
     fn recover_db(&mut self, now: Millis, name: DbName, rec: DbRecovery) {
@@ -105,7 +107,13 @@ impl Node {
         if db.persist.is_some() {
             return;
         }
-        let Some(f) = db.replay.pop_front() else { return };
+        let Some(f) = db.replay.pop_front() else {
+            // This database is done; once every database is, follow the primary we know of.
+            if !self.dbs.values().any(Db::replaying) {
+                self.maybe_connect(now);
+            }
+            return;
+        };
         let e = entry(&f, now);
         let base = if e.min == TxId(1) { Checksum::ZERO } else { db.pos.checksum };
         if e.min == TxId(1) {

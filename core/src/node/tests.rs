@@ -440,3 +440,92 @@ fn invalid_configs_are_rejected() {
     cfg.candidate = true;
     assert!(matches!(Node::new(cfg), Err(ConfigError::NotInCandidates { .. })));
 }
+
+fn other_db() -> DbName {
+    DbName::new("other.db").expect("valid")
+}
+
+#[test]
+fn databases_commit_independently_and_a_replica_catches_up_on_each() {
+    let (mut node, _, _) = primary_with_two_commits();
+    // A commit to a second database while the first is idle: TXID 1 of its own history.
+    let page_size = PageSize::new(PAGE).expect("valid");
+    node.handle(
+        Millis(40),
+        Input::Commit {
+            commit: CommitId(9),
+            db: other_db(),
+            page_size,
+            pages: vec![change(1, None, 5)],
+            commit_pages: 1,
+            removed: Vec::new(),
+        },
+    );
+    let out = drain(&mut node);
+    let (op, min, bytes) = persisted(&out);
+    assert_eq!(min, TxId(1));
+    assert!(out.iter().any(|o| matches!(o, Output::PersistLtx { db, .. } if *db == other_db())));
+    let other = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(41), Input::LtxDone { op, result: Ok(other) });
+    assert!(drain(&mut node).contains(&Output::AckCommit { db: other_db(), commit: CommitId(9), pos: other }));
+    assert_eq!(node.pos(&db()).txid, TxId(2));
+    assert_eq!(node.pos(&other_db()), other);
+
+    // A replica that has the first database up to date gets only the second.
+    let mut map = BTreeMap::new();
+    map.insert(db(), node.pos(&db()));
+    node.handle(
+        Millis(50),
+        Input::DownstreamOpened {
+            conn: DownstreamId(1),
+            peer: NodeId(2),
+            ext: Extensions::ALL,
+            body: encode_pos_map(&map),
+        },
+    );
+    let sent: Vec<Output> = drain(&mut node)
+        .into_iter()
+        .filter(|o| matches!(o, Output::StreamLtx { .. } | Output::StreamSnapshot { .. }))
+        .collect();
+    assert_eq!(sent, vec![Output::StreamSnapshot { conn: DownstreamId(1), db: other_db(), pos: other }]);
+}
+
+#[test]
+fn a_commit_with_a_different_page_size_than_its_database_is_refused() {
+    let (mut node, _, _) = primary_with_two_commits();
+    let page_size = PageSize::new(1024).expect("valid");
+    node.handle(
+        Millis(40),
+        Input::Commit {
+            commit: CommitId(3),
+            db: db(),
+            page_size,
+            pages: vec![PageChange { pgno: Pgno(1), old: None, data: vec![0; 1024] }],
+            commit_pages: 1,
+            removed: Vec::new(),
+        },
+    );
+    assert_eq!(drain(&mut node), vec![Output::RefuseCommit { commit: CommitId(3), reason: RefuseReason::Invalid }]);
+}
+
+#[test]
+fn a_replica_that_learns_its_primary_during_replay_connects_when_replay_ends() {
+    let (_, files, _) = primary_with_two_commits();
+    let first = info(&files[0]);
+    let second = info(&files[1]);
+    let recovery = one_db(DbRecovery { ltx: vec![first, second], invalid_ltx: vec![], db_checksum: first.post });
+    let (mut node, out) = started(config(2), recovery);
+    let op = out
+        .iter()
+        .find_map(|o| match o {
+            Output::ReplayLtx { op, .. } => Some(*op),
+            _ => None,
+        })
+        .expect("replays the missed file");
+    node.handle(Millis(1), Input::LeaseObserved { op: OpId(900), holder: Some((NodeId(1), Epoch(5))) });
+    assert!(!drain(&mut node).iter().any(|o| matches!(o, Output::Connect { .. })), "connected while recovering");
+    node.handle(Millis(2), Input::LtxDone { op, result: Ok(Pos::new(second.max, second.post)) });
+    let out = drain(&mut node);
+    assert!(out.iter().any(|o| matches!(o, Output::Connect { peer: NodeId(1), .. })), "{out:?}");
+    assert_eq!(node.role(), Role::Replica { primary: NodeId(1), epoch: Epoch(5) });
+}
