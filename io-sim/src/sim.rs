@@ -30,6 +30,8 @@ const TRACE_LINES: usize = 60;
 pub struct FaultMix {
     /// Per-message probability a stream message is lost and the connection reset.
     pub msg_drop: f64,
+    /// Per-message probability a stream message vanishes without a reset (a middlebox bug).
+    pub msg_vanish: f64,
     /// Per-message probability a stream message is delivered twice.
     pub msg_dup: f64,
     /// Per-message probability a stream message overtakes earlier ones.
@@ -50,6 +52,7 @@ impl Default for FaultMix {
     fn default() -> FaultMix {
         FaultMix {
             msg_drop: 0.002,
+            msg_vanish: 0.0005,
             msg_dup: 0.002,
             msg_reorder: 0.002,
             lease_slow: 0.01,
@@ -133,6 +136,8 @@ pub struct Stats {
     pub refused: u64,
     /// Nodes that joined late with an empty disk.
     pub late_joins: u64,
+    /// Replicas a primary cut off for not acknowledging.
+    pub cut_offs: u64,
 }
 
 /// How a node's position changed.
@@ -333,6 +338,7 @@ impl Sim {
             c.lease_poll_ms = 300;
             c.heartbeat_ms = 200;
             c.upstream_idle_ms = 1_000;
+            c.replica_ack_timeout_ms = 2_000;
             c.reconnect_min_ms = 20;
             c.reconnect_max_ms = 1_000;
             c.sync = cfg.sync.map(|policy| SyncConfig { timeout_ms: 1_000, policy });
@@ -724,6 +730,9 @@ impl Sim {
                 if let Event::Resync { .. } = e {
                     self.stats.resyncs += 1;
                 }
+                if let Event::ReplicaCutOff { .. } = e {
+                    self.stats.cut_offs += 1;
+                }
                 if let Event::SyncDegraded { db, txid } = &e {
                     self.facts.push(Fact::Degraded { db: db.clone(), txid: *txid });
                 }
@@ -751,6 +760,10 @@ impl Sim {
             // A stream is TCP: a lost segment that is never retransmitted is a reset.
             self.stats.net_faults += 1;
             self.kill_conn(key);
+            return;
+        }
+        if self.now < self.cfg.faults_until_ms && self.rng.chance(f.msg_vanish) {
+            self.stats.net_faults += 1;
             return;
         }
         let copies = if self.now < self.cfg.faults_until_ms && self.rng.chance(f.msg_dup) { 2 } else { 1 };

@@ -62,6 +62,10 @@ pub struct Config {
     pub heartbeat_ms: u64,
     /// A replica that hears nothing from its primary for this long reconnects.
     pub upstream_idle_ms: u64,
+    /// A primary closes the stream of a replica (that negotiated acknowledgements) whose
+    /// acknowledgements have trailed what it was sent for this long, so it reconnects and
+    /// resyncs: the only way to notice a stream that silently lost a file.
+    pub replica_ack_timeout_ms: u64,
     /// Reconnect backoff bounds (doubling, with jitter in the upper half).
     pub reconnect_min_ms: u64,
     /// See `reconnect_min_ms`.
@@ -125,6 +129,7 @@ impl Config {
             lease_poll_ms: 1_000,
             heartbeat_ms: 1_000,
             upstream_idle_ms: 5_000,
+            replica_ack_timeout_ms: 30_000,
             reconnect_min_ms: 100,
             reconnect_max_ms: 5_000,
             sync: None,

@@ -212,6 +212,11 @@ pub enum Event {
         /// The transaction.
         txid: TxId,
     },
+    /// A replica stopped acknowledging what it was sent; its stream was closed.
+    ReplicaCutOff {
+        /// The replica.
+        peer: NodeId,
+    },
     /// A handoff request could not be honoured.
     HandoffRefused {
         /// The requested target.

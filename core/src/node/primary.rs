@@ -46,6 +46,8 @@ pub(crate) struct Downstream {
     /// Where the replica will be, per database, once it has applied everything we sent.
     sent: PosMap,
     decoder: StreamDecoder,
+    /// When the replica last acknowledged anything (or connected).
+    ack_progress_at: Millis,
 }
 
 /// What a transaction changed, as the commit input described it.
@@ -292,7 +294,7 @@ impl Node {
 
     pub(crate) fn on_downstream_opened(
         &mut self,
-        _now: Millis,
+        now: Millis,
         conn: DownstreamId,
         peer: NodeId,
         offered: Extensions,
@@ -307,7 +309,15 @@ impl Node {
             return;
         };
         let ext = offered.intersect(Extensions::ALL);
-        self.downstream.insert(conn, Downstream { peer, ext, sent, decoder: StreamDecoder::new(ext) });
+        let decoder = StreamDecoder::new(ext);
+        let durable: Vec<(DbName, Pos)> =
+            if ext.ack { sent.iter().map(|(n, p)| (n.clone(), *p)).collect() } else { Vec::new() };
+        self.downstream.insert(conn, Downstream { peer, ext, sent, decoder, ack_progress_at: now });
+        // A replica's position map states what it holds durably: it counts as an
+        // acknowledgement (an ack lost with a broken stream must not stall sync commits).
+        for (name, pos) in durable {
+            self.record_ack(peer, &name, pos);
+        }
         let mut bytes = Vec::new();
         if ext.epoch {
             encode_frame(&Frame::Epoch { epoch: self.max_epoch, node_id: self.cfg.node_id }, &mut bytes);
@@ -345,7 +355,7 @@ impl Node {
         self.out.extend(out);
     }
 
-    pub(crate) fn on_downstream_data(&mut self, _now: Millis, conn: DownstreamId, bytes: &[u8]) {
+    pub(crate) fn on_downstream_data(&mut self, now: Millis, conn: DownstreamId, bytes: &[u8]) {
         let Some(d) = self.downstream.get_mut(&conn) else { return };
         d.decoder.feed(bytes);
         let mut acks = Vec::new();
@@ -359,23 +369,31 @@ impl Node {
             }
         }
         let peer = d.peer;
+        if !acks.is_empty() {
+            d.ack_progress_at = now;
+        }
         if bad {
             self.downstream.remove(&conn);
             self.emit(Output::CloseDownstream { conn });
             return;
         }
         for (name, pos) in acks {
-            let Some(db) = self.dbs.get(&name) else { continue };
-            // Only acknowledgements of positions on our own lineage count.
-            let on_lineage = db.history.contains(pos) || pos == db.pos;
-            let key = (peer, name.clone());
-            if on_lineage && self.acked.get(&key).is_none_or(|p| p.txid <= pos.txid) {
-                self.acked.insert(key, pos);
-            }
-            self.trim_commit_times(&name);
-            if self.cfg.sync.is_some() {
-                self.try_finish_sync_commit(&name);
-            }
+            self.record_ack(peer, &name, pos);
+        }
+    }
+
+    /// Records that `peer` holds `pos` of `name` durably, if it is on our lineage.
+    fn record_ack(&mut self, peer: NodeId, name: &DbName, pos: Pos) {
+        let Some(db) = self.dbs.get(name) else { return };
+        // Only acknowledgements of positions on our own lineage count.
+        let on_lineage = pos != Pos::ZERO && (db.history.contains(pos) || pos == db.pos);
+        let key = (peer, name.clone());
+        if on_lineage && self.acked.get(&key).is_none_or(|p| p.txid <= pos.txid) {
+            self.acked.insert(key, pos);
+        }
+        self.trim_commit_times(name);
+        if self.cfg.sync.is_some() {
+            self.try_finish_sync_commit(name);
         }
     }
 
@@ -398,7 +416,33 @@ impl Node {
         for conn in conns {
             self.emit(Output::SendDownstream { conn, bytes: bytes.clone() });
         }
+        self.cut_off_silent_replicas(now);
         self.timers.set(TimerKind::Heartbeat, now + self.cfg.heartbeat_ms);
+    }
+
+    /// Closes streams whose replica has not acknowledged what it was sent for
+    /// `replica_ack_timeout_ms`: it reconnects with its real position and resyncs.
+    fn cut_off_silent_replicas(&mut self, now: Millis) {
+        let mut cut = Vec::new();
+        for (&conn, d) in &self.downstream {
+            if !d.ext.ack || now.since(d.ack_progress_at) <= self.cfg.replica_ack_timeout_ms {
+                continue;
+            }
+            let behind = d.sent.iter().any(|(name, pos)| {
+                *pos != Pos::ZERO && self.acked.get(&(d.peer, name.clone())).is_none_or(|a| a.txid < pos.txid)
+            });
+            if behind {
+                cut.push((conn, d.peer));
+            }
+        }
+        for (conn, peer) in cut {
+            self.downstream.remove(&conn);
+            let mut end = Vec::new();
+            encode_frame(&Frame::End, &mut end);
+            self.emit(Output::SendDownstream { conn, bytes: end });
+            self.emit(Output::CloseDownstream { conn });
+            self.event(Event::ReplicaCutOff { peer });
+        }
     }
 
     /// Drops each database's oldest LTX files past the age or size limit, never its newest

@@ -75,7 +75,11 @@ fn persisted(out: &[Output]) -> (OpId, TxId, Vec<u8>) {
 
 /// Commits twice on a fresh primary, finishing both; returns the node, the files and the db.
 fn primary_with_two_commits() -> (Node, Vec<Vec<u8>>, Vec<u8>) {
-    let mut node = primary(config(1));
+    primary_with_two_commits_in(config(1))
+}
+
+fn primary_with_two_commits_in(cfg: Config) -> (Node, Vec<Vec<u8>>, Vec<u8>) {
+    let mut node = primary(cfg);
     let mut files = Vec::new();
     let mut file_db: Vec<u8> = Vec::new();
     let first = commit(&mut node, 10, 1, vec![change(1, None, 1), change(2, None, 2)], 2);
@@ -528,4 +532,41 @@ fn a_replica_that_learns_its_primary_during_replay_connects_when_replay_ends() {
     let out = drain(&mut node);
     assert!(out.iter().any(|o| matches!(o, Output::Connect { peer: NodeId(1), .. })), "{out:?}");
     assert_eq!(node.role(), Role::Replica { primary: NodeId(1), epoch: Epoch(5) });
+}
+
+#[test]
+fn a_primary_cuts_off_a_replica_whose_acknowledgements_stop() {
+    let mut cfg = config(1);
+    cfg.replica_ack_timeout_ms = 2_000;
+    let (mut node, _, _) = primary_with_two_commits_in(cfg);
+    open_downstream(&mut node, 1, Pos::ZERO);
+    // The replica was sent a snapshot at 30 ms and never acknowledges it; the heartbeat
+    // (due at 1005 ms, then a second after each run) checks.
+    node.handle(Millis(1_500), Input::Timeout);
+    assert!(!drain(&mut node).iter().any(|o| matches!(o, Output::CloseDownstream { .. })));
+    node.handle(Millis(2_600), Input::Timeout);
+    let out = drain(&mut node);
+    assert!(out.contains(&Output::CloseDownstream { conn: DownstreamId(1) }), "{out:?}");
+    assert!(out.contains(&Output::Event(Event::ReplicaCutOff { peer: NodeId(2) })));
+}
+
+#[test]
+fn a_reconnecting_replicas_position_map_counts_as_its_acknowledgement() {
+    let mut cfg = config(1);
+    cfg.sync = Some(SyncConfig { timeout_ms: 1_000, policy: SyncPolicy::Block });
+    let mut node = primary(cfg);
+    let out = commit(&mut node, 40, 1, vec![change(1, None, 1)], 1);
+    let (op, _, bytes) = persisted(&out);
+    let pos = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(41), Input::LtxDone { op, result: Ok(pos) });
+    assert!(!drain(&mut node).iter().any(|o| matches!(o, Output::AckCommit { .. })));
+    // The replica got the file on a stream that broke before its ack arrived; it comes back.
+    let mut map = BTreeMap::new();
+    map.insert(db(), pos);
+    let body = encode_pos_map(&map);
+    node.handle(
+        Millis(50),
+        Input::DownstreamOpened { conn: DownstreamId(2), peer: NodeId(2), ext: Extensions::ALL, body },
+    );
+    assert!(drain(&mut node).contains(&Output::AckCommit { db: db(), commit: CommitId(1), pos }));
 }
