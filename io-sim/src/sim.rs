@@ -1150,6 +1150,26 @@ impl Sim {
         self.nodes[i].disks.get_mut(db).map_or(replite_core::Checksum::ZERO, |d| d.db_checksum(page_size()))
     }
 
+    /// One line per node: role, epoch, positions, disk activity (for failure reports).
+    #[must_use]
+    pub fn describe_nodes(&self) -> Vec<String> {
+        (0..self.nodes.len())
+            .map(|i| match self.nodes[i].node.as_ref() {
+                None => format!("node {i}: down"),
+                Some(n) => {
+                    let positions: Vec<String> = n.positions().map(|(d, p)| format!("{d}@{p}")).collect();
+                    format!(
+                        "node {i}: {:?}, max epoch {}, {}, {} disk ops in flight",
+                        n.role(),
+                        n.max_epoch(),
+                        positions.join(" "),
+                        self.nodes[i].ops.len()
+                    )
+                }
+            })
+            .collect()
+    }
+
     /// The simulated databases' names.
     #[must_use]
     pub fn db_names(&self) -> &[DbName] {

@@ -258,9 +258,10 @@ pub fn run_seed(seed: u64, cfg: SimConfig) -> Result<Summary, String> {
     sim.echo_trace = std::env::var_os("REPLITE_SIM_TRACE").is_some();
     let fail = |sim: &Sim, why: String| -> String {
         format!(
-            "seed {seed} failed at {}ms after {} events: {why}\nreplay: REPLITE_SIM_SEED={seed} cargo test -p replite-sim-tests --test simulation -- --nocapture\nlast events:\n  {}",
+            "seed {seed} failed at {}ms after {} events: {why}\nreplay: REPLITE_SIM_SEED={seed} cargo test -p replite-sim-tests --test simulation -- --nocapture (add REPLITE_SIM_TRACE=1 for every event)\nnodes:\n  {}\nlast events:\n  {}",
             sim.now,
             sim.events,
+            sim.describe_nodes().join("\n  "),
             sim.trace_lines().join("\n  ")
         )
     };
