@@ -31,6 +31,12 @@ pub(crate) struct Db {
     pub(crate) replay: VecDeque<LtxFileInfo>,
     /// Recovery could not establish a trustworthy position: wait for a snapshot.
     pub(crate) needs_snapshot: bool,
+    /// The primary's newest TXID for this database, from its HWM frames (replicas).
+    pub(crate) primary_txid: TxId,
+    /// Header timestamp (primary wall clock, ms) of the last file applied.
+    pub(crate) applied_ts_ms: i64,
+    /// Header timestamp of the file being persisted.
+    pub(crate) pending_ts_ms: i64,
 }
 
 impl Db {

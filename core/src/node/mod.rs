@@ -42,6 +42,15 @@ use lease::LeaseState;
 use primary::Downstream;
 use replica::{Persist, Upstream};
 
+/// How far a replica trails its primary on one database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lag {
+    /// Transactions behind.
+    pub txids: u64,
+    /// Milliseconds behind, by the primary's clock.
+    pub ms: u64,
+}
+
 /// What a node is doing right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -87,6 +96,8 @@ pub struct Node {
     /// Latest durable position each replica acknowledged on our lineage, per database.
     acked: BTreeMap<(NodeId, DbName), Pos>,
     upstream: Option<Upstream>,
+    /// The primary's wall clock from its last heartbeat (ms since the Unix epoch).
+    primary_clock_ms: Option<i64>,
     backoff_attempt: u32,
 }
 
@@ -111,6 +122,7 @@ impl Node {
             downstream: BTreeMap::new(),
             acked: BTreeMap::new(),
             upstream: None,
+            primary_clock_ms: None,
             backoff_attempt: 0,
         })
     }
@@ -188,6 +200,24 @@ impl Node {
     /// Every database this node knows, with its position.
     pub fn positions(&self) -> impl Iterator<Item = (&DbName, Pos)> {
         self.dbs.iter().map(|(name, db)| (name, db.pos))
+    }
+
+    /// How far this replica trails its primary on `db`: transactions behind the primary's
+    /// newest (from HWM frames), and milliseconds between the last applied file's timestamp
+    /// and the primary's last heartbeat (zero when caught up). `None` on a primary or for an
+    /// unknown database.
+    #[must_use]
+    pub fn lag(&self, db: &DbName) -> Option<Lag> {
+        if matches!(self.role(), Role::Primary { .. }) {
+            return None;
+        }
+        let d = self.dbs.get(db)?;
+        let txids = d.primary_txid.0.saturating_sub(d.pos.txid.0);
+        let ms = match (txids, self.primary_clock_ms) {
+            (0, _) | (_, None) => 0,
+            (_, Some(clock)) => u64::try_from(clock.saturating_sub(d.applied_ts_ms)).unwrap_or(0),
+        };
+        Some(Lag { txids, ms })
     }
 
     /// The highest epoch this node has seen.

@@ -148,6 +148,11 @@ impl Node {
                     Frame::Handoff { .. } => self.on_promote(now),
                     Frame::End => return self.resync(now, format!("primary {peer} ended the stream")),
                     Frame::Ready => self.backoff_attempt = 0,
+                    Frame::Heartbeat { timestamp_ms } => self.primary_clock_ms = Some(timestamp_ms),
+                    Frame::Hwm { txid, name } => {
+                        let db = self.dbs.entry(name).or_default();
+                        db.primary_txid = db.primary_txid.max(txid);
+                    }
                     _ => {}
                 },
             }
@@ -198,6 +203,7 @@ impl Node {
             added_at: now,
         };
         let page_size = h.page_size;
+        let timestamp_ms = h.timestamp_ms;
         // With the pre-apply check skipped (fault injection) the node trusts the file's own
         // claim about where it applies.
         let base = if self.cfg.faults.skip_pre_apply_check { entry.pre } else { pos.checksum };
@@ -207,6 +213,7 @@ impl Node {
         if let Some(db) = self.dbs.get_mut(name) {
             db.persist = Some(Persist { op, entry, replay: false, conn });
             db.page_size = Some(page_size);
+            db.pending_ts_ms = timestamp_ms;
         }
         self.emit(Output::PersistLtx { db: name.clone(), op, min: entry.min, max: entry.max, bytes: payload, base });
     }
@@ -231,6 +238,7 @@ impl Node {
                     db.pos = pos;
                 } else {
                     db.needs_snapshot = false;
+                    db.applied_ts_ms = db.pending_ts_ms;
                     self.advance(now, &name, p.entry);
                     self.send_ack(p.conn, &name, pos);
                 }

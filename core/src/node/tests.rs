@@ -570,3 +570,21 @@ fn a_reconnecting_replicas_position_map_counts_as_its_acknowledgement() {
     );
     assert!(drain(&mut node).contains(&Output::AckCommit { db: db(), commit: CommitId(1), pos }));
 }
+
+#[test]
+fn a_replica_tracks_its_lag_from_hwm_and_heartbeat_frames() {
+    let (_, files, _) = primary_with_two_commits();
+    let (mut node, conn) = connected_replica();
+    let mut bytes = Vec::new();
+    encode_frame(&Frame::Epoch { epoch: Epoch(5), node_id: NodeId(1) }, &mut bytes);
+    encode_ltx_message(&db(), &files[0], TxId(2), &mut bytes);
+    encode_frame(&Frame::Heartbeat { timestamp_ms: 1_000 }, &mut bytes);
+    node.handle(Millis(2), Input::UpstreamData { conn, bytes });
+    let (op, _, _) = persisted(&drain(&mut node));
+    assert_eq!(node.lag(&db()).map(|l| l.txids), Some(2));
+    let pos = ltx::verify(files[0].as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(3), Input::LtxDone { op, result: Ok(pos) });
+    // The first file was committed at 10 ms on the primary's clock.
+    assert_eq!(node.lag(&db()), Some(Lag { txids: 1, ms: 990 }));
+    assert_eq!(node.lag(&other_db()), None);
+}
