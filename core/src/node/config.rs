@@ -78,6 +78,9 @@ pub struct Config {
     pub retention_ms: u64,
     /// Drop the oldest LTX files once their total size exceeds this (never the newest file).
     pub retention_bytes: u64,
+    /// A backup process copies LTX files off this node: retention keeps every file it has not
+    /// yet reported with [`crate::node::Input::BackedUp`].
+    pub backup: bool,
     /// Seed for backoff jitter.
     pub seed: u64,
     #[doc(hidden)]
@@ -136,6 +139,7 @@ impl Config {
             async_window_ms: None,
             retention_ms: 600_000,
             retention_bytes: 64 << 20,
+            backup: false,
             seed: 0,
             faults: Faults::default(),
         }

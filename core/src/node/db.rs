@@ -37,6 +37,8 @@ pub(crate) struct Db {
     pub(crate) applied_ts_ms: i64,
     /// Header timestamp of the file being persisted.
     pub(crate) pending_ts_ms: i64,
+    /// Highest TXID the backup process has stored.
+    pub(crate) backed_up: TxId,
 }
 
 impl Db {

@@ -186,6 +186,13 @@ pub enum Input {
         /// The stream.
         conn: DownstreamId,
     },
+    /// The backup process has stored every LTX file of `db` up to `txid`.
+    BackedUp {
+        /// The database.
+        db: DbName,
+        /// Highest TXID stored.
+        txid: TxId,
+    },
     /// Operator: hand the lease to this replica.
     Handoff {
         /// The target.

@@ -165,6 +165,10 @@ impl Node {
             Input::DownstreamClosed { conn } => {
                 self.downstream.remove(&conn);
             }
+            Input::BackedUp { db, txid } => {
+                let db = self.dbs.entry(db).or_default();
+                db.backed_up = db.backed_up.max(txid);
+            }
             Input::Handoff { to } => self.on_handoff(now, to),
             Input::Promote => self.on_promote(now),
             Input::Shutdown => self.on_shutdown(now),

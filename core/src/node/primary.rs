@@ -446,8 +446,8 @@ impl Node {
     }
 
     /// Drops each database's oldest LTX files past the age or size limit, never its newest
-    /// file and never one a candidate still lacks while the async window or sync mode counts
-    /// on it.
+    /// file, never one a candidate still lacks while the async window or sync mode counts on
+    /// it, and never one the backup has not stored.
     pub(crate) fn on_retention_timer(&mut self, now: Millis) {
         let mut removed = Vec::new();
         for (name, db) in &mut self.dbs {
@@ -457,7 +457,8 @@ impl Node {
                 }
                 let too_old = now.since(first.added_at) > self.cfg.retention_ms;
                 let too_big = db.history.bytes() > self.cfg.retention_bytes;
-                let still_needed = db.commit_times.first_key_value().is_some_and(|(t, _)| *t <= first.max);
+                let still_needed = db.commit_times.first_key_value().is_some_and(|(t, _)| *t <= first.max)
+                    || (self.cfg.backup && first.max > db.backed_up);
                 if !(too_old || too_big) || still_needed {
                     break;
                 }

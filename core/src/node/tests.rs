@@ -588,3 +588,21 @@ fn a_replica_tracks_its_lag_from_hwm_and_heartbeat_frames() {
     assert_eq!(node.lag(&db()), Some(Lag { txids: 1, ms: 990 }));
     assert_eq!(node.lag(&other_db()), None);
 }
+
+#[test]
+fn retention_keeps_files_the_backup_has_not_stored_and_drops_old_ones_after() {
+    let mut cfg = config(1);
+    cfg.backup = true;
+    cfg.retention_ms = 100;
+    let (mut node, _, _) = primary_with_two_commits_in(cfg);
+    node.handle(Millis(900), Input::Timeout);
+    drain(&mut node);
+    node.handle(Millis(1_200), Input::Timeout);
+    assert!(!drain(&mut node).iter().any(|o| matches!(o, Output::RemoveLtx { .. })));
+    assert_eq!(node.history(&db()).map(History::len), Some(2));
+    node.handle(Millis(1_300), Input::BackedUp { db: db(), txid: TxId(2) });
+    node.handle(Millis(2_300), Input::Timeout);
+    let out = drain(&mut node);
+    assert!(out.contains(&Output::RemoveLtx { db: db(), min: TxId(1), max: TxId(1) }), "{out:?}");
+    assert_eq!(node.history(&db()).map(History::len), Some(1), "the newest file always stays");
+}
