@@ -67,7 +67,8 @@ pub struct Checker {
     /// Every position some primary created, per database: post -> (pre, epoch, time).
     parent: HashMap<(DbName, Pos), (Pos, Epoch, u64)>,
     epoch_writer: BTreeMap<Epoch, usize>,
-    last_write_at: BTreeMap<Epoch, u64>,
+    /// The last commit of each database in each epoch (true time).
+    last_write_at: BTreeMap<(Epoch, DbName), u64>,
     acked: Vec<(DbName, Pos, u64)>,
     last_acked: BTreeMap<DbName, Pos>,
     degraded: HashSet<(DbName, TxId)>,
@@ -156,7 +157,7 @@ impl Checker {
                     return Err(format!("node {node} committed {post} on top of {pre}: TXID is not last + 1"));
                 }
                 self.epoch_writer.insert(epoch, node);
-                self.last_write_at.insert(epoch, at);
+                self.last_write_at.insert((epoch, db.clone()), at);
                 self.parent.insert((db, post), (pre, epoch, at));
             }
             Fact::Acked { node, db, pos, at } => {
@@ -210,12 +211,12 @@ impl Checker {
                             continue;
                         }
                         let Some(&(_, e, _)) = self.parent_of(db, *acked) else { continue };
-                        let last = self.last_write_at.get(&e).copied().unwrap_or(*at);
+                        let last = self.last_write_at.get(&(e, db.clone())).copied().unwrap_or(*at);
                         // Slack: acknowledgement latency and commit spacing on top of the window.
                         if at + window + 500 < last {
                             return Err(format!(
                                 "node {node} became primary at {db} {}, losing {acked} acknowledged at {at}ms, \
-                                 more than the {window}ms window before epoch {e}'s last write at {last}ms",
+                                 more than the {window}ms window before epoch {e}'s last write to it at {last}ms",
                                 pos_of(db)
                             ));
                         }
