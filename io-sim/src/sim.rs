@@ -87,6 +87,9 @@ pub struct SimConfig {
     pub clients_until_ms: u64,
     /// The last node starts this late, with an empty disk (a new node joining), if set.
     pub late_join_ms: Option<u64>,
+    /// Non-candidate replicas negotiate no replite extensions (no epoch frames, no
+    /// acknowledgements), as when a replica or primary is plain LiteFS.
+    pub plain_non_candidates: bool,
     /// How many databases the cluster replicates.
     pub databases: usize,
 }
@@ -104,6 +107,7 @@ impl Default for SimConfig {
             faults_until_ms: 40_000,
             clients_until_ms: 50_000,
             late_join_ms: None,
+            plain_non_candidates: false,
             databases: 2,
         }
     }
@@ -264,6 +268,9 @@ struct Conn {
     last: [u64; 2],
     /// Nothing overtakes the response headers.
     floor: u64,
+    /// Whether the stream negotiated acknowledgements (only then can a primary notice a
+    /// message that vanished, so only then is that fault injected).
+    acked: bool,
 }
 
 #[derive(Debug)]
@@ -667,6 +674,7 @@ impl Sim {
                         epoch: None,
                         last: [0, 0],
                         floor: 0,
+                        acked: false,
                     },
                 );
                 let _ = ext;
@@ -762,7 +770,8 @@ impl Sim {
             self.kill_conn(key);
             return;
         }
-        if self.now < self.cfg.faults_until_ms && self.rng.chance(f.msg_vanish) {
+        let can_vanish = c.acked;
+        if self.now < self.cfg.faults_until_ms && can_vanish && self.rng.chance(f.msg_vanish) {
             self.stats.net_faults += 1;
             return;
         }
@@ -975,9 +984,12 @@ impl Sim {
             _ => self.nodes[p].last_epoch_held,
         };
         let peer = self.nodes[r].id;
+        let plain = self.cfg.plain_non_candidates && !self.nodes[r].cfg.candidate;
+        let ext = if plain { Extensions::NONE } else { Extensions::ALL };
         if let Some(c) = self.conns.get_mut(&key) {
             c.epoch = epoch;
             c.accepted = true;
+            c.acked = ext.ack;
         }
         // The response headers travel first on the replica's direction.
         if self.link_ok(p, r) {
@@ -986,12 +998,12 @@ impl Sim {
                 c.last[1] = self.now + lat;
                 c.floor = self.now + lat;
             }
-            self.schedule(lat, Ev::ConnAccepted { key, ext: Extensions::ALL });
+            self.schedule(lat, Ev::ConnAccepted { key, ext });
         } else {
             self.kill_conn(key);
             return;
         }
-        self.feed(p, Input::DownstreamOpened { conn: DownstreamId(key), peer, ext: Extensions::ALL, body });
+        self.feed(p, Input::DownstreamOpened { conn: DownstreamId(key), peer, ext, body });
     }
 
     /// The first node that believes it is primary.

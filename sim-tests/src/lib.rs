@@ -27,9 +27,10 @@ pub fn config_for_seed(seed: u64, node_faults: Faults) -> SimConfig {
     }
     match seed % 4 {
         0 => {
-            // Asynchronous, a non-candidate replica.
+            // Asynchronous, a non-candidate replica that negotiates no extensions (as LiteFS).
             cfg.nodes = 3;
             cfg.candidates = 2;
+            cfg.plain_non_candidates = true;
         }
         1 => {
             cfg.sync = Some(SyncPolicy::Block);

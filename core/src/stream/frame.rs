@@ -389,6 +389,41 @@ mod tests {
         assert_eq!(decode_frame(&buf, 0, Extensions::ALL), Err(FrameError::InvalidLeaseId { offset: 8 }));
     }
 
+    fn arb_frame() -> impl proptest::strategy::Strategy<Value = Frame> {
+        use proptest::prelude::*;
+        let name = "[a-z][a-z0-9._-]{0,40}".prop_map(|n| DbName::new(&n).expect("generated names are valid"));
+        prop_oneof![
+            (any::<u64>(), name.clone()).prop_map(|(size, name)| Frame::Ltx { size, name }),
+            Just(Frame::Ready),
+            Just(Frame::End),
+            name.clone().prop_map(|name| Frame::DropDb { name }),
+            ".{0,100}".prop_map(|lease_id| Frame::Handoff { lease_id }),
+            (any::<u64>(), name.clone()).prop_map(|(t, name)| Frame::Hwm { txid: TxId(t), name }),
+            any::<i64>().prop_map(|timestamp_ms| Frame::Heartbeat { timestamp_ms }),
+            (any::<u64>(), any::<u64>()).prop_map(|(e, n)| Frame::Epoch { epoch: Epoch(e), node_id: NodeId(n) }),
+            (any::<u64>(), any::<u64>(), name)
+                .prop_map(|(t, c, name)| Frame::Ack { pos: Pos::new(TxId(t), Checksum(c)), name }),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_frame_sequence_round_trips(frames in proptest::collection::vec(arb_frame(), 0..8)) {
+            let mut buf = Vec::new();
+            for f in &frames {
+                encode_frame(f, &mut buf);
+            }
+            let mut at = 0;
+            let mut decoded = Vec::new();
+            while let Some((f, n)) = decode_frame(&buf[at..], at as u64, Extensions::ALL).expect("valid frames decode") {
+                decoded.push(f);
+                at += n;
+            }
+            proptest::prop_assert_eq!(at, buf.len());
+            proptest::prop_assert_eq!(decoded, frames);
+        }
+    }
+
     #[test]
     fn extensions_header_round_trips_and_ignores_unknown_names() {
         assert_eq!(Extensions::from_header_value(&Extensions::ALL.to_header_value()), Extensions::ALL);
