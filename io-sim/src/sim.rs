@@ -142,6 +142,8 @@ pub struct Stats {
     pub late_joins: u64,
     /// Replicas a primary cut off for not acknowledging.
     pub cut_offs: u64,
+    /// Process pauses.
+    pub pauses: u64,
 }
 
 /// How a node's position changed.
@@ -288,6 +290,8 @@ struct SimNode {
     last_pos: BTreeMap<DbName, Pos>,
     last_epoch_held: Option<Epoch>,
     upstream_epoch: Option<Epoch>,
+    /// The process is paused until this true time.
+    paused_until: u64,
 }
 
 /// The simulator.
@@ -371,6 +375,7 @@ impl Sim {
                 last_pos: BTreeMap::new(),
                 last_epoch_held: None,
                 upstream_epoch: None,
+                paused_until: 0,
             });
         }
         let cfg_databases = cfg.databases.max(1);
@@ -803,6 +808,15 @@ impl Sim {
         let Some(((at, _), ev)) = self.queue.pop_first() else { return false };
         debug_assert!(at >= self.now, "time went back");
         self.now = at;
+        // A paused process handles nothing until it resumes; its inputs wait, in order.
+        if let Some(i) = self.event_node(&ev)
+            && self.nodes[i].paused_until > at
+        {
+            let until = self.nodes[i].paused_until;
+            self.seq += 1;
+            self.queue.insert((until, self.seq), ev);
+            return true;
+        }
         self.events += 1;
         match ev {
             Ev::Timeout { node, generation } => {
@@ -892,6 +906,19 @@ impl Sim {
             }
         }
         true
+    }
+
+    /// The node an event is delivered to, if it is one.
+    fn event_node(&self, ev: &Ev) -> Option<usize> {
+        match ev {
+            Ev::Timeout { node, .. } | Ev::LeaseAnswer { node, .. } | Ev::DiskDone { node, .. } => Some(*node),
+            Ev::ConnArrive { key } => self.conns.get(key).map(|c| c.primary),
+            Ev::ConnAccepted { key, .. } => self.conns.get(key).map(|c| c.replica),
+            Ev::ConnData { key, to_replica, .. } | Ev::ConnClosed { key, to_replica } => {
+                self.conns.get(key).map(|c| if *to_replica { c.replica } else { c.primary })
+            }
+            Ev::LeaseRequest { .. } | Ev::Client | Ev::Fault | Ev::Crash { .. } | Ev::Restart { .. } => None,
+        }
     }
 
     fn on_lease_request(&mut self, i: usize, inc: u64, op: Option<OpId>, req: LeaseReq) {
@@ -1022,6 +1049,9 @@ impl Sim {
             target = p;
         }
         let name = self.db_names[self.rng.below(self.db_names.len() as u64) as usize].clone();
+        if self.nodes[target].paused_until > self.now {
+            return;
+        }
         let Some(node) = self.nodes[target].node.as_ref() else { return };
         let pos = node.pos(&name);
         let page_size = page_size();
@@ -1082,6 +1112,14 @@ impl Sim {
         let n = self.nodes.len();
         let i = self.rng.below(n as u64) as usize;
         let j = (i + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+        if self.rng.chance(0.1) {
+            // A process pause (GC, swap, a stopped VM): the node resumes with time moved on.
+            let d = 300 + self.rng.below(3_000);
+            self.trace(format!("node {i} pauses for {d}ms"));
+            self.nodes[i].paused_until = self.now + d;
+            self.stats.pauses += 1;
+            return;
+        }
         match self.rng.below(10) {
             0 | 1 => {
                 if self.nodes.iter().filter(|x| x.node.is_none()).count() < n - 1 {
@@ -1116,8 +1154,8 @@ impl Sim {
             }
             7 => {
                 // Handoff from the primary to a random node.
-                if let Some(p) =
-                    (0..n).find(|&k| matches!(self.nodes[k].node.as_ref().map(Node::role), Some(Role::Primary { .. })))
+                if let Some(p) = self.believed_primary()
+                    && self.nodes[p].paused_until <= self.now
                 {
                     let to = self.nodes[j].id;
                     self.trace(format!("operator: handoff {p} -> {j}"));
@@ -1127,7 +1165,7 @@ impl Sim {
             }
             8 => {
                 // Clean shutdown and restart.
-                if self.nodes[i].node.is_some() {
+                if self.nodes[i].node.is_some() && self.nodes[i].paused_until <= self.now {
                     self.trace(format!("node {i} shuts down cleanly"));
                     self.feed(i, Input::Shutdown);
                     self.crash_node(i);
