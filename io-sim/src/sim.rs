@@ -144,6 +144,8 @@ pub struct Stats {
     pub cut_offs: u64,
     /// Process pauses.
     pub pauses: u64,
+    /// Shrinking commits issued (some are refused like any other).
+    pub shrinks: u64,
 }
 
 /// How a node's position changed.
@@ -1063,6 +1065,9 @@ impl Sim {
             4
         } else if old_pages < MAX_DB_PAGES && self.rng.chance(0.05) {
             old_pages + 1
+        } else if old_pages > 2 && self.rng.chance(0.02) {
+            // A shrinking transaction (VACUUM, or freed pages at the end).
+            old_pages - 1
         } else {
             old_pages.max(1)
         };
@@ -1102,8 +1107,17 @@ impl Sim {
                 .then(|| page_checksum(Pgno(pgno), &db[start..start + psize]));
             pages.push(PageChange { pgno: Pgno(pgno), old, data });
         }
-        let commit =
-            Input::Commit { commit: CommitId(id), db: name, page_size, pages, commit_pages, removed: Vec::new() };
+        pages.retain(|p| p.pgno.0 <= commit_pages);
+        let removed: Vec<(Pgno, replite_core::Checksum)> = (commit_pages + 1..=old_pages)
+            .map(|pgno| {
+                let start = (pgno as usize - 1) * psize;
+                (Pgno(pgno), page_checksum(Pgno(pgno), &db[start..start + psize]))
+            })
+            .collect();
+        if !removed.is_empty() {
+            self.stats.shrinks += 1;
+        }
+        let commit = Input::Commit { commit: CommitId(id), db: name, page_size, pages, commit_pages, removed };
         self.feed(target, commit);
         self.note_moves(target, Via::Incremental, None);
     }

@@ -72,6 +72,7 @@ fn the_cluster_keeps_every_invariant_under_faults_for_many_seeds() {
         ("late joins", total(|s| s.late_joins)),
         ("replicas cut off", total(|s| s.cut_offs)),
         ("process pauses", total(|s| s.pauses)),
+        ("shrinking commits", total(|s| s.shrinks)),
     ];
     eprintln!("fault mix: {mix:?}");
     if let Some(first) = failures.first() {
