@@ -3,7 +3,10 @@
 use std::fmt;
 use std::ops::{Add, Sub};
 
-/// A point on the caller's monotonic clock, in milliseconds from an arbitrary origin.
+/// A point on the caller's clock, in milliseconds. It must never go backwards. The Node also
+/// stamps LTX headers and heartbeat frames with it, which LiteFS reads as milliseconds since
+/// the Unix epoch, so a daemon passes wall-clock time made monotonic (never stepping back);
+/// durations (lease expiry, timers) only ever use differences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Millis(pub u64);
 
