@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use replite_core::ltx::{self, PageFile};
+use replite_core::ltx;
 use replite_core::node::{DbRecovery, IoFailure, LtxFileInfo};
 use replite_core::{Checksum, PageSize, Pos, TxId};
 
@@ -59,8 +59,6 @@ impl Disk {
         if self.db.is_empty() {
             return Checksum::ZERO;
         }
-        let size = self.db.size().unwrap_or(0);
-        let _ = size;
         ltx::checksum_database(self.db.as_slice(), page_size).unwrap_or(Checksum::ZERO)
     }
 }

@@ -70,7 +70,6 @@ struct Conn {
     rinc: u64,
     pinc: u64,
     alive: bool,
-    accepted: bool,
     epoch: Option<Epoch>,
     last: [u64; 2],
     /// Nothing overtakes the response headers.
@@ -78,6 +77,8 @@ struct Conn {
     /// Whether the stream negotiated acknowledgements (only then can a primary notice a
     /// message that vanished, so only then is that fault injected).
     acked: bool,
+    /// Extensions the replica offered.
+    offered: Extensions,
 }
 
 #[derive(Debug)]

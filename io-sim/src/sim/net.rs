@@ -78,10 +78,10 @@ impl Sim {
         };
         let peer = self.nodes[r].id;
         let plain = self.cfg.plain_non_candidates && !self.nodes[r].cfg.candidate;
-        let ext = if plain { Extensions::NONE } else { Extensions::ALL };
+        let offered = self.conns.get(&key).map_or(Extensions::NONE, |c| c.offered);
+        let ext = if plain { Extensions::NONE } else { offered.intersect(Extensions::ALL) };
         if let Some(c) = self.conns.get_mut(&key) {
             c.epoch = epoch;
-            c.accepted = true;
             c.acked = ext.ack;
         }
         // The response headers travel first on the replica's direction.

@@ -70,14 +70,13 @@ impl Sim {
                         rinc: inc,
                         pinc,
                         alive: true,
-                        accepted: false,
                         epoch: None,
                         last: [0, 0],
                         floor: 0,
                         acked: false,
+                        offered: ext,
                     },
                 );
-                let _ = ext;
                 if self.link_ok(i, p) {
                     let lat = self.latency();
                     self.schedule(lat, Ev::ConnArrive { key });
