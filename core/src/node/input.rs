@@ -198,7 +198,8 @@ pub enum Input {
         /// The target.
         to: NodeId,
     },
-    /// Operator: become primary if the lease is free.
+    /// Operator: make this node primary (asks the current primary to hand off; takes the
+    /// lease if it is free).
     Promote,
     /// Clean shutdown: release the lease, close streams.
     Shutdown,

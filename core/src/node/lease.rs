@@ -263,13 +263,31 @@ impl Node {
         self.step_down(now, "handed off");
     }
 
-    /// A replica was told to take the lease (handoff frame) or an operator asked it to.
-    pub(crate) fn on_promote(&mut self, now: Millis) {
+    /// The primary handed us its lease (a handoff frame): take it now, without waiting for
+    /// the next poll.
+    pub(crate) fn take_over(&mut self, now: Millis) {
         if matches!(self.role(), Role::Primary { .. }) || !self.may_acquire() {
             return;
         }
         if !self.lease_request_in_flight(LeaseOpKind::Acquire) {
             self.send_lease_op(now, LeaseOpKind::Acquire);
+        }
+    }
+
+    /// Operator promotion, as LiteFS does it: ask the current primary to hand off to us; with
+    /// no primary, try to take the free lease.
+    pub(crate) fn on_promote(&mut self, now: Millis) {
+        if !self.cfg.candidate {
+            self.event(Event::PromoteRefused { reason: "not a candidate" });
+            return;
+        }
+        match self.role() {
+            Role::Primary { .. } => {}
+            Role::Replica { primary, .. } => {
+                let to = self.cfg.node_id;
+                self.emit(Output::RequestHandoff { primary, to });
+            }
+            _ => self.take_over(now),
         }
     }
 

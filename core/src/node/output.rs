@@ -153,6 +153,15 @@ pub enum Output {
         /// The database's position.
         pos: Pos,
     },
+    /// Ask the primary to hand its lease to `to` (LiteFS: `POST /handoff?nodeID=` on the
+    /// primary, which feeds it [`crate::node::Input::Handoff`]). No answer: the handoff frame
+    /// or a refusal event on the primary is the outcome.
+    RequestHandoff {
+        /// The primary.
+        primary: NodeId,
+        /// The node that should become primary (this one).
+        to: NodeId,
+    },
     /// Close a replica's stream (after an end frame, already sent).
     CloseDownstream {
         /// The stream.
@@ -216,6 +225,11 @@ pub enum Event {
     ReplicaCutOff {
         /// The replica.
         peer: NodeId,
+    },
+    /// A promotion request could not be honoured.
+    PromoteRefused {
+        /// Why.
+        reason: &'static str,
     },
     /// A handoff request could not be honoured.
     HandoffRefused {

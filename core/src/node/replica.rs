@@ -145,7 +145,7 @@ impl Node {
                         }
                         self.max_epoch = self.max_epoch.max(theirs);
                     }
-                    Frame::Handoff { .. } => self.on_promote(now),
+                    Frame::Handoff { .. } => self.take_over(now),
                     Frame::End => return self.resync(now, format!("primary {peer} ended the stream")),
                     Frame::Ready => self.backoff_attempt = 0,
                     Frame::Heartbeat { timestamp_ms } => self.primary_clock_ms = Some(timestamp_ms),

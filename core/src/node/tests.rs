@@ -606,3 +606,24 @@ fn retention_keeps_files_the_backup_has_not_stored_and_drops_old_ones_after() {
     assert!(out.contains(&Output::RemoveLtx { db: db(), min: TxId(1), max: TxId(1) }), "{out:?}");
     assert_eq!(node.history(&db()).map(History::len), Some(1), "the newest file always stays");
 }
+
+#[test]
+fn promotion_asks_the_primary_to_hand_off_and_the_handoff_frame_takes_the_lease() {
+    let (mut node, conn) = connected_replica();
+    node.handle(Millis(2), Input::Promote);
+    assert_eq!(drain(&mut node), vec![Output::RequestHandoff { primary: NodeId(1), to: NodeId(2) }]);
+    let mut bytes = Vec::new();
+    encode_frame(&Frame::Epoch { epoch: Epoch(5), node_id: NodeId(1) }, &mut bytes);
+    encode_frame(&Frame::Handoff { lease_id: "5".into() }, &mut bytes);
+    node.handle(Millis(3), Input::UpstreamData { conn, bytes });
+    assert!(drain(&mut node).iter().any(|o| matches!(o, Output::AcquireLease { .. })));
+}
+
+#[test]
+fn a_non_candidate_refuses_promotion() {
+    let mut cfg = config(3);
+    cfg.candidate = false;
+    let (mut node, _) = started(cfg, Recovery::default());
+    node.handle(Millis(1), Input::Promote);
+    assert_eq!(drain(&mut node), vec![Output::Event(Event::PromoteRefused { reason: "not a candidate" })]);
+}

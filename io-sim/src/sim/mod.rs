@@ -34,18 +34,57 @@ const TRACE_LINES: usize = 60;
 
 #[derive(Debug, Clone)]
 enum Ev {
-    Timeout { node: usize, generation: u64 },
-    LeaseRequest { node: usize, inc: u64, op: Option<OpId>, req: LeaseReq },
-    LeaseAnswer { node: usize, inc: u64, input: Input },
-    DiskDone { node: usize, inc: u64, op: OpId },
-    ConnArrive { key: u64 },
-    ConnAccepted { key: u64, ext: Extensions },
-    ConnData { key: u64, to_replica: bool, bytes: Vec<u8> },
-    ConnClosed { key: u64, to_replica: bool },
+    Timeout {
+        node: usize,
+        generation: u64,
+    },
+    LeaseRequest {
+        node: usize,
+        inc: u64,
+        op: Option<OpId>,
+        req: LeaseReq,
+    },
+    LeaseAnswer {
+        node: usize,
+        inc: u64,
+        input: Input,
+    },
+    DiskDone {
+        node: usize,
+        inc: u64,
+        op: OpId,
+    },
+    ConnArrive {
+        key: u64,
+    },
+    ConnAccepted {
+        key: u64,
+        ext: Extensions,
+    },
+    ConnData {
+        key: u64,
+        to_replica: bool,
+        bytes: Vec<u8>,
+    },
+    ConnClosed {
+        key: u64,
+        to_replica: bool,
+    },
     Client,
     Fault,
-    Crash { node: usize, inc: u64 },
-    Restart { node: usize },
+    Crash {
+        node: usize,
+        inc: u64,
+    },
+    /// An HTTP request from another node (a promotion's handoff request).
+    Request {
+        node: usize,
+        inc: u64,
+        input: Input,
+    },
+    Restart {
+        node: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -435,6 +474,12 @@ impl Sim {
                     self.heal_everything();
                 }
             }
+            Ev::Request { node, inc, input } => {
+                if self.nodes[node].inc == inc {
+                    self.trace(format!("node {node} <- {input:?}"));
+                    self.feed(node, input);
+                }
+            }
             Ev::Crash { node, inc } => {
                 if self.nodes[node].inc == inc {
                     self.crash_node(node);
@@ -455,7 +500,10 @@ impl Sim {
     /// The node an event is delivered to, if it is one.
     fn event_node(&self, ev: &Ev) -> Option<usize> {
         match ev {
-            Ev::Timeout { node, .. } | Ev::LeaseAnswer { node, .. } | Ev::DiskDone { node, .. } => Some(*node),
+            Ev::Timeout { node, .. }
+            | Ev::LeaseAnswer { node, .. }
+            | Ev::DiskDone { node, .. }
+            | Ev::Request { node, .. } => Some(*node),
             Ev::ConnArrive { key } => self.conns.get(key).map(|c| c.primary),
             Ev::ConnAccepted { key, .. } => self.conns.get(key).map(|c| c.replica),
             Ev::ConnData { key, to_replica, .. } | Ev::ConnClosed { key, to_replica } => {

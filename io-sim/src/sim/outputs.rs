@@ -125,6 +125,15 @@ impl Sim {
                 self.send(conn.0, true, bytes);
             }
             Output::CloseDownstream { conn } => self.kill_conn(conn.0),
+            Output::RequestHandoff { primary, to } => {
+                if let Some(p) = self.index_of(primary)
+                    && self.link_ok(i, p)
+                {
+                    let lat = self.latency();
+                    let pinc = self.nodes[p].inc;
+                    self.schedule(lat, Ev::Request { node: p, inc: pinc, input: Input::Handoff { to } });
+                }
+            }
             Output::Event(e) => {
                 if let Event::BecamePrimary { epoch } = e {
                     let positions = self.nodes[i]

@@ -193,7 +193,12 @@ impl Sim {
             }
             7 => {
                 // Handoff from the primary to a random node.
-                if let Some(p) = self.believed_primary()
+                if self.rng.chance(0.5) && self.nodes[j].paused_until <= self.now && self.nodes[j].node.is_some() {
+                    // Operator promotion of a random node (LiteFS: it asks the primary to hand off).
+                    self.trace(format!("operator: promote {j}"));
+                    self.stats.handoffs += 1;
+                    self.feed(j, Input::Promote);
+                } else if let Some(p) = self.believed_primary()
                     && self.nodes[p].paused_until <= self.now
                 {
                     let to = self.nodes[j].id;
