@@ -1,5 +1,5 @@
 //! The checker must bite: Nodes built with deliberate bugs must be caught within a bounded
-//! number of seeds.
+//! number of seeds, and by the invariant that bug breaks (not by some unrelated failure).
 
 use replite_core::node::{Faults, SyncPolicy};
 use replite_sim_tests::{config_for_seed, run_seed};
@@ -7,51 +7,82 @@ use replite_sim_tests::{config_for_seed, run_seed};
 /// Seeds tried per bug before declaring the simulator blind to it.
 const SEED_BUDGET: u64 = 64;
 
-fn first_catch(faults: Faults, sync: bool, lease_slow: Option<f64>) -> Option<(u64, String)> {
-    (0..SEED_BUDGET).find_map(|seed| {
-        let mut cfg = config_for_seed(seed, faults);
-        if sync {
+struct Bug {
+    name: &'static str,
+    faults: Faults,
+    /// Run every seed in synchronous `Block` mode.
+    sync: bool,
+    /// Probability of slow lease answers, if the bug needs them to show.
+    lease_slow: Option<f64>,
+    /// Text the failure report must contain: which invariant caught it.
+    caught_by: &'static [&'static str],
+}
+
+fn assert_caught(bug: Bug) {
+    for seed in 0..SEED_BUDGET {
+        let mut cfg = config_for_seed(seed, bug.faults);
+        if bug.sync {
             cfg.sync = Some(SyncPolicy::Block);
             cfg.async_window_ms = None;
         }
-        if let Some(p) = lease_slow {
+        if let Some(p) = bug.lease_slow {
             cfg.faults.lease_slow = p;
         }
-        run_seed(seed, cfg).err().map(|report| (seed, report))
-    })
-}
-
-fn assert_caught(name: &str, faults: Faults, sync: bool) {
-    assert_caught_with(name, faults, sync, None);
-}
-
-fn assert_caught_with(name: &str, faults: Faults, sync: bool, lease_slow: Option<f64>) {
-    match first_catch(faults, sync, lease_slow) {
-        Some((seed, report)) => {
-            let first_line = report.lines().next().unwrap_or_default();
-            eprintln!("{name}: caught by seed {seed}: {first_line}");
-        }
-        None => panic!("the simulator did not catch {name} in {SEED_BUDGET} seeds"),
+        let Err(report) = run_seed(seed, cfg) else { continue };
+        let first_line = report.lines().next().unwrap_or_default();
+        assert!(
+            bug.caught_by.iter().any(|needle| first_line.contains(needle)),
+            "{}: seed {seed} failed, but not by the invariant it breaks ({:?}):\n{report}",
+            bug.name,
+            bug.caught_by
+        );
+        eprintln!("{}: caught by seed {seed}: {first_line}", bug.name);
+        return;
     }
+    panic!("the simulator did not catch {} in {SEED_BUDGET} seeds", bug.name);
 }
 
 #[test]
 fn skipping_the_pre_apply_check_is_caught() {
-    assert_caught("skip_pre_apply_check", Faults { skip_pre_apply_check: true, ..Faults::default() }, false);
+    assert_caught(Bug {
+        name: "skip_pre_apply_check",
+        faults: Faults { skip_pre_apply_check: true, ..Faults::default() },
+        sync: false,
+        lease_slow: None,
+        caught_by: &["does not fit", "out of order or twice", "file sums to", "database file is not at its position"],
+    });
 }
 
 #[test]
 fn accepting_writes_after_lease_expiry_is_caught() {
-    assert_caught("write_after_expiry", Faults { write_after_expiry: true, ..Faults::default() }, false);
+    assert_caught(Bug {
+        name: "write_after_expiry",
+        faults: Faults { write_after_expiry: true, ..Faults::default() },
+        sync: false,
+        lease_slow: None,
+        caught_by: &["accept writes at once", "accepts writes in epoch", "already written by node"],
+    });
 }
 
 #[test]
 fn acknowledging_before_durable_is_caught() {
-    assert_caught("ack_before_durable", Faults { ack_before_durable: true, ..Faults::default() }, true);
+    assert_caught(Bug {
+        name: "ack_before_durable",
+        faults: Faults { ack_before_durable: true, ..Faults::default() },
+        sync: true,
+        lease_slow: None,
+        caught_by: &["acknowledged transaction was lost", "without acknowledged"],
+    });
 }
 
 #[test]
 fn ignoring_epochs_is_caught() {
     // Stale lease answers are what tempt a node to follow an old primary: make them common.
-    assert_caught_with("ignore_epochs", Faults { ignore_epochs: true, ..Faults::default() }, false, Some(0.3));
+    assert_caught(Bug {
+        name: "ignore_epochs",
+        faults: Faults { ignore_epochs: true, ..Faults::default() },
+        sync: false,
+        lease_slow: Some(0.3),
+        caught_by: &["applied data from epoch"],
+    });
 }
