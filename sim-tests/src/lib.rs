@@ -12,6 +12,10 @@ use replite_sim::{Fact, Sim, SimConfig, Stats, Via};
 /// Quiet time after faults stop within which every node must converge.
 pub const CONVERGE_MS: u64 = 15_000;
 
+/// After faults stop, the cluster must accept and acknowledge writes on every database
+/// within this long (while clients still write).
+pub const SETTLE_MS: u64 = 6_000;
+
 /// The workload shape a seed runs: rotates through modes so every mode gets many seeds.
 #[must_use]
 pub fn config_for_seed(seed: u64, node_faults: Faults) -> SimConfig {
@@ -255,6 +259,9 @@ impl Checker {
 /// Runs one seed to the end: faults, then a quiet period, then the convergence check.
 pub fn run_seed(seed: u64, cfg: SimConfig) -> Result<Summary, String> {
     let quiet_until = cfg.faults_until_ms + CONVERGE_MS;
+    // Once faults stop and the cluster has had time to settle, writes must succeed again.
+    let settled_at = cfg.faults_until_ms + SETTLE_MS;
+    let clients_until = cfg.clients_until_ms;
     let mut checker = Checker::new(&cfg);
     let mut sim = Sim::new(seed, cfg);
     sim.echo_trace = std::env::var_os("REPLITE_SIM_TRACE").is_some();
@@ -309,6 +316,17 @@ pub fn run_seed(seed: u64, cfg: SimConfig) -> Result<Summary, String> {
                     return Err(fail(&sim, format!("node {i}'s {db} file sums to {disk}, its position says {target}")));
                 }
             }
+        }
+    }
+    for db in &names {
+        let progressed = checker.acked.iter().any(|(d, _, at)| d == db && *at >= settled_at && *at < clients_until);
+        if !progressed {
+            return Err(fail(
+                &sim,
+                format!(
+                    "no commit to {db} was acknowledged between {settled_at}ms and {clients_until}ms: writes are stuck"
+                ),
+            ));
         }
     }
     Ok(Summary { events: sim.events, acked: sim.acked_commits, elections: checker.elections, stats: sim.stats })

@@ -16,6 +16,8 @@ use crate::node::timer::TimerKind;
 use crate::stream::{DbName, Extensions, Frame, PosMap, StreamDecoder, StreamEvent, decode_pos_map, encode_frame};
 use crate::types::{Checksum, NodeId, PageSize, Pgno, Pos, TxId};
 
+use std::collections::BTreeMap;
+
 /// Most bytes of acknowledgement frames buffered from one replica before it is cut off:
 /// an ack frame is under 300 bytes, so this only trips on a misbehaving peer.
 const MAX_DOWNSTREAM_BUFFER: usize = 64 * 1024;
@@ -46,8 +48,10 @@ pub(crate) struct Downstream {
     /// Where the replica will be, per database, once it has applied everything we sent.
     sent: PosMap,
     decoder: StreamDecoder,
-    /// When the replica last acknowledged anything (or connected).
-    ack_progress_at: Millis,
+    /// When the stream opened.
+    opened_at: Millis,
+    /// When the replica last acknowledged each database.
+    acked_at: BTreeMap<DbName, Millis>,
 }
 
 /// What a transaction changed, as the commit input described it.
@@ -163,6 +167,18 @@ impl Node {
             return;
         }
         self.advance(now, name, entry);
+        if !matches!(self.role(), crate::node::Role::Primary { .. }) {
+            // We stepped down while the file was being written. It is durable here, but no
+            // replica will get it from us and acknowledgements can no longer arrive: the
+            // application is told the commit failed (a new primary may or may not have it).
+            if let Some(db) = self.dbs.get_mut(name) {
+                db.commit = None;
+            }
+            if !self.cfg.faults.ack_before_durable {
+                self.emit(Output::RefuseCommit { commit, reason: RefuseReason::NotPrimary });
+            }
+            return;
+        }
         if (self.cfg.async_window_ms.is_some() || self.cfg.sync.is_some())
             && let Some(db) = self.dbs.get_mut(name)
         {
@@ -173,7 +189,10 @@ impl Node {
             self.catch_up_db(conn, name);
         }
         if let Some(sync) = &self.cfg.sync {
-            self.timers.set(TimerKind::SyncTimeout, now + sync.timeout_ms);
+            // One timer serves every database: keep the earliest deadline.
+            if self.timers.get(TimerKind::SyncTimeout).is_none() {
+                self.timers.set(TimerKind::SyncTimeout, now + sync.timeout_ms);
+            }
             self.try_finish_sync_commit(name);
         } else {
             self.finish_commit(name);
@@ -312,7 +331,8 @@ impl Node {
         let decoder = StreamDecoder::new(ext);
         let durable: Vec<(DbName, Pos)> =
             if ext.ack { sent.iter().map(|(n, p)| (n.clone(), *p)).collect() } else { Vec::new() };
-        self.downstream.insert(conn, Downstream { peer, ext, sent, decoder, ack_progress_at: now });
+        self.downstream
+            .insert(conn, Downstream { peer, ext, sent, decoder, opened_at: now, acked_at: BTreeMap::new() });
         // A replica's position map states what it holds durably: it counts as an
         // acknowledgement (an ack lost with a broken stream must not stall sync commits).
         for (name, pos) in durable {
@@ -369,8 +389,8 @@ impl Node {
             }
         }
         let peer = d.peer;
-        if !acks.is_empty() {
-            d.ack_progress_at = now;
+        for (name, _) in &acks {
+            d.acked_at.insert(name.clone(), now);
         }
         if bad {
             self.downstream.remove(&conn);
@@ -425,13 +445,17 @@ impl Node {
     fn cut_off_silent_replicas(&mut self, now: Millis) {
         let mut cut = Vec::new();
         for (&conn, d) in &self.downstream {
-            if !d.ext.ack || now.since(d.ack_progress_at) <= self.cfg.replica_ack_timeout_ms {
+            if !d.ext.ack {
                 continue;
             }
-            let behind = d.sent.iter().any(|(name, pos)| {
-                *pos != Pos::ZERO && self.acked.get(&(d.peer, name.clone())).is_none_or(|a| a.txid < pos.txid)
+            // Per database: acknowledgements flowing for one must not hide one lost for another.
+            let stalled = d.sent.iter().any(|(name, pos)| {
+                let behind =
+                    *pos != Pos::ZERO && self.acked.get(&(d.peer, name.clone())).is_none_or(|a| a.txid < pos.txid);
+                let last = d.acked_at.get(name).copied().unwrap_or(d.opened_at);
+                behind && now.since(last) > self.cfg.replica_ack_timeout_ms
             });
-            if behind {
+            if stalled {
                 cut.push((conn, d.peer));
             }
         }

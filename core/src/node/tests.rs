@@ -627,3 +627,20 @@ fn a_non_candidate_refuses_promotion() {
     node.handle(Millis(1), Input::Promote);
     assert_eq!(drain(&mut node), vec![Output::Event(Event::PromoteRefused { reason: "not a candidate" })]);
 }
+
+#[test]
+fn a_commit_whose_write_ends_after_step_down_is_refused_and_frees_the_database() {
+    let mut cfg = config(1);
+    cfg.sync = Some(SyncConfig { timeout_ms: 1_000, policy: SyncPolicy::Block });
+    let mut node = primary(cfg);
+    let out = commit(&mut node, 40, 1, vec![change(1, None, 1)], 1);
+    let (op, _, bytes) = persisted(&out);
+    node.handle(Millis(10_000), Input::Timeout);
+    assert!(drain(&mut node).iter().any(|o| matches!(o, Output::Event(Event::SteppedDown { .. }))));
+    let pos = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(10_001), Input::LtxDone { op, result: Ok(pos) });
+    let out = drain(&mut node);
+    assert!(out.contains(&Output::RefuseCommit { commit: CommitId(1), reason: RefuseReason::NotPrimary }), "{out:?}");
+    assert_eq!(node.pos(&db()), pos, "the file is durable, so it is part of this node's history");
+    assert!(node.dbs.get(&db()).is_some_and(|d| d.commit.is_none()), "the database must not stay busy");
+}
