@@ -332,12 +332,15 @@ pub fn run_seed(seed: u64, cfg: SimConfig) -> Result<Summary, String> {
     Ok(Summary { events: sim.events, acked: sim.acked_commits, elections: checker.elections, stats: sim.stats })
 }
 
-/// Seeds to run: `REPLITE_SIM_SEED=S` for one, else `REPLITE_SIM_SEEDS=N` (default given).
+/// Seeds to run: `REPLITE_SIM_SEED=S` for one, else `REPLITE_SIM_SEEDS=N` of them (default
+/// given) starting at `REPLITE_SIM_SEED_BASE` (default 0).
 #[must_use]
 pub fn seeds_from_env(default: u64) -> Vec<u64> {
-    if let Some(seed) = std::env::var("REPLITE_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+    let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    if let Some(seed) = var("REPLITE_SIM_SEED") {
         return vec![seed];
     }
-    let n = std::env::var("REPLITE_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
-    (0..n).collect()
+    let n = var("REPLITE_SIM_SEEDS").unwrap_or(default);
+    let base = var("REPLITE_SIM_SEED_BASE").unwrap_or(0);
+    (base..base.saturating_add(n)).collect()
 }
