@@ -471,10 +471,24 @@ impl Node {
 
     /// Drops each database's oldest LTX files past the age or size limit, never its newest
     /// file, never one a candidate still lacks while the async window or sync mode counts on
-    /// it, and never one the backup has not stored.
+    /// it, never one sent to a connected replica and not yet acknowledged, and never one the
+    /// backup has not stored.
     pub(crate) fn on_retention_timer(&mut self, now: Millis) {
+        // Files sent to a connected replica but not yet acknowledged may still be queued in
+        // the daemon's stream writer: keep everything above the lowest such acknowledgement.
+        let mut in_flight_above: BTreeMap<DbName, TxId> = BTreeMap::new();
+        for d in self.downstream.values().filter(|d| d.ext.ack) {
+            for (name, sent) in &d.sent {
+                let acked = self.acked.get(&(d.peer, name.clone())).map_or(TxId::ZERO, |p| p.txid);
+                if acked < sent.txid {
+                    let floor = in_flight_above.entry(name.clone()).or_insert(acked);
+                    *floor = (*floor).min(acked);
+                }
+            }
+        }
         let mut removed = Vec::new();
         for (name, db) in &mut self.dbs {
+            let hold = in_flight_above.get(name).copied();
             while let (Some(first), Some(last)) = (db.history.first().copied(), db.history.last().copied()) {
                 if first.max == last.max {
                     break;
@@ -482,7 +496,8 @@ impl Node {
                 let too_old = now.since(first.added_at) > self.cfg.retention_ms;
                 let too_big = db.history.bytes() > self.cfg.retention_bytes;
                 let still_needed = db.commit_times.first_key_value().is_some_and(|(t, _)| *t <= first.max)
-                    || (self.cfg.backup && first.max > db.backed_up);
+                    || (self.cfg.backup && first.max > db.backed_up)
+                    || hold.is_some_and(|h| first.max > h);
                 if !(too_old || too_big) || still_needed {
                     break;
                 }

@@ -644,3 +644,30 @@ fn a_commit_whose_write_ends_after_step_down_is_refused_and_frees_the_database()
     assert_eq!(node.pos(&db()), pos, "the file is durable, so it is part of this node's history");
     assert!(node.dbs.get(&db()).is_some_and(|d| d.commit.is_none()), "the database must not stay busy");
 }
+
+#[test]
+fn retention_keeps_files_sent_to_a_replica_until_it_acknowledges_them() {
+    let mut cfg = config(1);
+    cfg.retention_ms = 100;
+    let (mut node, files, _) = primary_with_two_commits_in(cfg);
+    let p1 = ltx::verify(files[0].as_slice()).expect("valid").post_apply_pos();
+    let sent = open_downstream(&mut node, 1, p1);
+    assert_eq!(sent, vec![Output::StreamLtx { db: db(), conn: DownstreamId(1), min: TxId(2), max: TxId(2) }]);
+    let out = commit(&mut node, 100, 3, vec![change(2, Some(&page(9)), 7)], 2);
+    let (op, _, bytes) = persisted(&out);
+    let p3 = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(101), Input::LtxDone { op, result: Ok(p3) });
+    drain(&mut node);
+    node.handle(Millis(2_000), Input::Timeout);
+    let out = drain(&mut node);
+    assert!(out.contains(&Output::RemoveLtx { db: db(), min: TxId(1), max: TxId(1) }), "{out:?}");
+    assert!(
+        !out.contains(&Output::RemoveLtx { db: db(), min: TxId(2), max: TxId(2) }),
+        "dropped an unacknowledged file"
+    );
+    let mut ack = Vec::new();
+    encode_frame(&Frame::Ack { pos: p3, name: db() }, &mut ack);
+    node.handle(Millis(2_001), Input::DownstreamData { conn: DownstreamId(1), bytes: ack });
+    node.handle(Millis(4_000), Input::Timeout);
+    assert!(drain(&mut node).contains(&Output::RemoveLtx { db: db(), min: TxId(2), max: TxId(2) }));
+}
