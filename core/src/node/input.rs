@@ -38,6 +38,8 @@ pub struct PageChange {
 pub struct Recovery {
     /// Each database's files.
     pub dbs: BTreeMap<DbName, DbRecovery>,
+    /// The highest lease epoch persisted by [`crate::node::Output::PersistEpoch`] (zero if none).
+    pub max_epoch: Epoch,
 }
 
 /// What is durable for one database.

@@ -133,6 +133,7 @@ impl Node {
             return;
         }
         let epoch_before = self.max_epoch;
+        let starting = matches!(input, Input::Start(_));
         match input {
             Input::Start(recovery) => self.on_start(now, recovery),
             _ if !self.started => {}
@@ -174,6 +175,9 @@ impl Node {
             Input::Shutdown => self.on_shutdown(now),
         }
         debug_assert!(self.max_epoch >= epoch_before, "epoch went back");
+        if self.max_epoch > epoch_before && !starting {
+            self.emit(Output::PersistEpoch { epoch: self.max_epoch });
+        }
         #[cfg(debug_assertions)]
         for (name, db) in &self.dbs {
             debug_assert!(

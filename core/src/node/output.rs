@@ -76,6 +76,13 @@ pub enum Output {
         /// The database checksum it applies to.
         base: Checksum,
     },
+    /// Record the highest lease epoch seen, so that after a restart the node still refuses
+    /// older primaries. Emitted after the outputs of the input that raised it; losing the
+    /// last one in a crash only makes the node relearn it.
+    PersistEpoch {
+        /// The epoch.
+        epoch: Epoch,
+    },
     /// Delete an LTX file.
     RemoveLtx {
         /// The database.

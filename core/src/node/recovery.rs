@@ -30,6 +30,7 @@ impl Node {
             return;
         }
         self.started = true;
+        self.max_epoch = recovery.max_epoch;
         for (name, rec) in recovery.dbs {
             self.recover_db(now, name, rec);
         }

@@ -348,7 +348,7 @@ fn the_async_window_refuses_writes_while_a_candidate_lags_too_long() {
 }
 
 fn one_db(rec: DbRecovery) -> Recovery {
-    Recovery { dbs: [(db(), rec)].into_iter().collect() }
+    Recovery { dbs: [(db(), rec)].into_iter().collect(), max_epoch: Epoch(0) }
 }
 
 fn info(file: &[u8]) -> LtxFileInfo {
@@ -670,4 +670,16 @@ fn retention_keeps_files_sent_to_a_replica_until_it_acknowledges_them() {
     node.handle(Millis(2_001), Input::DownstreamData { conn: DownstreamId(1), bytes: ack });
     node.handle(Millis(4_000), Input::Timeout);
     assert!(drain(&mut node).contains(&Output::RemoveLtx { db: db(), min: TxId(2), max: TxId(2) }));
+}
+
+#[test]
+fn the_highest_epoch_seen_survives_a_restart() {
+    let (mut node, _) = started(config(2), Recovery::default());
+    node.handle(Millis(0), Input::LeaseObserved { op: OpId(900), holder: Some((NodeId(1), Epoch(5))) });
+    assert!(drain(&mut node).contains(&Output::PersistEpoch { epoch: Epoch(5) }));
+    let recovery = Recovery { max_epoch: Epoch(5), ..Recovery::default() };
+    let (mut restarted, out) = started(config(2), recovery);
+    assert!(!out.iter().any(|o| matches!(o, Output::PersistEpoch { .. })), "nothing new to persist");
+    restarted.handle(Millis(1), Input::LeaseObserved { op: OpId(901), holder: Some((NodeId(3), Epoch(4))) });
+    assert_eq!(restarted.role(), Role::Waiting, "followed an epoch older than one seen before the restart");
 }

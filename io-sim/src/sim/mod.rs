@@ -137,6 +137,8 @@ struct SimNode {
     upstream_epoch: Option<Epoch>,
     /// The process is paused until this true time.
     paused_until: u64,
+    /// The epoch file on disk (written durably at once).
+    saved_epoch: Epoch,
 }
 
 /// The simulator.
@@ -221,6 +223,7 @@ impl Sim {
                 last_epoch_held: None,
                 upstream_epoch: None,
                 paused_until: 0,
+                saved_epoch: Epoch(0),
             });
         }
         let cfg_databases = cfg.databases.max(1);

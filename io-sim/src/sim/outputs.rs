@@ -44,6 +44,7 @@ impl Sim {
                 let d = 1 + self.rng.below(4);
                 self.schedule(d, Ev::DiskDone { node: i, inc, op });
             }
+            Output::PersistEpoch { epoch } => self.nodes[i].saved_epoch = epoch,
             Output::RemoveLtx { db, min, max } => {
                 self.nodes[i].disks.entry(db).or_default().ltx.remove(&(min, max));
             }

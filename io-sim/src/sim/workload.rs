@@ -10,8 +10,10 @@ impl Sim {
         n.inc += 1;
         n.cfg.seed = n.cfg.seed.wrapping_add(0x9e37_79b9);
         n.ops.clear();
-        let recovery =
-            Recovery { dbs: n.disks.iter_mut().map(|(name, d)| (name.clone(), d.recovery(page_size))).collect() };
+        let recovery = Recovery {
+            dbs: n.disks.iter_mut().map(|(name, d)| (name.clone(), d.recovery(page_size))).collect(),
+            max_epoch: n.saved_epoch,
+        };
         n.node = Some(Node::new(n.cfg.clone()).expect("simulated configs are valid"));
         n.upstream_epoch = None;
         let files: usize = recovery.dbs.values().map(|r| r.ltx.len()).sum();
