@@ -116,6 +116,7 @@ impl Node {
             return;
         }
         self.lease = LeaseState::Held { epoch, expires_at, handing_off: false };
+        self.lease_acquire_sent_at = req.sent_at;
         self.known_primary = Some((self.cfg.node_id, epoch));
         self.drop_upstream();
         self.acked.clear();

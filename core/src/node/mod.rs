@@ -92,6 +92,8 @@ pub struct Node {
     lease: LeaseState,
     known_primary: Option<(NodeId, Epoch)>,
     lease_ops: BTreeMap<OpId, lease::LeaseOp>,
+    /// When the acquire request of the lease we hold was sent.
+    lease_acquire_sent_at: Millis,
     downstream: BTreeMap<DownstreamId, Downstream>,
     /// Latest durable position each replica acknowledged on our lineage, per database.
     acked: BTreeMap<(NodeId, DbName), Pos>,
@@ -119,6 +121,7 @@ impl Node {
             lease: LeaseState::None,
             known_primary: None,
             lease_ops: BTreeMap::new(),
+            lease_acquire_sent_at: Millis(0),
             downstream: BTreeMap::new(),
             acked: BTreeMap::new(),
             upstream: None,
@@ -151,8 +154,14 @@ impl Node {
             Input::LeaseLost { op } => self.on_lease_lost(now, op),
             Input::LeaseRequestFailed { op } => self.on_lease_failed(now, op),
             Input::LeaseObserved { op, holder } => {
-                self.lease_ops.remove(&op);
-                self.on_observation(now, holder);
+                let sent_at = self.lease_ops.remove(&op).map(|r| r.sent_at);
+                // An answer to a question asked before we took the lease says nothing about
+                // our lease: without this a slow "no holder" would depose a healthy primary.
+                let stale = matches!(self.lease, LeaseState::Held { .. })
+                    && sent_at.is_none_or(|s| s < self.lease_acquire_sent_at);
+                if !stale {
+                    self.on_observation(now, holder);
+                }
             }
             Input::Commit { commit, db, page_size, pages, commit_pages, removed } => {
                 self.on_commit(now, commit, db, page_size, pages, commit_pages, removed);

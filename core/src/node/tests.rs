@@ -683,3 +683,32 @@ fn the_highest_epoch_seen_survives_a_restart() {
     restarted.handle(Millis(1), Input::LeaseObserved { op: OpId(901), holder: Some((NodeId(3), Epoch(4))) });
     assert_eq!(restarted.role(), Role::Waiting, "followed an epoch older than one seen before the restart");
 }
+
+#[test]
+fn a_slow_answer_to_an_observation_sent_before_taking_the_lease_does_not_depose_the_primary() {
+    let (mut node, _) = started(config(2), Recovery::default());
+    node.handle(Millis(0), Input::LeaseObserved { op: OpId(900), holder: Some((NodeId(1), Epoch(5))) });
+    drain(&mut node);
+    // The next poll asks again; that answer will be slow.
+    node.handle(Millis(1_000), Input::Timeout);
+    let slow = drain(&mut node)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::ObserveLease { op } => Some(op),
+            _ => None,
+        })
+        .expect("polls the lease store");
+    // Meanwhile the primary's lease lapses and this node takes it.
+    node.handle(Millis(1_500), Input::LeaseObserved { op: OpId(901), holder: None });
+    let acquire = drain(&mut node)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::AcquireLease { op } => Some(op),
+            _ => None,
+        })
+        .expect("a free lease is taken");
+    node.handle(Millis(1_510), Input::LeaseAcquired { op: acquire, epoch: Epoch(6) });
+    assert_eq!(node.role(), Role::Primary { epoch: Epoch(6) });
+    node.handle(Millis(1_600), Input::LeaseObserved { op: slow, holder: None });
+    assert_eq!(node.role(), Role::Primary { epoch: Epoch(6) }, "deposed by a stale answer");
+}
