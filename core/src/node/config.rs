@@ -1,0 +1,165 @@
+//! How a Node is configured. Durations are milliseconds on the caller's clock.
+
+use std::collections::BTreeSet;
+
+use thiserror::Error;
+
+use crate::types::NodeId;
+
+/// What a synchronous commit does when acknowledgements do not arrive in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Keep waiting: writes stall until every required replica acknowledges.
+    Block,
+    /// Acknowledge the commit anyway after the timeout, with a [`crate::node::Event::SyncDegraded`].
+    Degrade,
+}
+
+/// Synchronous replication settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// How long a commit waits for acknowledgements before the policy applies.
+    pub timeout_ms: u64,
+    /// What happens at the timeout.
+    pub policy: SyncPolicy,
+}
+
+/// Deliberate bugs, for proving the simulator catches them. Never set outside tests.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// A replica applies incremental LTX files without checking TXID and pre-apply checksum.
+    pub skip_pre_apply_check: bool,
+    /// A primary accepts writes after its lease's safe deadline (until it learns of the loss).
+    pub write_after_expiry: bool,
+    /// A primary acknowledges commits before the LTX file is durable.
+    pub ack_before_durable: bool,
+    /// A node follows primaries with epochs older than ones it has seen, and a deposed
+    /// primary keeps serving its streams.
+    pub ignore_epochs: bool,
+}
+
+/// A Node's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Whether this node may become primary.
+    pub candidate: bool,
+    /// Every candidate node of the cluster (including this one if it is a candidate). Used by
+    /// synchronous mode and the asynchronous loss window: see `docs/decisions/0004-sync-failover-rule.md`.
+    pub candidates: BTreeSet<NodeId>,
+    /// Lease time-to-live, as granted by the lease store.
+    pub lease_ttl_ms: u64,
+    /// Renew this long after the previous grant.
+    pub lease_renew_ms: u64,
+    /// Stop accepting writes this long before the lease expires by our clock. Must cover the
+    /// clock drift between this node and the lease store over one TTL.
+    pub lease_safety_margin_ms: u64,
+    /// How often a non-primary polls the lease store.
+    pub lease_poll_ms: u64,
+    /// How often a primary sends heartbeats.
+    pub heartbeat_ms: u64,
+    /// A replica that hears nothing from its primary for this long reconnects.
+    pub upstream_idle_ms: u64,
+    /// A primary closes the stream of a replica (that negotiated acknowledgements) whose
+    /// acknowledgements have trailed what it was sent for this long, so it reconnects and
+    /// resyncs: the only way to notice a stream that silently lost a file.
+    pub replica_ack_timeout_ms: u64,
+    /// Reconnect backoff bounds (doubling, with jitter in the upper half).
+    pub reconnect_min_ms: u64,
+    /// See `reconnect_min_ms`.
+    pub reconnect_max_ms: u64,
+    /// Synchronous replication, if on.
+    pub sync: Option<SyncConfig>,
+    /// Asynchronous loss window: refuse writes once a candidate lacks a commit older than this.
+    pub async_window_ms: Option<u64>,
+    /// Keep LTX files at least this long.
+    pub retention_ms: u64,
+    /// Drop the oldest LTX files once their total size exceeds this (never the newest file).
+    pub retention_bytes: u64,
+    /// A backup process copies LTX files off this node: retention keeps every file it has not
+    /// yet reported with [`crate::node::Input::BackedUp`].
+    pub backup: bool,
+    /// Seed for backoff jitter.
+    pub seed: u64,
+    #[doc(hidden)]
+    pub faults: Faults,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    /// The safety margin does not leave time to write.
+    #[error(
+        "lease safety margin {margin_ms}ms must be below the renew interval {renew_ms}ms, itself below the TTL {ttl_ms}ms"
+    )]
+    LeaseTimes {
+        /// Safety margin.
+        margin_ms: u64,
+        /// Renew interval.
+        renew_ms: u64,
+        /// TTL.
+        ttl_ms: u64,
+    },
+    /// A candidate node is missing from the candidate set.
+    #[error("node {node} is a candidate but not listed in the candidate set")]
+    NotInCandidates {
+        /// This node.
+        node: NodeId,
+    },
+    /// Reconnect backoff bounds are inverted or zero.
+    #[error("reconnect backoff {min_ms}..{max_ms}ms is empty")]
+    Backoff {
+        /// Lower bound.
+        min_ms: u64,
+        /// Upper bound.
+        max_ms: u64,
+    },
+}
+
+impl Config {
+    /// A configuration with LiteFS-like defaults (10 s TTL, 1 s heartbeats).
+    #[must_use]
+    pub fn new(node_id: NodeId) -> Config {
+        Config {
+            node_id,
+            candidate: true,
+            candidates: [node_id].into_iter().collect(),
+            lease_ttl_ms: 10_000,
+            lease_renew_ms: 3_000,
+            lease_safety_margin_ms: 1_000,
+            lease_poll_ms: 1_000,
+            heartbeat_ms: 1_000,
+            upstream_idle_ms: 5_000,
+            replica_ack_timeout_ms: 30_000,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5_000,
+            sync: None,
+            async_window_ms: None,
+            retention_ms: 600_000,
+            retention_bytes: 64 << 20,
+            backup: false,
+            seed: 0,
+            faults: Faults::default(),
+        }
+    }
+
+    /// Checks the rules between settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.lease_safety_margin_ms < self.lease_renew_ms && self.lease_renew_ms < self.lease_ttl_ms) {
+            return Err(ConfigError::LeaseTimes {
+                margin_ms: self.lease_safety_margin_ms,
+                renew_ms: self.lease_renew_ms,
+                ttl_ms: self.lease_ttl_ms,
+            });
+        }
+        if self.candidate && !self.candidates.contains(&self.node_id) {
+            return Err(ConfigError::NotInCandidates { node: self.node_id });
+        }
+        if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
+            return Err(ConfigError::Backoff { min_ms: self.reconnect_min_ms, max_ms: self.reconnect_max_ms });
+        }
+        Ok(())
+    }
+}

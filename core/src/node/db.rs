@@ -1,0 +1,54 @@
+//! Per-database state. A node replicates any number of databases over one lease and one
+//! stream per peer; everything that follows a database's own history lives here.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::node::history::History;
+use crate::node::input::LtxFileInfo;
+use crate::node::primary::InflightCommit;
+use crate::node::replica::Persist;
+use crate::node::time::Millis;
+use crate::types::{PageSize, Pos, TxId};
+
+/// One database's replication state.
+#[derive(Debug, Default)]
+pub(crate) struct Db {
+    /// Durable and applied position.
+    pub(crate) pos: Pos,
+    /// Page size, once known (first commit, first file applied, or recovery).
+    pub(crate) page_size: Option<PageSize>,
+    /// Retained LTX files.
+    pub(crate) history: History,
+    /// The primary's commit in flight.
+    pub(crate) commit: Option<InflightCommit>,
+    /// Commit times of transactions some candidate still lacks.
+    pub(crate) commit_times: BTreeMap<TxId, Millis>,
+    /// Received LTX payloads waiting for the one being persisted.
+    pub(crate) inbox: VecDeque<Vec<u8>>,
+    /// The file being persisted or replayed.
+    pub(crate) persist: Option<Persist>,
+    /// Files recovery still has to replay.
+    pub(crate) replay: VecDeque<LtxFileInfo>,
+    /// Recovery could not establish a trustworthy position: wait for a snapshot.
+    pub(crate) needs_snapshot: bool,
+    /// The primary's newest TXID for this database, from its HWM frames (replicas).
+    pub(crate) primary_txid: TxId,
+    /// Header timestamp (primary wall clock, ms) of the last file applied.
+    pub(crate) applied_ts_ms: i64,
+    /// Header timestamp of the file being persisted.
+    pub(crate) pending_ts_ms: i64,
+    /// Highest TXID the backup process has stored.
+    pub(crate) backed_up: TxId,
+}
+
+impl Db {
+    /// Whether start-up replay is still running.
+    pub(crate) fn replaying(&self) -> bool {
+        !self.replay.is_empty() || self.persist.is_some_and(|p| p.replay)
+    }
+
+    /// Whether a disk operation or commit is in flight.
+    pub(crate) fn busy(&self) -> bool {
+        self.commit.is_some() || self.persist.is_some()
+    }
+}

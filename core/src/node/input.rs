@@ -1,0 +1,208 @@
+//! Inputs: things that happened. Each carries plain data; results of requested I/O carry the
+//! id of the [`crate::node::Output`] that asked for them.
+
+use std::collections::BTreeMap;
+
+use crate::stream::{DbName, Extensions};
+use crate::types::{Checksum, Epoch, NodeId, PageSize, Pgno, Pos, TxId};
+
+/// Id of a request whose result comes back as an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OpId(pub u64);
+
+/// Id of a commit the application is waiting on (chosen by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CommitId(pub u64);
+
+/// A stream this node opened to its primary (chosen by the Node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UpstreamId(pub u64);
+
+/// A stream a replica opened to this node (chosen by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DownstreamId(pub u64);
+
+/// One changed page of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageChange {
+    /// The page.
+    pub pgno: Pgno,
+    /// Checksum of the page before the transaction; `None` if the page did not exist.
+    pub old: Option<Checksum>,
+    /// The page's new contents (exactly one page).
+    pub data: Vec<u8>,
+}
+
+/// What is durable on disk at start, as the caller found it: one entry per database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Each database's files.
+    pub dbs: BTreeMap<DbName, DbRecovery>,
+    /// The highest lease epoch persisted by [`crate::node::Output::PersistEpoch`] (zero if none).
+    pub max_epoch: Epoch,
+}
+
+/// What is durable for one database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DbRecovery {
+    /// Every LTX file that verified, in any order.
+    pub ltx: Vec<LtxFileInfo>,
+    /// LTX files that failed verification (torn writes): removed by rule.
+    pub invalid_ltx: Vec<(TxId, TxId)>,
+    /// The database file's checksum (`Checksum::ZERO` if the file is empty or missing).
+    pub db_checksum: Checksum,
+}
+
+/// A verified LTX file found on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LtxFileInfo {
+    /// First transaction.
+    pub min: TxId,
+    /// Last transaction.
+    pub max: TxId,
+    /// Pre-apply checksum (zero for a snapshot).
+    pub pre: Checksum,
+    /// Post-apply checksum.
+    pub post: Checksum,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Why an I/O request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoFailure {
+    /// EIO or similar.
+    Io,
+    /// ENOSPC.
+    NoSpace,
+    /// The applied result was not what the LTX file promised.
+    Mismatch,
+}
+
+/// Something that happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The process started; what its disk holds.
+    Start(Recovery),
+    /// A timer may have expired (`poll_timeout` said so); the Node checks them all.
+    Timeout,
+    /// An acquire request succeeded: the lease is ours under `epoch`.
+    LeaseAcquired {
+        /// The request.
+        op: OpId,
+        /// The lease's epoch.
+        epoch: Epoch,
+    },
+    /// An acquire request found the lease held by someone else.
+    LeaseHeld {
+        /// The request.
+        op: OpId,
+        /// The holder.
+        holder: NodeId,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// A renew request succeeded: the lease runs for another TTL from when it was sent.
+    LeaseRenewed {
+        /// The request.
+        op: OpId,
+    },
+    /// A renew request found the lease no longer ours.
+    LeaseLost {
+        /// The request.
+        op: OpId,
+    },
+    /// A lease request got no answer (timeout, store unreachable). Outcome unknown.
+    LeaseRequestFailed {
+        /// The request.
+        op: OpId,
+    },
+    /// An observe request's answer.
+    LeaseObserved {
+        /// The request.
+        op: OpId,
+        /// The holder and epoch, if the lease is held.
+        holder: Option<(NodeId, Epoch)>,
+    },
+    /// The application reached a commit point (primary only).
+    Commit {
+        /// Its id, echoed in the answer.
+        commit: CommitId,
+        /// The database.
+        db: DbName,
+        /// Its page size (must match earlier transactions).
+        page_size: PageSize,
+        /// Changed pages, any order.
+        pages: Vec<PageChange>,
+        /// Database size in pages after the commit.
+        commit_pages: u32,
+        /// Pages beyond `commit_pages` that the transaction removed, with their old checksums.
+        removed: Vec<(Pgno, Checksum)>,
+    },
+    /// A persist or replay request finished.
+    LtxDone {
+        /// The request.
+        op: OpId,
+        /// The database position after it, or why it failed.
+        result: Result<Pos, IoFailure>,
+    },
+    /// Our stream to the primary is open.
+    UpstreamOpened {
+        /// The stream.
+        conn: UpstreamId,
+        /// Extensions the primary agreed to.
+        ext: Extensions,
+    },
+    /// Bytes from the primary.
+    UpstreamData {
+        /// The stream.
+        conn: UpstreamId,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// Our stream to the primary failed or closed (or never opened).
+    UpstreamClosed {
+        /// The stream.
+        conn: UpstreamId,
+    },
+    /// A replica opened a stream to us.
+    DownstreamOpened {
+        /// The stream.
+        conn: DownstreamId,
+        /// The replica's node id.
+        peer: NodeId,
+        /// Extensions it offered.
+        ext: Extensions,
+        /// The request body (position map).
+        body: Vec<u8>,
+    },
+    /// Bytes from a replica (acknowledgements).
+    DownstreamData {
+        /// The stream.
+        conn: DownstreamId,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// A replica's stream closed.
+    DownstreamClosed {
+        /// The stream.
+        conn: DownstreamId,
+    },
+    /// The backup process has stored every LTX file of `db` up to `txid`.
+    BackedUp {
+        /// The database.
+        db: DbName,
+        /// Highest TXID stored.
+        txid: TxId,
+    },
+    /// Operator: hand the lease to this replica.
+    Handoff {
+        /// The target.
+        to: NodeId,
+    },
+    /// Operator: make this node primary (asks the current primary to hand off; takes the
+    /// lease if it is free).
+    Promote,
+    /// Clean shutdown: release the lease, close streams.
+    Shutdown,
+}

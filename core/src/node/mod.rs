@@ -1,0 +1,312 @@
+//! The sans-IO Node: one replite node's whole decision logic for one database. It is driven
+//! like quinn-proto's `Connection`: feed it [`Input`]s with the caller's `now`
+//! ([`Node::handle`]), carry out the [`Output`]s it queues ([`Node::poll_output`]), and call
+//! `handle(now, Input::Timeout)` when [`Node::poll_timeout`]'s deadline passes.
+//!
+//! One node replicates any number of databases: one lease and one stream per peer carry them
+//! all, and each database keeps its own position, history and in-flight work (`db`).
+//!
+//! Files by job: `lease` (acquire, renew, safe-write deadline, step-down, handoff), `primary`
+//! (commit path, serving replicas, acknowledgements, retention), `replica` (following a
+//! primary, applying LTX files, backoff), `recovery` (start from durable state).
+
+mod config;
+mod db;
+mod history;
+mod input;
+mod lease;
+mod output;
+mod primary;
+mod recovery;
+mod replica;
+mod rng;
+mod time;
+mod timer;
+
+use std::collections::{BTreeMap, VecDeque};
+
+pub use config::{Config, ConfigError, Faults, SyncConfig, SyncPolicy};
+pub use history::{History, LtxEntry};
+pub use input::{
+    CommitId, DbRecovery, DownstreamId, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery, UpstreamId,
+};
+pub use output::{Event, Output, RefuseReason};
+pub use rng::SplitMix64;
+pub use time::Millis;
+pub use timer::{TimerKind, Timers};
+
+use crate::stream::DbName;
+use crate::types::{Epoch, NodeId, Pos};
+use db::Db;
+use lease::LeaseState;
+use primary::Downstream;
+use replica::{Persist, Upstream};
+
+/// How far a replica trails its primary on one database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lag {
+    /// Transactions behind.
+    pub txids: u64,
+    /// Milliseconds behind, by the primary's clock.
+    pub ms: u64,
+}
+
+/// What a node is doing right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not started, or shut down.
+    Stopped,
+    /// Replaying its own LTX history after a start.
+    Recovering,
+    /// Holds the lease.
+    Primary {
+        /// Lease epoch.
+        epoch: Epoch,
+    },
+    /// Follows a primary.
+    Replica {
+        /// The primary.
+        primary: NodeId,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// Knows no primary (a candidate tries to become one; a non-candidate waits).
+    Waiting,
+}
+
+/// The replite node state machine. See the module documentation.
+#[derive(Debug)]
+pub struct Node {
+    cfg: Config,
+    rng: SplitMix64,
+    timers: Timers,
+    out: VecDeque<Output>,
+    next_id: u64,
+    started: bool,
+    stopped: bool,
+    dbs: BTreeMap<DbName, Db>,
+    /// Which database each disk request belongs to.
+    ops: BTreeMap<OpId, DbName>,
+    /// Highest lease epoch this node has seen anywhere. Never decreases.
+    max_epoch: Epoch,
+    lease: LeaseState,
+    known_primary: Option<(NodeId, Epoch)>,
+    lease_ops: BTreeMap<OpId, lease::LeaseOp>,
+    /// When the acquire request of the lease we hold was sent.
+    lease_acquire_sent_at: Millis,
+    downstream: BTreeMap<DownstreamId, Downstream>,
+    /// Latest durable position each replica acknowledged on our lineage, per database.
+    acked: BTreeMap<(NodeId, DbName), Pos>,
+    upstream: Option<Upstream>,
+    /// The primary's wall clock from its last heartbeat (ms since the Unix epoch).
+    primary_clock_ms: Option<i64>,
+    backoff_attempt: u32,
+}
+
+impl Node {
+    /// A node that has not started; feed it [`Input::Start`] first.
+    pub fn new(cfg: Config) -> Result<Node, ConfigError> {
+        cfg.validate()?;
+        Ok(Node {
+            rng: SplitMix64::new(cfg.seed),
+            cfg,
+            timers: Timers::default(),
+            out: VecDeque::new(),
+            next_id: 1,
+            started: false,
+            stopped: false,
+            dbs: BTreeMap::new(),
+            ops: BTreeMap::new(),
+            max_epoch: Epoch(0),
+            lease: LeaseState::None,
+            known_primary: None,
+            lease_ops: BTreeMap::new(),
+            lease_acquire_sent_at: Millis(0),
+            downstream: BTreeMap::new(),
+            acked: BTreeMap::new(),
+            upstream: None,
+            primary_clock_ms: None,
+            backoff_attempt: 0,
+        })
+    }
+
+    /// Feeds one input.
+    pub fn handle(&mut self, now: Millis, input: Input) {
+        if self.stopped {
+            return;
+        }
+        let epoch_before = self.max_epoch;
+        let starting = matches!(input, Input::Start(_));
+        match input {
+            Input::Start(recovery) => self.on_start(now, recovery),
+            _ if !self.started => {}
+            Input::Timeout => {
+                for kind in self.timers.expire(now) {
+                    self.on_timer(now, kind);
+                }
+            }
+            Input::LeaseAcquired { op, epoch } => self.on_lease_acquired(now, op, epoch),
+            Input::LeaseHeld { op, holder, epoch } => {
+                self.lease_ops.remove(&op);
+                self.on_observation(now, Some((holder, epoch)));
+            }
+            Input::LeaseRenewed { op } => self.on_lease_renewed(now, op),
+            Input::LeaseLost { op } => self.on_lease_lost(now, op),
+            Input::LeaseRequestFailed { op } => self.on_lease_failed(now, op),
+            Input::LeaseObserved { op, holder } => {
+                let sent_at = self.lease_ops.remove(&op).map(|r| r.sent_at);
+                // An answer to a question asked before we took the lease says nothing about
+                // our lease: without this a slow "no holder" would depose a healthy primary.
+                let stale = matches!(self.lease, LeaseState::Held { .. })
+                    && sent_at.is_none_or(|s| s < self.lease_acquire_sent_at);
+                if !stale {
+                    self.on_observation(now, holder);
+                }
+            }
+            Input::Commit { commit, db, page_size, pages, commit_pages, removed } => {
+                self.on_commit(now, commit, db, page_size, pages, commit_pages, removed);
+            }
+            Input::LtxDone { op, result } => self.on_ltx_done(now, op, result),
+            Input::UpstreamOpened { conn, ext } => self.on_upstream_opened(now, conn, ext),
+            Input::UpstreamData { conn, bytes } => self.on_upstream_data(now, conn, &bytes),
+            Input::UpstreamClosed { conn } => self.on_upstream_closed(now, conn),
+            Input::DownstreamOpened { conn, peer, ext, body } => self.on_downstream_opened(now, conn, peer, ext, &body),
+            Input::DownstreamData { conn, bytes } => self.on_downstream_data(now, conn, &bytes),
+            Input::DownstreamClosed { conn } => {
+                self.downstream.remove(&conn);
+            }
+            Input::BackedUp { db, txid } => {
+                let db = self.dbs.entry(db).or_default();
+                db.backed_up = db.backed_up.max(txid);
+            }
+            Input::Handoff { to } => self.on_handoff(now, to),
+            Input::Promote => self.on_promote(now),
+            Input::Shutdown => self.on_shutdown(now),
+        }
+        debug_assert!(self.max_epoch >= epoch_before, "epoch went back");
+        if self.max_epoch > epoch_before && !starting {
+            self.emit(Output::PersistEpoch { epoch: self.max_epoch });
+        }
+        #[cfg(debug_assertions)]
+        for (name, db) in &self.dbs {
+            debug_assert!(
+                db.history.last().is_none_or(|f| f.post_pos() == db.pos) || db.replaying(),
+                "{name}: position {} is not the end of the retained history",
+                db.pos
+            );
+        }
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The earliest timer deadline, with what it is for.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<(Millis, TimerKind)> {
+        if self.stopped { None } else { self.timers.next() }
+    }
+
+    /// A database's position (what is durable and applied); zero for an unknown database.
+    #[must_use]
+    pub fn pos(&self, db: &DbName) -> Pos {
+        self.dbs.get(db).map_or(Pos::ZERO, |d| d.pos)
+    }
+
+    /// Every database this node knows, with its position.
+    pub fn positions(&self) -> impl Iterator<Item = (&DbName, Pos)> {
+        self.dbs.iter().map(|(name, db)| (name, db.pos))
+    }
+
+    /// How far this replica trails its primary on `db`: transactions behind the primary's
+    /// newest (from HWM frames), and milliseconds between the last applied file's timestamp
+    /// and the primary's last heartbeat (zero when caught up). `None` on a primary or for an
+    /// unknown database.
+    #[must_use]
+    pub fn lag(&self, db: &DbName) -> Option<Lag> {
+        if matches!(self.role(), Role::Primary { .. }) {
+            return None;
+        }
+        let d = self.dbs.get(db)?;
+        let txids = d.primary_txid.0.saturating_sub(d.pos.txid.0);
+        let ms = match (txids, self.primary_clock_ms) {
+            (0, _) | (_, None) => 0,
+            (_, Some(clock)) => u64::try_from(clock.saturating_sub(d.applied_ts_ms)).unwrap_or(0),
+        };
+        Some(Lag { txids, ms })
+    }
+
+    /// The highest epoch this node has seen.
+    #[must_use]
+    pub fn max_epoch(&self) -> Epoch {
+        self.max_epoch
+    }
+
+    /// A database's retained LTX history index.
+    #[must_use]
+    pub fn history(&self, db: &DbName) -> Option<&History> {
+        self.dbs.get(db).map(|d| &d.history)
+    }
+
+    /// This node's id.
+    #[must_use]
+    pub fn id(&self) -> NodeId {
+        self.cfg.node_id
+    }
+
+    /// The current role.
+    #[must_use]
+    pub fn role(&self) -> Role {
+        if self.stopped || !self.started {
+            return Role::Stopped;
+        }
+        if self.dbs.values().any(Db::replaying) {
+            return Role::Recovering;
+        }
+        if let LeaseState::Held { epoch, .. } = self.lease {
+            return Role::Primary { epoch };
+        }
+        match self.known_primary {
+            Some((primary, epoch)) if primary != self.cfg.node_id => Role::Replica { primary, epoch },
+            _ => Role::Waiting,
+        }
+    }
+
+    /// The epoch under which this node would accept a commit at `now`, if any. This is the
+    /// same check the commit path makes.
+    #[must_use]
+    pub fn accepting_writes(&self, now: Millis) -> Option<Epoch> {
+        self.write_grant(now).map(|g| g.epoch())
+    }
+
+    fn next_op(&mut self) -> OpId {
+        self.next_id += 1;
+        OpId(self.next_id)
+    }
+
+    fn emit(&mut self, output: Output) {
+        self.out.push_back(output);
+    }
+
+    fn event(&mut self, event: Event) {
+        self.out.push_back(Output::Event(event));
+    }
+
+    fn on_timer(&mut self, now: Millis, kind: TimerKind) {
+        match kind {
+            TimerKind::LeasePoll => self.on_lease_poll(now),
+            TimerKind::LeaseRenew => self.on_renew_timer(now),
+            TimerKind::WriteDeadline => {}
+            TimerKind::LeaseExpiry => self.on_lease_expiry(now),
+            TimerKind::Heartbeat => self.on_heartbeat_timer(now),
+            TimerKind::UpstreamIdle => self.on_upstream_idle(now),
+            TimerKind::Reconnect => self.maybe_connect(now),
+            TimerKind::SyncTimeout => self.on_sync_timeout(now),
+            TimerKind::Retention => self.on_retention_timer(now),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

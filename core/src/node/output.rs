@@ -1,0 +1,255 @@
+//! Outputs: things to do. Ordering contract: the caller carries outputs out in the order
+//! `poll_output` returns them, per stream; a `PersistLtx` must be durable (written and
+//! fsynced) before its `LtxDone` input is fed back; `AckCommit` is only ever emitted after
+//! the LTX it acknowledges was reported durable (and, in synchronous mode, acknowledged).
+
+use crate::node::input::{CommitId, DownstreamId, OpId, UpstreamId};
+use crate::stream::{DbName, Extensions};
+use crate::types::{Checksum, Epoch, NodeId, Pos, TxId};
+
+/// Why a commit was refused; the application sees a read-only error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// This node does not hold the lease safely.
+    NotPrimary,
+    /// Another commit is in flight.
+    Busy,
+    /// The asynchronous loss window is exceeded: a candidate lags too far.
+    AsyncWindow,
+    /// The pages do not form a valid transaction.
+    Invalid,
+    /// The LTX file could not be made durable.
+    Disk,
+}
+
+/// What the Node wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Try to acquire the lease; answer with `LeaseAcquired` / `LeaseHeld` / `LeaseRequestFailed`.
+    AcquireLease {
+        /// Request id.
+        op: OpId,
+    },
+    /// Renew the lease held under `epoch`; answer with `LeaseRenewed` / `LeaseLost` / `LeaseRequestFailed`.
+    RenewLease {
+        /// Request id.
+        op: OpId,
+        /// The epoch held.
+        epoch: Epoch,
+    },
+    /// Release the lease held under `epoch` (no answer).
+    ReleaseLease {
+        /// The epoch held.
+        epoch: Epoch,
+    },
+    /// Ask who holds the lease; answer with `LeaseObserved` / `LeaseRequestFailed`.
+    ObserveLease {
+        /// Request id.
+        op: OpId,
+    },
+    /// Make this LTX file durable, then apply it to the database whose checksum is `base`
+    /// (a snapshot replaces the database and all older LTX files). Answer with `LtxDone`.
+    PersistLtx {
+        /// The database.
+        db: DbName,
+        /// Request id.
+        op: OpId,
+        /// The file's transaction range.
+        min: TxId,
+        /// See `min`.
+        max: TxId,
+        /// The file.
+        bytes: Vec<u8>,
+        /// The database checksum the file applies to.
+        base: Checksum,
+    },
+    /// Apply an LTX file already on disk (recovery replay). Answer with `LtxDone`.
+    ReplayLtx {
+        /// The database.
+        db: DbName,
+        /// Request id.
+        op: OpId,
+        /// The file's transaction range.
+        min: TxId,
+        /// See `min`.
+        max: TxId,
+        /// The database checksum it applies to.
+        base: Checksum,
+    },
+    /// Record the highest lease epoch seen, so that after a restart the node still refuses
+    /// older primaries. Emitted after the outputs of the input that raised it; losing the
+    /// last one in a crash only makes the node relearn it.
+    PersistEpoch {
+        /// The epoch.
+        epoch: Epoch,
+    },
+    /// Delete an LTX file.
+    RemoveLtx {
+        /// The database.
+        db: DbName,
+        /// Range of the file.
+        min: TxId,
+        /// See `min`.
+        max: TxId,
+    },
+    /// Tell the application its commit is durable.
+    AckCommit {
+        /// The database.
+        db: DbName,
+        /// The commit.
+        commit: CommitId,
+        /// The position it produced.
+        pos: Pos,
+    },
+    /// Tell the application its commit failed (read-only error).
+    RefuseCommit {
+        /// The commit.
+        commit: CommitId,
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// Open a stream to the primary with this request body; answer with `UpstreamOpened`
+    /// or `UpstreamClosed`.
+    Connect {
+        /// The stream id.
+        conn: UpstreamId,
+        /// The primary.
+        peer: NodeId,
+        /// Extensions offered.
+        ext: Extensions,
+        /// The position-map body.
+        body: Vec<u8>,
+    },
+    /// Send bytes to the primary (acknowledgements).
+    SendUpstream {
+        /// The stream.
+        conn: UpstreamId,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// Close the stream to the primary.
+    CloseUpstream {
+        /// The stream.
+        conn: UpstreamId,
+    },
+    /// Send these encoded frames to a replica.
+    SendDownstream {
+        /// The stream.
+        conn: DownstreamId,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// Send the LTX file `min..=max` from disk to a replica as an LTX frame, chunks and an
+    /// HWM frame (see [`crate::stream::encode_ltx_message`]).
+    StreamLtx {
+        /// The stream.
+        conn: DownstreamId,
+        /// The database.
+        db: DbName,
+        /// The file's range.
+        min: TxId,
+        /// See `min`.
+        max: TxId,
+    },
+    /// Encode the database (which is at `pos`) as a snapshot and send it like `StreamLtx`.
+    StreamSnapshot {
+        /// The stream.
+        conn: DownstreamId,
+        /// The database.
+        db: DbName,
+        /// The database's position.
+        pos: Pos,
+    },
+    /// Ask the primary to hand its lease to `to` (LiteFS: `POST /handoff?nodeID=` on the
+    /// primary, which feeds it [`crate::node::Input::Handoff`]). No answer: the handoff frame
+    /// or a refusal event on the primary is the outcome.
+    RequestHandoff {
+        /// The primary.
+        primary: NodeId,
+        /// The node that should become primary (this one).
+        to: NodeId,
+    },
+    /// Close a replica's stream (after an end frame, already sent).
+    CloseDownstream {
+        /// The stream.
+        conn: DownstreamId,
+    },
+    /// Something worth logging, counting or showing.
+    Event(Event),
+}
+
+/// Notable happenings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// This node became primary.
+    BecamePrimary {
+        /// Lease epoch.
+        epoch: Epoch,
+    },
+    /// This node stopped being primary.
+    SteppedDown {
+        /// Lease epoch held.
+        epoch: Epoch,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Now following this primary.
+    Following {
+        /// The primary.
+        primary: NodeId,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// A stream from the primary was refused or failed; the node will resync.
+    Resync {
+        /// Why.
+        reason: String,
+    },
+    /// Recovery found the database and LTX history disagreeing, and applied a rule.
+    Recovered {
+        /// The database.
+        db: DbName,
+        /// The position recovered to.
+        pos: Pos,
+        /// Which rule applied.
+        rule: &'static str,
+    },
+    /// A synchronous commit was acknowledged without all required acknowledgements.
+    SyncDegraded {
+        /// The database.
+        db: DbName,
+        /// The transaction.
+        txid: TxId,
+    },
+    /// A synchronous commit is blocked waiting for acknowledgements.
+    SyncStalled {
+        /// The database.
+        db: DbName,
+        /// The transaction.
+        txid: TxId,
+    },
+    /// A replica stopped acknowledging what it was sent; its stream was closed.
+    ReplicaCutOff {
+        /// The replica.
+        peer: NodeId,
+    },
+    /// A promotion request could not be honoured.
+    PromoteRefused {
+        /// Why.
+        reason: &'static str,
+    },
+    /// A handoff request could not be honoured.
+    HandoffRefused {
+        /// The requested target.
+        to: NodeId,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A disk operation failed.
+    DiskFailed {
+        /// The database.
+        db: DbName,
+        /// What failed.
+        failure: super::input::IoFailure,
+    },
+}

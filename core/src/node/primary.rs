@@ -1,0 +1,519 @@
+//! The primary's jobs: the commit path (TXID = last + 1, post-apply checksum from the
+//! pre-apply checksum and the changed pages' old and new checksums, acknowledge only after
+//! the LTX is durable and, in synchronous mode, acknowledged by every other candidate),
+//! serving replicas (next LTX files or a snapshot, per database), and retention.
+
+use crate::ltx::{DatabaseChecksum, Encoder, Header, page_checksum};
+use crate::node::Node;
+use crate::node::config::SyncPolicy;
+use crate::node::db::Db;
+use crate::node::history::LtxEntry;
+use crate::node::input::{CommitId, DownstreamId, IoFailure, OpId, PageChange};
+use crate::node::lease::WriteGrant;
+use crate::node::output::{Event, Output, RefuseReason};
+use crate::node::time::Millis;
+use crate::node::timer::TimerKind;
+use crate::stream::{DbName, Extensions, Frame, PosMap, StreamDecoder, StreamEvent, decode_pos_map, encode_frame};
+use crate::types::{Checksum, NodeId, PageSize, Pgno, Pos, TxId};
+
+use std::collections::BTreeMap;
+
+/// Most bytes of acknowledgement frames buffered from one replica before it is cut off:
+/// an ack frame is under 300 bytes, so this only trips on a misbehaving peer.
+const MAX_DOWNSTREAM_BUFFER: usize = 64 * 1024;
+
+/// A commit being made durable (and replicated, in synchronous mode).
+#[derive(Debug)]
+pub(crate) struct InflightCommit {
+    commit: CommitId,
+    /// The persist request, until it is done.
+    op: Option<OpId>,
+    entry: LtxEntry,
+    /// Already acknowledged to the application (fault injection only).
+    acked_early: bool,
+    stall_reported: bool,
+}
+
+impl InflightCommit {
+    pub(crate) fn op_is(&self, op: OpId) -> bool {
+        self.op == Some(op)
+    }
+}
+
+/// A replica streaming from us.
+#[derive(Debug)]
+pub(crate) struct Downstream {
+    pub(crate) peer: NodeId,
+    pub(crate) ext: Extensions,
+    /// Where the replica will be, per database, once it has applied everything we sent.
+    sent: PosMap,
+    decoder: StreamDecoder,
+    /// When the stream opened.
+    opened_at: Millis,
+    /// When the replica last acknowledged each database.
+    acked_at: BTreeMap<DbName, Millis>,
+}
+
+/// What a transaction changed, as the commit input described it.
+#[derive(Clone, Copy)]
+struct TxPages<'a> {
+    page_size: PageSize,
+    pages: &'a [PageChange],
+    commit_pages: u32,
+    removed: &'a [(Pgno, Checksum)],
+}
+
+/// Builds the LTX file of a commit on top of `pos`. Needs the grant: no TXID is assigned
+/// without one.
+fn encode_commit(
+    node_id: NodeId,
+    now: Millis,
+    _grant: WriteGrant,
+    pos: Pos,
+    tx: &TxPages<'_>,
+) -> Option<(LtxEntry, Vec<u8>)> {
+    let TxPages { page_size, pages, commit_pages, removed } = *tx;
+    let txid = pos.txid.next();
+    // The first transaction is a snapshot: its pre-apply checksum is zero by LTX rule.
+    let first = txid == TxId(1);
+    let pre = if first { Checksum::ZERO } else { pos.checksum };
+    let mut sorted: Vec<&PageChange> = pages.iter().collect();
+    sorted.sort_by_key(|p| p.pgno);
+    let mut sum = DatabaseChecksum::from_checksum(page_size, if first { Checksum::EMPTY } else { pre });
+    for change in &sorted {
+        if change.data.len() != page_size.bytes() || change.pgno.0 == 0 || change.pgno.0 > commit_pages {
+            return None;
+        }
+        if let Some(old) = change.old {
+            sum.toggle(change.pgno, old);
+        }
+        sum.toggle(change.pgno, page_checksum(change.pgno, &change.data));
+    }
+    for &(pgno, old) in removed {
+        if pgno.0 <= commit_pages {
+            return None;
+        }
+        sum.toggle(pgno, old);
+    }
+    let post = sum.value();
+    let mut header = Header::new(page_size, commit_pages, txid, txid, pre);
+    header.timestamp_ms = now.0 as i64;
+    header.node_id = node_id;
+    let mut encoder = Encoder::new(Vec::new(), header).ok()?;
+    for change in &sorted {
+        encoder.encode_page(change.pgno, &change.data).ok()?;
+    }
+    let (bytes, _) = encoder.finish(post).ok()?;
+    let entry = LtxEntry { min: txid, max: txid, pre, post, size: bytes.len() as u64, added_at: now };
+    Some((entry, bytes))
+}
+
+impl Node {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_commit(
+        &mut self,
+        now: Millis,
+        commit: CommitId,
+        name: DbName,
+        page_size: PageSize,
+        pages: Vec<PageChange>,
+        commit_pages: u32,
+        removed: Vec<(Pgno, Checksum)>,
+    ) {
+        let refuse = |node: &mut Node, reason| node.emit(Output::RefuseCommit { commit, reason });
+        let Some(grant) = self.write_grant(now) else { return refuse(self, RefuseReason::NotPrimary) };
+        let db = self.dbs.entry(name.clone()).or_default();
+        if db.needs_snapshot {
+            return refuse(self, RefuseReason::NotPrimary);
+        }
+        if db.busy() {
+            return refuse(self, RefuseReason::Busy);
+        }
+        if db.page_size.is_some_and(|p| p != page_size) {
+            return refuse(self, RefuseReason::Invalid);
+        }
+        if self.async_window_exceeded(&name, now) {
+            return refuse(self, RefuseReason::AsyncWindow);
+        }
+        let pos = self.pos(&name);
+        let tx = TxPages { page_size, pages: &pages, commit_pages, removed: &removed };
+        let Some((entry, bytes)) = encode_commit(self.cfg.node_id, now, grant, pos, &tx) else {
+            return refuse(self, RefuseReason::Invalid);
+        };
+        let op = self.next_op();
+        self.ops.insert(op, name.clone());
+        self.emit(Output::PersistLtx { db: name.clone(), op, min: entry.min, max: entry.max, bytes, base: entry.pre });
+        let early = self.cfg.faults.ack_before_durable;
+        if early {
+            self.emit(Output::AckCommit { db: name.clone(), commit, pos: entry.post_pos() });
+        }
+        let db = self.dbs.entry(name).or_default();
+        db.page_size = Some(page_size);
+        db.commit = Some(InflightCommit { commit, op: Some(op), entry, acked_early: early, stall_reported: false });
+    }
+
+    /// The primary's own commit is durable (or failed).
+    pub(crate) fn on_commit_persisted(&mut self, now: Millis, name: &DbName, result: Result<Pos, IoFailure>) {
+        let Some(db) = self.dbs.get_mut(name) else { return };
+        let Some(inflight) = db.commit.as_mut() else { return };
+        inflight.op = None;
+        let entry = inflight.entry;
+        let commit = inflight.commit;
+        if result != Ok(entry.post_pos()) {
+            let failure = result.err().unwrap_or(IoFailure::Mismatch);
+            db.commit = None;
+            self.event(Event::DiskFailed { db: name.clone(), failure });
+            self.emit(Output::RefuseCommit { commit, reason: RefuseReason::Disk });
+            return;
+        }
+        self.advance(now, name, entry);
+        if !matches!(self.role(), crate::node::Role::Primary { .. }) {
+            // We stepped down while the file was being written. It is durable here, but no
+            // replica will get it from us and acknowledgements can no longer arrive: the
+            // application is told the commit failed (a new primary may or may not have it).
+            if let Some(db) = self.dbs.get_mut(name) {
+                db.commit = None;
+            }
+            if !self.cfg.faults.ack_before_durable {
+                self.emit(Output::RefuseCommit { commit, reason: RefuseReason::NotPrimary });
+            }
+            return;
+        }
+        if (self.cfg.async_window_ms.is_some() || self.cfg.sync.is_some())
+            && let Some(db) = self.dbs.get_mut(name)
+        {
+            db.commit_times.insert(entry.max, now);
+        }
+        let conns: Vec<DownstreamId> = self.downstream.keys().copied().collect();
+        for conn in conns {
+            self.catch_up_db(conn, name);
+        }
+        if let Some(sync) = &self.cfg.sync {
+            // One timer serves every database: keep the earliest deadline.
+            if self.timers.get(TimerKind::SyncTimeout).is_none() {
+                self.timers.set(TimerKind::SyncTimeout, now + sync.timeout_ms);
+            }
+            self.try_finish_sync_commit(name);
+        } else {
+            self.finish_commit(name);
+        }
+    }
+
+    /// Records a durable LTX file as a database's new position.
+    pub(crate) fn advance(&mut self, now: Millis, name: &DbName, entry: LtxEntry) {
+        let Some(db) = self.dbs.get_mut(name) else { return };
+        debug_assert!(entry.min == TxId(1) || entry.pre == db.pos.checksum, "checksum chain broken");
+        let mut entry = entry;
+        entry.added_at = now;
+        let dropped = db.history.push(entry);
+        db.pos = entry.post_pos();
+        for f in dropped {
+            self.emit(Output::RemoveLtx { db: name.clone(), min: f.min, max: f.max });
+        }
+    }
+
+    fn finish_commit(&mut self, name: &DbName) {
+        let Some(db) = self.dbs.get_mut(name) else { return };
+        if let Some(inflight) = db.commit.take()
+            && !inflight.acked_early
+        {
+            self.emit(Output::AckCommit { db: name.clone(), commit: inflight.commit, pos: inflight.entry.post_pos() });
+        }
+    }
+
+    /// Candidates other than us that have not acknowledged `txid` of `name` on our lineage.
+    fn missing_acks(&self, name: &DbName, txid: TxId) -> usize {
+        self.cfg
+            .candidates
+            .iter()
+            .filter(|&&c| c != self.cfg.node_id)
+            .filter(|&&c| self.acked.get(&(c, name.clone())).is_none_or(|p| p.txid < txid))
+            .count()
+    }
+
+    fn try_finish_sync_commit(&mut self, name: &DbName) {
+        let Some(inflight) = self.dbs.get(name).and_then(|db| db.commit.as_ref()) else { return };
+        if inflight.op.is_none() && self.missing_acks(name, inflight.entry.max) == 0 {
+            self.finish_commit(name);
+            if self.dbs.values().all(|db| db.commit.is_none()) {
+                self.timers.stop(TimerKind::SyncTimeout);
+            }
+        }
+    }
+
+    pub(crate) fn on_sync_timeout(&mut self, now: Millis) {
+        let Some(sync) = self.cfg.sync.clone() else { return };
+        let names: Vec<DbName> = self.dbs.keys().cloned().collect();
+        let mut waiting = false;
+        for name in names {
+            let Some(inflight) = self.dbs.get_mut(&name).and_then(|db| db.commit.as_mut()) else { continue };
+            if inflight.op.is_some() {
+                continue;
+            }
+            let txid = inflight.entry.max;
+            match sync.policy {
+                SyncPolicy::Degrade => {
+                    self.event(Event::SyncDegraded { db: name.clone(), txid });
+                    self.finish_commit(&name);
+                }
+                SyncPolicy::Block => {
+                    waiting = true;
+                    if !inflight.stall_reported {
+                        inflight.stall_reported = true;
+                        self.event(Event::SyncStalled { db: name.clone(), txid });
+                    }
+                }
+            }
+        }
+        if waiting {
+            self.timers.set(TimerKind::SyncTimeout, now + sync.timeout_ms);
+        }
+    }
+
+    /// On step-down, commits still waiting are not acknowledged: their LTX may or may not
+    /// survive. (A commit whose LTX is still being written is answered when the write ends.)
+    pub(crate) fn fail_pending_commit_on_step_down(&mut self) {
+        let mut refused = Vec::new();
+        for db in self.dbs.values_mut() {
+            if let Some(inflight) = &db.commit
+                && inflight.op.is_none()
+            {
+                if !inflight.acked_early {
+                    refused.push(inflight.commit);
+                }
+                db.commit = None;
+            }
+        }
+        self.timers.stop(TimerKind::SyncTimeout);
+        for commit in refused {
+            self.emit(Output::RefuseCommit { commit, reason: RefuseReason::NotPrimary });
+        }
+    }
+
+    /// Whether a candidate lacks a commit of `name` older than the asynchronous loss window.
+    fn async_window_exceeded(&self, name: &DbName, now: Millis) -> bool {
+        let Some(window) = self.cfg.async_window_ms else { return false };
+        let Some(db) = self.dbs.get(name) else { return false };
+        let oldest_missing = db.commit_times.iter().find(|(txid, _)| self.missing_acks(name, **txid) > 0);
+        oldest_missing.is_some_and(|(_, at)| now.since(*at) > window)
+    }
+
+    fn trim_commit_times(&mut self, name: &DbName) {
+        loop {
+            let Some(db) = self.dbs.get(name) else { return };
+            let Some((&txid, _)) = db.commit_times.first_key_value() else { return };
+            if self.missing_acks(name, txid) > 0 {
+                return;
+            }
+            if let Some(db) = self.dbs.get_mut(name) {
+                db.commit_times.pop_first();
+            }
+        }
+    }
+
+    pub(crate) fn on_downstream_opened(
+        &mut self,
+        now: Millis,
+        conn: DownstreamId,
+        peer: NodeId,
+        offered: Extensions,
+        body: &[u8],
+    ) {
+        // With the ignore-epochs fault a deposed primary keeps serving: the bug epochs prevent.
+        let deposed_serves = self.cfg.faults.ignore_epochs && self.dbs.values().any(|db| !db.history.is_empty());
+        let serving = matches!(self.role(), crate::node::Role::Primary { .. }) || deposed_serves;
+        let map = decode_pos_map(body);
+        let (true, Ok(sent)) = (serving && peer != self.cfg.node_id, map) else {
+            self.emit(Output::CloseDownstream { conn });
+            return;
+        };
+        let ext = offered.intersect(Extensions::ALL);
+        let decoder = StreamDecoder::new(ext);
+        let durable: Vec<(DbName, Pos)> =
+            if ext.ack { sent.iter().map(|(n, p)| (n.clone(), *p)).collect() } else { Vec::new() };
+        self.downstream
+            .insert(conn, Downstream { peer, ext, sent, decoder, opened_at: now, acked_at: BTreeMap::new() });
+        // A replica's position map states what it holds durably: it counts as an
+        // acknowledgement (an ack lost with a broken stream must not stall sync commits).
+        for (name, pos) in durable {
+            self.record_ack(peer, &name, pos);
+        }
+        let mut bytes = Vec::new();
+        if ext.epoch {
+            encode_frame(&Frame::Epoch { epoch: self.max_epoch, node_id: self.cfg.node_id }, &mut bytes);
+            self.emit(Output::SendDownstream { conn, bytes: std::mem::take(&mut bytes) });
+        }
+        let names: Vec<DbName> = self.dbs.keys().cloned().collect();
+        for name in &names {
+            self.catch_up_db(conn, name);
+        }
+        encode_frame(&Frame::Ready, &mut bytes);
+        encode_frame(&Frame::Heartbeat { timestamp_ms: 0 }, &mut bytes);
+        self.emit(Output::SendDownstream { conn, bytes });
+    }
+
+    /// Sends a replica what it lacks of one database: the next LTX files, or a snapshot when
+    /// it is new, ahead of us, diverged, or behind our retained history.
+    fn catch_up_db(&mut self, conn: DownstreamId, name: &DbName) {
+        let Some(db) = self.dbs.get(name) else { return };
+        let Some(d) = self.downstream.get_mut(&conn) else { return };
+        let mut out = Vec::new();
+        let mut sent = d.sent.get(name).copied().unwrap_or(Pos::ZERO);
+        while sent != db.pos && db.pos.txid != TxId::ZERO {
+            match next_file(db, sent) {
+                Some(f) => {
+                    out.push(Output::StreamLtx { conn, db: name.clone(), min: f.min, max: f.max });
+                    sent = f.post_pos();
+                }
+                None => {
+                    out.push(Output::StreamSnapshot { conn, db: name.clone(), pos: db.pos });
+                    sent = db.pos;
+                }
+            }
+        }
+        d.sent.insert(name.clone(), sent);
+        self.out.extend(out);
+    }
+
+    pub(crate) fn on_downstream_data(&mut self, now: Millis, conn: DownstreamId, bytes: &[u8]) {
+        let Some(d) = self.downstream.get_mut(&conn) else { return };
+        d.decoder.feed(bytes);
+        let mut acks = Vec::new();
+        let mut bad = d.decoder.buffered() > MAX_DOWNSTREAM_BUFFER;
+        while !bad {
+            match d.decoder.next_event() {
+                Ok(Some(StreamEvent::Frame(Frame::Ack { pos, name }))) => acks.push((name, pos)),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => bad = true,
+            }
+        }
+        let peer = d.peer;
+        for (name, _) in &acks {
+            d.acked_at.insert(name.clone(), now);
+        }
+        if bad {
+            self.downstream.remove(&conn);
+            self.emit(Output::CloseDownstream { conn });
+            return;
+        }
+        for (name, pos) in acks {
+            self.record_ack(peer, &name, pos);
+        }
+    }
+
+    /// Records that `peer` holds `pos` of `name` durably, if it is on our lineage.
+    fn record_ack(&mut self, peer: NodeId, name: &DbName, pos: Pos) {
+        let Some(db) = self.dbs.get(name) else { return };
+        // Only acknowledgements of positions on our own lineage count.
+        let on_lineage = pos != Pos::ZERO && (db.history.contains(pos) || pos == db.pos);
+        let key = (peer, name.clone());
+        if on_lineage && self.acked.get(&key).is_none_or(|p| p.txid <= pos.txid) {
+            self.acked.insert(key, pos);
+        }
+        self.trim_commit_times(name);
+        if self.cfg.sync.is_some() {
+            self.try_finish_sync_commit(name);
+        }
+    }
+
+    pub(crate) fn close_all_downstream(&mut self) {
+        let mut end = Vec::new();
+        encode_frame(&Frame::End, &mut end);
+        for conn in std::mem::take(&mut self.downstream).into_keys() {
+            self.emit(Output::SendDownstream { conn, bytes: end.clone() });
+            self.emit(Output::CloseDownstream { conn });
+        }
+    }
+
+    pub(crate) fn on_heartbeat_timer(&mut self, now: Millis) {
+        if !matches!(self.role(), crate::node::Role::Primary { .. }) {
+            return;
+        }
+        let mut bytes = Vec::new();
+        encode_frame(&Frame::Heartbeat { timestamp_ms: now.0 as i64 }, &mut bytes);
+        let conns: Vec<DownstreamId> = self.downstream.keys().copied().collect();
+        for conn in conns {
+            self.emit(Output::SendDownstream { conn, bytes: bytes.clone() });
+        }
+        self.cut_off_silent_replicas(now);
+        self.timers.set(TimerKind::Heartbeat, now + self.cfg.heartbeat_ms);
+    }
+
+    /// Closes streams whose replica has not acknowledged what it was sent for
+    /// `replica_ack_timeout_ms`: it reconnects with its real position and resyncs.
+    fn cut_off_silent_replicas(&mut self, now: Millis) {
+        let mut cut = Vec::new();
+        for (&conn, d) in &self.downstream {
+            if !d.ext.ack {
+                continue;
+            }
+            // Per database: acknowledgements flowing for one must not hide one lost for another.
+            let stalled = d.sent.iter().any(|(name, pos)| {
+                let behind =
+                    *pos != Pos::ZERO && self.acked.get(&(d.peer, name.clone())).is_none_or(|a| a.txid < pos.txid);
+                let last = d.acked_at.get(name).copied().unwrap_or(d.opened_at);
+                behind && now.since(last) > self.cfg.replica_ack_timeout_ms
+            });
+            if stalled {
+                cut.push((conn, d.peer));
+            }
+        }
+        for (conn, peer) in cut {
+            self.downstream.remove(&conn);
+            let mut end = Vec::new();
+            encode_frame(&Frame::End, &mut end);
+            self.emit(Output::SendDownstream { conn, bytes: end });
+            self.emit(Output::CloseDownstream { conn });
+            self.event(Event::ReplicaCutOff { peer });
+        }
+    }
+
+    /// Drops each database's oldest LTX files past the age or size limit, never its newest
+    /// file, never one a candidate still lacks while the async window or sync mode counts on
+    /// it, never one sent to a connected replica and not yet acknowledged, and never one the
+    /// backup has not stored.
+    pub(crate) fn on_retention_timer(&mut self, now: Millis) {
+        // Files sent to a connected replica but not yet acknowledged may still be queued in
+        // the daemon's stream writer: keep everything above the lowest such acknowledgement.
+        let mut in_flight_above: BTreeMap<DbName, TxId> = BTreeMap::new();
+        for d in self.downstream.values().filter(|d| d.ext.ack) {
+            for (name, sent) in &d.sent {
+                let acked = self.acked.get(&(d.peer, name.clone())).map_or(TxId::ZERO, |p| p.txid);
+                if acked < sent.txid {
+                    let floor = in_flight_above.entry(name.clone()).or_insert(acked);
+                    *floor = (*floor).min(acked);
+                }
+            }
+        }
+        let mut removed = Vec::new();
+        for (name, db) in &mut self.dbs {
+            let hold = in_flight_above.get(name).copied();
+            while let (Some(first), Some(last)) = (db.history.first().copied(), db.history.last().copied()) {
+                if first.max == last.max {
+                    break;
+                }
+                let too_old = now.since(first.added_at) > self.cfg.retention_ms;
+                let too_big = db.history.bytes() > self.cfg.retention_bytes;
+                let still_needed = db.commit_times.first_key_value().is_some_and(|(t, _)| *t <= first.max)
+                    || (self.cfg.backup && first.max > db.backed_up)
+                    || hold.is_some_and(|h| first.max > h);
+                if !(too_old || too_big) || still_needed {
+                    break;
+                }
+                db.history.pop_first();
+                removed.push(Output::RemoveLtx { db: name.clone(), min: first.min, max: first.max });
+            }
+        }
+        self.out.extend(removed);
+        self.timers.set(TimerKind::Retention, now + self.cfg.heartbeat_ms.max(1));
+    }
+}
+
+/// The retained file that extends `sent`, if there is one (else a snapshot is needed).
+fn next_file(db: &Db, sent: Pos) -> Option<LtxEntry> {
+    if sent.txid == TxId::ZERO || sent.txid >= db.pos.txid {
+        return None;
+    }
+    db.history.starting_at(sent.txid.next()).copied().filter(|f| f.pre == sent.checksum && f.min != TxId(1))
+}

@@ -1,0 +1,145 @@
+//! Start: each database's position comes from what is durable. The rule, in order:
+//! 1. LTX files that failed verification (torn writes) are deleted.
+//! 2. The usable history is the longest checksum chain ending at the newest file; older
+//!    files that do not chain onto it are deleted.
+//! 3. If the database checksum is the chain's last post-apply checksum, that is the position.
+//! 4. If it is an earlier post-apply checksum on the chain (the database missed applies), the
+//!    later files are replayed in order.
+//! 5. If the chain starts with a snapshot, the whole chain is replayed (a snapshot replaces
+//!    the database, whatever it held).
+//! 6. Otherwise the database cannot be trusted: its history is dropped, its position is zero
+//!    and the node waits for a snapshot from a primary (it will not take the lease meanwhile).
+
+use crate::node::db::Db;
+use crate::node::history::LtxEntry;
+use crate::node::input::{DbRecovery, LtxFileInfo, Recovery};
+use crate::node::output::{Event, Output};
+use crate::node::time::Millis;
+use crate::node::timer::TimerKind;
+use crate::node::{Node, Persist};
+use crate::stream::DbName;
+use crate::types::{Checksum, Pos, TxId};
+
+fn entry(f: &LtxFileInfo, now: Millis) -> LtxEntry {
+    LtxEntry { min: f.min, max: f.max, pre: f.pre, post: f.post, size: f.size, added_at: now }
+}
+
+impl Node {
+    pub(crate) fn on_start(&mut self, now: Millis, recovery: Recovery) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        self.max_epoch = recovery.max_epoch;
+        for (name, rec) in recovery.dbs {
+            self.recover_db(now, name, rec);
+        }
+        let names: Vec<DbName> = self.dbs.keys().cloned().collect();
+        for name in &names {
+            self.continue_replay(now, name);
+        }
+        self.timers.set(TimerKind::LeasePoll, now);
+        // Replicas trim their history too: they keep what a promotion would need.
+        self.timers.set(TimerKind::Retention, now + self.cfg.heartbeat_ms.max(1));
+    }
+
+    fn recover_db(&mut self, now: Millis, name: DbName, rec: DbRecovery) {
+        for (min, max) in rec.invalid_ltx {
+            self.emit(Output::RemoveLtx { db: name.clone(), min, max });
+        }
+        let mut files = rec.ltx;
+        files.sort_by_key(|f| (f.max, f.min));
+        // Longest chain ending at the newest file.
+        let mut chain: Vec<LtxFileInfo> = Vec::new();
+        for f in files.iter().rev() {
+            match chain.last() {
+                None => chain.push(*f),
+                Some(next) if next.min != TxId(1) && f.max.next() == next.min && f.post == next.pre => chain.push(*f),
+                Some(_) => self.emit(Output::RemoveLtx { db: name.clone(), min: f.min, max: f.max }),
+            }
+        }
+        chain.reverse();
+        let db_sum = rec.db_checksum;
+        let empty = db_sum == Checksum::ZERO || db_sum == Checksum::EMPTY;
+        let mut db = Db::default();
+        let rule = match (chain.first(), chain.last()) {
+            (None, _) if empty => "empty",
+            (None, _) => {
+                db.needs_snapshot = true;
+                "database without history: wait for a snapshot"
+            }
+            (Some(_), Some(last)) if last.post == db_sum => {
+                for f in &chain {
+                    let _ = db.history.push(entry(f, now));
+                }
+                db.pos = Pos::new(last.max, last.post);
+                "database matches newest LTX"
+            }
+            (Some(first), _) => match chain.iter().position(|f| f.post == db_sum) {
+                Some(i) => {
+                    for f in &chain[..=i] {
+                        let _ = db.history.push(entry(f, now));
+                    }
+                    db.pos = Pos::new(chain[i].max, chain[i].post);
+                    db.replay.extend(chain[i + 1..].iter().copied());
+                    "database behind LTX history: replaying"
+                }
+                None if first.min == TxId(1) => {
+                    db.replay.extend(chain.iter().copied());
+                    "history starts with a snapshot: replaying it all"
+                }
+                None => {
+                    for f in &chain {
+                        self.emit(Output::RemoveLtx { db: name.clone(), min: f.min, max: f.max });
+                    }
+                    db.needs_snapshot = true;
+                    "database matches no LTX: dropping history, waiting for a snapshot"
+                }
+            },
+        };
+        let pos = db.pos;
+        self.dbs.insert(name.clone(), db);
+        self.event(Event::Recovered { db: name, pos, rule });
+    }
+
+    pub(crate) fn continue_replay(&mut self, now: Millis, name: &DbName) {
+        let op = self.next_op();
+        let Some(db) = self.dbs.get_mut(name) else { return };
+        if db.persist.is_some() {
+            return;
+        }
+        let Some(f) = db.replay.pop_front() else {
+            // This database is done; once every database is, follow the primary we know of.
+            if !self.dbs.values().any(Db::replaying) {
+                self.maybe_connect(now);
+            }
+            return;
+        };
+        let e = entry(&f, now);
+        let base = if e.min == TxId(1) { Checksum::ZERO } else { db.pos.checksum };
+        if e.min == TxId(1) {
+            db.history.clear();
+        }
+        let _ = db.history.push(e);
+        db.persist = Some(Persist { op, entry: e, replay: true, conn: None });
+        self.ops.insert(op, name.clone());
+        self.emit(Output::ReplayLtx { db: name.clone(), op, min: f.min, max: f.max, base });
+    }
+
+    pub(crate) fn recovery_failed(&mut self, now: Millis, name: &DbName) {
+        let Some(db) = self.dbs.get_mut(name) else { return };
+        db.replay.clear();
+        let dropped = db.history.clear();
+        db.pos = Pos::ZERO;
+        db.needs_snapshot = true;
+        for f in dropped {
+            self.emit(Output::RemoveLtx { db: name.clone(), min: f.min, max: f.max });
+        }
+        self.event(Event::Recovered {
+            db: name.clone(),
+            pos: Pos::ZERO,
+            rule: "replay failed: waiting for a snapshot",
+        });
+        self.timers.set(TimerKind::LeasePoll, now);
+    }
+}

@@ -1,0 +1,271 @@
+//! The replica's jobs: connect to the primary the lease store names (never one with an
+//! epoch older than we have seen), verify every LTX file received, apply only a file that
+//! extends our position (min TXID = ours + 1 and pre-apply checksum = ours) or a snapshot,
+//! acknowledge durable positions, and reconnect with jittered backoff.
+
+use crate::ltx::{VerifiedLtx, verify};
+use crate::node::history::LtxEntry;
+use crate::node::input::{IoFailure, OpId, UpstreamId};
+use crate::node::output::{Event, Output};
+use crate::node::time::Millis;
+use crate::node::timer::TimerKind;
+use crate::node::{Node, Role};
+use crate::stream::{DbName, Extensions, Frame, PosMap, StreamDecoder, StreamEvent, encode_frame, encode_pos_map};
+use crate::types::{Epoch, NodeId, Pos, TxId};
+
+/// Most received-but-unapplied LTX files buffered per database while one is being persisted. The primary
+/// sends in order and a replica persists one at a time; past this the replica is too slow
+/// and resyncs rather than buffer without bound.
+const MAX_INBOX_FILES: usize = 256;
+
+/// Our stream to the primary.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    conn: UpstreamId,
+    peer: NodeId,
+    epoch: Epoch,
+    opened: bool,
+    ext: Extensions,
+    decoder: StreamDecoder,
+}
+
+/// An LTX file being made durable and applied.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Persist {
+    pub(crate) op: OpId,
+    pub(crate) entry: LtxEntry,
+    /// Recovery replay of a file already on disk.
+    pub(crate) replay: bool,
+    /// The stream it came from, to acknowledge on.
+    pub(crate) conn: Option<UpstreamId>,
+}
+
+/// Proof that a verified LTX file may be applied at our position: only
+/// [`Node::check_contiguous`] makes one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Contiguous {
+    verified: VerifiedLtx,
+}
+
+impl Node {
+    pub(crate) fn drop_upstream(&mut self) {
+        if let Some(up) = self.upstream.take() {
+            self.emit(Output::CloseUpstream { conn: up.conn });
+        }
+        for db in self.dbs.values_mut() {
+            db.inbox.clear();
+        }
+        self.timers.stop(TimerKind::UpstreamIdle);
+    }
+
+    fn schedule_reconnect(&mut self, now: Millis) {
+        let exp = self.backoff_attempt.min(16);
+        let ceiling = self.cfg.reconnect_min_ms.saturating_mul(1 << exp).min(self.cfg.reconnect_max_ms);
+        let delay = ceiling / 2 + self.rng.below(ceiling / 2 + 1);
+        self.backoff_attempt = self.backoff_attempt.saturating_add(1);
+        self.timers.set(TimerKind::Reconnect, now + delay.max(1));
+    }
+
+    /// Resync: drop the stream and come back after a backoff with our position.
+    fn resync(&mut self, now: Millis, reason: String) {
+        self.drop_upstream();
+        self.event(Event::Resync { reason });
+        self.schedule_reconnect(now);
+    }
+
+    pub(crate) fn maybe_connect(&mut self, now: Millis) {
+        if self.upstream.is_some() || self.timers.get(TimerKind::Reconnect).is_some_and(|at| at > now) {
+            return;
+        }
+        let Role::Replica { primary, epoch } = self.role() else { return };
+        let conn = UpstreamId(self.next_op().0);
+        let map: PosMap = self.dbs.iter().map(|(name, db)| (name.clone(), db.pos)).collect();
+        let body = encode_pos_map(&map);
+        self.upstream = Some(Upstream {
+            conn,
+            peer: primary,
+            epoch,
+            opened: false,
+            ext: Extensions::NONE,
+            decoder: StreamDecoder::new(Extensions::NONE),
+        });
+        self.emit(Output::Connect { conn, peer: primary, ext: Extensions::ALL, body });
+        self.timers.set(TimerKind::UpstreamIdle, now + self.cfg.upstream_idle_ms);
+    }
+
+    pub(crate) fn on_upstream_opened(&mut self, now: Millis, conn: UpstreamId, ext: Extensions) {
+        let Some(up) = self.upstream.as_mut().filter(|u| u.conn == conn) else { return };
+        up.opened = true;
+        up.ext = ext.intersect(Extensions::ALL);
+        up.decoder = StreamDecoder::new(up.ext);
+        self.timers.set(TimerKind::UpstreamIdle, now + self.cfg.upstream_idle_ms);
+    }
+
+    pub(crate) fn on_upstream_closed(&mut self, now: Millis, conn: UpstreamId) {
+        if self.upstream.as_ref().is_some_and(|u| u.conn == conn) {
+            self.upstream = None;
+            for db in self.dbs.values_mut() {
+                db.inbox.clear();
+            }
+            self.timers.stop(TimerKind::UpstreamIdle);
+            self.schedule_reconnect(now);
+        }
+    }
+
+    pub(crate) fn on_upstream_idle(&mut self, now: Millis) {
+        if self.upstream.is_some() {
+            self.resync(now, "primary silent".into());
+        }
+    }
+
+    pub(crate) fn on_upstream_data(&mut self, now: Millis, conn: UpstreamId, bytes: &[u8]) {
+        let Some(up) = self.upstream.as_mut().filter(|u| u.conn == conn && u.opened) else { return };
+        up.decoder.feed(bytes);
+        self.timers.set(TimerKind::UpstreamIdle, now + self.cfg.upstream_idle_ms);
+        let mut touched: Vec<DbName> = Vec::new();
+        loop {
+            let Some(up) = self.upstream.as_mut().filter(|u| u.conn == conn) else { return };
+            let (peer, epoch) = (up.peer, up.epoch);
+            match up.decoder.next_event() {
+                Ok(None) => break,
+                Err(e) => return self.resync(now, format!("stream from {peer}: {e}")),
+                Ok(Some(StreamEvent::Ltx { name, payload })) => {
+                    let db = self.dbs.entry(name.clone()).or_default();
+                    if db.inbox.len() >= MAX_INBOX_FILES {
+                        return self.resync(now, format!("{name}: too many LTX files buffered"));
+                    }
+                    db.inbox.push_back(payload);
+                    touched.push(name);
+                }
+                Ok(Some(StreamEvent::Frame(frame))) => match frame {
+                    Frame::Epoch { epoch: theirs, node_id } => {
+                        let stale = theirs < self.max_epoch || theirs < epoch || node_id != peer;
+                        if stale && !self.cfg.faults.ignore_epochs {
+                            return self.resync(now, format!("primary {peer} epoch {theirs} is stale"));
+                        }
+                        self.max_epoch = self.max_epoch.max(theirs);
+                    }
+                    Frame::Handoff { .. } => self.take_over(now),
+                    Frame::End => return self.resync(now, format!("primary {peer} ended the stream")),
+                    Frame::Ready => self.backoff_attempt = 0,
+                    Frame::Heartbeat { timestamp_ms } => self.primary_clock_ms = Some(timestamp_ms),
+                    Frame::Hwm { txid, name } => {
+                        let db = self.dbs.entry(name).or_default();
+                        db.primary_txid = db.primary_txid.max(txid);
+                    }
+                    _ => {}
+                },
+            }
+        }
+        touched.dedup();
+        for name in touched {
+            self.process_inbox(now, &name);
+        }
+    }
+
+    /// Checks that a verified file extends our position in its database (or is a snapshot).
+    fn check_contiguous(&self, pos: Pos, verified: VerifiedLtx) -> Result<Contiguous, String> {
+        let header = verified.header();
+        if header.is_snapshot() || self.cfg.faults.skip_pre_apply_check {
+            return Ok(Contiguous { verified });
+        }
+        if header.min_txid != pos.txid.next() {
+            return Err(format!("LTX starts at {} but we are at {pos}", header.min_txid));
+        }
+        if header.pre_apply_checksum != pos.checksum {
+            return Err(format!("LTX pre-apply checksum {} but we are at {pos}", header.pre_apply_checksum));
+        }
+        Ok(Contiguous { verified })
+    }
+
+    pub(crate) fn process_inbox(&mut self, now: Millis, name: &DbName) {
+        let Some(db) = self.dbs.get_mut(name) else { return };
+        if db.busy() {
+            return;
+        }
+        let Some(payload) = db.inbox.pop_front() else { return };
+        let pos = db.pos;
+        let verified = match verify(payload.as_slice()) {
+            Ok(v) => v,
+            Err(e) => return self.resync(now, format!("{name}: invalid LTX: {e}")),
+        };
+        let proof = match self.check_contiguous(pos, verified) {
+            Ok(p) => p,
+            Err(reason) => return self.resync(now, format!("{name}: {reason}")),
+        };
+        let h = proof.verified.header();
+        let entry = LtxEntry {
+            min: h.min_txid,
+            max: h.max_txid,
+            pre: h.pre_apply_checksum,
+            post: proof.verified.trailer().post_apply_checksum,
+            size: proof.verified.size(),
+            added_at: now,
+        };
+        let page_size = h.page_size;
+        let timestamp_ms = h.timestamp_ms;
+        // With the pre-apply check skipped (fault injection) the node trusts the file's own
+        // claim about where it applies.
+        let base = if self.cfg.faults.skip_pre_apply_check { entry.pre } else { pos.checksum };
+        let op = self.next_op();
+        let conn = self.upstream.as_ref().map(|u| u.conn);
+        self.ops.insert(op, name.clone());
+        if let Some(db) = self.dbs.get_mut(name) {
+            db.persist = Some(Persist { op, entry, replay: false, conn });
+            db.page_size = Some(page_size);
+            db.pending_ts_ms = timestamp_ms;
+        }
+        self.emit(Output::PersistLtx { db: name.clone(), op, min: entry.min, max: entry.max, bytes: payload, base });
+    }
+
+    pub(crate) fn on_ltx_done(&mut self, now: Millis, op: OpId, result: Result<Pos, IoFailure>) {
+        let Some(name) = self.ops.remove(&op) else { return };
+        let Some(db) = self.dbs.get_mut(&name) else { return };
+        if db.commit.as_ref().is_some_and(|c| c.op_is(op)) {
+            self.on_commit_persisted(now, &name, result);
+            self.process_inbox(now, &name);
+            return;
+        }
+        let Some(p) = db.persist.filter(|p| p.op == op) else { return };
+        db.persist = None;
+        match result {
+            Ok(pos) if pos == p.entry.post_pos() => {
+                if p.entry.min == TxId(1) && p.entry.max < db.pos.txid {
+                    // A snapshot moved a diverged replica back: its later history is gone.
+                    db.history.clear();
+                }
+                if p.replay {
+                    db.pos = pos;
+                } else {
+                    db.needs_snapshot = false;
+                    db.applied_ts_ms = db.pending_ts_ms;
+                    self.advance(now, &name, p.entry);
+                    self.send_ack(p.conn, &name, pos);
+                }
+            }
+            Ok(_) | Err(_) => {
+                let failure = result.err().unwrap_or(IoFailure::Mismatch);
+                self.event(Event::DiskFailed { db: name.clone(), failure });
+                if p.replay {
+                    self.recovery_failed(now, &name);
+                } else {
+                    self.resync(now, format!("{name}: persisting {}-{} failed", p.entry.min, p.entry.max));
+                }
+                return;
+            }
+        }
+        if p.replay {
+            self.continue_replay(now, &name);
+        } else {
+            self.process_inbox(now, &name);
+        }
+    }
+
+    fn send_ack(&mut self, conn: Option<UpstreamId>, name: &DbName, pos: Pos) {
+        let Some(up) = self.upstream.as_ref().filter(|u| Some(u.conn) == conn && u.ext.ack) else { return };
+        let mut bytes = Vec::new();
+        encode_frame(&Frame::Ack { pos, name: name.clone() }, &mut bytes);
+        let conn = up.conn;
+        self.emit(Output::SendUpstream { conn, bytes });
+    }
+}

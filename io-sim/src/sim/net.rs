@@ -1,0 +1,101 @@
+//! Stream connections between simulated nodes: latency, loss, duplication, reordering,
+//! silent vanishing, partitions and resets.
+
+use super::*;
+
+impl Sim {
+    pub(super) fn latency(&mut self) -> u64 {
+        1 + self.rng.below(8) + if self.rng.chance(0.05) { self.rng.below(40) } else { 0 }
+    }
+
+    pub(super) fn link_ok(&self, from: usize, to: usize) -> bool {
+        !self.blocked.contains(&(from, to))
+    }
+
+    pub(super) fn kill_conn(&mut self, key: u64) {
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        if !c.alive {
+            return;
+        }
+        c.alive = false;
+        let d1 = 50 + self.rng.below(1_500);
+        let d2 = 50 + self.rng.below(1_500);
+        self.schedule(d1, Ev::ConnClosed { key, to_replica: true });
+        self.schedule(d2, Ev::ConnClosed { key, to_replica: false });
+    }
+
+    pub(super) fn conn_by_up(&self, i: usize, up: UpstreamId) -> Option<u64> {
+        self.conns.iter().find(|(_, c)| c.replica == i && c.up == up).map(|(k, _)| *k)
+    }
+
+    pub(super) fn send(&mut self, key: u64, to_replica: bool, bytes: Vec<u8>) {
+        let Some(c) = self.conns.get(&key) else { return };
+        if !c.alive {
+            return;
+        }
+        let (from, to) = if to_replica { (c.primary, c.replica) } else { (c.replica, c.primary) };
+        if !self.link_ok(from, to) {
+            self.kill_conn(key);
+            return;
+        }
+        let f = self.cfg.faults.clone();
+        if self.now < self.cfg.faults_until_ms && self.rng.chance(f.msg_drop) {
+            // A stream is TCP: a lost segment that is never retransmitted is a reset.
+            self.stats.net_faults += 1;
+            self.kill_conn(key);
+            return;
+        }
+        let can_vanish = c.acked;
+        if self.now < self.cfg.faults_until_ms && can_vanish && self.rng.chance(f.msg_vanish) {
+            self.stats.net_faults += 1;
+            return;
+        }
+        let copies = if self.now < self.cfg.faults_until_ms && self.rng.chance(f.msg_dup) { 2 } else { 1 };
+        let reorder = self.now < self.cfg.faults_until_ms && self.rng.chance(f.msg_reorder);
+        self.stats.net_faults += u64::from(copies > 1) + u64::from(reorder);
+        for _ in 0..copies {
+            let lat = self.latency();
+            let dir = usize::from(to_replica);
+            let Some(c) = self.conns.get_mut(&key) else { return };
+            let at = if reorder { (self.now + lat).max(c.floor) } else { (self.now + lat).max(c.last[dir]) };
+            c.last[dir] = c.last[dir].max(at);
+            self.seq += 1;
+            self.queue.insert((at, self.seq), Ev::ConnData { key, to_replica, bytes: bytes.clone() });
+        }
+    }
+
+    pub(super) fn on_conn_arrive(&mut self, key: u64) {
+        let Some(c) = self.conns.get(&key) else { return };
+        let (r, p, pinc) = (c.replica, c.primary, c.pinc);
+        let body = self.pending_bodies.remove(&key).unwrap_or_default();
+        if !c.alive || self.nodes[p].inc != pinc || self.nodes[p].node.is_none() {
+            self.kill_conn(key);
+            return;
+        }
+        let epoch = match self.nodes[p].node.as_ref().map(Node::role) {
+            Some(Role::Primary { epoch }) => Some(epoch),
+            _ => self.nodes[p].last_epoch_held,
+        };
+        let peer = self.nodes[r].id;
+        let plain = self.cfg.plain_non_candidates && !self.nodes[r].cfg.candidate;
+        let offered = self.conns.get(&key).map_or(Extensions::NONE, |c| c.offered);
+        let ext = if plain { Extensions::NONE } else { offered.intersect(Extensions::ALL) };
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.epoch = epoch;
+            c.acked = ext.ack;
+        }
+        // The response headers travel first on the replica's direction.
+        if self.link_ok(p, r) {
+            let lat = self.latency();
+            if let Some(c) = self.conns.get_mut(&key) {
+                c.last[1] = self.now + lat;
+                c.floor = self.now + lat;
+            }
+            self.schedule(lat, Ev::ConnAccepted { key, ext });
+        } else {
+            self.kill_conn(key);
+            return;
+        }
+        self.feed(p, Input::DownstreamOpened { conn: DownstreamId(key), peer, ext, body });
+    }
+}

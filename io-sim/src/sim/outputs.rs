@@ -1,0 +1,160 @@
+//! Carrying out what a Node asks: lease requests, disk writes, streams, acknowledgements.
+
+use super::*;
+
+impl Sim {
+    pub(super) fn lease_rpc(&mut self, i: usize, op: Option<OpId>, req: LeaseReq) {
+        let s = self.store_index();
+        let inc = self.nodes[i].inc;
+        if self.link_ok(i, s) {
+            let lat = self.latency();
+            self.schedule(lat, Ev::LeaseRequest { node: i, inc, op, req });
+        } else if let Some(op) = op {
+            self.schedule(1_000, Ev::LeaseAnswer { node: i, inc, input: Input::LeaseRequestFailed { op } });
+        }
+    }
+
+    pub(super) fn carry_out(&mut self, i: usize, o: Output, is_commit: bool, epoch: Option<Epoch>) {
+        let inc = self.nodes[i].inc;
+        match o {
+            Output::AcquireLease { op } => self.lease_rpc(i, Some(op), LeaseReq::Acquire),
+            Output::RenewLease { op, epoch } => self.lease_rpc(i, Some(op), LeaseReq::Renew(epoch)),
+            Output::ReleaseLease { epoch } => self.lease_rpc(i, None, LeaseReq::Release(epoch)),
+            Output::ObserveLease { op } => self.lease_rpc(i, Some(op), LeaseReq::Observe),
+            Output::PersistLtx { db, op, min, max, bytes, base } => {
+                if is_commit {
+                    let post = replite_core::ltx::verify(bytes.as_slice())
+                        .map(|v| v.post_apply_pos())
+                        .expect("a primary's own LTX verifies");
+                    let pre = self.nodes[i].node.as_ref().map(|n| n.pos(&db)).unwrap_or(Pos::ZERO);
+                    let epoch = epoch.expect("a commit was accepted, so the node had a write grant");
+                    self.facts.push(Fact::Committed { node: i, db: db.clone(), epoch, pre, post, at: self.now });
+                }
+                let source_epoch = if is_commit { None } else { self.nodes[i].upstream_epoch };
+                self.nodes[i].ops.insert(op, (db, DiskOp::Persist { min, max, bytes, base, source_epoch }));
+                let d = 1 + self.rng.below(4);
+                self.schedule(d, Ev::DiskDone { node: i, inc, op });
+                if self.faulty() && self.rng.chance(self.cfg.faults.crash_in_write) {
+                    let at = self.rng.below(d);
+                    self.schedule(at, Ev::Crash { node: i, inc });
+                }
+            }
+            Output::ReplayLtx { db, op, min, max, base } => {
+                self.nodes[i].ops.insert(op, (db, DiskOp::Replay { min, max, base }));
+                let d = 1 + self.rng.below(4);
+                self.schedule(d, Ev::DiskDone { node: i, inc, op });
+            }
+            Output::PersistEpoch { epoch } => self.nodes[i].saved_epoch = epoch,
+            Output::RemoveLtx { db, min, max } => {
+                self.nodes[i].disks.entry(db).or_default().ltx.remove(&(min, max));
+            }
+            Output::AckCommit { db, pos, .. } => {
+                self.acked_commits += 1;
+                self.trace(format!("node {i} acknowledges {pos}"));
+                self.facts.push(Fact::Acked { node: i, db, pos, at: self.now });
+            }
+            Output::RefuseCommit { commit, reason } => {
+                self.stats.refused += 1;
+                self.trace(format!("node {i} refuses commit {}: {reason:?}", commit.0))
+            }
+            Output::Connect { conn, peer, ext, body } => {
+                let key = self.next_conn;
+                self.next_conn += 1;
+                let Some(p) = self.index_of(peer) else { return };
+                let pinc = self.nodes[p].inc;
+                self.conns.insert(
+                    key,
+                    Conn {
+                        replica: i,
+                        primary: p,
+                        up: conn,
+                        rinc: inc,
+                        pinc,
+                        alive: true,
+                        epoch: None,
+                        last: [0, 0],
+                        floor: 0,
+                        acked: false,
+                        offered: ext,
+                    },
+                );
+                if self.link_ok(i, p) {
+                    let lat = self.latency();
+                    self.schedule(lat, Ev::ConnArrive { key });
+                    // The body travels with the request.
+                    self.pending_bodies.insert(key, body);
+                } else {
+                    self.kill_conn(key);
+                }
+            }
+            Output::SendUpstream { conn, bytes } => {
+                if let Some(key) = self.conn_by_up(i, conn) {
+                    self.send(key, false, bytes);
+                }
+            }
+            Output::CloseUpstream { conn } => {
+                if let Some(key) = self.conn_by_up(i, conn) {
+                    self.kill_conn(key);
+                }
+            }
+            Output::SendDownstream { conn, bytes } => self.send(conn.0, true, bytes),
+            Output::StreamLtx { conn, db, min, max } => {
+                self.stats.ltx_sent += 1;
+                let Some(file) = self.nodes[i].disks.get(&db).and_then(|d| d.ltx.get(&(min, max))).cloned() else {
+                    self.trace(format!("node {i} lacks LTX {min}-{max} to stream"));
+                    self.kill_conn(conn.0);
+                    return;
+                };
+                let mut bytes = Vec::new();
+                encode_ltx_message(&db, &file, max, &mut bytes);
+                self.send(conn.0, true, bytes);
+            }
+            Output::StreamSnapshot { conn, db: name, pos } => {
+                self.stats.snapshots += 1;
+                let empty = Disk::default();
+                let db = &self.nodes[i].disks.get(&name).unwrap_or(&empty).db;
+                let options = SnapshotOptions { max_txid: pos.txid, timestamp_ms: 0, compress: false };
+                let (file, _, trailer) = encode_database(db.as_slice(), db.len() as u64, Vec::new(), options)
+                    .expect("a primary's database file encodes");
+                assert_eq!(
+                    trailer.post_apply_checksum, pos.checksum,
+                    "seed {}: node {i}'s database file is not at its position {pos}",
+                    self.seed
+                );
+                let mut bytes = Vec::new();
+                encode_ltx_message(&name, &file, pos.txid, &mut bytes);
+                self.send(conn.0, true, bytes);
+            }
+            Output::CloseDownstream { conn } => self.kill_conn(conn.0),
+            Output::RequestHandoff { primary, to } => {
+                if let Some(p) = self.index_of(primary)
+                    && self.link_ok(i, p)
+                {
+                    let lat = self.latency();
+                    let pinc = self.nodes[p].inc;
+                    self.schedule(lat, Ev::Request { node: p, inc: pinc, input: Input::Handoff { to } });
+                }
+            }
+            Output::Event(e) => {
+                if let Event::BecamePrimary { epoch } = e {
+                    let positions = self.nodes[i]
+                        .node
+                        .as_ref()
+                        .map(|n| n.positions().map(|(d, p)| (d.clone(), p)).collect())
+                        .unwrap_or_default();
+                    self.facts.push(Fact::BecamePrimary { node: i, epoch, positions });
+                }
+                if let Event::Resync { .. } = e {
+                    self.stats.resyncs += 1;
+                }
+                if let Event::ReplicaCutOff { .. } = e {
+                    self.stats.cut_offs += 1;
+                }
+                if let Event::SyncDegraded { db, txid } = &e {
+                    self.facts.push(Fact::Degraded { db: db.clone(), txid: *txid });
+                }
+                self.trace(format!("node {i}: {e:?}"));
+            }
+        }
+    }
+}
