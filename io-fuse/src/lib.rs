@@ -1,1 +1,34 @@
-//! placeholder
+//! replite-fuse: the FUSE adapter between SQLite and replite's core.
+//!
+//! Applications open databases in the mount as ordinary files. On the primary, this crate
+//! finds SQLite's commit points (the invalidation of a rollback journal, the completion of a
+//! WAL commit frame), reads back exactly the pages the transaction changed, and hands them to
+//! a [`CommitSink`] while it holds the syscall that marks the commit; the sink's answer decides
+//! whether that syscall succeeds. On a replica the mount is read-only and
+//! [`Mount::apply_ltx`] writes incoming transactions under the locks SQLite readers honour.
+//!
+//! This crate must never decide policy: whether a node may write, which TXID comes next, how
+//! durable a commit must be, or whether an LTX file belongs at this position are the core's
+//! answers, reached through [`CommitSink`] and the daemon. It only translates kernel requests
+//! into captured transactions and carries out applies it is told to do.
+//!
+//! Unit tests sit beside the code; `tests/` mounts real FUSE filesystems and drives them with
+//! SQLite (rusqlite) in every journal mode.
+
+#![warn(missing_docs)]
+
+mod boundary;
+mod database_node;
+mod error;
+mod file_system;
+mod journal_node;
+mod mount;
+mod names;
+mod replica;
+mod virtual_node;
+mod wal_node;
+
+pub use boundary::{CapturedPage, CapturedTx, CommitSink, Durability, JournalMode, Refusal};
+pub use error::{ApplyLtxError, CaptureError, MountError};
+pub use mount::{Mount, MountOptions, Role};
+pub use names::{LAG_FILENAME, PRIMARY_FILENAME};

@@ -1,0 +1,93 @@
+//! The narrow, synchronous boundary between the filesystem and whatever decides policy (the
+//! daemon's driver around `core::Node`, or a test double).
+//!
+//! The filesystem calls [`CommitSink`] at each commit point while it holds the SQLite syscall
+//! that marks it; the answer decides whether that syscall succeeds. The filesystem never
+//! decides whether a write may happen, which TXID comes next, or how durable anything is.
+
+use replite_core::types::{PageSize, Pgno};
+use thiserror::Error;
+
+/// How SQLite journals the database, as seen from the commit point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalMode {
+    /// Rollback journal, committed by deleting `<db>-journal`.
+    Delete,
+    /// Rollback journal, committed by truncating `<db>-journal` to zero bytes.
+    Truncate,
+    /// Rollback journal, committed by zeroing the journal header.
+    Persist,
+    /// Write-ahead log, committed by writing a frame whose commit field is non-zero.
+    Wal,
+}
+
+/// Whether SQLite asked for this commit to be durable before the syscall returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// SQLite fsynced during the transaction (rollback journal with `synchronous` above OFF):
+    /// the commit must be durable before [`CommitSink::commit`] returns.
+    Requested,
+    /// SQLite has not asked yet (WAL, where the fsync comes after the commit frame, or
+    /// `synchronous=OFF`). For WAL, [`CommitSink::sync`] follows when SQLite fsyncs.
+    Deferred,
+}
+
+/// One page of a captured transaction, with its contents after the transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedPage {
+    /// Page number (never the lock page, never beyond the commit size).
+    pub pgno: Pgno,
+    /// The page's bytes after the transaction; exactly one page long.
+    pub data: Vec<u8>,
+}
+
+/// A transaction captured at its commit point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedTx {
+    /// Database name (the file's name in the mount).
+    pub db: String,
+    /// Page size of the database after the transaction.
+    pub page_size: PageSize,
+    /// Database size in pages after the transaction.
+    pub commit: u32,
+    /// Every page the transaction changed, in ascending page order. Pages past `commit` are
+    /// never listed; the database shrinks to `commit` pages.
+    pub pages: Vec<CapturedPage>,
+    /// The journal mode the commit point revealed.
+    pub mode: JournalMode,
+    /// Whether SQLite asked for durability before the commit syscall returns.
+    pub durability: Durability,
+}
+
+/// Why the policy side refused a commit or a sync.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Refusal {
+    /// This node may not write (it is a replica, or its lease is not safely held). SQLite sees
+    /// `EROFS`.
+    #[error("read-only: {reason}")]
+    ReadOnly {
+        /// Why, for logs.
+        reason: String,
+    },
+    /// The commit could not be made durable. SQLite sees `EIO`.
+    #[error("commit failed: {reason}")]
+    Failed {
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+/// What the filesystem calls at commit points. Implementations block until the policy side
+/// has answered; the filesystem holds the SQLite syscall meanwhile.
+pub trait CommitSink: Send + Sync + 'static {
+    /// A transaction reached its commit point. `Ok` lets the syscall succeed; a refusal makes
+    /// it fail and the filesystem leaves the database as SQLite will roll it back.
+    fn commit(&self, tx: &CapturedTx) -> Result<(), Refusal>;
+
+    /// SQLite fsynced `db` (WAL mode): every commit handed in so far must be durable before
+    /// this returns.
+    fn sync(&self, db: &str) -> Result<(), Refusal>;
+
+    /// The application asks to delete database `db`. `Ok` lets the unlink happen.
+    fn delete(&self, db: &str) -> Result<(), Refusal>;
+}

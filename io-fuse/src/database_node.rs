@@ -1,0 +1,69 @@
+//! `<db>`: the database file itself, read from the data directory.
+//!
+//! On the primary, writes reach the file only inside a transaction SQLite can roll back: while
+//! a live rollback journal exists, or (WAL mode) while the WAL is open, when the writes are
+//! checkpoints of already-captured commits. Anything else comes from a journal mode replite
+//! cannot replicate (`journal_mode=OFF` or `MEMORY`) and is refused before it reaches the file.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use replite_core::types::{PageSize, Pgno};
+
+use crate::error::CaptureError;
+
+/// Offset of the big-endian u16 page size in SQLite's database header (1 means 65536).
+const PAGE_SIZE_OFFSET: u64 = 16;
+
+/// A database's backing file, opened to read pages at a commit point.
+pub(crate) struct DbFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl DbFile {
+    pub(crate) fn open(data_dir: &Path, db: &str) -> Result<DbFile, CaptureError> {
+        let path = data_dir.join(db);
+        let file = File::open(&path).map_err(|e| CaptureError::io(&path, e))?;
+        Ok(DbFile { path, file })
+    }
+
+    /// Reads page `pgno` whole; a short read means the file is shorter than SQLite said.
+    pub(crate) fn read_page(&self, pgno: Pgno, page_size: PageSize, buf: &mut [u8]) -> Result<(), CaptureError> {
+        self.file.read_exact_at(buf, pgno.offset(page_size)).map_err(|e| CaptureError::io(&self.path, e))
+    }
+
+    /// The file's size in whole pages.
+    pub(crate) fn pages(&self, page_size: PageSize) -> Result<u32, CaptureError> {
+        let size = self.file.metadata().map_err(|e| CaptureError::io(&self.path, e))?.len();
+        let db = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if size % u64::from(page_size.get()) != 0 {
+            return Err(CaptureError::PartialPage { db, size, page_size: page_size.get() });
+        }
+        u32::try_from(size / u64::from(page_size.get())).map_err(|_| CaptureError::PartialPage {
+            db,
+            size,
+            page_size: page_size.get(),
+        })
+    }
+
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// The page size in the database header; `None` for an empty file.
+pub(crate) fn read_page_size(file: &DbFile, db: &str) -> Result<Option<PageSize>, CaptureError> {
+    let mut raw = [0u8; 2];
+    match file.file().read_exact_at(&mut raw, PAGE_SIZE_OFFSET) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(CaptureError::io(&file.path, e)),
+    }
+    let size = match u16::from_be_bytes(raw) {
+        1 => 65536,
+        n => u32::from(n),
+    };
+    PageSize::new(size).map(Some).ok_or(CaptureError::InvalidPageSize { db: db.to_owned(), size })
+}

@@ -1,0 +1,149 @@
+//! `<db>-wal`: SQLite's write-ahead log, and the commit points it reveals.
+//!
+//! SQLite appends a transaction as frames (a 24-byte header naming the page, then the page),
+//! the last of which carries the database size after the commit. It writes each frame's header
+//! and page as two writes, so the commit point is the write that completes the page of a
+//! frame whose header had a non-zero commit size. The transaction's pages are the frames from
+//! the first one written since the previous commit up to that frame (SQLite may rewrite a frame
+//! of the open transaction in place; reading them back at the commit point sees the last one).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use replite_core::types::{PageSize, Pgno};
+
+use crate::boundary::{CapturedPage, CapturedTx, Durability, JournalMode};
+use crate::error::CaptureError;
+
+/// Size of the WAL file header.
+pub(crate) const WAL_HEADER_SIZE: u64 = 32;
+/// Size of a frame header.
+pub(crate) const FRAME_HEADER_SIZE: u64 = 24;
+
+/// What the mount has seen of the WAL's open transaction.
+#[derive(Debug, Default)]
+pub(crate) struct WalTrack {
+    page_size: Option<PageSize>,
+    /// Offset of the first frame written since the last commit.
+    tx_start: Option<u64>,
+    /// Offset and commit size of a commit frame whose page has not been fully written yet.
+    pending_commit: Option<(u64, u32)>,
+}
+
+/// A commit frame that is now complete on disk.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadyCommit {
+    pub(crate) tx_start: u64,
+    pub(crate) frame: u64,
+    pub(crate) commit: u32,
+    pub(crate) page_size: PageSize,
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+impl WalTrack {
+    /// Notes a write of `data` at `offset` before it reaches the WAL at `path`.
+    pub(crate) fn before_write(&mut self, path: &Path, offset: u64, data: &[u8]) -> Result<(), CaptureError> {
+        if offset == 0 && data.len() as u64 >= WAL_HEADER_SIZE {
+            // A new WAL header: SQLite restarted the log; frames start over.
+            self.page_size = PageSize::new(be32(data, 8));
+            self.tx_start = None;
+            self.pending_commit = None;
+            return Ok(());
+        }
+        let Some(page_size) = self.page_size(path)? else { return Ok(()) };
+        let frame = FRAME_HEADER_SIZE + u64::from(page_size.get());
+        if offset >= WAL_HEADER_SIZE
+            && (offset - WAL_HEADER_SIZE) % frame == 0
+            && data.len() as u64 >= FRAME_HEADER_SIZE
+        {
+            if self.tx_start.is_none() {
+                self.tx_start = Some(offset);
+            }
+            let commit = be32(data, 4);
+            if commit != 0 {
+                self.pending_commit = Some((offset, commit));
+            }
+        }
+        Ok(())
+    }
+
+    /// After a write of `len` bytes at `offset` reached the WAL: the commit it completed, if any.
+    pub(crate) fn ready_commit(&self, offset: u64, len: usize) -> Option<ReadyCommit> {
+        let (frame, commit) = self.pending_commit?;
+        let page_size = self.page_size?;
+        let end = frame + FRAME_HEADER_SIZE + u64::from(page_size.get());
+        let tx_start = self.tx_start?;
+        (offset + len as u64 >= end && offset < end).then_some(ReadyCommit { tx_start, frame, commit, page_size })
+    }
+
+    /// The open transaction ended (committed or refused): the next frame starts a new one.
+    pub(crate) fn reset(&mut self) {
+        self.tx_start = None;
+        self.pending_commit = None;
+    }
+
+    fn page_size(&mut self, path: &Path) -> Result<Option<PageSize>, CaptureError> {
+        if self.page_size.is_none() {
+            let file = File::open(path).map_err(|e| CaptureError::io(path, e))?;
+            let mut raw = [0u8; 4];
+            if file.read_exact_at(&mut raw, 8).is_ok() {
+                self.page_size = PageSize::new(u32::from_be_bytes(raw));
+            }
+        }
+        Ok(self.page_size)
+    }
+}
+
+/// Reads the frames of a committed transaction back from the WAL.
+pub(crate) fn capture(path: &Path, db: &str, ready: ReadyCommit) -> Result<CapturedTx, CaptureError> {
+    let page_size = ready.page_size;
+    let frame = FRAME_HEADER_SIZE + u64::from(page_size.get());
+    let end = ready.frame + frame;
+    let file = File::open(path).map_err(|e| CaptureError::io(path, e))?;
+    let len = usize::try_from(end - ready.tx_start).map_err(|_| CaptureError::InvalidWalFrame {
+        db: db.to_owned(),
+        offset: ready.tx_start,
+        reason: "transaction larger than memory",
+    })?;
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, ready.tx_start).map_err(|e| CaptureError::io(path, e))?;
+    let lock = page_size.lock_pgno();
+    let mut latest: BTreeMap<u32, usize> = BTreeMap::new();
+    let frame = frame as usize;
+    for at in (0..bytes.len()).step_by(frame) {
+        let pgno = be32(&bytes, at);
+        if pgno == 0 {
+            return Err(CaptureError::InvalidWalFrame {
+                db: db.to_owned(),
+                offset: ready.tx_start + at as u64,
+                reason: "page number 0",
+            });
+        }
+        latest.insert(pgno, at + FRAME_HEADER_SIZE as usize);
+    }
+    let pages = latest
+        .into_iter()
+        .filter(|&(pgno, _)| pgno <= ready.commit && Pgno(pgno) != lock)
+        .map(|(pgno, at)| CapturedPage { pgno: Pgno(pgno), data: bytes[at..at + page_size.bytes()].to_vec() })
+        .collect();
+    Ok(CapturedTx {
+        db: db.to_owned(),
+        page_size,
+        commit: ready.commit,
+        pages,
+        mode: JournalMode::Wal,
+        durability: Durability::Deferred,
+    })
+}
+
+/// Makes a refused commit frame unrecoverable: SQLite will overwrite the frames, but a crash
+/// before that must not let WAL recovery find a commit the policy side refused.
+pub(crate) fn erase_frame_header(path: &Path, frame: u64) -> Result<(), CaptureError> {
+    let file = OpenOptions::new().write(true).open(path).map_err(|e| CaptureError::io(path, e))?;
+    file.write_all_at(&[0u8; FRAME_HEADER_SIZE as usize], frame).map_err(|e| CaptureError::io(path, e))
+}
