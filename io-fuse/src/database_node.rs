@@ -48,6 +48,26 @@ impl DbFile {
         })
     }
 
+    /// The database size in pages after the last transaction: the header's in-header size
+    /// when SQLite marked it valid (it always does since 3.7.0), else the file's size. SQLite
+    /// shrinks the file only after the commit point, so the file may still be longer.
+    pub(crate) fn commit_pages(&self, page_size: PageSize) -> Result<u32, CaptureError> {
+        let mut header = [0u8; 100];
+        match self.file.read_exact_at(&mut header, 0) {
+            Ok(()) => {
+                let field =
+                    |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+                let (change_counter, size, valid_for) = (field(24), field(28), field(92));
+                if size != 0 && valid_for == change_counter {
+                    return Ok(size);
+                }
+                self.pages(page_size)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => self.pages(page_size),
+            Err(e) => Err(CaptureError::io(&self.path, e)),
+        }
+    }
+
     pub(crate) fn file(&self) -> &File {
         &self.file
     }

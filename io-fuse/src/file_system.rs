@@ -23,6 +23,7 @@ use fuser::{
 use tracing::{debug, error, warn};
 
 use crate::boundary::{CommitSink, Durability, JournalMode, Refusal};
+use crate::database_node::{DbFile, read_page_size};
 use crate::error::CaptureError;
 use crate::journal_node;
 use crate::names::{LAG_FILENAME, NodeKind, PRIMARY_FILENAME, classify};
@@ -271,6 +272,13 @@ impl Shared {
         }
     }
 
+    /// Whether truncating `db` to `size` bytes removes only pages past its committed size.
+    fn cuts_only_dead_pages(&self, db: &str, size: u64) -> bool {
+        let Ok(file) = DbFile::open(&self.data_dir, db) else { return false };
+        let Ok(Some(page_size)) = read_page_size(&file, db) else { return false };
+        file.commit_pages(page_size).is_ok_and(|commit| u64::from(commit) * u64::from(page_size.get()) == size)
+    }
+
     fn commit_rollback(&self, db: &str, st: &mut DbState, mode: JournalMode) -> Result<(), Errno> {
         let durability = if st.sync_seen { Durability::Requested } else { Durability::Deferred };
         let captured = journal_node::capture(&self.data_dir, db, mode, durability);
@@ -364,7 +372,11 @@ impl Shared {
             NodeKind::Database => {
                 let st = self.db_state(db);
                 let mut st = lock(&st);
-                self.guard_db_write(db, &mut st)?;
+                // SQLite shrinks the file after the commit point, cutting only pages the
+                // committed header already excludes.
+                if !self.cuts_only_dead_pages(db, size) {
+                    self.guard_db_write(db, &mut st)?;
+                }
                 set_len()
             }
             NodeKind::Wal => {

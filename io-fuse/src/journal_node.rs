@@ -118,7 +118,7 @@ pub(crate) fn capture(
     let Some(journal) = parse(&bytes) else { return Ok(None) };
     let file = DbFile::open(data_dir, db)?;
     let Some(page_size) = read_page_size(&file, db)? else { return Ok(None) };
-    let commit = file.pages(page_size)?;
+    let commit = file.commit_pages(page_size)?;
     let lock = page_size.lock_pgno();
     let same_page_size = journal.page_size == page_size.get();
 
