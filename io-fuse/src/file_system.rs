@@ -20,7 +20,7 @@ use fuser::{
     OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
-use tracing::{debug, error, warn};
+use tracing::{debug, error, trace, warn};
 
 use crate::boundary::{CommitSink, Durability, JournalMode, Refusal};
 use crate::database_node::{DbFile, read_page_size};
@@ -299,7 +299,6 @@ impl Shared {
 
     fn commit_wal(&self, db: &str, st: &mut DbState, ready: wal_node::ReadyCommit) -> Result<(), Errno> {
         let path = self.data_dir.join(format!("{db}-wal"));
-        st.wal.reset();
         let result = if st.shm_open == 0 {
             error!(
                 db,
@@ -316,10 +315,13 @@ impl Shared {
                 Err(e) => Err(capture_errno(db, &e)),
             }
         };
-        if result.is_err()
-            && let Err(e) = wal_node::erase_frame_header(&path, ready.frame)
-        {
-            error!(db, error = %e, "erasing a refused WAL commit frame");
+        match result {
+            Ok(()) => st.wal.reset(),
+            Err(_) => {
+                if let Err(e) = wal_node::erase_frame_header(&path, ready.frame) {
+                    error!(db, error = %e, "erasing a refused WAL commit frame");
+                }
+            }
         }
         result
     }
@@ -327,6 +329,7 @@ impl Shared {
     fn write(&self, handle: &Handle, offset: u64, data: &[u8]) -> Result<(), Errno> {
         let file = handle.file.as_ref().ok_or(Errno::EACCES)?;
         let pwrite = || file.write_all_at(data, offset).map_err(|e| io_errno(&e));
+        trace!(db = handle.db, kind = ?handle.kind, offset, len = data.len(), "write");
         match handle.kind {
             NodeKind::Database => {
                 let st = self.db_state(&handle.db);

@@ -64,10 +64,10 @@ impl WalTrack {
             if self.tx_start.is_none() {
                 self.tx_start = Some(offset);
             }
+            // Frames are written in order: a new frame header ends any earlier pending commit
+            // (one whose page write was refused and which SQLite then abandoned).
             let commit = be32(data, 4);
-            if commit != 0 {
-                self.pending_commit = Some((offset, commit));
-            }
+            self.pending_commit = (commit != 0).then_some((offset, commit));
         }
         Ok(())
     }
@@ -81,7 +81,10 @@ impl WalTrack {
         (offset + len as u64 >= end && offset < end).then_some(ReadyCommit { tx_start, frame, commit, page_size })
     }
 
-    /// The open transaction ended (committed or refused): the next frame starts a new one.
+    /// The open transaction committed (or the WAL was truncated or deleted): the next frame
+    /// starts a new one. A refused commit does not reset: the kernel may split SQLite's write
+    /// of the commit frame, SQLite then retries the rest, and the retry must be refused too;
+    /// after SQLite rolls back, its next transaction starts at the same frame.
     pub(crate) fn reset(&mut self) {
         self.tx_start = None;
         self.pending_commit = None;
