@@ -84,6 +84,12 @@ pub trait CommitSink: Send + Sync + 'static {
     /// it fail and the filesystem leaves the database as SQLite will roll it back.
     fn commit(&self, tx: &CapturedTx) -> Result<(), Refusal>;
 
+    /// A rollback transaction on `db` is about to create its journal: the first sign of a
+    /// write. A refusal fails the creation with `EACCES`, which SQLite reports as
+    /// `SQLITE_READONLY` before it has touched the database. (Journals that persist between
+    /// transactions, and WAL, have no such early point; their refusals come at commit.)
+    fn may_write(&self, db: &str) -> Result<(), Refusal>;
+
     /// SQLite fsynced `db` (WAL mode): every commit handed in so far must be durable before
     /// this returns.
     fn sync(&self, db: &str) -> Result<(), Refusal>;

@@ -581,6 +581,7 @@ impl Filesystem for ReplFs {
             Err(e) => return reply.error(e),
         };
         let writable = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        trace!(name, flags = flags.0, "open");
         if kind.is_virtual() {
             if writable {
                 return reply.error(Errno::EACCES);
@@ -618,7 +619,14 @@ impl Filesystem for ReplFs {
         }
         let Some(name) = name.to_str() else { return reply.error(Errno::EINVAL) };
         let Some((kind, db)) = classify(name) else { return reply.error(Errno::EINVAL) };
+        trace!(name, flags, "create");
         if kind.is_virtual() {
+            return reply.error(Errno::EACCES);
+        }
+        if kind == NodeKind::Journal
+            && let Err(refusal) = self.shared.sink.may_write(db)
+        {
+            refusal_errno(db, &refusal);
             return reply.error(Errno::EACCES);
         }
         let path = self.shared.data_dir.join(name);

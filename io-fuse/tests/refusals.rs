@@ -17,13 +17,13 @@ fn refused_commit_rolls_back(mode: &str) {
     journal_mode(&conn, mode);
     conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
     let commits = fx.sink.commits();
-    fx.sink.refuse.store(true, Ordering::SeqCst);
+    fx.sink.refuse_commit.store(true, Ordering::SeqCst);
     let err = conn
         .execute_batch("BEGIN; INSERT INTO t VALUES (2); INSERT INTO t SELECT x + 10 FROM t; COMMIT;")
         .expect_err("a refused commit must fail");
     eprintln!("{mode}: refused commit surfaced as {err:?}");
     let _ = conn.execute_batch("ROLLBACK");
-    fx.sink.refuse.store(false, Ordering::SeqCst);
+    fx.sink.refuse_commit.store(false, Ordering::SeqCst);
     assert_eq!(fx.sink.commits(), commits, "{mode}: nothing reached the sink");
     // The next reader rolls the transaction back; the database is as before.
     let reader = fx.open("r.db");
@@ -43,8 +43,29 @@ fn refused_commit_rolls_back(mode: &str) {
 }
 
 #[test]
+fn refused_write_in_delete_mode_is_sqlite_readonly_before_anything_is_written() {
+    let fx = Fixture::primary();
+    let conn = fx.open("ro.db");
+    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+    let before = fx.stored("ro.db");
+    fx.sink.refuse.store(true, Ordering::SeqCst);
+    let err = conn.execute("INSERT INTO t VALUES (2)", []).expect_err("refused");
+    assert_eq!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::ReadOnly), "{err:?}");
+    assert_eq!(fx.stored("ro.db"), before);
+    fx.sink.refuse.store(false, Ordering::SeqCst);
+    conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    assert_eq!(count(&conn), 2);
+}
+
+/// A refusal at the commit point itself (the policy changed mid-transaction): SQLite sees an
+/// I/O error on the syscall that marks the commit, and the journal rolls the database back.
+fn refused_at_commit_point(mode: &str) {
+    refused_commit_rolls_back(mode);
+}
+
+#[test]
 fn refused_delete_mode_commit_fails_and_leaves_the_database_unchanged() {
-    refused_commit_rolls_back("DELETE");
+    refused_at_commit_point("DELETE");
 }
 
 #[test]

@@ -49,6 +49,8 @@ pub struct Copy {
 pub struct RecordingSink {
     pub dbs: Mutex<HashMap<String, Copy>>,
     pub refuse: AtomicBool,
+    /// Refuse at the commit point only (the lease was lost mid-transaction).
+    pub refuse_commit: AtomicBool,
     pub commits: AtomicUsize,
     pub syncs: AtomicUsize,
     pub deletes: Mutex<Vec<String>>,
@@ -96,7 +98,7 @@ impl RecordingSink {
 
 impl CommitSink for RecordingSink {
     fn commit(&self, tx: &CapturedTx) -> Result<(), Refusal> {
-        if self.refuse.load(Ordering::SeqCst) {
+        if self.refuse.load(Ordering::SeqCst) || self.refuse_commit.load(Ordering::SeqCst) {
             return Err(Refusal::ReadOnly { reason: "test refuses".into() });
         }
         let mut dbs = self.dbs.lock().unwrap();
@@ -109,6 +111,13 @@ impl CommitSink for RecordingSink {
         copy.modes.push(tx.mode);
         copy.durabilities.push(tx.durability);
         self.commits.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn may_write(&self, _db: &str) -> Result<(), Refusal> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(Refusal::ReadOnly { reason: "test refuses".into() });
+        }
         Ok(())
     }
 
