@@ -83,6 +83,8 @@ pub(crate) struct DbState {
     write_ok: bool,
     /// SQLite fsynced the journal or database since the last commit point.
     sync_seen: bool,
+    /// Byte ranges written to the database inside the open rollback transaction.
+    written: Vec<(u64, u64)>,
     wal: WalTrack,
     wal_open: usize,
     shm_open: usize,
@@ -246,17 +248,18 @@ impl Shared {
     }
 
     /// Database writes must sit inside a transaction SQLite can roll back and replite can see.
-    fn guard_db_write(&self, db: &str, st: &mut DbState) -> Result<(), Errno> {
+    /// Returns whether the write belongs to a rollback transaction (and must be captured).
+    fn guard_db_write(&self, db: &str, st: &mut DbState) -> Result<bool, Errno> {
         if st.write_ok {
-            return Ok(());
+            return Ok(true);
         }
         match journal_node::is_live(&self.data_dir.join(format!("{db}-journal"))) {
             Ok(true) => {
                 st.write_ok = true;
-                Ok(())
+                Ok(true)
             }
             // WAL mode: checkpoints copy already-captured commits into the database.
-            Ok(false) if st.wal_open > 0 => Ok(()),
+            Ok(false) if st.wal_open > 0 => Ok(false),
             Ok(false) => {
                 error!(
                     db,
@@ -281,7 +284,7 @@ impl Shared {
 
     fn commit_rollback(&self, db: &str, st: &mut DbState, mode: JournalMode) -> Result<(), Errno> {
         let durability = if st.sync_seen { Durability::Requested } else { Durability::Deferred };
-        let captured = journal_node::capture(&self.data_dir, db, mode, durability);
+        let captured = journal_node::capture(&self.data_dir, db, mode, durability, &st.written);
         let result = match captured {
             Ok(None) => Ok(()),
             Ok(Some(tx)) => {
@@ -293,6 +296,7 @@ impl Shared {
         if result.is_ok() {
             st.write_ok = false;
             st.sync_seen = false;
+            st.written.clear();
         }
         result
     }
@@ -334,7 +338,9 @@ impl Shared {
             NodeKind::Database => {
                 let st = self.db_state(&handle.db);
                 let mut st = lock(&st);
-                self.guard_db_write(&handle.db, &mut st)?;
+                if self.guard_db_write(&handle.db, &mut st)? {
+                    st.written.push((offset, data.len() as u64));
+                }
                 pwrite()
             }
             NodeKind::Journal => {

@@ -2,9 +2,14 @@
 //!
 //! A rollback transaction commits when SQLite invalidates its journal: it deletes it (DELETE),
 //! truncates it to zero (TRUNCATE) or zeroes its header (PERSIST). At that moment the journal
-//! still names every page the transaction overwrote (with the page's old contents), its header
-//! holds the database size before the transaction, and the database file holds the new
-//! contents. This module reads both and produces the captured transaction.
+//! names the pages the transaction overwrote (with their old contents), its header holds the
+//! database size before the transaction, and the database file holds the new contents.
+//!
+//! The journal does not name every changed page: a freelist leaf page that the transaction
+//! reuses is fetched without content and never journaled (SQLite need not restore it), yet its
+//! bytes change. So the mount also records every byte range written to the database during
+//! the transaction, and the captured pages are: journaled pages whose contents differ from
+//! their originals, every written page, and every page past the old size.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -108,6 +113,7 @@ pub(crate) fn capture(
     db: &str,
     mode: JournalMode,
     durability: Durability,
+    written: &[(u64, u64)],
 ) -> Result<Option<CapturedTx>, CaptureError> {
     let journal_path = data_dir.join(format!("{db}-journal"));
     let bytes = match std::fs::read(&journal_path) {
@@ -140,7 +146,23 @@ pub(crate) fn capture(
                 take(pgno, Some(&bytes[range.clone()]), &mut pages)?;
             }
         }
-        for pgno in journal.orig_pages.saturating_add(1)..=commit {
+        let journaled = |pgno: u32| pgno <= journal.orig_pages && journal.originals.contains_key(&pgno);
+        let mut extra = std::collections::BTreeSet::new();
+        for &(offset, len) in written {
+            if len == 0 {
+                continue;
+            }
+            let first = offset / u64::from(page_size.get()) + 1;
+            let last = (offset + len - 1) / u64::from(page_size.get()) + 1;
+            for pgno in first..=last.min(u64::from(commit)) {
+                let pgno = u32::try_from(pgno).expect("bounded by commit, a u32");
+                if !journaled(pgno) {
+                    extra.insert(pgno);
+                }
+            }
+        }
+        extra.extend(journal.orig_pages.saturating_add(1)..=commit);
+        for pgno in extra {
             take(pgno, None, &mut pages)?;
         }
     } else {

@@ -196,7 +196,14 @@ impl Drop for Fixture {
 pub fn assert_same_pages(real: &[u8], copy: &[u8], page_size: usize, what: &str) {
     assert_eq!(real.len(), copy.len(), "{what}: database sizes differ (real {} vs copy {})", real.len(), copy.len());
     if let Some(i) = real.iter().zip(copy).position(|(a, b)| a != b) {
-        panic!("{what}: page {} differs at byte {}", i / page_size + 1, i % page_size);
+        let start = i / page_size * page_size;
+        panic!(
+            "{what}: page {} differs at byte {}\nreal {:02x?}\ncopy {:02x?}",
+            i / page_size + 1,
+            i % page_size,
+            &real[start..start + 16],
+            &copy[start..start + 16]
+        );
     }
 }
 
