@@ -38,7 +38,7 @@ impl DbFile {
     pub(crate) fn pages(&self, page_size: PageSize) -> Result<u32, CaptureError> {
         let size = self.file.metadata().map_err(|e| CaptureError::io(&self.path, e))?.len();
         let db = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if size % u64::from(page_size.get()) != 0 {
+        if !size.is_multiple_of(u64::from(page_size.get())) {
             return Err(CaptureError::PartialPage { db, size, page_size: page_size.get() });
         }
         u32::try_from(size / u64::from(page_size.get())).map_err(|_| CaptureError::PartialPage {

@@ -58,7 +58,7 @@ impl WalTrack {
         let Some(page_size) = self.page_size(path)? else { return Ok(()) };
         let frame = FRAME_HEADER_SIZE + u64::from(page_size.get());
         if offset >= WAL_HEADER_SIZE
-            && (offset - WAL_HEADER_SIZE) % frame == 0
+            && (offset - WAL_HEADER_SIZE).is_multiple_of(frame)
             && data.len() as u64 >= FRAME_HEADER_SIZE
         {
             if self.tx_start.is_none() {

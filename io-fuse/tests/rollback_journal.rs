@@ -6,6 +6,9 @@ mod common;
 use common::*;
 use replite_fuse::{Durability, JournalMode};
 
+/// One transaction of the workload.
+type Step<'a> = Box<dyn Fn(&rusqlite::Connection) + 'a>;
+
 /// Runs a workload that creates, grows, rewrites, shrinks and vacuums a database, checking the
 /// captured copy against the real file after every transaction.
 fn run_workload(mode: &str, page_size: u32, synchronous: &str) {
@@ -19,7 +22,7 @@ fn run_workload(mode: &str, page_size: u32, synchronous: &str) {
 
     let blob =
         |n: usize, seed: u8| -> Vec<u8> { (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect() };
-    let steps: Vec<(&str, Box<dyn Fn(&rusqlite::Connection)>)> = vec![
+    let steps: Vec<(&str, Step)> = vec![
         ("create", Box::new(|c| c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)").unwrap())),
         (
             "one row",
