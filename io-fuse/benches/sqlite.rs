@@ -1,0 +1,162 @@
+//! SQLite natively vs. through a replite mount, in one run, on the same disk.
+//!
+//! `cargo bench -p replite-fuse --bench sqlite` (root, /dev/fuse). Options through the
+//! environment: `BENCH_SCALE` multiplies iteration counts (default 1), `BENCH_DIR` is where
+//! the native directory, data directory and mount point go (default the system temp dir).
+//! The sink accepts every commit without persisting it: the figures measure the filesystem
+//! path (commit capture included), not the daemon's durability work.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use replite_fuse::{CapturedTx, CommitSink, Mount, MountOptions, Refusal, Role};
+
+struct AcceptAll;
+
+impl CommitSink for AcceptAll {
+    fn commit(&self, tx: &CapturedTx) -> Result<(), Refusal> {
+        std::hint::black_box(tx.pages.len());
+        Ok(())
+    }
+    fn may_write(&self, _db: &str) -> Result<(), Refusal> {
+        Ok(())
+    }
+    fn sync(&self, _db: &str) -> Result<(), Refusal> {
+        Ok(())
+    }
+    fn delete(&self, _db: &str) -> Result<(), Refusal> {
+        Ok(())
+    }
+}
+
+struct Mounted {
+    mount: Option<Mount>,
+    dir: PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        drop(self.mount.take());
+    }
+}
+
+fn mount(root: &Path, tag: &str, role: Role) -> Mounted {
+    let data = root.join(format!("{tag}-data"));
+    let mnt = root.join(format!("{tag}-mnt"));
+    std::fs::create_dir_all(&mnt).expect("mountpoint");
+    let options = MountOptions { role, ..MountOptions::default() };
+    let mount = Mount::new(&data, &mnt, Arc::new(AcceptAll), &options).expect("mount");
+    Mounted { mount: Some(mount), dir: mnt }
+}
+
+fn open(dir: &Path, journal: &str, sync: &str) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(dir.join("bench.db")).expect("open");
+    conn.busy_timeout(Duration::from_secs(10)).expect("busy");
+    let mode: String = conn.query_row(&format!("PRAGMA journal_mode={journal}"), [], |r| r.get(0)).expect("mode");
+    assert_eq!(mode, journal.to_lowercase());
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={sync}; CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v BLOB);"
+    ))
+    .expect("setup");
+    conn
+}
+
+/// Small autocommit write transactions per second.
+fn writes(dir: &Path, journal: &str, sync: &str, n: usize) -> f64 {
+    let conn = open(dir, journal, sync);
+    let mut stmt = conn.prepare("INSERT INTO t(v) VALUES (randomblob(100))").expect("prepare");
+    let start = Instant::now();
+    for _ in 0..n {
+        stmt.execute([]).expect("insert");
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn fill(dir: &Path, rows: i64) {
+    let conn = open(dir, "DELETE", "OFF");
+    conn.execute_batch("BEGIN").expect("begin");
+    for _ in 0..rows {
+        conn.execute("INSERT INTO t(v) VALUES (randomblob(100))", []).expect("insert");
+    }
+    conn.execute_batch("COMMIT").expect("commit");
+}
+
+/// Autocommit primary-key reads per second.
+fn reads(dir: &Path, rows: i64, n: usize, read_only: bool) -> f64 {
+    let flags = if read_only {
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+    };
+    let conn = rusqlite::Connection::open_with_flags(dir.join("bench.db"), flags).expect("open");
+    let mut stmt = conn.prepare("SELECT length(v) FROM t WHERE id = ?1").expect("prepare");
+    let mut id = 1i64;
+    let start = Instant::now();
+    for _ in 0..n {
+        id = (id * 7919) % rows + 1;
+        let len: i64 = stmt.query_row([id], |r| r.get(0)).expect("read");
+        std::hint::black_box(len);
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn reset(dir: &Path) {
+    for suffix in ["", "-journal", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("bench.db{suffix}")));
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to parse.
+    let scale: usize = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let root = std::env::var_os("BENCH_DIR")
+        .map_or_else(std::env::temp_dir, PathBuf::from)
+        .join(format!("replite-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&root).expect("bench dir");
+    let native = root.join("native");
+    std::fs::create_dir_all(&native).expect("native dir");
+    let primary = mount(&root, "primary", Role::Primary);
+
+    println!("| workload | native ops/s | replite ops/s | ratio |");
+    println!("|---|---:|---:|---:|");
+    let row = |name: &str, a: f64, b: f64| println!("| {name} | {a:.0} | {b:.0} | {:.2} |", b / a);
+
+    for (journal, sync, n) in [("DELETE", "FULL", 300), ("WAL", "NORMAL", 3000), ("WAL", "FULL", 1000)] {
+        let n = n * scale;
+        reset(&native);
+        reset(&primary.dir);
+        let a = writes(&native, journal, sync, n);
+        let b = writes(&primary.dir, journal, sync, n);
+        row(&format!("small write tx, {journal}/{sync}"), a, b);
+    }
+
+    let rows = 10_000;
+    let n = 20_000 * scale;
+    for journal in ["DELETE", "WAL"] {
+        reset(&native);
+        reset(&primary.dir);
+        for dir in [&native, &primary.dir] {
+            fill(dir, rows);
+            open(dir, journal, "NORMAL");
+        }
+        let a = reads(&native, rows, n, false);
+        let b = reads(&primary.dir, rows, n, false);
+        row(&format!("autocommit PK read, {journal}, primary"), a, b);
+    }
+
+    // A replica serves reads of a rollback-journal database read-only.
+    reset(&native);
+    fill(&native, rows);
+    let replica_data = root.join("replica-data");
+    std::fs::create_dir_all(&replica_data).expect("replica data");
+    std::fs::copy(native.join("bench.db"), replica_data.join("bench.db")).expect("copy");
+    let replica = mount(&root, "replica", Role::Replica);
+    let a = reads(&native, rows, n, true);
+    let b = reads(&replica.dir, rows, n, true);
+    row("autocommit PK read, DELETE, replica", a, b);
+
+    drop(replica);
+    drop(primary);
+    let _ = std::fs::remove_dir_all(&root);
+}
