@@ -455,6 +455,18 @@ impl Shared {
     }
 }
 
+/// How the kernel should cache an opened file. Databases, WALs and WAL indexes keep their page
+/// cache across opens: every write reaches it through this mount, and replicas invalidate what
+/// they apply. The rollback journal is written once and read only to roll back, so its writes
+/// skip the page cache: the kernel then sends each of SQLite's writes as one request instead of
+/// splitting writes that straddle a cache page.
+fn open_flags(kind: NodeKind) -> FopenFlags {
+    match kind {
+        NodeKind::Journal => FopenFlags::FOPEN_DIRECT_IO,
+        _ => FopenFlags::FOPEN_KEEP_CACHE,
+    }
+}
+
 fn io_errno(e: &io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
@@ -601,7 +613,7 @@ impl Filesystem for ReplFs {
         match OpenOptions::new().read(true).write(writable).open(self.shared.data_dir.join(&name)) {
             Ok(file) => {
                 let fh = self.shared.add_handle(Handle { file: Some(file), kind, db });
-                reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
+                reply.opened(fh, open_flags(kind));
             }
             Err(e) => reply.error(io_errno(&e)),
         }
@@ -649,7 +661,7 @@ impl Filesystem for ReplFs {
                 let ino = lock(&self.shared.inodes).ino(name);
                 let attr = self.shared.file_attr(ino, &meta);
                 let fh = self.shared.add_handle(Handle { file: Some(file), kind, db: db.to_owned() });
-                reply.created(&self.shared.ttl(kind), &attr, Generation(0), fh, FopenFlags::FOPEN_KEEP_CACHE);
+                reply.created(&self.shared.ttl(kind), &attr, Generation(0), fh, open_flags(kind));
             }
             Err(e) => reply.error(io_errno(&e)),
         }
@@ -781,6 +793,15 @@ impl Filesystem for ReplFs {
             }
         }
         reply.ok();
+    }
+
+    /// SQLite fsyncs the directory after creating or deleting a rollback journal
+    /// (`synchronous=FULL`); the data directory gets the same fsync.
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match File::open(&self.shared.data_dir).and_then(|dir| dir.sync_all()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(io_errno(&e)),
+        }
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
