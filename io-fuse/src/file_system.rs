@@ -11,14 +11,14 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyWrite, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{debug, error, trace, warn};
 
@@ -71,6 +71,9 @@ impl Inodes {
 struct Handle {
     /// The backing file; `None` for virtual nodes.
     file: Option<File>,
+    /// Keeps the kernel's passthrough registration of the backing file while this handle is
+    /// open.
+    _backing: Option<Arc<BackingId>>,
     kind: NodeKind,
     db: String,
 }
@@ -104,10 +107,21 @@ pub(crate) struct Shared {
     /// Thread id allowed to open files for writing on a read-only mount: the replica's apply,
     /// which needs a writable descriptor to take SQLite's write locks.
     pub(crate) apply_tid: AtomicI32,
+    /// Whether passthrough was asked for, and whether the kernel granted it.
+    passthrough_wanted: bool,
+    passthrough: AtomicBool,
+    /// One passthrough registration per inode, shared by all its open handles.
+    backings: Mutex<HashMap<u64, Weak<BackingId>>>,
 }
 
 impl Shared {
-    pub(crate) fn new(data_dir: PathBuf, read_only: bool, sink: Arc<dyn CommitSink>, cache_ttl: Duration) -> Shared {
+    pub(crate) fn new(
+        data_dir: PathBuf,
+        read_only: bool,
+        sink: Arc<dyn CommitSink>,
+        cache_ttl: Duration,
+        passthrough: bool,
+    ) -> Shared {
         Shared {
             data_dir,
             read_only,
@@ -119,6 +133,9 @@ impl Shared {
             dbs: Mutex::new(HashMap::new()),
             status: RwLock::new(Status::default()),
             apply_tid: AtomicI32::new(0),
+            passthrough_wanted: passthrough,
+            passthrough: AtomicBool::new(false),
+            backings: Mutex::new(HashMap::new()),
         }
     }
 
@@ -152,6 +169,26 @@ impl Shared {
         }
         lock(&self.handles).insert(fh, Arc::new(handle));
         FileHandle(fh)
+    }
+
+    /// Whether opens of `kind` go straight to the backing file. Only where replite need not
+    /// see the I/O: a replica's databases (applications only read them; applies write the
+    /// backing file) and the WAL index (SQLite's shared memory, never replicated). Every open
+    /// of such an inode must be passthrough: the kernel refuses to mix it with cached opens.
+    fn passthrough_for(&self, kind: NodeKind) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+            && (kind == NodeKind::Shm || (self.read_only && kind == NodeKind::Database))
+    }
+
+    /// The inode's passthrough registration, made with `register` if there is none.
+    fn backing(&self, ino: u64, register: impl FnOnce() -> io::Result<BackingId>) -> io::Result<Arc<BackingId>> {
+        let mut backings = lock(&self.backings);
+        if let Some(id) = backings.get(&ino).and_then(Weak::upgrade) {
+            return Ok(id);
+        }
+        let id = Arc::new(register()?);
+        backings.insert(ino, Arc::downgrade(&id));
+        Ok(id)
     }
 
     fn ttl(&self, kind: NodeKind) -> Duration {
@@ -503,6 +540,18 @@ impl ReplFs {
 }
 
 impl Filesystem for ReplFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        if self.shared.passthrough_wanted {
+            let granted =
+                config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
+            if !granted {
+                warn!("the kernel does not offer FUSE passthrough; serving every read through the daemon");
+            }
+            self.shared.passthrough.store(granted, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         if parent.0 != ROOT_INO {
             return reply.error(Errno::ENOENT);
@@ -604,15 +653,28 @@ impl Filesystem for ReplFs {
             if writable {
                 return reply.error(Errno::EACCES);
             }
-            let fh = self.shared.add_handle(Handle { file: None, kind, db });
+            let fh = self.shared.add_handle(Handle { file: None, _backing: None, kind, db });
             return reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
         }
         if writable && !self.caller_may_write(req) {
             return reply.error(Errno::EROFS);
         }
         match OpenOptions::new().read(true).write(writable).open(self.shared.data_dir.join(&name)) {
+            Ok(file) if self.shared.passthrough_for(kind) => {
+                match self.shared.backing(ino.0, || reply.open_backing(&file)) {
+                    Ok(id) => {
+                        let backing = Some(Arc::clone(&id));
+                        let fh = self.shared.add_handle(Handle { file: Some(file), _backing: backing, kind, db });
+                        reply.opened_passthrough(fh, FopenFlags::empty(), &id);
+                    }
+                    Err(e) => {
+                        warn!(name, error = %e, "passthrough registration failed");
+                        reply.error(io_errno(&e));
+                    }
+                }
+            }
             Ok(file) => {
-                let fh = self.shared.add_handle(Handle { file: Some(file), kind, db });
+                let fh = self.shared.add_handle(Handle { file: Some(file), _backing: None, kind, db });
                 reply.opened(fh, open_flags(kind));
             }
             Err(e) => reply.error(io_errno(&e)),
@@ -660,8 +722,21 @@ impl Filesystem for ReplFs {
             Ok((file, meta)) => {
                 let ino = lock(&self.shared.inodes).ino(name);
                 let attr = self.shared.file_attr(ino, &meta);
-                let fh = self.shared.add_handle(Handle { file: Some(file), kind, db: db.to_owned() });
-                reply.created(&self.shared.ttl(kind), &attr, Generation(0), fh, open_flags(kind));
+                let ttl = self.shared.ttl(kind);
+                if self.shared.passthrough_for(kind) {
+                    match self.shared.backing(ino, || reply.open_backing(&file)) {
+                        Ok(id) => {
+                            let backing = Some(Arc::clone(&id));
+                            let handle = Handle { file: Some(file), _backing: backing, kind, db: db.to_owned() };
+                            let fh = self.shared.add_handle(handle);
+                            reply.created_passthrough(&ttl, &attr, Generation(0), fh, FopenFlags::empty(), &id);
+                        }
+                        Err(e) => reply.error(io_errno(&e)),
+                    }
+                    return;
+                }
+                let fh = self.shared.add_handle(Handle { file: Some(file), _backing: None, kind, db: db.to_owned() });
+                reply.created(&ttl, &attr, Generation(0), fh, open_flags(kind));
             }
             Err(e) => reply.error(io_errno(&e)),
         }

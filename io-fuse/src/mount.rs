@@ -37,11 +37,21 @@ pub struct MountOptions {
     pub cache_ttl: Duration,
     /// Let users other than the mounting one in (needs `user_allow_other` for non-root).
     pub allow_other: bool,
+    /// Use FUSE passthrough (Linux 6.9+, `CONFIG_FUSE_PASSTHROUGH`, needs CAP_SYS_ADMIN) where
+    /// replite need not see the I/O: WAL indexes, and a replica's databases. Falls back to the
+    /// plain path when the kernel does not offer it.
+    pub passthrough: bool,
 }
 
 impl Default for MountOptions {
     fn default() -> MountOptions {
-        MountOptions { role: Role::Primary, threads: 2, cache_ttl: Duration::from_secs(3600), allow_other: false }
+        MountOptions {
+            role: Role::Primary,
+            threads: 2,
+            cache_ttl: Duration::from_secs(3600),
+            allow_other: false,
+            passthrough: false,
+        }
     }
 }
 
@@ -67,7 +77,7 @@ impl Mount {
         let data_dir =
             data_dir.canonicalize().map_err(|source| MountError::DataDir { path: data_dir.to_owned(), source })?;
         let read_only = options.role == Role::Replica;
-        let shared = Arc::new(Shared::new(data_dir, read_only, sink, options.cache_ttl));
+        let shared = Arc::new(Shared::new(data_dir, read_only, sink, options.cache_ttl, options.passthrough));
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName("replite".to_owned()),

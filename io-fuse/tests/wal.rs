@@ -12,7 +12,10 @@ fn checkpoint(conn: &rusqlite::Connection) {
 }
 
 fn run_workload(page_size: u32, synchronous: &str) {
-    let fx = Fixture::primary();
+    run_workload_on(Fixture::primary(), page_size, synchronous);
+}
+
+fn run_workload_on(fx: Fixture, page_size: u32, synchronous: &str) {
     let db = "wal.db";
     let conn = fx.open(db);
     conn.execute_batch(&format!(
@@ -74,6 +77,11 @@ fn wal_commits_are_captured_exactly_at_each_page_size() {
     for page_size in [512, 4096, 65536] {
         run_workload(page_size, "NORMAL");
     }
+}
+
+#[test]
+fn wal_commits_are_captured_exactly_with_the_wal_index_passed_through() {
+    run_workload_on(Fixture::with_passthrough(replite_fuse::Role::Primary, true), 4096, "NORMAL");
 }
 
 #[test]

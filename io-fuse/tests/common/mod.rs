@@ -146,13 +146,18 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(role: Role) -> Fixture {
+        Fixture::with_passthrough(role, false)
+    }
+
+    /// A mount that uses FUSE passthrough for WAL indexes and replica databases.
+    pub fn with_passthrough(role: Role, passthrough: bool) -> Fixture {
         init_logs();
         let root = TempDir::new(if role == Role::Primary { "primary" } else { "replica" });
         let data = root.0.join("data");
         let mnt = root.0.join("mnt");
         std::fs::create_dir_all(&mnt).expect("mountpoint");
         let sink = Arc::new(RecordingSink::default());
-        let options = MountOptions { role, threads: 2, ..MountOptions::default() };
+        let options = MountOptions { role, threads: 2, passthrough, ..MountOptions::default() };
         let mount = Mount::new(&data, &mnt, Arc::clone(&sink) as Arc<dyn CommitSink>, &options).expect("mount");
         Fixture { mount: Some(mount), sink, data: data.canonicalize().expect("data dir"), mnt, root }
     }
