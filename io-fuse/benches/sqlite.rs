@@ -3,6 +3,7 @@
 //! `cargo bench -p replite-fuse --bench sqlite` (root, /dev/fuse). Options through the
 //! environment: `BENCH_SCALE` multiplies iteration counts (default 1), `BENCH_DIR` is where
 //! the native directory, data directory and mount point go (default the system temp dir),
+//! `BENCH_PASSTHROUGH=1` mounts with FUSE passthrough (WAL index, replica databases),
 //! `BENCH_ROUNDS` is how many alternating native/replite rounds to take the median of
 //! (default 5), `BENCH_ONLY` keeps workloads whose name contains it (`write WAL/FULL`, `read DELETE`,
 //! `read replica`).
@@ -48,7 +49,8 @@ fn mount(root: &Path, tag: &str, role: Role) -> Mounted {
     let data = root.join(format!("{tag}-data"));
     let mnt = root.join(format!("{tag}-mnt"));
     std::fs::create_dir_all(&mnt).expect("mountpoint");
-    let options = MountOptions { role, ..MountOptions::default() };
+    let passthrough = std::env::var("BENCH_PASSTHROUGH").is_ok_and(|v| v == "1");
+    let options = MountOptions { role, passthrough, ..MountOptions::default() };
     let mount = Mount::new(&data, &mnt, Arc::new(AcceptAll), &options).expect("mount");
     Mounted { mount: Some(mount), dir: mnt }
 }
@@ -132,7 +134,8 @@ fn main() {
     let wanted = |name: &str| only.is_empty() || name.contains(&only);
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("rounds {rounds}, scale {scale}, load average at start: {}", load.trim());
+    let passthrough = std::env::var("BENCH_PASSTHROUGH").is_ok_and(|v| v == "1");
+    println!("rounds {rounds}, scale {scale}, passthrough {passthrough}, load average at start: {}", load.trim());
     println!("| workload | native ops/s | replite ops/s | ratio |");
     println!("|---|---:|---:|---:|");
     let row = |name: &str, a: Vec<f64>, b: Vec<f64>| {
