@@ -73,6 +73,26 @@ impl DbFile {
     }
 }
 
+/// Offsets of the file format write and read versions in the database header: 1 is a
+/// rollback journal, 2 is WAL.
+const FORMAT_VERSIONS: std::ops::Range<u64> = 18..20;
+
+/// On a replica, shows a WAL database to readers as a rollback-journal database: the file
+/// holds every committed page (applies write it directly, there is never a WAL), so readers
+/// need neither a WAL nor a WAL index, and the locks apply takes are the ones they honour.
+/// Only the bytes readers see change; the stored file, and so its checksum, keeps the
+/// primary's header.
+pub(crate) fn present_as_rollback(offset: u64, buf: &mut [u8]) {
+    for at in FORMAT_VERSIONS {
+        if let Some(i) = at.checked_sub(offset).and_then(|i| usize::try_from(i).ok())
+            && let Some(b) = buf.get_mut(i)
+            && *b == 2
+        {
+            *b = 1;
+        }
+    }
+}
+
 /// The page size in the database header; `None` for an empty file.
 pub(crate) fn read_page_size(file: &DbFile, db: &str) -> Result<Option<PageSize>, CaptureError> {
     let mut raw = [0u8; 2];
@@ -86,4 +106,25 @@ pub(crate) fn read_page_size(file: &DbFile, db: &str) -> Result<Option<PageSize>
         n => u32::from(n),
     };
     PageSize::new(size).map(Some).ok_or(CaptureError::InvalidPageSize { db: db.to_owned(), size })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_readers_see_wal_databases_as_rollback_databases() {
+        let mut header = vec![0u8; 100];
+        header[18] = 2;
+        header[19] = 2;
+        present_as_rollback(0, &mut header);
+        assert_eq!(&header[18..20], &[1, 1]);
+        // A read that starts inside the field or ends before it.
+        let mut tail = vec![2u8, 7];
+        present_as_rollback(19, &mut tail);
+        assert_eq!(tail, vec![1, 7]);
+        let mut before = vec![2u8; 18];
+        present_as_rollback(0, &mut before);
+        assert!(before.iter().all(|&b| b == 2));
+    }
 }

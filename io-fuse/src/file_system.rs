@@ -23,7 +23,7 @@ use fuser::{
 use tracing::{debug, error, trace, warn};
 
 use crate::boundary::{CommitSink, Durability, JournalMode, Refusal};
-use crate::database_node::{DbFile, read_page_size};
+use crate::database_node::{self, DbFile, read_page_size};
 use crate::error::CaptureError;
 use crate::journal_node;
 use crate::names::{LAG_FILENAME, NodeKind, PRIMARY_FILENAME, classify};
@@ -171,13 +171,13 @@ impl Shared {
         FileHandle(fh)
     }
 
-    /// Whether opens of `kind` go straight to the backing file. Only where replite need not
-    /// see the I/O: a replica's databases (applications only read them; applies write the
-    /// backing file) and the WAL index (SQLite's shared memory, never replicated). Every open
-    /// of such an inode must be passthrough: the kernel refuses to mix it with cached opens.
+    /// Whether opens of `kind` go straight to the backing file: only the WAL index (SQLite's
+    /// shared memory, never replicated). Every open of such an inode must be passthrough: the
+    /// kernel refuses to mix it with cached opens. A replica's databases were passthrough too
+    /// until measured slower (docs/decisions/fuse-locks-and-caching.md), and their reads must
+    /// pass through the daemon anyway to present WAL databases in rollback mode.
     fn passthrough_for(&self, kind: NodeKind) -> bool {
-        self.passthrough.load(Ordering::Relaxed)
-            && (kind == NodeKind::Shm || (self.read_only && kind == NodeKind::Database))
+        self.passthrough.load(Ordering::Relaxed) && kind == NodeKind::Shm
     }
 
     /// The inode's passthrough registration, made with `register` if there is none.
@@ -772,6 +772,9 @@ impl Filesystem for ReplFs {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return reply.error(io_errno(&e)),
             }
+        }
+        if self.shared.read_only && handle.kind == NodeKind::Database {
+            database_node::present_as_rollback(offset, &mut buf[..filled]);
         }
         reply.data(&buf[..filled]);
     }

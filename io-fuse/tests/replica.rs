@@ -16,9 +16,14 @@ const TOTAL: i64 = 16_000;
 /// Builds a primary history: accounts whose balances always sum to TOTAL and whose `ver`
 /// column all equal the transaction's version, spread over many pages by padding.
 fn primary_history(page_size: u32, transfers: i64) -> (Fixture, Vec<Vec<u8>>) {
+    primary_history_in(page_size, transfers, "DELETE")
+}
+
+fn primary_history_in(page_size: u32, transfers: i64, mode: &str) -> (Fixture, Vec<Vec<u8>>) {
     let fx = Fixture::primary();
     let conn = fx.open("bank.db");
     conn.execute_batch(&format!("PRAGMA page_size={page_size}")).unwrap();
+    journal_mode(&conn, mode);
     conn.execute_batch("CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INTEGER, ver INTEGER, pad BLOB)").unwrap();
     conn.execute_batch("BEGIN").unwrap();
     for id in 0..ACCOUNTS {
@@ -48,12 +53,19 @@ fn primary_history(page_size: u32, transfers: i64) -> (Fixture, Vec<Vec<u8>>) {
             conn.execute("DELETE FROM acct WHERE id >= 1000", []).unwrap();
         }
         conn.execute_batch("COMMIT").unwrap();
-        assert_same_pages(
-            &fx.stored("bank.db"),
-            &fx.sink.copy_of("bank.db"),
-            page_size as usize,
-            &format!("primary tx {v}"),
-        );
+        // In WAL mode the file lags behind the WAL until a checkpoint; the replica test compares
+        // against the primary's checkpointed file at the end.
+        if mode != "WAL" {
+            assert_same_pages(
+                &fx.stored("bank.db"),
+                &fx.sink.copy_of("bank.db"),
+                page_size as usize,
+                &format!("primary tx {v}"),
+            );
+        }
+    }
+    if mode == "WAL" {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
     }
     let ltx = fx.sink.ltx_of("bank.db");
     (fx, ltx)
@@ -122,12 +134,17 @@ fn an_ltx_that_does_not_extend_the_position_is_rejected_and_changes_nothing() {
 
 #[test]
 fn readers_during_apply_never_see_a_torn_transaction() {
-    readers_see_whole_transactions(Fixture::replica());
+    readers_see_whole_transactions(Fixture::replica(), "DELETE");
+}
+
+#[test]
+fn readers_of_a_wal_primary_replica_never_see_a_torn_transaction() {
+    readers_see_whole_transactions(Fixture::replica(), "WAL");
 }
 
 #[test]
 fn readers_of_a_passthrough_replica_never_see_a_torn_transaction() {
-    readers_see_whole_transactions(Fixture::with_passthrough(replite_fuse::Role::Replica, true));
+    readers_see_whole_transactions(Fixture::with_passthrough(replite_fuse::Role::Replica, true), "DELETE");
 }
 
 #[test]
@@ -145,9 +162,9 @@ fn writes_on_a_passthrough_replica_fail_as_sqlite_readonly() {
     assert_eq!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::ReadOnly), "{err:?}");
 }
 
-fn readers_see_whole_transactions(replica: Fixture) {
+fn readers_see_whole_transactions(replica: Fixture, mode: &str) {
     let transfers = 60;
-    let (primary, ltx) = primary_history(1024, transfers);
+    let (primary, ltx) = primary_history_in(1024, transfers, mode);
     let replica = Arc::new(replica);
     // The first two transactions create the table and fill it.
     let mut pos = replica.mount().apply_ltx("bank.db", &ltx[0], Checksum::ZERO).expect("first");
@@ -179,7 +196,7 @@ fn readers_see_whole_transactions(replica: Fixture) {
                     // POSIX locks do not queue writers ahead of readers: readers that start a
                     // new transaction the instant they end one can hold off the apply's PENDING
                     // lock for long stretches (SQLite's own writers have the same exposure).
-                    // A short pause keeps this test quick; docs/decisions/fuse-locks.md.
+                    // A short pause keeps this test quick; docs/decisions/fuse-locks-and-caching.md.
                     std::thread::sleep(Duration::from_micros(200));
                 }
                 last_ver
@@ -199,4 +216,12 @@ fn readers_see_whole_transactions(replica: Fixture) {
     }
     assert!(reads.load(Ordering::SeqCst) > 10, "readers ran during the applies");
     assert_eq!(pos, primary.sink.pos_of("bank.db"));
+    // The stored file is the primary's, header included (a WAL primary's says WAL)...
+    assert_same_pages(&replica.stored("bank.db"), &primary.stored("bank.db"), 1024, "replica vs primary");
+    let wal_header = if mode == "WAL" { 2 } else { 1 };
+    assert_eq!(replica.stored("bank.db")[18], wal_header);
+    // ...while readers see a rollback-journal database, which needs no WAL index.
+    let conn = replica.open("bank.db");
+    let seen: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(seen, "delete");
 }
