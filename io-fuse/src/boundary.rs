@@ -57,6 +57,21 @@ pub struct CapturedTx {
     pub mode: JournalMode,
     /// Whether SQLite asked for durability before the commit syscall returns.
     pub durability: Durability,
+    /// Where the transaction sits in the WAL (WAL mode only), for the LTX header's WAL fields.
+    pub wal: Option<WalSegment>,
+}
+
+/// The frames of a WAL transaction, as LiteFS records them in LTX headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalSegment {
+    /// Byte offset of the transaction's first frame in the WAL.
+    pub offset: u64,
+    /// Bytes from the first frame to the end of the commit frame.
+    pub size: u64,
+    /// WAL header salt 1.
+    pub salt1: u32,
+    /// WAL header salt 2.
+    pub salt2: u32,
 }
 
 /// Why the policy side refused a commit or a sync.

@@ -176,7 +176,7 @@ pub(crate) fn capture(
     if pages.is_empty() && commit == journal.orig_pages && same_page_size {
         return Ok(None);
     }
-    Ok(Some(CapturedTx { db: db.to_owned(), page_size, commit, pages, mode, durability }))
+    Ok(Some(CapturedTx { db: db.to_owned(), page_size, commit, pages, mode, durability, wal: None }))
 }
 
 #[cfg(test)]

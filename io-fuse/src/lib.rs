@@ -28,7 +28,7 @@ mod replica;
 mod virtual_node;
 mod wal_node;
 
-pub use boundary::{CapturedPage, CapturedTx, CommitSink, Durability, JournalMode, Refusal};
+pub use boundary::{CapturedPage, CapturedTx, CommitSink, Durability, JournalMode, Refusal, WalSegment};
 pub use error::{ApplyLtxError, CaptureError, MountError};
 pub use mount::{Mount, MountOptions, Role};
 pub use names::{LAG_FILENAME, PRIMARY_FILENAME};

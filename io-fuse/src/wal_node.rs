@@ -14,7 +14,7 @@ use std::path::Path;
 
 use replite_core::types::{PageSize, Pgno};
 
-use crate::boundary::{CapturedPage, CapturedTx, Durability, JournalMode};
+use crate::boundary::{CapturedPage, CapturedTx, Durability, JournalMode, WalSegment};
 use crate::error::CaptureError;
 
 /// Size of the WAL file header.
@@ -115,6 +115,14 @@ pub(crate) fn capture(path: &Path, db: &str, ready: ReadyCommit) -> Result<Captu
     })?;
     let mut bytes = vec![0u8; len];
     file.read_exact_at(&mut bytes, ready.tx_start).map_err(|e| CaptureError::io(path, e))?;
+    let mut salts = [0u8; 8];
+    file.read_exact_at(&mut salts, 16).map_err(|e| CaptureError::io(path, e))?;
+    let wal = WalSegment {
+        offset: ready.tx_start,
+        size: end - ready.tx_start,
+        salt1: be32(&salts, 0),
+        salt2: be32(&salts, 4),
+    };
     let lock = page_size.lock_pgno();
     let mut latest: BTreeMap<u32, usize> = BTreeMap::new();
     let frame = frame as usize;
@@ -141,6 +149,7 @@ pub(crate) fn capture(path: &Path, db: &str, ready: ReadyCommit) -> Result<Captu
         pages,
         mode: JournalMode::Wal,
         durability: Durability::Deferred,
+        wal: Some(wal),
     })
 }
 

@@ -67,6 +67,15 @@ fn run_workload_on(fx: Fixture, page_size: u32, synchronous: &str) {
     let copy = &copies[db];
     assert!(copy.modes[start..].iter().all(|&m| m == JournalMode::Wal), "modes {:?}", copy.modes);
     assert!(copy.durabilities[start..].iter().all(|&d| d == Durability::Deferred));
+    // Every WAL commit says where its frames were: whole frames after the 32-byte header.
+    let frame = 24 + u64::from(page_size);
+    for wal in &copy.wal[start..] {
+        let wal = wal.expect("WAL commits carry their segment");
+        assert!(wal.offset >= 32 && (wal.offset - 32) % frame == 0, "{wal:?}");
+        assert!(wal.size > 0 && wal.size % frame == 0, "{wal:?}");
+        assert!(wal.salt1 != 0 || wal.salt2 != 0, "{wal:?}");
+    }
+    assert!(copy.wal[..start].iter().all(Option::is_none), "rollback commits carry no WAL segment");
     if synchronous == "FULL" {
         assert!(fx.sink.syncs.load(std::sync::atomic::Ordering::SeqCst) >= 12, "FULL fsyncs the WAL at each commit");
     }

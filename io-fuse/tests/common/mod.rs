@@ -42,6 +42,7 @@ pub struct Copy {
     pub ltx: Vec<Vec<u8>>,
     pub modes: Vec<JournalMode>,
     pub durabilities: Vec<Durability>,
+    pub wal: Vec<Option<replite_fuse::WalSegment>>,
 }
 
 /// Records every commit as an LTX file and applies it to an in-memory copy.
@@ -72,7 +73,13 @@ pub fn encode(copy: &Copy, tx: &CapturedTx) -> Vec<u8> {
     }
     after.resize(tx.commit as usize * page, 0);
     let post = checksum_database(&after[..], tx.page_size).expect("in-memory read");
-    let header = Header::new(tx.page_size, tx.commit, txid, txid, pre);
+    let mut header = Header::new(tx.page_size, tx.commit, txid, txid, pre);
+    if let Some(wal) = tx.wal {
+        header.wal_offset = i64::try_from(wal.offset).expect("WAL offset fits");
+        header.wal_size = i64::try_from(wal.size).expect("WAL size fits");
+        header.wal_salt1 = wal.salt1;
+        header.wal_salt2 = wal.salt2;
+    }
     let mut enc = Encoder::new(Vec::new(), header).expect("valid header");
     for p in &tx.pages {
         enc.encode_page(p.pgno, &p.data).expect("captured pages are in order and inside the commit");
@@ -110,6 +117,7 @@ impl CommitSink for RecordingSink {
         copy.ltx.push(bytes);
         copy.modes.push(tx.mode);
         copy.durabilities.push(tx.durability);
+        copy.wal.push(tx.wal);
         self.commits.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
