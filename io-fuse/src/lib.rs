@@ -25,6 +25,7 @@ mod journal_node;
 mod mount;
 mod names;
 mod replica;
+mod shared;
 mod virtual_node;
 mod wal_node;
 

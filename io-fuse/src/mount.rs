@@ -12,7 +12,8 @@ use tracing::{info, warn};
 
 use crate::boundary::CommitSink;
 use crate::error::MountError;
-use crate::file_system::{ReplFs, Shared};
+use crate::file_system::ReplFs;
+use crate::shared::Shared;
 
 /// What a node does with its databases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,8 +124,7 @@ impl Mount {
     /// Sets what `.primary` shows; `None` removes it (this node is the primary).
     pub fn set_primary(&self, primary: Option<String>) {
         self.shared.status.write().unwrap_or_else(std::sync::PoisonError::into_inner).primary = primary;
-        let _ =
-            self.notifier.inval_entry(fuser::INodeNo(crate::file_system::ROOT_INO), crate::PRIMARY_FILENAME.as_ref());
+        let _ = self.notifier.inval_entry(fuser::INodeNo(crate::shared::ROOT_INO), crate::PRIMARY_FILENAME.as_ref());
     }
 
     /// Sets what `.lag` shows.

@@ -19,9 +19,9 @@ use replite_core::types::{Checksum, Pos};
 use tracing::{debug, warn};
 
 use crate::error::ApplyLtxError;
-use crate::file_system::{ROOT_INO, lock};
 use crate::mount::Mount;
 use crate::names::{NodeKind, classify};
+use crate::shared::{ROOT_INO, lock};
 
 /// SQLite's lock bytes (os_unix.c): PENDING, then RESERVED, then the 510-byte SHARED range.
 const PENDING_BYTE: i64 = 0x4000_0000;
