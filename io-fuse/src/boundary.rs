@@ -107,6 +107,11 @@ pub trait CommitSink: Send + Sync + 'static {
 
     /// SQLite fsynced `db` (WAL mode): every commit handed in so far must be durable before
     /// this returns.
+    ///
+    /// A refusal here cannot be undone cleanly: the commit was already accepted, but SQLite
+    /// abandons a WAL transaction whose fsync fails (it never publishes it in the WAL index).
+    /// The policy side must treat a failed sync as a divergence of the local database from its
+    /// history (halt writes and re-synchronise), never as a routine refusal.
     fn sync(&self, db: &str) -> Result<(), Refusal>;
 
     /// The application asks to delete database `db`. `Ok` lets the unlink happen.
