@@ -5,8 +5,8 @@
 //! the native directory, data directory and mount point go (default the system temp dir),
 //! `BENCH_PASSTHROUGH=1` mounts with FUSE passthrough (WAL index, replica databases),
 //! `BENCH_ROUNDS` is how many alternating native/replite rounds to take the median of
-//! (default 5), `BENCH_ONLY` keeps workloads whose name contains it (`write WAL/FULL`, `read DELETE`,
-//! `read replica`).
+//! (default 5), `BENCH_ONLY` keeps workloads whose name contains it (`write WAL/FULL`, `large DELETE`,
+//! `read DELETE`, `read replica`).
 //! The sink accepts every commit without persisting it: the figures measure the filesystem
 //! path (commit capture included), not the daemon's durability work.
 
@@ -76,6 +76,18 @@ fn writes(dir: &Path, journal: &str, sync: &str, n: usize) -> f64 {
         stmt.execute([]).expect("insert");
     }
     n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// One transaction writing `mb` megabytes of new rows; returns MB/s.
+fn large_tx(dir: &Path, journal: &str, mb: usize) -> f64 {
+    let conn = open(dir, journal, "FULL");
+    let start = Instant::now();
+    conn.execute_batch("BEGIN").expect("begin");
+    for _ in 0..mb {
+        conn.execute("INSERT INTO t(v) VALUES (randomblob(1048576))", []).expect("insert");
+    }
+    conn.execute_batch("COMMIT").expect("commit");
+    mb as f64 / start.elapsed().as_secs_f64()
 }
 
 fn fill(dir: &Path, rows: i64) {
@@ -156,6 +168,21 @@ fn main() {
             }
         }
         row(&format!("small write tx, {journal}/{sync}"), a, b);
+    }
+
+    for journal in ["DELETE", "WAL"] {
+        let name = format!("large {journal}");
+        if !wanted(&name) {
+            continue;
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..rounds.min(3) {
+            for (dir, out) in [(&native, &mut a), (&primary.dir, &mut b)] {
+                reset(dir);
+                out.push(large_tx(dir, journal, 100 * scale));
+            }
+        }
+        row(&format!("one {} MB transaction, {journal}/FULL (MB/s)", 100 * scale), a, b);
     }
 
     let rows = 10_000;
