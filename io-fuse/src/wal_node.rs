@@ -77,7 +77,9 @@ impl WalTrack {
         let (frame, commit) = self.pending_commit?;
         let page_size = self.page_size?;
         let end = frame + FRAME_HEADER_SIZE + u64::from(page_size.get());
-        let tx_start = self.tx_start?;
+        // A transaction starts at or before its commit frame; anything else is not a commit
+        // this tracker understands, and capturing it would read the wrong range.
+        let tx_start = self.tx_start.filter(|&start| start <= frame)?;
         (offset + len as u64 >= end && offset < end).then_some(ReadyCommit { tx_start, frame, commit, page_size })
     }
 
@@ -158,4 +160,53 @@ pub(crate) fn capture(path: &Path, db: &str, ready: ReadyCommit) -> Result<Captu
 pub(crate) fn erase_frame_header(path: &Path, frame: u64) -> Result<(), CaptureError> {
     let file = OpenOptions::new().write(true).open(path).map_err(|e| CaptureError::io(path, e))?;
     file.write_all_at(&[0u8; FRAME_HEADER_SIZE as usize], frame).map_err(|e| CaptureError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_header(pgno: u32, commit: u32) -> Vec<u8> {
+        let mut h = vec![0u8; FRAME_HEADER_SIZE as usize];
+        h[0..4].copy_from_slice(&pgno.to_be_bytes());
+        h[4..8].copy_from_slice(&commit.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn commit_is_ready_when_the_commit_frame_page_is_complete_even_if_split() {
+        let path = Path::new("/nonexistent/wal");
+        let mut wal = WalTrack::default();
+        let mut header = vec![0u8; 32];
+        header[8..12].copy_from_slice(&4096u32.to_be_bytes());
+        wal.before_write(path, 0, &header).unwrap();
+        wal.before_write(path, 32, &frame_header(2, 0)).unwrap();
+        wal.before_write(path, 56, &[0u8; 4096]).unwrap();
+        assert!(wal.ready_commit(56, 4096).is_none(), "no commit frame yet");
+        let second = 32 + 4120;
+        wal.before_write(path, second, &frame_header(1, 7)).unwrap();
+        // The kernel split the page write at a cache-page boundary.
+        let page = second + 24;
+        let first_part = 8192 - page;
+        assert!(wal.ready_commit(page, first_part as usize).is_none());
+        let ready = wal.ready_commit(8192, (4096 - first_part) as usize).expect("commit complete");
+        assert_eq!((ready.tx_start, ready.frame, ready.commit), (32, second, 7));
+        // A refused commit stays pending for SQLite's retry; a reset (commit) clears it.
+        assert!(wal.ready_commit(8192, (4096 - first_part) as usize).is_some());
+        wal.reset();
+        assert!(wal.ready_commit(8192, (4096 - first_part) as usize).is_none());
+    }
+
+    #[test]
+    fn a_new_frame_header_ends_an_abandoned_commit() {
+        let path = Path::new("/nonexistent/wal");
+        let mut wal = WalTrack::default();
+        let mut header = vec![0u8; 32];
+        header[8..12].copy_from_slice(&512u32.to_be_bytes());
+        wal.before_write(path, 0, &header).unwrap();
+        wal.before_write(path, 32, &frame_header(3, 3)).unwrap();
+        // SQLite abandoned that commit and writes a non-commit frame in its place.
+        wal.before_write(path, 32, &frame_header(3, 0)).unwrap();
+        assert!(wal.ready_commit(56, 512).is_none());
+    }
 }
