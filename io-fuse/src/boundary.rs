@@ -99,10 +99,12 @@ pub trait CommitSink: Send + Sync + 'static {
     /// it fail and the filesystem leaves the database as SQLite will roll it back.
     fn commit(&self, tx: &CapturedTx) -> Result<(), Refusal>;
 
-    /// A rollback transaction on `db` is about to create its journal: the first sign of a
-    /// write. A refusal fails the creation with `EACCES`, which SQLite reports as
-    /// `SQLITE_READONLY` before it has touched the database. (Journals that persist between
-    /// transactions, and WAL, have no such early point; their refusals come at commit.)
+    /// A write transaction on `db` is starting: SQLite is creating its rollback journal
+    /// (DELETE), writing a fresh journal header (TRUNCATE, PERSIST; also after a creation, so
+    /// this may be asked twice per transaction), or writing the first WAL frame of a
+    /// transaction. A refusal fails that syscall before the database or WAL is touched:
+    /// creating the journal fails with `EACCES`, which SQLite reports as `SQLITE_READONLY`;
+    /// the other two fail with `EROFS`, which SQLite reports as `SQLITE_IOERR_WRITE`.
     fn may_write(&self, db: &str) -> Result<(), Refusal>;
 
     /// SQLite fsynced `db` (WAL mode): every commit handed in so far must be durable before

@@ -53,6 +53,12 @@ pub(crate) fn is_header_zeroing(offset: u64, data: &[u8]) -> bool {
     offset == 0 && data.len() >= JOURNAL_HEADER_BYTES && data[..JOURNAL_HEADER_BYTES].iter().all(|&b| b == 0)
 }
 
+/// Whether a write of `data` at `offset` is SQLite writing a new journal header: the start
+/// of a transaction (the header's page size field is never zero).
+pub(crate) fn is_fresh_header(offset: u64, data: &[u8]) -> bool {
+    offset == 0 && data.len() >= JOURNAL_HEADER_BYTES && data[24..28] != [0, 0, 0, 0]
+}
+
 /// What a journal says about its transaction.
 struct Journal {
     /// Database size in pages before the transaction.
@@ -239,6 +245,9 @@ mod tests {
         let mut fresh_unsynced = fresh.clone();
         fresh_unsynced[..12].fill(0);
         assert!(!is_header_zeroing(0, &fresh_unsynced));
+        assert!(is_fresh_header(0, &fresh_unsynced));
+        assert!(!is_fresh_header(0, &[0u8; 28]));
+        assert!(!is_fresh_header(0, &fresh_unsynced[..12]));
         assert!(parse(&fresh_unsynced).is_none());
     }
 }

@@ -381,6 +381,10 @@ impl Shared {
                 let mut st = lock(&st);
                 if journal_node::is_header_zeroing(offset, data) {
                     self.commit_rollback(&handle.db, &mut st, JournalMode::Persist)?;
+                } else if journal_node::is_fresh_header(offset, data) {
+                    // A transaction starts in a journal that outlives transactions (TRUNCATE,
+                    // PERSIST): ask before the database is touched, as at journal creation.
+                    self.sink.may_write(&handle.db).map_err(|refusal| refusal_errno(&handle.db, &refusal))?;
                 }
                 pwrite()
             }
@@ -388,7 +392,15 @@ impl Shared {
                 let st = self.db_state(&handle.db);
                 let mut st = lock(&st);
                 let path = self.data_dir.join(format!("{}-wal", handle.db));
+                let was_open = st.wal.in_transaction();
                 st.wal.before_write(&path, offset, data).map_err(|e| capture_errno(&handle.db, &e))?;
+                if !was_open && st.wal.in_transaction() {
+                    // The first frame of a transaction: ask before anything reaches the WAL.
+                    if let Err(refusal) = self.sink.may_write(&handle.db) {
+                        st.wal.reset();
+                        return Err(refusal_errno(&handle.db, &refusal));
+                    }
+                }
                 pwrite()?;
                 match st.wal.ready_commit(offset, data.len()) {
                     Some(ready) => self.commit_wal(&handle.db, &mut st, ready),

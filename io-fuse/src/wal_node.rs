@@ -72,6 +72,11 @@ impl WalTrack {
         Ok(())
     }
 
+    /// Whether frames of an uncommitted transaction have been written.
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.tx_start.is_some()
+    }
+
     /// After a write of `len` bytes at `offset` reached the WAL: the commit it completed, if any.
     pub(crate) fn ready_commit(&self, offset: u64, len: usize) -> Option<ReadyCommit> {
         let (frame, commit) = self.pending_commit?;

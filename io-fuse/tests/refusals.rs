@@ -139,3 +139,45 @@ fn deleting_a_database_asks_the_sink_first() {
     assert!(!fx.data.join("d.db").exists());
     assert_eq!(*fx.sink.deletes.lock().unwrap(), vec!["d.db".to_owned()]);
 }
+
+/// Refused before anything is written: the database file never changes, even before any
+/// reader rolls back.
+fn refused_up_front(mode: &str) {
+    let fx = Fixture::primary();
+    let conn = fx.open("early.db");
+    journal_mode(&conn, mode);
+    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+    if mode == "WAL" {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    }
+    let db_before = fx.stored("early.db");
+    let wal_before = std::fs::read(fx.data.join("early.db-wal")).unwrap_or_default();
+    let commits = fx.sink.commits();
+    fx.sink.refuse.store(true, Ordering::SeqCst);
+    let err = conn.execute("INSERT INTO t VALUES (2)", []).expect_err("refused");
+    eprintln!("{mode}: {err:?}");
+    assert_eq!(fx.stored("early.db"), db_before, "{mode}: database untouched");
+    if mode == "WAL" {
+        let wal_after = std::fs::read(fx.data.join("early.db-wal")).unwrap_or_default();
+        assert!(wal_after.len() <= 32.max(wal_before.len()), "{mode}: no frame reached the WAL");
+    }
+    assert_eq!(fx.sink.commits(), commits);
+    fx.sink.refuse.store(false, Ordering::SeqCst);
+    conn.execute("INSERT INTO t VALUES (3)", []).unwrap();
+    assert_eq!(count(&conn), 2);
+}
+
+#[test]
+fn refused_write_in_truncate_mode_fails_before_the_database_is_touched() {
+    refused_up_front("TRUNCATE");
+}
+
+#[test]
+fn refused_write_in_persist_mode_fails_before_the_database_is_touched() {
+    refused_up_front("PERSIST");
+}
+
+#[test]
+fn refused_write_in_wal_mode_fails_before_the_wal_is_touched() {
+    refused_up_front("WAL");
+}
