@@ -355,6 +355,7 @@ impl Shared {
         match result {
             Ok(()) => st.wal.reset(),
             Err(_) => {
+                st.wal.refuse(ready.frame);
                 if let Err(e) = wal_node::erase_frame_header(&path, ready.frame) {
                     error!(db, error = %e, "erasing a refused WAL commit frame");
                 }
@@ -395,16 +396,25 @@ impl Shared {
                 let was_open = st.wal.in_transaction();
                 st.wal.before_write(&path, offset, data).map_err(|e| capture_errno(&handle.db, &e))?;
                 if !was_open && st.wal.in_transaction() {
-                    // The first frame of a transaction: ask before anything reaches the WAL.
+                    // The first write of a transaction: ask before anything reaches the WAL.
                     if let Err(refusal) = self.sink.may_write(&handle.db) {
                         st.wal.reset();
                         return Err(refusal_errno(&handle.db, &refusal));
                     }
                 }
+                let completed = st.wal.completed_frame(offset, data.len());
+                if let Some(frame) = completed
+                    && st.wal.is_refused(frame)
+                {
+                    warn!(db = handle.db, frame, "refusing the rest of a refused WAL commit");
+                    return Err(Errno::EROFS);
+                }
                 pwrite()?;
-                match st.wal.ready_commit(offset, data.len()) {
-                    Some(ready) => self.commit_wal(&handle.db, &mut st, ready),
-                    None => Ok(()),
+                let Some(frame) = completed else { return Ok(()) };
+                match st.wal.ready_commit(file, &path, frame) {
+                    Ok(Some(ready)) => self.commit_wal(&handle.db, &mut st, ready),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(capture_errno(&handle.db, &e)),
                 }
             }
             _ => pwrite(),

@@ -1,11 +1,13 @@
 //! `<db>-wal`: SQLite's write-ahead log, and the commit points it reveals.
 //!
 //! SQLite appends a transaction as frames (a 24-byte header naming the page, then the page),
-//! the last of which carries the database size after the commit. It writes each frame's header
-//! and page as two writes, so the commit point is the write that completes the page of a
-//! frame whose header had a non-zero commit size. The transaction's pages are the frames from
-//! the first one written since the previous commit up to that frame (SQLite may rewrite a frame
-//! of the open transaction in place; reading them back at the commit point sees the last one).
+//! the last of which carries the database size after the commit. The commit point is the
+//! write that completes a frame whose header, read back from the file, has a non-zero commit
+//! size. Nothing is parsed from the written bytes themselves: the kernel's page cache splits
+//! a write that straddles a 4 KiB cache page into two requests, and that can cut a frame's
+//! page or its header in two. The transaction's pages are the frames from the first one
+//! written since the previous commit up to the commit frame (SQLite may rewrite a frame of the
+//! open transaction in place; reading them back at the commit point sees the last one).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -28,8 +30,10 @@ pub(crate) struct WalTrack {
     page_size: Option<PageSize>,
     /// Offset of the first frame written since the last commit.
     tx_start: Option<u64>,
-    /// Offset and commit size of a commit frame whose page has not been fully written yet.
-    pending_commit: Option<(u64, u32)>,
+    /// A commit frame the policy side refused. SQLite retries the rest of a split write; the
+    /// retry completes the same frame and must be refused too, until SQLite writes a new
+    /// header for that frame (its next transaction starts there).
+    refused_frame: Option<u64>,
 }
 
 /// A commit frame that is now complete on disk.
@@ -51,25 +55,57 @@ impl WalTrack {
         if offset == 0 && data.len() as u64 >= WAL_HEADER_SIZE {
             // A new WAL header: SQLite restarted the log; frames start over.
             self.page_size = PageSize::new(be32(data, 8));
-            self.tx_start = None;
-            self.pending_commit = None;
+            self.reset();
             return Ok(());
         }
-        let Some(page_size) = self.page_size(path)? else { return Ok(()) };
-        let frame = FRAME_HEADER_SIZE + u64::from(page_size.get());
-        if offset >= WAL_HEADER_SIZE
-            && (offset - WAL_HEADER_SIZE).is_multiple_of(frame)
-            && data.len() as u64 >= FRAME_HEADER_SIZE
+        let Some(frame) = self.frame_size(path)? else { return Ok(()) };
+        if offset < WAL_HEADER_SIZE {
+            return Ok(());
+        }
+        let frame_start = WAL_HEADER_SIZE + (offset - WAL_HEADER_SIZE) / frame * frame;
+        if self.tx_start.is_none() {
+            self.tx_start = Some(frame_start);
+        }
+        if let Some(refused) = self.refused_frame
+            && offset < refused + FRAME_HEADER_SIZE
+            && offset + data.len() as u64 > refused
         {
-            if self.tx_start.is_none() {
-                self.tx_start = Some(offset);
-            }
-            // Frames are written in order: a new frame header ends any earlier pending commit
-            // (one whose page write was refused and which SQLite then abandoned).
-            let commit = be32(data, 4);
-            self.pending_commit = (commit != 0).then_some((offset, commit));
+            self.refused_frame = None;
         }
         Ok(())
+    }
+
+    /// The frame a write of `len` bytes at `offset` completes, if it ends exactly at a frame's
+    /// end.
+    pub(crate) fn completed_frame(&self, offset: u64, len: usize) -> Option<u64> {
+        let frame = FRAME_HEADER_SIZE + u64::from(self.page_size?.get());
+        let end = offset + len as u64;
+        (end > WAL_HEADER_SIZE && (end - WAL_HEADER_SIZE).is_multiple_of(frame)).then(|| end - frame)
+    }
+
+    /// Whether completing `frame` must be refused again.
+    pub(crate) fn is_refused(&self, frame: u64) -> bool {
+        self.refused_frame == Some(frame)
+    }
+
+    /// After a write that completed `frame` reached `file`: the commit it completed, if its
+    /// header carries a commit size.
+    pub(crate) fn ready_commit(
+        &self,
+        file: &File,
+        path: &Path,
+        frame: u64,
+    ) -> Result<Option<ReadyCommit>, CaptureError> {
+        let (Some(page_size), Some(tx_start)) = (self.page_size, self.tx_start) else { return Ok(None) };
+        // A transaction starts at or before its commit frame; anything else is not a commit
+        // this tracker understands, and capturing it would read the wrong range.
+        if tx_start > frame {
+            return Ok(None);
+        }
+        let mut header = [0u8; FRAME_HEADER_SIZE as usize];
+        file.read_exact_at(&mut header, frame).map_err(|e| CaptureError::io(path, e))?;
+        let commit = be32(&header, 4);
+        Ok((commit != 0).then_some(ReadyCommit { tx_start, frame, commit, page_size }))
     }
 
     /// Whether frames of an uncommitted transaction have been written.
@@ -77,27 +113,20 @@ impl WalTrack {
         self.tx_start.is_some()
     }
 
-    /// After a write of `len` bytes at `offset` reached the WAL: the commit it completed, if any.
-    pub(crate) fn ready_commit(&self, offset: u64, len: usize) -> Option<ReadyCommit> {
-        let (frame, commit) = self.pending_commit?;
-        let page_size = self.page_size?;
-        let end = frame + FRAME_HEADER_SIZE + u64::from(page_size.get());
-        // A transaction starts at or before its commit frame; anything else is not a commit
-        // this tracker understands, and capturing it would read the wrong range.
-        let tx_start = self.tx_start.filter(|&start| start <= frame)?;
-        (offset + len as u64 >= end && offset < end).then_some(ReadyCommit { tx_start, frame, commit, page_size })
-    }
-
-    /// The open transaction committed (or the WAL was truncated or deleted): the next frame
-    /// starts a new one. A refused commit does not reset: the kernel may split SQLite's write
-    /// of the commit frame, SQLite then retries the rest, and the retry must be refused too;
-    /// after SQLite rolls back, its next transaction starts at the same frame.
+    /// The open transaction committed (or was refused before its first frame, or the WAL was
+    /// restarted, truncated or deleted): the next frame starts a new one.
     pub(crate) fn reset(&mut self) {
         self.tx_start = None;
-        self.pending_commit = None;
+        self.refused_frame = None;
     }
 
-    fn page_size(&mut self, path: &Path) -> Result<Option<PageSize>, CaptureError> {
+    /// The policy side refused the commit in `frame`. The transaction stays open: SQLite rolls
+    /// it back and starts its next one at the same frame.
+    pub(crate) fn refuse(&mut self, frame: u64) {
+        self.refused_frame = Some(frame);
+    }
+
+    fn frame_size(&mut self, path: &Path) -> Result<Option<u64>, CaptureError> {
         if self.page_size.is_none() {
             let file = File::open(path).map_err(|e| CaptureError::io(path, e))?;
             let mut raw = [0u8; 4];
@@ -105,7 +134,7 @@ impl WalTrack {
                 self.page_size = PageSize::new(u32::from_be_bytes(raw));
             }
         }
-        Ok(self.page_size)
+        Ok(self.page_size.map(|p| FRAME_HEADER_SIZE + u64::from(p.get())))
     }
 }
 
@@ -178,40 +207,76 @@ mod tests {
         h
     }
 
-    #[test]
-    fn commit_is_ready_when_the_commit_frame_page_is_complete_even_if_split() {
-        let path = Path::new("/nonexistent/wal");
-        let mut wal = WalTrack::default();
-        let mut header = vec![0u8; 32];
-        header[8..12].copy_from_slice(&4096u32.to_be_bytes());
-        wal.before_write(path, 0, &header).unwrap();
-        wal.before_write(path, 32, &frame_header(2, 0)).unwrap();
-        wal.before_write(path, 56, &[0u8; 4096]).unwrap();
-        assert!(wal.ready_commit(56, 4096).is_none(), "no commit frame yet");
-        let second = 32 + 4120;
-        wal.before_write(path, second, &frame_header(1, 7)).unwrap();
-        // The kernel split the page write at a cache-page boundary.
-        let page = second + 24;
-        let first_part = 8192 - page;
-        assert!(wal.ready_commit(page, first_part as usize).is_none());
-        let ready = wal.ready_commit(8192, (4096 - first_part) as usize).expect("commit complete");
-        assert_eq!((ready.tx_start, ready.frame, ready.commit), (32, second, 7));
-        // A refused commit stays pending for SQLite's retry; a reset (commit) clears it.
-        assert!(wal.ready_commit(8192, (4096 - first_part) as usize).is_some());
-        wal.reset();
-        assert!(wal.ready_commit(8192, (4096 - first_part) as usize).is_none());
+    /// A WAL file and a tracker, written the way the mount writes: note, then write.
+    struct Wal {
+        path: std::path::PathBuf,
+        file: File,
+        track: WalTrack,
+    }
+
+    impl Wal {
+        fn new(tag: &str, page_size: u32) -> Wal {
+            let path = std::env::temp_dir().join(format!("replite-wal-unit-{}-{tag}", std::process::id()));
+            let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+            let mut wal = Wal { path, file, track: WalTrack::default() };
+            let mut header = vec![0u8; 32];
+            header[8..12].copy_from_slice(&page_size.to_be_bytes());
+            wal.write(0, &header);
+            wal
+        }
+
+        /// Writes and returns the commit this write completed.
+        fn write(&mut self, offset: u64, data: &[u8]) -> Option<ReadyCommit> {
+            self.track.before_write(&self.path, offset, data).unwrap();
+            self.file.write_all_at(data, offset).unwrap();
+            let frame = self.track.completed_frame(offset, data.len())?;
+            self.track.ready_commit(&self.file, &self.path, frame).unwrap()
+        }
+    }
+
+    impl Drop for Wal {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 
     #[test]
-    fn a_new_frame_header_ends_an_abandoned_commit() {
-        let path = Path::new("/nonexistent/wal");
-        let mut wal = WalTrack::default();
-        let mut header = vec![0u8; 32];
-        header[8..12].copy_from_slice(&512u32.to_be_bytes());
-        wal.before_write(path, 0, &header).unwrap();
-        wal.before_write(path, 32, &frame_header(3, 3)).unwrap();
-        // SQLite abandoned that commit and writes a non-commit frame in its place.
-        wal.before_write(path, 32, &frame_header(3, 0)).unwrap();
-        assert!(wal.ready_commit(56, 512).is_none());
+    fn commit_is_found_when_the_kernel_splits_the_header_or_the_page() {
+        let mut wal = Wal::new("split", 4096);
+        assert!(wal.write(32, &frame_header(2, 0)).is_none());
+        assert!(wal.write(56, &[0u8; 4096]).is_none(), "no commit frame yet");
+        let second = 32 + 4120;
+        // The commit frame's page straddles a cache page: two requests.
+        assert!(wal.write(second, &frame_header(1, 7)).is_none());
+        let page = second + 24;
+        let first_part = 8192 - page;
+        assert!(wal.write(page, &vec![1u8; first_part as usize]).is_none());
+        let ready = wal.write(8192, &vec![1u8; (4096 - first_part) as usize]).expect("commit complete");
+        assert_eq!((ready.tx_start, ready.frame, ready.commit), (32, second, 7));
+        wal.track.reset();
+        // A header cut in two by a cache-page boundary: frame 169 of 4096-byte pages starts
+        // 8 bytes before a 4 KiB boundary (32 + 169 * 4120 = 170 * 4096 - 8).
+        let header_start = 32 + 169 * 4120;
+        assert_eq!(header_start % 4096, 4088);
+        let h = frame_header(9, 12);
+        assert!(wal.write(header_start, &h[..8]).is_none());
+        assert!(wal.write(header_start + 8, &h[8..]).is_none());
+        let ready = wal.write(header_start + 24, &[2u8; 4096]).expect("commit with a split header");
+        assert_eq!((ready.frame, ready.commit), (header_start, 12));
+    }
+
+    #[test]
+    fn a_refused_commit_stays_refused_until_its_frame_gets_a_new_header() {
+        let mut wal = Wal::new("refused", 512);
+        wal.write(32, &frame_header(3, 3));
+        let ready = wal.write(56, &[0u8; 512]).expect("commit");
+        wal.track.refuse(ready.frame);
+        // SQLite retries (part of) the page: still the refused frame.
+        assert_eq!(wal.track.completed_frame(300, 268), Some(32));
+        assert!(wal.track.is_refused(32));
+        // Its next transaction rewrites the frame's header: no longer refused.
+        wal.write(32, &frame_header(3, 0));
+        assert!(!wal.track.is_refused(32));
+        assert!(wal.write(56, &[0u8; 512]).is_none(), "not a commit frame any more");
     }
 }

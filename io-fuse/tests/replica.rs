@@ -35,6 +35,7 @@ fn primary_history_in(page_size: u32, transfers: i64, mode: &str) -> (Fixture, V
     }
     conn.execute_batch("COMMIT").unwrap();
     for v in 1..=transfers {
+        let commits = fx.sink.commits();
         let from = v % ACCOUNTS;
         let to = (v * 7 + 3) % ACCOUNTS;
         conn.execute_batch("BEGIN").unwrap();
@@ -53,6 +54,7 @@ fn primary_history_in(page_size: u32, transfers: i64, mode: &str) -> (Fixture, V
             conn.execute("DELETE FROM acct WHERE id >= 1000", []).unwrap();
         }
         conn.execute_batch("COMMIT").unwrap();
+        assert_eq!(fx.sink.commits(), commits + 1, "{mode}: transfer {v} is one captured commit");
         // In WAL mode the file lags behind the WAL until a checkpoint; the replica test compares
         // against the primary's checkpointed file at the end.
         if mode != "WAL" {
