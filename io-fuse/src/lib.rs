@@ -12,8 +12,14 @@
 //! answers, reached through [`CommitSink`] and the daemon. It only translates kernel requests
 //! into captured transactions and carries out applies it is told to do.
 //!
-//! Unit tests sit beside the code; `tests/` mounts real FUSE filesystems and drives them with
-//! SQLite (rusqlite) in every journal mode.
+//! Unit tests sit beside the code. `tests/` mounts real FUSE filesystems (root and
+//! `/dev/fuse` needed) and drives them with SQLite through rusqlite: `rollback_journal.rs` and
+//! `wal.rs` check, after every transaction, that the captured pages encoded as LTX and
+//! applied to a separate copy reproduce the real file; `refusals.rs` the refusal paths and
+//! unsupported journal modes; `replica.rs` read-only replicas and readers during apply;
+//! `app_crash.rs` an application killed mid-transaction; `status_files.rs` and `unmount.rs`
+//! the rest. `benches/sqlite.rs` compares native SQLite with the mount
+//! (docs/BENCHMARKS.md); the design choices are in docs/decisions/fuse-*.md.
 
 #![warn(missing_docs)]
 
