@@ -1,4 +1,41 @@
-//! replite-fuse: the FUSE filesystem through which applications open replicated databases.
-//! It captures each committed transaction (rollback journal and WAL) on the primary and applies
-//! LTX files on replicas; it translates kernel requests into core inputs and never decides
-//! policy itself. Tests mount real FUSE filesystems and drive them with rusqlite.
+//! replite-fuse: the FUSE adapter between SQLite and replite's core.
+//!
+//! Applications open databases in the mount as ordinary files. On the primary, this crate
+//! finds SQLite's commit points (the invalidation of a rollback journal, the completion of a
+//! WAL commit frame), reads back exactly the pages the transaction changed, and hands them to
+//! a [`CommitSink`] while it holds the syscall that marks the commit; the sink's answer decides
+//! whether that syscall succeeds. On a replica the mount is read-only and
+//! [`Mount::apply_ltx`] writes incoming transactions under the locks SQLite readers honour.
+//!
+//! This crate must never decide policy: whether a node may write, which TXID comes next, how
+//! durable a commit must be, or whether an LTX file belongs at this position are the core's
+//! answers, reached through [`CommitSink`] and the daemon. It only translates kernel requests
+//! into captured transactions and carries out applies it is told to do.
+//!
+//! Unit tests sit beside the code. `tests/` mounts real FUSE filesystems (root and
+//! `/dev/fuse` needed) and drives them with SQLite through rusqlite: `rollback_journal.rs` and
+//! `wal.rs` check, after every transaction, that the captured pages encoded as LTX and
+//! applied to a separate copy reproduce the real file; `refusals.rs` the refusal paths and
+//! unsupported journal modes; `replica.rs` read-only replicas and readers during apply;
+//! `app_crash.rs` an application killed mid-transaction; `status_files.rs` and `unmount.rs`
+//! the rest. `benches/sqlite.rs` compares native SQLite with the mount
+//! (docs/BENCHMARKS.md); the design choices are in docs/decisions/fuse-*.md.
+
+#![warn(missing_docs)]
+
+mod boundary;
+mod database_node;
+mod error;
+mod file_system;
+mod journal_node;
+mod mount;
+mod names;
+mod replica;
+mod shared;
+mod virtual_node;
+mod wal_node;
+
+pub use boundary::{CapturedPage, CapturedTx, CommitSink, Durability, JournalMode, Refusal, WalSegment};
+pub use error::{ApplyLtxError, CaptureError, MountError};
+pub use mount::{Mount, MountOptions, Role};
+pub use names::{LAG_FILENAME, PRIMARY_FILENAME};

@@ -1,0 +1,119 @@
+//! Errors of the FUSE adapter.
+
+use std::io;
+use std::path::PathBuf;
+
+use replite_core::ltx::{ApplyError, LtxError};
+use thiserror::Error;
+
+/// Why a transaction could not be captured at its commit point. The commit syscall fails with
+/// `EIO` and SQLite rolls the transaction back.
+#[derive(Debug, Error)]
+pub enum CaptureError {
+    /// Reading a backing file failed.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The backing file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The database header names a page size SQLite does not allow.
+    #[error("database {db}: invalid page size {size} in its header")]
+    InvalidPageSize {
+        /// Database name.
+        db: String,
+        /// The header's value (after mapping 1 to 65536).
+        size: u32,
+    },
+    /// The database file ends inside a page.
+    #[error("database {db}: size {size} is not a multiple of its page size {page_size}")]
+    PartialPage {
+        /// Database name.
+        db: String,
+        /// File size in bytes.
+        size: u64,
+        /// Page size from the header.
+        page_size: u32,
+    },
+    /// A WAL frame names page 0 or sits beyond the end of the file.
+    #[error("{db}-wal: invalid frame at offset {offset}: {reason}")]
+    InvalidWalFrame {
+        /// Database name.
+        db: String,
+        /// Byte offset of the frame header.
+        offset: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+impl CaptureError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> CaptureError {
+        CaptureError::Io { path: path.into(), source }
+    }
+}
+
+/// Why mounting failed.
+#[derive(Debug, Error)]
+pub enum MountError {
+    /// The data directory could not be created or read.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The FUSE session could not start.
+    #[error("mounting at {path}: {source}")]
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why an LTX file could not be applied to a replica's database.
+#[derive(Debug, Error)]
+pub enum ApplyLtxError {
+    /// The file failed verification; nothing was written.
+    #[error("LTX file for {db} failed verification: {source}")]
+    Invalid {
+        /// Database name.
+        db: String,
+        /// The decoder's error.
+        #[source]
+        source: LtxError,
+    },
+    /// The database name is not one the mount can hold.
+    #[error("invalid database name {db:?}")]
+    InvalidName {
+        /// The name.
+        db: String,
+    },
+    /// Opening the database or taking SQLite's locks failed.
+    #[error("locking {db} for apply ({step}): {source}")]
+    Lock {
+        /// Database name.
+        db: String,
+        /// Which step failed.
+        step: &'static str,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The codec refused or failed to apply the file.
+    #[error("applying LTX to {db}: {source}")]
+    Apply {
+        /// Database name.
+        db: String,
+        /// The codec's error.
+        #[source]
+        source: ApplyError,
+    },
+}

@@ -1,0 +1,391 @@
+//! The FUSE filesystem: translates kernel requests into reads and writes of the data
+//! directory, and into [`CommitSink`] calls at SQLite's commit points.
+//!
+//! One flat directory. Byte-range locks are left to the kernel (the filesystem does not ask
+//! for `FUSE_POSIX_LOCKS`), so SQLite's lock calls never leave the kernel; replite takes the
+//! same locks through the mount when a replica applies a transaction (see `replica`).
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use tracing::{trace, warn};
+
+use crate::database_node;
+use crate::names::{NodeKind, classify};
+use crate::shared::{Handle, ROOT_INO, Shared, io_errno, lock, open_flags, refusal_errno};
+
+/// The `fuser` filesystem.
+pub(crate) struct ReplFs {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl ReplFs {
+    fn kind_of(&self, ino: INodeNo) -> Result<(String, NodeKind, String), Errno> {
+        let name = self.shared.name_of(ino.0).ok_or(Errno::ENOENT)?;
+        let (kind, db) = classify(&name).ok_or(Errno::ENOENT)?;
+        let db = db.to_owned();
+        Ok((name, kind, db))
+    }
+
+    fn caller_may_write(&self, req: &Request) -> bool {
+        !self.shared.read_only || i32::try_from(req.pid()).ok() == Some(self.shared.apply_tid.load(Ordering::SeqCst))
+    }
+}
+
+impl Filesystem for ReplFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        if self.shared.passthrough_wanted {
+            let granted =
+                config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
+            if !granted {
+                warn!("the kernel does not offer FUSE passthrough; serving every read through the daemon");
+            }
+            self.shared.passthrough.store(granted, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent.0 != ROOT_INO {
+            return reply.error(Errno::ENOENT);
+        }
+        let Some(name) = name.to_str() else { return reply.error(Errno::ENOENT) };
+        let Some((kind, _)) = classify(name) else { return reply.error(Errno::ENOENT) };
+        match self.shared.attr_of_name(name) {
+            Ok(Some(attr)) => reply.entry(&self.shared.ttl(kind), &attr, Generation(0)),
+            // A negative entry the kernel may cache: every creation goes through this mount (or,
+            // on replicas, through apply, which invalidates it).
+            Ok(None) => {
+                let mut attr = self.shared.virtual_attr(0, 0);
+                attr.ino = INodeNo(0);
+                reply.entry(&self.shared.ttl(kind), &attr, Generation(0));
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if ino.0 == ROOT_INO {
+            return reply.attr(&Duration::from_secs(3600), &self.shared.root_attr());
+        }
+        let Some(name) = self.shared.name_of(ino.0) else { return reply.error(Errno::ENOENT) };
+        match self.shared.attr_of_name(&name) {
+            Ok(Some(attr)) if attr.ino == ino => {
+                let kind = classify(&name).map_or(NodeKind::Database, |(k, _)| k);
+                reply.attr(&self.shared.ttl(kind), &attr);
+            }
+            Ok(_) => reply.error(Errno::ENOENT),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let (name, kind, db) = match self.kind_of(ino) {
+            Ok(found) => found,
+            Err(e) => return reply.error(e),
+        };
+        if let Some(size) = size {
+            if kind.is_virtual() {
+                return reply.error(Errno::EACCES);
+            }
+            if !self.caller_may_write(req) {
+                return reply.error(Errno::EROFS);
+            }
+            if let Err(e) = self.shared.truncate(&name, kind, &db, size) {
+                return reply.error(e);
+            }
+        }
+        // Ownership, mode and time changes are accepted and ignored: the data directory's
+        // files belong to the daemon.
+        match self.shared.attr_of_name(&name) {
+            Ok(Some(attr)) => reply.attr(&self.shared.ttl(kind), &attr),
+            Ok(None) => reply.error(Errno::ENOENT),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if parent.0 != ROOT_INO {
+            return reply.error(Errno::ENOENT);
+        }
+        if !self.caller_may_write(req) {
+            return reply.error(Errno::EROFS);
+        }
+        let Some(name) = name.to_str() else { return reply.error(Errno::ENOENT) };
+        match self.shared.unlink(name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (name, kind, db) = match self.kind_of(ino) {
+            Ok(found) => found,
+            Err(e) => return reply.error(e),
+        };
+        let writable = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        trace!(name, flags = flags.0, "open");
+        if kind.is_virtual() {
+            if writable {
+                return reply.error(Errno::EACCES);
+            }
+            let fh = self.shared.add_handle(Handle { file: None, _backing: None, kind, db });
+            return reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
+        }
+        if writable && !self.caller_may_write(req) {
+            return reply.error(Errno::EROFS);
+        }
+        match OpenOptions::new().read(true).write(writable).open(self.shared.data_dir.join(&name)) {
+            Ok(file) if self.shared.passthrough_for(kind) => {
+                match self.shared.backing(ino.0, || reply.open_backing(&file)) {
+                    Ok(id) => {
+                        let backing = Some(Arc::clone(&id));
+                        let fh = self.shared.add_handle(Handle { file: Some(file), _backing: backing, kind, db });
+                        reply.opened_passthrough(fh, FopenFlags::empty(), &id);
+                    }
+                    Err(e) => {
+                        warn!(name, error = %e, "passthrough registration failed");
+                        reply.error(io_errno(&e));
+                    }
+                }
+            }
+            Ok(file) => {
+                let fh = self.shared.add_handle(Handle { file: Some(file), _backing: None, kind, db });
+                reply.opened(fh, open_flags(kind));
+            }
+            Err(e) => reply.error(io_errno(&e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if parent.0 != ROOT_INO {
+            return reply.error(Errno::ENOENT);
+        }
+        if !self.caller_may_write(req) {
+            return reply.error(Errno::EROFS);
+        }
+        let Some(name) = name.to_str() else { return reply.error(Errno::EINVAL) };
+        let Some((kind, db)) = classify(name) else { return reply.error(Errno::EINVAL) };
+        trace!(name, flags, "create");
+        if kind.is_virtual() {
+            return reply.error(Errno::EACCES);
+        }
+        if kind == NodeKind::Journal
+            && let Err(refusal) = self.shared.sink.may_write(db)
+        {
+            refusal_errno(db, &refusal);
+            return reply.error(Errno::EACCES);
+        }
+        let path = self.shared.data_dir.join(name);
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .custom_flags(flags & libc::O_EXCL)
+            .mode(mode & !umask & 0o7777)
+            .open(&path)
+            .and_then(|file| file.metadata().map(|meta| (file, meta)));
+        match opened {
+            Ok((file, meta)) => {
+                let ino = lock(&self.shared.inodes).ino(name);
+                let attr = self.shared.file_attr(ino, &meta);
+                let ttl = self.shared.ttl(kind);
+                if self.shared.passthrough_for(kind) {
+                    match self.shared.backing(ino, || reply.open_backing(&file)) {
+                        Ok(id) => {
+                            let backing = Some(Arc::clone(&id));
+                            let handle = Handle { file: Some(file), _backing: backing, kind, db: db.to_owned() };
+                            let fh = self.shared.add_handle(handle);
+                            reply.created_passthrough(&ttl, &attr, Generation(0), fh, FopenFlags::empty(), &id);
+                        }
+                        Err(e) => reply.error(io_errno(&e)),
+                    }
+                    return;
+                }
+                let fh = self.shared.add_handle(Handle { file: Some(file), _backing: None, kind, db: db.to_owned() });
+                reply.created(&ttl, &attr, Generation(0), fh, open_flags(kind));
+            }
+            Err(e) => reply.error(io_errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let handle = match self.shared.handle(fh) {
+            Ok(handle) => handle,
+            Err(e) => return reply.error(e),
+        };
+        let Some(file) = &handle.file else {
+            let contents = self.shared.virtual_contents(handle.kind, &handle.db).unwrap_or_default();
+            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(contents.len());
+            let end = start.saturating_add(size as usize).min(contents.len());
+            return reply.data(&contents[start..end]);
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return reply.error(io_errno(&e)),
+            }
+        }
+        if self.shared.read_only && handle.kind == NodeKind::Database {
+            database_node::present_as_rollback(offset, &mut buf[..filled]);
+        }
+        reply.data(&buf[..filled]);
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if !self.caller_may_write(req) {
+            return reply.error(Errno::EROFS);
+        }
+        let handle = match self.shared.handle(fh) {
+            Ok(handle) => handle,
+            Err(e) => return reply.error(e),
+        };
+        match self.shared.write(&handle, offset, data) {
+            Ok(()) => reply.written(u32::try_from(data.len()).unwrap_or(u32::MAX)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let handle = lock(&self.shared.handles).remove(&fh.0);
+        if let Some(handle) = handle
+            && matches!(handle.kind, NodeKind::Wal | NodeKind::Shm)
+        {
+            let st = self.shared.db_state(&handle.db);
+            let mut st = lock(&st);
+            match handle.kind {
+                NodeKind::Wal => st.wal_open = st.wal_open.saturating_sub(1),
+                _ => st.shm_open = st.shm_open.saturating_sub(1),
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let handle = match self.shared.handle(fh) {
+            Ok(handle) => handle,
+            Err(e) => return reply.error(e),
+        };
+        let Some(file) = &handle.file else { return reply.ok() };
+        let synced = if datasync { file.sync_data() } else { file.sync_all() };
+        if let Err(e) = synced {
+            return reply.error(io_errno(&e));
+        }
+        match handle.kind {
+            NodeKind::Journal | NodeKind::Database => {
+                let st = self.shared.db_state(&handle.db);
+                lock(&st).sync_seen = true;
+            }
+            NodeKind::Wal => {
+                if let Err(refusal) = self.shared.sink.sync(&handle.db) {
+                    return reply.error(refusal_errno(&handle.db, &refusal));
+                }
+            }
+            _ => {}
+        }
+        reply.ok();
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        if ino.0 != ROOT_INO {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let entries = match self.shared.directory_entries() {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(e),
+        };
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(usize::try_from(offset).unwrap_or(usize::MAX)) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    /// SQLite fsyncs the directory after creating or deleting a rollback journal
+    /// (`synchronous=FULL`); the data directory gets the same fsync.
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match File::open(&self.shared.data_dir).and_then(|dir| dir.sync_all()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(io_errno(&e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+}

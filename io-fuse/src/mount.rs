@@ -1,0 +1,162 @@
+//! A running mount: the FUSE session, and the handle the daemon uses to tell the mount about
+//! positions, the primary and lag, and to apply replicated transactions.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fuser::{BackgroundSession, Config, MountOption, Notifier};
+use replite_core::types::Pos;
+use tracing::{info, warn};
+
+use crate::boundary::CommitSink;
+use crate::error::MountError;
+use crate::file_system::ReplFs;
+use crate::shared::Shared;
+
+/// What a node does with its databases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Applications write; every commit goes to the [`CommitSink`].
+    Primary,
+    /// Applications only read; writes fail with `EROFS` and transactions arrive through
+    /// [`Mount::apply_ltx`].
+    Replica,
+}
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Primary or replica.
+    pub role: Role,
+    /// FUSE worker threads. A commit holds one worker until the sink answers, so more than one
+    /// keeps readers moving meanwhile.
+    pub threads: usize,
+    /// How long the kernel may cache names and attributes. Every change reaches the kernel
+    /// through this mount or is invalidated explicitly, so this can be long.
+    pub cache_ttl: Duration,
+    /// Let users other than the mounting one in (needs `user_allow_other` for non-root).
+    pub allow_other: bool,
+    /// Use FUSE passthrough (Linux 6.9+, `CONFIG_FUSE_PASSTHROUGH`, needs CAP_SYS_ADMIN) where
+    /// replite need not see the I/O: WAL indexes, and a replica's databases. Falls back to the
+    /// plain path when the kernel does not offer it.
+    pub passthrough: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> MountOptions {
+        MountOptions {
+            role: Role::Primary,
+            threads: 2,
+            cache_ttl: Duration::from_secs(3600),
+            allow_other: false,
+            passthrough: false,
+        }
+    }
+}
+
+/// A mounted replite filesystem. Dropping it unmounts (lazily if files are still open).
+pub struct Mount {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) notifier: Notifier,
+    pub(crate) mountpoint: PathBuf,
+    pub(crate) apply_lock: Mutex<()>,
+    session: Option<BackgroundSession>,
+}
+
+impl Mount {
+    /// Mounts the databases of `data_dir` at `mountpoint`.
+    pub fn new(
+        data_dir: &Path,
+        mountpoint: &Path,
+        sink: Arc<dyn CommitSink>,
+        options: &MountOptions,
+    ) -> Result<Mount, MountError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| MountError::DataDir { path: data_dir.to_owned(), source })?;
+        let data_dir =
+            data_dir.canonicalize().map_err(|source| MountError::DataDir { path: data_dir.to_owned(), source })?;
+        let read_only = options.role == Role::Replica;
+        let shared = Arc::new(Shared::new(data_dir, read_only, sink, options.cache_ttl, options.passthrough));
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName("replite".to_owned()),
+            MountOption::Subtype("replite".to_owned()),
+            MountOption::NoDev,
+            MountOption::NoSuid,
+        ];
+        if options.allow_other {
+            config.acl = fuser::SessionACL::All;
+        }
+        config.n_threads = Some(options.threads.max(1));
+        config.clone_fd = true;
+        let fs = ReplFs { shared: Arc::clone(&shared) };
+        let session = fuser::spawn_mount(fs, mountpoint, &config)
+            .map_err(|source| MountError::Mount { path: mountpoint.to_owned(), source })?;
+        let notifier = session.notifier();
+        info!(mountpoint = %mountpoint.display(), role = ?options.role, "mounted");
+        Ok(Mount {
+            shared,
+            notifier,
+            mountpoint: mountpoint.to_owned(),
+            apply_lock: Mutex::new(()),
+            session: Some(session),
+        })
+    }
+
+    /// Where the mount is.
+    #[must_use]
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Sets what `<db>-pos` shows.
+    pub fn set_position(&self, db: &str, pos: Pos) {
+        self.shared
+            .status
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .positions
+            .insert(db.to_owned(), pos);
+    }
+
+    /// Sets what `.primary` shows; `None` removes it (this node is the primary).
+    pub fn set_primary(&self, primary: Option<String>) {
+        self.shared.status.write().unwrap_or_else(std::sync::PoisonError::into_inner).primary = primary;
+        let _ = self.notifier.inval_entry(fuser::INodeNo(crate::shared::ROOT_INO), crate::PRIMARY_FILENAME.as_ref());
+    }
+
+    /// Sets what `.lag` shows.
+    pub fn set_lag_ms(&self, lag_ms: i64) {
+        self.shared.status.write().unwrap_or_else(std::sync::PoisonError::into_inner).lag_ms = lag_ms;
+    }
+
+    /// Unmounts now, reporting failure (files still open make a plain unmount fail).
+    pub fn unmount(mut self) -> io::Result<()> {
+        match self.session.take() {
+            Some(session) => session.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else { return };
+        if let Err(e) = session.umount_and_join() {
+            warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed; detaching lazily");
+            lazy_unmount(&self.mountpoint);
+        }
+    }
+}
+
+fn lazy_unmount(mountpoint: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()) else { return };
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    if rc != 0 {
+        warn!(mountpoint = %mountpoint.display(), error = %io::Error::last_os_error(), "lazy unmount failed");
+    }
+}

@@ -1,0 +1,150 @@
+//! Applying replicated transactions on a replica, under the locks SQLite readers honour.
+//!
+//! The kernel keeps the byte-range locks of the mount (see `file_system`), so the apply takes
+//! SQLite's writer locks the way a SQLite writer would, through the mount: the PENDING byte
+//! (no new reader may start) and then the whole SHARED range (every reader has finished).
+//! It takes them as open-file-description locks, which conflict with SQLite's process-owned
+//! locks even inside the same process. Only then does it write the pages to the data
+//! directory and drop exactly the changed byte ranges from the kernel's page cache.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+
+use fuser::INodeNo;
+use replite_core::ltx::{self, PageFile};
+use replite_core::types::{Checksum, Pos};
+use tracing::{debug, warn};
+
+use crate::error::ApplyLtxError;
+use crate::mount::Mount;
+use crate::names::{NodeKind, classify};
+use crate::shared::{ROOT_INO, lock};
+
+/// SQLite's lock bytes (os_unix.c): PENDING, then RESERVED, then the 510-byte SHARED range.
+const PENDING_BYTE: i64 = 0x4000_0000;
+const SHARED_FIRST: i64 = PENDING_BYTE + 2;
+const SHARED_SIZE: i64 = 510;
+
+/// A database file that remembers which byte ranges were written, for cache invalidation.
+struct RecordingFile {
+    file: File,
+    writes: Vec<(u64, u64)>,
+    truncated_to: Option<u64>,
+}
+
+impl PageFile for RecordingFile {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match FileExt::read_at(&self.file, &mut buf[filled..], offset + filled as u64)? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        Ok(filled)
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)?;
+        match self.writes.last_mut() {
+            Some((start, len)) if *start + *len == offset => *len += buf.len() as u64,
+            _ => self.writes.push((offset, buf.len() as u64)),
+        }
+        Ok(())
+    }
+
+    fn size(&mut self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn set_size(&mut self, size: u64) -> io::Result<()> {
+        if self.file.metadata()?.len() != size {
+            self.file.set_len(size)?;
+            self.truncated_to = Some(size);
+        }
+        Ok(())
+    }
+}
+
+fn ofd_write_lock(file: &File, start: i64, len: i64) -> io::Result<()> {
+    // SAFETY: flock is plain data; zeroed is a valid value before the fields are set.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start;
+    fl.l_len = len;
+    loop {
+        // SAFETY: the descriptor is open for the duration of the call and `fl` is valid.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &fl) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+impl Mount {
+    /// Applies one LTX file to database `db`, whose current checksum is `current`, while no
+    /// SQLite reader is inside a read transaction. The file is verified whole before anything
+    /// is written. Returns the new position, which `<db>-pos` then shows.
+    ///
+    /// The daemon calls this only after core decided the file applies (contiguous TXID,
+    /// matching checksum); the codec checks the checksum chain again.
+    pub fn apply_ltx(&self, db: &str, ltx_bytes: &[u8], current: Checksum) -> Result<Pos, ApplyLtxError> {
+        match classify(db) {
+            Some((NodeKind::Database, name)) if name == db => {}
+            _ => return Err(ApplyLtxError::InvalidName { db: db.to_owned() }),
+        }
+        ltx::verify(ltx_bytes).map_err(|source| ApplyLtxError::Invalid { db: db.to_owned(), source })?;
+        let _serial = lock(&self.apply_lock);
+        let lock_err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
+
+        let backing = self.shared.data_dir.join(db);
+        let target = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&backing);
+        let target = target.map_err(lock_err("open data file"))?;
+        // A database created here must replace the negative entries the kernel may hold.
+        for name in [db.to_owned(), format!("{db}-pos")] {
+            let _ = self.notifier.inval_entry(INodeNo(ROOT_INO), name.as_ref());
+        }
+
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        self.shared.apply_tid.store(tid, Ordering::SeqCst);
+        let locker = OpenOptions::new().read(true).write(true).open(self.mountpoint.join(db));
+        self.shared.apply_tid.store(0, Ordering::SeqCst);
+        let locker = locker.map_err(lock_err("open through the mount"))?;
+        ofd_write_lock(&locker, PENDING_BYTE, 1).map_err(lock_err("PENDING lock"))?;
+        ofd_write_lock(&locker, SHARED_FIRST, SHARED_SIZE).map_err(lock_err("EXCLUSIVE lock"))?;
+
+        let mut file = RecordingFile { file: target, writes: Vec::new(), truncated_to: None };
+        let applied = ltx::apply(&mut file, current, ltx_bytes);
+        // Invalidate even after a failure: pages may have been written.
+        if let Some(ino) = self.shared.known_ino(db) {
+            let ino = INodeNo(ino);
+            for &(offset, len) in &file.writes {
+                if let Err(e) = self.notifier.inval_inode(ino, offset as i64, len as i64) {
+                    debug!(db, error = %e, "page cache invalidation");
+                }
+            }
+            if let Some(size) = file.truncated_to {
+                let _ = self.notifier.inval_inode(ino, size as i64, 0);
+            } else if file.writes.is_empty() {
+                let _ = self.notifier.inval_inode(ino, -1, 0);
+            }
+        }
+        drop(locker);
+        let pos = applied.map_err(|source| {
+            warn!(db, error = %source, "apply failed");
+            ApplyLtxError::Apply { db: db.to_owned(), source }
+        })?;
+        self.set_position(db, pos);
+        debug!(db, txid = %pos.txid, pages = file.writes.len(), "applied");
+        Ok(pos)
+    }
+}

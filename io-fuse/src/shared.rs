@@ -1,0 +1,545 @@
+//! State shared by the FUSE worker threads and the mount handle: names and inodes, open
+//! handles, what is tracked per database between requests, and the commit-point logic that
+//! turns journal and WAL operations into [`CommitSink`] calls.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuser::{BackingId, Errno, FileAttr, FileHandle, FileType, FopenFlags, INodeNo};
+use tracing::{debug, error, trace, warn};
+
+use crate::boundary::{CommitSink, Durability, JournalMode, Refusal};
+use crate::database_node::{DbFile, read_page_size};
+use crate::error::CaptureError;
+use crate::journal_node;
+use crate::names::{LAG_FILENAME, NodeKind, PRIMARY_FILENAME, classify};
+use crate::virtual_node::{self, Status};
+use crate::wal_node::{self, WalTrack};
+
+/// Inode number of the mount's root directory.
+pub(crate) const ROOT_INO: u64 = 1;
+
+/// Locks a mutex, carrying on after a panic elsewhere: every guarded structure stays
+/// consistent between statements, and a dead mount helps no one.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Names to inode numbers. A name keeps its number until it is unlinked; a file created
+/// afterwards under the same name gets a new number, so the kernel never mixes the caches of
+/// the two.
+#[derive(Debug)]
+pub(crate) struct Inodes {
+    pub(crate) by_name: HashMap<String, u64>,
+    pub(crate) by_ino: HashMap<u64, String>,
+    pub(crate) next: u64,
+}
+
+impl Inodes {
+    pub(crate) fn ino(&mut self, name: &str) -> u64 {
+        if let Some(&ino) = self.by_name.get(name) {
+            return ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.by_name.insert(name.to_owned(), ino);
+        self.by_ino.insert(ino, name.to_owned());
+        ino
+    }
+
+    pub(crate) fn forget_name(&mut self, name: &str) {
+        self.by_name.remove(name);
+    }
+}
+
+/// One open file.
+#[derive(Debug)]
+pub(crate) struct Handle {
+    /// The backing file; `None` for virtual nodes.
+    pub(crate) file: Option<File>,
+    /// Keeps the kernel's passthrough registration of the backing file while this handle is
+    /// open.
+    pub(crate) _backing: Option<Arc<BackingId>>,
+    pub(crate) kind: NodeKind,
+    pub(crate) db: String,
+}
+
+/// What the mount tracks per database between requests.
+#[derive(Debug, Default)]
+pub(crate) struct DbState {
+    /// A live journal was seen since the last commit point: database writes are inside a
+    /// transaction SQLite can roll back.
+    pub(crate) write_ok: bool,
+    /// SQLite fsynced the journal or database since the last commit point.
+    pub(crate) sync_seen: bool,
+    /// Byte ranges written to the database inside the open rollback transaction.
+    pub(crate) written: Vec<(u64, u64)>,
+    pub(crate) wal: WalTrack,
+    pub(crate) wal_open: usize,
+    pub(crate) shm_open: usize,
+}
+
+/// State shared by every FUSE worker thread and the [`crate::Mount`] handle.
+pub(crate) struct Shared {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) read_only: bool,
+    pub(crate) sink: Arc<dyn CommitSink>,
+    pub(crate) cache_ttl: Duration,
+    pub(crate) inodes: Mutex<Inodes>,
+    pub(crate) handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    pub(crate) next_fh: AtomicU64,
+    pub(crate) dbs: Mutex<HashMap<String, Arc<Mutex<DbState>>>>,
+    pub(crate) status: RwLock<Status>,
+    /// Thread id allowed to open files for writing on a read-only mount: the replica's apply,
+    /// which needs a writable descriptor to take SQLite's write locks.
+    pub(crate) apply_tid: AtomicI32,
+    /// Whether passthrough was asked for, and whether the kernel granted it.
+    pub(crate) passthrough_wanted: bool,
+    pub(crate) passthrough: AtomicBool,
+    /// One passthrough registration per inode, shared by all its open handles.
+    pub(crate) backings: Mutex<HashMap<u64, Weak<BackingId>>>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        data_dir: PathBuf,
+        read_only: bool,
+        sink: Arc<dyn CommitSink>,
+        cache_ttl: Duration,
+        passthrough: bool,
+    ) -> Shared {
+        Shared {
+            data_dir,
+            read_only,
+            sink,
+            cache_ttl,
+            inodes: Mutex::new(Inodes { by_name: HashMap::new(), by_ino: HashMap::new(), next: ROOT_INO + 1 }),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            dbs: Mutex::new(HashMap::new()),
+            status: RwLock::new(Status::default()),
+            apply_tid: AtomicI32::new(0),
+            passthrough_wanted: passthrough,
+            passthrough: AtomicBool::new(false),
+            backings: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The inode the kernel knows `name` by, if it has one.
+    pub(crate) fn known_ino(&self, name: &str) -> Option<u64> {
+        lock(&self.inodes).by_name.get(name).copied()
+    }
+
+    pub(crate) fn db_state(&self, db: &str) -> Arc<Mutex<DbState>> {
+        Arc::clone(lock(&self.dbs).entry(db.to_owned()).or_default())
+    }
+
+    pub(crate) fn name_of(&self, ino: u64) -> Option<String> {
+        lock(&self.inodes).by_ino.get(&ino).cloned()
+    }
+
+    pub(crate) fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        lock(&self.handles).get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    pub(crate) fn add_handle(&self, handle: Handle) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if !handle.kind.is_virtual() {
+            let st = self.db_state(&handle.db);
+            let mut st = lock(&st);
+            match handle.kind {
+                NodeKind::Wal => st.wal_open += 1,
+                NodeKind::Shm => st.shm_open += 1,
+                _ => {}
+            }
+        }
+        lock(&self.handles).insert(fh, Arc::new(handle));
+        FileHandle(fh)
+    }
+
+    /// Whether opens of `kind` go straight to the backing file: only the WAL index (SQLite's
+    /// shared memory, never replicated). Every open of such an inode must be passthrough: the
+    /// kernel refuses to mix it with cached opens. A replica's databases were passthrough too
+    /// until measured slower (docs/decisions/fuse-locks-and-caching.md), and their reads must
+    /// pass through the daemon anyway to present WAL databases in rollback mode.
+    pub(crate) fn passthrough_for(&self, kind: NodeKind) -> bool {
+        self.passthrough.load(Ordering::Relaxed) && kind == NodeKind::Shm
+    }
+
+    /// The inode's passthrough registration, made with `register` if there is none.
+    pub(crate) fn backing(
+        &self,
+        ino: u64,
+        register: impl FnOnce() -> io::Result<BackingId>,
+    ) -> io::Result<Arc<BackingId>> {
+        let mut backings = lock(&self.backings);
+        if let Some(id) = backings.get(&ino).and_then(Weak::upgrade) {
+            return Ok(id);
+        }
+        let id = Arc::new(register()?);
+        backings.insert(ino, Arc::downgrade(&id));
+        Ok(id)
+    }
+
+    pub(crate) fn ttl(&self, kind: NodeKind) -> Duration {
+        if kind.is_virtual() { Duration::ZERO } else { self.cache_ttl }
+    }
+
+    pub(crate) fn file_attr(&self, ino: u64, meta: &Metadata) -> FileAttr {
+        let time = |secs: i64, nsecs: i64| {
+            UNIX_EPOCH + Duration::new(u64::try_from(secs).unwrap_or(0), u32::try_from(nsecs).unwrap_or(0))
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size: meta.len(),
+            blocks: meta.blocks(),
+            atime: time(meta.atime(), meta.atime_nsec()),
+            mtime: time(meta.mtime(), meta.mtime_nsec()),
+            ctime: time(meta.ctime(), meta.ctime_nsec()),
+            crtime: UNIX_EPOCH,
+            kind: FileType::RegularFile,
+            perm: (meta.mode() & 0o7777) as u16,
+            nlink: 1,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    pub(crate) fn virtual_attr(&self, ino: u64, size: usize) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(ino),
+            size: size as u64,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: FileType::RegularFile,
+            perm: 0o444,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    pub(crate) fn root_attr(&self) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(ROOT_INO),
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: FileType::Directory,
+            perm: 0o755,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    pub(crate) fn virtual_contents(&self, kind: NodeKind, db: &str) -> Option<Vec<u8>> {
+        if kind == NodeKind::Pos && !self.data_dir.join(db).exists() {
+            return None;
+        }
+        let status = self.status.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        virtual_node::contents(&status, kind, db)
+    }
+
+    /// The attributes of `name`, or `None` if it does not exist.
+    pub(crate) fn attr_of_name(&self, name: &str) -> Result<Option<FileAttr>, Errno> {
+        let Some((kind, db)) = classify(name) else { return Ok(None) };
+        if kind.is_virtual() {
+            let Some(contents) = self.virtual_contents(kind, db) else { return Ok(None) };
+            let ino = lock(&self.inodes).ino(name);
+            return Ok(Some(self.virtual_attr(ino, contents.len())));
+        }
+        match std::fs::metadata(self.data_dir.join(name)) {
+            Ok(meta) => {
+                let ino = lock(&self.inodes).ino(name);
+                Ok(Some(self.file_attr(ino, &meta)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_errno(&e)),
+        }
+    }
+
+    /// Database writes must sit inside a transaction SQLite can roll back and replite can see.
+    /// Returns whether the write belongs to a rollback transaction (and must be captured).
+    pub(crate) fn guard_db_write(&self, db: &str, st: &mut DbState) -> Result<bool, Errno> {
+        if st.write_ok {
+            return Ok(true);
+        }
+        match journal_node::is_live(&self.data_dir.join(format!("{db}-journal"))) {
+            Ok(true) => {
+                st.write_ok = true;
+                Ok(true)
+            }
+            // WAL mode: checkpoints copy already-captured commits into the database.
+            Ok(false) if st.wal_open > 0 => Ok(false),
+            Ok(false) => {
+                error!(
+                    db,
+                    "database write outside a rollback journal or WAL transaction: journal_mode=OFF and \
+                     journal_mode=MEMORY cannot be replicated; refusing the write"
+                );
+                Err(Errno::EPERM)
+            }
+            Err(e) => {
+                error!(db, error = %e, "checking the journal before a database write");
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    /// Whether truncating `db` to `size` bytes removes only pages past its committed size.
+    pub(crate) fn cuts_only_dead_pages(&self, db: &str, size: u64) -> bool {
+        let Ok(file) = DbFile::open(&self.data_dir, db) else { return false };
+        let Ok(Some(page_size)) = read_page_size(&file, db) else { return false };
+        file.commit_pages(page_size).is_ok_and(|commit| u64::from(commit) * u64::from(page_size.get()) == size)
+    }
+
+    pub(crate) fn commit_rollback(&self, db: &str, st: &mut DbState, mode: JournalMode) -> Result<(), Errno> {
+        let durability = if st.sync_seen { Durability::Requested } else { Durability::Deferred };
+        let captured = journal_node::capture(&self.data_dir, db, mode, durability, &st.written);
+        let result = match captured {
+            Ok(None) => Ok(()),
+            Ok(Some(tx)) => {
+                debug!(db, pages = tx.pages.len(), commit = tx.commit, ?mode, "rollback journal commit");
+                self.sink.commit(&tx).map_err(|refusal| refusal_errno(db, &refusal))
+            }
+            Err(e) => Err(capture_errno(db, &e)),
+        };
+        if result.is_ok() {
+            st.write_ok = false;
+            st.sync_seen = false;
+            st.written.clear();
+        }
+        result
+    }
+
+    pub(crate) fn commit_wal(&self, db: &str, st: &mut DbState, ready: wal_node::ReadyCommit) -> Result<(), Errno> {
+        let path = self.data_dir.join(format!("{db}-wal"));
+        let result = if st.shm_open == 0 {
+            error!(
+                db,
+                "WAL commit without a shared-memory index: WAL with locking_mode=EXCLUSIVE cannot be replicated; \
+                 refusing the commit"
+            );
+            Err(Errno::EPERM)
+        } else {
+            match wal_node::capture(&path, db, ready) {
+                Ok(tx) => {
+                    debug!(db, pages = tx.pages.len(), commit = tx.commit, "WAL commit");
+                    self.sink.commit(&tx).map_err(|refusal| refusal_errno(db, &refusal))
+                }
+                Err(e) => Err(capture_errno(db, &e)),
+            }
+        };
+        match result {
+            Ok(()) => st.wal.reset(),
+            Err(_) => {
+                st.wal.refuse(ready.frame);
+                if let Err(e) = wal_node::erase_frame_header(&path, ready.frame) {
+                    error!(db, error = %e, "erasing a refused WAL commit frame");
+                }
+            }
+        }
+        result
+    }
+
+    pub(crate) fn write(&self, handle: &Handle, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        let file = handle.file.as_ref().ok_or(Errno::EACCES)?;
+        let pwrite = || file.write_all_at(data, offset).map_err(|e| io_errno(&e));
+        trace!(db = handle.db, kind = ?handle.kind, offset, len = data.len(), "write");
+        match handle.kind {
+            NodeKind::Database => {
+                let st = self.db_state(&handle.db);
+                let mut st = lock(&st);
+                if self.guard_db_write(&handle.db, &mut st)? {
+                    st.written.push((offset, data.len() as u64));
+                }
+                pwrite()
+            }
+            NodeKind::Journal => {
+                let st = self.db_state(&handle.db);
+                let mut st = lock(&st);
+                if journal_node::is_header_zeroing(offset, data) {
+                    self.commit_rollback(&handle.db, &mut st, JournalMode::Persist)?;
+                } else if journal_node::is_fresh_header(offset, data) {
+                    // A transaction starts in a journal that outlives transactions (TRUNCATE,
+                    // PERSIST): ask before the database is touched, as at journal creation.
+                    self.sink.may_write(&handle.db).map_err(|refusal| refusal_errno(&handle.db, &refusal))?;
+                }
+                pwrite()
+            }
+            NodeKind::Wal => {
+                let st = self.db_state(&handle.db);
+                let mut st = lock(&st);
+                let path = self.data_dir.join(format!("{}-wal", handle.db));
+                let was_open = st.wal.in_transaction();
+                st.wal.before_write(&path, offset, data).map_err(|e| capture_errno(&handle.db, &e))?;
+                if !was_open && st.wal.in_transaction() {
+                    // The first write of a transaction: ask before anything reaches the WAL.
+                    if let Err(refusal) = self.sink.may_write(&handle.db) {
+                        st.wal.reset();
+                        return Err(refusal_errno(&handle.db, &refusal));
+                    }
+                }
+                let completed = st.wal.completed_frame(offset, data.len());
+                if let Some(frame) = completed
+                    && st.wal.is_refused(frame)
+                {
+                    warn!(db = handle.db, frame, "refusing the rest of a refused WAL commit");
+                    return Err(Errno::EROFS);
+                }
+                pwrite()?;
+                let Some(frame) = completed else { return Ok(()) };
+                match st.wal.ready_commit(file, &path, frame) {
+                    Ok(Some(ready)) => self.commit_wal(&handle.db, &mut st, ready),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(capture_errno(&handle.db, &e)),
+                }
+            }
+            _ => pwrite(),
+        }
+    }
+
+    pub(crate) fn truncate(&self, name: &str, kind: NodeKind, db: &str, size: u64) -> Result<(), Errno> {
+        let set_len = || {
+            let file = OpenOptions::new().write(true).open(self.data_dir.join(name)).map_err(|e| io_errno(&e))?;
+            file.set_len(size).map_err(|e| io_errno(&e))
+        };
+        match kind {
+            NodeKind::Journal if size == 0 => {
+                let st = self.db_state(db);
+                let mut st = lock(&st);
+                self.commit_rollback(db, &mut st, JournalMode::Truncate)?;
+                set_len()
+            }
+            NodeKind::Database => {
+                let st = self.db_state(db);
+                let mut st = lock(&st);
+                // SQLite shrinks the file after the commit point, cutting only pages the
+                // committed header already excludes.
+                if !self.cuts_only_dead_pages(db, size) {
+                    self.guard_db_write(db, &mut st)?;
+                }
+                set_len()
+            }
+            NodeKind::Wal => {
+                let st = self.db_state(db);
+                lock(&st).wal.reset();
+                set_len()
+            }
+            _ => set_len(),
+        }
+    }
+
+    pub(crate) fn unlink(&self, name: &str) -> Result<(), Errno> {
+        let (kind, db) = classify(name).ok_or(Errno::ENOENT)?;
+        if kind.is_virtual() {
+            return Err(Errno::EACCES);
+        }
+        let path = self.data_dir.join(name);
+        let remove = || {
+            std::fs::remove_file(&path).map_err(|e| io_errno(&e))?;
+            lock(&self.inodes).forget_name(name);
+            Ok(())
+        };
+        match kind {
+            NodeKind::Journal => {
+                let st = self.db_state(db);
+                let mut st = lock(&st);
+                self.commit_rollback(db, &mut st, JournalMode::Delete)?;
+                remove()
+            }
+            NodeKind::Database => {
+                self.sink.delete(db).map_err(|refusal| refusal_errno(db, &refusal))?;
+                remove()
+            }
+            NodeKind::Wal => {
+                let st = self.db_state(db);
+                lock(&st).wal.reset();
+                remove()
+            }
+            _ => remove(),
+        }
+    }
+
+    pub(crate) fn directory_entries(&self) -> Result<Vec<(u64, FileType, String)>, Errno> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.data_dir).map_err(|e| io_errno(&e))? {
+            let entry = entry.map_err(|e| io_errno(&e))?;
+            if let Some(name) = entry.file_name().to_str()
+                && let Some((kind, db)) = classify(name)
+                && !kind.is_virtual()
+            {
+                if kind == NodeKind::Database {
+                    names.push(format!("{db}-pos"));
+                }
+                names.push(name.to_owned());
+            }
+        }
+        names.push(LAG_FILENAME.to_owned());
+        if self.virtual_contents(NodeKind::Primary, "").is_some() {
+            names.push(PRIMARY_FILENAME.to_owned());
+        }
+        names.sort();
+        let mut inodes = lock(&self.inodes);
+        let mut entries =
+            vec![(ROOT_INO, FileType::Directory, ".".to_owned()), (ROOT_INO, FileType::Directory, "..".to_owned())];
+        entries.extend(names.into_iter().map(|name| (inodes.ino(&name), FileType::RegularFile, name)));
+        Ok(entries)
+    }
+}
+
+/// How the kernel should cache an opened file. Databases, WALs and WAL indexes keep their page
+/// cache across opens: every write reaches it through this mount, and replicas invalidate what
+/// they apply. The rollback journal is written once and read only to roll back, so its writes
+/// skip the page cache: the kernel then sends each of SQLite's writes as one request instead of
+/// splitting writes that straddle a cache page.
+///
+/// No file needs a FLUSH at close: writes reach the daemon synchronously, and byte-range locks
+/// live in the kernel, which drops them at close without asking. `FOPEN_NOFLUSH` saves that
+/// round trip (one per transaction in DELETE mode, which closes the journal every time).
+pub(crate) fn open_flags(kind: NodeKind) -> FopenFlags {
+    let caching = match kind {
+        NodeKind::Journal => FopenFlags::FOPEN_DIRECT_IO,
+        _ => FopenFlags::FOPEN_KEEP_CACHE,
+    };
+    caching | FopenFlags::FOPEN_NOFLUSH
+}
+
+pub(crate) fn io_errno(e: &io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+pub(crate) fn refusal_errno(db: &str, refusal: &Refusal) -> Errno {
+    warn!(db, %refusal, "commit refused");
+    match refusal {
+        Refusal::ReadOnly { .. } => Errno::EROFS,
+        Refusal::Failed { .. } => Errno::EIO,
+    }
+}
+
+pub(crate) fn capture_errno(db: &str, e: &CaptureError) -> Errno {
+    error!(db, error = %e, "capturing a transaction at its commit point");
+    Errno::EIO
+}

@@ -1,0 +1,104 @@
+//! An application killed in the middle of a transaction: SQLite's next reader rolls it back
+//! (rollback journal) or ignores its frames (WAL); nothing of it reaches the sink and the
+//! database is what the captured history says.
+//!
+//! The test re-runs its own binary as the application to kill, selected by an environment
+//! variable, so no other program is needed.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CHILD_DB: &str = "REPLITE_TEST_CRASH_DB";
+const CHILD_MARK: &str = "REPLITE_TEST_CRASH_MARK";
+const CHILD_MODE: &str = "REPLITE_TEST_CRASH_MODE";
+
+/// In the child: start a large update that spills into the database (or WAL), say so, and wait
+/// to be killed.
+fn child_main(db: PathBuf, mark: PathBuf, mode: String) -> ! {
+    let conn = rusqlite::Connection::open(&db).expect("child opens the database");
+    conn.execute_batch("PRAGMA cache_size=4; PRAGMA cache_spill=4;").expect("pragmas");
+    journal_mode(&conn, &mode);
+    conn.execute_batch("BEGIN; UPDATE t SET v = randomblob(300);").expect("uncommitted update");
+    std::fs::write(&mark, b"ready").expect("mark");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn killed_mid_transaction(mode: &str, test_name: &str) {
+    if let (Some(db), Some(mark), Some(mode)) =
+        (std::env::var_os(CHILD_DB), std::env::var_os(CHILD_MARK), std::env::var(CHILD_MODE).ok())
+    {
+        child_main(db.into(), mark.into(), mode);
+    }
+    let fx = Fixture::primary();
+    let conn = fx.open("crash.db");
+    journal_mode(&conn, mode);
+    conn.execute_batch("PRAGMA page_size=512; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);").unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    for _ in 0..200 {
+        conn.execute("INSERT INTO t(v) VALUES (zeroblob(300))", []).unwrap();
+    }
+    conn.execute_batch("COMMIT").unwrap();
+    drop(conn);
+    let commits = fx.sink.commits();
+    let mark = std::env::temp_dir().join(format!("replite-crash-mark-{}-{mode}", std::process::id()));
+    let _ = std::fs::remove_file(&mark);
+
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DB, fx.path("crash.db"))
+        .env(CHILD_MARK, &mark)
+        .env(CHILD_MODE, mode)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the application");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mark.exists() {
+        assert!(Instant::now() < deadline, "the application never reached its transaction");
+        assert!(child.try_wait().expect("child status").is_none(), "the application exited early");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let _ = std::fs::remove_file(&mark);
+
+    if mode != "WAL" {
+        // The kill left a hot journal and a half-written database.
+        assert!(fx.data.join("crash.db-journal").exists());
+        assert_ne!(fx.stored("crash.db"), fx.sink.copy_of("crash.db"), "the spill reached the file");
+    }
+    let reader = fx.open("crash.db");
+    let zeroed: i64 = reader.query_row("SELECT count(*) FROM t WHERE v = zeroblob(300)", [], |r| r.get(0)).unwrap();
+    assert_eq!(zeroed, 200, "the killed transaction is gone");
+    integrity_ok(&reader);
+    assert_eq!(fx.sink.commits(), commits, "nothing of the killed transaction was captured");
+    if mode == "WAL" {
+        reader.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    }
+    assert_same_pages(&fx.stored("crash.db"), &fx.sink.copy_of("crash.db"), 512, mode);
+    // And the next transaction is captured as usual.
+    reader.execute("UPDATE t SET v = zeroblob(10) WHERE id = 1", []).unwrap();
+    assert_eq!(fx.sink.commits(), commits + 1);
+}
+
+#[test]
+fn an_application_killed_mid_transaction_in_delete_mode_leaves_nothing_captured() {
+    killed_mid_transaction("DELETE", "an_application_killed_mid_transaction_in_delete_mode_leaves_nothing_captured");
+}
+
+#[test]
+fn an_application_killed_mid_transaction_in_persist_mode_leaves_nothing_captured() {
+    killed_mid_transaction("PERSIST", "an_application_killed_mid_transaction_in_persist_mode_leaves_nothing_captured");
+}
+
+#[test]
+fn an_application_killed_mid_transaction_in_wal_mode_leaves_nothing_captured() {
+    killed_mid_transaction("WAL", "an_application_killed_mid_transaction_in_wal_mode_leaves_nothing_captured");
+}

@@ -1,0 +1,246 @@
+//! Shared fixtures for the FUSE tests: temporary mounts that always unmount, and a sink that
+//! turns every captured transaction into an LTX file and applies it to an in-memory copy.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use replite_core::ltx::{self, Encoder, Header, checksum_database};
+use replite_core::types::{Checksum, PageSize, Pos, TxId};
+use replite_fuse::{CapturedTx, CommitSink, Durability, JournalMode, Mount, MountOptions, Refusal, Role};
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("replite-fuse-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One database as a replica would hold it, fed only by captured transactions.
+#[derive(Default)]
+pub struct Copy {
+    pub data: Vec<u8>,
+    pub pos: Pos,
+    pub ltx: Vec<Vec<u8>>,
+    pub modes: Vec<JournalMode>,
+    pub durabilities: Vec<Durability>,
+    pub wal: Vec<Option<replite_fuse::WalSegment>>,
+}
+
+/// Records every commit as an LTX file and applies it to an in-memory copy.
+#[derive(Default)]
+pub struct RecordingSink {
+    pub dbs: Mutex<HashMap<String, Copy>>,
+    pub refuse: AtomicBool,
+    /// Refuse at the commit point only (the lease was lost mid-transaction).
+    pub refuse_commit: AtomicBool,
+    pub commits: AtomicUsize,
+    pub syncs: AtomicUsize,
+    pub deletes: Mutex<Vec<String>>,
+}
+
+/// Encodes a captured transaction as the LTX file that moves `copy` to its next position.
+pub fn encode(copy: &Copy, tx: &CapturedTx) -> Vec<u8> {
+    let txid = copy.pos.txid.next();
+    let snapshot = txid == TxId(1);
+    let pre = if snapshot { Checksum::ZERO } else { copy.pos.checksum };
+    let mut after = copy.data.clone();
+    let page = tx.page_size.bytes();
+    for p in &tx.pages {
+        let at = (p.pgno.0 as usize - 1) * page;
+        if after.len() < at + page {
+            after.resize(at + page, 0);
+        }
+        after[at..at + page].copy_from_slice(&p.data);
+    }
+    after.resize(tx.commit as usize * page, 0);
+    let post = checksum_database(&after[..], tx.page_size).expect("in-memory read");
+    let mut header = Header::new(tx.page_size, tx.commit, txid, txid, pre);
+    if let Some(wal) = tx.wal {
+        header.wal_offset = i64::try_from(wal.offset).expect("WAL offset fits");
+        header.wal_size = i64::try_from(wal.size).expect("WAL size fits");
+        header.wal_salt1 = wal.salt1;
+        header.wal_salt2 = wal.salt2;
+    }
+    let mut enc = Encoder::new(Vec::new(), header).expect("valid header");
+    for p in &tx.pages {
+        enc.encode_page(p.pgno, &p.data).expect("captured pages are in order and inside the commit");
+    }
+    let (bytes, _) = enc.finish(post).expect("finish");
+    bytes
+}
+
+impl RecordingSink {
+    pub fn copy_of(&self, db: &str) -> Vec<u8> {
+        self.dbs.lock().unwrap().get(db).map(|c| c.data.clone()).unwrap_or_default()
+    }
+    pub fn pos_of(&self, db: &str) -> Pos {
+        self.dbs.lock().unwrap().get(db).map(|c| c.pos).unwrap_or_default()
+    }
+    pub fn ltx_of(&self, db: &str) -> Vec<Vec<u8>> {
+        self.dbs.lock().unwrap().get(db).map(|c| c.ltx.clone()).unwrap_or_default()
+    }
+    pub fn commits(&self) -> usize {
+        self.commits.load(Ordering::SeqCst)
+    }
+}
+
+impl CommitSink for RecordingSink {
+    fn commit(&self, tx: &CapturedTx) -> Result<(), Refusal> {
+        if self.refuse.load(Ordering::SeqCst) || self.refuse_commit.load(Ordering::SeqCst) {
+            return Err(Refusal::ReadOnly { reason: "test refuses".into() });
+        }
+        let mut dbs = self.dbs.lock().unwrap();
+        let copy = dbs.entry(tx.db.clone()).or_default();
+        let bytes = encode(copy, tx);
+        let pos = ltx::apply(&mut copy.data, copy.pos.checksum, &bytes[..])
+            .map_err(|e| Refusal::Failed { reason: e.to_string() })?;
+        copy.pos = pos;
+        copy.ltx.push(bytes);
+        copy.modes.push(tx.mode);
+        copy.durabilities.push(tx.durability);
+        copy.wal.push(tx.wal);
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn may_write(&self, _db: &str) -> Result<(), Refusal> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(Refusal::ReadOnly { reason: "test refuses".into() });
+        }
+        Ok(())
+    }
+
+    fn sync(&self, _db: &str) -> Result<(), Refusal> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn delete(&self, db: &str) -> Result<(), Refusal> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(Refusal::ReadOnly { reason: "test refuses".into() });
+        }
+        self.deletes.lock().unwrap().push(db.to_owned());
+        Ok(())
+    }
+}
+
+/// A mount over a temporary data directory; unmounts before the directories go.
+pub struct Fixture {
+    pub mount: Option<Mount>,
+    pub sink: Arc<RecordingSink>,
+    pub data: PathBuf,
+    pub mnt: PathBuf,
+    root: TempDir,
+}
+
+impl Fixture {
+    pub fn new(role: Role) -> Fixture {
+        Fixture::with_passthrough(role, false)
+    }
+
+    /// A mount that uses FUSE passthrough for WAL indexes and replica databases.
+    pub fn with_passthrough(role: Role, passthrough: bool) -> Fixture {
+        init_logs();
+        let root = TempDir::new(if role == Role::Primary { "primary" } else { "replica" });
+        let data = root.0.join("data");
+        let mnt = root.0.join("mnt");
+        std::fs::create_dir_all(&mnt).expect("mountpoint");
+        let sink = Arc::new(RecordingSink::default());
+        let options = MountOptions { role, threads: 2, passthrough, ..MountOptions::default() };
+        let mount = Mount::new(&data, &mnt, Arc::clone(&sink) as Arc<dyn CommitSink>, &options).expect("mount");
+        Fixture { mount: Some(mount), sink, data: data.canonicalize().expect("data dir"), mnt, root }
+    }
+
+    pub fn primary() -> Fixture {
+        Fixture::new(Role::Primary)
+    }
+
+    pub fn replica() -> Fixture {
+        Fixture::new(Role::Replica)
+    }
+
+    pub fn mount(&self) -> &Mount {
+        self.mount.as_ref().expect("mounted")
+    }
+
+    pub fn path(&self, db: &str) -> PathBuf {
+        self.mnt.join(db)
+    }
+
+    pub fn open(&self, db: &str) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(self.path(db)).expect("open through the mount");
+        conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+        conn
+    }
+
+    /// The database file as stored in the data directory.
+    pub fn stored(&self, db: &str) -> Vec<u8> {
+        std::fs::read(self.data.join(db)).unwrap_or_default()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        drop(self.mount.take());
+        let _ = &self.root;
+    }
+}
+
+/// Asserts two database images are identical, naming the first differing page.
+pub fn assert_same_pages(real: &[u8], copy: &[u8], page_size: usize, what: &str) {
+    assert_eq!(real.len(), copy.len(), "{what}: database sizes differ (real {} vs copy {})", real.len(), copy.len());
+    if let Some(i) = real.iter().zip(copy).position(|(a, b)| a != b) {
+        let start = i / page_size * page_size;
+        panic!(
+            "{what}: page {} differs at byte {}\nreal {:02x?}\ncopy {:02x?}",
+            i / page_size + 1,
+            i % page_size,
+            &real[start..start + 16],
+            &copy[start..start + 16]
+        );
+    }
+}
+
+pub fn checksum(bytes: &[u8], page_size: u32) -> Checksum {
+    checksum_database(bytes, PageSize::new(page_size).expect("valid page size")).expect("in-memory read")
+}
+
+pub fn integrity_ok(conn: &rusqlite::Connection) {
+    let result: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity_check");
+    assert_eq!(result, "ok");
+}
+
+pub fn journal_mode(conn: &rusqlite::Connection, mode: &str) -> String {
+    conn.query_row(&format!("PRAGMA journal_mode={mode}"), [], |r| r.get(0)).expect("journal_mode")
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
+
+/// Sends the crate's logs to the test output (`RUST_LOG=replite_fuse=debug`).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}

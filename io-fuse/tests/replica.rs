@@ -1,0 +1,233 @@
+//! Replicas: the mount is read-only for applications, and LTX files captured on a primary
+//! mount, applied through `Mount::apply_ltx`, give readers whole transactions only.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use replite_core::types::{Checksum, Pos};
+
+const ACCOUNTS: i64 = 16;
+const TOTAL: i64 = 16_000;
+
+/// Builds a primary history: accounts whose balances always sum to TOTAL and whose `ver`
+/// column all equal the transaction's version, spread over many pages by padding.
+fn primary_history(page_size: u32, transfers: i64) -> (Fixture, Vec<Vec<u8>>) {
+    primary_history_in(page_size, transfers, "DELETE")
+}
+
+fn primary_history_in(page_size: u32, transfers: i64, mode: &str) -> (Fixture, Vec<Vec<u8>>) {
+    let fx = Fixture::primary();
+    let conn = fx.open("bank.db");
+    conn.execute_batch(&format!("PRAGMA page_size={page_size}")).unwrap();
+    journal_mode(&conn, mode);
+    conn.execute_batch("CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INTEGER, ver INTEGER, pad BLOB)").unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    for id in 0..ACCOUNTS {
+        conn.execute(
+            "INSERT INTO acct VALUES (?1, ?2, 0, zeroblob(?3))",
+            rusqlite::params![id, TOTAL / ACCOUNTS, page_size as i64 / 2],
+        )
+        .unwrap();
+    }
+    conn.execute_batch("COMMIT").unwrap();
+    for v in 1..=transfers {
+        let commits = fx.sink.commits();
+        let from = v % ACCOUNTS;
+        let to = (v * 7 + 3) % ACCOUNTS;
+        conn.execute_batch("BEGIN").unwrap();
+        conn.execute("UPDATE acct SET bal = bal - ?1 WHERE id = ?2", rusqlite::params![v % 50, from]).unwrap();
+        conn.execute("UPDATE acct SET bal = bal + ?1 WHERE id = ?2", rusqlite::params![v % 50, to]).unwrap();
+        conn.execute("UPDATE acct SET ver = ?1", [v]).unwrap();
+        if v % 10 == 0 {
+            // Grow and shrink the file too.
+            conn.execute(
+                "INSERT INTO acct VALUES (?1, 0, ?2, zeroblob(?3))",
+                rusqlite::params![1000 + v, v, 3 * page_size as i64],
+            )
+            .unwrap();
+        }
+        if v % 10 == 5 {
+            conn.execute("DELETE FROM acct WHERE id >= 1000", []).unwrap();
+        }
+        conn.execute_batch("COMMIT").unwrap();
+        assert_eq!(fx.sink.commits(), commits + 1, "{mode}: transfer {v} is one captured commit");
+        // In WAL mode the file lags behind the WAL until a checkpoint; the replica test compares
+        // against the primary's checkpointed file at the end.
+        if mode != "WAL" {
+            assert_same_pages(
+                &fx.stored("bank.db"),
+                &fx.sink.copy_of("bank.db"),
+                page_size as usize,
+                &format!("primary tx {v}"),
+            );
+        }
+    }
+    if mode == "WAL" {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    }
+    let ltx = fx.sink.ltx_of("bank.db");
+    (fx, ltx)
+}
+
+#[test]
+fn writes_on_a_replica_fail_as_sqlite_readonly() {
+    let (primary, ltx) = primary_history(4096, 3);
+    let replica = Fixture::replica();
+    let mut pos = Pos::default();
+    for file in &ltx {
+        pos = replica.mount().apply_ltx("bank.db", file, pos.checksum).expect("apply");
+    }
+    assert_eq!(pos, primary.sink.pos_of("bank.db"));
+    let conn = replica.open("bank.db");
+    let sum: i64 = conn.query_row("SELECT sum(bal) FROM acct", [], |r| r.get(0)).unwrap();
+    assert_eq!(sum, TOTAL);
+    let err = conn.execute("UPDATE acct SET bal = 0", []).expect_err("replica is read-only");
+    assert_eq!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::ReadOnly), "{err:?}");
+    // Plain file writes fail with EROFS too, and nothing is created.
+    let err = std::fs::write(replica.path("other.db"), b"x").expect_err("no creation on a replica");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    let err = std::fs::OpenOptions::new().write(true).open(replica.path("bank.db")).expect_err("no writable open");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    // The position file shows what was applied.
+    let text = std::fs::read_to_string(replica.path("bank.db-pos")).expect("pos file");
+    assert_eq!(text, format!("{pos}\n"));
+    assert_same_pages(&replica.stored("bank.db"), &primary.stored("bank.db"), 4096, "replica vs primary");
+}
+
+#[test]
+fn replica_reaches_the_primary_checksum_after_every_transaction() {
+    for page_size in [512, 4096, 65536] {
+        let (primary, ltx) = primary_history(page_size, 25);
+        let replica = Fixture::replica();
+        let conn_checks = std::cell::Cell::new(0);
+        let mut pos = Pos::default();
+        for (i, file) in ltx.iter().enumerate() {
+            pos = replica.mount().apply_ltx("bank.db", file, pos.checksum).expect("apply");
+            assert_eq!(pos.checksum, checksum(&replica.stored("bank.db"), page_size), "tx {i}");
+            conn_checks.set(conn_checks.get() + 1);
+        }
+        assert_eq!(pos, primary.sink.pos_of("bank.db"));
+        assert_same_pages(&replica.stored("bank.db"), &primary.stored("bank.db"), page_size as usize, "final");
+    }
+}
+
+#[test]
+fn an_ltx_that_does_not_extend_the_position_is_rejected_and_changes_nothing() {
+    let (_primary, ltx) = primary_history(4096, 3);
+    let replica = Fixture::replica();
+    let pos = replica.mount().apply_ltx("bank.db", &ltx[0], Checksum::ZERO).expect("snapshot");
+    let before = replica.stored("bank.db");
+    // Skipping a transaction: the pre-apply checksum does not match.
+    let err = replica.mount().apply_ltx("bank.db", &ltx[2], pos.checksum).expect_err("gap");
+    assert!(matches!(err, replite_fuse::ApplyLtxError::Apply { .. }), "{err}");
+    assert_eq!(replica.stored("bank.db"), before);
+    // A corrupt file is refused before anything is written.
+    let mut corrupt = ltx[1].clone();
+    let n = corrupt.len();
+    corrupt[n / 2] ^= 0xff;
+    let err = replica.mount().apply_ltx("bank.db", &corrupt, pos.checksum).expect_err("corrupt");
+    assert!(matches!(err, replite_fuse::ApplyLtxError::Invalid { .. }), "{err}");
+    assert_eq!(replica.stored("bank.db"), before);
+}
+
+#[test]
+fn readers_during_apply_never_see_a_torn_transaction() {
+    readers_see_whole_transactions(Fixture::replica(), "DELETE");
+}
+
+#[test]
+fn readers_of_a_wal_primary_replica_never_see_a_torn_transaction() {
+    readers_see_whole_transactions(Fixture::replica(), "WAL");
+}
+
+#[test]
+fn readers_of_a_passthrough_replica_never_see_a_torn_transaction() {
+    readers_see_whole_transactions(Fixture::with_passthrough(replite_fuse::Role::Replica, true), "DELETE");
+}
+
+#[test]
+fn writes_on_a_passthrough_replica_fail_as_sqlite_readonly() {
+    let (_primary, ltx) = primary_history(4096, 2);
+    let replica = Fixture::with_passthrough(replite_fuse::Role::Replica, true);
+    let mut pos = Pos::default();
+    for file in &ltx {
+        pos = replica.mount().apply_ltx("bank.db", file, pos.checksum).expect("apply");
+    }
+    let conn = replica.open("bank.db");
+    let ver: i64 = conn.query_row("SELECT max(ver) FROM acct", [], |r| r.get(0)).unwrap();
+    assert_eq!(ver, 2);
+    let err = conn.execute("UPDATE acct SET bal = 0", []).expect_err("replica is read-only");
+    assert_eq!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::ReadOnly), "{err:?}");
+}
+
+fn readers_see_whole_transactions(replica: Fixture, mode: &str) {
+    let transfers = 60;
+    let (primary, ltx) = primary_history_in(1024, transfers, mode);
+    let replica = Arc::new(replica);
+    // Everything before the transfers (journal mode switch, table creation, filling) is
+    // applied before the readers start: they need a filled table.
+    let setup = ltx.len() - transfers as usize;
+    let mut pos = Pos::default();
+    for file in &ltx[..setup] {
+        pos = replica.mount().apply_ltx("bank.db", file, pos.checksum).expect("setup");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (replica, stop, reads) = (Arc::clone(&replica), Arc::clone(&stop), Arc::clone(&reads));
+            std::thread::spawn(move || {
+                let mut last_ver = -1i64;
+                let mut conn = replica.open("bank.db");
+                conn.busy_timeout(Duration::from_secs(30)).unwrap();
+                while !stop.load(Ordering::SeqCst) {
+                    let tx = conn.transaction().unwrap();
+                    let (sum, min_ver, max_ver): (i64, i64, i64) = tx
+                        .query_row("SELECT sum(bal), min(ver), max(ver) FROM acct WHERE id < 1000", [], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })
+                        .unwrap();
+                    let check: String = tx.query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap();
+                    tx.commit().unwrap();
+                    assert_eq!(sum, TOTAL, "a reader saw half a transfer");
+                    assert_eq!(min_ver, max_ver, "a reader saw two versions at once");
+                    assert_eq!(check, "ok");
+                    assert!(max_ver >= last_ver, "a reader went back in time");
+                    last_ver = max_ver;
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    // POSIX locks do not queue writers ahead of readers: readers that start a
+                    // new transaction the instant they end one can hold off the apply's PENDING
+                    // lock for long stretches (SQLite's own writers have the same exposure).
+                    // A short pause keeps this test quick; docs/decisions/fuse-locks-and-caching.md.
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                last_ver
+            })
+        })
+        .collect();
+    for file in &ltx[setup..] {
+        pos = replica.mount().apply_ltx("bank.db", file, pos.checksum).expect("apply");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Let readers see the final state.
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::SeqCst);
+    for reader in readers {
+        let last = reader.join().expect("reader thread");
+        assert_eq!(last, transfers, "every reader ends at the last transaction");
+    }
+    assert!(reads.load(Ordering::SeqCst) > 10, "readers ran during the applies");
+    assert_eq!(pos, primary.sink.pos_of("bank.db"));
+    // The stored file is the primary's, header included (a WAL primary's says WAL)...
+    assert_same_pages(&replica.stored("bank.db"), &primary.stored("bank.db"), 1024, "replica vs primary");
+    let wal_header = if mode == "WAL" { 2 } else { 1 };
+    assert_eq!(replica.stored("bank.db")[18], wal_header);
+    // ...while readers see a rollback-journal database, which needs no WAL index.
+    let conn = replica.open("bank.db");
+    let seen: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(seen, "delete");
+}
