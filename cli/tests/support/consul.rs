@@ -55,6 +55,21 @@ impl Store {
         self.index
     }
 
+    /// Sets a key's value at a new index, creating the key if needed.
+    fn write(&mut self, key: String, value: &[u8]) -> &mut Entry {
+        let index = self.bump();
+        let entry = self.kv.entry(key).or_insert(Entry {
+            value: Vec::new(),
+            session: None,
+            create_index: index,
+            modify_index: index,
+            lock_index: 0,
+        });
+        entry.value = value.to_vec();
+        entry.modify_index = index;
+        entry
+    }
+
     /// Invalidates sessions whose TTL ran out, as Consul's leader does.
     fn expire(&mut self, now: Instant) {
         let expired: Vec<String> =
@@ -182,20 +197,11 @@ async fn put_key(
         if held_by_other || delayed {
             return "false".into_response();
         }
-        let index = store.bump();
-        let entry = store.kv.entry(key).or_insert(Entry {
-            value: Vec::new(),
-            session: None,
-            create_index: index,
-            modify_index: index,
-            lock_index: 0,
-        });
+        let entry = store.write(key, &body);
         if entry.session.as_deref() != Some(id.as_str()) {
             entry.lock_index += 1;
         }
         entry.session = Some(id);
-        entry.value = body.to_vec();
-        entry.modify_index = index;
         return "true".into_response();
     }
     if let Some(id) = q.release {
@@ -209,16 +215,7 @@ async fn put_key(
             _ => "false".into_response(),
         };
     }
-    let index = store.bump();
-    let entry = store.kv.entry(key).or_insert(Entry {
-        value: Vec::new(),
-        session: None,
-        create_index: index,
-        modify_index: index,
-        lock_index: 0,
-    });
-    entry.value = body.to_vec();
-    entry.modify_index = index;
+    store.write(key, &body);
     "true".into_response()
 }
 
