@@ -4,4 +4,5 @@
 //! processes (etcd, several daemons) are in `cli/tests/`.
 
 pub mod config;
+pub mod driver;
 pub mod lease;
