@@ -3,7 +3,13 @@
 //! nothing itself.
 
 mod bridge;
+mod clock;
 mod page_sums;
+mod run;
+mod storage;
 
 pub use bridge::{Answer, COMMIT_ANSWER_TIMEOUT, CommitBridge, FsRequest};
+pub use clock::Clock;
 pub use page_sums::{CommitPages, PageSums};
+pub use run::Driver;
+pub use storage::Storage;

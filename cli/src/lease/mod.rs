@@ -2,6 +2,7 @@
 //! only talks to its store and reports what happened; when to acquire, renew or give up is
 //! decided by the core `Node`.
 
+mod backend;
 mod consul;
 mod etcd;
 mod record;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use replite_core::Epoch;
 use thiserror::Error;
 
+pub use backend::Leaser;
 pub use consul::ConsulLeaser;
 pub use etcd::EtcdLeaser;
 pub use record::LeaseRecord;

@@ -1,0 +1,125 @@
+//! The driver with a real Node, the static lease and an in-memory store: commits captured by
+//! the FUSE layer are answered only after their LTX is durable, form a valid chain of LTX
+//! files, and rebuild the database; a node that is not primary refuses them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use replite::driver::{CommitBridge, Driver, PageSums, Storage};
+use replite::lease::{LeaseRecord, Leaser, StaticLeaser};
+use replite_core::node::{Config, Input, IoFailure, Node, Recovery};
+use replite_core::stream::DbName;
+use replite_core::{Checksum, Epoch, NodeId, PageSize, Pgno, Pos, TxId, ltx};
+use replite_fuse::{CapturedPage, CapturedTx, CommitSink, Durability, JournalMode, Refusal};
+
+#[derive(Default)]
+struct MemStorage {
+    files: Mutex<BTreeMap<(String, u64), Vec<u8>>>,
+}
+
+impl Storage for MemStorage {
+    fn persist_ltx(&self, db: &DbName, min: TxId, _max: TxId, bytes: &[u8]) -> Result<Pos, IoFailure> {
+        let verified = ltx::verify(bytes).map_err(|_| IoFailure::Mismatch)?;
+        self.files.lock().expect("lock").insert((db.as_str().to_owned(), min.0), bytes.to_vec());
+        Ok(verified.post_apply_pos())
+    }
+    fn remove_ltx(&self, db: &DbName, min: TxId, _max: TxId) -> Result<(), IoFailure> {
+        self.files.lock().expect("lock").remove(&(db.as_str().to_owned(), min.0));
+        Ok(())
+    }
+    fn persist_epoch(&self, _epoch: Epoch) -> Result<(), IoFailure> {
+        Ok(())
+    }
+}
+
+fn record() -> LeaseRecord {
+    LeaseRecord { hostname: "n1".into(), advertise_url: "http://127.0.0.1:20202".into(), node_id: Some(NodeId(1)) }
+}
+
+fn tx(pages: &[(u32, u8)], commit: u32) -> CapturedTx {
+    CapturedTx {
+        db: "app.db".into(),
+        page_size: PageSize::new(512).expect("valid"),
+        commit,
+        pages: pages.iter().map(|&(pgno, fill)| CapturedPage { pgno: Pgno(pgno), data: vec![fill; 512] }).collect(),
+        mode: JournalMode::Delete,
+        durability: Durability::Requested,
+        wal: None,
+    }
+}
+
+/// Starts a driver on its own runtime thread; returns the FUSE-side bridge and the store.
+fn start(primary: bool) -> (CommitBridge, Arc<MemStorage>, std::thread::JoinHandle<()>) {
+    let mut cfg = Config::new(NodeId(1));
+    cfg.candidate = primary;
+    if !primary {
+        cfg.candidates.clear();
+    }
+    let mut node = Node::new(cfg).expect("valid config");
+    let storage = Arc::new(MemStorage::default());
+    let (bridge, fs) = CommitBridge::new();
+    let store: Arc<dyn Storage> = storage.clone();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let clock = replite::driver::Clock::start();
+            node.handle(clock.now(), Input::Start(Recovery::default()));
+            let leaser = Leaser::Static(StaticLeaser::new(primary, record()));
+            let driver = Driver::new(node, fs, leaser, store, Box::new(|tx| Ok(PageSums::empty(tx.page_size))));
+            driver.run().await;
+        });
+    });
+    (bridge, storage, thread)
+}
+
+/// Waits (bounded) until the node says it may write.
+fn wait_for_primary(bridge: &CommitBridge) -> Result<(), Refusal> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match bridge.may_write("app.db") {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+#[test]
+fn commits_are_answered_after_their_ltx_is_durable_and_chain_into_the_database() {
+    let (bridge, storage, driver) = start(true);
+    wait_for_primary(&bridge).expect("a static primary takes the lease");
+
+    bridge.commit(&tx(&[(1, 1), (2, 2)], 2)).expect("first commit");
+    bridge.commit(&tx(&[(2, 3), (3, 4)], 3)).expect("second commit");
+    bridge.commit(&tx(&[(1, 5)], 2)).expect("a commit that shrinks the database");
+
+    let files = storage.files.lock().expect("lock").clone();
+    assert_eq!(files.keys().map(|(_, min)| *min).collect::<Vec<_>>(), vec![1, 2, 3], "one LTX per commit");
+    let mut db = Vec::new();
+    let mut pos = Pos::ZERO;
+    for bytes in files.values() {
+        pos = ltx::apply(&mut db, pos.checksum, &bytes[..]).expect("each file continues the last");
+    }
+    let mut expected = vec![5u8; 512];
+    expected.extend_from_slice(&[3u8; 512]);
+    assert_eq!(db, expected);
+    assert_eq!(pos.txid, TxId(3));
+    assert_eq!(ltx::checksum_database(&db[..], PageSize::new(512).expect("valid")).expect("sums"), pos.checksum);
+    assert_ne!(pos.checksum, Checksum::ZERO);
+
+    drop(bridge);
+    driver.join().expect("driver stops when the FUSE side hangs up");
+}
+
+#[test]
+fn a_node_that_is_not_primary_refuses_commits_as_read_only() {
+    let (bridge, storage, driver) = start(false);
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = bridge.commit(&tx(&[(1, 1)], 1));
+    assert!(matches!(refused, Err(Refusal::ReadOnly { .. })), "{refused:?}");
+    assert!(matches!(bridge.may_write("app.db"), Err(Refusal::ReadOnly { .. })));
+    assert!(storage.files.lock().expect("lock").is_empty(), "nothing persisted");
+    drop(bridge);
+    driver.join().expect("driver stops");
+}
