@@ -11,5 +11,5 @@ mod storage;
 pub use bridge::{Answer, COMMIT_ANSWER_TIMEOUT, CommitBridge, FsRequest};
 pub use clock::Clock;
 pub use page_sums::{CommitPages, PageSums};
-pub use run::Driver;
+pub use run::{Driver, LoadPageSums};
 pub use storage::Storage;

@@ -19,6 +19,9 @@ use crate::driver::page_sums::PageSums;
 use crate::driver::storage::Storage;
 use crate::lease::{AcquireOutcome, Leaser};
 
+/// Reads a database's page checksums the first time it commits (the file as it was before).
+pub type LoadPageSums = Box<dyn Fn(&CapturedTx) -> std::io::Result<PageSums> + Send>;
+
 /// A commit the Node has not answered yet.
 struct Pending {
     answer: Answer,
@@ -36,7 +39,7 @@ pub struct Driver {
     storage: Arc<dyn Storage>,
     /// Per-database page checksums, loaded by the caller-supplied function on first commit.
     sums: BTreeMap<String, PageSums>,
-    load_sums: Box<dyn Fn(&CapturedTx) -> std::io::Result<PageSums> + Send>,
+    load_sums: LoadPageSums,
     pending: BTreeMap<CommitId, Pending>,
     next_commit: u64,
 }
@@ -48,7 +51,7 @@ impl Driver {
         fs: mpsc::UnboundedReceiver<FsRequest>,
         leaser: Leaser,
         storage: Arc<dyn Storage>,
-        load_sums: Box<dyn Fn(&CapturedTx) -> std::io::Result<PageSums> + Send>,
+        load_sums: LoadPageSums,
     ) -> Driver {
         let (results_tx, results) = mpsc::unbounded_channel();
         Driver {

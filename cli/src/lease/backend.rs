@@ -9,8 +9,8 @@ use crate::lease::{AcquireOutcome, ConsulLeaser, EtcdLeaser, LeaseError, LeaseRe
 pub enum Leaser {
     /// `lease.type: static`.
     Static(StaticLeaser),
-    /// `lease.type: etcd`.
-    Etcd(EtcdLeaser),
+    /// `lease.type: etcd` (boxed: its gRPC client is large).
+    Etcd(Box<EtcdLeaser>),
     /// `lease.type: consul`.
     Consul(ConsulLeaser),
 }
@@ -21,7 +21,7 @@ impl Leaser {
     pub async fn connect(config: &Config, me: LeaseRecord, static_primary: LeaseRecord) -> Result<Leaser, LeaseError> {
         Ok(match config.lease.kind {
             LeaseType::Static => Leaser::Static(StaticLeaser::new(config.lease.candidate, static_primary)),
-            LeaseType::Etcd => Leaser::Etcd(EtcdLeaser::connect(&config.lease.etcd, me).await?),
+            LeaseType::Etcd => Leaser::Etcd(Box::new(EtcdLeaser::connect(&config.lease.etcd, me).await?)),
             LeaseType::Consul => Leaser::Consul(ConsulLeaser::connect(&config.lease.consul, me).await?),
             LeaseType::Unset => {
                 return Err(LeaseError::Store { op: "connect", message: "lease.type is not set".into() });
