@@ -9,10 +9,10 @@ use crate::lease::{AcquireOutcome, ConsulLeaser, EtcdLeaser, LeaseError, LeaseRe
 pub enum Leaser {
     /// `lease.type: static`.
     Static(StaticLeaser),
-    /// `lease.type: etcd` (boxed: its gRPC client is large).
+    /// `lease.type: etcd` (the network backends are boxed: their clients are large).
     Etcd(Box<EtcdLeaser>),
     /// `lease.type: consul`.
-    Consul(ConsulLeaser),
+    Consul(Box<ConsulLeaser>),
 }
 
 impl Leaser {
@@ -22,7 +22,7 @@ impl Leaser {
         Ok(match config.lease.kind {
             LeaseType::Static => Leaser::Static(StaticLeaser::new(config.lease.candidate, static_primary)),
             LeaseType::Etcd => Leaser::Etcd(Box::new(EtcdLeaser::connect(&config.lease.etcd, me).await?)),
-            LeaseType::Consul => Leaser::Consul(ConsulLeaser::connect(&config.lease.consul, me).await?),
+            LeaseType::Consul => Leaser::Consul(Box::new(ConsulLeaser::connect(&config.lease.consul, me).await?)),
             LeaseType::Unset => {
                 return Err(LeaseError::Store { op: "connect", message: "lease.type is not set".into() });
             }
