@@ -4,4 +4,6 @@
 //! processes (etcd, several daemons) are in `cli/tests/`.
 
 pub mod config;
+pub mod db_file;
 pub mod lease;
+pub mod store;
