@@ -392,3 +392,69 @@ fn recovering_a_data_dir_that_does_not_exist_finds_nothing() {
     assert!(recovery.dbs.is_empty());
     assert_eq!(recovery.max_epoch, Epoch(0));
 }
+
+/// Carries out the Node's storage outputs with the store, feeding results back, until it asks
+/// for nothing more; returns the removals seen.
+fn run_storage(node: &mut replite_core::node::Node, store: &mut Store) -> Vec<(TxId, TxId)> {
+    use replite_core::node::{Input, Millis, Output};
+    let mut removed = Vec::new();
+    while let Some(out) = node.poll_output() {
+        match out {
+            Output::ReplayLtx { db, op, min, max, base } => {
+                let result = store.apply_ltx(&db, min, max, base).map_err(|e| e.failure());
+                node.handle(Millis(0), Input::LtxDone { op, result });
+            }
+            Output::PersistLtx { db, op, min, max, bytes, base } => {
+                let result = store.persist_and_apply(&db, min, max, &bytes, base).map_err(|e| e.failure());
+                node.handle(Millis(0), Input::LtxDone { op, result });
+            }
+            Output::RemoveLtx { db, min, max } => {
+                store.remove_ltx(&db, min, max).expect("remove");
+                removed.push((min, max));
+            }
+            Output::PersistEpoch { epoch } => store.persist_epoch(epoch).expect("persist epoch"),
+            _ => {}
+        }
+    }
+    removed
+}
+
+#[test]
+fn a_restarted_node_replays_missed_applies_and_removes_a_torn_file_through_the_store() {
+    use replite_core::NodeId;
+    use replite_core::node::{Config, Input, Millis, Node};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(3, 0x11);
+    let tx2 = model.tx(&[2], 0x22);
+    let tx3 = model.tx(&[1, 4], 0x33);
+    let expected_db = model.db.clone();
+    let tx4 = model.tx(&[3], 0x44);
+    {
+        // The crash came after tx2 and tx3 were durable but before they were applied, and
+        // in the middle of writing tx4.
+        let (mut store, _) = Store::open(dir.path()).expect("open");
+        persist_and_apply(&mut store, &snap, Checksum::ZERO);
+        for l in [&tx2, &tx3, &tx4] {
+            store.persist_ltx(&name(), l.min, l.max, &l.bytes).expect("persist");
+        }
+    }
+    let torn = dir.path().join("dbs/app.db/ltx/0000000000000004-0000000000000004.ltx");
+    fs::write(&torn, &tx4.bytes[..tx4.bytes.len() - 8]).expect("tear tx4");
+
+    let (mut store, recovery) = Store::open(dir.path()).expect("reopen");
+    let mut cfg = Config::new(NodeId(1));
+    cfg.candidates = [NodeId(1)].into_iter().collect();
+    let mut node = Node::new(cfg).expect("valid config");
+    node.handle(Millis(0), Input::Start(recovery));
+    let removed = run_storage(&mut node, &mut store);
+
+    assert_eq!(removed, [(TxId(4), TxId(4))]);
+    assert!(!torn.exists());
+    assert_eq!(node.pos(&name()), Pos::new(TxId(3), tx3.post));
+    assert_eq!(fs::read(store.database_path(&name())).expect("database"), expected_db);
+    let again = recover(dir.path()).expect("recover again");
+    assert_eq!(again.dbs[&name()].ltx, [info(&snap), info(&tx2), info(&tx3)]);
+    assert_eq!(again.dbs[&name()].db_checksum, tx3.post);
+}
