@@ -77,8 +77,8 @@ impl Store {
     }
 
     /// Makes `bytes` durable as `dbs/<db>/ltx/<min>-<max>.ltx`: verified in full first (a
-    /// malformed file is never stored), then written through a temp file and renamed (see
-    /// `write_atomic`: temp file, fsync, rename, directory fsync). When this returns `Ok` the file survives a crash.
+    /// malformed file is never stored), then written to a temp file, fsynced, renamed, and the
+    /// directory fsynced. When this returns `Ok` the file survives a crash.
     pub fn persist_ltx(&mut self, db: &DbName, min: TxId, max: TxId, bytes: &[u8]) -> Result<VerifiedLtx, StoreError> {
         let verified =
             ltx::verify(bytes).map_err(|source| StoreError::InvalidLtx { db: db.clone(), min, max, source })?;
