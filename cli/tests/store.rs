@@ -306,21 +306,28 @@ fn a_malformed_epoch_file_is_an_error_not_epoch_zero() {
     assert!(matches!(err, StoreError::InvalidEpochFile { .. }), "{err}");
 }
 
+/// Serialises the tests that mount: `mount`/`umount` are child processes, and a child forked
+/// while another test had a file open on its tmpfs holds that file until it execs, which keeps
+/// a deleted temp file's space in use (a spurious ENOSPC) or the mount busy.
+static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A tmpfs mounted for one test, unmounted when dropped.
 struct Tmpfs {
     path: PathBuf,
     _dir: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Tmpfs {
     /// Mounts a tmpfs of `size` (e.g. "64k"); `None` when not root (the mount needs it).
     fn mount(size: &str) -> Option<Tmpfs> {
+        let serial = MOUNTING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().to_path_buf();
         let status =
             Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&path).status();
         if status.is_ok_and(|s| s.success()) {
-            return Some(Tmpfs { path, _dir: dir });
+            return Some(Tmpfs { path, _dir: dir, _serial: serial });
         }
         let root = fs::read_to_string("/proc/self/status")
             .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
@@ -332,7 +339,16 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).status();
+        // Should umount still find the mount busy, retry, then detach lazily so the mount never
+        // outlives the test.
+        for _ in 0..20 {
+            if Command::new("umount").arg(&self.path).status().is_ok_and(|s| s.success()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let lazy = Command::new("umount").arg("-l").arg(&self.path).status();
+        eprintln!("umount {} failed 20 times; lazy unmount: {lazy:?}", self.path.display());
     }
 }
 
