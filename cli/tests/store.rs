@@ -285,6 +285,27 @@ fn a_snapshot_replaces_older_ltx_files_and_the_database() {
 }
 
 #[test]
+fn a_primary_commit_is_persisted_without_reapplying_pages_the_database_already_holds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let tx2 = model.tx(&[2, 3], 0x22);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    // What the FUSE layer does on a primary: SQLite's writes land in the database file first.
+    fs::write(store.database_path(&name()), &model.db).expect("write through the mount");
+    let pos = store.persist_commit(&name(), tx2.min, tx2.max, &tx2.bytes).expect("persist commit");
+    assert_eq!(pos, Pos::new(TxId(2), tx2.post));
+    assert_eq!(fs::read(store.database_path(&name())).expect("database"), model.db);
+    // The next transaction applies on top: the store re-read the file rather than trusting
+    // the checksum it had before the commit.
+    let tx3 = model.tx(&[1], 0x33);
+    let pos3 = persist_and_apply(&mut store, &tx3, tx2.post);
+    assert_eq!(pos3, Pos::new(TxId(3), tx3.post));
+    assert_eq!(fs::read(store.database_path(&name())).expect("database"), model.db);
+}
+
+#[test]
 fn malformed_ltx_bytes_are_never_stored() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut model = Model::default();

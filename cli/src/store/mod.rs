@@ -110,6 +110,15 @@ impl Store {
         self.apply_ltx(db, min, max, base)
     }
 
+    /// Carries out a primary's `Output::PersistLtx` for its own commit: the FUSE layer already
+    /// wrote the pages to the database file, so the file is persisted but not applied, and the
+    /// store stops trusting its cached checksum of the database. Returns the position after it.
+    pub fn persist_commit(&mut self, db: &DbName, min: TxId, max: TxId, bytes: &[u8]) -> Result<Pos, StoreError> {
+        let verified = self.persist_ltx(db, min, max, bytes)?;
+        self.forget_checksum(db);
+        Ok(verified.post_apply_pos())
+    }
+
     /// Carries out `Output::RemoveLtx`. Removing a file that is not there succeeds. The
     /// directory is not fsynced: a removal lost in a crash leaves a file the Node removes again.
     pub fn remove_ltx(&mut self, db: &DbName, min: TxId, max: TxId) -> Result<(), StoreError> {
