@@ -1,7 +1,6 @@
 //! `replite`: the command-line tool and (in later issues) the daemon.
 
 mod args;
-mod db_file;
 mod ltx_cmd;
 mod timefmt;
 

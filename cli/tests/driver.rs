@@ -123,3 +123,40 @@ fn a_node_that_is_not_primary_refuses_commits_as_read_only() {
     drop(bridge);
     driver.join().expect("driver stops");
 }
+
+#[test]
+fn the_primary_store_makes_each_commit_durable_in_the_data_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, recovery) = replite::store::Store::open(dir.path()).expect("opens an empty data dir");
+    assert!(recovery.dbs.is_empty());
+    let mut cfg = Config::new(NodeId(1));
+    cfg.candidate = true;
+    let mut node = Node::new(cfg).expect("valid config");
+    let storage: Arc<dyn Storage> = Arc::new(replite::driver::PrimaryStore(Mutex::new(store)));
+    let (bridge, fs) = CommitBridge::new();
+    let driver = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let clock = replite::driver::Clock::start();
+            node.handle(clock.now(), Input::Start(recovery));
+            let leaser = Leaser::Static(StaticLeaser::new(true, record()));
+            Driver::new(node, fs, leaser, storage, Box::new(|tx| Ok(PageSums::empty(tx.page_size)))).run().await;
+        });
+    });
+    wait_for_primary(&bridge).expect("primary");
+    bridge.commit(&tx(&[(1, 1), (2, 2)], 2)).expect("commit 1");
+    bridge.commit(&tx(&[(2, 9)], 2)).expect("commit 2");
+    drop(bridge);
+    driver.join().expect("driver stops");
+
+    let ltx_dir = dir.path().join("dbs/app.db/ltx");
+    let mut names: Vec<String> = std::fs::read_dir(&ltx_dir)
+        .expect("ltx dir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["0000000000000001-0000000000000001.ltx", "0000000000000002-0000000000000002.ltx"]);
+    let (_, recovered) = replite::store::Store::open(dir.path()).expect("reopens");
+    let files = &recovered.dbs[&DbName::new("app.db").expect("name")].ltx;
+    assert_eq!(files.len(), 2, "both files verify on recovery");
+}

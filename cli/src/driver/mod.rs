@@ -12,4 +12,4 @@ pub use bridge::{Answer, COMMIT_ANSWER_TIMEOUT, CommitBridge, FsRequest};
 pub use clock::Clock;
 pub use page_sums::{CommitPages, PageSums};
 pub use run::{Driver, LoadPageSums};
-pub use storage::Storage;
+pub use storage::{PrimaryStore, Storage};

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use replite_core::ltx::{self, PageFile};
 use replite_core::{Checksum, PageSize};
 
-use crate::db_file::DbFile;
+use replite::db_file::DbFile;
 
 pub fn run(db_path: &Path, paths: &[impl AsRef<Path>]) -> anyhow::Result<()> {
     let mut verified = Vec::with_capacity(paths.len());

@@ -1,0 +1,142 @@
+//! What can go wrong in the store, and how each failure is reported to the Node.
+
+use std::io;
+use std::path::PathBuf;
+
+use replite_core::ltx::{ApplyError, LtxError};
+use replite_core::node::IoFailure;
+use replite_core::stream::DbName;
+use replite_core::{Checksum, TxId};
+use thiserror::Error;
+
+/// A store operation failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// A file-system call failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// The call ("write", "fsync", "rename", …).
+        op: &'static str,
+        /// The file or directory it was made on.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// LTX bytes handed to `persist_ltx` did not verify; nothing was stored.
+    #[error("database {db}: LTX {min}-{max} is malformed: {source}")]
+    InvalidLtx {
+        /// The database.
+        db: DbName,
+        /// The range it was to be stored under.
+        min: TxId,
+        /// See `min`.
+        max: TxId,
+        /// Why it failed verification.
+        #[source]
+        source: LtxError,
+    },
+    /// The LTX header's range is not the one the file was to be stored (or found) under.
+    #[error("database {db}: LTX stored as {min}-{max} holds {found_min}-{found_max}")]
+    RangeMismatch {
+        /// The database.
+        db: DbName,
+        /// The range named.
+        min: TxId,
+        /// See `min`.
+        max: TxId,
+        /// The range in the header.
+        found_min: TxId,
+        /// See `found_min`.
+        found_max: TxId,
+    },
+    /// The LTX file to apply is not on disk.
+    #[error("database {db}: LTX {min}-{max} is not in the store")]
+    MissingLtx {
+        /// The database.
+        db: DbName,
+        /// The range asked for.
+        min: TxId,
+        /// See `min`.
+        max: TxId,
+    },
+    /// The Node asked to apply onto `base`, but the database file is at `database`. Nothing
+    /// was written.
+    #[error("database {db}: asked to apply LTX {min}-{max} onto {base} but the file is at {database}")]
+    BaseMismatch {
+        /// The database.
+        db: DbName,
+        /// The LTX's range.
+        min: TxId,
+        /// See `min`.
+        max: TxId,
+        /// The checksum the Node expected.
+        base: Checksum,
+        /// The database file's checksum.
+        database: Checksum,
+    },
+    /// Applying a stored LTX file failed.
+    #[error("database {db}: applying LTX {min}-{max}: {source}")]
+    Apply {
+        /// The database.
+        db: DbName,
+        /// The LTX's range.
+        min: TxId,
+        /// See `min`.
+        max: TxId,
+        /// Why.
+        #[source]
+        source: ApplyError,
+    },
+    /// The persisted epoch file holds something other than 16 hex digits and a newline.
+    #[error("epoch file {} is malformed: {contents:?}", path.display())]
+    InvalidEpochFile {
+        /// The file.
+        path: PathBuf,
+        /// What it holds (at most the first 64 bytes).
+        contents: String,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { op, path, source }
+    }
+
+    /// The failure as the Node sees it (`Input::LtxDone`).
+    #[must_use]
+    pub fn failure(&self) -> IoFailure {
+        match self {
+            StoreError::Io { source, .. } => io_failure(source),
+            StoreError::Apply { source: ApplyError::Io { source, .. }, .. } => io_failure(source),
+            StoreError::MissingLtx { .. } | StoreError::InvalidEpochFile { .. } => IoFailure::Io,
+            StoreError::InvalidLtx { .. }
+            | StoreError::RangeMismatch { .. }
+            | StoreError::BaseMismatch { .. }
+            | StoreError::Apply { .. } => IoFailure::Mismatch,
+        }
+    }
+}
+
+/// ENOSPC and EDQUOT are "no space"; everything else is a plain I/O failure.
+fn io_failure(e: &io::Error) -> IoFailure {
+    match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => IoFailure::NoSpace,
+        _ => IoFailure::Io,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enospc_and_edquot_map_to_no_space_and_other_errors_to_io() {
+        let err = |errno| StoreError::Io { op: "write", path: "x".into(), source: io::Error::from_raw_os_error(errno) };
+        // 28 = ENOSPC, 122 = EDQUOT, 5 = EIO on Linux.
+        assert_eq!(err(28).failure(), IoFailure::NoSpace);
+        assert_eq!(err(122).failure(), IoFailure::NoSpace);
+        assert_eq!(err(5).failure(), IoFailure::Io);
+    }
+}

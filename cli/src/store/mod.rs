@@ -1,0 +1,166 @@
+//! The daemon's durable store: LTX files, database files and the persisted epoch under
+//! `data.dir`, in LiteFS's layout (see [`layout`] and `docs/decisions/store-layout.md`).
+//!
+//! It carries out the Node's storage outputs (`PersistLtx`, `ReplayLtx`, `RemoveLtx`,
+//! `PersistEpoch`) and rebuilds `Recovery` at start. It is synchronous (`std::fs`): the tokio
+//! driver calls it from `spawn_blocking`. It decides no policy: what to keep, replay or remove
+//! is the Node's call; the store only refuses what would break a stated invariant (a malformed
+//! LTX file is never stored, a file is never applied onto a database it does not start from).
+//! Tests: beside the code for helpers, `cli/tests/store.rs` on real files.
+
+mod apply;
+mod error;
+mod fsutil;
+pub mod layout;
+mod recover;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use replite_core::ltx::{self, VerifiedLtx};
+use replite_core::node::Recovery;
+use replite_core::stream::DbName;
+use replite_core::{Checksum, Epoch, Pos, TxId};
+use tracing::{debug, info};
+
+pub use error::StoreError;
+pub use fsutil::TEMP_SUFFIX;
+pub use recover::{UNREADABLE_CHECKSUM, recover};
+
+/// The store under one `data.dir`.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    /// Each database file's checksum as the store last computed or applied it, so that an
+    /// apply checks the real file without re-reading it whole. Missing: compute on demand.
+    checksums: BTreeMap<DbName, Checksum>,
+}
+
+impl Store {
+    /// Opens the store at `data_dir` (creating it if needed) and recovers what it holds.
+    pub fn open(data_dir: &Path) -> Result<(Store, Recovery), StoreError> {
+        fsutil::ensure_dir(&layout::dbs_dir(data_dir))?;
+        let recovery = recover(data_dir)?;
+        let checksums = recovery
+            .dbs
+            .iter()
+            .filter(|(_, r)| r.db_checksum != UNREADABLE_CHECKSUM)
+            .map(|(name, r)| (name.clone(), r.db_checksum))
+            .collect();
+        Ok((Store { dir: data_dir.to_path_buf(), checksums }, recovery))
+    }
+
+    /// `data.dir`.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where a database file lives.
+    #[must_use]
+    pub fn database_path(&self, db: &DbName) -> PathBuf {
+        layout::database_path(&self.dir, db)
+    }
+
+    /// Where an LTX file lives.
+    #[must_use]
+    pub fn ltx_path(&self, db: &DbName, min: TxId, max: TxId) -> PathBuf {
+        layout::ltx_path(&self.dir, db, min, max)
+    }
+
+    /// Something other than the store wrote the database file (the FUSE layer on a primary):
+    /// its checksum is recomputed before the next apply.
+    pub fn forget_checksum(&mut self, db: &DbName) {
+        self.checksums.remove(db);
+    }
+
+    /// Makes `bytes` durable as `dbs/<db>/ltx/<min>-<max>.ltx`: verified in full first (a
+    /// malformed file is never stored), then written to a temp file, fsynced, renamed, and the
+    /// directory fsynced. When this returns `Ok` the file survives a crash.
+    pub fn persist_ltx(&mut self, db: &DbName, min: TxId, max: TxId, bytes: &[u8]) -> Result<VerifiedLtx, StoreError> {
+        let verified =
+            ltx::verify(bytes).map_err(|source| StoreError::InvalidLtx { db: db.clone(), min, max, source })?;
+        let (found_min, found_max) = (verified.header().min_txid, verified.header().max_txid);
+        if (found_min, found_max) != (min, max) {
+            return Err(StoreError::RangeMismatch { db: db.clone(), min, max, found_min, found_max });
+        }
+        fsutil::ensure_dir(&layout::ltx_dir(&self.dir, db))?;
+        fsutil::write_atomic(&self.ltx_path(db, min, max), bytes)?;
+        debug!(db = %db, %min, %max, size = bytes.len(), "persisted LTX file");
+        Ok(verified)
+    }
+
+    /// Carries out `Output::PersistLtx`: persist, then apply onto the database at `base`. A
+    /// snapshot (min 1) replaces all other LTX files of the database, removed once it is
+    /// durable and before it is applied (a crash in between replays the snapshot).
+    pub fn persist_and_apply(
+        &mut self,
+        db: &DbName,
+        min: TxId,
+        max: TxId,
+        bytes: &[u8],
+        base: Checksum,
+    ) -> Result<Pos, StoreError> {
+        let verified = self.persist_ltx(db, min, max, bytes)?;
+        if verified.header().is_snapshot() {
+            self.remove_all_ltx_except(db, min, max)?;
+        }
+        self.apply_ltx(db, min, max, base)
+    }
+
+    /// Carries out a primary's `Output::PersistLtx` for its own commit: the FUSE layer already
+    /// wrote the pages to the database file, so the file is persisted but not applied, and the
+    /// store stops trusting its cached checksum of the database. Returns the position after it.
+    pub fn persist_commit(&mut self, db: &DbName, min: TxId, max: TxId, bytes: &[u8]) -> Result<Pos, StoreError> {
+        let verified = self.persist_ltx(db, min, max, bytes)?;
+        self.forget_checksum(db);
+        Ok(verified.post_apply_pos())
+    }
+
+    /// Carries out `Output::RemoveLtx`. Removing a file that is not there succeeds. The
+    /// directory is not fsynced: a removal lost in a crash leaves a file the Node removes again.
+    pub fn remove_ltx(&mut self, db: &DbName, min: TxId, max: TxId) -> Result<(), StoreError> {
+        let path = self.ltx_path(db, min, max);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                debug!(db = %db, %min, %max, "removed LTX file");
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("remove", &path)(e)),
+        }
+    }
+
+    /// Carries out `Output::PersistEpoch`: `<data.dir>/epoch` is replaced atomically.
+    pub fn persist_epoch(&mut self, epoch: Epoch) -> Result<(), StoreError> {
+        fsutil::write_atomic(&layout::epoch_path(&self.dir), recover::format_epoch(epoch).as_bytes())?;
+        debug!(%epoch, "persisted epoch");
+        Ok(())
+    }
+
+    /// Removes every LTX file of `db` but `min-max`, then fsyncs the directory: after a
+    /// snapshot, a stale newer file that came back after a crash would hide the snapshot.
+    fn remove_all_ltx_except(&mut self, db: &DbName, min: TxId, max: TxId) -> Result<(), StoreError> {
+        let dir = layout::ltx_dir(&self.dir, db);
+        let keep = replite_core::types::format_ltx_filename(min, max);
+        let mut removed = 0usize;
+        for entry in fs::read_dir(&dir).map_err(StoreError::io("read_dir", &dir))? {
+            let entry = entry.map_err(StoreError::io("read_dir", &dir))?;
+            let name = entry.file_name();
+            let Some(Ok((old_min, old_max))) = name.to_str().map(replite_core::types::parse_ltx_filename) else {
+                continue;
+            };
+            if name.to_str() != Some(keep.as_str()) {
+                self.remove_ltx(db, old_min, old_max)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            fsutil::sync_dir(&dir)?;
+            info!(db = %db, snapshot_max = %max, removed, "snapshot replaced older LTX files");
+        }
+        Ok(())
+    }
+}

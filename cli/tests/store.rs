@@ -1,0 +1,497 @@
+//! The durable store on real files: persist → recover round trips, torn and corrupted LTX
+//! files, crash leftovers, refused applies, and a full disk (a real 64 KiB tmpfs).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use replite::store::{Store, StoreError, recover};
+use replite_core::ltx::{self, Encoder, Header, SQLITE_MAGIC};
+use replite_core::node::{IoFailure, LtxFileInfo};
+use replite_core::stream::DbName;
+use replite_core::{Checksum, Epoch, PageSize, Pgno, Pos, TxId};
+
+const PAGE: u32 = 512;
+
+fn page_size() -> PageSize {
+    PageSize::new(PAGE).expect("512 is a valid page size")
+}
+
+fn name() -> DbName {
+    DbName::new("app.db").expect("a plain file name")
+}
+
+/// A database in memory and the LTX files that take it from one state to the next.
+#[derive(Default)]
+struct Model {
+    db: Vec<u8>,
+    txid: u64,
+}
+
+/// One encoded LTX file.
+struct Ltx {
+    min: TxId,
+    max: TxId,
+    pre: Checksum,
+    post: Checksum,
+    bytes: Vec<u8>,
+}
+
+impl Model {
+    fn checksum(&self) -> Checksum {
+        if self.db.is_empty() {
+            return Checksum::ZERO;
+        }
+        ltx::checksum_database(self.db.as_slice(), page_size()).expect("the model is whole pages")
+    }
+
+    fn page(pgno: u32, fill: u8) -> Vec<u8> {
+        let mut page = vec![fill; PAGE as usize];
+        if pgno == 1 {
+            page[..16].copy_from_slice(SQLITE_MAGIC);
+            page[16..18].copy_from_slice(&u16::try_from(PAGE).expect("fits").to_be_bytes());
+        }
+        page
+    }
+
+    /// A snapshot of `pages` pages, the next transaction.
+    fn snapshot(&mut self, pages: u32, fill: u8) -> Ltx {
+        let max = TxId(self.txid + 1);
+        let header = Header::new(page_size(), pages, TxId(1), max, Checksum::ZERO);
+        let mut enc = Encoder::new(Vec::new(), header).expect("valid header");
+        let mut db = Vec::new();
+        for pgno in 1..=pages {
+            let page = Model::page(pgno, fill);
+            enc.encode_page(Pgno(pgno), &page).expect("encode page");
+            db.extend_from_slice(&page);
+        }
+        let post = enc.snapshot_checksum();
+        let (bytes, _) = enc.finish(post).expect("finish snapshot");
+        self.db = db;
+        self.txid = max.0;
+        assert_eq!(self.checksum(), post);
+        Ltx { min: TxId(1), max, pre: Checksum::ZERO, post, bytes }
+    }
+
+    /// One transaction writing `fill` into each of `pgnos`.
+    fn tx(&mut self, pgnos: &[u32], fill: u8) -> Ltx {
+        let pre = self.checksum();
+        let txid = TxId(self.txid + 1);
+        let mut db = self.db.clone();
+        for &pgno in pgnos {
+            let offset = (pgno as usize - 1) * PAGE as usize;
+            if db.len() < offset + PAGE as usize {
+                db.resize(offset + PAGE as usize, 0);
+            }
+            db[offset..offset + PAGE as usize].copy_from_slice(&Model::page(pgno, fill));
+        }
+        let commit = u32::try_from(db.len() / PAGE as usize).expect("small database");
+        let header = Header::new(page_size(), commit, txid, txid, pre);
+        let mut enc = Encoder::new(Vec::new(), header).expect("valid header");
+        let mut sorted = pgnos.to_vec();
+        sorted.sort_unstable();
+        for pgno in sorted {
+            let offset = (pgno as usize - 1) * PAGE as usize;
+            enc.encode_page(Pgno(pgno), &db[offset..offset + PAGE as usize]).expect("encode page");
+        }
+        self.db = db;
+        self.txid = txid.0;
+        let post = self.checksum();
+        let (bytes, _) = enc.finish(post).expect("finish transaction");
+        Ltx { min: txid, max: txid, pre, post, bytes }
+    }
+}
+
+fn info(l: &Ltx) -> LtxFileInfo {
+    LtxFileInfo { min: l.min, max: l.max, pre: l.pre, post: l.post, size: l.bytes.len() as u64 }
+}
+
+fn persist_and_apply(store: &mut Store, l: &Ltx, base: Checksum) -> Pos {
+    store.persist_and_apply(&name(), l.min, l.max, &l.bytes, base).expect("persist and apply")
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|rd| rd.map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn persisted_ltx_files_database_and_epoch_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(4, 0x11);
+    let tx2 = model.tx(&[2, 5], 0x22);
+    {
+        let (mut store, recovery) = Store::open(dir.path()).expect("open empty store");
+        assert!(recovery.dbs.is_empty());
+        assert_eq!(recovery.max_epoch, Epoch(0));
+        let pos1 = persist_and_apply(&mut store, &snap, Checksum::ZERO);
+        assert_eq!(pos1, Pos::new(TxId(1), snap.post));
+        let pos2 = persist_and_apply(&mut store, &tx2, pos1.checksum);
+        assert_eq!(pos2, Pos::new(TxId(2), tx2.post));
+        store.persist_epoch(Epoch(3)).expect("persist epoch");
+        store.persist_epoch(Epoch(7)).expect("persist epoch again");
+    }
+
+    let db_dir = dir.path().join("dbs/app.db");
+    assert_eq!(files_in(&db_dir), ["database", "ltx"]);
+    assert_eq!(
+        files_in(&db_dir.join("ltx")),
+        ["0000000000000001-0000000000000001.ltx", "0000000000000002-0000000000000002.ltx"]
+    );
+    assert_eq!(fs::read(dir.path().join("epoch")).expect("epoch file"), b"0000000000000007\n");
+    assert_eq!(fs::read(db_dir.join("database")).expect("database"), model.db);
+    assert_eq!(fs::read(db_dir.join("ltx/0000000000000002-0000000000000002.ltx")).expect("ltx"), tx2.bytes);
+
+    let recovery = recover(dir.path()).expect("recover");
+    assert_eq!(recovery.max_epoch, Epoch(7));
+    let rec = &recovery.dbs[&name()];
+    assert_eq!(rec.ltx, [info(&snap), info(&tx2)]);
+    assert!(rec.invalid_ltx.is_empty());
+    assert_eq!(rec.db_checksum, tx2.post);
+}
+
+#[test]
+fn torn_and_corrupted_ltx_files_are_reported_invalid_and_never_applied() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(3, 0x11);
+    let tx2 = model.tx(&[2], 0x22);
+    let tx3 = model.tx(&[3], 0x33);
+    let tx4 = model.tx(&[1], 0x44);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    let pos1 = persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    for l in [&tx2, &tx3, &tx4] {
+        store.persist_ltx(&name(), l.min, l.max, &l.bytes).expect("persist");
+    }
+    drop(store);
+
+    // A torn write of tx2 (half the file), a flipped page byte in tx3, and tx4 stored under
+    // another range's name.
+    let ltx_dir = dir.path().join("dbs/app.db/ltx");
+    let path = |min: u64, max: u64| ltx_dir.join(replite_core::types::format_ltx_filename(TxId(min), TxId(max)));
+    fs::write(path(2, 2), &tx2.bytes[..tx2.bytes.len() / 2]).expect("tear tx2");
+    let mut corrupt = tx3.bytes.clone();
+    corrupt[200] ^= 0xff;
+    fs::write(path(3, 3), &corrupt).expect("corrupt tx3");
+    fs::rename(path(4, 4), path(5, 5)).expect("misname tx4");
+
+    let recovery = recover(dir.path()).expect("recover");
+    let rec = &recovery.dbs[&name()];
+    assert_eq!(rec.ltx, [info(&snap)]);
+    assert_eq!(rec.invalid_ltx, [(TxId(2), TxId(2)), (TxId(3), TxId(3)), (TxId(5), TxId(5))]);
+    assert_eq!(rec.db_checksum, pos1.checksum);
+
+    let (mut store, _) = Store::open(dir.path()).expect("reopen");
+    let db_path = store.database_path(&name());
+    let before = fs::read(&db_path).expect("database");
+    for (min, max) in [(2, 2), (3, 3), (5, 5)] {
+        let err = store.apply_ltx(&name(), TxId(min), TxId(max), pos1.checksum).expect_err("invalid file applied");
+        assert_eq!(err.failure(), IoFailure::Mismatch, "{err}");
+        assert_eq!(fs::read(&db_path).expect("database"), before, "database changed by {min}-{max}");
+    }
+}
+
+#[test]
+fn temp_files_left_by_a_crash_are_removed_at_recovery() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let tx2 = model.tx(&[2], 0x22);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    drop(store);
+
+    // What a crash mid-write leaves: partial temp files next to their final names.
+    let ltx_dir = dir.path().join("dbs/app.db/ltx");
+    let temps = [
+        ltx_dir.join("0000000000000002-0000000000000002.ltx.tmp"),
+        dir.path().join("dbs/app.db/database.tmp"),
+        dir.path().join("epoch.tmp"),
+    ];
+    for t in &temps {
+        fs::write(t, &tx2.bytes[..100]).expect("write temp file");
+    }
+
+    let (_, recovery) = Store::open(dir.path()).expect("reopen");
+    for t in &temps {
+        assert!(!t.exists(), "{} survived recovery", t.display());
+    }
+    let rec = &recovery.dbs[&name()];
+    assert_eq!(rec.ltx, [info(&snap)]);
+    assert!(rec.invalid_ltx.is_empty());
+    assert_eq!(recovery.max_epoch, Epoch(0));
+}
+
+#[test]
+fn apply_onto_a_database_at_another_checksum_is_refused_and_leaves_it_byte_identical() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(3, 0x11);
+    let tx2 = model.tx(&[2, 3], 0x22);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    let pos1 = persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    store.persist_ltx(&name(), tx2.min, tx2.max, &tx2.bytes).expect("persist");
+    let db_path = store.database_path(&name());
+    let before = fs::read(&db_path).expect("database");
+
+    // The Node's base is wrong.
+    let wrong = Checksum(pos1.checksum.0 ^ 1);
+    let err = store.apply_ltx(&name(), tx2.min, tx2.max, wrong).expect_err("applied onto the wrong base");
+    assert!(matches!(err, StoreError::BaseMismatch { .. }), "{err}");
+    assert_eq!(err.failure(), IoFailure::Mismatch);
+    assert_eq!(fs::read(&db_path).expect("database"), before);
+
+    // The Node's base is right about history, but the file on disk changed behind its back:
+    // the store checks the real file, not only the Node's belief.
+    drop(store);
+    let mut changed = before.clone();
+    changed[PAGE as usize + 10] ^= 0xff;
+    fs::write(&db_path, &changed).expect("change database");
+    let (mut store, recovery) = Store::open(dir.path()).expect("reopen");
+    assert_ne!(recovery.dbs[&name()].db_checksum, pos1.checksum);
+    let err = store.apply_ltx(&name(), tx2.min, tx2.max, pos1.checksum).expect_err("applied onto a changed file");
+    assert_eq!(err.failure(), IoFailure::Mismatch, "{err}");
+    assert_eq!(fs::read(&db_path).expect("database"), changed);
+
+    // Put back, it applies and the file is what the model says.
+    fs::write(&db_path, &before).expect("restore database");
+    store.forget_checksum(&name());
+    let pos2 = store.apply_ltx(&name(), tx2.min, tx2.max, pos1.checksum).expect("apply");
+    assert_eq!(pos2, Pos::new(TxId(2), tx2.post));
+    assert_eq!(fs::read(&db_path).expect("database"), model.db);
+}
+
+#[test]
+fn a_snapshot_replaces_older_ltx_files_and_the_database() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(3, 0x11);
+    let tx2 = model.tx(&[2], 0x22);
+    let snap2 = model.snapshot(2, 0x55);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    let pos1 = persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    persist_and_apply(&mut store, &tx2, pos1.checksum);
+    let pos3 = persist_and_apply(&mut store, &snap2, Checksum::ZERO);
+    assert_eq!(pos3, Pos::new(TxId(3), snap2.post));
+    assert_eq!(files_in(&dir.path().join("dbs/app.db/ltx")), ["0000000000000001-0000000000000003.ltx"]);
+    assert_eq!(fs::read(store.database_path(&name())).expect("database"), model.db);
+    let recovery = recover(dir.path()).expect("recover");
+    assert_eq!(recovery.dbs[&name()].ltx, [info(&snap2)]);
+    assert_eq!(recovery.dbs[&name()].db_checksum, snap2.post);
+}
+
+#[test]
+fn a_primary_commit_is_persisted_without_reapplying_pages_the_database_already_holds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let tx2 = model.tx(&[2, 3], 0x22);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    // What the FUSE layer does on a primary: SQLite's writes land in the database file first.
+    fs::write(store.database_path(&name()), &model.db).expect("write through the mount");
+    let pos = store.persist_commit(&name(), tx2.min, tx2.max, &tx2.bytes).expect("persist commit");
+    assert_eq!(pos, Pos::new(TxId(2), tx2.post));
+    assert_eq!(fs::read(store.database_path(&name())).expect("database"), model.db);
+    // The next transaction applies on top: the store re-read the file rather than trusting
+    // the checksum it had before the commit.
+    let tx3 = model.tx(&[1], 0x33);
+    let pos3 = persist_and_apply(&mut store, &tx3, tx2.post);
+    assert_eq!(pos3, Pos::new(TxId(3), tx3.post));
+    assert_eq!(fs::read(store.database_path(&name())).expect("database"), model.db);
+}
+
+#[test]
+fn malformed_ltx_bytes_are_never_stored() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    let torn = &snap.bytes[..snap.bytes.len() - 1];
+    let err = store.persist_ltx(&name(), snap.min, snap.max, torn).expect_err("torn bytes stored");
+    assert_eq!(err.failure(), IoFailure::Mismatch);
+    let err = store.persist_ltx(&name(), TxId(1), TxId(2), &snap.bytes).expect_err("stored under another range");
+    assert!(matches!(err, StoreError::RangeMismatch { .. }), "{err}");
+    assert!(files_in(&dir.path().join("dbs/app.db/ltx")).is_empty());
+}
+
+#[test]
+fn a_malformed_epoch_file_is_an_error_not_epoch_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    fs::write(dir.path().join("epoch"), b"seven\n").expect("write epoch");
+    let err = recover(dir.path()).expect_err("malformed epoch accepted");
+    assert!(matches!(err, StoreError::InvalidEpochFile { .. }), "{err}");
+}
+
+/// Serialises the tests that mount: `mount`/`umount` are child processes, and a child forked
+/// while another test had a file open on its tmpfs holds that file until it execs, which keeps
+/// a deleted temp file's space in use (a spurious ENOSPC) or the mount busy.
+static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. "64k"); `None` when not root (the mount needs it).
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let serial = MOUNTING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().to_path_buf();
+        let status =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&path).status();
+        if status.is_ok_and(|s| s.success()) {
+            return Some(Tmpfs { path, _dir: dir, _serial: serial });
+        }
+        let root = fs::read_to_string("/proc/self/status")
+            .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
+        assert!(!root, "running as root but could not mount a tmpfs at {}", path.display());
+        eprintln!("SKIP: mounting a tmpfs needs root");
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Should umount still find the mount busy, retry, then detach lazily so the mount never
+        // outlives the test.
+        for _ in 0..20 {
+            if Command::new("umount").arg(&self.path).status().is_ok_and(|s| s.success()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let lazy = Command::new("umount").arg("-l").arg(&self.path).status();
+        eprintln!("umount {} failed 20 times; lazy unmount: {lazy:?}", self.path.display());
+    }
+}
+
+#[test]
+fn a_full_disk_is_reported_as_no_space_and_leaves_no_partial_file() {
+    let Some(fs_) = Tmpfs::mount("64k") else { return };
+    let mut model = Model::default();
+    let small = model.snapshot(4, 0x11);
+    let mut big_model = Model::default();
+    // 200 pages of 512 bytes: ~100 KiB, more than the whole file system.
+    let big = big_model.snapshot(200, 0x22);
+
+    let (mut store, _) = Store::open(&fs_.path).expect("open");
+    let err = store.persist_ltx(&name(), big.min, big.max, &big.bytes).expect_err("100 KiB fit in 64 KiB");
+    assert_eq!(err.failure(), IoFailure::NoSpace, "{err}");
+    let ltx_dir = fs_.path.join("dbs/app.db/ltx");
+    assert!(files_in(&ltx_dir).is_empty(), "left behind: {:?}", files_in(&ltx_dir));
+
+    // The failed write freed its space: a small file still fits and the store recovers cleanly.
+    persist_and_apply(&mut store, &small, Checksum::ZERO);
+    let err = store.persist_and_apply(&name(), big.min, big.max, &big.bytes, Checksum::ZERO).expect_err("fit");
+    assert_eq!(err.failure(), IoFailure::NoSpace, "{err}");
+    assert_eq!(files_in(&ltx_dir), ["0000000000000001-0000000000000001.ltx"]);
+    drop(store);
+    let recovery = recover(&fs_.path).expect("recover");
+    assert_eq!(recovery.dbs[&name()].ltx, [info(&small)]);
+    assert!(recovery.dbs[&name()].invalid_ltx.is_empty());
+    assert_eq!(recovery.dbs[&name()].db_checksum, small.post);
+}
+
+#[test]
+fn a_database_that_cannot_grow_is_reported_as_no_space() {
+    let Some(fs_) = Tmpfs::mount("64k") else { return };
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let grow = model.tx(&(3..=20).collect::<Vec<_>>(), 0x22);
+    let (mut store, _) = Store::open(&fs_.path).expect("open");
+    let pos1 = persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    store.persist_ltx(&name(), grow.min, grow.max, &grow.bytes).expect("persist");
+    // Fill what is left, so the database cannot grow by 18 pages.
+    let filler = fs_.path.join("filler");
+    let mut chunk = 4096;
+    while chunk >= 1 {
+        let mut f = fs::OpenOptions::new().append(true).create(true).open(&filler).expect("filler");
+        if std::io::Write::write_all(&mut f, &vec![0u8; chunk]).is_err() {
+            chunk /= 2;
+        }
+    }
+    let err = store.apply_ltx(&name(), grow.min, grow.max, pos1.checksum).expect_err("grew on a full disk");
+    assert_eq!(err.failure(), IoFailure::NoSpace, "{err}");
+}
+
+#[test]
+fn recovering_a_data_dir_that_does_not_exist_finds_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let recovery = recover(&dir.path().join("missing")).expect("recover");
+    assert!(recovery.dbs.is_empty());
+    assert_eq!(recovery.max_epoch, Epoch(0));
+}
+
+/// Carries out the Node's storage outputs with the store, feeding results back, until it asks
+/// for nothing more; returns the removals seen.
+fn run_storage(node: &mut replite_core::node::Node, store: &mut Store) -> Vec<(TxId, TxId)> {
+    use replite_core::node::{Input, Millis, Output};
+    let mut removed = Vec::new();
+    while let Some(out) = node.poll_output() {
+        match out {
+            Output::ReplayLtx { db, op, min, max, base } => {
+                let result = store.apply_ltx(&db, min, max, base).map_err(|e| e.failure());
+                node.handle(Millis(0), Input::LtxDone { op, result });
+            }
+            Output::PersistLtx { db, op, min, max, bytes, base } => {
+                let result = store.persist_and_apply(&db, min, max, &bytes, base).map_err(|e| e.failure());
+                node.handle(Millis(0), Input::LtxDone { op, result });
+            }
+            Output::RemoveLtx { db, min, max } => {
+                store.remove_ltx(&db, min, max).expect("remove");
+                removed.push((min, max));
+            }
+            Output::PersistEpoch { epoch } => store.persist_epoch(epoch).expect("persist epoch"),
+            _ => {}
+        }
+    }
+    removed
+}
+
+#[test]
+fn a_restarted_node_replays_missed_applies_and_removes_a_torn_file_through_the_store() {
+    use replite_core::NodeId;
+    use replite_core::node::{Config, Input, Millis, Node};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(3, 0x11);
+    let tx2 = model.tx(&[2], 0x22);
+    let tx3 = model.tx(&[1, 4], 0x33);
+    let expected_db = model.db.clone();
+    let tx4 = model.tx(&[3], 0x44);
+    {
+        // The crash came after tx2 and tx3 were durable but before they were applied, and
+        // in the middle of writing tx4.
+        let (mut store, _) = Store::open(dir.path()).expect("open");
+        persist_and_apply(&mut store, &snap, Checksum::ZERO);
+        for l in [&tx2, &tx3, &tx4] {
+            store.persist_ltx(&name(), l.min, l.max, &l.bytes).expect("persist");
+        }
+    }
+    let torn = dir.path().join("dbs/app.db/ltx/0000000000000004-0000000000000004.ltx");
+    fs::write(&torn, &tx4.bytes[..tx4.bytes.len() - 8]).expect("tear tx4");
+
+    let (mut store, recovery) = Store::open(dir.path()).expect("reopen");
+    let mut cfg = Config::new(NodeId(1));
+    cfg.candidates = [NodeId(1)].into_iter().collect();
+    let mut node = Node::new(cfg).expect("valid config");
+    node.handle(Millis(0), Input::Start(recovery));
+    let removed = run_storage(&mut node, &mut store);
+
+    assert_eq!(removed, [(TxId(4), TxId(4))]);
+    assert!(!torn.exists());
+    assert_eq!(node.pos(&name()), Pos::new(TxId(3), tx3.post));
+    assert_eq!(fs::read(store.database_path(&name())).expect("database"), expected_db);
+    let again = recover(dir.path()).expect("recover again");
+    assert_eq!(again.dbs[&name()].ltx, [info(&snap), info(&tx2), info(&tx3)]);
+    assert_eq!(again.dbs[&name()].db_checksum, tx3.post);
+}
