@@ -13,7 +13,7 @@ use crate::timefmt::rfc3339_nano_ms;
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let mut file = BufReader::new(File::open(path).with_context(|| format!("open {}", path.display()))?);
     let mut head = [0u8; HEADER_SIZE];
-    let got = read_up_to(&mut file, &mut head).with_context(|| format!("read {}", path.display()))?;
+    let got = replite_core::ltx::read_full(&mut file, &mut head).with_context(|| format!("read {}", path.display()))?;
     if got == HEADER_SIZE
         && let Ok(raw) = Header::decode_unvalidated(&head)
     {
@@ -57,15 +57,4 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     println!("File Checksum: {}", trailer.file_checksum);
     println!();
     Ok(())
-}
-
-fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }

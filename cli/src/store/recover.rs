@@ -4,7 +4,7 @@
 //! held anything that was reported durable.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader};
 use std::path::Path;
 
 use replite_core::ltx::{self, SQLITE_HEADER_SIZE, SqliteHeader};
@@ -123,7 +123,7 @@ pub(crate) fn database_checksum(
         Err(e) => return Err(StoreError::io("open", path)(e)),
     };
     let mut head = [0u8; SQLITE_HEADER_SIZE];
-    let n = read_up_to(&mut file, &mut head).map_err(StoreError::io("read", path))?;
+    let n = ltx::read_full(&mut file, &mut head).map_err(StoreError::io("read", path))?;
     if n == 0 {
         return Ok(Checksum::ZERO);
     }
@@ -140,19 +140,6 @@ pub(crate) fn database_checksum(
         }
         Err(e) => Err(StoreError::io("read", path)(e)),
     }
-}
-
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// Deletes every `*.tmp` file directly in `dir`: writes a crash interrupted.

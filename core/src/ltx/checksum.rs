@@ -128,8 +128,9 @@ pub fn checksum_database<R: Read>(mut reader: R, page_size: PageSize) -> io::Res
     }
 }
 
-/// Reads until `buf` is full or the reader ends; returns how many bytes were read.
-pub(crate) fn read_full<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads until `buf` is full or the reader ends; returns how many bytes were read (fewer than
+/// `buf.len()` only at the end of the input).
+pub fn read_full<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {

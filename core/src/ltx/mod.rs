@@ -13,7 +13,7 @@ mod io_util;
 mod snapshot;
 
 pub use apply::{ApplyError, PageFile, apply};
-pub use checksum::{DatabaseChecksum, Hasher, checksum_database, crc64_go_iso, page_checksum};
+pub use checksum::{DatabaseChecksum, Hasher, checksum_database, crc64_go_iso, page_checksum, read_full};
 pub use compact::{CompactError, compact};
 pub use decoder::{Decoder, VerifiedLtx, verify};
 pub use encoder::Encoder;
