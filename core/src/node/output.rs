@@ -49,6 +49,9 @@ pub enum Output {
     },
     /// Make this LTX file durable, then apply it to the database whose checksum is `base`
     /// (a snapshot replaces the database and all older LTX files). Answer with `LtxDone`.
+    /// On a primary, the file records a commit whose pages the application already wrote
+    /// through the mount: the database is already at the file's post-apply position, so
+    /// "apply" is a no-op there and only durability is asked for.
     PersistLtx {
         /// The database.
         db: DbName,
