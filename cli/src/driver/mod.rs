@@ -4,12 +4,14 @@
 
 mod bridge;
 mod clock;
+mod node_config;
 mod page_sums;
 mod run;
 mod storage;
 
 pub use bridge::{Answer, COMMIT_ANSWER_TIMEOUT, CommitBridge, FsRequest};
 pub use clock::Clock;
+pub use node_config::{NodeConfigError, node_config};
 pub use page_sums::{CommitPages, PageSums};
 pub use run::{Driver, LoadPageSums};
 pub use storage::{PrimaryStore, Storage};
