@@ -6,17 +6,7 @@ cd "$(dirname "$0")/.."
 
 # System packages the tests use: FUSE for real mounts, etcd for lease tests, protoc for the
 # etcd client build, sqlite3 for hand checks. Installed only when missing.
-packages=(fuse3 etcd-server protobuf-compiler sqlite3)
-missing=()
-for pkg in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-  echo "installing: ${missing[*]}"
-  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+bash scripts/install-packages.sh fuse3 etcd-server protobuf-compiler sqlite3
 
 # In CI the LiteFS fixtures in ../shared must be there; locally a missing shared/ is a skip.
 if [ "${CI:-}" = "true" ]; then export REPLITE_REQUIRE_FIXTURES=1; fi
