@@ -3,8 +3,12 @@
 //! thin command-line front over it. Unit tests sit beside the code; tests that start real
 //! processes (etcd, several daemons) are in `cli/tests/`.
 
+pub mod api;
 pub mod config;
+pub mod daemon;
 pub mod db_file;
 pub mod driver;
+pub mod http;
 pub mod lease;
 pub mod store;
+pub mod timefmt;

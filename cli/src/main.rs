@@ -2,7 +2,8 @@
 
 mod args;
 mod ltx_cmd;
-mod timefmt;
+mod node_cmd;
+use replite::timefmt;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,22 @@ enum Command {
         #[arg(long)]
         config: Option<std::path::PathBuf>,
     },
+    /// Mount the databases, join the cluster, then run a command (after `--`, or `exec:` from
+    /// the config) until it exits.
+    Mount {
+        /// Config file; default: replite.yml or litefs.yml in ., $HOME, then /etc.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// The command to run once this node is primary or in sync with the primary.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Show a node's role, epoch, positions and replication lag.
+    Status(node_cmd::StatusArgs),
+    /// Make a node primary (it asks the current primary to hand off, or takes a free lease).
+    Promote(node_cmd::NodeArgs),
+    /// Ask the primary to hand its lease to a replica.
+    Handoff(node_cmd::HandoffArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +55,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ltx(cmd) => cmd.run(),
         Command::ConfigCheck { config } => config_check(config.as_deref()),
+        Command::Mount { config, command } => {
+            runtime().and_then(|rt| rt.block_on(replite::daemon::mount(replite::daemon::MountArgs { config, command })))
+        }
+        Command::Status(args) => runtime().and_then(|rt| rt.block_on(node_cmd::status(args))),
+        Command::Promote(args) => runtime().and_then(|rt| rt.block_on(node_cmd::promote(args))),
+        Command::Handoff(args) => runtime().and_then(|rt| rt.block_on(node_cmd::handoff(args))),
     };
     match result {
         Ok(code) => code,
@@ -46,6 +69,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 fn config_check(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {

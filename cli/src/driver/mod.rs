@@ -4,14 +4,20 @@
 
 mod bridge;
 mod clock;
+mod disk_storage;
+mod downstream;
 mod node_config;
 mod page_sums;
 mod run;
+mod status;
 mod storage;
+mod upstream;
 
 pub use bridge::{Answer, COMMIT_ANSWER_TIMEOUT, CommitBridge, FsRequest};
 pub use clock::Clock;
 pub use node_config::{NodeConfigError, node_config};
 pub use page_sums::{CommitPages, PageSums};
-pub use run::{Driver, LoadPageSums};
-pub use storage::{PrimaryStore, Storage};
+pub use disk_storage::DiskStorage;
+pub use run::{Driver, LoadPageSums, Network};
+pub use status::{DbStatus, EventLog, Peer, ReplicaStatus, Status, Surface};
+pub use storage::{DatabaseImage, Storage};

@@ -1,26 +1,35 @@
-//! The driver's loop: one task that owns the Node. Requests from the FUSE layer and results
-//! of I/O come in on channels; outputs go out to storage, the lease backend and the FUSE
-//! layer's waiting threads. Slow I/O runs in other tasks and comes back as an `Input`, so the
-//! loop never blocks on it.
+//! The driver's loop: one task that owns the Node. Requests from the FUSE layer, streams
+//! from and to other nodes, operator requests and results of I/O come in on channels;
+//! outputs go out to storage, the lease backend, the streams and the FUSE layer's waiting
+//! threads. Slow I/O runs in other tasks and comes back as an `Input`, so the loop never
+//! blocks on it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use replite_core::node::{CommitId, Event, Input, Node, OpId, Output, RefuseReason};
+use bytes::Bytes;
+use replite_core::node::{CommitId, DownstreamId, Input, Node, OpId, Output, RefuseReason, Role, UpstreamId};
+use replite_core::ltx::{HEADER_SIZE, Header};
 use replite_core::stream::DbName;
 use replite_core::{Epoch, NodeId};
 use replite_fuse::{CapturedTx, Refusal};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::driver::bridge::{Answer, FsRequest};
 use crate::driver::clock::Clock;
+use crate::driver::downstream::{DownstreamCmd, PositionQuery, run_downstream};
 use crate::driver::page_sums::PageSums;
+use crate::driver::status::{EventLog, Status, Surface};
 use crate::driver::storage::Storage;
-use crate::lease::{AcquireOutcome, Leaser};
+use crate::driver::upstream::{UpstreamReport, run_upstream};
+use crate::http::{DownstreamConn, StreamServerEvent};
+use crate::lease::{AcquireOutcome, LeaseRecord, Leaser};
 
-/// Reads a database's page checksums the first time it commits (the file as it was before).
-pub type LoadPageSums = Box<dyn Fn(&CapturedTx) -> std::io::Result<PageSums> + Send>;
+/// Reads a database's page checksums from its file (`None` when there is no file). Called when
+/// the node becomes primary, when no application can be inside a write transaction (the
+/// mount was read-only until then), so the file holds exactly the committed database.
+pub type LoadPageSums = Box<dyn Fn(&DbName) -> std::io::Result<Option<PageSums>> + Send>;
 
 /// A commit the Node has not answered yet.
 struct Pending {
@@ -28,13 +37,30 @@ struct Pending {
     tx: CapturedTx,
 }
 
+/// Where the driver reaches other nodes: this node's lease record (its advertise URL and id),
+/// and the replica streams the HTTP server accepts.
+pub struct Network {
+    /// This node's record.
+    pub me: LeaseRecord,
+    /// Streams replicas open to this node.
+    pub accepted: mpsc::UnboundedReceiver<StreamServerEvent>,
+    /// Operator requests (`/handoff`, `/promote`) as Node inputs.
+    pub operator: mpsc::UnboundedReceiver<Input>,
+}
+
+/// Everything that comes back to the loop from tasks it started.
+enum Back {
+    Input(Input),
+    Peer { id: NodeId, record: LeaseRecord },
+}
+
 /// Owns the Node and carries out its outputs.
 pub struct Driver {
     node: Node,
     clock: Clock,
     fs: mpsc::UnboundedReceiver<FsRequest>,
-    results: mpsc::UnboundedReceiver<Input>,
-    results_tx: mpsc::UnboundedSender<Input>,
+    back: mpsc::UnboundedReceiver<Back>,
+    back_tx: mpsc::UnboundedSender<Back>,
     leaser: Arc<Mutex<Leaser>>,
     storage: Arc<dyn Storage>,
     /// Per-database page checksums, loaded by the caller-supplied function on first commit.
@@ -42,6 +68,21 @@ pub struct Driver {
     load_sums: LoadPageSums,
     pending: BTreeMap<CommitId, Pending>,
     next_commit: u64,
+    network: Option<Network>,
+    /// Advertise URLs (and hostnames) of the nodes the lease named.
+    peers: BTreeMap<NodeId, LeaseRecord>,
+    upstreams: BTreeMap<UpstreamId, Option<(mpsc::Sender<Bytes>, tokio::task::AbortHandle)>>,
+    upstream_reports: mpsc::UnboundedReceiver<UpstreamReport>,
+    upstream_reports_tx: mpsc::UnboundedSender<UpstreamReport>,
+    downstreams: BTreeMap<DownstreamId, mpsc::UnboundedSender<DownstreamCmd>>,
+    downstream_closed: mpsc::UnboundedReceiver<DownstreamId>,
+    downstream_closed_tx: mpsc::UnboundedSender<DownstreamId>,
+    positions: mpsc::UnboundedReceiver<PositionQuery>,
+    positions_tx: mpsc::UnboundedSender<PositionQuery>,
+    surface: Option<Arc<dyn Surface>>,
+    role: Role,
+    status: watch::Sender<Status>,
+    events: EventLog,
 }
 
 impl Driver {
@@ -53,32 +94,90 @@ impl Driver {
         storage: Arc<dyn Storage>,
         load_sums: LoadPageSums,
     ) -> Driver {
-        let (results_tx, results) = mpsc::unbounded_channel();
+        let (back_tx, back) = mpsc::unbounded_channel();
+        let (upstream_reports_tx, upstream_reports) = mpsc::unbounded_channel();
+        let (downstream_closed_tx, downstream_closed) = mpsc::unbounded_channel();
+        let (positions_tx, positions) = mpsc::unbounded_channel();
+        let status = watch::Sender::new(Status::of(&node, None, &BTreeMap::new(), Clock::start().now()));
         Driver {
             node,
             clock: Clock::start(),
             fs,
-            results,
-            results_tx,
+            back,
+            back_tx,
             leaser: Arc::new(Mutex::new(leaser)),
             storage,
             sums: BTreeMap::new(),
             load_sums,
             pending: BTreeMap::new(),
             next_commit: 0,
+            network: None,
+            peers: BTreeMap::new(),
+            upstreams: BTreeMap::new(),
+            upstream_reports,
+            upstream_reports_tx,
+            downstreams: BTreeMap::new(),
+            downstream_closed,
+            downstream_closed_tx,
+            positions,
+            positions_tx,
+            surface: None,
+            role: Role::Stopped,
+            status,
+            events: EventLog::default(),
         }
     }
 
-    /// The Node, for status.
+    /// Connects the driver to other nodes (without this it runs a node alone).
     #[must_use]
-    pub fn node(&self) -> &Node {
-        &self.node
+    pub fn with_network(mut self, network: Network) -> Driver {
+        if let Some(id) = network.me.node_id {
+            self.peers.insert(id, network.me.clone());
+        }
+        self.network = Some(network);
+        self
     }
 
-    /// Runs until the FUSE side hangs up.
-    pub async fn run(mut self) {
+    /// Shows role, positions and lag on `surface` (the mount).
+    #[must_use]
+    pub fn with_surface(mut self, surface: Arc<dyn Surface>) -> Driver {
+        self.surface = Some(surface);
+        self
+    }
+
+    /// Status as it changes, for the HTTP API and for waiting until the node is ready.
+    #[must_use]
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// The event log, for `/events`.
+    #[must_use]
+    pub fn events(&self) -> EventLog {
+        self.events.clone()
+    }
+
+    /// Runs outputs queued before the loop starts (recovery's lease requests, say).
+    pub fn execute_all(&mut self, outputs: Vec<Output>) {
+        for output in outputs {
+            self.execute(output);
+        }
+    }
+
+    /// Runs until the FUSE side hangs up or `shutdown` fires; then shuts the Node down
+    /// cleanly (the lease is released before this returns).
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let (mut accepted, mut operator) = match self.network.as_mut() {
+            Some(n) => {
+                let (_, a) = mpsc::unbounded_channel();
+                let (_, o) = mpsc::unbounded_channel();
+                (std::mem::replace(&mut n.accepted, a), std::mem::replace(&mut n.operator, o))
+            }
+            None => (mpsc::unbounded_channel().1, mpsc::unbounded_channel().1),
+        };
         loop {
-            self.drain_outputs();
+            self.after_step();
             let deadline = self.node.poll_timeout();
             let sleep = async {
                 match deadline {
@@ -91,7 +190,20 @@ impl Driver {
                     Some(request) => self.on_fs_request(request),
                     None => break,
                 },
-                Some(input) = self.results.recv() => self.node.handle(self.clock.now(), input),
+                () = &mut shutdown => break,
+                Some(back) = self.back.recv() => self.on_back(back),
+                Some(report) = self.upstream_reports.recv() => self.on_upstream_report(report),
+                Some(event) = accepted.recv() => self.on_accepted(event),
+                Some(conn) = self.downstream_closed.recv() => {
+                    if self.downstreams.remove(&conn).is_some() {
+                        self.node.handle(self.clock.now(), Input::DownstreamClosed { conn });
+                    }
+                }
+                Some(query) = self.positions.recv() => {
+                    let found = self.position_with_checksum(&query.db, query.checksum);
+                    let _ = query.reply.send(found);
+                }
+                Some(input) = operator.recv() => self.node.handle(self.clock.now(), input),
                 () = sleep => {
                     if let Some((_, kind)) = deadline {
                         debug!(?kind, "timer");
@@ -100,14 +212,43 @@ impl Driver {
                 }
             }
         }
+        self.shut_down().await;
+    }
+
+    /// Feeds the Node its shutdown and carries out what follows, waiting (bounded) for the
+    /// lease release so the next primary need not wait out the TTL.
+    async fn shut_down(&mut self) {
         self.node.handle(self.clock.now(), Input::Shutdown);
-        self.drain_outputs();
+        let mut releases = Vec::new();
+        while let Some(output) = self.node.poll_output() {
+            if let Output::ReleaseLease { epoch } = output {
+                let leaser = Arc::clone(&self.leaser);
+                releases.push(async move {
+                    if let Err(e) = leaser.lock().await.release(epoch).await {
+                        warn!(%epoch, %e, "releasing the lease failed; it expires by itself");
+                    }
+                });
+            } else {
+                self.execute(output);
+            }
+        }
+        let all = futures_util::future::join_all(releases);
+        if tokio::time::timeout(RELEASE_TIMEOUT, all).await.is_err() {
+            warn!("releasing the lease timed out; it expires by itself");
+        }
+        self.after_step();
+        for (_, up) in std::mem::take(&mut self.upstreams) {
+            if let Some((_, task)) = up {
+                task.abort();
+            }
+        }
+        self.downstreams.clear();
     }
 
     /// Handles one request and everything it causes, for tests and the loop alike.
     pub fn step(&mut self, request: FsRequest) {
         self.on_fs_request(request);
-        self.drain_outputs();
+        self.after_step();
     }
 
     fn on_fs_request(&mut self, request: FsRequest) {
@@ -137,15 +278,15 @@ impl Driver {
             }
         };
         if !self.sums.contains_key(&tx.db) {
-            match (self.load_sums)(&tx) {
-                Ok(sums) => {
-                    self.sums.insert(tx.db.clone(), sums);
-                }
-                Err(e) => {
-                    let _ = answer.send(Err(Refusal::Failed { reason: format!("reading page checksums: {e}") }));
-                    return;
-                }
+            if self.node.pos(&db) != replite_core::Pos::ZERO {
+                // Its checksums were not loaded (or disagreed with its position) at promotion:
+                // the old page checksums this commit needs are unknown.
+                warn!(%db, "no trusted page checksums for this database; commit refused");
+                let _ = answer.send(Err(Refusal::Failed { reason: "page checksums unknown".into() }));
+                return;
             }
+            // A database the cluster has never seen starts empty.
+            self.sums.insert(tx.db.clone(), PageSums::empty(tx.page_size));
         }
         let sums = &self.sums[&tx.db];
         let change = sums.changes(tx.pages.iter().map(|p| (p.pgno, p.data.as_slice())), tx.commit);
@@ -163,9 +304,143 @@ impl Driver {
         self.node.handle(self.clock.now(), input);
     }
 
-    fn drain_outputs(&mut self) {
+    fn on_back(&mut self, back: Back) {
+        match back {
+            Back::Input(input) => self.node.handle(self.clock.now(), input),
+            Back::Peer { id, record } => {
+                self.peers.insert(id, record);
+            }
+        }
+    }
+
+    fn on_upstream_report(&mut self, report: UpstreamReport) {
+        match report {
+            UpstreamReport::Opened { conn, ext, outgoing } => {
+                // A stream the Node closed meanwhile stays closed.
+                let Some(slot) = self.upstreams.get_mut(&conn) else { return };
+                let task = slot.take().map(|(_, t)| t);
+                match task {
+                    Some(task) => *slot = Some((outgoing, task)),
+                    None => return,
+                }
+                self.node.handle(self.clock.now(), Input::UpstreamOpened { conn, ext });
+            }
+            UpstreamReport::Input(input) => {
+                let conn = match &input {
+                    Input::UpstreamData { conn, .. } | Input::UpstreamClosed { conn } => *conn,
+                    _ => return,
+                };
+                if !self.upstreams.contains_key(&conn) {
+                    return;
+                }
+                if matches!(input, Input::UpstreamClosed { .. }) {
+                    self.upstreams.remove(&conn);
+                }
+                self.node.handle(self.clock.now(), input);
+            }
+        }
+    }
+
+    fn on_accepted(&mut self, event: StreamServerEvent) {
+        let now = self.clock.now();
+        match event {
+            StreamServerEvent::Opened(DownstreamConn { id, peer, ext, body, frames }) => {
+                let (cmds_tx, cmds) = mpsc::unbounded_channel();
+                tokio::spawn(run_downstream(
+                    id,
+                    cmds,
+                    frames,
+                    Arc::clone(&self.storage),
+                    self.positions_tx.clone(),
+                    self.downstream_closed_tx.clone(),
+                ));
+                self.downstreams.insert(id, cmds_tx);
+                info!(peer = %peer, conn = id.0, "replica connected");
+                self.node.handle(now, Input::DownstreamOpened { conn: id, peer, ext, body });
+            }
+            StreamServerEvent::Data { id, bytes } => {
+                self.node.handle(now, Input::DownstreamData { conn: id, bytes });
+            }
+            StreamServerEvent::Closed { id } => {
+                if self.downstreams.remove(&id).is_some() {
+                    info!(conn = id.0, "replica disconnected");
+                    self.node.handle(now, Input::DownstreamClosed { conn: id });
+                }
+            }
+        }
+    }
+
+    /// The position of `db` whose checksum is `checksum`: the current one, or one retained.
+    fn position_with_checksum(&self, db: &DbName, checksum: replite_core::Checksum) -> Option<replite_core::Pos> {
+        let current = self.node.pos(db);
+        if current.checksum == checksum {
+            return Some(current);
+        }
+        self.node.history(db).and_then(|h| h.position_with_checksum(checksum))
+    }
+
+    /// Carries out queued outputs, then publishes what changed.
+    fn after_step(&mut self) {
         while let Some(output) = self.node.poll_output() {
             self.execute(output);
+        }
+        let role = self.node.role();
+        if role != self.role {
+            self.on_role_change(role);
+        }
+        let now = self.clock.now();
+        let status = Status::of(&self.node, self.network.as_ref().map(|n| &n.me), &self.peers, now);
+        if let Some(surface) = &self.surface {
+            surface.show(&status);
+        }
+        self.status.send_if_modified(|old| {
+            let changed = *old != status;
+            *old = status;
+            changed
+        });
+    }
+
+    fn on_role_change(&mut self, role: Role) {
+        info!(?role, was = ?self.role, "role changed");
+        let was_primary = matches!(self.role, Role::Primary { .. });
+        let is_primary = matches!(role, Role::Primary { .. });
+        if is_primary && !was_primary {
+            self.load_page_sums();
+        }
+        if let Some(surface) = &self.surface
+            && is_primary != was_primary
+        {
+            surface.set_primary(is_primary);
+        }
+        self.events.role(role, self.primary_hostname(role));
+        self.role = role;
+    }
+
+    /// Loads every known database's page checksums, keeping only tables that agree with the
+    /// Node's position (replication wrote the files since any earlier load).
+    fn load_page_sums(&mut self) {
+        self.sums.clear();
+        let known: Vec<(DbName, replite_core::Pos)> = self.node.positions().map(|(n, p)| (n.clone(), p)).collect();
+        for (db, pos) in known {
+            match (self.load_sums)(&db) {
+                Ok(Some(sums)) if sums.database_checksum() == pos.checksum => {
+                    self.sums.insert(db.as_str().to_owned(), sums);
+                }
+                Ok(None) if pos == replite_core::Pos::ZERO => {}
+                Ok(other) => {
+                    let found = other.map(|s| s.database_checksum());
+                    warn!(%db, %pos, ?found, "database file does not match its position; writes to it are refused");
+                }
+                Err(e) => warn!(%db, error = %e, "reading page checksums failed; writes to it are refused"),
+            }
+        }
+    }
+
+    fn primary_hostname(&self, role: Role) -> Option<String> {
+        match role {
+            Role::Primary { .. } => self.network.as_ref().map(|n| n.me.hostname.clone()),
+            Role::Replica { primary, .. } => self.peers.get(&primary).map(|r| r.hostname.clone()),
+            _ => None,
         }
     }
 
@@ -177,6 +452,7 @@ impl Driver {
                         sums.commit(p.tx.pages.iter().map(|pg| (pg.pgno, pg.data.as_slice())), p.tx.commit);
                     }
                     debug!(%db, %pos, "commit acknowledged");
+                    self.events.tx(&db, pos, p.tx.page_size.get(), p.tx.commit);
                     let _ = p.answer.send(Ok(()));
                 }
             }
@@ -191,12 +467,33 @@ impl Driver {
                     let _ = p.answer.send(Err(refusal));
                 }
             }
-            Output::PersistLtx { db, op, min, max, bytes, .. } => {
+            Output::PersistLtx { db, op, min, max, bytes, base } => {
+                // On a primary the file is its own commit (the pages are already in the
+                // database); otherwise it came from the primary and must be applied.
+                let own_commit = matches!(self.node.role(), Role::Primary { .. });
                 let storage = Arc::clone(&self.storage);
-                let results = self.results_tx.clone();
+                let back = self.back_tx.clone();
+                let (page_size, ts) = ltx_header_facts(&bytes);
+                let events = self.events.clone();
                 tokio::task::spawn_blocking(move || {
-                    let result = storage.persist_ltx(&db, min, max, &bytes);
-                    let _ = results.send(Input::LtxDone { op, result });
+                    let result = if own_commit {
+                        storage.persist_ltx(&db, min, max, &bytes)
+                    } else {
+                        let applied = storage.persist_and_apply(&db, min, max, &bytes, base);
+                        if let Ok(pos) = applied {
+                            events.applied(&db, pos, page_size, ts);
+                        }
+                        applied
+                    };
+                    let _ = back.send(Back::Input(Input::LtxDone { op, result }));
+                });
+            }
+            Output::ReplayLtx { db, op, min, max, base } => {
+                let storage = Arc::clone(&self.storage);
+                let back = self.back_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = storage.replay_ltx(&db, min, max, base);
+                    let _ = back.send(Back::Input(Input::LtxDone { op, result }));
                 });
             }
             Output::RemoveLtx { db, min, max } => {
@@ -220,22 +517,85 @@ impl Driver {
                     }
                 });
             }
-            Output::Event(event) => log_event(&event),
-            other => warn!(output = ?other, "replication stream outputs are not wired yet"),
+            Output::Connect { conn, peer, ext, body } => self.connect(conn, peer, ext, body),
+            Output::SendUpstream { conn, bytes } => {
+                if let Some(Some((outgoing, _))) = self.upstreams.get(&conn) {
+                    // Acknowledgements are cumulative: one that does not fit is repaired by the next.
+                    if outgoing.try_send(Bytes::from(bytes)).is_err() {
+                        debug!(conn = conn.0, "acknowledgement dropped: the stream is full or closed");
+                    }
+                }
+            }
+            Output::CloseUpstream { conn } => {
+                if let Some(Some((_, task))) = self.upstreams.remove(&conn) {
+                    task.abort();
+                }
+            }
+            Output::SendDownstream { conn, bytes } => self.to_downstream(conn, DownstreamCmd::Bytes(bytes)),
+            Output::StreamLtx { conn, db, min, max } => self.to_downstream(conn, DownstreamCmd::Ltx { db, min, max }),
+            Output::StreamSnapshot { conn, db, pos } => self.to_downstream(conn, DownstreamCmd::Snapshot { db, pos }),
+            Output::CloseDownstream { conn } => {
+                // Dropping the sender lets the task finish what is queued, then end the stream.
+                self.downstreams.remove(&conn);
+            }
+            Output::RequestHandoff { primary, to } => self.request_handoff(primary, to),
+            Output::Event(event) => {
+                info!(?event, "node event");
+                self.events.node_event(&event);
+            }
         }
+    }
+
+    fn to_downstream(&mut self, conn: DownstreamId, cmd: DownstreamCmd) {
+        if let Some(cmds) = self.downstreams.get(&conn)
+            && cmds.send(cmd).is_err()
+        {
+            self.downstreams.remove(&conn);
+        }
+    }
+
+    fn connect(&mut self, conn: UpstreamId, peer: NodeId, ext: replite_core::stream::Extensions, body: Vec<u8>) {
+        let (Some(network), Some(record)) = (self.network.as_ref(), self.peers.get(&peer)) else {
+            debug!(%peer, "no address known for the primary; not connecting");
+            self.node.handle(self.clock.now(), Input::UpstreamClosed { conn });
+            return;
+        };
+        let me = network.me.node_id.unwrap_or(self.node.id());
+        let url = record.advertise_url.clone();
+        info!(%peer, %url, "connecting to the primary");
+        let task = tokio::spawn(run_upstream(conn, url, me, ext, body, self.upstream_reports_tx.clone()));
+        let (placeholder, _) = mpsc::channel(1);
+        self.upstreams.insert(conn, Some((placeholder, task.abort_handle())));
+    }
+
+    fn request_handoff(&self, primary: NodeId, to: NodeId) {
+        let Some(record) = self.peers.get(&primary) else {
+            warn!(%primary, "no address known for the primary; cannot ask it to hand off");
+            return;
+        };
+        let url = format!("{}/handoff?nodeID={to}", record.advertise_url.trim_end_matches('/'));
+        tokio::spawn(async move {
+            match crate::api::post(&url).await {
+                Ok(()) => info!(%url, "asked the primary to hand off"),
+                Err(e) => warn!(%url, error = %e, "asking the primary to hand off failed"),
+            }
+        });
     }
 
     fn lease_task(&self, op: OpId, request: LeaseRequest) {
         let leaser = Arc::clone(&self.leaser);
-        let results = self.results_tx.clone();
+        let back = self.back_tx.clone();
         tokio::spawn(async move {
             let mut leaser = leaser.lock().await;
+            let seen = |record: &LeaseRecord| {
+                let id = record.node_id.unwrap_or(NodeId(0));
+                let _ = back.send(Back::Peer { id, record: record.clone() });
+                id
+            };
             let input = match request {
                 LeaseRequest::Acquire => match leaser.acquire().await {
                     Ok(AcquireOutcome::Acquired { epoch, .. }) => Input::LeaseAcquired { op, epoch },
-                    Ok(AcquireOutcome::Held { holder, epoch }) => {
-                        Input::LeaseHeld { op, holder: holder.node_id.unwrap_or(NodeId(0)), epoch }
-                    }
+                    Ok(AcquireOutcome::Held { holder, epoch }) => Input::LeaseHeld { op, holder: seen(&holder), epoch },
                     Err(e) => {
                         warn!(%e, "lease acquire failed");
                         Input::LeaseRequestFailed { op }
@@ -250,20 +610,22 @@ impl Driver {
                     }
                 },
                 LeaseRequest::Observe => match leaser.observe().await {
-                    Ok(holder) => Input::LeaseObserved {
-                        op,
-                        holder: holder.map(|(record, epoch)| (record.node_id.unwrap_or(NodeId(0)), epoch)),
-                    },
+                    Ok(holder) => {
+                        Input::LeaseObserved { op, holder: holder.map(|(record, epoch)| (seen(&record), epoch)) }
+                    }
                     Err(e) => {
                         warn!(%e, "lease observe failed");
                         Input::LeaseRequestFailed { op }
                     }
                 },
             };
-            let _ = results.send(input);
+            let _ = back.send(Back::Input(input));
         });
     }
 }
+
+/// How long a clean shutdown waits for the lease store to confirm the release.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 enum LeaseRequest {
     Acquire,
@@ -271,6 +633,9 @@ enum LeaseRequest {
     Observe,
 }
 
-fn log_event(event: &Event) {
-    info!(?event, "node event");
+/// The page size and timestamp an LTX file's header states, for events; zeros if unreadable
+/// (the store verifies the whole file before anything is applied).
+fn ltx_header_facts(bytes: &[u8]) -> (u32, i64) {
+    let header = bytes.get(..HEADER_SIZE).and_then(|b| <&[u8; HEADER_SIZE]>::try_from(b).ok());
+    header.and_then(|h| Header::decode(h).ok()).map_or((0, 0), |h| (h.page_size.get(), h.timestamp_ms))
 }

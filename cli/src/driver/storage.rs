@@ -1,47 +1,54 @@
 //! What the driver needs from durable storage, so the Node's storage outputs are carried out
-//! the same way whichever store sits behind them (the data directory in production, memory in
-//! the driver's own tests).
+//! the same way whichever store sits behind them (the data directory and the mount in
+//! production, memory in the driver's own tests).
+
+use std::io;
+use std::path::PathBuf;
 
 use replite_core::node::IoFailure;
 use replite_core::stream::DbName;
-use replite_core::{Epoch, Pos, TxId};
+use replite_core::{Checksum, Epoch, Pos, TxId};
 
-/// Durable storage of LTX files and the highest epoch seen.
+/// A copy of a database's committed contents in a temporary file (deleted when dropped).
+#[derive(Debug)]
+pub struct DatabaseImage {
+    /// The file.
+    pub file: tempfile::NamedTempFile,
+    /// Its database checksum.
+    pub checksum: Checksum,
+}
+
+impl DatabaseImage {
+    /// Where the image is.
+    #[must_use]
+    pub fn path(&self) -> PathBuf {
+        self.file.path().to_path_buf()
+    }
+}
+
+/// Durable storage of LTX files, the databases they apply to, and the highest epoch seen.
 pub trait Storage: Send + Sync + 'static {
-    /// Makes an LTX file durable (written and fsynced, never visible half-written) and returns
-    /// the position after it.
+    /// A primary's own commit: makes the LTX file durable (written and fsynced, never visible
+    /// half-written) and returns the position after it. The database already holds the pages.
     fn persist_ltx(&self, db: &DbName, min: TxId, max: TxId, bytes: &[u8]) -> Result<Pos, IoFailure>;
+    /// A replicated file: makes it durable, then applies it to the database at `base` where
+    /// readers see it whole or not at all.
+    fn persist_and_apply(
+        &self,
+        db: &DbName,
+        min: TxId,
+        max: TxId,
+        bytes: &[u8],
+        base: Checksum,
+    ) -> Result<Pos, IoFailure>;
+    /// Applies a file already stored (recovery replay).
+    fn replay_ltx(&self, db: &DbName, min: TxId, max: TxId, base: Checksum) -> Result<Pos, IoFailure>;
+    /// Reads a stored LTX file, to send it to a replica.
+    fn read_ltx(&self, db: &DbName, min: TxId, max: TxId) -> io::Result<Vec<u8>>;
+    /// Copies what is committed in `db` right now, for a snapshot.
+    fn copy_committed(&self, db: &DbName) -> io::Result<DatabaseImage>;
     /// Deletes an LTX file retention no longer needs.
     fn remove_ltx(&self, db: &DbName, min: TxId, max: TxId) -> Result<(), IoFailure>;
     /// Records the highest lease epoch seen.
     fn persist_epoch(&self, epoch: Epoch) -> Result<(), IoFailure>;
-}
-
-/// The data-directory store as a primary uses it: a `PersistLtx` only makes the file durable,
-/// since SQLite already wrote the pages through the mount. (A replica's driver will use
-/// `Store::persist_and_apply` instead.)
-pub struct PrimaryStore(pub std::sync::Mutex<crate::store::Store>);
-
-impl PrimaryStore {
-    fn store(&self) -> std::sync::MutexGuard<'_, crate::store::Store> {
-        // A panic while holding the lock poisons it; the store's state is still on disk.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-impl Storage for PrimaryStore {
-    fn persist_ltx(&self, db: &DbName, min: TxId, max: TxId, bytes: &[u8]) -> Result<Pos, IoFailure> {
-        self.store().persist_commit(db, min, max, bytes).map_err(|e| {
-            tracing::error!(%db, %min, %max, error = %e, "persisting an LTX file failed");
-            e.failure()
-        })
-    }
-
-    fn remove_ltx(&self, db: &DbName, min: TxId, max: TxId) -> Result<(), IoFailure> {
-        self.store().remove_ltx(db, min, max).map_err(|e| e.failure())
-    }
-
-    fn persist_epoch(&self, epoch: Epoch) -> Result<(), IoFailure> {
-        self.store().persist_epoch(epoch).map_err(|e| e.failure())
-    }
 }

@@ -26,8 +26,8 @@ use replite_core::{Checksum, Epoch, Pos, TxId};
 use tracing::{debug, info};
 
 pub use error::StoreError;
-pub use fsutil::TEMP_SUFFIX;
-pub use recover::{UNREADABLE_CHECKSUM, recover};
+pub use fsutil::{TEMP_SUFFIX, write_atomic};
+pub use recover::{UNREADABLE_CHECKSUM, database_checksum, recover};
 
 /// The store under one `data.dir`.
 #[derive(Debug)]
@@ -103,11 +103,18 @@ impl Store {
         bytes: &[u8],
         base: Checksum,
     ) -> Result<Pos, StoreError> {
+        self.persist_replicated(db, min, max, bytes)?;
+        self.apply_ltx(db, min, max, base)
+    }
+
+    /// The persist half of [`Store::persist_and_apply`], for a caller that applies the file
+    /// itself (the FUSE mount on a replica): a snapshot also removes every other LTX file.
+    pub fn persist_replicated(&mut self, db: &DbName, min: TxId, max: TxId, bytes: &[u8]) -> Result<(), StoreError> {
         let verified = self.persist_ltx(db, min, max, bytes)?;
         if verified.header().is_snapshot() {
             self.remove_all_ltx_except(db, min, max)?;
         }
-        self.apply_ltx(db, min, max, base)
+        Ok(())
     }
 
     /// Carries out a primary's `Output::PersistLtx` for its own commit: the FUSE layer already

@@ -110,9 +110,10 @@ fn recover_db(dir: &Path, name: &DbName) -> Result<DbRecovery, StoreError> {
     Ok(rec)
 }
 
-/// The checksum of the database file: zero when missing or empty, [`UNREADABLE_CHECKSUM`]
-/// when it cannot be summed.
-pub(crate) fn database_checksum(
+/// The checksum of the database file at `path` (zero when missing or empty), with the page
+/// size from its SQLite header, else `fallback_page_size`; [`UNREADABLE_CHECKSUM`] when it
+/// cannot be summed.
+pub fn database_checksum(
     path: &Path,
     name: &DbName,
     fallback_page_size: Option<PageSize>,

@@ -80,6 +80,14 @@ impl History {
         self.files.get(&pos.txid).is_some_and(|f| f.post == pos.checksum)
     }
 
+    /// The position on this chain whose database checksum is `checksum`, if any (the newest
+    /// such, should a checksum repeat). Lets a caller name the position of a database image it
+    /// read without knowing which transaction it saw.
+    #[must_use]
+    pub fn position_with_checksum(&self, checksum: Checksum) -> Option<Pos> {
+        self.files.values().rev().find(|f| f.post == checksum).map(LtxEntry::post_pos)
+    }
+
     /// Removes and returns the oldest file.
     pub fn pop_first(&mut self) -> Option<LtxEntry> {
         let (_, f) = self.files.pop_first()?;
@@ -109,5 +117,31 @@ impl History {
     pub fn clear(&mut self) -> Vec<LtxEntry> {
         self.bytes = 0;
         std::mem::take(&mut self.files).into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(min: u64, max: u64, pre: u64, post: u64) -> LtxEntry {
+        LtxEntry {
+            min: TxId(min),
+            max: TxId(max),
+            pre: Checksum(pre),
+            post: Checksum(post),
+            size: 10,
+            added_at: Millis(0),
+        }
+    }
+
+    #[test]
+    fn a_checksum_on_the_chain_names_its_position_and_others_none() {
+        let mut h = History::default();
+        h.push(entry(1, 1, 0, 0x8000_0000_0000_0001));
+        h.push(entry(2, 3, 0x8000_0000_0000_0001, 0x8000_0000_0000_0003));
+        assert_eq!(h.position_with_checksum(Checksum(0x8000_0000_0000_0003)), Some(Pos::new(TxId(3), Checksum(0x8000_0000_0000_0003))));
+        assert_eq!(h.position_with_checksum(Checksum(0x8000_0000_0000_0001)), Some(Pos::new(TxId(1), Checksum(0x8000_0000_0000_0001))));
+        assert_eq!(h.position_with_checksum(Checksum(0x8000_0000_0000_0002)), None);
     }
 }

@@ -237,6 +237,24 @@ impl Node {
         Some(Lag { txids, ms })
     }
 
+    /// Whether this replica's stream to its primary has delivered everything the replica
+    /// lacked when it connected (the primary's ready frame arrived; LiteFS waits for the same).
+    #[must_use]
+    pub fn upstream_ready(&self) -> bool {
+        self.upstream.as_ref().is_some_and(replica::Upstream::is_ready)
+    }
+
+    /// The replicas connected to this primary, each with the position it last acknowledged
+    /// per database (replicas that did not negotiate acknowledgements report their position
+    /// only when they connect).
+    pub fn replicas(&self) -> impl Iterator<Item = (NodeId, &DbName, Option<Pos>)> {
+        let peers: std::collections::BTreeSet<NodeId> = self.downstream.values().map(|d| d.peer).collect();
+        self.dbs.keys().flat_map(move |name| {
+            let acked = &self.acked;
+            peers.clone().into_iter().map(move |peer| (peer, name, acked.get(&(peer, name.clone())).copied()))
+        })
+    }
+
     /// The highest epoch this node has seen.
     #[must_use]
     pub fn max_epoch(&self) -> Epoch {

@@ -25,6 +25,8 @@ pub(crate) struct Upstream {
     peer: NodeId,
     epoch: Epoch,
     opened: bool,
+    /// The primary sent its ready frame: everything we lacked at connect time has arrived.
+    ready: bool,
     ext: Extensions,
     decoder: StreamDecoder,
 }
@@ -45,6 +47,12 @@ pub(crate) struct Persist {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Contiguous {
     verified: VerifiedLtx,
+}
+
+impl Upstream {
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready
+    }
 }
 
 impl Node {
@@ -86,6 +94,7 @@ impl Node {
             peer: primary,
             epoch,
             opened: false,
+            ready: false,
             ext: Extensions::NONE,
             decoder: StreamDecoder::new(Extensions::NONE),
         });
@@ -139,7 +148,10 @@ impl Node {
                 }
                 Ok(Some(StreamEvent::Frame(frame))) => match frame {
                     Frame::Epoch { epoch: theirs, node_id } => {
-                        let stale = theirs < self.max_epoch || theirs < epoch || node_id != peer;
+                        // A primary known only by address (a static lease, or a lease value
+                        // LiteFS wrote, names no id: peer 0) is identified by this frame.
+                        let other_node = node_id != peer && peer != NodeId(0);
+                        let stale = theirs < self.max_epoch || theirs < epoch || other_node;
                         if stale && !self.cfg.faults.ignore_epochs {
                             return self.resync(now, format!("primary {peer} epoch {theirs} is stale"));
                         }
@@ -147,7 +159,12 @@ impl Node {
                     }
                     Frame::Handoff { .. } => self.take_over(now),
                     Frame::End => return self.resync(now, format!("primary {peer} ended the stream")),
-                    Frame::Ready => self.backoff_attempt = 0,
+                    Frame::Ready => {
+                        self.backoff_attempt = 0;
+                        if let Some(up) = self.upstream.as_mut() {
+                            up.ready = true;
+                        }
+                    }
                     Frame::Heartbeat { timestamp_ms } => self.primary_clock_ms = Some(timestamp_ms),
                     Frame::Hwm { txid, name } => {
                         let db = self.dbs.entry(name).or_default();

@@ -1,0 +1,117 @@
+//! The HTTP API beside the replication stream (LiteFS's paths): `GET /info` (status as
+//! JSON), `GET /events` (newline-delimited JSON events), `GET /metrics` (Prometheus text),
+//! `POST /handoff?nodeID=` (on the primary: hand the lease to that replica), `POST /promote`
+//! (make this node primary). Handlers only read the driver's published status or pass an
+//! operator request to the Node; they decide nothing.
+
+mod client;
+mod metrics;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing;
+use replite_core::NodeId;
+use replite_core::node::Input;
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::driver::{EventLog, Status};
+
+pub use client::{ApiError, get_info, post};
+
+#[derive(Clone)]
+struct Api {
+    status: watch::Receiver<Status>,
+    events: EventLog,
+    operator: mpsc::UnboundedSender<Input>,
+    me: NodeId,
+}
+
+/// The API's routes.
+pub fn routes(
+    status: watch::Receiver<Status>,
+    events: EventLog,
+    operator: mpsc::UnboundedSender<Input>,
+    me: NodeId,
+) -> Router {
+    Router::new()
+        .route("/info", routing::get(info))
+        .route("/events", routing::get(events_stream))
+        .route("/metrics", routing::get(metrics_text))
+        .route("/handoff", routing::post(handoff))
+        .route("/promote", routing::post(promote))
+        .with_state(Api { status, events, operator, me })
+}
+
+async fn info(State(api): State<Api>) -> Response {
+    axum::Json(api.status.borrow().clone()).into_response()
+}
+
+async fn metrics_text(State(api): State<Api>) -> Response {
+    let status = api.status.borrow().clone();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render(&status)).into_response()
+}
+
+async fn events_stream(State(api): State<Api>) -> Response {
+    let (init, mut rx) = api.events.subscribe();
+    let (tx, body_rx) = mpsc::channel::<Result<String, std::io::Error>>(16);
+    tokio::spawn(async move {
+        if tx.send(Ok(init + "\n")).await.is_err() {
+            return;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(line) => {
+                    if tx.send(Ok(line + "\n")).await.is_err() {
+                        return;
+                    }
+                }
+                // A reader that fell too far behind misses events; it keeps the rest.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(body_rx);
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response()
+}
+
+#[derive(Deserialize)]
+struct HandoffQuery {
+    #[serde(rename = "nodeID")]
+    node_id: String,
+}
+
+async fn handoff(State(api): State<Api>, query: Result<Query<HandoffQuery>, QueryRejection>) -> Response {
+    let Ok(Query(query)) = query else {
+        return (StatusCode::BAD_REQUEST, "nodeID is required\n").into_response();
+    };
+    let Ok(to) = u64::from_str_radix(&query.node_id, 16).map(NodeId) else {
+        return (StatusCode::BAD_REQUEST, format!("nodeID {:?} is not 16 hex digits\n", query.node_id))
+            .into_response();
+    };
+    if api.status.borrow().role != "primary" {
+        return (StatusCode::CONFLICT, "this node is not the primary\n").into_response();
+    }
+    if to == api.me {
+        return (StatusCode::BAD_REQUEST, "cannot hand off to the primary itself\n").into_response();
+    }
+    match api.operator.send(Input::Handoff { to }) {
+        Ok(()) => (StatusCode::OK, "handoff requested\n").into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
+}
+
+async fn promote(State(api): State<Api>) -> Response {
+    if api.status.borrow().role == "primary" {
+        return (StatusCode::OK, "already primary\n").into_response();
+    }
+    match api.operator.send(Input::Promote) {
+        Ok(()) => (StatusCode::OK, "promotion requested\n").into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
+}

@@ -1,0 +1,238 @@
+//! `replite mount`: the daemon. It joins the parts — the store and its recovery, the core
+//! Node, the FUSE mount, the lease backend, the HTTP API and replication stream, and the
+//! driver loop that owns the Node — then waits until this node is primary or in sync with
+//! one, runs the configured commands, and shuts everything down cleanly when they exit or a
+//! signal arrives (the lease is released, the mount unmounted).
+
+mod exec;
+mod node_id;
+mod startup;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use replite_core::ltx::{SQLITE_HEADER_SIZE, SqliteHeader};
+use replite_core::node::Node;
+use replite_core::stream::DbName;
+use replite_fuse::{Mount, MountOptions, Role};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::config::{Config, LeaseType};
+use crate::driver::{Clock, CommitBridge, DiskStorage, Driver, Network, PageSums, Status, node_config};
+use crate::lease::{LeaseRecord, Leaser};
+use crate::store::Store;
+
+pub use exec::{exit_code_of, split_command};
+pub use node_id::{ID_FILE, load_or_create as load_node_id};
+
+/// The default port of LiteFS's (and replite's) HTTP API.
+pub const DEFAULT_PORT: u16 = 20202;
+
+/// What `replite mount` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct MountArgs {
+    /// Config file; `None` searches the usual places.
+    pub config: Option<PathBuf>,
+    /// The command after `--`, which replaces `exec:` from the config.
+    pub command: Vec<String>,
+}
+
+/// Runs the daemon until its command exits (returning that command's exit code) or, with no
+/// command, until SIGINT or SIGTERM.
+pub async fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
+    let (config, found) = Config::load(args.config.as_deref())?;
+    info!(config = %found.display(), "loaded config");
+    let running = start(&config).await?;
+    let mut status = running.status.clone();
+
+    let mut signals = exec::Signals::new().context("installing signal handlers")?;
+    if !config.skip_sync {
+        tokio::select! {
+            ready = status.wait_for(|s| s.in_sync) => { ready.context("the driver stopped before the node was ready")?; }
+            signal = signals.next() => {
+                info!(?signal, "signal before the node was ready; shutting down");
+                running.stop().await;
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+    let s = status.borrow().clone();
+    info!(role = %s.role, node = %s.node_id, "ready");
+
+    let commands = exec::commands(&config, &args.command);
+    let code = exec::run_all(commands, &mut signals).await;
+    running.stop().await;
+    Ok(code)
+}
+
+/// A started daemon.
+pub struct Running {
+    /// Status as it changes.
+    pub status: watch::Receiver<Status>,
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    driver: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
+    server_stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Running {
+    /// Shuts the Node down (releasing the lease), stops the API and unmounts.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        if let Err(e) = self.driver.await {
+            warn!(error = %e, "the driver task failed");
+        }
+        let _ = self.server_stop.send(());
+        let _ = self.server.await;
+        info!("stopped");
+    }
+}
+
+/// Starts everything; the node is running (and possibly not yet in sync) when this returns.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    if config.lease.kind == LeaseType::Unset {
+        bail!("lease.type is not set; use static, etcd or consul");
+    }
+    let data_dir = absolute(&config.data.dir)?;
+    let node_id = load_node_id(&data_dir)?;
+    let http_addr = bind_addr(&config.http.addr)?;
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP API to {}", config.http.addr))?;
+    let http_addr = listener.local_addr()?;
+    let hostname = if config.lease.kind == LeaseType::Static && !config.lease.candidate {
+        system_hostname()
+    } else {
+        non_empty(&config.lease.hostname).unwrap_or_else(system_hostname)
+    };
+    let advertise_url = if config.lease.kind == LeaseType::Static && !config.lease.candidate {
+        format!("http://{hostname}:{}", http_addr.port())
+    } else {
+        non_empty(&config.lease.advertise_url).unwrap_or_else(|| format!("http://{hostname}:{}", http_addr.port()))
+    };
+    let me = LeaseRecord { hostname: hostname.clone(), advertise_url: advertise_url.clone(), node_id: Some(node_id) };
+    let static_primary = if config.lease.candidate {
+        me.clone()
+    } else {
+        LeaseRecord {
+            hostname: config.lease.hostname.clone(),
+            advertise_url: config.lease.advertise_url.clone(),
+            node_id: None,
+        }
+    };
+    info!(node = %node_id, %hostname, %advertise_url, data = %data_dir.display(), "starting");
+
+    let clock = Clock::start();
+    let mut node = Node::new(node_config(config, node_id, rand::random())?)?;
+    let (mut store, recovery) = Store::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
+    let deferred = startup::recover(&mut node, &mut store, || clock.now(), recovery);
+
+    let (bridge, fs_requests) = CommitBridge::new();
+    let options = MountOptions { role: Role::Replica, allow_other: config.fuse.allow_other, ..MountOptions::default() };
+    let mount_dir = absolute(&config.fuse.dir)?;
+    std::fs::create_dir_all(&mount_dir).with_context(|| format!("creating {}", mount_dir.display()))?;
+    let mount = Arc::new(
+        Mount::new(&data_dir, &mount_dir, Arc::new(bridge), &options)
+            .with_context(|| format!("mounting {}", mount_dir.display()))?,
+    );
+    let storage = Arc::new(DiskStorage::new(store, Some(Arc::clone(&mount))));
+    let leaser = Leaser::connect(config, me.clone(), static_primary).await.context("connecting the lease backend")?;
+
+    let (accepted_tx, accepted) = mpsc::unbounded_channel();
+    let (operator_tx, operator) = mpsc::unbounded_channel();
+    let sums_dir = data_dir.clone();
+    let mut driver = Driver::new(node, fs_requests, leaser, storage, Box::new(move |db| load_page_sums(&sums_dir, db)))
+        .with_network(Network { me, accepted, operator })
+        .with_surface(mount);
+    driver.execute_all(deferred);
+    let status = driver.status();
+    let events = driver.events();
+
+    let router = crate::http::stream_routes(accepted_tx).merge(crate::api::routes(
+        status.clone(),
+        events,
+        operator_tx,
+        node_id,
+    ));
+    let (server_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = crate::http::serve(listener, router, shutdown).await {
+            warn!(error = %e, "the HTTP server stopped");
+        }
+    });
+    let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let driver = tokio::spawn(driver.run(async move {
+        let _ = shutdown_rx.await;
+    }));
+    info!(addr = %http_addr, "HTTP API listening");
+    Ok(Running { status, http_addr, shutdown, driver, server, server_stop })
+}
+
+/// A database's page checksums from its file under the LiteFS layout.
+fn load_page_sums(data_dir: &Path, db: &DbName) -> std::io::Result<Option<PageSums>> {
+    let path = replite_fuse::database_path(data_dir, db.as_str());
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut head = [0u8; SQLITE_HEADER_SIZE];
+    let n = replite_core::ltx::read_full(&mut file, &mut head)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let header = SqliteHeader::parse(&head[..n]).map_err(std::io::Error::other)?;
+    let file = std::fs::File::open(&path)?;
+    PageSums::read(std::io::BufReader::new(file), header.page_size).map(Some)
+}
+
+/// LiteFS's `http.addr` form: `:20202` means every interface.
+fn bind_addr(addr: &str) -> anyhow::Result<SocketAddr> {
+    let full = if addr.starts_with(':') { format!("0.0.0.0{addr}") } else { addr.to_owned() };
+    full.parse().with_context(|| format!("http.addr {addr:?} is not HOST:PORT or :PORT"))
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.is_absolute() {
+        Ok(path.to_path_buf())
+    } else {
+        Ok(std::env::current_dir().context("reading the current directory")?.join(path))
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// How long `replite mount` waits for a clean shutdown before giving up on it.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn litefs_style_addresses_bind_every_interface() {
+        assert_eq!(bind_addr(":20202").expect("parses"), "0.0.0.0:20202".parse().expect("addr"));
+        assert_eq!(bind_addr("127.0.0.1:9").expect("parses"), "127.0.0.1:9".parse().expect("addr"));
+        assert!(bind_addr("nonsense").is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! The data directory as the driver's [`Storage`]: LTX files and the epoch through the
+//! [`Store`], databases through the FUSE mount when there is one (so replicated pages are
+//! written under SQLite's locks and the kernel's caches are dropped for them), else straight
+//! to the database files.
+
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use replite_core::node::IoFailure;
+use replite_core::stream::DbName;
+use replite_core::{Checksum, Epoch, Pos, TxId};
+use replite_fuse::Mount;
+use tracing::error;
+
+use crate::driver::storage::{DatabaseImage, Storage};
+use crate::store::{Store, StoreError};
+
+/// The store under `data.dir`, and the mount that serves its databases (if mounted).
+pub struct DiskStorage {
+    store: Mutex<Store>,
+    mount: Option<Arc<Mount>>,
+}
+
+impl DiskStorage {
+    /// Storage over `store`, applying replicated files through `mount` when given.
+    #[must_use]
+    pub fn new(store: Store, mount: Option<Arc<Mount>>) -> DiskStorage {
+        DiskStorage { store: Mutex::new(store), mount }
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock poisons it; the store's state is still on disk.
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn logged<'a>(db: &'a DbName, what: &'static str) -> impl FnOnce(StoreError) -> IoFailure + 'a {
+    move |e| {
+        error!(%db, error = %e, "{what} failed");
+        e.failure()
+    }
+}
+
+impl Storage for DiskStorage {
+    fn persist_ltx(&self, db: &DbName, min: TxId, max: TxId, bytes: &[u8]) -> Result<Pos, IoFailure> {
+        self.store().persist_commit(db, min, max, bytes).map_err(logged(db, "persisting an LTX file"))
+    }
+
+    fn persist_and_apply(
+        &self,
+        db: &DbName,
+        min: TxId,
+        max: TxId,
+        bytes: &[u8],
+        base: Checksum,
+    ) -> Result<Pos, IoFailure> {
+        let mut store = self.store();
+        let Some(mount) = &self.mount else {
+            return store.persist_and_apply(db, min, max, bytes, base).map_err(logged(db, "applying an LTX file"));
+        };
+        store.persist_replicated(db, min, max, bytes).map_err(logged(db, "persisting an LTX file"))?;
+        // The mount writes the pages itself: the store's idea of the file's checksum is stale.
+        store.forget_checksum(db);
+        mount.apply_ltx(db.as_str(), bytes, base).map_err(|e| {
+            error!(%db, %min, %max, error = %e, "applying an LTX file through the mount failed");
+            IoFailure::Mismatch
+        })
+    }
+
+    fn replay_ltx(&self, db: &DbName, min: TxId, max: TxId, base: Checksum) -> Result<Pos, IoFailure> {
+        self.store().apply_ltx(db, min, max, base).map_err(logged(db, "replaying an LTX file"))
+    }
+
+    fn read_ltx(&self, db: &DbName, min: TxId, max: TxId) -> io::Result<Vec<u8>> {
+        let path = self.store().ltx_path(db, min, max);
+        std::fs::read(path)
+    }
+
+    fn copy_committed(&self, db: &DbName) -> io::Result<DatabaseImage> {
+        let dir = self.store().dir().to_path_buf();
+        let file = tempfile::Builder::new().prefix(".snapshot-").tempfile_in(&dir)?;
+        let checksum = match &self.mount {
+            Some(mount) => mount.copy_committed(db.as_str(), file.path()).map_err(io::Error::other)?.checksum,
+            None => {
+                // No mount: nothing writes the file but the store, so a plain copy is committed.
+                let source = self.store().database_path(db);
+                std::fs::copy(&source, file.path())?;
+                crate::store::database_checksum(file.path(), db, None).map_err(io::Error::other)?
+            }
+        };
+        Ok(DatabaseImage { file, checksum })
+    }
+
+    fn remove_ltx(&self, db: &DbName, min: TxId, max: TxId) -> Result<(), IoFailure> {
+        self.store().remove_ltx(db, min, max).map_err(|e| e.failure())
+    }
+
+    fn persist_epoch(&self, epoch: Epoch) -> Result<(), IoFailure> {
+        self.store().persist_epoch(epoch).map_err(|e| e.failure())
+    }
+}

@@ -1,0 +1,154 @@
+//! End to end: real `replite mount` daemons on 127.0.0.1, each with its own FUSE mount, the
+//! application played by rusqlite. Writes on the primary reach every replica with equal
+//! positions; replicas refuse writes; restarted nodes catch up; with etcd, a killed primary's
+//! lease passes to a replica, and the old primary comes back as a replica.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+use support::cluster::{Lease, Node, WAIT};
+
+fn open(node: &Node, db: &str) -> Connection {
+    let conn = Connection::open(node.db_path(db)).expect("open through the mount");
+    conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    conn
+}
+
+fn open_read_only(node: &Node, db: &str) -> Connection {
+    let conn = Connection::open_with_flags(node.db_path(db), OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open read-only");
+    conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    conn
+}
+
+fn count(conn: &Connection) -> i64 {
+    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("count")
+}
+
+fn integrity(conn: &Connection) -> String {
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity_check")
+}
+
+/// Waits until every node reports the same position for `db` as `primary`; returns it.
+fn converge(primary: &Node, replicas: &[&Node], db: &str) -> String {
+    let want = primary.pos(db).expect("primary has the database");
+    for r in replicas {
+        r.wait_for(&format!("at {want}"), |info| {
+            info["databases"].as_array().is_some_and(|dbs| dbs.iter().any(|d| d["name"] == db && d["pos"] == want.as_str()))
+        });
+    }
+    want
+}
+
+#[test]
+fn three_static_nodes_replicate_every_write_and_replicas_refuse_writes() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+    let replica = Lease::Static { primary_url: Some(a.url.clone()) };
+    let mut b = Node::new(root.path(), "b", &replica);
+    let mut c = Node::new(root.path(), "c", &replica);
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    b.start();
+    c.start();
+
+    let conn = open(&a, "app.db");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
+    for i in 0..50 {
+        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("row {i} {}", "x".repeat(i * 40))]).expect("insert");
+    }
+    let pos = converge(&a, &[&b, &c], "app.db");
+    assert!(pos.starts_with("0000000000000033/"), "51 transactions: {pos}");
+
+    for node in [&a, &b, &c] {
+        let reader = open_read_only(node, "app.db");
+        assert_eq!(count(&reader), 50, "{}", node.name);
+        assert_eq!(integrity(&reader), "ok", "{}", node.name);
+    }
+
+    // A write on a replica is refused with a read-only error and changes nothing.
+    let on_replica = open(&b, "app.db");
+    let refused = on_replica.execute("INSERT INTO t (v) VALUES ('nope')", []);
+    let err = refused.expect_err("a replica refuses writes");
+    assert!(
+        matches!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::ReadOnly)),
+        "expected SQLITE_READONLY, got {err:?}"
+    );
+    drop(on_replica);
+    assert_eq!(b.pos("app.db"), Some(pos.clone()));
+
+    // A replica that was down catches up when it comes back.
+    c.stop();
+    for i in 0..20 {
+        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("later {i}")]).expect("insert while c is down");
+    }
+    c.start();
+    converge(&a, &[&b, &c], "app.db");
+    assert_eq!(count(&open_read_only(&c, "app.db")), 70);
+    drop(conn);
+    for node in [&mut a, &mut b, &mut c] {
+        node.stop();
+    }
+}
+
+#[test]
+fn with_etcd_a_killed_primary_is_replaced_and_returns_as_a_replica() {
+    let etcd = support::etcd::EtcdServer::start();
+    let root = tempfile::tempdir().expect("tempdir");
+    let lease = Lease::Etcd { endpoint: etcd.endpoint.clone(), ttl: "3s" };
+    let mut nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| Node::new(root.path(), n, &lease)).collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    let deadline = Instant::now() + WAIT;
+    let first = loop {
+        if let Some(i) = nodes.iter().position(|n| n.role().as_deref() == Some("primary")) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no primary within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let conn = open(&nodes[first], "app.db");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
+    for i in 0..20 {
+        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("before {i}")]).expect("insert");
+    }
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    converge(&nodes[first], &[&nodes[others[0]], &nodes[others[1]]], "app.db");
+    drop(conn);
+
+    let killed_at = Instant::now();
+    nodes[first].kill();
+    let deadline = Instant::now() + WAIT;
+    let second = loop {
+        if let Some(&i) = others.iter().find(|&&i| nodes[i].role().as_deref() == Some("primary")) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no new primary within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = killed_at.elapsed();
+    // TTL 3 s plus the 500 ms safety margin, plus polling slack.
+    assert!(took < Duration::from_secs(6), "failover took {took:?}");
+
+    let conn = open(&nodes[second], "app.db");
+    assert_eq!(count(&conn), 20, "every replicated transaction is on the new primary");
+    for i in 0..10 {
+        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("after {i}")]).expect("insert on the new primary");
+    }
+    drop(conn);
+
+    nodes[first].start();
+    nodes[first].wait_for("a replica again", |i| i["role"] == "replica" && i["inSync"] == true);
+    let rest: Vec<&Node> = (0..3).filter(|&i| i != second).map(|i| &nodes[i]).collect();
+    converge(&nodes[second], &rest, "app.db");
+    for n in &nodes {
+        let reader = open_read_only(n, "app.db");
+        assert_eq!(count(&reader), 30, "{}", n.name);
+        assert_eq!(integrity(&reader), "ok", "{}", n.name);
+    }
+    for n in &mut nodes {
+        n.stop();
+    }
+}

@@ -1,0 +1,166 @@
+//! Real `replite mount` daemons for end-to-end tests: each node a separate process with its
+//! own data directory, FUSE mount and HTTP port on 127.0.0.1, killed and unmounted on drop.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Longest any wait in these tests may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind loopback").local_addr().expect("addr").port()
+}
+
+/// How a node finds the primary.
+#[derive(Clone)]
+pub enum Lease {
+    /// `lease.type: static`; the primary's URL for replicas.
+    Static { primary_url: Option<String> },
+    /// `lease.type: etcd` at this endpoint, with this TTL.
+    Etcd { endpoint: String, ttl: &'static str },
+}
+
+pub struct Node {
+    pub name: String,
+    pub dir: PathBuf,
+    pub mount: PathBuf,
+    pub url: String,
+    pub port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Writes the node's config under `root/name` (not started yet).
+    pub fn new(root: &Path, name: &str, lease: &Lease) -> Node {
+        let dir = root.join(name);
+        let mount = dir.join("mnt");
+        std::fs::create_dir_all(&mount).expect("mount dir");
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let lease_yaml = match lease {
+            Lease::Static { primary_url: None } => {
+                format!("lease:\n  type: static\n  candidate: true\n  hostname: {name}\n  advertise-url: {url}\n")
+            }
+            Lease::Static { primary_url: Some(p) } => {
+                format!("lease:\n  type: static\n  candidate: false\n  hostname: primary\n  advertise-url: {p}\n")
+            }
+            Lease::Etcd { endpoint, ttl } => format!(
+                "lease:\n  type: etcd\n  hostname: {name}\n  advertise-url: {url}\n  safety-margin: 500ms\n  reconnect-delay: 200ms\n  etcd:\n    endpoints: [{endpoint}]\n    key: replite/e2e\n    ttl: {ttl}\n"
+            ),
+        };
+        let yaml = format!(
+            "data:\n  dir: {}\nfuse:\n  dir: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{lease_yaml}",
+            dir.join("data").display(),
+            mount.display()
+        );
+        let config = dir.join("replite.yml");
+        std::fs::write(&config, yaml).expect("config");
+        Node { name: name.into(), log: dir.join("log.txt"), dir, mount, url, port, config, child: None }
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_replite"))
+            .args(["mount", "-config"])
+            .arg(&self.config)
+            .env("REPLITE_LOG", "info,replite=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start replite");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no clean shutdown, no lease release; the mount is detached afterwards.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        detach(&self.mount);
+    }
+
+    /// SIGTERM, and wait (bounded) for the exit.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                detach(&self.mount);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        detach(&self.mount);
+        panic!("{} did not stop within {WAIT:?} of SIGTERM\n{}", self.name, self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `/info`, or `None` while the node does not answer.
+    pub fn info(&self) -> Option<Value> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let status = runtime.block_on(replite::api::get_info(&self.url)).ok()?;
+        serde_json::to_value(status).ok()
+    }
+
+    /// Waits (bounded) until `/info` satisfies `cond`, and returns it.
+    pub fn wait_for(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(info) = self.info()
+                && cond(&info)
+            {
+                return info;
+            }
+            if Instant::now() > deadline {
+                panic!("{}: not {what} within {WAIT:?}; last /info {:?}\n{}", self.name, self.info(), self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn role(&self) -> Option<String> {
+        self.info().and_then(|i| i["role"].as_str().map(str::to_owned))
+    }
+
+    pub fn db_path(&self, db: &str) -> PathBuf {
+        self.mount.join(db)
+    }
+
+    /// The position `/info` reports for `db`.
+    pub fn pos(&self, db: &str) -> Option<String> {
+        let info = self.info()?;
+        info["databases"].as_array()?.iter().find(|d| d["name"] == db).and_then(|d| d["pos"].as_str().map(str::to_owned))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Lazily unmounts a FUSE mount a dead daemon left behind.
+pub fn detach(mount: &Path) {
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == mount.to_str()))
+        .unwrap_or(false);
+    if mounted {
+        let _ = Command::new("fusermount3").arg("-uz").arg(mount).status();
+    }
+}
