@@ -209,8 +209,9 @@ fn main() {
         reset(&native);
         fill(&native, rows);
         let replica_data = root.join("replica-data");
-        std::fs::create_dir_all(&replica_data).expect("replica data");
-        std::fs::copy(native.join("bench.db"), replica_data.join("bench.db")).expect("copy");
+        let stored = replite_fuse::database_path(&replica_data, "bench.db");
+        std::fs::create_dir_all(stored.parent().expect("a database sits in its own directory")).expect("replica data");
+        std::fs::copy(native.join("bench.db"), stored).expect("copy");
         let replica = mount(&root, "replica", Role::Replica);
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for _ in 0..rounds {

@@ -12,21 +12,23 @@ use std::path::{Path, PathBuf};
 use replite_core::types::{PageSize, Pgno};
 
 use crate::error::CaptureError;
+use crate::layout::database_path;
 
 /// Offset of the big-endian u16 page size in SQLite's database header (1 means 65536).
 const PAGE_SIZE_OFFSET: u64 = 16;
 
 /// A database's backing file, opened to read pages at a commit point.
 pub(crate) struct DbFile {
+    db: String,
     path: PathBuf,
     file: File,
 }
 
 impl DbFile {
     pub(crate) fn open(data_dir: &Path, db: &str) -> Result<DbFile, CaptureError> {
-        let path = data_dir.join(db);
+        let path = database_path(data_dir, db);
         let file = File::open(&path).map_err(|e| CaptureError::io(&path, e))?;
-        Ok(DbFile { path, file })
+        Ok(DbFile { db: db.to_owned(), path, file })
     }
 
     /// Reads page `pgno` whole; a short read means the file is shorter than SQLite said.
@@ -37,7 +39,7 @@ impl DbFile {
     /// The file's size in whole pages.
     pub(crate) fn pages(&self, page_size: PageSize) -> Result<u32, CaptureError> {
         let size = self.file.metadata().map_err(|e| CaptureError::io(&self.path, e))?.len();
-        let db = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let db = self.db.clone();
         if !size.is_multiple_of(u64::from(page_size.get())) {
             return Err(CaptureError::PartialPage { db, size, page_size: page_size.get() });
         }

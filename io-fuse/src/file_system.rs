@@ -6,7 +6,7 @@
 //! same locks through the mount when a replica applies a transaction (see `replica`).
 
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::Arc;
@@ -118,7 +118,7 @@ impl Filesystem for ReplFs {
             if !self.caller_may_write(req) {
                 return reply.error(Errno::EROFS);
             }
-            if let Err(e) = self.shared.truncate(&name, kind, &db, size) {
+            if let Err(e) = self.shared.truncate(kind, &db, size) {
                 return reply.error(e);
             }
         }
@@ -162,7 +162,8 @@ impl Filesystem for ReplFs {
         if writable && !self.caller_may_write(req) {
             return reply.error(Errno::EROFS);
         }
-        match OpenOptions::new().read(true).write(writable).open(self.shared.data_dir.join(&name)) {
+        let Some(path) = self.shared.path(kind, &db) else { return reply.error(Errno::ENOENT) };
+        match OpenOptions::new().read(true).write(writable).open(path) {
             Ok(file) if self.shared.passthrough_for(kind) => {
                 match self.shared.backing(ino.0, || reply.open_backing(&file)) {
                     Ok(id) => {
@@ -212,7 +213,15 @@ impl Filesystem for ReplFs {
             refusal_errno(db, &refusal);
             return reply.error(Errno::EACCES);
         }
-        let path = self.shared.data_dir.join(name);
+        let Some(path) = self.shared.path(kind, db) else { return reply.error(Errno::EACCES) };
+        // A new database gets its own directory; side files are created only beside an
+        // existing one (the open fails with ENOENT otherwise, as in a missing directory).
+        if kind == NodeKind::Database
+            && let Err(e) = self.shared.ensure_db_dir(db)
+        {
+            warn!(db, error = %e, "creating the database directory");
+            return reply.error(io_errno(&e));
+        }
         let opened = OpenOptions::new()
             .read(true)
             .write(true)
@@ -223,6 +232,7 @@ impl Filesystem for ReplFs {
             .and_then(|file| file.metadata().map(|meta| (file, meta)));
         match opened {
             Ok((file, meta)) => {
+                self.shared.dir_changed(db);
                 let ino = lock(&self.shared.inodes).ino(name);
                 let attr = self.shared.file_attr(ino, &meta);
                 let ttl = self.shared.ttl(kind);
@@ -377,9 +387,9 @@ impl Filesystem for ReplFs {
     }
 
     /// SQLite fsyncs the directory after creating or deleting a rollback journal
-    /// (`synchronous=FULL`); the data directory gets the same fsync.
+    /// (`synchronous=FULL`); the database directories whose entries changed get that fsync.
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match File::open(&self.shared.data_dir).and_then(|dir| dir.sync_all()) {
+        match self.shared.sync_dirs() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(io_errno(&e)),
         }

@@ -21,6 +21,8 @@ use replite_core::types::{PageSize, Pgno};
 use crate::boundary::{CapturedPage, CapturedTx, Durability, JournalMode};
 use crate::database_node::{DbFile, read_page_size};
 use crate::error::CaptureError;
+use crate::layout::backing_path;
+use crate::names::NodeKind;
 
 /// The first eight bytes of a live journal header.
 pub(crate) const JOURNAL_MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
@@ -121,7 +123,7 @@ pub(crate) fn capture(
     durability: Durability,
     written: &[(u64, u64)],
 ) -> Result<Option<CapturedTx>, CaptureError> {
-    let journal_path = data_dir.join(format!("{db}-journal"));
+    let journal_path = backing_path(data_dir, NodeKind::Journal, db).expect("journals have backing files");
     let bytes = match std::fs::read(&journal_path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -12,6 +12,9 @@
 //! answers, reached through [`CommitSink`] and the daemon. It only translates kernel requests
 //! into captured transactions and carries out applies it is told to do.
 //!
+//! The data directory has LiteFS's layout (`dbs/<name>/database` and its `journal`, `wal`
+//! and `shm` beside it; see [`database_path`]), shared with the daemon's store.
+//!
 //! Unit tests sit beside the code. `tests/` mounts real FUSE filesystems (root and
 //! `/dev/fuse` needed) and drives them with SQLite through rusqlite: `rollback_journal.rs` and
 //! `wal.rs` check, after every transaction, that the captured pages encoded as LTX and
@@ -28,6 +31,7 @@ mod database_node;
 mod error;
 mod file_system;
 mod journal_node;
+mod layout;
 mod mount;
 mod names;
 mod replica;
@@ -37,5 +41,6 @@ mod wal_node;
 
 pub use boundary::{CapturedPage, CapturedTx, CommitSink, Durability, JournalMode, Refusal, WalSegment};
 pub use error::{ApplyLtxError, CaptureError, MountError};
+pub use layout::database_path;
 pub use mount::{Mount, MountOptions, Role};
 pub use names::{LAG_FILENAME, PRIMARY_FILENAME};

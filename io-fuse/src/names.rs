@@ -35,6 +35,19 @@ impl NodeKind {
 const SUFFIXES: [(&str, NodeKind); 4] =
     [("-journal", NodeKind::Journal), ("-wal", NodeKind::Wal), ("-shm", NodeKind::Shm), ("-pos", NodeKind::Pos)];
 
+/// The name in the mount of `kind` of database `db` (the inverse of [`classify`]).
+pub(crate) fn mount_name(kind: NodeKind, db: &str) -> String {
+    match kind {
+        NodeKind::Database => db.to_owned(),
+        NodeKind::Primary => PRIMARY_FILENAME.to_owned(),
+        NodeKind::Lag => LAG_FILENAME.to_owned(),
+        _ => {
+            let (suffix, _) = SUFFIXES.iter().find(|(_, k)| *k == kind).expect("every other kind has a suffix");
+            format!("{db}{suffix}")
+        }
+    }
+}
+
 /// Classifies a name; `None` for names the mount does not hold (paths, `.`/`..`, empty,
 /// a suffix with no database before it).
 pub(crate) fn classify(name: &str) -> Option<(NodeKind, &str)> {
@@ -68,6 +81,10 @@ mod tests {
         assert_eq!(classify("app.db-pos"), Some((NodeKind::Pos, "app.db")));
         assert_eq!(classify(".primary"), Some((NodeKind::Primary, "")));
         assert_eq!(classify(".lag"), Some((NodeKind::Lag, "")));
+        for name in ["app.db", "app.db-journal", "app.db-wal", "app.db-shm", "app.db-pos", ".primary", ".lag"] {
+            let (kind, db) = classify(name).unwrap();
+            assert_eq!(mount_name(kind, db), name);
+        }
     }
 
     #[test]

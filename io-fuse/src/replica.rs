@@ -105,7 +105,8 @@ impl Mount {
         let _serial = lock(&self.apply_lock);
         let lock_err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
 
-        let backing = self.shared.data_dir.join(db);
+        self.shared.ensure_db_dir(db).map_err(lock_err("create the database directory"))?;
+        let backing = self.shared.database_path(db);
         let target = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&backing);
         let target = target.map_err(lock_err("open data file"))?;
         // A database created here must replace the negative entries the kernel may hold.

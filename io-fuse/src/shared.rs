@@ -2,7 +2,7 @@
 //! handles, what is tracked per database between requests, and the commit-point logic that
 //! turns journal and WAL operations into [`CommitSink`] calls.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -18,7 +18,8 @@ use crate::boundary::{CommitSink, Durability, JournalMode, Refusal};
 use crate::database_node::{DbFile, read_page_size};
 use crate::error::CaptureError;
 use crate::journal_node;
-use crate::names::{LAG_FILENAME, NodeKind, PRIMARY_FILENAME, classify};
+use crate::layout::{self, BACKED_KINDS};
+use crate::names::{LAG_FILENAME, NodeKind, PRIMARY_FILENAME, classify, mount_name};
 use crate::virtual_node::{self, Status};
 use crate::wal_node::{self, WalTrack};
 
@@ -104,6 +105,11 @@ pub(crate) struct Shared {
     pub(crate) passthrough: AtomicBool,
     /// One passthrough registration per inode, shared by all its open handles.
     pub(crate) backings: Mutex<HashMap<u64, Weak<BackingId>>>,
+    /// Database directories whose entries changed (a file created or removed) since the last
+    /// `fsyncdir`. SQLite fsyncs "the directory" after creating a journal; in the data
+    /// directory the journal sits in its database's own directory, and the mount's single
+    /// directory does not say which database SQLite meant.
+    pub(crate) unsynced_dirs: Mutex<BTreeSet<PathBuf>>,
 }
 
 impl Shared {
@@ -128,7 +134,64 @@ impl Shared {
             passthrough_wanted: passthrough,
             passthrough: AtomicBool::new(false),
             backings: Mutex::new(HashMap::new()),
+            unsynced_dirs: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// The backing file of `kind` of database `db`; `None` for virtual files.
+    pub(crate) fn path(&self, kind: NodeKind, db: &str) -> Option<PathBuf> {
+        layout::backing_path(&self.data_dir, kind, db)
+    }
+
+    pub(crate) fn database_path(&self, db: &str) -> PathBuf {
+        layout::database_path(&self.data_dir, db)
+    }
+
+    pub(crate) fn journal_path(&self, db: &str) -> PathBuf {
+        self.path(NodeKind::Journal, db).expect("journals have backing files")
+    }
+
+    pub(crate) fn wal_path(&self, db: &str) -> PathBuf {
+        self.path(NodeKind::Wal, db).expect("WALs have backing files")
+    }
+
+    /// Makes sure database `db` has its directory, creating `dbs/` and `dbs/<db>/` as needed.
+    /// Each new directory's parent is fsynced before this returns, so a file made durable
+    /// inside it can never be lost with a directory entry that was not.
+    pub(crate) fn ensure_db_dir(&self, db: &str) -> io::Result<()> {
+        let dbs = layout::dbs_dir(&self.data_dir);
+        for (dir, parent) in [(dbs.clone(), self.data_dir.clone()), (layout::db_dir(&self.data_dir, db), dbs)] {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => File::open(&parent)?.sync_all()?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes that an entry of `db`'s directory changed, for the next `fsyncdir`.
+    pub(crate) fn dir_changed(&self, db: &str) {
+        lock(&self.unsynced_dirs).insert(layout::db_dir(&self.data_dir, db));
+    }
+
+    /// Fsyncs every database directory whose entries changed since the last call.
+    pub(crate) fn sync_dirs(&self) -> io::Result<()> {
+        let dirs = std::mem::take(&mut *lock(&self.unsynced_dirs));
+        for (i, dir) in dirs.iter().enumerate() {
+            let synced = match File::open(dir) {
+                Ok(file) => file.sync_all(),
+                // Removed since (its database was deleted by hand): nothing left to make durable.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = synced {
+                // Not durable yet: the next fsyncdir must try these again.
+                lock(&self.unsynced_dirs).extend(dirs.into_iter().skip(i));
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// The inode the kernel knows `name` by, if it has one.
@@ -255,7 +318,7 @@ impl Shared {
     }
 
     pub(crate) fn virtual_contents(&self, kind: NodeKind, db: &str) -> Option<Vec<u8>> {
-        if kind == NodeKind::Pos && !self.data_dir.join(db).exists() {
+        if kind == NodeKind::Pos && !self.database_path(db).exists() {
             return None;
         }
         let status = self.status.read().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -270,7 +333,8 @@ impl Shared {
             let ino = lock(&self.inodes).ino(name);
             return Ok(Some(self.virtual_attr(ino, contents.len())));
         }
-        match std::fs::metadata(self.data_dir.join(name)) {
+        let Some(path) = self.path(kind, db) else { return Ok(None) };
+        match std::fs::metadata(path) {
             Ok(meta) => {
                 let ino = lock(&self.inodes).ino(name);
                 Ok(Some(self.file_attr(ino, &meta)))
@@ -286,7 +350,7 @@ impl Shared {
         if st.write_ok {
             return Ok(true);
         }
-        match journal_node::is_live(&self.data_dir.join(format!("{db}-journal"))) {
+        match journal_node::is_live(&self.journal_path(db)) {
             Ok(true) => {
                 st.write_ok = true;
                 Ok(true)
@@ -335,7 +399,7 @@ impl Shared {
     }
 
     pub(crate) fn commit_wal(&self, db: &str, st: &mut DbState, ready: wal_node::ReadyCommit) -> Result<(), Errno> {
-        let path = self.data_dir.join(format!("{db}-wal"));
+        let path = self.wal_path(db);
         let result = if st.shm_open == 0 {
             error!(
                 db,
@@ -392,7 +456,7 @@ impl Shared {
             NodeKind::Wal => {
                 let st = self.db_state(&handle.db);
                 let mut st = lock(&st);
-                let path = self.data_dir.join(format!("{}-wal", handle.db));
+                let path = self.wal_path(&handle.db);
                 let was_open = st.wal.in_transaction();
                 st.wal.before_write(&path, offset, data).map_err(|e| capture_errno(&handle.db, &e))?;
                 if !was_open && st.wal.in_transaction() {
@@ -421,9 +485,10 @@ impl Shared {
         }
     }
 
-    pub(crate) fn truncate(&self, name: &str, kind: NodeKind, db: &str, size: u64) -> Result<(), Errno> {
+    pub(crate) fn truncate(&self, kind: NodeKind, db: &str, size: u64) -> Result<(), Errno> {
+        let path = self.path(kind, db).ok_or(Errno::EACCES)?;
         let set_len = || {
-            let file = OpenOptions::new().write(true).open(self.data_dir.join(name)).map_err(|e| io_errno(&e))?;
+            let file = OpenOptions::new().write(true).open(&path).map_err(|e| io_errno(&e))?;
             file.set_len(size).map_err(|e| io_errno(&e))
         };
         match kind {
@@ -457,10 +522,11 @@ impl Shared {
         if kind.is_virtual() {
             return Err(Errno::EACCES);
         }
-        let path = self.data_dir.join(name);
+        let path = self.path(kind, db).ok_or(Errno::EACCES)?;
         let remove = || {
             std::fs::remove_file(&path).map_err(|e| io_errno(&e))?;
             lock(&self.inodes).forget_name(name);
+            self.dir_changed(db);
             Ok(())
         };
         match kind {
@@ -485,16 +551,29 @@ impl Shared {
 
     pub(crate) fn directory_entries(&self) -> Result<Vec<(u64, FileType, String)>, Errno> {
         let mut names = Vec::new();
-        for entry in std::fs::read_dir(&self.data_dir).map_err(|e| io_errno(&e))? {
+        let dbs = match std::fs::read_dir(layout::dbs_dir(&self.data_dir)) {
+            Ok(dbs) => Some(dbs),
+            // No database was ever created.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_errno(&e)),
+        };
+        for entry in dbs.into_iter().flatten() {
             let entry = entry.map_err(|e| io_errno(&e))?;
-            if let Some(name) = entry.file_name().to_str()
-                && let Some((kind, db)) = classify(name)
-                && !kind.is_virtual()
-            {
-                if kind == NodeKind::Database {
-                    names.push(format!("{db}-pos"));
+            // A directory whose name the mount cannot show (not UTF-8, or one that would read as
+            // a side file of another database) is not a database of this mount.
+            let Some(db) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if classify(&db) != Some((NodeKind::Database, db.as_str())) {
+                continue;
+            }
+            for kind in BACKED_KINDS {
+                let Some(path) = self.path(kind, &db) else { continue };
+                if !path.exists() {
+                    continue;
                 }
-                names.push(name.to_owned());
+                if kind == NodeKind::Database {
+                    names.push(mount_name(NodeKind::Pos, &db));
+                }
+                names.push(mount_name(kind, &db));
             }
         }
         names.push(LAG_FILENAME.to_owned());

@@ -71,7 +71,7 @@ fn killed_mid_transaction(mode: &str, test_name: &str) {
 
     if mode != "WAL" {
         // The kill left a hot journal and a half-written database.
-        assert!(fx.data.join("crash.db-journal").exists());
+        assert!(fx.side_file("crash.db", "journal").exists());
         assert_ne!(fx.stored("crash.db"), fx.sink.copy_of("crash.db"), "the spill reached the file");
     }
     let reader = fx.open("crash.db");

@@ -133,10 +133,10 @@ fn deleting_a_database_asks_the_sink_first() {
     fx.sink.refuse.store(true, Ordering::SeqCst);
     let err = std::fs::remove_file(fx.path("d.db")).expect_err("refused deletion");
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
-    assert!(fx.data.join("d.db").exists());
+    assert!(replite_fuse::database_path(&fx.data, "d.db").exists());
     fx.sink.refuse.store(false, Ordering::SeqCst);
     std::fs::remove_file(fx.path("d.db")).expect("deletion");
-    assert!(!fx.data.join("d.db").exists());
+    assert!(!replite_fuse::database_path(&fx.data, "d.db").exists());
     assert_eq!(*fx.sink.deletes.lock().unwrap(), vec!["d.db".to_owned()]);
 }
 
@@ -151,14 +151,14 @@ fn refused_up_front(mode: &str) {
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
     }
     let db_before = fx.stored("early.db");
-    let wal_before = std::fs::read(fx.data.join("early.db-wal")).unwrap_or_default();
+    let wal_before = std::fs::read(fx.side_file("early.db", "wal")).unwrap_or_default();
     let commits = fx.sink.commits();
     fx.sink.refuse.store(true, Ordering::SeqCst);
     let err = conn.execute("INSERT INTO t VALUES (2)", []).expect_err("refused");
     eprintln!("{mode}: {err:?}");
     assert_eq!(fx.stored("early.db"), db_before, "{mode}: database untouched");
     if mode == "WAL" {
-        let wal_after = std::fs::read(fx.data.join("early.db-wal")).unwrap_or_default();
+        let wal_after = std::fs::read(fx.side_file("early.db", "wal")).unwrap_or_default();
         assert!(wal_after.len() <= 32.max(wal_before.len()), "{mode}: no frame reached the WAL");
     }
     assert_eq!(fx.sink.commits(), commits);

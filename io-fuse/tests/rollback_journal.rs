@@ -149,7 +149,7 @@ fn multi_segment_journals_from_cache_spills_are_captured_exactly() {
             conn.execute("INSERT INTO t(v) VALUES (zeroblob(?1))", [300 + i % 5]).unwrap();
         }
         conn.execute_batch("COMMIT").unwrap();
-        let journal = fx.data.join("spill.db-journal");
+        let journal = fx.side_file("spill.db", "journal");
         let before = fx.sink.commits();
         conn.execute("UPDATE t SET v = randomblob(300)", []).unwrap();
         assert_eq!(fx.sink.commits(), before + 1);

@@ -19,7 +19,10 @@ fn status_files_show_what_the_daemon_last_set() {
 
     // A database's position file exists once the database does.
     assert!(!fx.path("app.db-pos").exists());
-    std::fs::write(fx.data.join("app.db"), b"").unwrap();
+    let stored = replite_fuse::database_path(&fx.data, "app.db");
+    assert_eq!(stored, fx.data.join("dbs/app.db/database"), "LiteFS's layout");
+    std::fs::create_dir_all(stored.parent().unwrap()).unwrap();
+    std::fs::write(&stored, b"").unwrap();
     // Virtual files are looked up afresh every time (zero TTL), so the failed lookup above
     // leaves nothing stale behind.
     let pos = Pos::new(TxId(5), Checksum(0x8000_0000_0000_0abc));

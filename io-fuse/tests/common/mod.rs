@@ -194,7 +194,13 @@ impl Fixture {
 
     /// The database file as stored in the data directory.
     pub fn stored(&self, db: &str) -> Vec<u8> {
-        std::fs::read(self.data.join(db)).unwrap_or_default()
+        std::fs::read(replite_fuse::database_path(&self.data, db)).unwrap_or_default()
+    }
+
+    /// A side file of `db` in the data directory, by its LiteFS name (`journal`, `wal`, `shm`).
+    /// Spelled out here rather than asked of the crate: the tests pin the layout too.
+    pub fn side_file(&self, db: &str, file: &str) -> PathBuf {
+        self.data.join("dbs").join(db).join(file)
     }
 }
 
