@@ -1,6 +1,7 @@
 //! `replite`: the command-line tool and (in later issues) the daemon.
 
 mod args;
+mod dev;
 mod ltx_cmd;
 mod node_cmd;
 use replite::timefmt;
@@ -38,6 +39,8 @@ enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Run a local cluster (three nodes on 127.0.0.1, etcd when installed) with a live view.
+    Dev(dev::DevArgs),
     /// Show a node's role, epoch, positions and replication lag.
     Status(node_cmd::StatusArgs),
     /// Make a node primary (it asks the current primary to hand off, or takes a free lease).
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Mount { config, command } => {
             runtime().and_then(|rt| rt.block_on(replite::daemon::mount(replite::daemon::MountArgs { config, command })))
         }
+        Command::Dev(args) => dev::run(args),
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(node_cmd::status(args))),
         Command::Promote(args) => runtime().and_then(|rt| rt.block_on(node_cmd::promote(args))),
         Command::Handoff(args) => runtime().and_then(|rt| rt.block_on(node_cmd::handoff(args))),

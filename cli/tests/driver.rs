@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use replite::driver::{CommitBridge, Driver, PageSums, Storage};
+use replite::driver::{CommitBridge, DatabaseImage, DiskStorage, Driver, Storage};
 use replite::lease::{LeaseRecord, Leaser, StaticLeaser};
 use replite_core::node::{Config, Input, IoFailure, Node, Recovery};
 use replite_core::stream::DbName;
@@ -23,6 +23,19 @@ impl Storage for MemStorage {
         let verified = ltx::verify(bytes).map_err(|_| IoFailure::Mismatch)?;
         self.files.lock().expect("lock").insert((db.as_str().to_owned(), min.0), bytes.to_vec());
         Ok(verified.post_apply_pos())
+    }
+    fn persist_and_apply(&self, db: &DbName, min: TxId, max: TxId, bytes: &[u8], _: Checksum) -> Result<Pos, IoFailure> {
+        self.persist_ltx(db, min, max, bytes)
+    }
+    fn replay_ltx(&self, _: &DbName, _: TxId, _: TxId, _: Checksum) -> Result<Pos, IoFailure> {
+        Err(IoFailure::Io)
+    }
+    fn read_ltx(&self, db: &DbName, min: TxId, _: TxId) -> std::io::Result<Vec<u8>> {
+        let files = self.files.lock().expect("lock");
+        files.get(&(db.as_str().to_owned(), min.0)).cloned().ok_or_else(|| std::io::ErrorKind::NotFound.into())
+    }
+    fn copy_committed(&self, _: &DbName) -> std::io::Result<DatabaseImage> {
+        Err(std::io::ErrorKind::Unsupported.into())
     }
     fn remove_ltx(&self, db: &DbName, min: TxId, _max: TxId) -> Result<(), IoFailure> {
         self.files.lock().expect("lock").remove(&(db.as_str().to_owned(), min.0));
@@ -66,8 +79,8 @@ fn start(primary: bool) -> (CommitBridge, Arc<MemStorage>, std::thread::JoinHand
             let clock = replite::driver::Clock::start();
             node.handle(clock.now(), Input::Start(Recovery::default()));
             let leaser = Leaser::Static(StaticLeaser::new(primary, record()));
-            let driver = Driver::new(node, fs, leaser, store, Box::new(|tx| Ok(PageSums::empty(tx.page_size))));
-            driver.run().await;
+            let driver = Driver::new(node, fs, leaser, store, Box::new(|_| Ok(None)));
+            driver.run(std::future::pending()).await;
         });
     });
     (bridge, storage, thread)
@@ -132,7 +145,7 @@ fn the_primary_store_makes_each_commit_durable_in_the_data_directory() {
     let mut cfg = Config::new(NodeId(1));
     cfg.candidate = true;
     let mut node = Node::new(cfg).expect("valid config");
-    let storage: Arc<dyn Storage> = Arc::new(replite::driver::PrimaryStore(Mutex::new(store)));
+    let storage: Arc<dyn Storage> = Arc::new(DiskStorage::new(store, None));
     let (bridge, fs) = CommitBridge::new();
     let driver = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -140,7 +153,7 @@ fn the_primary_store_makes_each_commit_durable_in_the_data_directory() {
             let clock = replite::driver::Clock::start();
             node.handle(clock.now(), Input::Start(recovery));
             let leaser = Leaser::Static(StaticLeaser::new(true, record()));
-            Driver::new(node, fs, leaser, storage, Box::new(|tx| Ok(PageSums::empty(tx.page_size)))).run().await;
+            Driver::new(node, fs, leaser, storage, Box::new(|_| Ok(None))).run(std::future::pending()).await;
         });
     });
     wait_for_primary(&bridge).expect("primary");
