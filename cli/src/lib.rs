@@ -1,7 +1,8 @@
-//! replite's daemon-side library: configuration, lease backends, the durable store, and the
-//! tokio driver that owns a core `Node` and carries out its outputs. The `replite` binary is a
-//! thin command-line front over it. Unit tests sit beside the code; tests that start real
-//! processes (etcd, several daemons) are in `cli/tests/`.
+//! replite's daemon-side library: configuration, lease backends, the durable store, the
+//! replication stream's HTTP transport, and the tokio driver that owns a core `Node` and
+//! carries out its outputs. The `replite` binary is a thin command-line front over it. Unit
+//! tests sit beside the code; tests that start real processes (etcd, several daemons) are in
+//! `cli/tests/`.
 
 pub mod api;
 pub mod config;

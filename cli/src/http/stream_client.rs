@@ -190,7 +190,8 @@ where
     let target = Target::parse(base_url)?;
     let url = target.uri.to_string();
     let open = async {
-        let io = dial(target.addr.clone()).await.map_err(|source| ConnectError::Connect { url: url.clone(), source })?;
+        let io =
+            dial(target.addr.clone()).await.map_err(|source| ConnectError::Connect { url: url.clone(), source })?;
         open_stream(io, &target, me, offered, body).await
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, open).await {
@@ -372,7 +373,8 @@ mod tests {
 
     #[test]
     fn urls_that_cannot_carry_a_cleartext_stream_are_refused() {
-        for bad in ["https://primary:20202", "primary:20202", "http://u:p@primary:1", "http://p:1/?x=1", "", "http://"] {
+        for bad in ["https://primary:20202", "primary:20202", "http://u:p@primary:1", "http://p:1/?x=1", "", "http://"]
+        {
             assert!(
                 matches!(Target::parse(bad), Err(ConnectError::InvalidUrl { ref url, .. }) if url == bad),
                 "{bad:?} accepted"

@@ -34,9 +34,9 @@ use tracing::{debug, warn};
 use crate::http::posmap_split::PosMapSplitter;
 use crate::http::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 
-/// Frames the daemon may queue for one replica before `send` waits. Each slot holds whatever
-/// the daemon wrote (a frame or an LTX chunk of at most 64 KiB), so a slow replica costs at most
-/// a few MiB here and pushes back on the daemon instead of growing without bound.
+/// Writes the daemon may queue for one replica before `send` waits. A write is a frame or an
+/// LTX chunk (at most 64 KiB by the protocol's u16 length), so a slow replica costs at most a
+/// few MiB here and pushes back on the daemon instead of growing without bound.
 pub const FRAME_CHANNEL_CAPACITY: usize = 64;
 
 /// How long a replica may take to send its whole position map. A replica writes the map at
@@ -194,7 +194,10 @@ async fn read_pos_map(body: &mut Body) -> Result<(Vec<u8>, Bytes), Response> {
             None => break,
             Some(Ok(frame)) => frame,
             Some(Err(error)) => {
-                return Err(refuse(StatusCode::BAD_REQUEST, format!("request body failed in the position map: {error}")));
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("request body failed in the position map: {error}"),
+                ));
             }
         };
         let Ok(mut chunk) = frame.into_data() else { continue }; // trailers carry nothing here
