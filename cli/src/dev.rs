@@ -132,7 +132,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        let statuses: Vec<_> = nodes.iter().map(|(_, url, _)| runtime.block_on(replite::api::get_info(url)).ok()).collect();
+        let statuses: Vec<_> =
+            nodes.iter().map(|(_, url, _)| runtime.block_on(replite::api::get_info(url)).ok()).collect();
         if statuses.iter().all(|s| s.as_ref().is_some_and(|s| s.in_sync)) {
             break;
         }
@@ -149,7 +150,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 
     println!("\n{} nodes are up. Point sqlite3 at any node's mount (writes go to the primary's):", nodes.len());
     for (name, url, mount) in &nodes {
-        println!("  {name}: sqlite3 {}    (API {url}, logs {})", mount.join("app.db").display(), dir.join(name).join("log.txt").display());
+        println!(
+            "  {name}: sqlite3 {}    (API {url}, logs {})",
+            mount.join("app.db").display(),
+            dir.join(name).join("log.txt").display()
+        );
     }
     println!("Press Ctrl-C to stop.\n");
 
@@ -163,14 +168,26 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             break;
         }
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{:<8} {:<10} {:<10} {:<36} {:>8} {:>8}", "NODE", "ROLE", "DATABASE", "POSITION", "LAG TX", "LAG MS")?;
+        writeln!(
+            out,
+            "{:<8} {:<10} {:<10} {:<36} {:>8} {:>8}",
+            "NODE", "ROLE", "DATABASE", "POSITION", "LAG TX", "LAG MS"
+        )?;
         for (name, url, _) in &nodes {
             match runtime.block_on(replite::api::get_info(url)) {
                 Ok(s) if s.databases.is_empty() => writeln!(out, "{name:<8} {:<10} {:<10}", s.role, "-")?,
                 Ok(s) => {
                     for d in &s.databases {
                         let lag = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
-                        writeln!(out, "{name:<8} {:<10} {:<10} {:<36} {:>8} {:>8}", s.role, d.name, d.pos, lag(d.lag_txids), lag(d.lag_ms))?;
+                        writeln!(
+                            out,
+                            "{name:<8} {:<10} {:<10} {:<36} {:>8} {:>8}",
+                            s.role,
+                            d.name,
+                            d.pos,
+                            lag(d.lag_txids),
+                            lag(d.lag_ms)
+                        )?;
                     }
                 }
                 Err(_) => writeln!(out, "{name:<8} {:<10}", "down")?,

@@ -35,7 +35,9 @@ fn converge(primary: &Node, replicas: &[&Node], db: &str) -> String {
     let want = primary.pos(db).expect("primary has the database");
     for r in replicas {
         r.wait_for(&format!("at {want}"), |info| {
-            info["databases"].as_array().is_some_and(|dbs| dbs.iter().any(|d| d["name"] == db && d["pos"] == want.as_str()))
+            info["databases"]
+                .as_array()
+                .is_some_and(|dbs| dbs.iter().any(|d| d["name"] == db && d["pos"] == want.as_str()))
         });
     }
     want

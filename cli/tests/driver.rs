@@ -24,7 +24,14 @@ impl Storage for MemStorage {
         self.files.lock().expect("lock").insert((db.as_str().to_owned(), min.0), bytes.to_vec());
         Ok(verified.post_apply_pos())
     }
-    fn persist_and_apply(&self, db: &DbName, min: TxId, max: TxId, bytes: &[u8], _: Checksum) -> Result<Pos, IoFailure> {
+    fn persist_and_apply(
+        &self,
+        db: &DbName,
+        min: TxId,
+        max: TxId,
+        bytes: &[u8],
+        _: Checksum,
+    ) -> Result<Pos, IoFailure> {
         self.persist_ltx(db, min, max, bytes)
     }
     fn replay_ltx(&self, _: &DbName, _: TxId, _: TxId, _: Checksum) -> Result<Pos, IoFailure> {

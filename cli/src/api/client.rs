@@ -35,7 +35,10 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(API_TIMEOUT).build().unwrap_or_default()
 }
 
-async fn checked(url: &str, response: Result<reqwest::Response, reqwest::Error>) -> Result<reqwest::Response, ApiError> {
+async fn checked(
+    url: &str,
+    response: Result<reqwest::Response, reqwest::Error>,
+) -> Result<reqwest::Response, ApiError> {
     let response = response.map_err(|source| ApiError::Request { url: url.to_owned(), source })?;
     let status = response.status();
     if status.is_success() {

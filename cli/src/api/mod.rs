@@ -91,8 +91,7 @@ async fn handoff(State(api): State<Api>, query: Result<Query<HandoffQuery>, Quer
         return (StatusCode::BAD_REQUEST, "nodeID is required\n").into_response();
     };
     let Ok(to) = u64::from_str_radix(&query.node_id, 16).map(NodeId) else {
-        return (StatusCode::BAD_REQUEST, format!("nodeID {:?} is not 16 hex digits\n", query.node_id))
-            .into_response();
+        return (StatusCode::BAD_REQUEST, format!("nodeID {:?} is not 16 hex digits\n", query.node_id)).into_response();
     };
     if api.status.borrow().role != "primary" {
         return (StatusCode::CONFLICT, "this node is not the primary\n").into_response();

@@ -41,8 +41,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<NodeId, NodeIdError> {
             std::fs::create_dir_all(data_dir).map_err(io_err)?;
             // Zero means "unset" in LTX headers: never use it.
             let id = NodeId(rand::random::<u64>().max(1));
-            crate::store::write_atomic(&path, format!("{id}\n").as_bytes())
-                .map_err(|e| io_err(io::Error::other(e)))?;
+            crate::store::write_atomic(&path, format!("{id}\n").as_bytes()).map_err(|e| io_err(io::Error::other(e)))?;
             Ok(id)
         }
         Err(e) => Err(io_err(e)),

@@ -7,7 +7,12 @@ use crate::store::Store;
 
 /// Feeds the Node its start and carries out its replay; returns the outputs that belong to
 /// the running driver (lease requests, events), in order.
-pub fn recover(node: &mut Node, store: &mut Store, now: impl Fn() -> Millis, recovery: replite_core::node::Recovery) -> Vec<Output> {
+pub fn recover(
+    node: &mut Node,
+    store: &mut Store,
+    now: impl Fn() -> Millis,
+    recovery: replite_core::node::Recovery,
+) -> Vec<Output> {
     node.handle(now(), Input::Start(recovery));
     let mut deferred = Vec::new();
     loop {

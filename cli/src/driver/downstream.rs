@@ -156,7 +156,8 @@ impl Writer {
         let total = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut buf = vec![0u8; MAX_CHUNK_SIZE];
         loop {
-            let n = read_some(&mut file, &mut buf).map_err(|source| SendError::Read { what: "the snapshot", source })?;
+            let n =
+                read_some(&mut file, &mut buf).map_err(|source| SendError::Read { what: "the snapshot", source })?;
             let mut chunk = Vec::with_capacity(n + 2);
             chunk.extend_from_slice(&(n as u16).to_be_bytes());
             chunk.extend_from_slice(&buf[..n]);

@@ -15,9 +15,9 @@ mod upstream;
 
 pub use bridge::{Answer, COMMIT_ANSWER_TIMEOUT, CommitBridge, FsRequest};
 pub use clock::Clock;
+pub use disk_storage::DiskStorage;
 pub use node_config::{NodeConfigError, node_config};
 pub use page_sums::{CommitPages, PageSums};
-pub use disk_storage::DiskStorage;
 pub use run::{Driver, LoadPageSums, Network};
 pub use status::{DbStatus, EventLog, Peer, ReplicaStatus, Status, Surface};
 pub use storage::{DatabaseImage, Storage};

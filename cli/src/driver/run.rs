@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use replite_core::node::{CommitId, DownstreamId, Input, Node, OpId, Output, RefuseReason, Role, UpstreamId};
 use replite_core::ltx::{HEADER_SIZE, Header};
+use replite_core::node::{CommitId, DownstreamId, Input, Node, OpId, Output, RefuseReason, Role, UpstreamId};
 use replite_core::stream::DbName;
 use replite_core::{Epoch, NodeId};
 use replite_fuse::{CapturedTx, Refusal};
@@ -79,7 +79,6 @@ pub struct Driver {
     downstream_closed_tx: mpsc::UnboundedSender<DownstreamId>,
     positions: mpsc::UnboundedReceiver<PositionQuery>,
     positions_tx: mpsc::UnboundedSender<PositionQuery>,
-    surface: Option<Arc<dyn Surface>>,
     role: Role,
     status: watch::Sender<Status>,
     events: EventLog,
@@ -121,7 +120,6 @@ impl Driver {
             downstream_closed_tx,
             positions,
             positions_tx,
-            surface: None,
             role: Role::Stopped,
             status,
             events: EventLog::default(),
@@ -138,10 +136,24 @@ impl Driver {
         self
     }
 
-    /// Shows role, positions and lag on `surface` (the mount).
+    /// Shows role, positions and lag on `surface` (the mount), from a thread of its own: the
+    /// mount's kernel-cache invalidations can wait on a directory lock that an application's
+    /// held commit (which waits on this loop) owns, so the loop must never make them itself.
     #[must_use]
-    pub fn with_surface(mut self, surface: Arc<dyn Surface>) -> Driver {
-        self.surface = Some(surface);
+    pub fn with_surface(self, surface: Arc<dyn Surface>) -> Driver {
+        let mut changes = self.status.subscribe();
+        let spawned = std::thread::Builder::new().name("replite-surface".into()).spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else { return };
+            let mut before: Option<Status> = None;
+            while runtime.block_on(changes.changed()).is_ok() {
+                let status = changes.borrow_and_update().clone();
+                surface.show(&status, before.as_ref());
+                before = Some(status);
+            }
+        });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start the thread that updates the mount's status files");
+        }
         self
     }
 
@@ -390,9 +402,6 @@ impl Driver {
         }
         let now = self.clock.now();
         let status = Status::of(&self.node, self.network.as_ref().map(|n| &n.me), &self.peers, now);
-        if let Some(surface) = &self.surface {
-            surface.show(&status);
-        }
         self.status.send_if_modified(|old| {
             let changed = *old != status;
             *old = status;
@@ -406,11 +415,6 @@ impl Driver {
         let is_primary = matches!(role, Role::Primary { .. });
         if is_primary && !was_primary {
             self.load_page_sums();
-        }
-        if let Some(surface) = &self.surface
-            && is_primary != was_primary
-        {
-            surface.set_primary(is_primary);
         }
         self.events.role(role, self.primary_hostname(role));
         self.role = role;
@@ -531,9 +535,13 @@ impl Driver {
                     task.abort();
                 }
             }
-            Output::SendDownstream { conn, bytes } => self.to_downstream(conn, DownstreamCmd::Bytes(bytes)),
-            Output::StreamLtx { conn, db, min, max } => self.to_downstream(conn, DownstreamCmd::Ltx { db, min, max }),
-            Output::StreamSnapshot { conn, db, pos } => self.to_downstream(conn, DownstreamCmd::Snapshot { db, pos }),
+            Output::SendDownstream { conn, bytes } => self.queue_downstream(conn, DownstreamCmd::Bytes(bytes)),
+            Output::StreamLtx { conn, db, min, max } => {
+                self.queue_downstream(conn, DownstreamCmd::Ltx { db, min, max })
+            }
+            Output::StreamSnapshot { conn, db, pos } => {
+                self.queue_downstream(conn, DownstreamCmd::Snapshot { db, pos })
+            }
             Output::CloseDownstream { conn } => {
                 // Dropping the sender lets the task finish what is queued, then end the stream.
                 self.downstreams.remove(&conn);
@@ -546,7 +554,7 @@ impl Driver {
         }
     }
 
-    fn to_downstream(&mut self, conn: DownstreamId, cmd: DownstreamCmd) {
+    fn queue_downstream(&mut self, conn: DownstreamId, cmd: DownstreamCmd) {
         if let Some(cmds) = self.downstreams.get(&conn)
             && cmds.send(cmd).is_err()
         {

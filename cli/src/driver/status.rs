@@ -129,30 +129,30 @@ impl Status {
             replicas,
         }
     }
-
 }
 
 /// Where status shows up besides the API: the mount.
-pub trait Surface: Send + Sync {
-    /// This node became primary (`true`) or stopped being it: writes open or close.
-    fn set_primary(&self, primary: bool);
-    /// The status changed: positions, the primary's name, lag.
-    fn show(&self, status: &Status);
+pub trait Surface: Send + Sync + 'static {
+    /// The status changed from `before`: the role (writes open or close), positions, the
+    /// primary's name, lag.
+    fn show(&self, status: &Status, before: Option<&Status>);
 }
 
 impl Surface for replite_fuse::Mount {
-    fn set_primary(&self, primary: bool) {
-        self.set_role(if primary { replite_fuse::Role::Primary } else { replite_fuse::Role::Replica });
-    }
-
-    fn show(&self, status: &Status) {
+    fn show(&self, status: &Status, before: Option<&Status>) {
+        let primary = status.role == "primary";
+        if before.is_none_or(|b| (b.role == "primary") != primary) {
+            self.set_role(if primary { replite_fuse::Role::Primary } else { replite_fuse::Role::Replica });
+        }
         for db in &status.databases {
             if let (Ok(name), Ok(pos)) = (DbName::new(&db.name), db.pos.parse::<Pos>()) {
                 self.set_position(name.as_str(), pos);
             }
         }
-        let primary = status.primary.as_ref().map(|p| p.hostname.clone());
-        self.set_primary(primary);
+        let hostname = status.primary.as_ref().map(|p| p.hostname.clone());
+        if before.is_none_or(|b| b.primary.as_ref().map(|p| &p.hostname) != hostname.as_ref()) {
+            self.set_primary(hostname);
+        }
         let lag = status.databases.iter().filter_map(|d| d.lag_ms).max().unwrap_or(0);
         self.set_lag_ms(i64::try_from(lag).unwrap_or(i64::MAX));
     }

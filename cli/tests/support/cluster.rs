@@ -145,7 +145,11 @@ impl Node {
     /// The position `/info` reports for `db`.
     pub fn pos(&self, db: &str) -> Option<String> {
         let info = self.info()?;
-        info["databases"].as_array()?.iter().find(|d| d["name"] == db).and_then(|d| d["pos"].as_str().map(str::to_owned))
+        info["databases"]
+            .as_array()?
+            .iter()
+            .find(|d| d["name"] == db)
+            .and_then(|d| d["pos"].as_str().map(str::to_owned))
     }
 }
 

@@ -140,8 +140,14 @@ mod tests {
         let mut h = History::default();
         h.push(entry(1, 1, 0, 0x8000_0000_0000_0001));
         h.push(entry(2, 3, 0x8000_0000_0000_0001, 0x8000_0000_0000_0003));
-        assert_eq!(h.position_with_checksum(Checksum(0x8000_0000_0000_0003)), Some(Pos::new(TxId(3), Checksum(0x8000_0000_0000_0003))));
-        assert_eq!(h.position_with_checksum(Checksum(0x8000_0000_0000_0001)), Some(Pos::new(TxId(1), Checksum(0x8000_0000_0000_0001))));
+        assert_eq!(
+            h.position_with_checksum(Checksum(0x8000_0000_0000_0003)),
+            Some(Pos::new(TxId(3), Checksum(0x8000_0000_0000_0003)))
+        );
+        assert_eq!(
+            h.position_with_checksum(Checksum(0x8000_0000_0000_0001)),
+            Some(Pos::new(TxId(1), Checksum(0x8000_0000_0000_0001)))
+        );
         assert_eq!(h.position_with_checksum(Checksum(0x8000_0000_0000_0002)), None);
     }
 }
