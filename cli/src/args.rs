@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 
 /// Multi-letter flags LiteFS users write with one dash.
-const GO_STYLE_LONG_FLAGS: &[&str] = &["db", "tsv", "config", "json"];
+const GO_STYLE_LONG_FLAGS: &[&str] = &["db", "tsv", "config", "json", "name", "url"];
 
 /// Rewrites `-db` / `-db=x` to `--db` / `--db=x` for the flags above, up to a bare `--`.
 pub fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
@@ -46,6 +46,10 @@ mod tests {
             ["replite", "ltx", "apply", "--db", "x.db", "a.ltx"]
         );
         assert_eq!(run(&["replite", "-config=/etc/x.yml"]), ["replite", "--config=/etc/x.yml"]);
+        assert_eq!(
+            run(&["replite", "import", "-url", "http://h:20202", "-name", "app.db", "app.db"]),
+            ["replite", "import", "--url", "http://h:20202", "--name", "app.db", "app.db"]
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod args;
 mod dev;
 mod ltx_cmd;
 mod node_cmd;
+mod transfer_cmd;
 use replite::timefmt;
 
 use std::process::ExitCode;
@@ -47,6 +48,10 @@ enum Command {
     Promote(node_cmd::NodeArgs),
     /// Ask the primary to hand its lease to a replica.
     Handoff(node_cmd::HandoffArgs),
+    /// Upload a SQLite database to the primary, creating or replacing database NAME there.
+    Import(transfer_cmd::TransferArgs),
+    /// Download a consistent copy of database NAME from a node into FILE.
+    Export(transfer_cmd::TransferArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +70,8 @@ fn main() -> ExitCode {
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(node_cmd::status(args))),
         Command::Promote(args) => runtime().and_then(|rt| rt.block_on(node_cmd::promote(args))),
         Command::Handoff(args) => runtime().and_then(|rt| rt.block_on(node_cmd::handoff(args))),
+        Command::Import(args) => runtime().and_then(|rt| rt.block_on(transfer_cmd::import(args))),
+        Command::Export(args) => runtime().and_then(|rt| rt.block_on(transfer_cmd::export(args))),
     };
     match result {
         Ok(code) => code,

@@ -11,7 +11,7 @@ use replite::driver::Status;
 pub struct NodeArgs {
     /// The node's API URL.
     #[arg(long, default_value = "http://127.0.0.1:20202")]
-    url: String,
+    pub(crate) url: String,
 }
 
 /// `replite status`.

@@ -1,11 +1,13 @@
 //! The HTTP API beside the replication stream (LiteFS's paths): `GET /info` (status as
 //! JSON), `GET /events` (newline-delimited JSON events), `GET /metrics` (Prometheus text),
 //! `POST /handoff?nodeID=` (on the primary: hand the lease to that replica), `POST /promote`
-//! (make this node primary). Handlers only read the driver's published status or pass an
-//! operator request to the Node; they decide nothing.
+//! (make this node primary), and in [`transfer`] `GET /export?name=` and `POST /import?name=`
+//! (copy a database out of the mount, or replace one in it). Handlers only read the driver's
+//! published status or pass an operator request to the Node; they decide nothing.
 
 mod client;
 mod metrics;
+pub mod transfer;
 
 use axum::Router;
 use axum::body::Body;
@@ -21,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::driver::{EventLog, Status};
 
-pub use client::{ApiError, get_info, post};
+pub use client::{ApiError, export_database, get_info, import_database, post};
 
 #[derive(Clone)]
 struct Api {
