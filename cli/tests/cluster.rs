@@ -183,3 +183,130 @@ fn with_etcd_a_killed_primary_is_replaced_and_returns_as_a_replica() {
         n.stop();
     }
 }
+
+/// Starts three etcd-leased nodes and waits for a primary; returns its index.
+fn etcd_cluster(root: &std::path::Path, endpoint: &str) -> (Vec<Node>, usize) {
+    let lease = Lease::Etcd { endpoint: endpoint.to_owned(), ttl: "3s" };
+    let mut nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| Node::new(root, n, &lease)).collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    let primary = wait_for_primary(&nodes, &[0, 1, 2]);
+    (nodes, primary)
+}
+
+fn wait_for_primary(nodes: &[Node], among: &[usize]) -> usize {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(&i) = among.iter().find(|&&i| nodes[i].role().as_deref() == Some("primary")) {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "no primary among {among:?} within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn handoff_under_load_moves_the_primary_quickly_and_loses_no_acknowledged_write() {
+    let etcd = support::etcd::EtcdServer::start();
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut nodes, first) = etcd_cluster(root.path(), &etcd.endpoint);
+    let conn = open(&nodes[first], "app.db");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
+    drop(conn);
+    let target = (first + 1) % 3;
+    let rest: Vec<&Node> = (0..3).filter(|&i| i != first).map(|i| &nodes[i]).collect();
+    converge(&nodes[first], &rest, "app.db");
+    let target_id = nodes[target].info().expect("target info")["nodeId"].as_str().expect("id").to_owned();
+
+    // A writer on the primary, switching to whichever node is primary when refused.
+    let mounts: Vec<std::path::PathBuf> = nodes.iter().map(|n| n.db_path("app.db")).collect();
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (Vec::new(), Vec::new());
+            let mut at = first;
+            let mut conn = Connection::open(&mounts[at]).expect("open");
+            let deadline = Instant::now() + WAIT;
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline && i < 100_000 {
+                match conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("w{i}")]) {
+                    Ok(_) => ok.push(i),
+                    Err(e) => {
+                        assert!(
+                            matches!(
+                                e.sqlite_error_code(),
+                                Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::SystemIoFailure)
+                            ),
+                            "a refused commit is a read-only or I/O error: {e:?}"
+                        );
+                        failed.push(i);
+                        // Find the new primary (bounded), then write there.
+                        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+                        let found = (0..200).find_map(|_| {
+                            let p = (0..3).find(|&n| {
+                                runtime.block_on(replite::api::get_info(&urls[n])).is_ok_and(|s| s.role == "primary")
+                            });
+                            if p.is_none() {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                            p
+                        });
+                        at = found.expect("a new primary appears");
+                        conn = Connection::open(&mounts[at]).expect("open the new primary");
+                    }
+                }
+                i += 1;
+            }
+            (ok, failed, at)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let handoff = std::process::Command::new(env!("CARGO_BIN_EXE_replite"))
+        .args(["handoff", "--url", &nodes[first].url, "--to", &target_id])
+        .output()
+        .expect("run handoff");
+    assert!(handoff.status.success(), "handoff: {}", String::from_utf8_lossy(&handoff.stderr));
+    let deadline = Instant::now() + WAIT;
+    while nodes[target].role().as_deref() != Some("primary") {
+        assert!(
+            Instant::now() < deadline,
+            "target never became primary\n--- old primary ---\n{}\n--- target ---\n{}",
+            nodes[first].log_text(),
+            nodes[target].log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = asked.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed, at) = writer.join().expect("writer");
+    assert_eq!(at, target, "the writer ended up on the new primary");
+    assert!(took < Duration::from_secs(1), "handoff took {took:?}");
+    assert!(failed.len() <= 2, "only in-flight commits may fail: {failed:?}");
+
+    let conn = open(&nodes[target], "app.db");
+    let rows: std::collections::BTreeSet<String> = conn
+        .prepare("SELECT v FROM t")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    for i in &ok {
+        assert!(rows.contains(&format!("w{i}")), "acknowledged write w{i} missing after handoff");
+    }
+    for i in &failed {
+        assert!(!rows.contains(&format!("w{i}")), "refused write w{i} must not be applied");
+    }
+    assert!(ok.len() > 10, "the writer made progress: {}", ok.len());
+    let others: Vec<&Node> = (0..3).filter(|&i| i != target).map(|i| &nodes[i]).collect();
+    converge(&nodes[target], &others, "app.db");
+    drop(conn);
+    for n in &mut nodes {
+        n.stop();
+    }
+}

@@ -47,6 +47,7 @@ pub fn node_config(config: &Config, node_id: NodeId, seed: u64) -> Result<node::
     cfg.lease_renew_ms = ms(ttl / 3);
     cfg.lease_safety_margin_ms = ms(config.lease.safety_margin);
     cfg.lease_poll_ms = ms(config.lease.reconnect_delay).max(1);
+    cfg.demote_delay_ms = ms(config.lease.demote_delay);
     cfg.retention_ms = ms(config.data.retention);
     if let Some(bytes) = config.data.retention_size {
         cfg.retention_bytes = bytes;

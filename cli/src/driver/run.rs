@@ -68,6 +68,9 @@ pub struct Driver {
     load_sums: LoadPageSums,
     pending: BTreeMap<CommitId, Pending>,
     next_commit: u64,
+    /// "May I write?" questions asked during a handoff, answered once it ends either way: an
+    /// application's transaction waits briefly instead of failing while the outcome is open.
+    parked: Vec<Answer>,
     network: Option<Network>,
     /// Advertise URLs (and hostnames) of the nodes the lease named.
     peers: BTreeMap<NodeId, LeaseRecord>,
@@ -110,6 +113,7 @@ impl Driver {
             load_sums,
             pending: BTreeMap::new(),
             next_commit: 0,
+            parked: Vec::new(),
             network: None,
             peers: BTreeMap::new(),
             upstreams: BTreeMap::new(),
@@ -266,18 +270,22 @@ impl Driver {
     fn on_fs_request(&mut self, request: FsRequest) {
         let now = self.clock.now();
         match request {
+            FsRequest::MayWrite { answer, .. } if self.node.handing_off() => self.parked.push(answer),
             FsRequest::MayWrite { answer, .. } | FsRequest::Sync { answer, .. } => {
-                let verdict = match self.node.accepting_writes(now) {
-                    Some(_) => Ok(()),
-                    None => Err(Refusal::ReadOnly { reason: "this node is not the primary".into() }),
-                };
-                let _ = answer.send(verdict);
+                let _ = answer.send(self.may_write(now));
             }
             FsRequest::Delete { db, answer } => {
                 warn!(%db, "database deletion is not replicated yet; refused");
                 let _ = answer.send(Err(Refusal::Failed { reason: "deleting a database is not supported yet".into() }));
             }
             FsRequest::Commit { tx, answer } => self.on_commit(tx, answer),
+        }
+    }
+
+    fn may_write(&self, now: replite_core::node::Millis) -> Result<(), Refusal> {
+        match self.node.accepting_writes(now) {
+            Some(_) => Ok(()),
+            None => Err(Refusal::ReadOnly { reason: "this node is not the primary".into() }),
         }
     }
 
@@ -399,6 +407,12 @@ impl Driver {
         let role = self.node.role();
         if role != self.role {
             self.on_role_change(role);
+        }
+        if !self.parked.is_empty() && !self.node.handing_off() {
+            let verdict = self.may_write(self.clock.now());
+            for answer in self.parked.drain(..) {
+                let _ = answer.send(verdict.clone());
+            }
         }
         let now = self.clock.now();
         let status = Status::of(&self.node, self.network.as_ref().map(|n| &n.me), &self.peers, now);

@@ -66,6 +66,9 @@ pub struct Config {
     /// acknowledgements have trailed what it was sent for this long, so it reconnects and
     /// resyncs: the only way to notice a stream that silently lost a file.
     pub replica_ack_timeout_ms: u64,
+    /// After handing its lease to another node, do not try to take it back for this long
+    /// (LiteFS's `lease.demote-delay`): the target needs a moment to acquire what we released.
+    pub demote_delay_ms: u64,
     /// Reconnect backoff bounds (doubling, with jitter in the upper half).
     pub reconnect_min_ms: u64,
     /// See `reconnect_min_ms`.
@@ -133,6 +136,7 @@ impl Config {
             heartbeat_ms: 1_000,
             upstream_idle_ms: 5_000,
             replica_ack_timeout_ms: 30_000,
+            demote_delay_ms: 10_000,
             reconnect_min_ms: 100,
             reconnect_max_ms: 5_000,
             sync: None,

@@ -16,6 +16,18 @@ use crate::types::{Epoch, NodeId};
 /// queue requests without bound; every request is answered or times out within seconds.
 const MAX_LEASE_OPS_IN_FLIGHT: usize = 16;
 
+/// How long a primary waits, writes paused, for a handoff target to catch up before it gives
+/// the handoff up: a few heartbeats, far longer than a caught-up replica needs to acknowledge
+/// the last commit, short enough that a stuck handoff does not look like an outage.
+pub(crate) const HANDOFF_WAIT_MS: u64 = 5_000;
+
+/// A handoff waiting for its target to catch up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PendingHandoff {
+    pub(crate) to: NodeId,
+    pub(crate) conn: crate::node::input::DownstreamId,
+}
+
 /// Our view of the lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LeaseState {
@@ -81,8 +93,10 @@ impl Node {
         }
     }
 
-    fn may_acquire(&self) -> bool {
-        self.cfg.candidate && !self.dbs.values().any(|db| db.needs_snapshot || db.replaying())
+    fn may_acquire(&self, now: Millis) -> bool {
+        self.cfg.candidate
+            && now >= self.acquire_not_before
+            && !self.dbs.values().any(|db| db.needs_snapshot || db.replaying())
     }
 
     pub(crate) fn on_lease_poll(&mut self, now: Millis) {
@@ -93,7 +107,7 @@ impl Node {
         if self.lease_request_in_flight(LeaseOpKind::Acquire) {
             return;
         }
-        if self.known_primary.is_none() && self.may_acquire() {
+        if self.known_primary.is_none() && self.may_acquire(now) {
             self.send_lease_op(now, LeaseOpKind::Acquire);
         } else if self.lease_ops.len() < MAX_LEASE_OPS_IN_FLIGHT {
             // Observations are not serialised: a slow answer must not stop newer ones, and
@@ -177,6 +191,8 @@ impl Node {
     pub(crate) fn step_down(&mut self, now: Millis, reason: &'static str) {
         let LeaseState::Held { epoch, .. } = self.lease else { return };
         self.lease = LeaseState::None;
+        self.handoff = None;
+        self.timers.stop(TimerKind::Handoff);
         self.known_primary = None;
         for kind in [TimerKind::LeaseRenew, TimerKind::WriteDeadline, TimerKind::LeaseExpiry, TimerKind::Heartbeat] {
             self.timers.stop(kind);
@@ -227,21 +243,25 @@ impl Node {
                 }
                 self.known_primary = None;
                 self.drop_upstream();
-                if self.may_acquire() && !self.lease_request_in_flight(LeaseOpKind::Acquire) {
+                if self.may_acquire(now) && !self.lease_request_in_flight(LeaseOpKind::Acquire) {
                     self.send_lease_op(now, LeaseOpKind::Acquire);
                 }
             }
         }
     }
 
-    /// Operator handoff: only to a connected replica that has acknowledged our position.
+    /// Operator handoff, as LiteFS does it under load: stop accepting new commits, let the one
+    /// in flight finish, wait until the target (a replica connected with acknowledgements)
+    /// has acknowledged our position, then send it the handoff frame and release the lease.
+    /// If it has not caught up within [`HANDOFF_WAIT_MS`], writes resume and the handoff is
+    /// refused.
     pub(crate) fn on_handoff(&mut self, now: Millis, to: NodeId) {
-        let LeaseState::Held { epoch, expires_at, .. } = self.lease else {
+        let LeaseState::Held { epoch, expires_at, handing_off } = self.lease else {
             self.event(Event::HandoffRefused { to, reason: "not primary" });
             return;
         };
-        if self.dbs.values().any(|db| db.commit.is_some()) {
-            self.event(Event::HandoffRefused { to, reason: "a commit is in flight" });
+        if handing_off {
+            self.event(Event::HandoffRefused { to, reason: "a handoff is already under way" });
             return;
         }
         let target = self.downstream.iter().find(|(_, d)| d.peer == to && d.ext.ack).map(|(c, _)| *c);
@@ -249,25 +269,57 @@ impl Node {
             self.event(Event::HandoffRefused { to, reason: "target not connected with acknowledgements" });
             return;
         };
+        self.lease = LeaseState::Held { epoch, expires_at, handing_off: true };
+        self.handoff = Some(PendingHandoff { to, conn });
+        self.timers.set(TimerKind::Handoff, now + HANDOFF_WAIT_MS);
+        self.try_finish_handoff(now);
+    }
+
+    /// Completes a pending handoff once nothing is in flight and the target holds our
+    /// position of every database.
+    pub(crate) fn try_finish_handoff(&mut self, now: Millis) {
+        let Some(PendingHandoff { to, conn }) = self.handoff else { return };
+        let LeaseState::Held { epoch, .. } = self.lease else {
+            self.handoff = None;
+            return;
+        };
+        if self.dbs.values().any(|db| db.commit.is_some()) {
+            return;
+        }
         let caught_up = self.dbs.iter().all(|(name, db)| {
             db.pos == crate::types::Pos::ZERO || self.acked.get(&(to, name.clone())) == Some(&db.pos)
         });
         if !caught_up {
-            self.event(Event::HandoffRefused { to, reason: "target has not acknowledged our position" });
             return;
         }
-        self.lease = LeaseState::Held { epoch, expires_at, handing_off: true };
+        if !self.downstream.contains_key(&conn) {
+            return self.abandon_handoff("target disconnected");
+        }
+        self.handoff = None;
+        self.timers.stop(TimerKind::Handoff);
         let mut bytes = Vec::new();
         encode_frame(&Frame::Handoff { lease_id: epoch.to_string() }, &mut bytes);
         self.emit(Output::SendDownstream { conn, bytes });
         self.emit(Output::ReleaseLease { epoch });
         self.step_down(now, "handed off");
+        // The target takes the released lease; racing it for the lease would undo the handoff.
+        self.acquire_not_before = now + self.cfg.demote_delay_ms;
+    }
+
+    /// Gives up a pending handoff: writes resume.
+    pub(crate) fn abandon_handoff(&mut self, reason: &'static str) {
+        let Some(PendingHandoff { to, .. }) = self.handoff.take() else { return };
+        self.timers.stop(TimerKind::Handoff);
+        if let LeaseState::Held { epoch, expires_at, .. } = self.lease {
+            self.lease = LeaseState::Held { epoch, expires_at, handing_off: false };
+        }
+        self.event(Event::HandoffRefused { to, reason });
     }
 
     /// The primary handed us its lease (a handoff frame): take it now, without waiting for
     /// the next poll.
     pub(crate) fn take_over(&mut self, now: Millis) {
-        if matches!(self.role(), Role::Primary { .. }) || !self.may_acquire() {
+        if matches!(self.role(), Role::Primary { .. }) || !self.may_acquire(now) {
             return;
         }
         if !self.lease_request_in_flight(LeaseOpKind::Acquire) {

@@ -90,6 +90,10 @@ pub struct Node {
     /// Highest lease epoch this node has seen anywhere. Never decreases.
     max_epoch: Epoch,
     lease: LeaseState,
+    /// After handing the lease off, this node does not try to take it back before this time.
+    acquire_not_before: Millis,
+    /// A handoff waiting for its target to catch up (writes are paused meanwhile).
+    handoff: Option<lease::PendingHandoff>,
     known_primary: Option<(NodeId, Epoch)>,
     lease_ops: BTreeMap<OpId, lease::LeaseOp>,
     /// When the acquire request of the lease we hold was sent.
@@ -119,6 +123,8 @@ impl Node {
             ops: BTreeMap::new(),
             max_epoch: Epoch(0),
             lease: LeaseState::None,
+            handoff: None,
+            acquire_not_before: Millis(0),
             known_primary: None,
             lease_ops: BTreeMap::new(),
             lease_acquire_sent_at: Millis(0),
@@ -174,6 +180,9 @@ impl Node {
             Input::DownstreamData { conn, bytes } => self.on_downstream_data(now, conn, &bytes),
             Input::DownstreamClosed { conn } => {
                 self.downstream.remove(&conn);
+                if self.handoff.is_some_and(|h| h.conn == conn) {
+                    self.abandon_handoff("target disconnected");
+                }
             }
             Input::BackedUp { db, txid } => {
                 let db = self.dbs.entry(db).or_default();
@@ -235,6 +244,13 @@ impl Node {
             (_, Some(clock)) => u64::try_from(clock.saturating_sub(d.applied_ts_ms)).unwrap_or(0),
         };
         Some(Lag { txids, ms })
+    }
+
+    /// Whether a handoff is waiting for its target to catch up (writes are paused: a new
+    /// transaction should wait for the outcome rather than fail at once).
+    #[must_use]
+    pub fn handing_off(&self) -> bool {
+        self.handoff.is_some()
     }
 
     /// Whether this replica's stream to its primary has delivered everything the replica
@@ -322,6 +338,7 @@ impl Node {
             TimerKind::Reconnect => self.maybe_connect(now),
             TimerKind::SyncTimeout => self.on_sync_timeout(now),
             TimerKind::Retention => self.on_retention_timer(now),
+            TimerKind::Handoff => self.abandon_handoff("target did not catch up in time"),
         }
     }
 }

@@ -221,6 +221,13 @@ impl Node {
         }
     }
 
+    /// After a commit or an acknowledgement: a pending handoff may now complete.
+    pub(crate) fn after_progress(&mut self, now: Millis) {
+        if self.handoff.is_some() {
+            self.try_finish_handoff(now);
+        }
+    }
+
     /// Candidates other than us that have not acknowledged `txid` of `name` on our lineage.
     fn missing_acks(&self, name: &DbName, txid: TxId) -> usize {
         self.cfg
@@ -400,6 +407,7 @@ impl Node {
         for (name, pos) in acks {
             self.record_ack(peer, &name, pos);
         }
+        self.after_progress(now);
     }
 
     /// Records that `peer` holds `pos` of `name` durably, if it is on our lineage.

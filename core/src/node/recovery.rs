@@ -127,6 +127,12 @@ impl Node {
     }
 
     pub(crate) fn recovery_failed(&mut self, now: Millis, name: &DbName) {
+        self.distrust_database(now, name, "replay failed: waiting for a snapshot");
+    }
+
+    /// The database file cannot be trusted to match its history: drop the history, go to
+    /// position zero and wait for a snapshot (no lease meanwhile).
+    pub(crate) fn distrust_database(&mut self, now: Millis, name: &DbName, rule: &'static str) {
         let Some(db) = self.dbs.get_mut(name) else { return };
         db.replay.clear();
         let dropped = db.history.clear();
@@ -135,11 +141,7 @@ impl Node {
         for f in dropped {
             self.emit(Output::RemoveLtx { db: name.clone(), min: f.min, max: f.max });
         }
-        self.event(Event::Recovered {
-            db: name.clone(),
-            pos: Pos::ZERO,
-            rule: "replay failed: waiting for a snapshot",
-        });
+        self.event(Event::Recovered { db: name.clone(), pos: Pos::ZERO, rule });
         self.timers.set(TimerKind::LeasePoll, now);
     }
 }

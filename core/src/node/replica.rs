@@ -240,6 +240,7 @@ impl Node {
         let Some(db) = self.dbs.get_mut(&name) else { return };
         if db.commit.as_ref().is_some_and(|c| c.op_is(op)) {
             self.on_commit_persisted(now, &name, result);
+            self.after_progress(now);
             self.process_inbox(now, &name);
             return;
         }
@@ -266,6 +267,12 @@ impl Node {
                 if p.replay {
                     self.recovery_failed(now, &name);
                 } else {
+                    if failure == IoFailure::Mismatch {
+                        // The file verified and continued our position, yet the database did
+                        // not end where it promised: the database is not what its history
+                        // says. Applying more files cannot mend it; a snapshot can.
+                        self.distrust_database(now, &name, "apply mismatch: waiting for a snapshot");
+                    }
                     self.resync(now, format!("{name}: persisting {}-{} failed", p.entry.min, p.entry.max));
                 }
                 return;

@@ -436,6 +436,55 @@ fn handoff_goes_only_to_a_replica_that_acknowledged_our_position() {
 }
 
 #[test]
+fn a_handoff_pauses_writes_until_the_target_catches_up_then_hands_over() {
+    let (mut node, _, _) = primary_with_two_commits();
+    let here = node.pos(&db());
+    // The replica connects one file behind: the handoff waits, refusing new commits.
+    let behind = node.history(&db()).and_then(|h| h.first().copied()).expect("first file").post_pos();
+    open_downstream(&mut node, 1, behind);
+    drain(&mut node);
+    node.handle(Millis(30), Input::Handoff { to: NodeId(2) });
+    let out = drain(&mut node);
+    assert!(!out.iter().any(|o| matches!(o, Output::ReleaseLease { .. })), "not caught up yet: {out:?}");
+    assert_eq!(node.accepting_writes(Millis(31)), None, "writes pause during a handoff");
+    let mut ack = Vec::new();
+    encode_frame(&Frame::Ack { pos: here, name: db() }, &mut ack);
+    node.handle(Millis(32), Input::DownstreamData { conn: DownstreamId(1), bytes: ack });
+    let out = drain(&mut node);
+    assert!(out.contains(&Output::ReleaseLease { epoch: Epoch(7) }), "{out:?}");
+    assert!(matches!(node.role(), crate::node::Role::Waiting), "{:?}", node.role());
+    // The lease looks free until the target takes it: we must not race it for the lease.
+    let mut t = 33;
+    for _ in 0..50 {
+        t += 100;
+        node.handle(Millis(t), Input::Timeout);
+        for o in drain(&mut node) {
+            assert!(!matches!(o, Output::AcquireLease { .. }), "re-acquired {t} ms after handing off");
+            if let Output::ObserveLease { op } = o {
+                node.handle(Millis(t), Input::LeaseObserved { op, holder: None });
+            }
+        }
+    }
+}
+
+#[test]
+fn a_handoff_whose_target_never_catches_up_is_given_up_and_writes_resume() {
+    let (mut node, _, _) = primary_with_two_commits();
+    let behind = node.history(&db()).and_then(|h| h.first().copied()).expect("first file").post_pos();
+    open_downstream(&mut node, 1, behind);
+    drain(&mut node);
+    node.handle(Millis(30), Input::Handoff { to: NodeId(2) });
+    drain(&mut node);
+    let (at, kind) = node.poll_timeout().expect("a timer");
+    assert!(at <= Millis(30 + super::lease::HANDOFF_WAIT_MS), "{kind:?} at {at:?}");
+    node.handle(Millis(30 + super::lease::HANDOFF_WAIT_MS), Input::Timeout);
+    let out = drain(&mut node);
+    assert!(out.iter().any(|o| matches!(o, Output::Event(Event::HandoffRefused { .. }))), "{out:?}");
+    assert!(!out.iter().any(|o| matches!(o, Output::ReleaseLease { .. })));
+    assert!(node.accepting_writes(Millis(30 + super::lease::HANDOFF_WAIT_MS)).is_some(), "writes resume");
+}
+
+#[test]
 fn invalid_configs_are_rejected() {
     let mut cfg = config(1);
     cfg.lease_safety_margin_ms = cfg.lease_ttl_ms;

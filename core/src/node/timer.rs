@@ -24,11 +24,13 @@ pub enum TimerKind {
     SyncTimeout,
     /// Apply the retention policy to the LTX history.
     Retention,
+    /// A handoff target has had long enough to catch up: give the handoff up.
+    Handoff,
 }
 
 impl TimerKind {
     /// All kinds, in table order.
-    pub const ALL: [TimerKind; 9] = [
+    pub const ALL: [TimerKind; 10] = [
         TimerKind::LeasePoll,
         TimerKind::LeaseRenew,
         TimerKind::WriteDeadline,
@@ -38,6 +40,7 @@ impl TimerKind {
         TimerKind::Reconnect,
         TimerKind::SyncTimeout,
         TimerKind::Retention,
+        TimerKind::Handoff,
     ];
 
     fn index(self) -> usize {
@@ -48,7 +51,7 @@ impl TimerKind {
 /// Deadlines by kind; `None` when a timer is not armed.
 #[derive(Debug, Clone, Default)]
 pub struct Timers {
-    deadlines: [Option<Millis>; 9],
+    deadlines: [Option<Millis>; TimerKind::ALL.len()],
 }
 
 impl Timers {
