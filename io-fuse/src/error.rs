@@ -96,6 +96,13 @@ pub enum ApplyLtxError {
         /// The name.
         db: String,
     },
+    /// This node is the primary ([`crate::Mount::set_role`]): its database takes writes from
+    /// applications only. Nothing was written.
+    #[error("not applying LTX to {db}: this node is the primary")]
+    Primary {
+        /// Database name.
+        db: String,
+    },
     /// Opening the database or taking SQLite's locks failed.
     #[error("locking {db} for apply ({step}): {source}")]
     Lock {

@@ -36,10 +36,6 @@ impl ReplFs {
         let db = db.to_owned();
         Ok((name, kind, db))
     }
-
-    fn caller_may_write(&self, req: &Request) -> bool {
-        !self.shared.read_only || i32::try_from(req.pid()).ok() == Some(self.shared.apply_tid.load(Ordering::SeqCst))
-    }
 }
 
 impl Filesystem for ReplFs {
@@ -91,7 +87,7 @@ impl Filesystem for ReplFs {
 
     fn setattr(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         _mode: Option<u32>,
         _uid: Option<u32>,
@@ -115,9 +111,6 @@ impl Filesystem for ReplFs {
             if kind.is_virtual() {
                 return reply.error(Errno::EACCES);
             }
-            if !self.caller_may_write(req) {
-                return reply.error(Errno::EROFS);
-            }
             if let Err(e) = self.shared.truncate(kind, &db, size) {
                 return reply.error(e);
             }
@@ -131,12 +124,9 @@ impl Filesystem for ReplFs {
         }
     }
 
-    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         if parent.0 != ROOT_INO {
             return reply.error(Errno::ENOENT);
-        }
-        if !self.caller_may_write(req) {
-            return reply.error(Errno::EROFS);
         }
         let Some(name) = name.to_str() else { return reply.error(Errno::ENOENT) };
         match self.shared.unlink(name) {
@@ -145,7 +135,7 @@ impl Filesystem for ReplFs {
         }
     }
 
-    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (name, kind, db) = match self.kind_of(ino) {
             Ok(found) => found,
             Err(e) => return reply.error(e),
@@ -159,9 +149,10 @@ impl Filesystem for ReplFs {
             let fh = self.shared.add_handle(Handle { file: None, _backing: None, kind, db });
             return reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
         }
-        if writable && !self.caller_may_write(req) {
-            return reply.error(Errno::EROFS);
-        }
+        // A replica opens files for writing too: its role can change while they are open, so
+        // what it refuses is each write, truncation and creation (see `Shared::write`), not the
+        // descriptor. A connection opened on a replica then writes as soon as the node is
+        // promoted, and the apply's lock descriptor needs no exception.
         let Some(path) = self.shared.path(kind, &db) else { return reply.error(Errno::ENOENT) };
         match OpenOptions::new().read(true).write(writable).open(path) {
             Ok(file) if self.shared.passthrough_for(kind) => {
@@ -187,7 +178,7 @@ impl Filesystem for ReplFs {
 
     fn create(
         &self,
-        req: &Request,
+        _req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -198,20 +189,23 @@ impl Filesystem for ReplFs {
         if parent.0 != ROOT_INO {
             return reply.error(Errno::ENOENT);
         }
-        if !self.caller_may_write(req) {
-            return reply.error(Errno::EROFS);
-        }
         let Some(name) = name.to_str() else { return reply.error(Errno::EINVAL) };
         let Some((kind, db)) = classify(name) else { return reply.error(Errno::EINVAL) };
         trace!(name, flags, "create");
         if kind.is_virtual() {
             return reply.error(Errno::EACCES);
         }
+        // Creating a rollback journal starts a write transaction. EACCES, not EROFS: it is
+        // the one errno SQLite turns into SQLITE_READONLY here (EROFS makes it retry the open
+        // read-only and report SQLITE_CANTOPEN).
         if kind == NodeKind::Journal
-            && let Err(refusal) = self.shared.sink.may_write(db)
+            && let Err(refusal) = self.shared.may_start_write(db)
         {
             refusal_errno(db, &refusal);
             return reply.error(Errno::EACCES);
+        }
+        if !self.shared.is_primary() {
+            return reply.error(Errno::EROFS);
         }
         let Some(path) = self.shared.path(kind, db) else { return reply.error(Errno::EACCES) };
         // A new database gets its own directory; side files are created only beside an
@@ -286,7 +280,7 @@ impl Filesystem for ReplFs {
                 Err(e) => return reply.error(io_errno(&e)),
             }
         }
-        if self.shared.read_only && handle.kind == NodeKind::Database {
+        if handle.kind == NodeKind::Database && !self.shared.is_primary() {
             database_node::present_as_rollback(offset, &mut buf[..filled]);
         }
         reply.data(&buf[..filled]);
@@ -294,7 +288,7 @@ impl Filesystem for ReplFs {
 
     fn write(
         &self,
-        req: &Request,
+        _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -304,9 +298,6 @@ impl Filesystem for ReplFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        if !self.caller_may_write(req) {
-            return reply.error(Errno::EROFS);
-        }
         let handle = match self.shared.handle(fh) {
             Ok(handle) => handle,
             Err(e) => return reply.error(e),

@@ -4,8 +4,9 @@
 //! finds SQLite's commit points (the invalidation of a rollback journal, the completion of a
 //! WAL commit frame), reads back exactly the pages the transaction changed, and hands them to
 //! a [`CommitSink`] while it holds the syscall that marks the commit; the sink's answer decides
-//! whether that syscall succeeds. On a replica the mount is read-only and
+//! whether that syscall succeeds. On a replica no write transaction may start or commit, and
 //! [`Mount::apply_ltx`] writes incoming transactions under the locks SQLite readers honour.
+//! [`Mount::set_role`] switches between the two without remounting.
 //!
 //! This crate must never decide policy: whether a node may write, which TXID comes next, how
 //! durable a commit must be, or whether an LTX file belongs at this position are the core's
@@ -20,7 +21,8 @@
 //! `wal.rs` check, after every transaction, that the captured pages encoded as LTX and
 //! applied to a separate copy reproduce the real file; `refusals.rs` the refusal paths and
 //! unsupported journal modes; `replica.rs` read-only replicas and readers during apply;
-//! `app_crash.rs` an application killed mid-transaction; `status_files.rs` and `unmount.rs`
+//! `role_switch.rs` promotion and demotion with connections open; `layout.rs` the data
+//! directory; `app_crash.rs` an application killed mid-transaction; `status_files.rs` and `unmount.rs`
 //! the rest. `benches/sqlite.rs` compares native SQLite with the mount
 //! (docs/BENCHMARKS.md); the design choices are in docs/decisions/fuse-*.md.
 

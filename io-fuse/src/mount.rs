@@ -8,27 +8,33 @@ use std::time::Duration;
 
 use fuser::{BackgroundSession, Config, MountOption, Notifier};
 use replite_core::types::Pos;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::boundary::CommitSink;
 use crate::error::MountError;
 use crate::file_system::ReplFs;
-use crate::shared::Shared;
+use crate::names::{NodeKind, classify};
+use crate::shared::{Shared, lock};
 
-/// What a node does with its databases.
+/// Bytes of SQLite's database header, at the start of page 1.
+const DATABASE_HEADER_BYTES: i64 = 100;
+
+/// What a node does with its databases. Set at mount ([`MountOptions::role`]) and switched
+/// with [`Mount::set_role`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Applications write; every commit goes to the [`CommitSink`].
     Primary,
-    /// Applications only read; writes fail with `EROFS` and transactions arrive through
-    /// [`Mount::apply_ltx`].
+    /// Applications only read: no write transaction may start or commit (SQLite reports
+    /// `SQLITE_READONLY`, or `SQLITE_IOERR_*` where no errno can make it say so), and
+    /// transactions arrive through [`Mount::apply_ltx`].
     Replica,
 }
 
 /// How to mount.
 #[derive(Debug, Clone)]
 pub struct MountOptions {
-    /// Primary or replica.
+    /// Primary or replica, until [`Mount::set_role`] says otherwise.
     pub role: Role,
     /// FUSE worker threads. A commit holds one worker until the sink answers, so more than one
     /// keeps readers moving meanwhile.
@@ -77,8 +83,7 @@ impl Mount {
             .map_err(|source| MountError::DataDir { path: data_dir.to_owned(), source })?;
         let data_dir =
             data_dir.canonicalize().map_err(|source| MountError::DataDir { path: data_dir.to_owned(), source })?;
-        let read_only = options.role == Role::Replica;
-        let shared = Arc::new(Shared::new(data_dir, read_only, sink, options.cache_ttl, options.passthrough));
+        let shared = Arc::new(Shared::new(data_dir, options.role, sink, options.cache_ttl, options.passthrough));
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName("replite".to_owned()),
@@ -111,6 +116,51 @@ impl Mount {
         &self.mountpoint
     }
 
+    /// What this node is now.
+    #[must_use]
+    pub fn role(&self) -> Role {
+        self.shared.role()
+    }
+
+    /// Makes this node a primary or a replica without remounting. Takes effect for every
+    /// request from now on, on files already open too.
+    ///
+    /// As a replica, no write transaction starts or commits, whatever a file was opened as:
+    /// creating a rollback journal fails with `EACCES` (SQLite: `SQLITE_READONLY`); a fresh
+    /// journal header, a WAL frame or a commit point fails with `EROFS` (`SQLITE_IOERR_*`).
+    /// A transaction caught in flight is refused at its commit point without reaching the
+    /// [`CommitSink`], and SQLite's rollback of it is let through. Checkpoints are let through
+    /// too, so a demoted primary's WAL connections can drain their WAL when they close.
+    ///
+    /// As a primary, writes start again and every commit goes to the sink; the daemon stops
+    /// calling [`Mount::apply_ltx`], which refuses to run on a primary.
+    ///
+    /// `.primary` exists only on a replica; the daemon names the new primary with
+    /// [`Mount::set_primary`] after a demotion (this node does not know it).
+    pub fn set_role(&self, role: Role) {
+        let before = self.shared.swap_role(role);
+        if before == role {
+            return;
+        }
+        info!(mountpoint = %self.mountpoint.display(), ?before, ?role, "role switched");
+        // Replica readers see WAL databases as rollback-journal ones (bytes 18 and 19 of page
+        // 1, see `database_node::present_as_rollback`); what the kernel cached of page 1 was
+        // shown for the old role.
+        let databases: Vec<u64> = lock(&self.shared.inodes)
+            .by_name
+            .iter()
+            .filter(|(name, _)| matches!(classify(name), Some((NodeKind::Database, _))))
+            .map(|(_, &ino)| ino)
+            .collect();
+        for ino in databases {
+            if let Err(e) = self.notifier.inval_inode(fuser::INodeNo(ino), 0, DATABASE_HEADER_BYTES) {
+                debug!(ino, error = %e, "page 1 invalidation");
+            }
+        }
+        // Whether `.primary` exists depends on the role.
+        let _ = self.notifier.inval_entry(fuser::INodeNo(crate::shared::ROOT_INO), crate::PRIMARY_FILENAME.as_ref());
+    }
+
     /// Sets what `<db>-pos` shows.
     pub fn set_position(&self, db: &str, pos: Pos) {
         self.shared
@@ -121,7 +171,7 @@ impl Mount {
             .insert(db.to_owned(), pos);
     }
 
-    /// Sets what `.primary` shows; `None` removes it (this node is the primary).
+    /// Sets what `.primary` shows on a replica; `None` removes it. A primary never shows it.
     pub fn set_primary(&self, primary: Option<String>) {
         self.shared.status.write().unwrap_or_else(std::sync::PoisonError::into_inner).primary = primary;
         let _ = self.notifier.inval_entry(fuser::INodeNo(crate::shared::ROOT_INO), crate::PRIMARY_FILENAME.as_ref());

@@ -11,7 +11,6 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
 
 use fuser::INodeNo;
 use replite_core::ltx::{self, PageFile};
@@ -101,6 +100,11 @@ impl Mount {
             Some((NodeKind::Database, name)) if name == db => {}
             _ => return Err(ApplyLtxError::InvalidName { db: db.to_owned() }),
         }
+        // On a primary the database file is the applications' to write; pages written behind
+        // their back would never be captured.
+        if self.shared.is_primary() {
+            return Err(ApplyLtxError::Primary { db: db.to_owned() });
+        }
         ltx::verify(ltx_bytes).map_err(|source| ApplyLtxError::Invalid { db: db.to_owned(), source })?;
         let _serial = lock(&self.apply_lock);
         let lock_err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
@@ -114,11 +118,7 @@ impl Mount {
             let _ = self.notifier.inval_entry(INodeNo(ROOT_INO), name.as_ref());
         }
 
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() };
-        self.shared.apply_tid.store(tid, Ordering::SeqCst);
         let locker = OpenOptions::new().read(true).write(true).open(self.mountpoint.join(db));
-        self.shared.apply_tid.store(0, Ordering::SeqCst);
         let locker = locker.map_err(lock_err("open through the mount"))?;
         ofd_write_lock(&locker, PENDING_BYTE, 1).map_err(lock_err("PENDING lock"))?;
         ofd_write_lock(&locker, SHARED_FIRST, SHARED_SIZE).map_err(lock_err("EXCLUSIVE lock"))?;

@@ -7,7 +7,7 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -19,6 +19,7 @@ use crate::database_node::{DbFile, read_page_size};
 use crate::error::CaptureError;
 use crate::journal_node;
 use crate::layout::{self, BACKED_KINDS};
+use crate::mount::Role;
 use crate::names::{LAG_FILENAME, NodeKind, PRIMARY_FILENAME, classify, mount_name};
 use crate::virtual_node::{self, Status};
 use crate::wal_node::{self, WalTrack};
@@ -89,7 +90,10 @@ pub(crate) struct DbState {
 /// State shared by every FUSE worker thread and the [`crate::Mount`] handle.
 pub(crate) struct Shared {
     pub(crate) data_dir: PathBuf,
-    pub(crate) read_only: bool,
+    /// Whether this node is the primary ([`Role`]); switched at run time by
+    /// [`crate::Mount::set_role`]. Every request reads it afresh: a replica refuses to start
+    /// or commit a write transaction, whatever the handle was opened as.
+    primary: AtomicBool,
     pub(crate) sink: Arc<dyn CommitSink>,
     pub(crate) cache_ttl: Duration,
     pub(crate) inodes: Mutex<Inodes>,
@@ -97,9 +101,6 @@ pub(crate) struct Shared {
     pub(crate) next_fh: AtomicU64,
     pub(crate) dbs: Mutex<HashMap<String, Arc<Mutex<DbState>>>>,
     pub(crate) status: RwLock<Status>,
-    /// Thread id allowed to open files for writing on a read-only mount: the replica's apply,
-    /// which needs a writable descriptor to take SQLite's write locks.
-    pub(crate) apply_tid: AtomicI32,
     /// Whether passthrough was asked for, and whether the kernel granted it.
     pub(crate) passthrough_wanted: bool,
     pub(crate) passthrough: AtomicBool,
@@ -115,14 +116,14 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(
         data_dir: PathBuf,
-        read_only: bool,
+        role: Role,
         sink: Arc<dyn CommitSink>,
         cache_ttl: Duration,
         passthrough: bool,
     ) -> Shared {
         Shared {
             data_dir,
-            read_only,
+            primary: AtomicBool::new(role == Role::Primary),
             sink,
             cache_ttl,
             inodes: Mutex::new(Inodes { by_name: HashMap::new(), by_ino: HashMap::new(), next: ROOT_INO + 1 }),
@@ -130,12 +131,34 @@ impl Shared {
             next_fh: AtomicU64::new(1),
             dbs: Mutex::new(HashMap::new()),
             status: RwLock::new(Status::default()),
-            apply_tid: AtomicI32::new(0),
             passthrough_wanted: passthrough,
             passthrough: AtomicBool::new(false),
             backings: Mutex::new(HashMap::new()),
             unsynced_dirs: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// What this node is right now.
+    pub(crate) fn role(&self) -> Role {
+        if self.primary.load(Ordering::SeqCst) { Role::Primary } else { Role::Replica }
+    }
+
+    /// Switches the role; returns the previous one.
+    pub(crate) fn swap_role(&self, role: Role) -> Role {
+        if self.primary.swap(role == Role::Primary, Ordering::SeqCst) { Role::Primary } else { Role::Replica }
+    }
+
+    pub(crate) fn is_primary(&self) -> bool {
+        self.role() == Role::Primary
+    }
+
+    /// Whether a write transaction on `db` may start: never on a replica (the policy side is
+    /// not asked, it has no say in what a replica's applications do), else the sink decides.
+    pub(crate) fn may_start_write(&self, db: &str) -> Result<(), Refusal> {
+        if !self.is_primary() {
+            return Err(replica_refusal());
+        }
+        self.sink.may_write(db)
     }
 
     /// The backing file of `kind` of database `db`; `None` for virtual files.
@@ -321,6 +344,10 @@ impl Shared {
         if kind == NodeKind::Pos && !self.database_path(db).exists() {
             return None;
         }
+        // LiteFS's convention, which applications test: `.primary` exists only on replicas.
+        if kind == NodeKind::Primary && self.is_primary() {
+            return None;
+        }
         let status = self.status.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         virtual_node::contents(&status, kind, db)
     }
@@ -355,8 +382,14 @@ impl Shared {
                 st.write_ok = true;
                 Ok(true)
             }
-            // WAL mode: checkpoints copy already-captured commits into the database.
+            // WAL mode: checkpoints copy already-captured commits into the database. A replica
+            // allows them too: a demoted primary's WAL connections must be able to drain their
+            // WAL into the database when they close, or later readers would take its stale
+            // frames over the pages replication writes.
             Ok(false) if st.wal_open > 0 => Ok(false),
+            // Not SQLite rolling back a transaction, not a checkpoint: a plain write, which a
+            // replica refuses as a read-only filesystem would.
+            Ok(false) if !self.is_primary() => Err(Errno::EROFS),
             Ok(false) => {
                 error!(
                     db,
@@ -383,7 +416,11 @@ impl Shared {
         let durability = if st.sync_seen { Durability::Requested } else { Durability::Deferred };
         let captured = journal_node::capture(&self.data_dir, db, mode, durability, &st.written);
         let result = match captured {
+            // Nothing changed: a commit of no pages, or the journal of a transaction SQLite has
+            // just rolled back (which a replica must let SQLite finish, or the journal stays hot).
             Ok(None) => Ok(()),
+            // A transaction that began while this node was primary: it may not commit now.
+            Ok(Some(_)) if !self.is_primary() => Err(refusal_errno(db, &replica_refusal())),
             Ok(Some(tx)) => {
                 debug!(db, pages = tx.pages.len(), commit = tx.commit, ?mode, "rollback journal commit");
                 self.sink.commit(&tx).map_err(|refusal| refusal_errno(db, &refusal))
@@ -449,19 +486,28 @@ impl Shared {
                 } else if journal_node::is_fresh_header(offset, data) {
                     // A transaction starts in a journal that outlives transactions (TRUNCATE,
                     // PERSIST): ask before the database is touched, as at journal creation.
-                    self.sink.may_write(&handle.db).map_err(|refusal| refusal_errno(&handle.db, &refusal))?;
+                    self.may_start_write(&handle.db).map_err(|refusal| refusal_errno(&handle.db, &refusal))?;
                 }
                 pwrite()
             }
             NodeKind::Wal => {
                 let st = self.db_state(&handle.db);
                 let mut st = lock(&st);
+                if !self.is_primary() {
+                    // Every WAL write starts or continues a write transaction (checkpoints
+                    // write the database, not the WAL): a replica refuses them all, so an open
+                    // transaction can never reach its commit frame. SQLite reports
+                    // SQLITE_IOERR_WRITE and drops the transaction, which lived only in memory
+                    // and in frames past the last commit.
+                    st.wal.reset();
+                    return Err(refusal_errno(&handle.db, &replica_refusal()));
+                }
                 let path = self.wal_path(&handle.db);
                 let was_open = st.wal.in_transaction();
                 st.wal.before_write(&path, offset, data).map_err(|e| capture_errno(&handle.db, &e))?;
                 if !was_open && st.wal.in_transaction() {
                     // The first write of a transaction: ask before anything reaches the WAL.
-                    if let Err(refusal) = self.sink.may_write(&handle.db) {
+                    if let Err(refusal) = self.may_start_write(&handle.db) {
                         st.wal.reset();
                         return Err(refusal_errno(&handle.db, &refusal));
                     }
@@ -537,6 +583,9 @@ impl Shared {
                 remove()
             }
             NodeKind::Database => {
+                if !self.is_primary() {
+                    return Err(Errno::EROFS);
+                }
                 self.sink.delete(db).map_err(|refusal| refusal_errno(db, &refusal))?;
                 remove()
             }
@@ -604,6 +653,11 @@ pub(crate) fn open_flags(kind: NodeKind) -> FopenFlags {
         _ => FopenFlags::FOPEN_KEEP_CACHE,
     };
     caching | FopenFlags::FOPEN_NOFLUSH
+}
+
+/// The refusal a replica gives: the same a sink gives a node that may not write.
+pub(crate) fn replica_refusal() -> Refusal {
+    Refusal::ReadOnly { reason: "this node is a replica".to_owned() }
 }
 
 pub(crate) fn io_errno(e: &io::Error) -> Errno {

@@ -90,8 +90,12 @@ fn writes_on_a_replica_fail_as_sqlite_readonly() {
     // Plain file writes fail with EROFS too, and nothing is created.
     let err = std::fs::write(replica.path("other.db"), b"x").expect_err("no creation on a replica");
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
-    let err = std::fs::OpenOptions::new().write(true).open(replica.path("bank.db")).expect_err("no writable open");
+    // A writable descriptor opens (the role may change while it is open), but writes fail.
+    let before = replica.stored("bank.db");
+    let file = std::fs::OpenOptions::new().write(true).open(replica.path("bank.db")).expect("writable open");
+    let err = std::os::unix::fs::FileExt::write_all_at(&file, b"x", 0).expect_err("no write");
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(replica.stored("bank.db"), before);
     // The position file shows what was applied.
     let text = std::fs::read_to_string(replica.path("bank.db-pos")).expect("pos file");
     assert_eq!(text, format!("{pos}\n"));

@@ -43,6 +43,8 @@ pub struct Copy {
     pub modes: Vec<JournalMode>,
     pub durabilities: Vec<Durability>,
     pub wal: Vec<Option<replite_fuse::WalSegment>>,
+    /// The database checksum after each commit (and after a seed).
+    pub checksums: Vec<Checksum>,
 }
 
 /// Records every commit as an LTX file and applies it to an in-memory copy.
@@ -58,7 +60,9 @@ pub struct RecordingSink {
 }
 
 /// Encodes a captured transaction as the LTX file that moves `copy` to its next position.
-pub fn encode(copy: &Copy, tx: &CapturedTx) -> Vec<u8> {
+/// An error (not a panic: the sink runs on a FUSE worker thread, and a panic there takes the
+/// mount down with the test process) when the capture does not fit the copy.
+pub fn encode(copy: &Copy, tx: &CapturedTx) -> Result<Vec<u8>, String> {
     let txid = copy.pos.txid.next();
     let snapshot = txid == TxId(1);
     let pre = if snapshot { Checksum::ZERO } else { copy.pos.checksum };
@@ -72,7 +76,7 @@ pub fn encode(copy: &Copy, tx: &CapturedTx) -> Vec<u8> {
         after[at..at + page].copy_from_slice(&p.data);
     }
     after.resize(tx.commit as usize * page, 0);
-    let post = checksum_database(&after[..], tx.page_size).expect("in-memory read");
+    let post = checksum_database(&after[..], tx.page_size).map_err(|e| e.to_string())?;
     let mut header = Header::new(tx.page_size, tx.commit, txid, txid, pre);
     if let Some(wal) = tx.wal {
         header.wal_offset = i64::try_from(wal.offset).expect("WAL offset fits");
@@ -80,15 +84,30 @@ pub fn encode(copy: &Copy, tx: &CapturedTx) -> Vec<u8> {
         header.wal_salt1 = wal.salt1;
         header.wal_salt2 = wal.salt2;
     }
-    let mut enc = Encoder::new(Vec::new(), header).expect("valid header");
+    let mut enc = Encoder::new(Vec::new(), header).map_err(|e| e.to_string())?;
     for p in &tx.pages {
-        enc.encode_page(p.pgno, &p.data).expect("captured pages are in order and inside the commit");
+        enc.encode_page(p.pgno, &p.data).map_err(|e| format!("captured page {}: {e}", p.pgno.0))?;
     }
-    let (bytes, _) = enc.finish(post).expect("finish");
-    bytes
+    let (bytes, _) = enc.finish(post).map_err(|e| e.to_string())?;
+    Ok(bytes)
 }
 
 impl RecordingSink {
+    /// Starts the copy of `db` from `data` at `pos`, as the daemon's history does for a
+    /// replica it promotes (its first capture is not a snapshot).
+    pub fn seed(&self, db: &str, data: Vec<u8>, pos: Pos) {
+        let mut dbs = self.dbs.lock().unwrap();
+        let copy = dbs.entry(db.to_owned()).or_default();
+        copy.data = data;
+        copy.pos = pos;
+        copy.checksums.push(pos.checksum);
+    }
+
+    /// Every checksum the copy of `db` has had after a commit, in order.
+    pub fn checksums_of(&self, db: &str) -> Vec<Checksum> {
+        self.dbs.lock().unwrap().get(db).map(|c| c.checksums.clone()).unwrap_or_default()
+    }
+
     pub fn copy_of(&self, db: &str) -> Vec<u8> {
         self.dbs.lock().unwrap().get(db).map(|c| c.data.clone()).unwrap_or_default()
     }
@@ -108,9 +127,9 @@ impl CommitSink for RecordingSink {
         if self.refuse.load(Ordering::SeqCst) || self.refuse_commit.load(Ordering::SeqCst) {
             return Err(Refusal::ReadOnly { reason: "test refuses".into() });
         }
-        let mut dbs = self.dbs.lock().unwrap();
+        let mut dbs = self.dbs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let copy = dbs.entry(tx.db.clone()).or_default();
-        let bytes = encode(copy, tx);
+        let bytes = encode(copy, tx).map_err(|reason| Refusal::Failed { reason })?;
         let pos = ltx::apply(&mut copy.data, copy.pos.checksum, &bytes[..])
             .map_err(|e| Refusal::Failed { reason: e.to_string() })?;
         copy.pos = pos;
@@ -118,6 +137,7 @@ impl CommitSink for RecordingSink {
         copy.modes.push(tx.mode);
         copy.durabilities.push(tx.durability);
         copy.wal.push(tx.wal);
+        copy.checksums.push(pos.checksum);
         self.commits.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
