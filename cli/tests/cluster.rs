@@ -310,3 +310,53 @@ fn handoff_under_load_moves_the_primary_quickly_and_loses_no_acknowledged_write(
         n.stop();
     }
 }
+
+#[test]
+fn a_returning_primary_with_history_the_cluster_never_saw_is_resynced_from_a_snapshot() {
+    let etcd = support::etcd::EtcdServer::start();
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut nodes, first) = etcd_cluster(root.path(), &etcd.endpoint);
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let conn = open(&nodes[first], "app.db");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
+    for i in 0..5 {
+        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("shared {i}")]).expect("insert");
+    }
+    converge(&nodes[first], &[&nodes[others[0]], &nodes[others[1]]], "app.db");
+
+    // The replicas go down; the primary commits what no one else will ever see, then dies.
+    for &i in &others {
+        nodes[i].stop();
+    }
+    for i in 0..5 {
+        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("lost {i}")]).expect("insert while alone");
+    }
+    drop(conn);
+    nodes[first].kill();
+    for &i in &others {
+        nodes[i].start();
+    }
+
+    let second = wait_for_primary(&nodes, &others);
+    let conn = open(&nodes[second], "app.db");
+    for i in 0..8 {
+        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("new {i}")]).expect("insert on the new primary");
+    }
+    drop(conn);
+
+    nodes[first].start();
+    nodes[first].wait_for("a replica in sync", |i| i["role"] == "replica" && i["inSync"] == true);
+    let rest: Vec<&Node> = (0..3).filter(|&i| i != second).map(|i| &nodes[i]).collect();
+    converge(&nodes[second], &rest, "app.db");
+    let reader = open_read_only(&nodes[first], "app.db");
+    assert_eq!(count(&reader), 13, "5 shared + 8 new, and none of the lost rows");
+    let lost: i64 = reader.query_row("SELECT count(*) FROM t WHERE v LIKE 'lost%'", [], |r| r.get(0)).expect("query");
+    assert_eq!(lost, 0);
+    assert_eq!(integrity(&reader), "ok");
+    drop(reader);
+    let log = nodes[first].log_text();
+    assert!(log.contains("SnapshotReplaced"), "the returning node says its history was replaced:\n{log}");
+    for n in &mut nodes {
+        n.stop();
+    }
+}

@@ -217,6 +217,16 @@ pub enum Event {
         /// Which rule applied.
         rule: &'static str,
     },
+    /// A snapshot from the primary replaced this replica's database, which was at `was`: its
+    /// history had diverged from the primary's, or fallen behind what the primary retains.
+    SnapshotReplaced {
+        /// The database.
+        db: DbName,
+        /// Where it was.
+        was: Pos,
+        /// Where the snapshot brought it.
+        now: Pos,
+    },
     /// A synchronous commit was acknowledged without all required acknowledgements.
     SyncDegraded {
         /// The database.

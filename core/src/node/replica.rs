@@ -248,10 +248,15 @@ impl Node {
         db.persist = None;
         match result {
             Ok(pos) if pos == p.entry.post_pos() => {
+                let was = db.pos;
                 if p.entry.min == TxId(1) && p.entry.max < db.pos.txid {
                     // A snapshot moved a diverged replica back: its later history is gone.
                     db.history.clear();
                 }
+                if p.entry.min == TxId(1) && !p.replay && was != Pos::ZERO {
+                    self.event(Event::SnapshotReplaced { db: name.clone(), was, now: pos });
+                }
+                let Some(db) = self.dbs.get_mut(&name) else { return };
                 if p.replay {
                     db.pos = pos;
                 } else {
