@@ -360,3 +360,88 @@ fn a_returning_primary_with_history_the_cluster_never_saw_is_resynced_from_a_sna
         n.stop();
     }
 }
+
+#[test]
+fn in_synchronous_mode_every_acknowledged_write_survives_repeated_kills_of_the_primary() {
+    let etcd = support::etcd::EtcdServer::start();
+    let root = tempfile::tempdir().expect("tempdir");
+    let lease = Lease::Etcd { endpoint: etcd.endpoint.clone(), ttl: "3s" };
+    let ids = [0xA1u64, 0xB2, 0xC3];
+    let sync = format!(
+        "replication:\n  sync:\n    candidates: [{}]\n    timeout: 10s\n    on-timeout: block\n",
+        ids.iter().map(|i| format!("{i:016X}")).collect::<Vec<_>>().join(", ")
+    );
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .zip(ids)
+        .map(|(n, id)| Node::new_with(root.path(), n, &lease, Some(id), &sync))
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    let mut primary = wait_for_primary(&nodes, &[0, 1, 2]);
+    let conn = open(&nodes[primary], "app.db");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
+    drop(conn);
+
+    let mut acknowledged: Vec<String> = Vec::new();
+    for round in 0..3 {
+        // A writer commits until its node dies under it; every commit that returned is acknowledged.
+        let path = nodes[primary].db_path("app.db");
+        let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = progress.clone();
+        let writer = std::thread::spawn(move || {
+            let mut done = Vec::new();
+            let conn = match Connection::open(&path) {
+                Ok(c) => c,
+                Err(e) => return (done, Some(e.to_string())),
+            };
+            let _ = conn.busy_timeout(Duration::from_secs(2));
+            for i in 0..2_000 {
+                let v = format!("r{round}-{i}");
+                match conn.execute("INSERT INTO t (v) VALUES (?1)", [&v]) {
+                    Ok(_) => {
+                        done.push(v);
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Err(e) => return (done, Some(e.to_string())),
+                }
+            }
+            (done, None)
+        });
+        // Kill the primary mid-load, once the writer is well under way.
+        let deadline = Instant::now() + WAIT;
+        while progress.load(std::sync::atomic::Ordering::SeqCst) < 20 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        nodes[primary].kill();
+        let (done, error) = writer.join().expect("writer");
+        assert!(
+            !done.is_empty(),
+            "round {round}: the writer committed nothing ({error:?})\n{}",
+            nodes[primary].log_text()
+        );
+        acknowledged.extend(done);
+
+        let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+        let next = wait_for_primary(&nodes, &others);
+        // The killed candidate must come back before the new primary can acknowledge commits.
+        nodes[primary].start();
+        let reader = open_read_only(&nodes[next], "app.db");
+        let rows: std::collections::BTreeSet<String> = reader
+            .prepare("SELECT v FROM t")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect();
+        for v in &acknowledged {
+            assert!(rows.contains(v), "round {round}: acknowledged {v} is missing on the new primary");
+        }
+        nodes[primary].wait_for("back as a replica", |i| i["role"] == "replica" && i["inSync"] == true);
+        primary = next;
+    }
+    for n in &mut nodes {
+        n.stop();
+    }
+}

@@ -32,6 +32,7 @@ mod boundary;
 mod database_node;
 mod error;
 mod file_system;
+mod hot_journal;
 mod journal_node;
 mod layout;
 mod mount;
@@ -43,6 +44,7 @@ mod wal_node;
 
 pub use boundary::{CapturedPage, CapturedTx, CommitSink, Durability, JournalMode, Refusal, WalSegment};
 pub use error::{ApplyLtxError, CaptureError, MountError};
+pub use hot_journal::roll_back_hot_journal;
 pub use layout::database_path;
 pub use mount::{Mount, MountOptions, Role};
 pub use names::{LAG_FILENAME, PRIMARY_FILENAME};

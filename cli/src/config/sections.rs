@@ -385,7 +385,13 @@ pub enum SyncTimeoutPolicy {
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SyncConfig {
     /// Replicas that must have a transaction durable before its commit returns (0: async).
+    /// With `candidates` it must be their number less one, or 0 (implied).
     pub replicas: u32,
+    /// The node ids (16 hex digits, as in `<data.dir>/id` and `replite status`) of every
+    /// node that may become primary. Synchronous replication is on when this lists two or
+    /// more: a commit returns only once every other candidate has it durably, so whichever
+    /// candidate wins the next election holds every acknowledged transaction.
+    pub candidates: Vec<String>,
     /// How long a commit waits for them.
     #[serde(deserialize_with = "duration::deserialize")]
     pub timeout: Duration,
@@ -395,6 +401,11 @@ pub struct SyncConfig {
 
 impl Default for SyncConfig {
     fn default() -> Self {
-        SyncConfig { replicas: 0, timeout: Duration::from_secs(5), on_timeout: SyncTimeoutPolicy::Block }
+        SyncConfig {
+            replicas: 0,
+            candidates: Vec::new(),
+            timeout: Duration::from_secs(5),
+            on_timeout: SyncTimeoutPolicy::Block,
+        }
     }
 }

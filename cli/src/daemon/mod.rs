@@ -129,6 +129,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     };
     info!(node = %node_id, %hostname, %advertise_url, data = %data_dir.display(), "starting");
 
+    roll_back_hot_journals(&data_dir)?;
     let clock = Clock::start();
     let mut node = Node::new(node_config(config, node_id, rand::random())?)?;
     let (mut store, recovery) = Store::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
@@ -173,6 +174,24 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     }));
     info!(addr = %http_addr, "HTTP API listening");
     Ok(Running { status, http_addr, shutdown, driver, server, server_stop })
+}
+
+/// Undoes what a crash left half-written: a transaction's pages in a database file whose
+/// journal still holds their originals. Runs before recovery checksums the files.
+fn roll_back_hot_journals(data_dir: &Path) -> anyhow::Result<()> {
+    let dbs = crate::store::layout::dbs_dir(data_dir);
+    let entries = match std::fs::read_dir(&dbs) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dbs.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", dbs.display()))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        replite_fuse::roll_back_hot_journal(data_dir, &name)
+            .with_context(|| format!("rolling back the hot journal of {name}"))?;
+    }
+    Ok(())
 }
 
 /// A database's page checksums from its file under the LiteFS layout.

@@ -19,9 +19,26 @@ const STATIC_LEASE_TTL: Duration = Duration::from_secs(3600);
 pub enum NodeConfigError {
     /// Synchronous replication needs the set of candidates that must acknowledge.
     #[error(
-        "replication.sync.replicas is {0}, but synchronous replication needs every candidate listed, which the config cannot express yet; leave it at 0"
+        "replication.sync.replicas is {0}, but synchronous replication needs every candidate's node id in replication.sync.candidates (a commit waits for all of them, so any can take over safely)"
     )]
     SyncWithoutCandidates(u32),
+    /// `replicas` disagrees with the candidate list.
+    #[error(
+        "replication.sync.replicas is {replicas}, but with {candidates} candidates every other one ({}) must acknowledge; leave replicas out",
+        .candidates - 1
+    )]
+    SyncReplicasMismatch {
+        /// The configured count.
+        replicas: u32,
+        /// Candidates listed.
+        candidates: u32,
+    },
+    /// A listed candidate is not a node id.
+    #[error("replication.sync.candidates: {0:?} is not a node id (16 hex digits)")]
+    BadCandidate(String),
+    /// This node may become primary but is not in the list.
+    #[error("this node ({0}) is a candidate but not in replication.sync.candidates")]
+    NotListed(NodeId),
     /// The core rejected the timings.
     #[error("lease timings: {0}")]
     Node(#[from] node::ConfigError),
@@ -52,8 +69,37 @@ pub fn node_config(config: &Config, node_id: NodeId, seed: u64) -> Result<node::
     if let Some(bytes) = config.data.retention_size {
         cfg.retention_bytes = bytes;
     }
-    if config.replication.sync.replicas > 0 {
-        return Err(NodeConfigError::SyncWithoutCandidates(config.replication.sync.replicas));
+    let sync = &config.replication.sync;
+    if sync.candidates.is_empty() && sync.replicas > 0 {
+        return Err(NodeConfigError::SyncWithoutCandidates(sync.replicas));
+    }
+    if !sync.candidates.is_empty() {
+        let ids = sync
+            .candidates
+            .iter()
+            .map(|c| {
+                (c.len() == 16)
+                    .then(|| u64::from_str_radix(c, 16).ok())
+                    .flatten()
+                    .map(NodeId)
+                    .ok_or_else(|| NodeConfigError::BadCandidate(c.clone()))
+            })
+            .collect::<Result<std::collections::BTreeSet<NodeId>, _>>()?;
+        let count = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+        if sync.replicas != 0 && sync.replicas + 1 != count {
+            return Err(NodeConfigError::SyncReplicasMismatch { replicas: sync.replicas, candidates: count });
+        }
+        if cfg.candidate && !ids.contains(&node_id) {
+            return Err(NodeConfigError::NotListed(node_id));
+        }
+        cfg.candidates = ids;
+        if count >= 2 {
+            let policy = match sync.on_timeout {
+                crate::config::SyncTimeoutPolicy::Block => node::SyncPolicy::Block,
+                crate::config::SyncTimeoutPolicy::Degrade => node::SyncPolicy::Degrade,
+            };
+            cfg.sync = Some(node::SyncConfig { timeout_ms: ms(sync.timeout), policy });
+        }
     }
     cfg.async_window_ms = (!config.replication.async_window.is_zero()).then(|| ms(config.replication.async_window));
     cfg.seed = seed;
@@ -91,9 +137,24 @@ mod tests {
     }
 
     #[test]
-    fn synchronous_mode_is_refused_until_candidates_can_be_listed() {
+    fn synchronous_mode_needs_every_candidate_listed() {
         let config = parse("lease:\n  type: static\nreplication:\n  sync:\n    replicas: 1\n");
         assert_eq!(node_config(&config, NodeId(1), 0).err(), Some(NodeConfigError::SyncWithoutCandidates(1)));
+        let listed = "lease:\n  type: etcd\n  etcd:\n    endpoints: [http://127.0.0.1:2379]\n    key: k\n    ttl: 6s\nreplication:\n  sync:\n    candidates: [000000000000000A, 000000000000000B, 000000000000000C]\n    timeout: 2s\n    on-timeout: degrade\n";
+        let cfg = node_config(&parse(listed), NodeId(0xA), 0).expect("maps");
+        assert_eq!(cfg.candidates, [NodeId(0xA), NodeId(0xB), NodeId(0xC)].into_iter().collect());
+        assert_eq!(cfg.sync, Some(node::SyncConfig { timeout_ms: 2000, policy: node::SyncPolicy::Degrade }));
+        assert_eq!(node_config(&parse(listed), NodeId(0xD), 0).err(), Some(NodeConfigError::NotListed(NodeId(0xD))));
+        let wrong_count = listed.replace("    timeout: 2s\n", "    timeout: 2s\n    replicas: 1\n");
+        assert!(matches!(
+            node_config(&parse(&wrong_count), NodeId(0xA), 0),
+            Err(NodeConfigError::SyncReplicasMismatch { replicas: 1, candidates: 3 })
+        ));
+        let bad = listed.replace("000000000000000C", "node-c");
+        assert_eq!(
+            node_config(&parse(&bad), NodeId(0xA), 0).err(),
+            Some(NodeConfigError::BadCandidate("node-c".into()))
+        );
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub struct Node {
 impl Node {
     /// Writes the node's config under `root/name` (not started yet).
     pub fn new(root: &Path, name: &str, lease: &Lease) -> Node {
+        Node::new_with(root, name, lease, None, "")
+    }
+
+    /// Like `new`, with a fixed node id (written to `data/id` first) and extra YAML.
+    pub fn new_with(root: &Path, name: &str, lease: &Lease, id: Option<u64>, extra_yaml: &str) -> Node {
         let dir = root.join(name);
         let mount = dir.join("mnt");
         std::fs::create_dir_all(&mount).expect("mount dir");
@@ -54,8 +59,12 @@ impl Node {
                 "lease:\n  type: etcd\n  hostname: {name}\n  advertise-url: {url}\n  safety-margin: 500ms\n  reconnect-delay: 200ms\n  etcd:\n    endpoints: [{endpoint}]\n    key: replite/e2e\n    ttl: {ttl}\n"
             ),
         };
+        if let Some(id) = id {
+            std::fs::create_dir_all(dir.join("data")).expect("data dir");
+            std::fs::write(dir.join("data/id"), format!("{id:016X}\n")).expect("id file");
+        }
         let yaml = format!(
-            "data:\n  dir: {}\nfuse:\n  dir: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{lease_yaml}",
+            "data:\n  dir: {}\nfuse:\n  dir: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{lease_yaml}{extra_yaml}",
             dir.join("data").display(),
             mount.display()
         );
