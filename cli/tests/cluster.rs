@@ -63,6 +63,22 @@ fn three_static_nodes_replicate_every_write_and_replicas_refuse_writes() {
     let pos = converge(&a, &[&b, &c], "app.db");
     assert!(pos.starts_with("0000000000000033/"), "51 transactions: {pos}");
 
+    // The API: Prometheus text and LiteFS-style events.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let metrics =
+        runtime.block_on(async { reqwest::get(format!("{}/metrics", b.url)).await?.text().await }).expect("metrics");
+    assert!(metrics.contains("replite_db_txid{db=\"app.db\"} 51"), "{metrics}");
+    let first_event = runtime
+        .block_on(async {
+            let mut response = reqwest::get(format!("{}/events", a.url)).await?;
+            response.chunk().await
+        })
+        .expect("events")
+        .expect("a first line");
+    let init: serde_json::Value = serde_json::from_slice(first_event.trim_ascii()).expect("JSON line");
+    assert_eq!(init["type"], "init");
+    assert_eq!(init["data"]["isPrimary"], true);
+
     for node in [&a, &b, &c] {
         let reader = open_read_only(node, "app.db");
         assert_eq!(count(&reader), 50, "{}", node.name);
