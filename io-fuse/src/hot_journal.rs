@@ -33,9 +33,18 @@ fn record_checksum(nonce: u32, page: &[u8]) -> u32 {
     sum
 }
 
-/// The originals a hot journal holds, in playback order, and the database's size before the
-/// transaction. `None` when the journal is not hot (missing, empty, or zeroed header).
-fn originals(journal: &[u8]) -> Option<(u32, u32, Vec<(u32, &[u8])>)> {
+/// What a hot journal holds.
+struct Originals<'a> {
+    /// Database size in pages before the transaction.
+    orig_pages: u32,
+    page_size: u32,
+    /// Each journaled page's number and original contents, in playback order.
+    pages: Vec<(u32, &'a [u8])>,
+}
+
+/// The originals a hot journal holds. `None` when the journal is not hot (missing, empty, or
+/// zeroed header).
+fn originals(journal: &[u8]) -> Option<Originals<'_>> {
     if journal.len() < JOURNAL_HEADER_BYTES || journal[..8] != JOURNAL_MAGIC {
         return None;
     }
@@ -60,13 +69,13 @@ fn originals(journal: &[u8]) -> Option<(u32, u32, Vec<(u32, &[u8])>)> {
             let page = &journal[at + 4..at + 4 + page_size as usize];
             if pgno == 0 || be32(journal, at + 4 + page_size as usize) != record_checksum(nonce, page) {
                 // A torn record: SQLite stops playback here; nothing after it was synced.
-                return Some((orig_pages, page_size, pages));
+                return Some(Originals { orig_pages, page_size, pages });
             }
             pages.push((pgno, page));
         }
         let next = (start + count * record).div_ceil(sector) * sector;
         if next <= header || next + JOURNAL_HEADER_BYTES > journal.len() || journal[next..next + 8] != JOURNAL_MAGIC {
-            return Some((orig_pages, page_size, pages));
+            return Some(Originals { orig_pages, page_size, pages });
         }
         header = next;
     }
@@ -85,7 +94,7 @@ pub fn roll_back_hot_journal(data_dir: &Path, db: &str) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    let Some((orig_pages, page_size, pages)) = originals(&journal) else {
+    let Some(Originals { orig_pages, page_size, pages }) = originals(&journal) else {
         // Not hot (PERSIST's zeroed header, TRUNCATE's empty file): nothing to undo.
         return Ok(false);
     };
