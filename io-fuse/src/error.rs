@@ -124,3 +124,63 @@ pub enum ApplyLtxError {
         source: ApplyError,
     },
 }
+
+/// Why [`crate::Mount::copy_committed`] could not copy a database. Each names the database
+/// and the step that failed; `dest` may hold a partial copy.
+#[derive(Debug, Error)]
+pub enum CopyError {
+    /// The database name is not one the mount can hold.
+    #[error("invalid database name {db:?}")]
+    InvalidName {
+        /// The name.
+        db: String,
+    },
+    /// There is no such database.
+    #[error("copying {db}: no such database")]
+    Missing {
+        /// Database name.
+        db: String,
+    },
+    /// The database has no committed page yet (an empty file, or a first transaction that
+    /// never committed).
+    #[error("copying {db}: the database is empty")]
+    Empty {
+        /// Database name.
+        db: String,
+    },
+    /// Opening a file through the mount or taking one of SQLite's locks failed.
+    #[error("copying {db} ({step}): {source}")]
+    Lock {
+        /// Database name.
+        db: String,
+        /// Which step failed.
+        step: &'static str,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading the database, its journal or WAL, or writing the copy failed.
+    #[error("copying {db} ({step}) {path}: {source}")]
+    Io {
+        /// Database name.
+        db: String,
+        /// Which step failed.
+        step: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The files disagree in a way SQLite would not accept (a WAL or hot journal whose page
+    /// size is not the database's).
+    #[error("copying {db} ({step}): {reason}")]
+    Invalid {
+        /// Database name.
+        db: String,
+        /// Which step found it.
+        step: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}

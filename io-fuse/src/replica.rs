@@ -9,7 +9,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use fuser::INodeNo;
@@ -18,14 +17,10 @@ use replite_core::types::{Checksum, Pos};
 use tracing::{debug, warn};
 
 use crate::error::ApplyLtxError;
+use crate::locks::{self, Kind, PENDING_BYTE, SHARED_FIRST, SHARED_SIZE};
 use crate::mount::Mount;
 use crate::names::{NodeKind, classify};
 use crate::shared::{ROOT_INO, lock};
-
-/// SQLite's lock bytes (os_unix.c): PENDING, then RESERVED, then the 510-byte SHARED range.
-const PENDING_BYTE: i64 = 0x4000_0000;
-const SHARED_FIRST: i64 = PENDING_BYTE + 2;
-const SHARED_SIZE: i64 = 510;
 
 /// A database file that remembers which byte ranges were written, for cache invalidation.
 struct RecordingFile {
@@ -68,26 +63,6 @@ impl PageFile for RecordingFile {
     }
 }
 
-fn ofd_write_lock(file: &File, start: i64, len: i64) -> io::Result<()> {
-    // SAFETY: flock is plain data; zeroed is a valid value before the fields are set.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = start;
-    fl.l_len = len;
-    loop {
-        // SAFETY: the descriptor is open for the duration of the call and `fl` is valid.
-        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &fl) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
 impl Mount {
     /// Applies one LTX file to database `db`, whose current checksum is `current`, while no
     /// SQLite reader is inside a read transaction. The file is verified whole before anything
@@ -120,8 +95,8 @@ impl Mount {
 
         let locker = OpenOptions::new().read(true).write(true).open(self.mountpoint.join(db));
         let locker = locker.map_err(lock_err("open through the mount"))?;
-        ofd_write_lock(&locker, PENDING_BYTE, 1).map_err(lock_err("PENDING lock"))?;
-        ofd_write_lock(&locker, SHARED_FIRST, SHARED_SIZE).map_err(lock_err("EXCLUSIVE lock"))?;
+        locks::lock_wait(&locker, Kind::Write, PENDING_BYTE, 1).map_err(lock_err("PENDING lock"))?;
+        locks::lock_wait(&locker, Kind::Write, SHARED_FIRST, SHARED_SIZE).map_err(lock_err("EXCLUSIVE lock"))?;
 
         let mut file = RecordingFile { file: target, writes: Vec::new(), truncated_to: None };
         let applied = ltx::apply(&mut file, current, ltx_bytes);
