@@ -114,6 +114,18 @@ pub enum ApplyLtxError {
         #[source]
         source: io::Error,
     },
+    /// Rolling back a hot journal before the apply failed (the database may hold part of the
+    /// rollback; the journal is still there, so the next attempt or SQLite completes it).
+    #[error("rolling back the hot journal of {db} before applying ({step}): {source}")]
+    HotJournal {
+        /// Database name.
+        db: String,
+        /// Which step failed.
+        step: &'static str,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
     /// The codec refused or failed to apply the file.
     #[error("applying LTX to {db}: {source}")]
     Apply {

@@ -13,13 +13,14 @@ use std::os::unix::fs::FileExt;
 
 use fuser::INodeNo;
 use replite_core::ltx::{self, PageFile};
-use replite_core::types::{Checksum, Pos};
+use replite_core::types::{Checksum, Pgno, Pos};
 use tracing::{debug, warn};
 
 use crate::error::ApplyLtxError;
+use crate::journal_node;
 use crate::locks::{self, Kind, PENDING_BYTE, SHARED_FIRST, SHARED_SIZE};
 use crate::mount::Mount;
-use crate::names::{NodeKind, classify};
+use crate::names::{NodeKind, classify, mount_name};
 use crate::shared::{ROOT_INO, lock};
 
 /// A database file that remembers which byte ranges were written, for cache invalidation.
@@ -68,6 +69,13 @@ impl Mount {
     /// SQLite reader is inside a read transaction. The file is verified whole before anything
     /// is written. Returns the new position, which `<db>-pos` then shows.
     ///
+    /// Its EXCLUSIVE lock also waits for a write transaction begun before a demotion to end
+    /// (a SQLite writer holds SHARED as well as RESERVED): that transaction's journal holds
+    /// pages from before this apply, and rolling it back afterwards would put them back over
+    /// replicated ones. A hot journal left by such a transaction (refused at its commit
+    /// point, or its application killed) is rolled back first, as the next SQLite reader
+    /// would, and removed durably.
+    ///
     /// The daemon calls this only after core decided the file applies (contiguous TXID,
     /// matching checksum); the codec checks the checksum chain again.
     pub fn apply_ltx(&self, db: &str, ltx_bytes: &[u8], current: Checksum) -> Result<Pos, ApplyLtxError> {
@@ -99,7 +107,13 @@ impl Mount {
         locks::lock_wait(&locker, Kind::Write, SHARED_FIRST, SHARED_SIZE).map_err(lock_err("EXCLUSIVE lock"))?;
 
         let mut file = RecordingFile { file: target, writes: Vec::new(), truncated_to: None };
-        let applied = ltx::apply(&mut file, current, ltx_bytes);
+        let applied = match self.roll_back_hot_journal(db, &mut file) {
+            Ok(()) => ltx::apply(&mut file, current, ltx_bytes).map_err(|source| {
+                warn!(db, error = %source, "apply failed");
+                ApplyLtxError::Apply { db: db.to_owned(), source }
+            }),
+            Err(e) => Err(e),
+        };
         // Invalidate even after a failure: pages may have been written.
         if let Some(ino) = self.shared.known_ino(db) {
             let ino = INodeNo(ino);
@@ -115,12 +129,41 @@ impl Mount {
             }
         }
         drop(locker);
-        let pos = applied.map_err(|source| {
-            warn!(db, error = %source, "apply failed");
-            ApplyLtxError::Apply { db: db.to_owned(), source }
-        })?;
+        let pos = applied?;
         self.set_position(db, pos);
         debug!(db, txid = %pos.txid, pages = file.writes.len(), "applied");
         Ok(pos)
+    }
+
+    /// Under the EXCLUSIVE lock (nobody else holds SHARED, so nobody holds RESERVED, and a
+    /// live journal is hot): restores a hot journal's originals into `file`, truncates it to the journal's
+    /// original size, fsyncs it, then removes the journal and fsyncs its directory. The
+    /// directory fsync must come before any replicated page is written: a journal that came
+    /// back after a crash would be rolled back over them.
+    fn roll_back_hot_journal(&self, db: &str, file: &mut RecordingFile) -> Result<(), ApplyLtxError> {
+        let err = |step| move |source| ApplyLtxError::HotJournal { db: db.to_owned(), step, source };
+        let path = self.shared.journal_path(db);
+        let journal = match File::open(&path) {
+            Ok(journal) => journal,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(err("open")(e)),
+        };
+        let Some(hot) = journal_node::read_hot(&journal).map_err(err("read"))? else { return Ok(()) };
+        warn!(db, pages = hot.originals.len(), "rolling back a hot journal before applying");
+        let mut page = vec![0u8; hot.page_size.bytes()];
+        for &pgno in hot.originals.keys() {
+            hot.read_original(&journal, pgno, &mut page).map_err(err("read"))?;
+            file.write_at(Pgno(pgno).offset(hot.page_size), &page).map_err(err("restore a page"))?;
+        }
+        file.set_size(u64::from(hot.orig_pages) * u64::from(hot.page_size.get())).map_err(err("truncate"))?;
+        file.file.sync_all().map_err(err("fsync the database"))?;
+        drop(journal);
+        std::fs::remove_file(&path).map_err(err("remove"))?;
+        let name = mount_name(NodeKind::Journal, db);
+        lock(&self.shared.inodes).forget_name(&name);
+        self.shared.dir_changed(db);
+        self.shared.sync_dirs().map_err(err("fsync its directory"))?;
+        let _ = self.notifier.inval_entry(INodeNo(ROOT_INO), name.as_ref());
+        Ok(())
     }
 }
