@@ -73,7 +73,9 @@ impl Mount {
     /// by the sink; writers wait for it in turn. The locks are released before the copy is
     /// fsynced and this returns. Works on a primary and on a replica (where it waits for an
     /// [`Mount::apply_ltx`] in progress). Memory stays at a page plus an offset per page a
-    /// hot journal or the WAL holds. Call it from a thread that may block (`spawn_blocking`).
+    /// hot journal or the WAL holds. Call it from a thread that may block (`spawn_blocking`),
+    /// and never make the [`crate::CommitSink`]'s answer wait for a copy: the copy waits for
+    /// the commit.
     pub fn copy_committed(&self, db: &str, dest: &Path) -> Result<CommittedCopy, CopyError> {
         match classify(db) {
             Some((NodeKind::Database, name)) if name == db => {}
