@@ -397,7 +397,9 @@ fn in_synchronous_mode_every_acknowledged_write_survives_repeated_kills_of_the_p
     }
     let mut primary = wait_for_primary(&nodes, &[0, 1, 2]);
     let conn = open(&nodes[primary], "app.db");
-    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
+    if let Err(e) = conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)") {
+        panic!("create: {e}\n{}", nodes[primary].log_text());
+    }
     drop(conn);
 
     let mut acknowledged: Vec<String> = Vec::new();

@@ -114,6 +114,18 @@ pub enum ApplyLtxError {
         #[source]
         source: io::Error,
     },
+    /// Rolling back a hot journal before the apply failed (the database may hold part of the
+    /// rollback; the journal is still there, so the next attempt or SQLite completes it).
+    #[error("rolling back the hot journal of {db} before applying ({step}): {source}")]
+    HotJournal {
+        /// Database name.
+        db: String,
+        /// Which step failed.
+        step: &'static str,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
     /// The codec refused or failed to apply the file.
     #[error("applying LTX to {db}: {source}")]
     Apply {
@@ -122,5 +134,65 @@ pub enum ApplyLtxError {
         /// The codec's error.
         #[source]
         source: ApplyError,
+    },
+}
+
+/// Why [`crate::Mount::copy_committed`] could not copy a database. Each names the database
+/// and the step that failed; `dest` may hold a partial copy.
+#[derive(Debug, Error)]
+pub enum CopyError {
+    /// The database name is not one the mount can hold.
+    #[error("invalid database name {db:?}")]
+    InvalidName {
+        /// The name.
+        db: String,
+    },
+    /// There is no such database.
+    #[error("copying {db}: no such database")]
+    Missing {
+        /// Database name.
+        db: String,
+    },
+    /// The database has no committed page yet (an empty file, or a first transaction that
+    /// never committed).
+    #[error("copying {db}: the database is empty")]
+    Empty {
+        /// Database name.
+        db: String,
+    },
+    /// Opening a file through the mount or taking one of SQLite's locks failed.
+    #[error("copying {db} ({step}): {source}")]
+    Lock {
+        /// Database name.
+        db: String,
+        /// Which step failed.
+        step: &'static str,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading the database, its journal or WAL, or writing the copy failed.
+    #[error("copying {db} ({step}) {path}: {source}")]
+    Io {
+        /// Database name.
+        db: String,
+        /// Which step failed.
+        step: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The files disagree in a way SQLite would not accept (a WAL or hot journal whose page
+    /// size is not the database's).
+    #[error("copying {db} ({step}): {reason}")]
+    Invalid {
+        /// Database name.
+        db: String,
+        /// Which step found it.
+        step: &'static str,
+        /// What is wrong.
+        reason: String,
     },
 }

@@ -322,17 +322,7 @@ impl Filesystem for ReplFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let handle = lock(&self.shared.handles).remove(&fh.0);
-        if let Some(handle) = handle
-            && matches!(handle.kind, NodeKind::Wal | NodeKind::Shm)
-        {
-            let st = self.shared.db_state(&handle.db);
-            let mut st = lock(&st);
-            match handle.kind {
-                NodeKind::Wal => st.wal_open = st.wal_open.saturating_sub(1),
-                _ => st.shm_open = st.shm_open.saturating_sub(1),
-            }
-        }
+        self.shared.remove_handle(fh);
         reply.ok();
     }
 

@@ -187,6 +187,117 @@ pub(crate) fn capture(
     Ok(Some(CapturedTx { db: db.to_owned(), page_size, commit, pages, mode, durability, wal: None }))
 }
 
+/// A hot journal as SQLite would play it back: the transaction that wrote it is gone (no
+/// RESERVED lock) without committing, and the database file may hold its pages.
+#[derive(Debug)]
+pub(crate) struct HotJournal {
+    /// The page size of the journal's records (the database's before the transaction).
+    pub(crate) page_size: PageSize,
+    /// The database size in pages before the transaction: rollback truncates to it.
+    pub(crate) orig_pages: u32,
+    /// Byte offset in the journal of each page's original contents (its first valid record),
+    /// for pages up to `orig_pages`.
+    pub(crate) originals: BTreeMap<u32, u64>,
+}
+
+impl HotJournal {
+    /// Reads `pgno`'s original into `buf` (one page), or returns `false` if the journal has
+    /// none (the database file's page is the committed one).
+    pub(crate) fn read_original(&self, journal: &File, pgno: u32, buf: &mut [u8]) -> std::io::Result<bool> {
+        match self.originals.get(&pgno) {
+            Some(&offset) => journal.read_exact_at(buf, offset).map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
+/// Largest sector size SQLite writes journal headers for (`MAX_SECTOR_SIZE`).
+const MAX_SECTOR_SIZE: u32 = 0x10000;
+
+/// Reads a journal the way SQLite rolls back a hot one (`pager_playback`), without writing
+/// anything: one record at a time, so memory is a page plus an offset per journaled page.
+/// `None` when there is nothing to roll back (no live header, or a first header SQLite would
+/// stop at).
+///
+/// SQLite's rules, which differ from [`capture`]'s reading of a journal whose writer is alive:
+/// a segment whose `nRec` is 0 has no records (its header was never synced, so SQLite had not
+/// written the database for them); `0xffffffff` means records to the end of the file
+/// (`synchronous=OFF`). Playback ends at a record whose checksum fails (a torn write), whose
+/// page number is 0 or the lock page, or at a header that is not live. Records for pages past
+/// the first header's database size are skipped, and the first record of a page wins.
+pub(crate) fn read_hot(journal: &File) -> std::io::Result<Option<HotJournal>> {
+    let len = journal.metadata()?.len();
+    let mut header = [0u8; JOURNAL_HEADER_BYTES];
+    match journal.read_exact_at(&mut header, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    if header[..8] != JOURNAL_MAGIC {
+        return Ok(None);
+    }
+    let orig_pages = be32(&header, 16);
+    let sector = be32(&header, 20);
+    let Some(page_size) = PageSize::new(be32(&header, 24)) else { return Ok(None) };
+    if !(32..=MAX_SECTOR_SIZE).contains(&sector) || !sector.is_power_of_two() {
+        return Ok(None);
+    }
+    let (sector, page) = (u64::from(sector), page_size.bytes());
+    let record_len = 4 + page as u64 + 4;
+    let lock = page_size.lock_pgno();
+    let mut originals = BTreeMap::new();
+    let mut record = vec![0u8; 4 + page + 4];
+    let mut header_at = 0u64;
+    'segments: loop {
+        let nrec = be32(&header, 8);
+        let nonce = be32(&header, 12);
+        let start = header_at + sector;
+        let available = len.saturating_sub(start) / record_len;
+        let count = match nrec {
+            NREC_TO_END => available,
+            n => u64::from(n).min(available),
+        };
+        for i in 0..count {
+            let at = start + i * record_len;
+            journal.read_exact_at(&mut record, at)?;
+            let pgno = be32(&record, 0);
+            if pgno == 0 || Pgno(pgno) == lock {
+                break 'segments;
+            }
+            let data = &record[4..4 + page];
+            if record_checksum(nonce, data) != be32(&record, 4 + page) {
+                break 'segments;
+            }
+            if pgno <= orig_pages {
+                originals.entry(pgno).or_insert(at + 4);
+            }
+        }
+        // The next segment's header starts at the next sector boundary.
+        let next = (start + count * record_len).div_ceil(sector) * sector;
+        if next <= header_at || next + JOURNAL_HEADER_BYTES as u64 > len {
+            break;
+        }
+        journal.read_exact_at(&mut header, next)?;
+        if header[..8] != JOURNAL_MAGIC {
+            break;
+        }
+        header_at = next;
+    }
+    Ok(Some(HotJournal { page_size, orig_pages, originals }))
+}
+
+/// SQLite's journal record checksum (`pager_cksum`): the header's nonce plus every 200th byte
+/// of the page, counting down from 200 bytes before its end.
+fn record_checksum(nonce: u32, page: &[u8]) -> u32 {
+    let mut sum = nonce;
+    let mut i = page.len().saturating_sub(200);
+    while i > 0 {
+        sum = sum.wrapping_add(u32::from(page[i]));
+        i = i.saturating_sub(200);
+    }
+    sum
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +348,69 @@ mod tests {
         j.extend(record(4, 2, 512));
         let parsed = parse(&j).expect("live journal");
         assert_eq!(parsed.originals.keys().copied().collect::<Vec<_>>(), vec![2]);
+    }
+
+    fn hot_record(pgno: u32, fill: u8, page: u32, nonce: u32) -> Vec<u8> {
+        let mut r = pgno.to_be_bytes().to_vec();
+        let data: Vec<u8> = (0..page).map(|i| fill.wrapping_add(i as u8)).collect();
+        r.extend(&data);
+        r.extend(record_checksum(nonce, &data).to_be_bytes());
+        r
+    }
+
+    fn hot_header(nrec: u32, nonce: u32, orig: u32, sector: u32, page: u32) -> Vec<u8> {
+        let mut h = header(nrec, orig, sector, page);
+        h[12..16].copy_from_slice(&nonce.to_be_bytes());
+        h
+    }
+
+    fn journal_file(tag: &str, bytes: &[u8]) -> (std::path::PathBuf, File) {
+        let path = std::env::temp_dir().join(format!("replite-journal-unit-{}-{tag}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        (path, file)
+    }
+
+    #[test]
+    fn hot_journal_playback_stops_at_a_torn_record_and_skips_unsynced_segments() {
+        let (page, sector) = (512u32, 512u32);
+        let mut j = hot_header(3, 7, 10, sector, page);
+        j.extend(hot_record(3, 1, page, 7));
+        j.extend(hot_record(12, 2, page, 7)); // past the original size: skipped
+        j.extend(hot_record(4, 3, page, 7));
+        let pad = j.len().div_ceil(sector as usize) * sector as usize;
+        j.resize(pad, 0);
+        // A segment SQLite never synced (nRec 0): its records are not played back.
+        j.extend(hot_header(0, 9, 10, sector, page));
+        j.extend(hot_record(5, 4, page, 9));
+        let (path, file) = journal_file("unsynced", &j);
+        let hot = read_hot(&file).unwrap().expect("hot");
+        assert_eq!((hot.page_size.get(), hot.orig_pages), (512, 10));
+        assert_eq!(hot.originals.keys().copied().collect::<Vec<_>>(), vec![3, 4]);
+        let mut buf = vec![0u8; 512];
+        assert!(hot.read_original(&file, 4, &mut buf).unwrap());
+        assert_eq!(buf[0], 3);
+        assert!(!hot.read_original(&file, 5, &mut buf).unwrap());
+        std::fs::remove_file(path).unwrap();
+
+        // synchronous=OFF: records to the end of the file, up to a torn one.
+        let mut j = hot_header(NREC_TO_END, 1, 10, sector, page);
+        j.extend(hot_record(2, 5, page, 1));
+        let mut torn = hot_record(6, 6, page, 1);
+        // The checksum samples every 200th byte from 200 before the end (page byte 312, after
+        // the 4-byte page number): SQLite's test for a torn record, no stronger here.
+        torn[4 + 312] ^= 0xff;
+        j.extend(torn);
+        j.extend(hot_record(7, 7, page, 1));
+        let (path, file) = journal_file("torn", &j);
+        let hot = read_hot(&file).unwrap().expect("hot");
+        assert_eq!(hot.originals.keys().copied().collect::<Vec<_>>(), vec![2]);
+        std::fs::remove_file(path).unwrap();
+
+        // No live header: nothing to roll back.
+        let (path, file) = journal_file("dead", &[0u8; 1024]);
+        assert!(read_hot(&file).unwrap().is_none());
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! a [`CommitSink`] while it holds the syscall that marks the commit; the sink's answer decides
 //! whether that syscall succeeds. On a replica no write transaction may start or commit, and
 //! [`Mount::apply_ltx`] writes incoming transactions under the locks SQLite readers honour.
-//! [`Mount::set_role`] switches between the two without remounting.
+//! [`Mount::set_role`] switches between the two without remounting, and
+//! [`Mount::copy_committed`] writes a consistent copy of a database as committed (for
+//! snapshots and backups) on either.
 //!
 //! This crate must never decide policy: whether a node may write, which TXID comes next, how
 //! durable a commit must be, or whether an LTX file belongs at this position are the core's
@@ -21,7 +23,7 @@
 //! `wal.rs` check, after every transaction, that the captured pages encoded as LTX and
 //! applied to a separate copy reproduce the real file; `refusals.rs` the refusal paths and
 //! unsupported journal modes; `replica.rs` read-only replicas and readers during apply;
-//! `role_switch.rs` promotion and demotion with connections open; `layout.rs` the data
+//! `copy_committed.rs` copies taken while SQLite writes; `role_switch.rs` promotion and demotion with connections open; `layout.rs` the data
 //! directory; `app_crash.rs` an application killed mid-transaction; `status_files.rs` and `unmount.rs`
 //! the rest. `benches/sqlite.rs` compares native SQLite with the mount
 //! (docs/BENCHMARKS.md); the design choices are in docs/decisions/fuse-*.md.
@@ -29,12 +31,14 @@
 #![warn(missing_docs)]
 
 mod boundary;
+mod copy;
 mod database_node;
 mod error;
 mod file_system;
 mod hot_journal;
 mod journal_node;
 mod layout;
+mod locks;
 mod mount;
 mod names;
 mod replica;
@@ -43,7 +47,8 @@ mod virtual_node;
 mod wal_node;
 
 pub use boundary::{CapturedPage, CapturedTx, CommitSink, Durability, JournalMode, Refusal, WalSegment};
-pub use error::{ApplyLtxError, CaptureError, MountError};
+pub use copy::CommittedCopy;
+pub use error::{ApplyLtxError, CaptureError, CopyError, MountError};
 pub use hot_journal::roll_back_hot_journal;
 pub use layout::database_path;
 pub use mount::{Mount, MountOptions, Role};

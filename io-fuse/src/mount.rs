@@ -137,6 +137,11 @@ impl Mount {
     ///
     /// `.primary` exists only on a replica; the daemon names the new primary with
     /// [`Mount::set_primary`] after a demotion (this node does not know it).
+    ///
+    /// Like [`Mount::set_primary`], this may block while a commit is held at its commit point:
+    /// the kernel's invalidation of the `.primary` entry takes the mount directory's lock,
+    /// which a rollback commit point (unlinking a journal) holds until the sink answers. So
+    /// it must not be called from the thread that answers the [`CommitSink`].
     pub fn set_role(&self, role: Role) {
         let before = self.shared.swap_role(role);
         if before == role {

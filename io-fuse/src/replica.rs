@@ -9,23 +9,19 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use fuser::INodeNo;
 use replite_core::ltx::{self, PageFile};
-use replite_core::types::{Checksum, Pos};
+use replite_core::types::{Checksum, Pgno, Pos};
 use tracing::{debug, warn};
 
 use crate::error::ApplyLtxError;
+use crate::journal_node;
+use crate::locks::{self, Kind, PENDING_BYTE, SHARED_FIRST, SHARED_SIZE};
 use crate::mount::Mount;
-use crate::names::{NodeKind, classify};
+use crate::names::{NodeKind, classify, mount_name};
 use crate::shared::{ROOT_INO, lock};
-
-/// SQLite's lock bytes (os_unix.c): PENDING, then RESERVED, then the 510-byte SHARED range.
-const PENDING_BYTE: i64 = 0x4000_0000;
-const SHARED_FIRST: i64 = PENDING_BYTE + 2;
-const SHARED_SIZE: i64 = 510;
 
 /// A database file that remembers which byte ranges were written, for cache invalidation.
 struct RecordingFile {
@@ -68,30 +64,17 @@ impl PageFile for RecordingFile {
     }
 }
 
-fn ofd_write_lock(file: &File, start: i64, len: i64) -> io::Result<()> {
-    // SAFETY: flock is plain data; zeroed is a valid value before the fields are set.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = start;
-    fl.l_len = len;
-    loop {
-        // SAFETY: the descriptor is open for the duration of the call and `fl` is valid.
-        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &fl) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
 impl Mount {
     /// Applies one LTX file to database `db`, whose current checksum is `current`, while no
     /// SQLite reader is inside a read transaction. The file is verified whole before anything
     /// is written. Returns the new position, which `<db>-pos` then shows.
+    ///
+    /// Its EXCLUSIVE lock also waits for a write transaction begun before a demotion to end
+    /// (a SQLite writer holds SHARED as well as RESERVED): that transaction's journal holds
+    /// pages from before this apply, and rolling it back afterwards would put them back over
+    /// replicated ones. A hot journal left by such a transaction (refused at its commit
+    /// point, or its application killed) is rolled back first, as the next SQLite reader
+    /// would, and removed durably.
     ///
     /// The daemon calls this only after core decided the file applies (contiguous TXID,
     /// matching checksum); the codec checks the checksum chain again.
@@ -120,11 +103,17 @@ impl Mount {
 
         let locker = OpenOptions::new().read(true).write(true).open(self.mountpoint.join(db));
         let locker = locker.map_err(lock_err("open through the mount"))?;
-        ofd_write_lock(&locker, PENDING_BYTE, 1).map_err(lock_err("PENDING lock"))?;
-        ofd_write_lock(&locker, SHARED_FIRST, SHARED_SIZE).map_err(lock_err("EXCLUSIVE lock"))?;
+        locks::lock_wait(&locker, Kind::Write, PENDING_BYTE, 1).map_err(lock_err("PENDING lock"))?;
+        locks::lock_wait(&locker, Kind::Write, SHARED_FIRST, SHARED_SIZE).map_err(lock_err("EXCLUSIVE lock"))?;
 
         let mut file = RecordingFile { file: target, writes: Vec::new(), truncated_to: None };
-        let applied = ltx::apply(&mut file, current, ltx_bytes);
+        let applied = match self.roll_back_hot_journal(db, &mut file) {
+            Ok(()) => ltx::apply(&mut file, current, ltx_bytes).map_err(|source| {
+                warn!(db, error = %source, "apply failed");
+                ApplyLtxError::Apply { db: db.to_owned(), source }
+            }),
+            Err(e) => Err(e),
+        };
         // Invalidate even after a failure: pages may have been written.
         if let Some(ino) = self.shared.known_ino(db) {
             let ino = INodeNo(ino);
@@ -140,12 +129,41 @@ impl Mount {
             }
         }
         drop(locker);
-        let pos = applied.map_err(|source| {
-            warn!(db, error = %source, "apply failed");
-            ApplyLtxError::Apply { db: db.to_owned(), source }
-        })?;
+        let pos = applied?;
         self.set_position(db, pos);
         debug!(db, txid = %pos.txid, pages = file.writes.len(), "applied");
         Ok(pos)
+    }
+
+    /// Under the EXCLUSIVE lock (nobody else holds SHARED, so nobody holds RESERVED, and a
+    /// live journal is hot): restores a hot journal's originals into `file`, truncates it to the journal's
+    /// original size, fsyncs it, then removes the journal and fsyncs its directory. The
+    /// directory fsync must come before any replicated page is written: a journal that came
+    /// back after a crash would be rolled back over them.
+    fn roll_back_hot_journal(&self, db: &str, file: &mut RecordingFile) -> Result<(), ApplyLtxError> {
+        let err = |step| move |source| ApplyLtxError::HotJournal { db: db.to_owned(), step, source };
+        let path = self.shared.journal_path(db);
+        let journal = match File::open(&path) {
+            Ok(journal) => journal,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(err("open")(e)),
+        };
+        let Some(hot) = journal_node::read_hot(&journal).map_err(err("read"))? else { return Ok(()) };
+        warn!(db, pages = hot.originals.len(), "rolling back a hot journal before applying");
+        let mut page = vec![0u8; hot.page_size.bytes()];
+        for &pgno in hot.originals.keys() {
+            hot.read_original(&journal, pgno, &mut page).map_err(err("read"))?;
+            file.write_at(Pgno(pgno).offset(hot.page_size), &page).map_err(err("restore a page"))?;
+        }
+        file.set_size(u64::from(hot.orig_pages) * u64::from(hot.page_size.get())).map_err(err("truncate"))?;
+        file.file.sync_all().map_err(err("fsync the database"))?;
+        drop(journal);
+        std::fs::remove_file(&path).map_err(err("remove"))?;
+        let name = mount_name(NodeKind::Journal, db);
+        lock(&self.shared.inodes).forget_name(&name);
+        self.shared.dir_changed(db);
+        self.shared.sync_dirs().map_err(err("fsync its directory"))?;
+        let _ = self.notifier.inval_entry(INodeNo(ROOT_INO), name.as_ref());
+        Ok(())
     }
 }

@@ -83,8 +83,6 @@ pub(crate) struct DbState {
     /// Byte ranges written to the database inside the open rollback transaction.
     pub(crate) written: Vec<(u64, u64)>,
     pub(crate) wal: WalTrack,
-    pub(crate) wal_open: usize,
-    pub(crate) shm_open: usize,
 }
 
 /// State shared by every FUSE worker thread and the [`crate::Mount`] handle.
@@ -100,6 +98,9 @@ pub(crate) struct Shared {
     pub(crate) handles: Mutex<HashMap<u64, Arc<Handle>>>,
     pub(crate) next_fh: AtomicU64,
     pub(crate) dbs: Mutex<HashMap<String, Arc<Mutex<DbState>>>>,
+    /// Open handles per WAL and WAL index, by database. Kept apart from [`DbState`], whose
+    /// lock a commit holds while the sink decides: opening a file must not wait for that.
+    open_counts: Mutex<HashMap<(String, bool), usize>>,
     pub(crate) status: RwLock<Status>,
     /// Whether passthrough was asked for, and whether the kernel granted it.
     pub(crate) passthrough_wanted: bool,
@@ -130,6 +131,7 @@ impl Shared {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             dbs: Mutex::new(HashMap::new()),
+            open_counts: Mutex::new(HashMap::new()),
             status: RwLock::new(Status::default()),
             passthrough_wanted: passthrough,
             passthrough: AtomicBool::new(false),
@@ -236,17 +238,33 @@ impl Shared {
 
     pub(crate) fn add_handle(&self, handle: Handle) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        if !handle.kind.is_virtual() {
-            let st = self.db_state(&handle.db);
-            let mut st = lock(&st);
-            match handle.kind {
-                NodeKind::Wal => st.wal_open += 1,
-                NodeKind::Shm => st.shm_open += 1,
-                _ => {}
-            }
+        if matches!(handle.kind, NodeKind::Wal | NodeKind::Shm) {
+            *lock(&self.open_counts).entry((handle.db.clone(), handle.kind == NodeKind::Wal)).or_default() += 1;
         }
         lock(&self.handles).insert(fh, Arc::new(handle));
         FileHandle(fh)
+    }
+
+    /// Forgets the handle `fh` (the kernel released it).
+    pub(crate) fn remove_handle(&self, fh: FileHandle) {
+        let handle = lock(&self.handles).remove(&fh.0);
+        if let Some(handle) = handle
+            && matches!(handle.kind, NodeKind::Wal | NodeKind::Shm)
+        {
+            let key = (handle.db.clone(), handle.kind == NodeKind::Wal);
+            let mut counts = lock(&self.open_counts);
+            if let Some(n) = counts.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// How many handles on `db`'s WAL (`wal`) or WAL index (`!wal`) are open.
+    pub(crate) fn open_count(&self, db: &str, wal: bool) -> usize {
+        lock(&self.open_counts).get(&(db.to_owned(), wal)).copied().unwrap_or(0)
     }
 
     /// Whether opens of `kind` go straight to the backing file: only the WAL index (SQLite's
@@ -386,7 +404,7 @@ impl Shared {
             // allows them too: a demoted primary's WAL connections must be able to drain their
             // WAL into the database when they close, or later readers would take its stale
             // frames over the pages replication writes.
-            Ok(false) if st.wal_open > 0 => Ok(false),
+            Ok(false) if self.open_count(db, true) > 0 => Ok(false),
             // Not SQLite rolling back a transaction, not a checkpoint: a plain write, which a
             // replica refuses as a read-only filesystem would.
             Ok(false) if !self.is_primary() => Err(Errno::EROFS),
@@ -437,7 +455,7 @@ impl Shared {
 
     pub(crate) fn commit_wal(&self, db: &str, st: &mut DbState, ready: wal_node::ReadyCommit) -> Result<(), Errno> {
         let path = self.wal_path(db);
-        let result = if st.shm_open == 0 {
+        let result = if self.open_count(db, false) == 0 {
             error!(
                 db,
                 "WAL commit without a shared-memory index: WAL with locking_mode=EXCLUSIVE cannot be replicated; \

@@ -189,6 +189,93 @@ pub(crate) fn capture(path: &Path, db: &str, ready: ReadyCommit) -> Result<Captu
     })
 }
 
+/// WAL header magic: the low bit says whether checksums read the file's 32-bit words as
+/// big-endian (1) or little-endian (0).
+const WAL_MAGIC: u32 = 0x377f_0682;
+
+/// What a reader of a WAL sees as committed, found the way SQLite's WAL recovery finds it
+/// (`walIndexRecover`): frames after a valid header, each with the header's salts and a valid
+/// running checksum, up to the last one that ends a transaction.
+#[derive(Debug)]
+pub(crate) struct CommittedWal {
+    pub(crate) page_size: PageSize,
+    /// Database size in pages after the last committed transaction.
+    pub(crate) commit: u32,
+    /// Byte offset in the WAL of each page's last committed copy (its data, past the frame
+    /// header).
+    pub(crate) pages: BTreeMap<u32, u64>,
+}
+
+/// SQLite's WAL checksum (`walChecksumBytes`) over `data`, continuing from `sum`.
+fn wal_checksum(big_endian: bool, data: &[u8], sum: (u32, u32)) -> (u32, u32) {
+    let (mut s1, mut s2) = sum;
+    for pair in data.chunks_exact(8) {
+        let word = |at: usize| {
+            let b = [pair[at], pair[at + 1], pair[at + 2], pair[at + 3]];
+            if big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
+        };
+        s1 = s1.wrapping_add(word(0)).wrapping_add(s2);
+        s2 = s2.wrapping_add(word(4)).wrapping_add(s1);
+    }
+    (s1, s2)
+}
+
+/// Reads the committed frames of the WAL in `wal`, a page at a time; `None` when it holds no
+/// committed transaction (empty, a header only, an invalid header, or only frames of a
+/// transaction that never committed, such as one rolled back after spilling).
+///
+/// The caller holds the WAL-index write lock, so no frame is being appended and SQLite cannot
+/// restart the log meanwhile. Frames past the last commit frame, or past the first frame whose
+/// salts or checksum do not follow (a refused commit, whose header the mount erased; a torn
+/// write; frames of an older generation of the log), are not committed and are ignored.
+pub(crate) fn read_committed(wal: &File) -> std::io::Result<Option<CommittedWal>> {
+    let len = wal.metadata()?.len();
+    let mut header = [0u8; WAL_HEADER_SIZE as usize];
+    match wal.read_exact_at(&mut header, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let magic = be32(&header, 0);
+    if magic & !1 != WAL_MAGIC {
+        return Ok(None);
+    }
+    let big_endian = magic & 1 == 1;
+    let Some(page_size) = PageSize::new(be32(&header, 8)) else { return Ok(None) };
+    let salts = &header[16..24];
+    let mut sum = wal_checksum(big_endian, &header[..24], (0, 0));
+    if sum != (be32(&header, 24), be32(&header, 28)) {
+        return Ok(None);
+    }
+    let frame_len = FRAME_HEADER_SIZE + u64::from(page_size.get());
+    let mut frame = vec![0u8; usize::try_from(frame_len).expect("a frame is at most 64 KiB + 24 bytes")];
+    let mut committed = BTreeMap::new();
+    let mut pending: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut commit = None;
+    let mut at = WAL_HEADER_SIZE;
+    while at + frame_len <= len {
+        wal.read_exact_at(&mut frame, at)?;
+        let pgno = be32(&frame, 0);
+        if pgno == 0 || &frame[8..16] != salts {
+            break;
+        }
+        let next =
+            wal_checksum(big_endian, &frame[FRAME_HEADER_SIZE as usize..], wal_checksum(big_endian, &frame[..8], sum));
+        if next != (be32(&frame, 16), be32(&frame, 20)) {
+            break;
+        }
+        sum = next;
+        pending.insert(pgno, at + FRAME_HEADER_SIZE);
+        let frame_commit = be32(&frame, 4);
+        if frame_commit != 0 {
+            committed.append(&mut pending);
+            commit = Some(frame_commit);
+        }
+        at += frame_len;
+    }
+    Ok(commit.map(|commit| CommittedWal { page_size, commit, pages: committed }))
+}
+
 /// Makes a refused commit frame unrecoverable: SQLite will overwrite the frames, but a crash
 /// before that must not let WAL recovery find a commit the policy side refused.
 pub(crate) fn erase_frame_header(path: &Path, frame: u64) -> Result<(), CaptureError> {
@@ -263,6 +350,64 @@ mod tests {
         assert!(wal.write(header_start + 8, &h[8..]).is_none());
         let ready = wal.write(header_start + 24, &[2u8; 4096]).expect("commit with a split header");
         assert_eq!((ready.frame, ready.commit), (header_start, 12));
+    }
+
+    /// Builds a WAL the way SQLite writes one: header, then checksummed frames.
+    fn wal_bytes(page: u32, frames: &[(u32, u32, u8)], salts: [u8; 8]) -> Vec<u8> {
+        let mut w = vec![0u8; 32];
+        w[0..4].copy_from_slice(&(WAL_MAGIC | 1).to_be_bytes());
+        w[4..8].copy_from_slice(&3_007_000u32.to_be_bytes());
+        w[8..12].copy_from_slice(&page.to_be_bytes());
+        w[16..24].copy_from_slice(&salts);
+        let mut sum = wal_checksum(true, &w[..24], (0, 0));
+        w[24..28].copy_from_slice(&sum.0.to_be_bytes());
+        w[28..32].copy_from_slice(&sum.1.to_be_bytes());
+        for &(pgno, commit, fill) in frames {
+            let mut f = frame_header(pgno, commit);
+            f[8..16].copy_from_slice(&salts);
+            let data = vec![fill; page as usize];
+            sum = wal_checksum(true, &data, wal_checksum(true, &f[..8], sum));
+            f[16..20].copy_from_slice(&sum.0.to_be_bytes());
+            f[20..24].copy_from_slice(&sum.1.to_be_bytes());
+            w.extend(f);
+            w.extend(data);
+        }
+        w
+    }
+
+    fn committed_of(tag: &str, bytes: &[u8]) -> Option<CommittedWal> {
+        let path = std::env::temp_dir().join(format!("replite-wal-read-{}-{tag}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        let read = read_committed(&File::open(&path).unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        read
+    }
+
+    #[test]
+    fn committed_frames_end_at_the_last_valid_commit_frame() {
+        let salts = [1, 2, 3, 4, 5, 6, 7, 8];
+        // Two transactions, then frames of one that never committed.
+        let frames = [(2, 0, 0xa), (3, 3, 0xb), (2, 3, 0xc), (4, 0, 0xd), (2, 0, 0xe)];
+        let wal = wal_bytes(512, &frames, salts);
+        let read = committed_of("committed", &wal).expect("committed frames");
+        assert_eq!(read.commit, 3);
+        assert_eq!(read.pages.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+        // Page 2's last committed copy is the third frame's.
+        assert_eq!(read.pages[&2], 32 + 2 * (24 + 512) + 24);
+
+        // A torn (or erased) frame ends the log, even if later frames look committed.
+        let mut torn = wal_bytes(512, &[(2, 2, 1), (3, 3, 2), (4, 4, 3)], salts);
+        let second_page = 32 + (24 + 512) + 24 + 100;
+        torn[second_page] ^= 0xff;
+        assert_eq!(committed_of("torn", &torn).expect("first commit").commit, 2);
+
+        // Frames with another generation's salts are not committed.
+        let mut stale = wal_bytes(512, &[(2, 2, 1)], salts);
+        stale[32 + 8] ^= 1;
+        assert!(committed_of("stale", &stale).is_none());
+        assert!(committed_of("uncommitted", &wal_bytes(512, &[(2, 0, 1)], salts)).is_none());
+        assert!(committed_of("header only", &wal_bytes(512, &[], salts)).is_none());
+        assert!(committed_of("empty", &[]).is_none());
     }
 
     #[test]

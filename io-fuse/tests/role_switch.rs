@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::thread;
+
 use common::*;
 use replite_core::ltx::{SnapshotOptions, encode_database};
 use replite_core::types::{Pos, TxId};
@@ -242,4 +244,68 @@ fn page_one_and_the_primary_file_follow_the_role() {
     let seen: String = reader.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(seen, "delete", "the kernel's cached page 1 was dropped at demotion");
     assert_eq!(count(&reader), 3);
+}
+
+/// A transaction refused at its commit point by the demotion leaves a hot journal and its
+/// pages in the database file. The apply must roll it back first: applied over it, the next
+/// SQLite reader would roll the journal back over the replicated pages.
+#[test]
+fn apply_ltx_on_a_demoted_primary_rolls_back_its_hot_journal_first() {
+    let (upstream, ltx) = history("DELETE", 80);
+    let fx = Fixture::primary();
+    let conn = fx.open("h.db");
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)").unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    for _ in 0..30 {
+        conn.execute("INSERT INTO t(v) VALUES (randomblob(500))", []).unwrap();
+    }
+    conn.execute_batch("COMMIT; PRAGMA cache_size=4; PRAGMA cache_spill=4;").unwrap();
+    conn.execute_batch("BEGIN; UPDATE t SET v = randomblob(600);").unwrap();
+    fx.mount().set_role(Role::Replica);
+    conn.execute_batch("COMMIT").expect_err("refused at the commit point");
+    let _ = conn.execute_batch("ROLLBACK");
+    assert!(journal_is_hot(&fx, "h.db"), "the refused transaction left a hot journal");
+    assert_ne!(fx.stored("h.db"), fx.sink.copy_of("h.db"), "and its pages in the database file");
+
+    let upstream_db = upstream.stored("h.db");
+    let options = SnapshotOptions { max_txid: TxId(ltx.len() as u64), timestamp_ms: 0, compress: false };
+    let (snapshot, _, _) =
+        encode_database(&upstream_db[..], upstream_db.len() as u64, Vec::new(), options).expect("snapshot");
+    let pos = fx.mount().apply_ltx("h.db", &snapshot, fx.sink.pos_of("h.db").checksum).expect("apply");
+    assert_eq!(pos, upstream.sink.pos_of("h.db"));
+    assert!(!fx.side_file("h.db", "journal").exists(), "the hot journal is gone");
+    assert!(!fx.path("h.db-journal").exists(), "and the kernel forgot it");
+    let reader = fx.open("h.db");
+    assert_eq!(count(&reader), 80);
+    integrity_ok(&reader);
+    assert_same_pages(&fx.stored("h.db"), &upstream_db, 4096, "nothing rolled back over the apply");
+}
+
+/// A write transaction begun while primary and still open (RESERVED held, its journal
+/// written, the database file untouched) when the node is demoted: the apply waits for it to end.
+#[test]
+fn apply_ltx_waits_for_a_write_transaction_begun_before_the_demotion() {
+    let (upstream, ltx) = history("DELETE", 6);
+    let fx = replica_with(&ltx[..ltx.len() - 1]);
+    let pos = fx.sink.pos_of("h.db");
+    fx.mount().set_role(Role::Primary);
+    let conn = fx.open("h.db");
+    conn.execute_batch("BEGIN; INSERT INTO t(v) VALUES (1);").unwrap();
+    assert!(fx.side_file("h.db", "journal").exists(), "the transaction has its journal");
+    fx.mount().set_role(Role::Replica);
+    let applied = thread::scope(|s| {
+        let apply = s.spawn(|| fx.mount().apply_ltx("h.db", ltx.last().unwrap(), pos.checksum));
+        let locked = fx.path("h.db");
+        let waited = std::panic::catch_unwind(|| {
+            wait_until("the apply to wait for the transaction", || blocked_ofd_waiters(&locked) > 0)
+        });
+        let finished_early = apply.is_finished();
+        conn.execute_batch("ROLLBACK").unwrap();
+        assert!(waited.is_ok() && !finished_early, "the apply did not wait for the open transaction");
+        apply.join().expect("apply thread")
+    });
+    assert_eq!(applied.expect("apply"), upstream.sink.pos_of("h.db"));
+    assert_eq!(fx.sink.commits(), 0, "the open transaction never reached the sink");
+    assert_eq!(count(&fx.open("h.db")), 6);
+    assert_same_pages(&fx.stored("h.db"), &upstream.stored("h.db"), 4096, "replica vs upstream");
 }

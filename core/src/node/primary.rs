@@ -366,13 +366,23 @@ impl Node {
         let Some(d) = self.downstream.get_mut(&conn) else { return };
         let mut out = Vec::new();
         let mut sent = d.sent.get(name).copied().unwrap_or(Pos::ZERO);
+        let mut history_snapshot_sent = false;
         while sent != db.pos && db.pos.txid != TxId::ZERO {
-            match next_file(db, sent) {
-                Some(f) => {
+            match (next_file(db, sent), db.history.first().copied()) {
+                (Some(f), _) => {
                     out.push(Output::StreamLtx { conn, db: name.clone(), min: f.min, max: f.max });
                     sent = f.post_pos();
                 }
-                None => {
+                // A retained history that starts at TXID 1 starts with a snapshot file: send
+                // it and the files after it rather than copying the live database (a copy
+                // waits for a commit in flight, which in synchronous mode waits for this very
+                // replica).
+                (None, Some(first)) if first.min == TxId(1) && !history_snapshot_sent => {
+                    out.push(Output::StreamLtx { conn, db: name.clone(), min: first.min, max: first.max });
+                    sent = first.post_pos();
+                    history_snapshot_sent = true;
+                }
+                (None, _) => {
                     out.push(Output::StreamSnapshot { conn, db: name.clone(), pos: db.pos });
                     sent = db.pos;
                 }

@@ -276,23 +276,40 @@ fn a_primary_sends_the_next_file_or_a_snapshot_by_the_replicas_position() {
     let p1 = ltx::verify(files[0].as_slice()).expect("valid").post_apply_pos();
     let p2 = node.pos(&db());
     let c = DownstreamId;
-    assert_eq!(
-        open_downstream(&mut node, 1, Pos::ZERO),
-        vec![Output::StreamSnapshot { db: db(), conn: c(1), pos: p2 }]
-    );
+    // While the history still starts at TXID 1, its first file is the snapshot.
+    let from_history = |conn| {
+        vec![
+            Output::StreamLtx { db: db(), conn: c(conn), min: TxId(1), max: TxId(1) },
+            Output::StreamLtx { db: db(), conn: c(conn), min: TxId(2), max: TxId(2) },
+        ]
+    };
+    assert_eq!(open_downstream(&mut node, 1, Pos::ZERO), from_history(1));
     assert_eq!(
         open_downstream(&mut node, 2, p1),
         vec![Output::StreamLtx { db: db(), conn: c(2), min: TxId(2), max: TxId(2) }]
     );
     assert_eq!(open_downstream(&mut node, 3, p2), vec![]);
     let diverged = Pos::new(TxId(2), Checksum(p2.checksum.0 ^ 1));
-    assert_eq!(open_downstream(&mut node, 4, diverged), vec![Output::StreamSnapshot { db: db(), conn: c(4), pos: p2 }]);
+    assert_eq!(open_downstream(&mut node, 4, diverged), from_history(4));
     let ahead = Pos::new(TxId(3), p2.checksum);
-    assert_eq!(open_downstream(&mut node, 5, ahead), vec![Output::StreamSnapshot { db: db(), conn: c(5), pos: p2 }]);
+    assert_eq!(open_downstream(&mut node, 5, ahead), from_history(5));
     let off_lineage = Pos::new(TxId(1), Checksum(p1.checksum.0 ^ 1));
+    assert_eq!(open_downstream(&mut node, 6, off_lineage), from_history(6));
+}
+
+#[test]
+fn once_retention_dropped_the_first_file_a_new_replica_gets_a_copy_of_the_database() {
+    let (mut node, _, _) = primary_with_two_commits();
+    let p2 = node.pos(&db());
+    // Retention by size drops the oldest file but never the newest.
+    node.cfg.retention_bytes = 0;
+    node.cfg.retention_ms = 0;
+    node.handle(Millis(3_000), Input::Timeout);
+    drain(&mut node);
+    assert_eq!(node.history(&db()).and_then(|h| h.first()).map(|f| f.min), Some(TxId(2)));
     assert_eq!(
-        open_downstream(&mut node, 6, off_lineage),
-        vec![Output::StreamSnapshot { db: db(), conn: c(6), pos: p2 }]
+        open_downstream(&mut node, 1, Pos::ZERO),
+        vec![Output::StreamSnapshot { db: db(), conn: DownstreamId(1), pos: p2 }]
     );
 }
 
@@ -540,7 +557,8 @@ fn databases_commit_independently_and_a_replica_catches_up_on_each() {
         .into_iter()
         .filter(|o| matches!(o, Output::StreamLtx { .. } | Output::StreamSnapshot { .. }))
         .collect();
-    assert_eq!(sent, vec![Output::StreamSnapshot { conn: DownstreamId(1), db: other_db(), pos: other }]);
+    assert_eq!(sent, vec![Output::StreamLtx { conn: DownstreamId(1), db: other_db(), min: TxId(1), max: TxId(1) }]);
+    assert_eq!(node.history(&other_db()).and_then(|h| h.last()).map(|f| f.post_pos()), Some(other));
 }
 
 #[test]

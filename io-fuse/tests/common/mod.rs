@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use replite_core::ltx::{self, Encoder, Header, checksum_database};
@@ -57,6 +57,70 @@ pub struct RecordingSink {
     pub commits: AtomicUsize,
     pub syncs: AtomicUsize,
     pub deletes: Mutex<Vec<String>>,
+    /// Holds commits at the commit point while closed.
+    pub gate: Gate,
+}
+
+/// Holds the threads that reach it while closed, counting them, so a test can keep a commit
+/// at its commit point (the FUSE syscall held, SQLite's locks taken) for as long as it likes.
+#[derive(Default)]
+pub struct Gate {
+    state: Mutex<(bool, usize)>,
+    changed: Condvar,
+}
+
+/// Keeps a [`Gate`] closed until dropped, so a failing test releases what it held.
+pub struct Held<'a> {
+    gate: &'a Gate,
+    arrived_before: usize,
+}
+
+impl Held<'_> {
+    /// Waits until `n` threads have reached the gate since it was closed.
+    pub fn wait_arrivals(&self, n: usize) {
+        self.gate.wait_arrivals(self.arrived_before + n);
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.gate.open();
+    }
+}
+
+impl Gate {
+    /// Closes the gate until the returned guard is dropped.
+    pub fn hold(&self) -> Held<'_> {
+        let mut state = self.state.lock().unwrap();
+        state.0 = true;
+        Held { gate: self, arrived_before: state.1 }
+    }
+
+    pub fn close(&self) {
+        self.state.lock().unwrap().0 = true;
+    }
+
+    pub fn open(&self) {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0 = false;
+        self.changed.notify_all();
+    }
+
+    /// Waits until `n` threads in all (since the sink was made) have reached the gate.
+    pub fn wait_arrivals(&self, n: usize) {
+        let mut state = self.state.lock().unwrap();
+        while state.1 < n {
+            state = self.changed.wait(state).unwrap();
+        }
+    }
+
+    fn pass(&self) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.1 += 1;
+        self.changed.notify_all();
+        while state.0 {
+            state = self.changed.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
 }
 
 /// Encodes a captured transaction as the LTX file that moves `copy` to its next position.
@@ -127,6 +191,7 @@ impl CommitSink for RecordingSink {
         if self.refuse.load(Ordering::SeqCst) || self.refuse_commit.load(Ordering::SeqCst) {
             return Err(Refusal::ReadOnly { reason: "test refuses".into() });
         }
+        self.gate.pass();
         let mut dbs = self.dbs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let copy = dbs.entry(tx.db.clone()).or_default();
         let bytes = encode(copy, tx).map_err(|reason| Refusal::Failed { reason })?;
@@ -226,6 +291,9 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        // A test that fails while a commit is held at the gate must not leave that writer (and
+        // the mount, and the test process) stuck.
+        self.sink.gate.open();
         drop(self.mount.take());
         let _ = &self.root;
     }
@@ -261,6 +329,33 @@ pub fn journal_mode(conn: &rusqlite::Connection, mode: &str) -> String {
 
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// How many open-file-description lock requests wait on the file at `path` (as
+/// `/proc/locks` shows them): a test can see that a thread is blocked in a lock without
+/// sleeping and hoping.
+pub fn blocked_ofd_waiters(path: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).expect("stat");
+    let dev = meta.dev();
+    let id = format!("{:02x}:{:02x}:{}", libc::major(dev), libc::minor(dev), meta.ino());
+    let locks = std::fs::read_to_string("/proc/locks").expect("/proc/locks");
+    locks
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&"->") && fields.contains(&"OFDLCK") && fields.contains(&id.as_str())
+        })
+        .count()
+}
+
+/// Polls `condition` until it holds, failing after `what` has not happened for a minute.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Sends the crate's logs to the test output (`RUST_LOG=replite_fuse=debug`).
