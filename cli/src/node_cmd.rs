@@ -89,6 +89,13 @@ pub fn render(status: &Status) -> String {
             let _ = writeln!(tw, "{}\t{}\t{}\t{}", r.node_id, r.db, pos, behind);
         }
     }
+    if !status.snapshots.is_empty() {
+        let _ = writeln!(tw);
+        let _ = writeln!(tw, "SNAPSHOT\tSENT\tOF");
+        for s in &status.snapshots {
+            let _ = writeln!(tw, "{}\t{}\t{}", s.db, s.sent_bytes, s.total_bytes);
+        }
+    }
     let bytes = tw.into_inner().unwrap_or_default();
     String::from_utf8_lossy(&bytes).into_owned()
 }
@@ -119,6 +126,11 @@ mod tests {
                 db: "app.db".into(),
                 pos: Some("0000000000000002/8000000000000077".into()),
                 behind_txids: Some(1),
+            }],
+            snapshots: vec![replite::driver::SnapshotProgress {
+                db: "app.db".into(),
+                sent_bytes: 1 << 20,
+                total_bytes: 4 << 20,
             }],
         };
         insta::assert_snapshot!(render(&status));

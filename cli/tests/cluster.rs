@@ -463,3 +463,41 @@ fn in_synchronous_mode_every_acknowledged_write_survives_repeated_kills_of_the_p
         n.stop();
     }
 }
+
+#[test]
+fn a_replica_joining_after_retention_dropped_the_history_gets_a_snapshot_of_the_live_database() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+    // Keep LTX files only briefly: the history soon no longer starts at TXID 1.
+    a.edit_config(|text| text.replacen("data:\n", "data:\n  retention: 1ms\n", 1));
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    let conn = open(&a, "app.db");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)").expect("create");
+    for _ in 0..40 {
+        conn.execute("INSERT INTO t (v) VALUES (randomblob(20000))", []).expect("insert");
+    }
+    let ltx_dir = a.dir.join("data/dbs/app.db/ltx");
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_dir(&ltx_dir)
+        .expect("ltx dir")
+        .all(|e| !e.expect("entry").file_name().to_string_lossy().starts_with("0000000000000001-"))
+    {
+        assert!(Instant::now() < deadline, "retention never dropped the first file");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
+    b.start();
+    converge(&a, &[&b], "app.db");
+    let reader = open_read_only(&b, "app.db");
+    assert_eq!(count(&reader), 40);
+    assert_eq!(integrity(&reader), "ok");
+    drop(reader);
+    assert!(a.log_text().contains("snapshot sent"), "the primary copied its live database:\n{}", a.log_text());
+    // The replica keeps following after the snapshot.
+    conn.execute("INSERT INTO t (v) VALUES (randomblob(10))", []).expect("insert");
+    converge(&a, &[&b], "app.db");
+    drop(conn);
+    a.stop();
+    b.stop();
+}

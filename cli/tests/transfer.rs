@@ -23,6 +23,7 @@ fn status(role: &str, primary: Option<Peer>) -> Status {
         databases: Vec::new(),
         in_sync: true,
         replicas: Vec::new(),
+        snapshots: Vec::new(),
     }
 }
 

@@ -51,6 +51,31 @@ pub struct PositionQuery {
     pub reply: oneshot::Sender<Option<Pos>>,
 }
 
+/// Snapshots being sent right now, for status: per stream, the database and bytes sent of
+/// the total.
+#[derive(Clone, Default)]
+pub struct Transfers(std::sync::Arc<std::sync::Mutex<BTreeMap<DownstreamId, (DbName, u64, u64)>>>);
+
+impl Transfers {
+    fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<DownstreamId, (DbName, u64, u64)>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn update(&self, conn: DownstreamId, db: &DbName, sent: u64, total: u64) {
+        self.table().insert(conn, (db.clone(), sent, total));
+    }
+
+    fn finish(&self, conn: DownstreamId) {
+        self.table().remove(&conn);
+    }
+
+    /// Every snapshot in progress: database, bytes sent, bytes in all.
+    #[must_use]
+    pub fn snapshot(&self) -> Vec<(DbName, u64, u64)> {
+        self.table().values().cloned().collect()
+    }
+}
+
 /// Why a stream task stopped early.
 #[derive(Debug, thiserror::Error)]
 enum SendError {
@@ -73,8 +98,9 @@ pub async fn run_downstream(
     storage: Arc<dyn Storage>,
     positions: mpsc::UnboundedSender<PositionQuery>,
     closed: mpsc::UnboundedSender<DownstreamId>,
+    transfers: Transfers,
 ) {
-    let mut writer = Writer { frames, storage, positions, covered: BTreeMap::new() };
+    let mut writer = Writer { conn, transfers, frames, storage, positions, covered: BTreeMap::new() };
     while let Some(cmd) = cmds.recv().await {
         if let Err(e) = writer.carry_out(cmd).await {
             match e {
@@ -87,7 +113,12 @@ pub async fn run_downstream(
     }
 }
 
+/// How often a snapshot in progress is logged.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct Writer {
+    conn: DownstreamId,
+    transfers: Transfers,
     frames: mpsc::Sender<Bytes>,
     storage: Arc<dyn Storage>,
     positions: mpsc::UnboundedSender<PositionQuery>,
@@ -155,17 +186,32 @@ impl Writer {
         let mut file = encoded.reopen().map_err(|source| SendError::Read { what: "the snapshot", source })?;
         let total = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut buf = vec![0u8; MAX_CHUNK_SIZE];
-        loop {
-            let n =
-                read_some(&mut file, &mut buf).map_err(|source| SendError::Read { what: "the snapshot", source })?;
+        let started = std::time::Instant::now();
+        let mut last_report = started;
+        let mut sent = 0u64;
+        let result = loop {
+            let n = match read_some(&mut file, &mut buf) {
+                Ok(n) => n,
+                Err(source) => break Err(SendError::Read { what: "the snapshot", source }),
+            };
             let mut chunk = Vec::with_capacity(n + 2);
             chunk.extend_from_slice(&(n as u16).to_be_bytes());
             chunk.extend_from_slice(&buf[..n]);
-            self.send(chunk).await?;
-            if n == 0 {
-                break;
+            if let Err(e) = self.send(chunk).await {
+                break Err(e);
             }
-        }
+            sent += n as u64;
+            self.transfers.update(self.conn, &db, sent, total);
+            if last_report.elapsed() >= PROGRESS_EVERY {
+                last_report = std::time::Instant::now();
+                info!(%db, sent, total, secs = started.elapsed().as_secs(), "sending snapshot");
+            }
+            if n == 0 {
+                break Ok(());
+            }
+        };
+        self.transfers.finish(self.conn);
+        result?;
         let mut tail = Vec::new();
         encode_frame(&Frame::Hwm { txid: pos.txid, name: db.clone() }, &mut tail);
         self.send(tail).await?;

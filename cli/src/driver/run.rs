@@ -18,9 +18,9 @@ use tracing::{debug, info, warn};
 
 use crate::driver::bridge::{Answer, FsRequest};
 use crate::driver::clock::Clock;
-use crate::driver::downstream::{DownstreamCmd, PositionQuery, run_downstream};
+use crate::driver::downstream::{DownstreamCmd, PositionQuery, Transfers, run_downstream};
 use crate::driver::page_sums::PageSums;
-use crate::driver::status::{EventLog, Status, Surface};
+use crate::driver::status::{EventLog, SnapshotProgress, Status, Surface};
 use crate::driver::storage::Storage;
 use crate::driver::upstream::{UpstreamReport, run_upstream};
 use crate::http::{DownstreamConn, StreamServerEvent};
@@ -85,6 +85,7 @@ pub struct Driver {
     role: Role,
     status: watch::Sender<Status>,
     events: EventLog,
+    transfers: Transfers,
 }
 
 impl Driver {
@@ -127,6 +128,7 @@ impl Driver {
             role: Role::Stopped,
             status,
             events: EventLog::default(),
+            transfers: Transfers::default(),
         }
     }
 
@@ -373,6 +375,7 @@ impl Driver {
                     Arc::clone(&self.storage),
                     self.positions_tx.clone(),
                     self.downstream_closed_tx.clone(),
+                    self.transfers.clone(),
                 ));
                 self.downstreams.insert(id, cmds_tx);
                 info!(peer = %peer, conn = id.0, "replica connected");
@@ -415,7 +418,17 @@ impl Driver {
             }
         }
         let now = self.clock.now();
-        let status = Status::of(&self.node, self.network.as_ref().map(|n| &n.me), &self.peers, now);
+        let mut status = Status::of(&self.node, self.network.as_ref().map(|n| &n.me), &self.peers, now);
+        status.snapshots = self
+            .transfers
+            .snapshot()
+            .into_iter()
+            .map(|(db, sent, total)| SnapshotProgress {
+                db: db.as_str().to_owned(),
+                sent_bytes: sent,
+                total_bytes: total,
+            })
+            .collect();
         self.status.send_if_modified(|old| {
             let changed = *old != status;
             *old = status;

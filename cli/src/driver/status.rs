@@ -34,6 +34,21 @@ pub struct Status {
     pub in_sync: bool,
     /// On a primary: each connected replica's acknowledged position per database.
     pub replicas: Vec<ReplicaStatus>,
+    /// On a primary: snapshots being sent to replicas.
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotProgress>,
+}
+
+/// A snapshot on its way to a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotProgress {
+    /// The database.
+    pub db: String,
+    /// Bytes sent so far.
+    pub sent_bytes: u64,
+    /// Bytes of the snapshot file.
+    pub total_bytes: u64,
 }
 
 /// Another node.
@@ -127,6 +142,7 @@ impl Status {
             primary,
             databases,
             replicas,
+            snapshots: Vec::new(),
         }
     }
 }

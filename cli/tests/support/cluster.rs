@@ -73,6 +73,12 @@ impl Node {
         Node { name: name.into(), log: dir.join("log.txt"), dir, mount, url, port, config, child: None }
     }
 
+    /// Rewrites the node's config file (before `start`).
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        std::fs::write(&self.config, edit(text)).expect("config");
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
