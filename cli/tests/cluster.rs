@@ -143,19 +143,7 @@ fn three_static_nodes_replicate_every_write_and_replicas_refuse_writes() {
 fn with_etcd_a_killed_primary_is_replaced_and_returns_as_a_replica() {
     let etcd = support::etcd::EtcdServer::start();
     let root = tempfile::tempdir().expect("tempdir");
-    let lease = Lease::Etcd { endpoint: etcd.endpoint.clone(), ttl: "3s" };
-    let mut nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| Node::new(root.path(), n, &lease)).collect();
-    for n in &mut nodes {
-        n.start();
-    }
-    let deadline = Instant::now() + WAIT;
-    let first = loop {
-        if let Some(i) = nodes.iter().position(|n| n.role().as_deref() == Some("primary")) {
-            break i;
-        }
-        assert!(Instant::now() < deadline, "no primary within {WAIT:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (mut nodes, first) = etcd_cluster(root.path(), &etcd.endpoint);
     let conn = open(&nodes[first], "app.db");
     conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
     for i in 0..20 {
@@ -167,14 +155,7 @@ fn with_etcd_a_killed_primary_is_replaced_and_returns_as_a_replica() {
 
     let killed_at = Instant::now();
     nodes[first].kill();
-    let deadline = Instant::now() + WAIT;
-    let second = loop {
-        if let Some(&i) = others.iter().find(|&&i| nodes[i].role().as_deref() == Some("primary")) {
-            break i;
-        }
-        assert!(Instant::now() < deadline, "no new primary within {WAIT:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let second = wait_for_primary(&nodes, &others);
     let took = killed_at.elapsed();
     // TTL 3 s plus the 500 ms safety margin, plus polling slack.
     assert!(took < Duration::from_secs(6), "failover took {took:?}");
