@@ -51,13 +51,15 @@ pub struct PositionQuery {
     pub reply: oneshot::Sender<Option<Pos>>,
 }
 
-/// Snapshots being sent right now, for status: per stream, the database and bytes sent of
-/// the total.
+/// One snapshot on its way: the database, bytes sent, bytes in all.
+type Transfer = (DbName, u64, u64);
+
+/// Snapshots being sent right now, for status, by stream.
 #[derive(Clone, Default)]
-pub struct Transfers(std::sync::Arc<std::sync::Mutex<BTreeMap<DownstreamId, (DbName, u64, u64)>>>);
+pub struct Transfers(std::sync::Arc<std::sync::Mutex<BTreeMap<DownstreamId, Transfer>>>);
 
 impl Transfers {
-    fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<DownstreamId, (DbName, u64, u64)>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<DownstreamId, Transfer>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -71,7 +73,7 @@ impl Transfers {
 
     /// Every snapshot in progress: database, bytes sent, bytes in all.
     #[must_use]
-    pub fn snapshot(&self) -> Vec<(DbName, u64, u64)> {
+    pub fn snapshot(&self) -> Vec<Transfer> {
         self.table().values().cloned().collect()
     }
 }
