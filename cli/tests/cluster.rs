@@ -482,3 +482,31 @@ fn a_replica_joining_after_retention_dropped_the_history_gets_a_snapshot_of_the_
     a.stop();
     b.stop();
 }
+
+#[test]
+fn a_wal_mode_primary_replicates_and_a_long_lived_replica_reader_sees_every_commit() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    b.start();
+    let conn = open(&a, "wal.db");
+    conn.pragma_update(None, "journal_mode", "wal").expect("wal");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
+    converge(&a, &[&b], "wal.db");
+    // One reader connection on the replica for the whole test: its cache must follow applies.
+    let reader = open(&b, "wal.db");
+    for round in 1..=5 {
+        for i in 0..10 {
+            conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("{round}-{i}")]).expect("insert");
+        }
+        converge(&a, &[&b], "wal.db");
+        assert_eq!(count(&reader), round * 10, "round {round}\n{}", b.log_text());
+    }
+    assert_eq!(integrity(&reader), "ok");
+    drop(reader);
+    drop(conn);
+    a.stop();
+    b.stop();
+}

@@ -78,21 +78,51 @@ impl DbFile {
 /// Offsets of the file format write and read versions in the database header: 1 is a
 /// rollback journal, 2 is WAL.
 const FORMAT_VERSIONS: std::ops::Range<u64> = 18..20;
+/// Offsets of the big-endian u32 file change counter and of the "version-valid-for" number,
+/// which SQLite keeps equal to it (the in-header database size is trusted only then).
+const CHANGE_COUNTER: u64 = 24;
+const VERSION_VALID_FOR: u64 = 92;
 
-/// On a replica, shows a WAL database to readers as a rollback-journal database: the file
-/// holds every committed page (applies write it directly, there is never a WAL), so readers
-/// need neither a WAL nor a WAL index, and the locks apply takes are the ones they honour.
-/// Only the bytes readers see change; the stored file, and so its checksum, keeps the
-/// primary's header.
-pub(crate) fn present_as_rollback(offset: u64, buf: &mut [u8]) {
+/// What a replica's readers see of the database header: see [`present_to_replica`].
+pub(crate) const PRESENTED_HEADER: std::ops::Range<u64> = FORMAT_VERSIONS.start..VERSION_VALID_FOR + 4;
+
+/// On a replica, shows the database to readers as a rollback-journal database whose change
+/// counter is `version`. Only the bytes readers see change; the stored file, and so its
+/// checksum, keeps the primary's header.
+///
+/// Rollback mode: the file holds every committed page (applies write it directly, there is
+/// never a WAL), so readers need neither a WAL nor a WAL index, and the locks apply takes are
+/// the ones they honour. A WAL primary's page 1 says WAL (bytes 18 and 19 are 2); they are
+/// shown as 1.
+///
+/// The change counter: a rollback-mode reader keeps its page cache between transactions while
+/// bytes 24..40 of the file are unchanged (`sqlite3PagerSharedLock` compares them with the
+/// copy it read last). A rollback-mode primary bumps the counter at every commit, but a
+/// WAL-mode primary only when page 1 is among the frames it writes (`pagerWalFrames`), so
+/// most of its transactions leave bytes 24..40 as they were and a replica reader would keep
+/// serving stale cached pages. The mount gives each database a new `version` at every apply
+/// (`Shared::replica_version`); "version-valid-for" shows the same number, so the in-header
+/// size stays trusted (a replica's file is exactly that size: apply sets it).
+pub(crate) fn present_to_replica(offset: u64, buf: &mut [u8], version: u32) {
     for at in FORMAT_VERSIONS {
-        if let Some(i) = at.checked_sub(offset).and_then(|i| usize::try_from(i).ok())
-            && let Some(b) = buf.get_mut(i)
+        if let Some(b) = byte_at(offset, buf, at)
             && *b == 2
         {
             *b = 1;
         }
     }
+    for field in [CHANGE_COUNTER, VERSION_VALID_FOR] {
+        for (at, value) in (field..).zip(version.to_be_bytes()) {
+            if let Some(b) = byte_at(offset, buf, at) {
+                *b = value;
+            }
+        }
+    }
+}
+
+/// The byte of `buf` (read at `offset`) that sits at file offset `at`, if the read covered it.
+fn byte_at(offset: u64, buf: &mut [u8], at: u64) -> Option<&mut u8> {
+    at.checked_sub(offset).and_then(|i| usize::try_from(i).ok()).and_then(|i| buf.get_mut(i))
 }
 
 /// The page size in the database header; `None` for an empty file.
@@ -119,14 +149,31 @@ mod tests {
         let mut header = vec![0u8; 100];
         header[18] = 2;
         header[19] = 2;
-        present_as_rollback(0, &mut header);
+        present_to_replica(0, &mut header, 7);
         assert_eq!(&header[18..20], &[1, 1]);
         // A read that starts inside the field or ends before it.
         let mut tail = vec![2u8, 7];
-        present_as_rollback(19, &mut tail);
+        present_to_replica(19, &mut tail, 7);
         assert_eq!(tail, vec![1, 7]);
         let mut before = vec![2u8; 18];
-        present_as_rollback(0, &mut before);
+        present_to_replica(0, &mut before, 7);
         assert!(before.iter().all(|&b| b == 2));
+    }
+
+    #[test]
+    fn replica_readers_see_the_mounts_version_as_the_change_counter() {
+        let mut header = vec![0xeeu8; 4096];
+        present_to_replica(0, &mut header, 0x0102_0304);
+        assert_eq!(&header[24..28], &[1, 2, 3, 4]);
+        assert_eq!(&header[92..96], &[1, 2, 3, 4]);
+        assert!(header[28..92].iter().all(|&b| b == 0xee), "the size and freelist fields stay");
+        // A read that covers only part of a field gets that part.
+        let mut part = vec![0xeeu8; 4];
+        present_to_replica(26, &mut part, 0x0102_0304);
+        assert_eq!(part, vec![3, 4, 0xee, 0xee]);
+        // Reads past the header are untouched.
+        let mut page2 = vec![0xeeu8; 4096];
+        present_to_replica(4096, &mut page2, 0x0102_0304);
+        assert!(page2.iter().all(|&b| b == 0xee));
     }
 }

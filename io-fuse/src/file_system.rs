@@ -280,8 +280,13 @@ impl Filesystem for ReplFs {
                 Err(e) => return reply.error(io_errno(&e)),
             }
         }
-        if handle.kind == NodeKind::Database && !self.shared.is_primary() {
-            database_node::present_as_rollback(offset, &mut buf[..filled]);
+        if handle.kind == NodeKind::Database
+            && !self.shared.is_primary()
+            && offset < database_node::PRESENTED_HEADER.end
+            && offset + filled as u64 > database_node::PRESENTED_HEADER.start
+        {
+            let version = self.shared.replica_version(&handle.db);
+            database_node::present_to_replica(offset, &mut buf[..filled], version);
         }
         reply.data(&buf[..filled]);
     }

@@ -17,7 +17,7 @@ use crate::names::{NodeKind, classify};
 use crate::shared::{Shared, lock};
 
 /// Bytes of SQLite's database header, at the start of page 1.
-const DATABASE_HEADER_BYTES: i64 = 100;
+pub(crate) const DATABASE_HEADER_BYTES: i64 = 100;
 
 /// What a node does with its databases. Set at mount ([`MountOptions::role`]) and switched
 /// with [`Mount::set_role`].
@@ -148,9 +148,11 @@ impl Mount {
             return;
         }
         info!(mountpoint = %self.mountpoint.display(), ?before, ?role, "role switched");
-        // Replica readers see WAL databases as rollback-journal ones (bytes 18 and 19 of page
-        // 1, see `database_node::present_as_rollback`); what the kernel cached of page 1 was
-        // shown for the old role.
+        // Replica readers see WAL databases as rollback-journal ones, with the mount's change
+        // counter (page 1's header, see `database_node::present_to_replica`); what the kernel
+        // cached of page 1 was shown for the old role. A demoted node's versions start afresh:
+        // the primary changed pages since any it showed before.
+        self.shared.forget_replica_versions();
         let databases: Vec<u64> = lock(&self.shared.inodes)
             .by_name
             .iter()

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use crate::error::ApplyLtxError;
 use crate::journal_node;
 use crate::locks::{self, Kind, PENDING_BYTE, SHARED_FIRST, SHARED_SIZE};
-use crate::mount::Mount;
+use crate::mount::{DATABASE_HEADER_BYTES, Mount};
 use crate::names::{NodeKind, classify, mount_name};
 use crate::shared::{ROOT_INO, lock};
 
@@ -114,9 +114,15 @@ impl Mount {
             }),
             Err(e) => Err(e),
         };
-        // Invalidate even after a failure: pages may have been written.
+        // Even after a failure (pages may have been written): a new change counter for readers
+        // (see `database_node::present_to_replica`), then the kernel's cache of what changed,
+        // page 1's header always.
+        self.shared.new_replica_version(db);
         if let Some(ino) = self.shared.known_ino(db) {
             let ino = INodeNo(ino);
+            if let Err(e) = self.notifier.inval_inode(ino, 0, DATABASE_HEADER_BYTES) {
+                debug!(db, error = %e, "page 1 invalidation");
+            }
             for &(offset, len) in &file.writes {
                 if let Err(e) = self.notifier.inval_inode(ino, offset as i64, len as i64) {
                     debug!(db, error = %e, "page cache invalidation");

@@ -7,7 +7,7 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -112,6 +112,16 @@ pub(crate) struct Shared {
     /// directory the journal sits in its database's own directory, and the mount's single
     /// directory does not say which database SQLite meant.
     pub(crate) unsynced_dirs: Mutex<BTreeSet<PathBuf>>,
+    /// The change counter a replica's readers see, per database
+    /// (`database_node::present_to_replica`): a new one at every apply and after every role
+    /// switch, so a reader's page cache never outlives a change.
+    replica_versions: Mutex<HashMap<String, u32>>,
+    /// The next version to hand out. Never repeats within a mount (until it wraps after 2^32
+    /// applies, as SQLite's own counter does). It starts at a random number so that a version
+    /// shown on a replica is unlikely to equal a primary's stored counter seen after a
+    /// promotion: the stored counters are small numbers, and equal numbers would tell a
+    /// reader its cache was still valid.
+    next_replica_version: AtomicU32,
 }
 
 impl Shared {
@@ -137,6 +147,8 @@ impl Shared {
             passthrough: AtomicBool::new(false),
             backings: Mutex::new(HashMap::new()),
             unsynced_dirs: Mutex::new(BTreeSet::new()),
+            replica_versions: Mutex::new(HashMap::new()),
+            next_replica_version: AtomicU32::new(random_u32()),
         }
     }
 
@@ -152,6 +164,26 @@ impl Shared {
 
     pub(crate) fn is_primary(&self) -> bool {
         self.role() == Role::Primary
+    }
+
+    /// The change counter a replica's readers see for `db` now.
+    pub(crate) fn replica_version(&self, db: &str) -> u32 {
+        *lock(&self.replica_versions)
+            .entry(db.to_owned())
+            .or_insert_with(|| self.next_replica_version.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Gives `db` a new version: its pages changed (an apply wrote some). Called while the
+    /// apply still holds SQLite's EXCLUSIVE lock, before the kernel's cache of page 1 is
+    /// dropped: the first reader after the apply then sees the new number.
+    pub(crate) fn new_replica_version(&self, db: &str) {
+        let version = self.next_replica_version.fetch_add(1, Ordering::Relaxed);
+        lock(&self.replica_versions).insert(db.to_owned(), version);
+    }
+
+    /// Forgets every version: the role changed, and with it what readers were shown.
+    pub(crate) fn forget_replica_versions(&self) {
+        lock(&self.replica_versions).clear();
     }
 
     /// Whether a write transaction on `db` may start: never on a replica (the policy side is
@@ -671,6 +703,13 @@ pub(crate) fn open_flags(kind: NodeKind) -> FopenFlags {
         _ => FopenFlags::FOPEN_KEEP_CACHE,
     };
     caching | FopenFlags::FOPEN_NOFLUSH
+}
+
+/// A random number, from the standard library's per-process hash keys.
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let hash = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    (hash ^ (hash >> 32)) as u32
 }
 
 /// The refusal a replica gives: the same a sink gives a node that may not write.

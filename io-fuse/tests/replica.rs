@@ -138,6 +138,38 @@ fn an_ltx_that_does_not_extend_the_position_is_rejected_and_changes_nothing() {
     assert_eq!(replica.stored("bank.db"), before);
 }
 
+/// A WAL primary rewrites page 1 (and with it the change counter SQLite's rollback-mode
+/// readers check their page cache against) only when a transaction changes page 1; most of
+/// these transfers do not. A reader connection kept open across applies must still see each.
+#[test]
+fn a_long_lived_reader_of_a_wal_primary_replica_sees_every_applied_transaction() {
+    for mode in ["WAL", "DELETE"] {
+        let transfers = 12;
+        let (primary, ltx) = primary_history_in(1024, transfers, mode);
+        let replica = Fixture::replica();
+        let setup = ltx.len() - transfers as usize;
+        let mut pos = Pos::default();
+        for file in &ltx[..setup] {
+            pos = replica.mount().apply_ltx("bank.db", file, pos.checksum).expect("setup");
+        }
+        let reader = replica.open("bank.db");
+        let seen = |reader: &rusqlite::Connection| -> (i64, i64, i64) {
+            reader
+                .query_row("SELECT sum(bal), min(ver), max(ver) FROM acct WHERE id < 1000", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .unwrap()
+        };
+        assert_eq!(seen(&reader), (TOTAL, 0, 0), "{mode}: before the transfers");
+        for (v, file) in (1..).zip(&ltx[setup..]) {
+            pos = replica.mount().apply_ltx("bank.db", file, pos.checksum).expect("apply");
+            assert_eq!(seen(&reader), (TOTAL, v, v), "{mode}: the reader after transfer {v}");
+        }
+        integrity_ok(&reader);
+        assert_eq!(pos, primary.sink.pos_of("bank.db"));
+    }
+}
+
 #[test]
 fn readers_during_apply_never_see_a_torn_transaction() {
     readers_see_whole_transactions(Fixture::replica(), "DELETE");
