@@ -1,21 +1,21 @@
 //! A consistent copy of a database as committed: what a SQLite reader would see at one
 //! instant, for snapshots and backups.
 //!
-//! The copy takes SQLite's own locks through the mount, as a reader would, so no commit can
-//! complete while it reads: a SHARED lock on the database (a rollback-journal writer needs
-//! EXCLUSIVE to write the file, cache spills included) and, when the database has a WAL, the
-//! WAL-index checkpointer and writer locks (no frame is appended, no checkpoint writes the
-//! database, the log is not restarted). It waits for a writer that holds them, such as one
-//! held at its commit point by the [`crate::CommitSink`]; it never makes anyone else wait on
-//! it except writers, which SQLite retries through its busy handler.
-//!
-//! Under those locks the committed image is one of three:
-//! - the database file (up to its committed size);
-//! - the database file with a hot journal's originals laid over it, when a transaction died
-//!   (crash, or refused at its commit point) after writing pages: what SQLite's rollback
-//!   would restore, read without writing anything;
-//! - the database file with the WAL's committed frames laid over it (the last copy of each
-//!   page up to the last valid commit frame).
+//! The copy never waits for a writer: in synchronous replication a commit held at its commit
+//! point waits for replicas, and a replica may be waiting for this copy. It takes SQLite's
+//! locks through the mount only where no writer holds them, and reads around a writer
+//! otherwise (docs/decisions/fuse-copy-committed.md has the argument for each case):
+//! - rollback journal, nobody holding PENDING or EXCLUSIVE: a reader's SHARED lock, then the
+//!   database file (with a hot journal's originals laid over it, when a transaction died
+//!   after writing pages: what SQLite's rollback would restore);
+//! - rollback journal, a writer holding PENDING or EXCLUSIVE: every page of the file, then
+//!   the live journal's originals (and the originals of pages SQLite wrote unjournaled, which
+//!   the mount kept) over them: the state before that transaction. The end of a journal waits
+//!   for such a copy, after the sink has answered;
+//! - WAL: the checkpointer lock and read mark 1 on the WAL index (no checkpoint writes the
+//!   database or truncates the WAL, no writer restarts it), then the database file with the
+//!   WAL's frames up to the index's `mxFrame` laid over it. A commit frame held at its commit
+//!   point is past `mxFrame`: SQLite publishes a commit in the index only after the write.
 //!
 //! Pages are read and written one at a time.
 
@@ -30,9 +30,12 @@ use tracing::debug;
 
 use crate::error::CopyError;
 use crate::journal_node::{self, HotJournal};
-use crate::locks::{self, Kind, PENDING_BYTE, RESERVED_BYTE, SHARED_FIRST, SHARED_SIZE, WAL_CKPT_LOCK, WAL_WRITE_LOCK};
+use crate::locks::{
+    self, Kind, PENDING_BYTE, RESERVED_BYTE, SHARED_FIRST, SHARED_SIZE, WAL_CKPT_LOCK, WAL_READ_MARK_1,
+};
 use crate::mount::Mount;
 use crate::names::{NodeKind, classify, mount_name};
+use crate::shared::lock;
 use crate::wal_node::{self, CommittedWal};
 
 /// What [`Mount::copy_committed`] wrote.
@@ -68,14 +71,15 @@ impl Mount {
     /// instant: never a page of an uncommitted transaction, and in WAL mode the database file
     /// with the WAL's committed frames laid over it.
     ///
-    /// Takes SQLite's locks through the mount as a reader does (see the module docs), so it
-    /// waits for a writer in the middle of a commit, including one held at its commit point
-    /// by the sink; writers wait for it in turn. The locks are released before the copy is
-    /// fsynced and this returns. Works on a primary and on a replica (where it waits for an
-    /// [`Mount::apply_ltx`] in progress). Memory stays at a page plus an offset per page a
-    /// hot journal or the WAL holds. Call it from a thread that may block (`spawn_blocking`),
-    /// and never make the [`crate::CommitSink`]'s answer wait for a copy: the copy waits for
-    /// the commit.
+    /// Never waits for a writer on a primary, even one held at its commit point by the sink:
+    /// it then shows the state before that commit (see the module docs). It waits only for a
+    /// checkpoint in progress, and on a replica for an [`Mount::apply_ltx`] in progress.
+    /// Writers may wait for it (SQLite's busy handler; the end of a rollback journal, after
+    /// the sink's answer). The locks are released before the copy is fsynced and this
+    /// returns. Memory stays at a page plus an offset per page a journal or the WAL holds.
+    /// Call it from a thread that may block (`spawn_blocking`). A copy around a writer fails
+    /// (`CopyError::Invalid`) when that writer's transaction wrote more unjournaled pages
+    /// than the mount keeps originals for; a later copy succeeds.
     pub fn copy_committed(&self, db: &str, dest: &Path) -> Result<CommittedCopy, CopyError> {
         match classify(db) {
             Some((NodeKind::Database, name)) if name == db => {}
@@ -88,15 +92,38 @@ impl Mount {
         };
 
         // A reader's SHARED lock: PENDING first, so a writer waiting for readers to drain is
-        // not starved by this one, then the SHARED range, then PENDING released.
+        // not starved by this one, then the SHARED range, then PENDING released. On a primary
+        // only if nobody holds PENDING or EXCLUSIVE (a writer, perhaps held at its commit point
+        // by the sink): the copy then reads around that writer's journal instead of waiting.
+        // On a replica nothing holds a commit, and an apply writes without a journal: wait.
         let locker = match File::open(self.mountpoint.join(db)) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(CopyError::Missing { db: db.to_owned() }),
             Err(e) => return Err(lock_err("open through the mount")(e)),
         };
-        locks::lock_wait(&locker, Kind::Read, PENDING_BYTE, 1).map_err(lock_err("PENDING lock"))?;
-        locks::lock_wait(&locker, Kind::Read, SHARED_FIRST, SHARED_SIZE).map_err(lock_err("SHARED lock"))?;
-        locks::unlock(&locker, PENDING_BYTE, 1).map_err(lock_err("PENDING unlock"))?;
+        let shared = if self.shared.is_primary() {
+            let pending = locks::try_lock(&locker, Kind::Read, PENDING_BYTE, 1).map_err(lock_err("PENDING lock"))?;
+            let shared = pending
+                && locks::try_lock(&locker, Kind::Read, SHARED_FIRST, SHARED_SIZE).map_err(lock_err("SHARED lock"))?;
+            if pending {
+                locks::unlock(&locker, PENDING_BYTE, 1).map_err(lock_err("PENDING unlock"))?;
+            }
+            shared
+        } else {
+            locks::lock_wait(&locker, Kind::Read, PENDING_BYTE, 1).map_err(lock_err("PENDING lock"))?;
+            locks::lock_wait(&locker, Kind::Read, SHARED_FIRST, SHARED_SIZE).map_err(lock_err("SHARED lock"))?;
+            locks::unlock(&locker, PENDING_BYTE, 1).map_err(lock_err("PENDING unlock"))?;
+            true
+        };
+        let locker = if shared {
+            // Closing descriptors of the database is safe now: nobody holds EXCLUSIVE (see
+            // `park_locker`).
+            lock(&self.parked_lockers).remove(db);
+            Some(locker)
+        } else {
+            self.park_locker(db, locker);
+            None
+        };
 
         let db_path = self.shared.database_path(db);
         let database = File::open(&db_path).map_err(io_err("open the database file", &db_path))?;
@@ -109,19 +136,35 @@ impl Mount {
         // A WAL that exists is read whatever the header says (SQLite opens it too). A primary
         // whose header says WAL may have a writer about to create one; a replica cannot.
         let wal_in_use = wal_path.exists() || (header_says_wal && self.shared.is_primary());
+        if !shared && !wal_in_use {
+            return self.copy_around_writer(db, &database, dest);
+        }
         let wal_index = if wal_in_use { self.lock_wal_index(db)? } else { None };
+        // Read again under the WAL-index locks: a checkpoint may have rewritten page 1 since.
+        let mut header = [0u8; HEADER_BYTES];
+        let header_len = read_full_at(&database, &mut header, 0).map_err(io_err("read the header", &db_path))?;
+        let header = &header[..header_len];
 
         let image = if wal_in_use {
+            // The last frame SQLite published to readers; without an index, WAL recovery's
+            // answer (nobody can be writing then: a writer needs the index).
+            let max_frame = match &wal_index {
+                Some(shm) => wal_node::read_index_max_frame(shm).map_err(lock_err("read the WAL index header"))?,
+                None => None,
+            };
             match File::open(&wal_path) {
-                Ok(wal) => match wal_node::read_committed(&wal).map_err(io_err("read the WAL", &wal_path))? {
-                    Some(committed) => Image::Wal { wal, committed },
-                    None => Image::File,
-                },
+                Ok(wal) => {
+                    match wal_node::read_committed(&wal, max_frame).map_err(io_err("read the WAL", &wal_path))? {
+                        Some(committed) => Image::Wal { wal, committed },
+                        None => Image::File,
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Image::File,
                 Err(e) => return Err(io_err("open the WAL", &wal_path)(e)),
             }
         } else {
-            self.hot_journal(db, &locker)?
+            let locker = locker.as_ref().expect("rollback mode without SHARED copies around the writer");
+            self.hot_journal(db, locker)?
         };
 
         let header_page_size = page_size_of(header);
@@ -185,13 +228,16 @@ impl Mount {
         Ok(CommittedCopy { page_size, pages, checksum: sum.value() })
     }
 
-    /// Takes the WAL-index checkpointer and writer locks of `db`, on a descriptor of its
-    /// `-shm` opened through the mount (and created there on a primary, so that a connection
-    /// about to start using the WAL finds them taken). `None` when there is no `-shm` on a
-    /// replica: no connection is using the WAL then, and none may write one.
+    /// Takes the WAL-index checkpointer lock of `db` and read mark 1 (shared), on a descriptor
+    /// of its `-shm` opened through the mount (and created there on a primary, so that a
+    /// connection about to start using the WAL finds them taken). `None` when there is no
+    /// `-shm` on a replica: no connection is using the WAL then, and none may write one.
     ///
-    /// The checkpointer lock comes first: a checkpointer holding it may wait (in SQLite's
-    /// busy handler) for the writer lock, never the other way round.
+    /// Not the writer lock: a writer held at its commit point holds it. The checkpointer lock
+    /// keeps every checkpoint from writing the database file or truncating the WAL; the read
+    /// mark keeps a writer from restarting the log over the frames being read (a restart needs
+    /// read marks 1..5 exclusive, and gives up when it cannot have them). A writer appends
+    /// frames meanwhile, past `mxFrame`, where the copy does not read.
     fn lock_wal_index(&self, db: &str) -> Result<Option<File>, CopyError> {
         let lock_err = |step| move |source| CopyError::Lock { db: db.to_owned(), step, source };
         let path = self.mountpoint.join(mount_name(NodeKind::Shm, db));
@@ -202,8 +248,137 @@ impl Mount {
             Err(e) => return Err(lock_err("open the WAL index through the mount")(e)),
         };
         locks::lock_wait(&shm, Kind::Write, WAL_CKPT_LOCK, 1).map_err(lock_err("WAL checkpoint lock"))?;
-        locks::lock_wait(&shm, Kind::Write, WAL_WRITE_LOCK, 1).map_err(lock_err("WAL write lock"))?;
+        locks::lock_wait(&shm, Kind::Read, WAL_READ_MARK_1, 1).map_err(lock_err("WAL read mark lock"))?;
         Ok(Some(shm))
+    }
+
+    /// Keeps `locker`, a descriptor of `db` opened through the mount, open until a later copy
+    /// holds SHARED on `db` (or the mount goes away). Closing any descriptor of a file drops
+    /// every POSIX lock the process holds on it: a SQLite writer in the same process as the
+    /// mount (tests, or an application that embeds it) would silently lose its EXCLUSIVE
+    /// lock, and the next copy would take SHARED while that writer still writes. While a copy
+    /// holds SHARED nobody holds EXCLUSIVE, so closing then loses at most a writer's RESERVED
+    /// or PENDING, which SQLite's in-process bookkeeping still enforces between its own
+    /// connections. Separate application processes are never affected.
+    fn park_locker(&self, db: &str, locker: File) {
+        lock(&self.parked_lockers).entry(db.to_owned()).or_default().push(locker);
+    }
+
+    /// A copy in rollback mode on a primary while someone holds PENDING or EXCLUSIVE: a writer
+    /// that may have written pages of its transaction into the file, and may be held at its
+    /// commit point. Without waiting for it: every page of the file first, then the live
+    /// journal's originals over them, which gives the state before that transaction
+    /// (docs/decisions/fuse-copy-committed.md has the argument). No journal can end meanwhile
+    /// (the journal gate, held here, makes the end of a journal wait for the copy, after
+    /// the sink's answer), so only one transaction can write the file during the copy, and
+    /// it journals each page's original before writing the page.
+    fn copy_around_writer(&self, db: &str, database: &File, dest: &Path) -> Result<CommittedCopy, CopyError> {
+        let io_err = |step, path: &Path| {
+            let path = path.to_owned();
+            move |source| CopyError::Io { db: db.to_owned(), step, path, source }
+        };
+        let gate = self.shared.journal_gate(db);
+        let _no_journal_ends = gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let db_path = self.shared.database_path(db);
+        // Read again now that no journal can end: the header read before may predate the
+        // commit of a transaction whose journal has ended since.
+        let mut header = [0u8; HEADER_BYTES];
+        let header_len = read_full_at(database, &mut header, 0).map_err(io_err("read the header", &db_path))?;
+        let header = &header[..header_len];
+        let Some(page_size) = page_size_of(header) else { return Err(CopyError::Empty { db: db.to_owned() }) };
+        let size = database.metadata().map_err(io_err("size the database file", &db_path))?.len();
+        let file_pages = u32::try_from(size / u64::from(page_size.get())).unwrap_or(u32::MAX);
+
+        let out = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dest);
+        let out = out.map_err(io_err("create the copy", dest))?;
+        let mut sum = DatabaseChecksum::new(page_size);
+        let mut page = vec![0u8; page_size.bytes()];
+        let mut writer = io::BufWriter::with_capacity(page_size.bytes().max(64 * 1024), &out);
+        for pgno in 1..=file_pages {
+            let n = read_full_at(database, &mut page, Pgno(pgno).offset(page_size))
+                .map_err(io_err("read the database", &db_path))?;
+            page[n..].fill(0);
+            sum.toggle_page(Pgno(pgno), &page);
+            writer.write_all(&page).map_err(io_err("write the copy", dest))?;
+        }
+        writer.flush().map_err(io_err("write the copy", dest))?;
+        drop(writer);
+
+        // Only now the journal: any page written before it was read had its original
+        // journaled first.
+        let journal_path = self.shared.journal_path(db);
+        let journal = match File::open(&journal_path) {
+            Ok(journal) => {
+                let hot = journal_node::read_hot(&journal).map_err(io_err("read the journal", &journal_path))?;
+                hot.map(|hot| (journal, hot))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err("open the journal", &journal_path)(e)),
+        };
+        let pages = match &journal {
+            Some((_, hot)) if hot.page_size != page_size => {
+                let reason = format!("journal page size {} differs from the database header's", hot.page_size);
+                return Err(CopyError::Invalid { db: db.to_owned(), step: "choose the page size", reason });
+            }
+            Some((_, hot)) => hot.orig_pages,
+            // No live journal and none could end: nobody wrote the file during the copy.
+            None => committed_pages(header, size, page_size),
+        };
+        if pages == 0 {
+            return Err(CopyError::Empty { db: db.to_owned() });
+        }
+        let mut copied = vec![0u8; page_size.bytes()];
+        let read_copied = |pgno: u32, copied: &mut [u8]| {
+            out.read_exact_at(copied, Pgno(pgno).offset(page_size)).map_err(io_err("read the copy", dest))
+        };
+        // Pages past the size before the transaction leave the copy.
+        for pgno in pages.saturating_add(1)..=file_pages {
+            read_copied(pgno, &mut copied)?;
+            sum.toggle_page(Pgno(pgno), &copied);
+        }
+        out.set_len(u64::from(pages) * u64::from(page_size.get())).map_err(io_err("size the copy", dest))?;
+        // Pages the transaction wrote without a record (reused freelist leaves): the mount kept
+        // their originals. None can be added meanwhile: its writer is held or writing pages
+        // it journaled... or it is writing these, whose originals are kept before the write.
+        let unjournaled = lock(&self.shared.unjournaled);
+        let unjournaled = match (&journal, unjournaled.get(db)) {
+            (Some(_), Some(u)) if u.incomplete => {
+                let reason = "the writer's transaction wrote pages whose originals were not kept".to_owned();
+                return Err(CopyError::Invalid { db: db.to_owned(), step: "read around a writer", reason });
+            }
+            (Some(_), u) => u,
+            (None, _) => None,
+        };
+        // Originals replace what the file held; pages the file lacks are the originals or zeros.
+        for pgno in 1..=pages {
+            let mut original = match &journal {
+                Some((journal, hot)) => {
+                    hot.read_original(journal, pgno, &mut page).map_err(io_err("read the journal", &journal_path))?
+                }
+                None => false,
+            };
+            if !original && let Some(kept) = unjournaled.and_then(|u| u.original(pgno)) {
+                let n = kept.len().min(page.len());
+                page[..n].copy_from_slice(&kept[..n]);
+                page[n..].fill(0);
+                original = true;
+            }
+            if pgno <= file_pages {
+                if !original {
+                    continue;
+                }
+                read_copied(pgno, &mut copied)?;
+                sum.toggle_page(Pgno(pgno), &copied);
+            } else if !original {
+                page.fill(0);
+            }
+            sum.toggle_page(Pgno(pgno), &page);
+            out.write_all_at(&page, Pgno(pgno).offset(page_size)).map_err(io_err("write the copy", dest))?;
+        }
+        drop(_no_journal_ends);
+        out.sync_all().map_err(io_err("fsync the copy", dest))?;
+        debug!(db, pages, checksum = %sum.value(), source = "database and live journal", "copied committed database");
+        Ok(CommittedCopy { page_size, pages, checksum: sum.value() })
     }
 
     /// The image under a SHARED lock in rollback-journal mode: the file, unless a hot

@@ -43,6 +43,7 @@ mod mount;
 mod names;
 mod replica;
 mod shared;
+mod unjournaled;
 mod virtual_node;
 mod wal_node;
 

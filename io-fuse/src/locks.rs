@@ -18,10 +18,12 @@ pub(crate) const SHARED_FIRST: i64 = PENDING_BYTE + 2;
 pub(crate) const SHARED_SIZE: i64 = 510;
 
 /// The WAL-index locks sit after the 120-byte index header (`UNIX_SHM_BASE`): byte 0 is the
-/// writer's lock, byte 1 the checkpointer's.
+/// writer's lock, byte 1 the checkpointer's, byte 2 recovery's, then the read marks.
 const SHM_LOCK_BASE: i64 = 120;
-pub(crate) const WAL_WRITE_LOCK: i64 = SHM_LOCK_BASE;
 pub(crate) const WAL_CKPT_LOCK: i64 = SHM_LOCK_BASE + 1;
+/// The first read-mark lock that is not read mark 0 (`WAL_READ_LOCK(1)`): a reader holding it
+/// shared keeps a writer from restarting the log (`walRestartLog` needs marks 1..5 exclusive).
+pub(crate) const WAL_READ_MARK_1: i64 = SHM_LOCK_BASE + 4;
 
 /// Which kind of lock.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +71,16 @@ fn fcntl(file: &File, cmd: libc::c_int, fl: &mut libc::flock) -> io::Result<()> 
 /// Takes a lock on `len` bytes at `start`, waiting for conflicting holders to let go.
 pub(crate) fn lock_wait(file: &File, kind: Kind, start: i64, len: i64) -> io::Result<()> {
     fcntl(file, libc::F_OFD_SETLKW, &mut flock(kind.l_type(), start, len))
+}
+
+/// Takes a lock on `len` bytes at `start` if nobody holds a conflicting one; `false` (and
+/// nothing taken) otherwise. Never waits.
+pub(crate) fn try_lock(file: &File, kind: Kind, start: i64, len: i64) -> io::Result<bool> {
+    match fcntl(file, libc::F_OFD_SETLK, &mut flock(kind.l_type(), start, len)) {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Releases this descriptor's lock on `len` bytes at `start`.

@@ -1,6 +1,7 @@
 //! A running mount: the FUSE session, and the handle the daemon uses to tell the mount about
 //! positions, the primary and lag, and to apply replicated transactions.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -68,6 +69,9 @@ pub struct Mount {
     pub(crate) notifier: Notifier,
     pub(crate) mountpoint: PathBuf,
     pub(crate) apply_lock: Mutex<()>,
+    /// Descriptors of databases opened through the mount by copies that read around a writer,
+    /// kept open until closing them is safe (see `Mount::park_locker`).
+    pub(crate) parked_lockers: Mutex<HashMap<String, Vec<std::fs::File>>>,
     session: Option<BackgroundSession>,
 }
 
@@ -106,6 +110,7 @@ impl Mount {
             notifier,
             mountpoint: mountpoint.to_owned(),
             apply_lock: Mutex::new(()),
+            parked_lockers: Mutex::new(HashMap::new()),
             session: Some(session),
         })
     }
@@ -191,6 +196,7 @@ impl Mount {
 
     /// Unmounts now, reporting failure (files still open make a plain unmount fail).
     pub fn unmount(mut self) -> io::Result<()> {
+        lock(&self.parked_lockers).clear();
         match self.session.take() {
             Some(session) => session.umount_and_join(),
             None => Ok(()),
@@ -200,6 +206,8 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        // Descriptors through the mount would keep it busy.
+        lock(&self.parked_lockers).clear();
         let Some(session) = self.session.take() else { return };
         if let Err(e) = session.umount_and_join() {
             warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed; detaching lazily");

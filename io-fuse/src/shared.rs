@@ -21,6 +21,7 @@ use crate::journal_node;
 use crate::layout::{self, BACKED_KINDS};
 use crate::mount::Role;
 use crate::names::{LAG_FILENAME, NodeKind, PRIMARY_FILENAME, classify, mount_name};
+use crate::unjournaled::Unjournaled;
 use crate::virtual_node::{self, Status};
 use crate::wal_node::{self, WalTrack};
 
@@ -122,6 +123,13 @@ pub(crate) struct Shared {
     /// promotion: the stored counters are small numbers, and equal numbers would tell a
     /// reader its cache was still valid.
     next_replica_version: AtomicU32,
+    /// Per database: held (read) by a copy that reads around a live rollback journal, taken
+    /// (write) by the end of a journal (commit point or the end of a rollback) once the sink
+    /// has answered, just around the journal operation. See `copy`.
+    journal_gates: Mutex<HashMap<String, Arc<RwLock<()>>>>,
+    /// Per database, the open rollback transaction's unjournaled originals. Its own lock, not
+    /// [`DbState`]'s: a copy reads it while a commit holds that one.
+    pub(crate) unjournaled: Mutex<HashMap<String, Unjournaled>>,
 }
 
 impl Shared {
@@ -149,6 +157,8 @@ impl Shared {
             unsynced_dirs: Mutex::new(BTreeSet::new()),
             replica_versions: Mutex::new(HashMap::new()),
             next_replica_version: AtomicU32::new(random_u32()),
+            journal_gates: Mutex::new(HashMap::new()),
+            unjournaled: Mutex::new(HashMap::new()),
         }
     }
 
@@ -184,6 +194,46 @@ impl Shared {
     /// Forgets every version: the role changed, and with it what readers were shown.
     pub(crate) fn forget_replica_versions(&self) {
         lock(&self.replica_versions).clear();
+    }
+
+    /// The gate between copies and the end of `db`'s rollback journals.
+    pub(crate) fn journal_gate(&self, db: &str) -> Arc<RwLock<()>> {
+        Arc::clone(lock(&self.journal_gates).entry(db.to_owned()).or_default())
+    }
+
+    /// Runs `end`, an operation that ends a rollback journal (unlink, truncation to zero,
+    /// zeroing its header), once no copy is reading around that journal. Only after the sink
+    /// has answered: a copy must never wait for a commit held at its commit point.
+    fn ending_journal<T>(&self, db: &str, end: impl FnOnce() -> T) -> T {
+        let gate = self.journal_gate(db);
+        let _ending = gate.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ended = end();
+        lock(&self.unjournaled).remove(db);
+        ended
+    }
+
+    /// Before a database write inside a rollback transaction: keeps the page's original if
+    /// SQLite has not journaled it (see `unjournaled`).
+    fn keep_unjournaled_original(&self, db: &str, file: &File, offset: u64, len: usize) {
+        let mut unjournaled = lock(&self.unjournaled);
+        let entry = unjournaled.entry(db.to_owned()).or_default();
+        let Some(pgno) = entry.needs_original(offset, len) else { return };
+        let mut original = vec![0u8; len];
+        let mut filled = 0;
+        while filled < len {
+            match file.read_at(&mut original[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!(db, pgno, error = %e, "reading an unjournaled original");
+                    entry.incomplete = true;
+                    return;
+                }
+            }
+        }
+        original.truncate(filled);
+        entry.keep(pgno, original);
     }
 
     /// Whether a write transaction on `db` may start: never on a replica (the policy side is
@@ -525,6 +575,7 @@ impl Shared {
                 let mut st = lock(&st);
                 if self.guard_db_write(&handle.db, &mut st)? {
                     st.written.push((offset, data.len() as u64));
+                    self.keep_unjournaled_original(&handle.db, file, offset, data.len());
                 }
                 pwrite()
             }
@@ -533,11 +584,14 @@ impl Shared {
                 let mut st = lock(&st);
                 if journal_node::is_header_zeroing(offset, data) {
                     self.commit_rollback(&handle.db, &mut st, JournalMode::Persist)?;
+                    return self.ending_journal(&handle.db, pwrite);
                 } else if journal_node::is_fresh_header(offset, data) {
+                    lock(&self.unjournaled).remove(&handle.db);
                     // A transaction starts in a journal that outlives transactions (TRUNCATE,
                     // PERSIST): ask before the database is touched, as at journal creation.
                     self.may_start_write(&handle.db).map_err(|refusal| refusal_errno(&handle.db, &refusal))?;
                 }
+                lock(&self.unjournaled).entry(handle.db.clone()).or_default().journal_write(offset, data);
                 pwrite()
             }
             NodeKind::Wal => {
@@ -592,7 +646,7 @@ impl Shared {
                 let st = self.db_state(db);
                 let mut st = lock(&st);
                 self.commit_rollback(db, &mut st, JournalMode::Truncate)?;
-                set_len()
+                self.ending_journal(db, set_len)
             }
             NodeKind::Database => {
                 let st = self.db_state(db);
@@ -630,7 +684,7 @@ impl Shared {
                 let st = self.db_state(db);
                 let mut st = lock(&st);
                 self.commit_rollback(db, &mut st, JournalMode::Delete)?;
-                remove()
+                self.ending_journal(db, remove)
             }
             NodeKind::Database => {
                 if !self.is_primary() {

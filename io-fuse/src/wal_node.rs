@@ -228,7 +228,11 @@ fn wal_checksum(big_endian: bool, data: &[u8], sum: (u32, u32)) -> (u32, u32) {
 /// restart the log meanwhile. Frames past the last commit frame, or past the first frame whose
 /// salts or checksum do not follow (a refused commit, whose header the mount erased; a torn
 /// write; frames of an older generation of the log), are not committed and are ignored.
-pub(crate) fn read_committed(wal: &File) -> std::io::Result<Option<CommittedWal>> {
+///
+/// `max_frame`, when given, is the WAL index's `mxFrame` (see [`read_index_max_frame`]): the
+/// last frame SQLite has published to readers. Frames after it are not read, committed or
+/// not: a commit frame written but held at its commit point is not published.
+pub(crate) fn read_committed(wal: &File, max_frame: Option<u32>) -> std::io::Result<Option<CommittedWal>> {
     let len = wal.metadata()?.len();
     let mut header = [0u8; WAL_HEADER_SIZE as usize];
     match wal.read_exact_at(&mut header, 0) {
@@ -253,7 +257,11 @@ pub(crate) fn read_committed(wal: &File) -> std::io::Result<Option<CommittedWal>
     let mut pending: BTreeMap<u32, u64> = BTreeMap::new();
     let mut commit = None;
     let mut at = WAL_HEADER_SIZE;
-    while at + frame_len <= len {
+    let end = match max_frame {
+        Some(max_frame) => len.min(WAL_HEADER_SIZE + u64::from(max_frame) * frame_len),
+        None => len,
+    };
+    while at + frame_len <= end {
         wal.read_exact_at(&mut frame, at)?;
         let pgno = be32(&frame, 0);
         if pgno == 0 || &frame[8..16] != salts {
@@ -274,6 +282,53 @@ pub(crate) fn read_committed(wal: &File) -> std::io::Result<Option<CommittedWal>
         at += frame_len;
     }
     Ok(commit.map(|commit| CommittedWal { page_size, commit, pages: committed }))
+}
+
+/// Bytes of one copy of the WAL-index header (wal.c `WalIndexHdr`), which SQLite keeps twice
+/// at the start of `<db>-shm`.
+const INDEX_HEADER_BYTES: usize = 48;
+/// Bytes of an index header copy its checksum covers (all but `aCksum`).
+const INDEX_HEADER_SUMMED: usize = 40;
+/// `WALINDEX_MAX_VERSION`, the `iVersion` every SQLite since 3.7.0 writes.
+const INDEX_VERSION: u32 = 3_007_000;
+/// Reads of a header a writer is updating that disagree before giving up (SQLite's readers
+/// retry too, `walIndexReadHdr`).
+const INDEX_HEADER_TRIES: usize = 100;
+
+/// The WAL index's `mxFrame` (the last frame published to readers), read from `shm` (opened
+/// through the mount, so the read sees the same page cache as SQLite's mapping of it) as
+/// SQLite's `walIndexTryHdr` reads it: both copies equal, initialised, version and checksum
+/// valid. `None` when there is no such header (no connection has built the index since the
+/// WAL was last opened): WAL recovery then decides what is committed.
+///
+/// Layout (native byte order): iVersion u32 @0, unused u32 @4, iChange u32 @8, isInit u8
+/// @12, bigEndCksum u8 @13, szPage u16 @14, mxFrame u32 @16, nPage u32 @20, aFrameCksum
+/// @24, aSalt @32, aCksum @40 = `walChecksumBytes` in native order over bytes 0..40.
+pub(crate) fn read_index_max_frame(shm: &File) -> std::io::Result<Option<u32>> {
+    let mut both = [0u8; 2 * INDEX_HEADER_BYTES];
+    for _ in 0..INDEX_HEADER_TRIES {
+        match shm.read_exact_at(&mut both, 0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let (first, second) = both.split_at(INDEX_HEADER_BYTES);
+        if first != second {
+            // A writer is between its two copies.
+            std::thread::yield_now();
+            continue;
+        }
+        let native = |at: usize| u32::from_ne_bytes([first[at], first[at + 1], first[at + 2], first[at + 3]]);
+        if first[12] == 0 || native(0) != INDEX_VERSION {
+            return Ok(None);
+        }
+        let big_endian_host = cfg!(target_endian = "big");
+        if wal_checksum(big_endian_host, &first[..INDEX_HEADER_SUMMED], (0, 0)) != (native(40), native(44)) {
+            return Ok(None);
+        }
+        return Ok(Some(native(16)));
+    }
+    Ok(None)
 }
 
 /// Makes a refused commit frame unrecoverable: SQLite will overwrite the frames, but a crash
@@ -378,7 +433,7 @@ mod tests {
     fn committed_of(tag: &str, bytes: &[u8]) -> Option<CommittedWal> {
         let path = std::env::temp_dir().join(format!("replite-wal-read-{}-{tag}", std::process::id()));
         std::fs::write(&path, bytes).unwrap();
-        let read = read_committed(&File::open(&path).unwrap()).unwrap();
+        let read = read_committed(&File::open(&path).unwrap(), None).unwrap();
         std::fs::remove_file(&path).unwrap();
         read
     }

@@ -1,5 +1,5 @@
 //! `Mount::copy_committed`: copies taken while SQLite writes are always one committed state,
-//! never pages of an open transaction, and wait for a commit held at its commit point.
+//! never pages of an open transaction, and never wait for a commit held at its commit point.
 //!
 //! The sink applies every captured transaction to a separate copy and records the checksum
 //! after each; a copy's checksum must be one of them.
@@ -115,44 +115,56 @@ fn copies_taken_during_wal_writes_are_committed_states() {
     copies_during_writes("WAL");
 }
 
-/// The file SQLite's writer holds, and a copy waits on: the database's lock bytes in
-/// rollback mode, the WAL index's in WAL mode.
-fn contended_file(fx: &Fixture, mode: &str) -> PathBuf {
-    if mode == "WAL" { fx.path(&format!("{DB}-shm")) } else { fx.path(DB) }
-}
-
-/// A copy started while a commit is held at its commit point waits for it, and then shows it.
-fn copy_waits_for_a_held_commit(mode: &str) {
+/// A copy started while a commit is held at its commit point (in synchronous replication,
+/// waiting for the replica that needs this copy) returns without waiting for it, with the
+/// state before that commit; the commit then completes.
+fn copy_does_not_wait_for_a_held_commit(mode: &str) {
     let fx = primary_in(mode);
+    let before = fx.sink.pos_of(DB).checksum;
     let dir = TempDir::new("held");
     let dest = dest_in(&dir, "copy");
     let copy = thread::scope(|s| {
         let held = fx.sink.gate.hold();
-        s.spawn(|| fx.open(DB).execute("INSERT INTO t(v) VALUES (randomblob(5000))", []).unwrap());
+        let writer = s.spawn(|| {
+            let conn = fx.open(DB);
+            // Enough pages that the rollback writer has written many into the file and
+            // journaled their originals.
+            conn.execute_batch(
+                "BEGIN; UPDATE t SET v = randomblob(1000) WHERE id % 2 = 0; INSERT INTO t(v) VALUES (randomblob(9000)); \
+                 COMMIT;",
+            )
+        });
         held.wait_arrivals(1);
-        let copier = s.spawn(|| fx.mount().copy_committed(DB, &dest));
-        let contended = contended_file(&fx, mode);
-        wait_until("the copy to wait on SQLite's lock", || blocked_ofd_waiters(&contended) > 0);
-        assert!(!copier.is_finished(), "{mode}: the copy did not wait for the commit");
+        if mode != "WAL" {
+            assert_ne!(checksum(&fx.stored(DB), PAGE_SIZE), before, "the held commit's pages are in the file");
+        }
+        // On this thread, with the commit still held: a copy that waited would never return.
+        let copy = fx.mount().copy_committed(DB, &dest);
         drop(held);
-        copier.join().expect("copier").expect("copy")
+        writer.join().expect("writer").expect("the held commit completes");
+        copy.expect("copy")
     });
-    check_copy(&fx, &copy, &dest, mode);
-    assert_eq!(copy.checksum, fx.sink.pos_of(DB).checksum, "{mode}: the copy shows the commit it waited for");
+    assert_eq!(check_copy(&fx, &copy, &dest, mode), before, "{mode}: the copy shows the state before the commit");
+    assert_ne!(fx.sink.pos_of(DB).checksum, before, "{mode}: the commit went through afterwards");
+    let copy = fx.mount().copy_committed(DB, &dest).expect("copy after the commit");
+    assert_eq!(check_copy(&fx, &copy, &dest, mode), fx.sink.pos_of(DB).checksum, "{mode}: after the commit");
 }
 
 #[test]
-fn a_copy_waits_for_a_rollback_commit_held_at_its_commit_point() {
-    copy_waits_for_a_held_commit("DELETE");
+fn a_copy_during_a_rollback_commit_held_at_its_commit_point_returns_the_state_before_it() {
+    copy_does_not_wait_for_a_held_commit("DELETE");
+    copy_does_not_wait_for_a_held_commit("PERSIST");
+    copy_does_not_wait_for_a_held_commit("TRUNCATE");
 }
 
 #[test]
-fn a_copy_waits_for_a_wal_commit_held_at_its_commit_point() {
-    copy_waits_for_a_held_commit("WAL");
+fn a_copy_during_a_wal_commit_held_at_its_commit_point_returns_the_state_before_it() {
+    copy_does_not_wait_for_a_held_commit("WAL");
 }
 
 /// A large transaction that spills its cache is open (rollback: its pages are in the
-/// database file; WAL: its frames are in the WAL) when the copy starts; it rolls back.
+/// database file; WAL: its frames are in the WAL) when the copy starts: the copy does not wait
+/// for it and shows the state before it; it then rolls back.
 fn copy_during_a_spilled_transaction(mode: &str) {
     let fx = primary_in(mode);
     let before = fx.sink.pos_of(DB).checksum;
@@ -165,17 +177,10 @@ fn copy_during_a_spilled_transaction(mode: &str) {
     }
     let dir = TempDir::new("spill");
     let dest = dest_in(&dir, "copy");
-    let copy = thread::scope(|s| {
-        let copier = s.spawn(|| fx.mount().copy_committed(DB, &dest));
-        let contended = contended_file(&fx, mode);
-        // Whatever happens, end the transaction, or the copier never returns.
-        let waited = std::panic::catch_unwind(|| {
-            wait_until("the copy to wait on the open transaction", || blocked_ofd_waiters(&contended) > 0)
-        });
-        conn.execute_batch("ROLLBACK").unwrap();
-        assert!(waited.is_ok(), "{mode}: the copy did not wait for the open transaction");
-        copier.join().expect("copier").expect("copy")
-    });
+    // On this thread, with the transaction open: a copy that waited would never return.
+    let copy = fx.mount().copy_committed(DB, &dest);
+    conn.execute_batch("ROLLBACK").unwrap();
+    let copy = copy.expect("copy");
     assert_eq!(check_copy(&fx, &copy, &dest, mode), before, "{mode}: the copy shows the state before");
     // With nobody writing, the rolled-back transaction's frames are still in the WAL, past
     // the last commit: a copy now must ignore them.
