@@ -104,3 +104,8 @@ fn kill_9_in_truncate_mode_loses_no_acknowledged_transaction() {
 fn kill_9_in_persist_mode_loses_no_acknowledged_transaction() {
     crash_and_recover("persist");
 }
+
+#[test]
+fn kill_9_in_wal_mode_loses_no_acknowledged_transaction() {
+    crash_and_recover("wal");
+}
