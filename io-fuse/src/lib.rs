@@ -45,6 +45,7 @@ mod replica;
 mod shared;
 mod unjournaled;
 mod virtual_node;
+mod wal_fold;
 mod wal_node;
 
 pub use boundary::{CapturedPage, CapturedTx, CommitSink, Durability, JournalMode, Refusal, WalSegment};
@@ -52,5 +53,6 @@ pub use copy::CommittedCopy;
 pub use error::{ApplyLtxError, CaptureError, CopyError, MountError};
 pub use hot_journal::roll_back_hot_journal;
 pub use layout::database_path;
+pub use wal_fold::{FoldedWal, fold_wal};
 pub use mount::{Mount, MountOptions, Role};
 pub use names::{LAG_FILENAME, PRIMARY_FILENAME};

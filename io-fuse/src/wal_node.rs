@@ -220,6 +220,104 @@ fn wal_checksum(big_endian: bool, data: &[u8], sum: (u32, u32)) -> (u32, u32) {
     (s1, s2)
 }
 
+/// A walk over the valid frames of a WAL, the way SQLite's WAL recovery (`walIndexRecover`)
+/// walks them: after a valid header, each frame with the header's salts and a running
+/// checksum that follows, until the first that does not (a torn write, a header the mount
+/// erased, a frame of an older generation of the log) or the end.
+pub(crate) struct WalFrames {
+    pub(crate) page_size: PageSize,
+    big_endian: bool,
+    salts: [u8; 8],
+    sum: (u32, u32),
+    /// Offset of the next frame.
+    at: u64,
+    /// Where reading stops: the end of the file, or of frame `max_frame`.
+    end: u64,
+}
+
+/// One valid frame, as [`WalFrames::next_frame`] found it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WalFrame {
+    pub(crate) pgno: u32,
+    /// The database size in pages after the transaction this frame commits; 0 when it does
+    /// not end a transaction.
+    pub(crate) commit: u32,
+    /// Byte offset of the frame's page data in the WAL (past the frame header).
+    pub(crate) data_offset: u64,
+    /// The frame's number, counting from 1 (what `mxFrame` counts).
+    pub(crate) number: u32,
+}
+
+impl WalFrames {
+    /// Reads the WAL's header; `None` when it has no valid one (empty, short, wrong magic,
+    /// page size or checksum): SQLite then treats the log as empty. `max_frame`, when given,
+    /// is the last frame to read (the WAL index's `mxFrame`).
+    pub(crate) fn open(wal: &File, max_frame: Option<u32>) -> std::io::Result<Option<WalFrames>> {
+        let len = wal.metadata()?.len();
+        let mut header = [0u8; WAL_HEADER_SIZE as usize];
+        match wal.read_exact_at(&mut header, 0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let magic = be32(&header, 0);
+        if magic & !1 != WAL_MAGIC {
+            return Ok(None);
+        }
+        let big_endian = magic & 1 == 1;
+        let Some(page_size) = PageSize::new(be32(&header, 8)) else { return Ok(None) };
+        let mut salts = [0u8; 8];
+        salts.copy_from_slice(&header[16..24]);
+        let sum = wal_checksum(big_endian, &header[..24], (0, 0));
+        if sum != (be32(&header, 24), be32(&header, 28)) {
+            return Ok(None);
+        }
+        let frame_len = FRAME_HEADER_SIZE + u64::from(page_size.get());
+        let end = match max_frame {
+            Some(max_frame) => len.min(WAL_HEADER_SIZE + u64::from(max_frame) * frame_len),
+            None => len,
+        };
+        Ok(Some(WalFrames { page_size, big_endian, salts, sum, at: WAL_HEADER_SIZE, end }))
+    }
+
+    /// Bytes of one frame: its header and a page.
+    pub(crate) fn frame_len(&self) -> usize {
+        FRAME_HEADER_SIZE as usize + self.page_size.bytes()
+    }
+
+    /// Reads the next frame into `frame` (of [`WalFrames::frame_len`] bytes); `None` once the
+    /// valid frames end. Its page is `frame[FRAME_HEADER_SIZE..]`.
+    pub(crate) fn next_frame(&mut self, wal: &File, frame: &mut [u8]) -> std::io::Result<Option<WalFrame>> {
+        assert_eq!(frame.len(), self.frame_len(), "a buffer of one frame");
+        let frame_len = frame.len() as u64;
+        if self.at + frame_len > self.end {
+            return Ok(None);
+        }
+        wal.read_exact_at(frame, self.at)?;
+        let pgno = be32(frame, 0);
+        if pgno == 0 || frame[8..16] != self.salts {
+            self.end = self.at;
+            return Ok(None);
+        }
+        let big_endian = self.big_endian;
+        let next = wal_checksum(
+            big_endian,
+            &frame[FRAME_HEADER_SIZE as usize..],
+            wal_checksum(big_endian, &frame[..8], self.sum),
+        );
+        if next != (be32(frame, 16), be32(frame, 20)) {
+            self.end = self.at;
+            return Ok(None);
+        }
+        self.sum = next;
+        let number = u32::try_from((self.at - WAL_HEADER_SIZE) / frame_len + 1)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "WAL has more than 2^32 frames"))?;
+        let found = WalFrame { pgno, commit: be32(frame, 4), data_offset: self.at + FRAME_HEADER_SIZE, number };
+        self.at += frame_len;
+        Ok(Some(found))
+    }
+}
+
 /// Reads the committed frames of the WAL in `wal`, a page at a time; `None` when it holds no
 /// committed transaction (empty, a header only, an invalid header, or only frames of a
 /// transaction that never committed, such as one rolled back after spilling).
@@ -233,55 +331,19 @@ fn wal_checksum(big_endian: bool, data: &[u8], sum: (u32, u32)) -> (u32, u32) {
 /// last frame SQLite has published to readers. Frames after it are not read, committed or
 /// not: a commit frame written but held at its commit point is not published.
 pub(crate) fn read_committed(wal: &File, max_frame: Option<u32>) -> std::io::Result<Option<CommittedWal>> {
-    let len = wal.metadata()?.len();
-    let mut header = [0u8; WAL_HEADER_SIZE as usize];
-    match wal.read_exact_at(&mut header, 0) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let magic = be32(&header, 0);
-    if magic & !1 != WAL_MAGIC {
-        return Ok(None);
-    }
-    let big_endian = magic & 1 == 1;
-    let Some(page_size) = PageSize::new(be32(&header, 8)) else { return Ok(None) };
-    let salts = &header[16..24];
-    let mut sum = wal_checksum(big_endian, &header[..24], (0, 0));
-    if sum != (be32(&header, 24), be32(&header, 28)) {
-        return Ok(None);
-    }
-    let frame_len = FRAME_HEADER_SIZE + u64::from(page_size.get());
-    let mut frame = vec![0u8; usize::try_from(frame_len).expect("a frame is at most 64 KiB + 24 bytes")];
+    let Some(mut frames) = WalFrames::open(wal, max_frame)? else { return Ok(None) };
+    let mut frame = vec![0u8; frames.frame_len()];
     let mut committed = BTreeMap::new();
     let mut pending: BTreeMap<u32, u64> = BTreeMap::new();
     let mut commit = None;
-    let mut at = WAL_HEADER_SIZE;
-    let end = match max_frame {
-        Some(max_frame) => len.min(WAL_HEADER_SIZE + u64::from(max_frame) * frame_len),
-        None => len,
-    };
-    while at + frame_len <= end {
-        wal.read_exact_at(&mut frame, at)?;
-        let pgno = be32(&frame, 0);
-        if pgno == 0 || &frame[8..16] != salts {
-            break;
-        }
-        let next =
-            wal_checksum(big_endian, &frame[FRAME_HEADER_SIZE as usize..], wal_checksum(big_endian, &frame[..8], sum));
-        if next != (be32(&frame, 16), be32(&frame, 20)) {
-            break;
-        }
-        sum = next;
-        pending.insert(pgno, at + FRAME_HEADER_SIZE);
-        let frame_commit = be32(&frame, 4);
-        if frame_commit != 0 {
+    while let Some(f) = frames.next_frame(wal, &mut frame)? {
+        pending.insert(f.pgno, f.data_offset);
+        if f.commit != 0 {
             committed.append(&mut pending);
-            commit = Some(frame_commit);
+            commit = Some(f.commit);
         }
-        at += frame_len;
     }
-    Ok(commit.map(|commit| CommittedWal { page_size, commit, pages: committed }))
+    Ok(commit.map(|commit| CommittedWal { page_size: frames.page_size, commit, pages: committed }))
 }
 
 /// Bytes of one copy of the WAL-index header (wal.c `WalIndexHdr`), which SQLite keeps twice
@@ -339,7 +401,7 @@ pub(crate) fn erase_frame_header(path: &Path, frame: u64) -> Result<(), CaptureE
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn frame_header(pgno: u32, commit: u32) -> Vec<u8> {
@@ -408,7 +470,7 @@ mod tests {
     }
 
     /// Builds a WAL the way SQLite writes one: header, then checksummed frames.
-    fn wal_bytes(page: u32, frames: &[(u32, u32, u8)], salts: [u8; 8]) -> Vec<u8> {
+    pub(crate) fn wal_bytes(page: u32, frames: &[(u32, u32, u8)], salts: [u8; 8]) -> Vec<u8> {
         let mut w = vec![0u8; 32];
         w[0..4].copy_from_slice(&(WAL_MAGIC | 1).to_be_bytes());
         w[4..8].copy_from_slice(&3_007_000u32.to_be_bytes());
