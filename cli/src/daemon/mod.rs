@@ -130,6 +130,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     info!(node = %node_id, %hostname, %advertise_url, data = %data_dir.display(), "starting");
 
     roll_back_hot_journals(&data_dir)?;
+    fold_wals(&data_dir)?;
     let clock = Clock::start();
     let mut node = Node::new(node_config(config, node_id, rand::random())?)?;
     let (mut store, recovery) = Store::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
@@ -190,6 +191,45 @@ fn roll_back_hot_journals(data_dir: &Path) -> anyhow::Result<()> {
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
         replite_fuse::roll_back_hot_journal(data_dir, &name)
             .with_context(|| format!("rolling back the hot journal of {name}"))?;
+    }
+    Ok(())
+}
+
+/// Folds into each database file the transactions a crash left in its WAL, as far as the
+/// durable history reaches: the longest prefix of the WAL's commits whose database checksum
+/// is the post-apply checksum of a verified LTX file. Commits past it (one the mount wrote
+/// before the sink answered, so never acknowledged) are dropped with the WAL. Runs after the
+/// hot-journal rollback and before recovery checksums the files, with nothing mounted.
+fn fold_wals(data_dir: &Path) -> anyhow::Result<()> {
+    let dbs = crate::store::layout::dbs_dir(data_dir);
+    let entries = match std::fs::read_dir(&dbs) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dbs.display())),
+    };
+    let mut with_wal = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", dbs.display()))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        let wal = entry.path().join(crate::store::layout::WAL_FILE);
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            with_wal.push(name);
+        }
+    }
+    if with_wal.is_empty() {
+        return Ok(());
+    }
+    // Only the LTX files are needed; the database checksums it reports are of the files
+    // before the fold, and `Store::open` recovers again after it.
+    let recovery = crate::store::recover(data_dir).with_context(|| format!("reading {}", data_dir.display()))?;
+    for name in with_wal {
+        let durable: std::collections::BTreeSet<replite_core::Checksum> = DbName::new(&name)
+            .ok()
+            .and_then(|db| recovery.dbs.get(&db))
+            .map(|rec| rec.ltx.iter().map(|f| f.post).collect())
+            .unwrap_or_default();
+        replite_fuse::fold_wal(data_dir, &name, |sum| durable.contains(&sum))
+            .with_context(|| format!("folding the WAL of {name} into its database"))?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! ```text
 //! <data.dir>/epoch                              highest lease epoch seen: 16 hex digits + "\n"
 //! <data.dir>/dbs/<name>/database                the database file
+//! <data.dir>/dbs/<name>/wal                     SQLite's WAL (the mount's); folded at start
 //! <data.dir>/dbs/<name>/ltx/%016x-%016x.ltx     LTX files by TXID range
 //! <any of the above>.tmp                        a write in progress; deleted at recovery
 //! ```
@@ -19,6 +20,9 @@ pub const EPOCH_FILE: &str = "epoch";
 pub const DBS_DIR: &str = "dbs";
 /// Name of the database file inside a database's directory.
 pub const DATABASE_FILE: &str = "database";
+/// Name of the WAL inside a database's directory (written by the mount; the daemon folds
+/// what a crash left of it into the database file before recovery).
+pub const WAL_FILE: &str = "wal";
 /// Name of the LTX directory inside a database's directory.
 pub const LTX_DIR: &str = "ltx";
 
