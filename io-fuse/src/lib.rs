@@ -53,6 +53,6 @@ pub use copy::CommittedCopy;
 pub use error::{ApplyLtxError, CaptureError, CopyError, MountError};
 pub use hot_journal::roll_back_hot_journal;
 pub use layout::database_path;
-pub use wal_fold::{FoldedWal, fold_wal};
 pub use mount::{Mount, MountOptions, Role};
 pub use names::{LAG_FILENAME, PRIMARY_FILENAME};
+pub use wal_fold::{FoldedWal, fold_wal};

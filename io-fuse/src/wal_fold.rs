@@ -154,12 +154,14 @@ pub fn fold_wal(data_dir: &Path, db: &str, is_durable: impl Fn(Checksum) -> bool
     if let Some(dir) = wal_path.parent() {
         File::open(dir)?.sync_all()?;
     }
-    let (pages, checksum) = folded.database.unzip();
-    if folded.commits_dropped > 0 {
-        warn!(db, folded = folded.commits_folded, dropped = folded.commits_dropped, ?pages, checksum = ?checksum,
-            "folded the WAL left by a crash; dropped commits that reached no durable position");
-    } else {
-        info!(db, folded = folded.commits_folded, ?pages, checksum = ?checksum, "folded the WAL left by a crash");
+    let (folded_commits, dropped) = (folded.commits_folded, folded.commits_dropped);
+    match folded.database {
+        None => info!(db, "deleted a WAL without a valid header left by a crash"),
+        Some((pages, checksum)) if dropped > 0 => warn!(db, folded = folded_commits, dropped, pages, %checksum,
+            "folded the WAL left by a crash; dropped commits that reached no durable position"),
+        Some((pages, checksum)) => {
+            info!(db, folded = folded_commits, pages, %checksum, "folded the WAL left by a crash");
+        }
     }
     Ok(Some(folded))
 }
