@@ -45,7 +45,9 @@ struct Image {
     file: Vec<Checksum>,
     /// Page checksums of the latest frame of each page the walk has applied.
     frames: BTreeMap<u32, Checksum>,
+    /// The size in pages after the last commit applied.
     pages: u32,
+    /// The database checksum of pages `1..=pages`.
     sum: DatabaseChecksum,
     zeros: Vec<u8>,
 }
@@ -123,7 +125,8 @@ struct Prefix {
 /// The checksum of each prefix is kept incrementally (each frame's page checksum toggled in
 /// for the one it replaces), so the database file is read once and written once. Frames are
 /// read the way SQLite's WAL recovery reads them ([`WalFrames`]): a torn frame, or one with an
-/// older generation's salts, ends the log.
+/// older generation's salts, ends the log. Memory: a checksum per page of the file and per
+/// distinct page in the WAL, plus a frame.
 pub fn fold_wal(data_dir: &Path, db: &str, is_durable: impl Fn(Checksum) -> bool) -> io::Result<Option<FoldedWal>> {
     let (Some(wal_path), Some(shm_path), Some(db_path)) = (
         backing_path(data_dir, NodeKind::Wal, db),
