@@ -80,11 +80,18 @@ impl Node {
     }
 
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Starts `replite mount` with `command` after `--` (none: run until signalled).
+    pub fn start_with(&mut self, command: &[&str]) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_replite"))
             .args(["mount", "-config"])
             .arg(&self.config)
+            .args(if command.is_empty() { &[][..] } else { &["--"][..] })
+            .args(command)
             .env("REPLITE_LOG", "info,replite=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -101,6 +108,32 @@ impl Node {
             let _ = child.wait();
         }
         detach(&self.mount);
+    }
+
+    /// Waits (bounded) for the daemon to exit by itself; its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                // No detach here: callers check that the daemon unmounted by itself.
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                detach(&self.mount);
+                panic!("{} did not exit within {WAIT:?}\n{}", self.name, self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(child.id() as i32, signal) };
     }
 
     /// SIGTERM, and wait (bounded) for the exit.
