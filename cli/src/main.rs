@@ -1,6 +1,7 @@
 //! `replite`: the command-line tool and (in later issues) the daemon.
 
 mod args;
+mod bench;
 mod dev;
 mod ltx_cmd;
 mod node_cmd;
@@ -52,6 +53,9 @@ enum Command {
     Import(transfer_cmd::TransferArgs),
     /// Download a consistent copy of database NAME from a node into FILE.
     Export(transfer_cmd::TransferArgs),
+    /// Measure SQLite natively, on a single node and on a primary + replica pair (in this
+    /// process, on 127.0.0.1), plus replication lag and snapshot catch-up; print a table.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Command::Handoff(args) => runtime().and_then(|rt| rt.block_on(node_cmd::handoff(args))),
         Command::Import(args) => runtime().and_then(|rt| rt.block_on(transfer_cmd::import(args))),
         Command::Export(args) => runtime().and_then(|rt| rt.block_on(transfer_cmd::export(args))),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,
