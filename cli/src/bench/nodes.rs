@@ -53,6 +53,12 @@ impl BenchNode {
         config.lease.hostname = "127.0.0.1".into();
         let node = BenchNode::start(handle, root, name, &config)?;
         node.wait_until("primary", READY_TIMEOUT, |s| s.role == "primary")?;
+        // Primary in the status is not yet a writable mount: wait for that too.
+        if let Some(running) = &node.running {
+            node.handle
+                .block_on(async { tokio::time::timeout(READY_TIMEOUT, running.ready()).await })
+                .map_err(|_| anyhow::anyhow!("{name}: mount not writable within {READY_TIMEOUT:?}"))??;
+        }
         Ok(node)
     }
 

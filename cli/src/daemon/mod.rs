@@ -48,12 +48,12 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
     let (config, found) = Config::load(args.config.as_deref())?;
     info!(config = %found.display(), "loaded config");
     let running = start(&config).await?;
-    let mut status = running.status.clone();
+    let status = running.status.clone();
 
     let mut signals = exec::Signals::new().context("installing signal handlers")?;
     if !config.skip_sync {
         tokio::select! {
-            ready = status.wait_for(|s| s.in_sync) => { ready.context("the driver stopped before the node was ready")?; }
+            ready = running.ready() => { ready?; }
             signal = signals.next() => {
                 info!(?signal, "signal before the node was ready; shutting down");
                 running.stop().await;
@@ -76,13 +76,35 @@ pub struct Running {
     pub status: watch::Receiver<Status>,
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
+    mount: Arc<Mount>,
     shutdown: tokio::sync::oneshot::Sender<()>,
     driver: tokio::task::JoinHandle<()>,
     server: tokio::task::JoinHandle<()>,
     server_stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// Longest the mount may take to follow a role the driver published (the switch runs on the
+/// status thread, moments after the status changes).
+const ROLE_SWITCH_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Running {
+    /// Waits until this node is ready for applications: primary with a writable mount, or a
+    /// replica in sync with its primary.
+    pub async fn ready(&self) -> anyhow::Result<()> {
+        let mut status = self.status.clone();
+        let role =
+            status.wait_for(|s| s.in_sync).await.context("the driver stopped before the node was ready")?.role.clone();
+        if role == "primary" {
+            let waited = tokio::time::timeout(ROLE_SWITCH_TIMEOUT, async {
+                while self.mount.role() != Role::Primary {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            });
+            waited.await.context("the mount did not become writable after the node became primary")?;
+        }
+        Ok(())
+    }
+
     /// Shuts the Node down (releasing the lease), stops the API and unmounts.
     pub async fn stop(self) {
         let _ = self.shutdown.send(());
@@ -152,7 +174,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let sums_dir = data_dir.clone();
     let mut driver = Driver::new(node, fs_requests, leaser, storage, Box::new(move |db| load_page_sums(&sums_dir, db)))
         .with_network(Network { me, accepted, operator })
-        .with_surface(mount);
+        .with_surface(Arc::clone(&mount) as Arc<dyn crate::driver::Surface>);
     driver.execute_all(deferred);
     let status = driver.status();
     let events = driver.events();
@@ -174,7 +196,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let _ = shutdown_rx.await;
     }));
     info!(addr = %http_addr, "HTTP API listening");
-    Ok(Running { status, http_addr, shutdown, driver, server, server_stop })
+    Ok(Running { status, http_addr, mount, shutdown, driver, server, server_stop })
 }
 
 /// Undoes what a crash left half-written: a transaction's pages in a database file whose

@@ -575,7 +575,16 @@ impl Driver {
             }
             Output::RequestHandoff { primary, to } => self.request_handoff(primary, to),
             Output::Event(event) => {
-                info!(?event, "node event");
+                // Trouble an operator should see without debug logging: resyncs (a replica
+                // that keeps failing the same file or snapshot), disk failures, sync stalls.
+                match &event {
+                    replite_core::node::Event::Resync { .. }
+                    | replite_core::node::Event::DiskFailed { .. }
+                    | replite_core::node::Event::SyncStalled { .. }
+                    | replite_core::node::Event::SyncDegraded { .. }
+                    | replite_core::node::Event::ReplicaCutOff { .. } => warn!(?event, "node event"),
+                    _ => info!(?event, "node event"),
+                }
                 self.events.node_event(&event);
             }
         }

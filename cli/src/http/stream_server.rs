@@ -106,6 +106,14 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Frames are small and latency-bound: without TCP_NODELAY a DATA frame can wait ~40 ms
+    // for the replica's delayed ACK (measured: docs/BENCHMARKS.md, lag).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
+        }
+    });
     serve_with(listener, router, shutdown).await
 }
 
