@@ -510,3 +510,49 @@ fn a_wal_mode_primary_replicates_and_a_long_lived_replica_reader_sees_every_comm
     a.stop();
     b.stop();
 }
+
+#[test]
+fn a_primary_killed_mid_snapshot_comes_back_and_the_replica_finishes_catching_up() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+    a.edit_config(|text| text.replacen("data:\n", "data:\n  retention: 1ms\n", 1));
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    let conn = open(&a, "big.db");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)").expect("create");
+    // About 96 MiB of incompressible rows: a snapshot that takes a while to send.
+    for _ in 0..24 {
+        conn.execute("INSERT INTO t (v) SELECT randomblob(4096) FROM generate_series(1, 1000)", [])
+            .or_else(|_| {
+                conn.execute_batch(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) INSERT INTO t (v) SELECT randomblob(4096) FROM n",
+                )
+                .map(|()| 0)
+            })
+            .expect("insert");
+    }
+    drop(conn);
+    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
+    b.start();
+    // Freeze b as soon as it connects, so the snapshot stalls mid-way (the primary's send
+    // blocks once the stream's buffers are full), then kill the primary while it is sending.
+    let deadline = Instant::now() + WAIT;
+    while !a.log_text().contains("replica connected") {
+        assert!(Instant::now() < deadline, "b never connected\n{}", b.log_text());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    b.signal(libc::SIGSTOP);
+    a.wait_for("sending a snapshot", |i| i["snapshots"].as_array().is_some_and(|s| !s.is_empty()));
+    a.kill();
+    b.signal(libc::SIGCONT);
+    assert!(b.pos("big.db").is_none_or(|p| p.starts_with("0000000000000000/")), "b has nothing yet");
+    a.start();
+    a.wait_for("primary again", |i| i["role"] == "primary");
+    converge(&a, &[&b], "big.db");
+    let reader = open_read_only(&b, "big.db");
+    assert_eq!(count(&reader), 24_000);
+    assert_eq!(integrity(&reader), "ok");
+    drop(reader);
+    a.stop();
+    b.stop();
+}
