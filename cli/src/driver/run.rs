@@ -48,6 +48,12 @@ pub struct Network {
     pub operator: mpsc::UnboundedReceiver<Input>,
 }
 
+/// A stream to the primary: its task, and once it is open, where acknowledgements go.
+struct UpstreamTask {
+    task: tokio::task::AbortHandle,
+    outgoing: Option<mpsc::Sender<Bytes>>,
+}
+
 /// Everything that comes back to the loop from tasks it started.
 enum Back {
     Input(Input),
@@ -74,7 +80,7 @@ pub struct Driver {
     network: Option<Network>,
     /// Advertise URLs (and hostnames) of the nodes the lease named.
     peers: BTreeMap<NodeId, LeaseRecord>,
-    upstreams: BTreeMap<UpstreamId, Option<(mpsc::Sender<Bytes>, tokio::task::AbortHandle)>>,
+    upstreams: BTreeMap<UpstreamId, UpstreamTask>,
     upstream_reports: mpsc::UnboundedReceiver<UpstreamReport>,
     upstream_reports_tx: mpsc::UnboundedSender<UpstreamReport>,
     downstreams: BTreeMap<DownstreamId, mpsc::UnboundedSender<DownstreamCmd>>,
@@ -256,9 +262,7 @@ impl Driver {
         }
         self.after_step();
         for (_, up) in std::mem::take(&mut self.upstreams) {
-            if let Some((_, task)) = up {
-                task.abort();
-            }
+            up.task.abort();
         }
         self.downstreams.clear();
     }
@@ -339,12 +343,8 @@ impl Driver {
         match report {
             UpstreamReport::Opened { conn, ext, outgoing } => {
                 // A stream the Node closed meanwhile stays closed.
-                let Some(slot) = self.upstreams.get_mut(&conn) else { return };
-                let task = slot.take().map(|(_, t)| t);
-                match task {
-                    Some(task) => *slot = Some((outgoing, task)),
-                    None => return,
-                }
+                let Some(up) = self.upstreams.get_mut(&conn) else { return };
+                up.outgoing = Some(outgoing);
                 self.node.handle(self.clock.now(), Input::UpstreamOpened { conn, ext });
             }
             UpstreamReport::Input(input) => {
@@ -550,7 +550,7 @@ impl Driver {
             }
             Output::Connect { conn, peer, ext, body } => self.connect(conn, peer, ext, body),
             Output::SendUpstream { conn, bytes } => {
-                if let Some(Some((outgoing, _))) = self.upstreams.get(&conn) {
+                if let Some(outgoing) = self.upstreams.get(&conn).and_then(|up| up.outgoing.as_ref()) {
                     // Acknowledgements are cumulative: one that does not fit is repaired by the next.
                     if outgoing.try_send(Bytes::from(bytes)).is_err() {
                         debug!(conn = conn.0, "acknowledgement dropped: the stream is full or closed");
@@ -558,8 +558,8 @@ impl Driver {
                 }
             }
             Output::CloseUpstream { conn } => {
-                if let Some(Some((_, task))) = self.upstreams.remove(&conn) {
-                    task.abort();
+                if let Some(up) = self.upstreams.remove(&conn) {
+                    up.task.abort();
                 }
             }
             Output::SendDownstream { conn, bytes } => self.queue_downstream(conn, DownstreamCmd::Bytes(bytes)),
@@ -608,8 +608,7 @@ impl Driver {
         let url = record.advertise_url.clone();
         info!(%peer, %url, "connecting to the primary");
         let task = tokio::spawn(run_upstream(conn, url, me, ext, body, self.upstream_reports_tx.clone()));
-        let (placeholder, _) = mpsc::channel(1);
-        self.upstreams.insert(conn, Some((placeholder, task.abort_handle())));
+        self.upstreams.insert(conn, UpstreamTask { task: task.abort_handle(), outgoing: None });
     }
 
     fn request_handoff(&self, primary: NodeId, to: NodeId) {
