@@ -445,14 +445,20 @@ fn in_synchronous_mode_every_acknowledged_write_survives_repeated_kills_of_the_p
     }
 }
 
-#[test]
-fn a_replica_joining_after_retention_dropped_the_history_gets_a_snapshot_of_the_live_database() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
-    // Keep LTX files only briefly: the history soon no longer starts at TXID 1.
+/// A static primary that keeps LTX files only briefly, so its history soon no longer starts
+/// at TXID 1 and a new replica needs a copy of the live database.
+fn short_retention_primary(root: &std::path::Path) -> Node {
+    let mut a = Node::new(root, "a", &Lease::Static { primary_url: None });
     a.edit_config(|text| text.replacen("data:\n", "data:\n  retention: 1ms\n", 1));
     a.start();
     a.wait_for("primary", |i| i["role"] == "primary");
+    a
+}
+
+#[test]
+fn a_replica_joining_after_retention_dropped_the_history_gets_a_snapshot_of_the_live_database() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = short_retention_primary(root.path());
     let conn = open(&a, "app.db");
     conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)").expect("create");
     for _ in 0..40 {
@@ -514,22 +520,16 @@ fn a_wal_mode_primary_replicates_and_a_long_lived_replica_reader_sees_every_comm
 #[test]
 fn a_primary_killed_mid_snapshot_comes_back_and_the_replica_finishes_catching_up() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
-    a.edit_config(|text| text.replacen("data:\n", "data:\n  retention: 1ms\n", 1));
-    a.start();
-    a.wait_for("primary", |i| i["role"] == "primary");
+    let mut a = short_retention_primary(root.path());
     let conn = open(&a, "big.db");
     conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)").expect("create");
     // About 96 MiB of incompressible rows: a snapshot that takes a while to send.
     for _ in 0..24 {
-        conn.execute("INSERT INTO t (v) SELECT randomblob(4096) FROM generate_series(1, 1000)", [])
-            .or_else(|_| {
-                conn.execute_batch(
-                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) INSERT INTO t (v) SELECT randomblob(4096) FROM n",
-                )
-                .map(|()| 0)
-            })
-            .expect("insert");
+        conn.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) \
+             INSERT INTO t (v) SELECT randomblob(4096) FROM n",
+        )
+        .expect("insert 1000 rows");
     }
     drop(conn);
     let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
