@@ -22,6 +22,18 @@ fn open_read_only(node: &Node, db: &str) -> Connection {
     conn
 }
 
+/// The table every test writes: `t (id, v TEXT)`.
+fn create_table(conn: &Connection) {
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create table t");
+}
+
+/// `n` autocommit inserts of `"{label} {i}"`.
+fn insert_rows(conn: &Connection, label: &str, n: usize) {
+    for i in 0..n {
+        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("{label} {i}")]).expect("insert");
+    }
+}
+
 fn count(conn: &Connection) -> i64 {
     conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("count")
 }
@@ -56,7 +68,7 @@ fn three_static_nodes_replicate_every_write_and_replicas_refuse_writes() {
     c.start();
 
     let conn = open(&a, "app.db");
-    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
+    create_table(&conn);
     for i in 0..50 {
         conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("row {i} {}", "x".repeat(i * 40))]).expect("insert");
     }
@@ -98,9 +110,7 @@ fn three_static_nodes_replicate_every_write_and_replicas_refuse_writes() {
 
     // A replica that was down catches up when it comes back.
     c.stop();
-    for i in 0..20 {
-        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("later {i}")]).expect("insert while c is down");
-    }
+    insert_rows(&conn, "later", 20);
     c.start();
     converge(&a, &[&b, &c], "app.db");
     assert_eq!(count(&open_read_only(&c, "app.db")), 70);
@@ -145,10 +155,8 @@ fn with_etcd_a_killed_primary_is_replaced_and_returns_as_a_replica() {
     let root = tempfile::tempdir().expect("tempdir");
     let (mut nodes, first) = etcd_cluster(root.path(), &etcd.endpoint);
     let conn = open(&nodes[first], "app.db");
-    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
-    for i in 0..20 {
-        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("before {i}")]).expect("insert");
-    }
+    create_table(&conn);
+    insert_rows(&conn, "before", 20);
     let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
     converge(&nodes[first], &[&nodes[others[0]], &nodes[others[1]]], "app.db");
     drop(conn);
@@ -162,9 +170,7 @@ fn with_etcd_a_killed_primary_is_replaced_and_returns_as_a_replica() {
 
     let conn = open(&nodes[second], "app.db");
     assert_eq!(count(&conn), 20, "every replicated transaction is on the new primary");
-    for i in 0..10 {
-        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("after {i}")]).expect("insert on the new primary");
-    }
+    insert_rows(&conn, "after", 10);
     drop(conn);
 
     nodes[first].start();
@@ -209,7 +215,7 @@ fn handoff_under_load_moves_the_primary_quickly_and_loses_no_acknowledged_write(
     let root = tempfile::tempdir().expect("tempdir");
     let (mut nodes, first) = etcd_cluster(root.path(), &etcd.endpoint);
     let conn = open(&nodes[first], "app.db");
-    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
+    create_table(&conn);
     drop(conn);
     let target = (first + 1) % 3;
     let rest: Vec<&Node> = (0..3).filter(|&i| i != first).map(|i| &nodes[i]).collect();
@@ -315,19 +321,15 @@ fn a_returning_primary_with_history_the_cluster_never_saw_is_resynced_from_a_sna
     let (mut nodes, first) = etcd_cluster(root.path(), &etcd.endpoint);
     let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
     let conn = open(&nodes[first], "app.db");
-    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
-    for i in 0..5 {
-        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("shared {i}")]).expect("insert");
-    }
+    create_table(&conn);
+    insert_rows(&conn, "shared", 5);
     converge(&nodes[first], &[&nodes[others[0]], &nodes[others[1]]], "app.db");
 
     // The replicas go down; the primary commits what no one else will ever see, then dies.
     for &i in &others {
         nodes[i].stop();
     }
-    for i in 0..5 {
-        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("lost {i}")]).expect("insert while alone");
-    }
+    insert_rows(&conn, "lost", 5);
     drop(conn);
     nodes[first].kill();
     for &i in &others {
@@ -336,9 +338,7 @@ fn a_returning_primary_with_history_the_cluster_never_saw_is_resynced_from_a_sna
 
     let second = wait_for_primary(&nodes, &others);
     let conn = open(&nodes[second], "app.db");
-    for i in 0..8 {
-        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("new {i}")]).expect("insert on the new primary");
-    }
+    insert_rows(&conn, "new", 8);
     drop(conn);
 
     nodes[first].start();
@@ -499,7 +499,7 @@ fn a_wal_mode_primary_replicates_and_a_long_lived_replica_reader_sees_every_comm
     b.start();
     let conn = open(&a, "wal.db");
     conn.pragma_update(None, "journal_mode", "wal").expect("wal");
-    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
+    create_table(&conn);
     converge(&a, &[&b], "wal.db");
     // One reader connection on the replica for the whole test: its cache must follow applies.
     let reader = open(&b, "wal.db");

@@ -3,7 +3,7 @@
 //! the server cannot wait for the body to end: it must know the map's length from its own
 //! length fields. This only measures; `replite_core::stream::decode_pos_map` validates.
 
-use replite_core::stream::{FrameError, MAX_DB_NAME_LEN, MAX_POS_MAP_ENTRIES};
+use replite_core::stream::{FrameError, MAX_DB_NAME_LEN, MAX_POS_MAP_ENTRIES, check_entry_count};
 
 /// Bytes of one entry after its name: u64 TXID and u64 checksum.
 const POS_BYTES: usize = 16;
@@ -93,14 +93,7 @@ impl PosMapSplitter {
         self.field = match self.field {
             Field::Count => {
                 let count = read_u32(field);
-                if count > MAX_POS_MAP_ENTRIES {
-                    return Err(FrameError::TooLong {
-                        what: "position map",
-                        len: u64::from(count),
-                        max: u64::from(MAX_POS_MAP_ENTRIES),
-                        offset: 0,
-                    });
-                }
+                check_entry_count(count)?;
                 self.entries_left = count;
                 self.next_entry()
             }

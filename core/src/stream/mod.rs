@@ -22,4 +22,4 @@ pub use frame::{
     MAX_LEASE_ID_LEN, decode_frame, encode_frame,
 };
 pub use name::{DbName, MAX_DB_NAME_LEN};
-pub use posmap::{MAX_POS_MAP_ENTRIES, PosMap, decode_pos_map, encode_pos_map};
+pub use posmap::{MAX_POS_MAP_ENTRIES, PosMap, check_entry_count, decode_pos_map, encode_pos_map};

@@ -30,6 +30,20 @@ pub fn encode_pos_map(map: &PosMap) -> Vec<u8> {
     out
 }
 
+/// Refuses a position map that declares more than [`MAX_POS_MAP_ENTRIES`] entries (the count
+/// is the body's first field, so a reader can refuse it before buffering anything more).
+pub fn check_entry_count(count: u32) -> Result<(), FrameError> {
+    if count > MAX_POS_MAP_ENTRIES {
+        return Err(FrameError::TooLong {
+            what: "position map",
+            len: u64::from(count),
+            max: u64::from(MAX_POS_MAP_ENTRIES),
+            offset: 0,
+        });
+    }
+    Ok(())
+}
+
 /// Decodes a complete request body. Truncation, trailing bytes, duplicate names, invalid names
 /// and more than [`MAX_POS_MAP_ENTRIES`] entries are errors.
 pub fn decode_pos_map(buf: &[u8]) -> Result<PosMap, FrameError> {
@@ -40,14 +54,7 @@ pub fn decode_pos_map(buf: &[u8]) -> Result<PosMap, FrameError> {
         Need::Bad(e) => e,
     };
     let count = c.u32().map_err(|e| lift(&c, e))?;
-    if count > MAX_POS_MAP_ENTRIES {
-        return Err(FrameError::TooLong {
-            what: "position map",
-            len: u64::from(count),
-            max: u64::from(MAX_POS_MAP_ENTRIES),
-            offset: 0,
-        });
-    }
+    check_entry_count(count)?;
     let mut map = PosMap::new();
     for _ in 0..count {
         let at = c.offset();
