@@ -42,17 +42,23 @@ fn integrity(conn: &Connection) -> String {
     conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity_check")
 }
 
-/// Waits until every node reports the same position for `db` as `primary`; returns it.
+/// Waits until every replica reports the same position for `db` as `primary`; returns it.
+/// Both are re-read on every poll: the primary's status is published just after it answers a
+/// commit, so a position read right after a write may be one transaction old.
 fn converge(primary: &Node, replicas: &[&Node], db: &str) -> String {
-    let want = primary.pos(db).expect("primary has the database");
-    for r in replicas {
-        r.wait_for(&format!("at {want}"), |info| {
-            info["databases"]
-                .as_array()
-                .is_some_and(|dbs| dbs.iter().any(|d| d["name"] == db && d["pos"] == want.as_str()))
-        });
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let want = primary.pos(db);
+        let all_there = want.as_ref().is_some_and(|w| replicas.iter().all(|r| r.pos(db).as_ref() == Some(w)));
+        if all_there {
+            return want.expect("checked above");
+        }
+        if Instant::now() > deadline {
+            let seen: Vec<_> = replicas.iter().map(|r| (r.name.clone(), r.pos(db))).collect();
+            panic!("{db}: replicas {seen:?} never reached the primary's {want:?}\n{}", primary.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    want
 }
 
 #[test]

@@ -21,6 +21,12 @@ const MAX_LEASE_OPS_IN_FLIGHT: usize = 16;
 /// the last commit, short enough that a stuck handoff does not look like an outage.
 pub(crate) const HANDOFF_WAIT_MS: u64 = 5_000;
 
+/// How long a handoff target keeps asking for the lease it was handed: the old primary's
+/// release reaches the store within a round trip; this leaves room for a slow store.
+pub(crate) const TAKEOVER_WINDOW_MS: u64 = 2_000;
+/// How soon a handoff target asks again while the lease still looks held.
+pub(crate) const TAKEOVER_RETRY_MS: u64 = 10;
+
 /// A handoff waiting for its target to catch up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PendingHandoff {
@@ -130,6 +136,7 @@ impl Node {
             return;
         }
         self.lease = LeaseState::Held { epoch, expires_at, handing_off: false };
+        self.takeover_until = None;
         self.lease_acquire_sent_at = req.sent_at;
         self.known_primary = Some((self.cfg.node_id, epoch));
         self.drop_upstream();
@@ -322,8 +329,21 @@ impl Node {
         if matches!(self.role(), Role::Primary { .. }) || !self.may_acquire(now) {
             return;
         }
+        self.takeover_until = Some(now + TAKEOVER_WINDOW_MS);
         if !self.lease_request_in_flight(LeaseOpKind::Acquire) {
             self.send_lease_op(now, LeaseOpKind::Acquire);
+        }
+    }
+
+    /// During a takeover, a lease still held (by the primary releasing it to us) is polled
+    /// again shortly instead of at the next regular poll.
+    pub(crate) fn retry_takeover(&mut self, now: Millis) {
+        match self.takeover_until {
+            Some(until) if now < until && !matches!(self.lease, LeaseState::Held { .. }) => {
+                self.timers.set(TimerKind::LeasePoll, now + TAKEOVER_RETRY_MS);
+            }
+            Some(_) => self.takeover_until = None,
+            None => {}
         }
     }
 

@@ -90,6 +90,10 @@ pub struct Node {
     /// Highest lease epoch this node has seen anywhere. Never decreases.
     max_epoch: Epoch,
     lease: LeaseState,
+    /// A handoff frame told us to take the lease; until this time a lease still shown as held
+    /// (the old primary's release may not have reached the store yet) is asked about again
+    /// at once rather than at the next poll, so another candidate does not win it first.
+    takeover_until: Option<Millis>,
     /// After handing the lease off, this node does not try to take it back before this time.
     acquire_not_before: Millis,
     /// A handoff waiting for its target to catch up (writes are paused meanwhile).
@@ -125,6 +129,7 @@ impl Node {
             lease: LeaseState::None,
             handoff: None,
             acquire_not_before: Millis(0),
+            takeover_until: None,
             known_primary: None,
             lease_ops: BTreeMap::new(),
             lease_acquire_sent_at: Millis(0),
@@ -155,6 +160,7 @@ impl Node {
             Input::LeaseHeld { op, holder, epoch } => {
                 self.lease_ops.remove(&op);
                 self.on_observation(now, Some((holder, epoch)));
+                self.retry_takeover(now);
             }
             Input::LeaseRenewed { op } => self.on_lease_renewed(now, op),
             Input::LeaseLost { op } => self.on_lease_lost(now, op),
@@ -167,6 +173,7 @@ impl Node {
                     && sent_at.is_none_or(|s| s < self.lease_acquire_sent_at);
                 if !stale {
                     self.on_observation(now, holder);
+                    self.retry_takeover(now);
                 }
             }
             Input::Commit { commit, db, page_size, pages, commit_pages, removed } => {

@@ -687,6 +687,31 @@ fn promotion_asks_the_primary_to_hand_off_and_the_handoff_frame_takes_the_lease(
 }
 
 #[test]
+fn a_handoff_target_that_finds_the_lease_still_held_asks_again_at_once() {
+    let (mut node, conn) = connected_replica();
+    let mut bytes = Vec::new();
+    encode_frame(&Frame::Epoch { epoch: Epoch(5), node_id: NodeId(1) }, &mut bytes);
+    encode_frame(&Frame::Handoff { lease_id: "5".into() }, &mut bytes);
+    node.handle(Millis(3), Input::UpstreamData { conn, bytes });
+    let op = drain(&mut node)
+        .into_iter()
+        .find_map(|o| if let Output::AcquireLease { op } = o { Some(op) } else { None })
+        .expect("the handoff frame asks for the lease");
+    // Timers already due run first, so only what the answer below arms is left early.
+    node.handle(Millis(4), Input::Timeout);
+    drain(&mut node);
+    // The old primary's release has not reached the store yet.
+    node.handle(Millis(5), Input::LeaseHeld { op, holder: NodeId(1), epoch: Epoch(5) });
+    drain(&mut node);
+    let (at, kind) = node.poll_timeout().expect("a timer");
+    assert_eq!(kind, TimerKind::LeasePoll);
+    assert!(
+        at >= Millis(5) && at <= Millis(5 + super::lease::TAKEOVER_RETRY_MS),
+        "asks again at {at:?}, not at the next regular poll"
+    );
+}
+
+#[test]
 fn a_non_candidate_refuses_promotion() {
     let mut cfg = config(3);
     cfg.candidate = false;
