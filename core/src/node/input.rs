@@ -139,6 +139,15 @@ pub enum Input {
         /// Pages beyond `commit_pages` that the transaction removed, with their old checksums.
         removed: Vec<(Pgno, Checksum)>,
     },
+    /// The application deleted database `db` on this node (primary only). Answered like a
+    /// commit, with `AckCommit` (the drop is durable; only then may the file go) or
+    /// `RefuseCommit`. The drop is a transaction of its own: an LTX file with commit size zero.
+    DropDb {
+        /// Its id, echoed in the answer.
+        commit: CommitId,
+        /// The database.
+        db: DbName,
+    },
     /// A persist or replay request finished.
     LtxDone {
         /// The request.

@@ -8,10 +8,12 @@
 //!
 //! Files by job: `lease` (acquire, renew, safe-write deadline, step-down, handoff), `primary`
 //! (commit path, serving replicas, acknowledgements, retention), `replica` (following a
-//! primary, applying LTX files, backoff), `recovery` (start from durable state).
+//! primary, applying LTX files, backoff), `recovery` (start from durable state), `drop`
+//! (deleting a database as a transaction of its own).
 
 mod config;
 mod db;
+mod drop;
 mod history;
 mod input;
 mod lease;
@@ -179,6 +181,7 @@ impl Node {
             Input::Commit { commit, db, page_size, pages, commit_pages, removed } => {
                 self.on_commit(now, commit, db, page_size, pages, commit_pages, removed);
             }
+            Input::DropDb { commit, db } => self.on_drop(now, commit, db),
             Input::LtxDone { op, result } => self.on_ltx_done(now, op, result),
             Input::UpstreamOpened { conn, ext } => self.on_upstream_opened(now, conn, ext),
             Input::UpstreamData { conn, bytes } => self.on_upstream_data(now, conn, &bytes),

@@ -35,6 +35,11 @@ pub(crate) struct InflightCommit {
 }
 
 impl InflightCommit {
+    /// A commit whose LTX file `op` is being made durable.
+    pub(crate) fn new(commit: CommitId, op: OpId, entry: LtxEntry, acked_early: bool) -> InflightCommit {
+        InflightCommit { commit, op: Some(op), entry, acked_early, stall_reported: false }
+    }
+
     pub(crate) fn op_is(&self, op: OpId) -> bool {
         self.op == Some(op)
     }
@@ -46,7 +51,7 @@ pub(crate) struct Downstream {
     pub(crate) peer: NodeId,
     pub(crate) ext: Extensions,
     /// Where the replica will be, per database, once it has applied everything we sent.
-    sent: PosMap,
+    pub(crate) sent: PosMap,
     decoder: StreamDecoder,
     /// When the stream opened.
     opened_at: Millis,
@@ -298,7 +303,7 @@ impl Node {
     }
 
     /// Whether a candidate lacks a commit of `name` older than the asynchronous loss window.
-    fn async_window_exceeded(&self, name: &DbName, now: Millis) -> bool {
+    pub(crate) fn async_window_exceeded(&self, name: &DbName, now: Millis) -> bool {
         let Some(window) = self.cfg.async_window_ms else { return false };
         let Some(db) = self.dbs.get(name) else { return false };
         let oldest_missing = db.commit_times.iter().find(|(txid, _)| self.missing_acks(name, **txid) > 0);
@@ -350,6 +355,7 @@ impl Node {
             encode_frame(&Frame::Epoch { epoch: self.max_epoch, node_id: self.cfg.node_id }, &mut bytes);
             self.emit(Output::SendDownstream { conn, bytes: std::mem::take(&mut bytes) });
         }
+        self.send_drop_frames(conn);
         let names: Vec<DbName> = self.dbs.keys().cloned().collect();
         for name in &names {
             self.catch_up_db(conn, name);
@@ -367,6 +373,10 @@ impl Node {
         let mut out = Vec::new();
         let mut sent = d.sent.get(name).copied().unwrap_or(Pos::ZERO);
         let mut history_snapshot_sent = false;
+        if db.dropped() && sent == Pos::ZERO {
+            // A replica that never had this database need not hear it was deleted.
+            return;
+        }
         while sent != db.pos && db.pos.txid != TxId::ZERO {
             match (next_file(db, sent), db.history.first().copied()) {
                 (Some(f), _) => {
@@ -381,6 +391,19 @@ impl Node {
                     out.push(Output::StreamLtx { conn, db: name.clone(), min: first.min, max: first.max });
                     sent = first.post_pos();
                     history_snapshot_sent = true;
+                }
+                // No file to copy: the snapshot of a dropped database is an empty one.
+                (None, _) if db.dropped() => {
+                    let page_size = db.page_size.unwrap_or_else(crate::node::drop::fallback_page_size);
+                    let ts = db.history.last().map_or(0, |f| f.added_at.0 as i64);
+                    let Some(file) = crate::node::drop::tombstone_snapshot(self.cfg.node_id, db.pos, page_size, ts)
+                    else {
+                        break;
+                    };
+                    let mut bytes = Vec::new();
+                    crate::stream::encode_ltx_message(name, &file, db.pos.txid, &mut bytes);
+                    out.push(Output::SendDownstream { conn, bytes });
+                    sent = db.pos;
                 }
                 (None, _) => {
                     out.push(Output::StreamSnapshot { conn, db: name.clone(), pos: db.pos });
@@ -516,7 +539,10 @@ impl Node {
                 let still_needed = db.commit_times.first_key_value().is_some_and(|(t, _)| *t <= first.max)
                     || (self.cfg.backup && first.max > db.backed_up)
                     || hold.is_some_and(|h| first.max > h);
-                if !(too_old || too_big) || still_needed {
+                // Files before a drop describe a database that no longer exists: a replica
+                // that lacks the drop gets an empty snapshot instead.
+                let superseded = db.dropped();
+                if !(too_old || too_big || superseded) || still_needed {
                     break;
                 }
                 db.history.pop_first();

@@ -59,8 +59,9 @@ impl Node {
             }
         }
         chain.reverse();
-        let db_sum = rec.db_checksum;
-        let empty = db_sum == Checksum::ZERO || db_sum == Checksum::EMPTY;
+        let empty = rec.db_checksum == Checksum::ZERO || rec.db_checksum == Checksum::EMPTY;
+        // A missing file is the empty database: the state a drop leaves (post-apply `EMPTY`).
+        let db_sum = if empty { Checksum::EMPTY } else { rec.db_checksum };
         let mut db = Db::default();
         let rule = match (chain.first(), chain.last()) {
             (None, _) if empty => "empty",

@@ -166,6 +166,7 @@ impl Node {
                         }
                     }
                     Frame::Heartbeat { timestamp_ms } => self.primary_clock_ms = Some(timestamp_ms),
+                    Frame::DropDb { name } => self.on_drop_frame(now, &name),
                     Frame::Hwm { txid, name } => {
                         let db = self.dbs.entry(name).or_default();
                         db.primary_txid = db.primary_txid.max(txid);

@@ -804,3 +804,5 @@ fn a_slow_answer_to_an_observation_sent_before_taking_the_lease_does_not_depose_
     node.handle(Millis(1_600), Input::LeaseObserved { op: slow, holder: None });
     assert_eq!(node.role(), Role::Primary { epoch: Epoch(6) }, "deposed by a stale answer");
 }
+
+mod drop;

@@ -13,7 +13,9 @@ pub const FRAME_TYPE_LTX: u32 = 1;
 pub const FRAME_TYPE_READY: u32 = 2;
 /// End frame: the primary is closing the stream on purpose.
 pub const FRAME_TYPE_END: u32 = 3;
-/// Drop-database frame (LiteFS deprecated it; decoded for compatibility, never sent).
+/// Drop-database frame. LiteFS deprecated it (a drop is now an LTX file with commit size zero)
+/// and its replicas skip it, but its primary still sends it for a database a replica names and
+/// the primary does not know; replite does the same, and a replite replica then drops it.
 pub const FRAME_TYPE_DROP_DB: u32 = 4;
 /// Handoff frame: the primary hands its lease to this replica.
 pub const FRAME_TYPE_HANDOFF: u32 = 5;
@@ -101,7 +103,7 @@ pub enum Frame {
     Ready,
     /// The sender closes the stream.
     End,
-    /// Deprecated: the database was dropped.
+    /// The primary does not know this database (LiteFS: deprecated; see [`FRAME_TYPE_DROP_DB`]).
     DropDb {
         /// Database name.
         name: DbName,
