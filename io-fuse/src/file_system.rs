@@ -80,7 +80,12 @@ impl Filesystem for ReplFs {
                 let kind = classify(&name).map_or(NodeKind::Database, |(k, _)| k);
                 reply.attr(&self.shared.ttl(kind), &attr);
             }
-            Ok(_) => reply.error(Errno::ENOENT),
+            // An `fstat` on a descriptor whose file was unlinked since (a dropped database an
+            // application still has open): POSIX answers from the open file.
+            Ok(_) => match self.shared.unlinked_attr(ino.0) {
+                Some(attr) => reply.attr(&Duration::ZERO, &attr),
+                None => reply.error(Errno::ENOENT),
+            },
             Err(e) => reply.error(e),
         }
     }
@@ -110,6 +115,11 @@ impl Filesystem for ReplFs {
         if let Some(size) = size {
             if kind.is_virtual() {
                 return reply.error(Errno::EACCES);
+            }
+            // The name may have been unlinked and created again since: the path is the new
+            // file's, not this one's.
+            if self.shared.unlinked(ino.0, kind, &db) {
+                return reply.error(Errno::EROFS);
             }
             if let Err(e) = self.shared.truncate(kind, &db, size) {
                 return reply.error(e);
@@ -216,6 +226,12 @@ impl Filesystem for ReplFs {
             warn!(db, error = %e, "creating the database directory");
             return reply.error(io_errno(&e));
         }
+        // A dropped database keeps its directory (its LTX history): a side file still needs
+        // its database, or a connection left open on the dropped one could start a journal
+        // that would later be rolled back over a new database of the same name.
+        if kind != NodeKind::Database && !self.shared.database_path(db).exists() {
+            return reply.error(Errno::ENOENT);
+        }
         let opened = OpenOptions::new()
             .read(true)
             .write(true)
@@ -294,7 +310,7 @@ impl Filesystem for ReplFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -307,6 +323,9 @@ impl Filesystem for ReplFs {
             Ok(handle) => handle,
             Err(e) => return reply.error(e),
         };
+        if self.shared.unlinked(ino.0, handle.kind, &handle.db) {
+            return reply.error(Errno::EROFS);
+        }
         match self.shared.write(&handle, offset, data) {
             Ok(()) => reply.written(u32::try_from(data.len()).unwrap_or(u32::MAX)),
             Err(e) => reply.error(e),

@@ -33,6 +33,7 @@
 mod boundary;
 mod copy;
 mod database_node;
+mod dropped;
 mod error;
 mod file_system;
 mod hot_journal;

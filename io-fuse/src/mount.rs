@@ -104,6 +104,7 @@ impl Mount {
         let session = fuser::spawn_mount(fs, mountpoint, &config)
             .map_err(|source| MountError::Mount { path: mountpoint.to_owned(), source })?;
         let notifier = session.notifier();
+        let _ = shared.notifier.set(notifier.clone());
         info!(mountpoint = %mountpoint.display(), role = ?options.role, "mounted");
         Ok(Mount {
             shared,

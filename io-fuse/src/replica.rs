@@ -88,7 +88,11 @@ impl Mount {
         if self.shared.is_primary() {
             return Err(ApplyLtxError::Primary { db: db.to_owned() });
         }
-        ltx::verify(ltx_bytes).map_err(|source| ApplyLtxError::Invalid { db: db.to_owned(), source })?;
+        let verified =
+            ltx::verify(ltx_bytes).map_err(|source| ApplyLtxError::Invalid { db: db.to_owned(), source })?;
+        if verified.header().commit == 0 {
+            return self.apply_drop(db, &verified, current);
+        }
         let _serial = lock(&self.apply_lock);
         let lock_err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
 

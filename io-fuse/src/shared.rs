@@ -130,6 +130,13 @@ pub(crate) struct Shared {
     /// Per database, the open rollback transaction's unjournaled originals. Its own lock, not
     /// [`DbState`]'s: a copy reads it while a commit holds that one.
     pub(crate) unjournaled: Mutex<HashMap<String, Unjournaled>>,
+    /// The session's notifier, set once the session runs: a dropped database's entries are
+    /// invalidated from a request handler's side thread (`dropped`).
+    pub(crate) notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// Attributes of dropped databases' files, by their old inode, as they were when dropped:
+    /// applications that still have one open `fstat` it (SQLite does at every transaction).
+    /// One entry per file dropped while known to the kernel, kept for the mount's life.
+    pub(crate) unlinked_attrs: Mutex<HashMap<u64, FileAttr>>,
 }
 
 impl Shared {
@@ -159,6 +166,8 @@ impl Shared {
             next_replica_version: AtomicU32::new(random_u32()),
             journal_gates: Mutex::new(HashMap::new()),
             unjournaled: Mutex::new(HashMap::new()),
+            notifier: std::sync::OnceLock::new(),
+            unlinked_attrs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -691,7 +700,7 @@ impl Shared {
                     return Err(Errno::EROFS);
                 }
                 self.sink.delete(db).map_err(|refusal| refusal_errno(db, &refusal))?;
-                remove()
+                self.drop_database(db)
             }
             NodeKind::Wal => {
                 let st = self.db_state(db);

@@ -73,6 +73,8 @@ pub struct Driver {
     sums: BTreeMap<String, PageSums>,
     load_sums: LoadPageSums,
     pending: BTreeMap<CommitId, Pending>,
+    /// Drops (an application unlinked a database) the Node has not answered yet.
+    pending_drops: BTreeMap<CommitId, (DbName, Answer)>,
     next_commit: u64,
     /// "May I write?" questions asked during a handoff, answered once it ends either way: an
     /// application's transaction waits briefly instead of failing while the outcome is open.
@@ -119,6 +121,7 @@ impl Driver {
             sums: BTreeMap::new(),
             load_sums,
             pending: BTreeMap::new(),
+            pending_drops: BTreeMap::new(),
             next_commit: 0,
             parked: Vec::new(),
             network: None,
@@ -280,10 +283,7 @@ impl Driver {
             FsRequest::MayWrite { answer, .. } | FsRequest::Sync { answer, .. } => {
                 let _ = answer.send(self.may_write(now));
             }
-            FsRequest::Delete { db, answer } => {
-                warn!(%db, "database deletion is not replicated yet; refused");
-                let _ = answer.send(Err(Refusal::Failed { reason: "deleting a database is not supported yet".into() }));
-            }
+            FsRequest::Delete { db, answer } => self.on_drop(&db, answer),
             FsRequest::Commit { tx, answer } => self.on_commit(tx, answer),
         }
     }
@@ -304,14 +304,16 @@ impl Driver {
             }
         };
         if !self.sums.contains_key(&tx.db) {
-            if self.node.pos(&db) != replite_core::Pos::ZERO {
+            let pos = self.node.pos(&db);
+            // A dropped database (position at its drop, checksum EMPTY) has no pages either.
+            if pos != replite_core::Pos::ZERO && pos.checksum != replite_core::Checksum::EMPTY {
                 // Its checksums were not loaded (or disagreed with its position) at promotion:
                 // the old page checksums this commit needs are unknown.
                 warn!(%db, "no trusted page checksums for this database; commit refused");
                 let _ = answer.send(Err(Refusal::Failed { reason: "page checksums unknown".into() }));
                 return;
             }
-            // A database the cluster has never seen starts empty.
+            // A database the cluster has never seen (or dropped) starts empty.
             self.sums.insert(tx.db.clone(), PageSums::empty(tx.page_size));
         }
         let sums = &self.sums[&tx.db];
@@ -328,6 +330,34 @@ impl Driver {
         };
         self.pending.insert(commit, Pending { answer, tx });
         self.node.handle(self.clock.now(), input);
+    }
+
+    /// The application unlinked `db`: the Node makes the drop a transaction of its own; the
+    /// unlink proceeds once it is durable (`Output::AckCommit`).
+    fn on_drop(&mut self, db: &str, answer: Answer) {
+        let db = match DbName::new(db) {
+            Ok(db) => db,
+            Err(e) => {
+                let _ = answer.send(Err(Refusal::Failed { reason: format!("invalid database name: {e}") }));
+                return;
+            }
+        };
+        self.next_commit += 1;
+        let commit = CommitId(self.next_commit);
+        info!(%db, "application dropped the database");
+        self.pending_drops.insert(commit, (db.clone(), answer));
+        self.node.handle(self.clock.now(), Input::DropDb { commit, db });
+    }
+
+    /// Answers a drop the Node decided on; `true` if `commit` was one.
+    fn answer_drop(&mut self, commit: CommitId, verdict: Result<(), Refusal>) -> bool {
+        let Some((db, answer)) = self.pending_drops.remove(&commit) else { return false };
+        if verdict.is_ok() {
+            // A database created again under this name starts from no pages.
+            self.sums.remove(db.as_str());
+        }
+        let _ = answer.send(verdict);
+        true
     }
 
     fn on_back(&mut self, back: Back) {
@@ -457,7 +487,7 @@ impl Driver {
                 Ok(Some(sums)) if sums.database_checksum() == pos.checksum => {
                     self.sums.insert(db.as_str().to_owned(), sums);
                 }
-                Ok(None) if pos == replite_core::Pos::ZERO => {}
+                Ok(None) if pos == replite_core::Pos::ZERO || pos.checksum == replite_core::Checksum::EMPTY => {}
                 Ok(other) => {
                     let found = other.map(|s| s.database_checksum());
                     warn!(%db, %pos, ?found, "database file does not match its position; writes to it are refused");
@@ -477,6 +507,7 @@ impl Driver {
 
     fn execute(&mut self, output: Output) {
         match output {
+            Output::AckCommit { commit, .. } if self.answer_drop(commit, Ok(())) => {}
             Output::AckCommit { db, commit, pos } => {
                 if let Some(p) = self.pending.remove(&commit) {
                     if let Some(sums) = self.sums.get_mut(db.as_str()) {
@@ -488,14 +519,16 @@ impl Driver {
                 }
             }
             Output::RefuseCommit { commit, reason } => {
+                let refusal = match reason {
+                    RefuseReason::Disk | RefuseReason::Invalid => {
+                        Refusal::Failed { reason: format!("commit refused: {reason:?}") }
+                    }
+                    _ => Refusal::ReadOnly { reason: format!("commit refused: {reason:?}") },
+                };
                 if let Some(p) = self.pending.remove(&commit) {
-                    let refusal = match reason {
-                        RefuseReason::Disk | RefuseReason::Invalid => {
-                            Refusal::Failed { reason: format!("commit refused: {reason:?}") }
-                        }
-                        _ => Refusal::ReadOnly { reason: format!("commit refused: {reason:?}") },
-                    };
                     let _ = p.answer.send(Err(refusal));
+                } else {
+                    self.answer_drop(commit, Err(refusal));
                 }
             }
             Output::PersistLtx { db, op, min, max, bytes, base } => {

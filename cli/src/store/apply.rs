@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use crate::db_file::DbFile;
 use crate::store::error::StoreError;
 use crate::store::recover::{UNREADABLE_CHECKSUM, database_checksum};
-use crate::store::{Store, fsutil, layout};
+use crate::store::{Store, dropped, fsutil, layout};
 
 impl Store {
     /// Applies the stored LTX file `min-max` to `dbs/<db>/database`, which the Node believes is
@@ -62,11 +62,20 @@ impl Store {
             Checksum::ZERO
         } else {
             let current = self.current_checksum(db, header.page_size)?;
-            if current != base {
+            if !dropped::at_base(current, base) {
                 return Err(StoreError::BaseMismatch { db: db.clone(), min, max, base, database: current });
             }
-            current
+            base
         };
+        if header.commit == 0 {
+            // A drop: nothing to write, the files go (`store/dropped.rs`).
+            if !header.is_snapshot() && current != header.pre_apply_checksum {
+                let source = ApplyError::PreApplyMismatch { database: current, expected: header.pre_apply_checksum };
+                return Err(StoreError::Apply { db: db.clone(), min, max, source });
+            }
+            drop(file);
+            return self.apply_drop(db, max);
+        }
 
         let mut page_file = DbFile(file);
         let applied = ltx::apply(&mut page_file, current, BufReader::new(open_ltx()?));

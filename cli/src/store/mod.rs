@@ -9,6 +9,7 @@
 //! Tests: beside the code for helpers, `cli/tests/store.rs` on real files.
 
 mod apply;
+mod dropped;
 mod error;
 mod fsutil;
 pub mod layout;

@@ -224,6 +224,19 @@ impl CommitSink for RecordingSink {
             return Err(Refusal::ReadOnly { reason: "test refuses".into() });
         }
         self.deletes.lock().unwrap().push(db.to_owned());
+        // The drop as the daemon records it: a transaction with commit size zero.
+        let mut dbs = self.dbs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(copy) = dbs.get_mut(db).filter(|c| c.pos.txid != TxId(0)) {
+            let txid = copy.pos.txid.next();
+            let page_size = PageSize::new(4096).expect("valid");
+            let header = Header::new(page_size, 0, txid, txid, copy.pos.checksum);
+            let enc = Encoder::new(Vec::new(), header).map_err(|e| Refusal::Failed { reason: e.to_string() })?;
+            let (bytes, _) = enc.finish(Checksum::EMPTY).map_err(|e| Refusal::Failed { reason: e.to_string() })?;
+            copy.data.clear();
+            copy.pos = Pos::new(txid, Checksum::EMPTY);
+            copy.ltx.push(bytes);
+            copy.checksums.push(Checksum::EMPTY);
+        }
         Ok(())
     }
 }
