@@ -562,3 +562,69 @@ fn a_primary_killed_mid_snapshot_comes_back_and_the_replica_finishes_catching_up
     a.stop();
     b.stop();
 }
+
+/// The position a dropped database has: its drop's TXID and the empty database's checksum.
+fn is_dropped_pos(pos: &str) -> bool {
+    pos.ends_with("/8000000000000000")
+}
+
+#[test]
+fn a_database_unlinked_on_the_primary_disappears_from_every_replica_and_can_be_created_again() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+    let replica = Lease::Static { primary_url: Some(a.url.clone()) };
+    let mut b = Node::new(root.path(), "b", &replica);
+    let mut c = Node::new(root.path(), "c", &replica);
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    b.start();
+    c.start();
+
+    let conn = open(&a, "gone.db");
+    create_table(&conn);
+    insert_rows(&conn, "first", 10);
+    drop(conn);
+    let before = converge(&a, &[&b, &c], "gone.db");
+    for node in [&b, &c] {
+        assert!(node.db_path("gone.db-pos").exists(), "{}", node.name);
+    }
+
+    // c is down while the database is dropped.
+    c.stop();
+    std::fs::remove_file(a.db_path("gone.db")).expect("the primary drops the database");
+    let dropped = converge(&a, &[&b], "gone.db");
+    assert!(is_dropped_pos(&dropped), "{dropped}");
+    assert!(dropped > before, "{dropped} after {before}");
+    for node in [&a, &b] {
+        for name in ["gone.db", "gone.db-pos", "gone.db-journal"] {
+            assert!(!node.db_path(name).exists(), "{}: {name} is still there", node.name);
+        }
+    }
+
+    // c comes back and learns of the drop from the primary's history.
+    c.start();
+    converge(&a, &[&b, &c], "gone.db");
+    assert!(!c.db_path("gone.db").exists(), "the returning replica still has the dropped database");
+    assert!(!c.db_path("gone.db-pos").exists());
+
+    // The same name again, with other contents: it replicates like any new database.
+    let conn = open(&a, "gone.db");
+    create_table(&conn);
+    insert_rows(&conn, "second", 3);
+    drop(conn);
+    let again = converge(&a, &[&b, &c], "gone.db");
+    assert!(!is_dropped_pos(&again) && again > dropped, "{again}");
+    for node in [&a, &b, &c] {
+        let reader = open_read_only(node, "gone.db");
+        assert_eq!(count(&reader), 3, "{}", node.name);
+        let first: String = reader.query_row("SELECT v FROM t ORDER BY id LIMIT 1", [], |r| r.get(0)).expect("row");
+        assert_eq!(first, "second 0", "{}", node.name);
+        assert_eq!(integrity(&reader), "ok", "{}", node.name);
+        let shown = std::fs::read_to_string(node.db_path("gone.db-pos")).expect("-pos");
+        assert_eq!(shown.trim(), again, "{}", node.name);
+    }
+
+    for node in [&mut a, &mut b, &mut c] {
+        node.stop();
+    }
+}
