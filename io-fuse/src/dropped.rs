@@ -74,8 +74,14 @@ impl Shared {
         Ok(())
     }
 
-    /// The attributes a dropped file had, for an application that still has it open.
-    pub(crate) fn unlinked_attr(&self, ino: u64) -> Option<fuser::FileAttr> {
+    /// The attributes of a file an application still has open under an inode its name no
+    /// longer has: a dropped file as it was, or a database inode retired at a demotion
+    /// (`demoted_wal`) as the file is now.
+    pub(crate) fn stale_attr(&self, ino: u64, name: &str) -> Option<fuser::FileAttr> {
+        if self.is_retired(ino) {
+            let path = crate::names::classify(name).and_then(|(kind, db)| self.path(kind, db))?;
+            return std::fs::metadata(path).ok().map(|meta| self.file_attr(ino, &meta));
+        }
         lock(&self.unlinked_attrs).get(&ino).copied()
     }
 
@@ -85,6 +91,7 @@ impl Shared {
     pub(crate) fn unlinked(&self, ino: u64, kind: NodeKind, db: &str) -> bool {
         matches!(kind, NodeKind::Database | NodeKind::Journal | NodeKind::Wal)
             && lock(&self.inodes).by_name.get(&mount_name(kind, db)) != Some(&ino)
+            && !self.is_retired(ino)
     }
 }
 

@@ -82,7 +82,7 @@ impl Filesystem for ReplFs {
             }
             // An `fstat` on a descriptor whose file was unlinked since (a dropped database an
             // application still has open): POSIX answers from the open file.
-            Ok(_) => match self.shared.unlinked_attr(ino.0) {
+            Ok(_) => match self.shared.stale_attr(ino.0, &name) {
                 Some(attr) => reply.attr(&Duration::ZERO, &attr),
                 None => reply.error(Errno::ENOENT),
             },
@@ -212,6 +212,12 @@ impl Filesystem for ReplFs {
             && let Err(refusal) = self.shared.may_start_write(db)
         {
             refusal_errno(db, &refusal);
+            return reply.error(Errno::EACCES);
+        }
+        // WAL connections from before a demotion lock another inode than this transaction
+        // would (`demoted_wal`): a rollback writer would not exclude them.
+        if kind == NodeKind::Journal && !self.shared.retired_inos(db).is_empty() {
+            warn!(db, "rollback write refused while WAL connections from before a demotion are open");
             return reply.error(Errno::EACCES);
         }
         if !self.shared.is_primary() {

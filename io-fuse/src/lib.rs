@@ -33,6 +33,7 @@
 mod boundary;
 mod copy;
 mod database_node;
+mod demoted_wal;
 mod dropped;
 mod error;
 mod file_system;

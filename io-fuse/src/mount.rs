@@ -154,6 +154,9 @@ impl Mount {
             return;
         }
         info!(mountpoint = %self.mountpoint.display(), ?before, ?role, "role switched");
+        if role == Role::Replica {
+            self.retire_wal_databases();
+        }
         // Replica readers see WAL databases as rollback-journal ones, with the mount's change
         // counter (page 1's header, see `database_node::present_to_replica`); what the kernel
         // cached of page 1 was shown for the old role. A demoted node's versions start afresh:

@@ -17,7 +17,9 @@ use replite_core::types::{Checksum, Pgno, Pos};
 use tracing::{debug, warn};
 
 use crate::error::ApplyLtxError;
+use crate::demoted_wal::WalGuard;
 use crate::journal_node;
+use crate::wal_node;
 use crate::locks::{self, Kind, PENDING_BYTE, SHARED_FIRST, SHARED_SIZE};
 use crate::mount::{DATABASE_HEADER_BYTES, Mount};
 use crate::names::{NodeKind, classify, mount_name};
@@ -110,19 +112,31 @@ impl Mount {
         locks::lock_wait(&locker, Kind::Write, PENDING_BYTE, 1).map_err(lock_err("PENDING lock"))?;
         locks::lock_wait(&locker, Kind::Write, SHARED_FIRST, SHARED_SIZE).map_err(lock_err("EXCLUSIVE lock"))?;
 
+        // WAL connections opened before a demotion: kept out by the WAL index's locks, and
+        // shown the result by a new index header (`demoted_wal`).
+        let wal_guard = WalGuard::take(self, db)?;
+
         let mut file = RecordingFile { file: target, writes: Vec::new(), truncated_to: None };
         let applied = match self.roll_back_hot_journal(db, &mut file) {
-            Ok(()) => ltx::apply(&mut file, current, ltx_bytes).map_err(|source| {
-                warn!(db, error = %source, "apply failed");
-                ApplyLtxError::Apply { db: db.to_owned(), source }
+            Ok(()) => self.fold_published_wal(db, wal_guard.as_ref(), &mut file).and_then(|()| {
+                ltx::apply(&mut file, current, ltx_bytes).map_err(|source| {
+                    warn!(db, error = %source, "apply failed");
+                    ApplyLtxError::Apply { db: db.to_owned(), source }
+                })
             }),
             Err(e) => Err(e),
         };
+        if let (Some(guard), Ok(_)) = (&wal_guard, &applied) {
+            let pages = file.size().map(|size| size / u64::from(verified.header().page_size.get()));
+            let restarted = pages.and_then(|pages| guard.restart(u32::try_from(pages).unwrap_or(u32::MAX)));
+            restarted.map_err(|source| ApplyLtxError::Lock { db: db.to_owned(), step: "restart the WAL index", source })?;
+        }
         // Even after a failure (pages may have been written): a new change counter for readers
         // (see `database_node::present_to_replica`), then the kernel's cache of what changed,
         // page 1's header always.
         self.shared.new_replica_version(db);
-        if let Some(ino) = self.shared.known_ino(db) {
+        let inos = self.shared.known_ino(db).into_iter().chain(self.shared.retired_inos(db));
+        for ino in inos {
             let ino = INodeNo(ino);
             if let Err(e) = self.notifier.inval_inode(ino, 0, DATABASE_HEADER_BYTES) {
                 debug!(db, error = %e, "page 1 invalidation");
@@ -138,11 +152,45 @@ impl Mount {
                 let _ = self.notifier.inval_inode(ino, -1, 0);
             }
         }
+        drop(wal_guard);
         drop(locker);
         let pos = applied?;
         self.set_position(db, pos);
         debug!(db, txid = %pos.txid, pages = file.writes.len(), "applied");
         Ok(pos)
+    }
+
+    /// Under the WAL guard: writes the frames the WAL index publishes (transactions this
+    /// node committed as primary, not yet checkpointed) into the database file, so that it
+    /// is at the position the apply starts from. Nothing to do without a guard.
+    fn fold_published_wal(
+        &self,
+        db: &str,
+        guard: Option<&WalGuard>,
+        file: &mut RecordingFile,
+    ) -> Result<(), ApplyLtxError> {
+        let err = |step| move |source| ApplyLtxError::HotJournal { db: db.to_owned(), step, source };
+        let Some(guard) = guard else { return Ok(()) };
+        let Some(max_frame) = guard.published_frames().map_err(err("read the WAL index"))?.filter(|&m| m > 0) else {
+            return Ok(());
+        };
+        let wal = match File::open(self.shared.wal_path(db)) {
+            Ok(wal) => wal,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(err("open the WAL")(e)),
+        };
+        let Some(committed) = wal_node::read_committed(&wal, Some(max_frame)).map_err(err("read the WAL"))? else {
+            return Ok(());
+        };
+        let mut page = vec![0u8; committed.page_size.bytes()];
+        for (&pgno, &offset) in &committed.pages {
+            wal.read_exact_at(&mut page, offset).map_err(err("read a WAL frame"))?;
+            file.write_at(Pgno(pgno).offset(committed.page_size), &page).map_err(err("fold a WAL frame"))?;
+        }
+        file.set_size(u64::from(committed.commit) * u64::from(committed.page_size.get()))
+            .map_err(err("truncate to the WAL's commit size"))?;
+        debug!(db, frames = max_frame, pages = committed.pages.len(), "folded the WAL of a demoted primary");
+        Ok(())
     }
 
     /// Under the EXCLUSIVE lock (nobody else holds SHARED, so nobody holds RESERVED, and a

@@ -137,6 +137,9 @@ pub(crate) struct Shared {
     /// applications that still have one open `fstat` it (SQLite does at every transaction).
     /// One entry per file dropped while known to the kernel, kept for the mount's life.
     pub(crate) unlinked_attrs: Mutex<HashMap<u64, FileAttr>>,
+    /// Database inodes retired at a demotion because WAL connections had them open, by inode
+    /// (`demoted_wal`). Forgotten when the database's last WAL-index handle closes.
+    pub(crate) retired: Mutex<HashMap<u64, String>>,
 }
 
 impl Shared {
@@ -168,6 +171,7 @@ impl Shared {
             unjournaled: Mutex::new(HashMap::new()),
             notifier: std::sync::OnceLock::new(),
             unlinked_attrs: Mutex::new(HashMap::new()),
+            retired: Mutex::new(HashMap::new()),
         }
     }
 
@@ -348,9 +352,18 @@ impl Shared {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
                     counts.remove(&key);
+                    if handle.kind == NodeKind::Shm {
+                        drop(counts);
+                        self.forget_retired(&handle.db);
+                    }
                 }
             }
         }
+    }
+
+    /// Databases whose WAL index (`-shm`) has an open handle: WAL connections are attached.
+    pub(crate) fn dbs_with_open_wal_index(&self) -> Vec<String> {
+        lock(&self.open_counts).keys().filter(|(_, wal)| !wal).map(|(db, _)| db.clone()).collect()
     }
 
     /// How many handles on `db`'s WAL (`wal`) or WAL index (`!wal`) are open.

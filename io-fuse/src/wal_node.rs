@@ -207,7 +207,7 @@ pub(crate) struct CommittedWal {
 }
 
 /// SQLite's WAL checksum (`walChecksumBytes`) over `data`, continuing from `sum`.
-fn wal_checksum(big_endian: bool, data: &[u8], sum: (u32, u32)) -> (u32, u32) {
+pub(crate) fn wal_checksum(big_endian: bool, data: &[u8], sum: (u32, u32)) -> (u32, u32) {
     let (mut s1, mut s2) = sum;
     for pair in data.chunks_exact(8) {
         let word = |at: usize| {

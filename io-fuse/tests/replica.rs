@@ -267,3 +267,89 @@ fn readers_see_whole_transactions(replica: Fixture, mode: &str) {
     let seen: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(seen, "delete");
 }
+
+/// Applies `file` on another thread and waits for it (bounded): a wait on a connection that
+/// never closes must fail the test, not hang it.
+fn apply_bounded(replica: &Arc<Fixture>, db: &'static str, file: &[u8], base: Checksum) -> Pos {
+    let (replica, file) = (Arc::clone(replica), file.to_vec());
+    let apply = std::thread::spawn(move || replica.mount().apply_ltx(db, &file, base));
+    wait_until("the apply to finish", || apply.is_finished());
+    apply.join().expect("apply thread").expect("apply")
+}
+
+/// ROADMAP step 1: connections opened in WAL mode on the primary and kept open through its
+/// demotion hold SQLite's SHARED lock on the database the whole time and read through their
+/// WAL index. Applies must neither wait for them to close nor hide from them: each of their
+/// read transactions sees one whole applied transaction, newer ones as they come, beside a
+/// reader opened after the demotion (rollback mode) that must not see a torn one either.
+#[test]
+fn wal_readers_kept_open_through_a_demotion_see_every_later_apply_whole() {
+    let transfers = 40;
+    let (primary, ltx) = primary_history_in(1024, transfers, "WAL");
+    let replica = Arc::new(Fixture::replica());
+    let setup = ltx.len() - transfers as usize;
+    let mut pos = Pos::default();
+    for file in &ltx[..setup] {
+        pos = replica.mount().apply_ltx("bank.db", file, pos.checksum).expect("setup");
+    }
+    replica.mount().set_role(replite_fuse::Role::Primary);
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let demoted = Arc::new(AtomicBool::new(false));
+    let reader = |wal: bool| {
+        let (replica, stop, opened, demoted) =
+            (Arc::clone(&replica), Arc::clone(&stop), Arc::clone(&opened), Arc::clone(&demoted));
+        std::thread::spawn(move || {
+            if !wal {
+                wait_until("the demotion", || demoted.load(Ordering::SeqCst));
+            }
+            let mut conn = replica.open("bank.db");
+            conn.busy_timeout(Duration::from_secs(30)).unwrap();
+            let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+            assert_eq!(mode, if wal { "wal" } else { "delete" });
+            opened.fetch_add(1, Ordering::SeqCst);
+            let mut last_ver = -1i64;
+            let mut versions = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let tx = conn.transaction().unwrap();
+                let (sum, min_ver, max_ver): (i64, i64, i64) = tx
+                    .query_row("SELECT sum(bal), min(ver), max(ver) FROM acct WHERE id < 1000", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .unwrap();
+                let check: String = tx.query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap();
+                tx.commit().unwrap();
+                assert_eq!(sum, TOTAL, "wal={wal}: a reader saw half a transfer");
+                assert_eq!(min_ver, max_ver, "wal={wal}: a reader saw two versions at once");
+                assert_eq!(check, "ok");
+                assert!(max_ver >= last_ver, "wal={wal}: a reader went back in time");
+                if max_ver > last_ver {
+                    versions += 1;
+                }
+                last_ver = max_ver;
+                // See `readers_see_whole_transactions` on POSIX locks and this pause.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            (last_ver, versions)
+        })
+    };
+    let wal_readers: Vec<_> = (0..2).map(|_| reader(true)).collect();
+    wait_until("the WAL readers to open", || opened.load(Ordering::SeqCst) == 2);
+    replica.mount().set_role(replite_fuse::Role::Replica);
+    demoted.store(true, Ordering::SeqCst);
+    let rollback_reader = reader(false);
+    wait_until("the rollback reader to open", || opened.load(Ordering::SeqCst) == 3);
+    for file in &ltx[setup..] {
+        pos = apply_bounded(&replica, "bank.db", file, pos.checksum);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::SeqCst);
+    for (i, r) in wal_readers.into_iter().chain([rollback_reader]).enumerate() {
+        let (last, versions) = r.join().expect("reader thread");
+        assert_eq!(last, transfers, "reader {i} ends at the last transaction");
+        assert!(versions > 1, "reader {i} saw applies as they came");
+    }
+    assert_eq!(pos, primary.sink.pos_of("bank.db"));
+    assert_same_pages(&replica.stored("bank.db"), &primary.stored("bank.db"), 1024, "replica vs primary");
+}

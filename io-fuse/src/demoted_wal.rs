@@ -1,0 +1,174 @@
+//! WAL connections that outlive a demotion.
+//!
+//! A connection opened in WAL mode on the primary holds SQLite's SHARED lock on the database
+//! file for as long as it is open (a WAL pager never drops it between transactions), and
+//! reads through its WAL index (`-shm`), not the rollback-mode view a replica shows new
+//! readers. Two things follow when such a connection stays open after the node becomes a
+//! replica, and both are handled here:
+//!
+//! 1. **Locks.** The apply takes EXCLUSIVE on the database file to keep rollback-mode readers
+//!    out, which that SHARED lock would block for as long as the connection lives. So at the
+//!    demotion the database's inode is *retired*: the name gets a new inode for every later
+//!    open, and POSIX locks, which the kernel keeps per inode, no longer mix the old WAL
+//!    connections' locks with the new rollback readers'. The old connections are kept out
+//!    of an apply by the WAL index's own locks instead: every WAL read transaction holds one
+//!    read mark (shared) throughout, so the apply holds all of them, and the writer,
+//!    checkpointer and recovery locks, exclusively (`WalGuard`).
+//! 2. **Visibility.** A WAL reader keeps its page cache while the index header is unchanged
+//!    (`walIndexTryHdr` compares all 48 bytes with its copy). Under the guard the apply first
+//!    folds the frames the index publishes (`mxFrame`, committed on this node as primary)
+//!    into the database file, applies the LTX file, and then writes a new header: the
+//!    change counter `iChange` bumped, `mxFrame` 0 (read the database file only), the salts
+//!    moved on (no older frame counts again), the backfill and read marks reset as SQLite's
+//!    own `walRestartHdr` leaves them, and both copies checksummed. Its next read
+//!    transaction sees the new header, drops its cache and reads the applied pages whole:
+//!    nothing is visible to it between the first page written and the new header.
+//!
+//! While retired inodes are open, a promoted node refuses to start rollback-journal write
+//! transactions on that database: their locks would not exclude the old connections'.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use fuser::INodeNo;
+use tracing::{debug, info};
+
+use crate::error::ApplyLtxError;
+use crate::locks::{self, Kind};
+use crate::mount::Mount;
+use crate::names::{NodeKind, mount_name};
+use crate::shared::{ROOT_INO, Shared, lock};
+use crate::wal_node::{self, wal_checksum};
+
+/// The WAL index's lock bytes (`-shm` offsets 120..128): writer, checkpointer, recovery and
+/// the five read marks. SQLite's DMS byte (128) is left alone: it only says a connection is
+/// attached.
+const WAL_LOCKS_FIRST: i64 = 120;
+const WAL_LOCKS_LEN: i64 = 8;
+/// One copy of the index header (`WalIndexHdr`) and the bytes its checksum covers.
+const HEADER_BYTES: usize = 48;
+const HEADER_SUMMED: usize = 40;
+/// `WalCkptInfo` follows the two header copies: nBackfill u32, aReadMark[5] u32.
+const CKPT_INFO_OFFSET: u64 = 2 * HEADER_BYTES as u64;
+/// `READMARK_NOT_USED`.
+const READMARK_NOT_USED: u32 = 0xffff_ffff;
+
+impl Shared {
+    /// At a demotion: retires the inode of every database a WAL connection has open (its WAL
+    /// index is open), so later opens get a new one. Returns the names retired.
+    pub(crate) fn retire_wal_databases(&self) -> Vec<String> {
+        let open: Vec<String> = self.dbs_with_open_wal_index();
+        let mut inodes = lock(&self.inodes);
+        let mut retired = lock(&self.retired);
+        let mut names = Vec::new();
+        for db in open {
+            if let Some(ino) = inodes.by_name.remove(&db) {
+                retired.insert(ino, db.clone());
+                names.push(db);
+            }
+        }
+        names
+    }
+
+    /// Inodes of `db` retired at a demotion and still open.
+    pub(crate) fn retired_inos(&self, db: &str) -> Vec<u64> {
+        lock(&self.retired).iter().filter(|(_, name)| name.as_str() == db).map(|(&ino, _)| ino).collect()
+    }
+
+    /// Whether `ino` is a retired database inode (still valid: not unlinked).
+    pub(crate) fn is_retired(&self, ino: u64) -> bool {
+        lock(&self.retired).contains_key(&ino)
+    }
+
+    /// The last handle on `db`'s WAL index closed: no WAL connection from before a demotion
+    /// is left, so neither are readers of its retired inodes.
+    pub(crate) fn forget_retired(&self, db: &str) {
+        lock(&self.retired).retain(|_, name| name != db);
+    }
+}
+
+impl Mount {
+    /// Retires WAL-connected databases' inodes at a demotion (see the module documentation)
+    /// and makes the kernel look their names up again.
+    pub(crate) fn retire_wal_databases(&self) {
+        for db in self.shared.retire_wal_databases() {
+            info!(db, "a WAL connection stays open through the demotion; later opens get a new inode");
+            let _ = self.notifier.inval_entry(INodeNo(ROOT_INO), db.as_ref());
+        }
+    }
+}
+
+/// The WAL index of a database whose WAL connections outlived a demotion, locked so that none
+/// of them is inside a read transaction (and no writer or checkpointer is running).
+pub(crate) struct WalGuard {
+    shm: File,
+    header: [u8; HEADER_BYTES],
+}
+
+impl WalGuard {
+    /// Takes the guard for `db` if a retired inode of it is open; waits for read transactions
+    /// in progress to end (new ones wait for the guard, through SQLite's busy handler).
+    pub(crate) fn take(mount: &Mount, db: &str) -> Result<Option<WalGuard>, ApplyLtxError> {
+        if mount.shared.retired_inos(db).is_empty() {
+            return Ok(None);
+        }
+        let err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
+        let path = mount.mountpoint.join(mount_name(NodeKind::Shm, db));
+        let shm = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+            Ok(shm) => shm,
+            // Its connections closed meanwhile.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err("open the WAL index through the mount")(e)),
+        };
+        locks::lock_wait(&shm, Kind::Write, WAL_LOCKS_FIRST, WAL_LOCKS_LEN).map_err(err("WAL index locks"))?;
+        let mut header = [0u8; HEADER_BYTES];
+        match shm.read_exact_at(&mut header, 0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(err("read the WAL index header")(e)),
+        }
+        Ok(Some(WalGuard { shm, header }))
+    }
+
+    /// The frames SQLite has published (`mxFrame`), when the header is valid.
+    pub(crate) fn published_frames(&self) -> io::Result<Option<u32>> {
+        wal_node::read_index_max_frame(&self.shm)
+    }
+
+    /// Writes the header that sends every WAL reader to the database file with an empty
+    /// cache: `iChange` + 1, `mxFrame` 0, `nPage` = `pages`, salt 1 + 1 and salt 2 changed,
+    /// checksum, both copies; then the checkpoint info as after a log restart.
+    pub(crate) fn restart(&self, pages: u32) -> io::Result<()> {
+        let mut h = self.header;
+        let get = |h: &[u8; HEADER_BYTES], at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+        let put = |h: &mut [u8; HEADER_BYTES], at: usize, v: u32| h[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        let (change, salt1, salt2) = (get(&h, 8), get(&h, 32), get(&h, 36));
+        put(&mut h, 8, change.wrapping_add(1));
+        h[12] = 1;
+        put(&mut h, 16, 0);
+        put(&mut h, 20, pages);
+        put(&mut h, 32, salt1.wrapping_add(1));
+        put(&mut h, 36, salt2.rotate_left(7) ^ 0x5a5a_5a5a);
+        let (s1, s2) = wal_checksum(cfg!(target_endian = "big"), &h[..HEADER_SUMMED], (0, 0));
+        put(&mut h, 40, s1);
+        put(&mut h, 44, s2);
+        let mut info = Vec::with_capacity(24);
+        for v in [0u32, 0, 0, READMARK_NOT_USED, READMARK_NOT_USED, READMARK_NOT_USED] {
+            info.extend_from_slice(&v.to_ne_bytes());
+        }
+        // SQLite writes the second copy first and reads the first first, so a reader never
+        // sees two equal copies of a header half written.
+        self.shm.write_all_at(&h, HEADER_BYTES as u64)?;
+        self.shm.write_all_at(&h, 0)?;
+        self.shm.write_all_at(&info, CKPT_INFO_OFFSET)?;
+        debug!(pages, "WAL index restarted for readers from before the demotion");
+        Ok(())
+    }
+}
+
+impl Drop for WalGuard {
+    fn drop(&mut self) {
+        let _ = locks::unlock(&self.shm, WAL_LOCKS_FIRST, WAL_LOCKS_LEN);
+    }
+}
