@@ -167,6 +167,27 @@ impl WalGuard {
     }
 }
 
+impl Mount {
+    /// Under the guard, once the WAL's frames are in the (fsynced) database file: removes the
+    /// WAL. A connection opened later then finds no `-wal` and reads in rollback mode, as on
+    /// any replica (SQLite opens a WAL that exists whatever page 1 says, and would run WAL
+    /// recovery over its stale frames); the open ones keep their descriptor and, with
+    /// `mxFrame` 0, never read it.
+    pub(crate) fn remove_folded_wal(&self, db: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.shared.wal_path(db)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let name = mount_name(NodeKind::Wal, db);
+        lock(&self.shared.inodes).forget_name(&name);
+        self.shared.dir_changed(db);
+        self.shared.sync_dirs()?;
+        let _ = self.notifier.inval_entry(INodeNo(ROOT_INO), name.as_ref());
+        Ok(())
+    }
+}
+
 impl Drop for WalGuard {
     fn drop(&mut self) {
         let _ = locks::unlock(&self.shm, WAL_LOCKS_FIRST, WAL_LOCKS_LEN);

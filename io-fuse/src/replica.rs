@@ -128,7 +128,10 @@ impl Mount {
         };
         if let (Some(guard), Ok(_)) = (&wal_guard, &applied) {
             let pages = file.size().map(|size| size / u64::from(verified.header().page_size.get()));
-            let restarted = pages.and_then(|pages| guard.restart(u32::try_from(pages).unwrap_or(u32::MAX)));
+            let restarted = pages
+                .and_then(|pages| guard.restart(u32::try_from(pages).unwrap_or(u32::MAX)))
+                .and_then(|()| file.file.sync_all())
+                .and_then(|()| self.remove_folded_wal(db));
             restarted.map_err(|source| ApplyLtxError::Lock { db: db.to_owned(), step: "restart the WAL index", source })?;
         }
         // Even after a failure (pages may have been written): a new change counter for readers

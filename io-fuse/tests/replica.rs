@@ -353,3 +353,56 @@ fn wal_readers_kept_open_through_a_demotion_see_every_later_apply_whole() {
     assert_eq!(pos, primary.sink.pos_of("bank.db"));
     assert_same_pages(&replica.stored("bank.db"), &primary.stored("bank.db"), 1024, "replica vs primary");
 }
+
+/// The demoted primary's own WAL still holds transactions it committed (no checkpoint yet):
+/// the first apply folds them into the database file under the WAL connection's feet, and the
+/// connection, still open, then reads the replicated transactions on top of its own.
+#[test]
+fn a_demoted_primary_whose_wal_holds_commits_applies_on_top_of_them_for_its_open_connection() {
+    let demoted = Arc::new(Fixture::primary());
+    let conn = demoted.open("w.db");
+    journal_mode(&conn, "WAL");
+    conn.execute_batch("PRAGMA wal_autocheckpoint=0; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);").unwrap();
+    for i in 0..5 {
+        conn.execute("INSERT INTO t(v) VALUES (?1)", [format!("mine {i}")]).unwrap();
+    }
+    assert!(demoted.side_file("w.db", "wal").metadata().unwrap().len() > 0, "commits wait in the WAL");
+    let mine = demoted.sink.ltx_of("w.db");
+
+    // The next primary: everything the demoted one committed, then its own transactions.
+    let next = Fixture::replica();
+    let mut pos = Pos::default();
+    for file in &mine {
+        pos = next.mount().apply_ltx("w.db", file, pos.checksum).expect("catch up");
+    }
+    assert_eq!(pos, demoted.sink.pos_of("w.db"));
+    next.sink.seed("w.db", next.stored("w.db"), pos);
+    next.mount().set_role(replite_fuse::Role::Primary);
+    let writer = next.open("w.db");
+    for i in 0..3 {
+        writer.execute("INSERT INTO t(v) VALUES (?1)", [format!("theirs {i}")]).unwrap();
+    }
+    drop(writer);
+    let theirs = next.sink.ltx_of("w.db");
+
+    demoted.mount().set_role(replite_fuse::Role::Replica);
+    for file in &theirs {
+        pos = apply_bounded(&demoted, "w.db", file, pos.checksum);
+    }
+    assert_eq!(pos, next.sink.pos_of("w.db"));
+    // A connection opened now reads in rollback mode, the folded WAL gone.
+    let fresh = demoted.open("w.db");
+    let mode: String = fresh.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "delete");
+    let count: i64 = fresh.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(count, 8);
+    drop(fresh);
+    let count: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(count, 8, "the open WAL connection sees its own commits and the replicated ones");
+    integrity_ok(&conn);
+    drop(conn);
+    let fresh = demoted.open("w.db");
+    let count: i64 = fresh.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(count, 8);
+    integrity_ok(&fresh);
+}
