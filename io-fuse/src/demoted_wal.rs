@@ -32,11 +32,12 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 use fuser::INodeNo;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::error::ApplyLtxError;
 use crate::locks::{self, Kind};
 use crate::mount::Mount;
+use crate::replica::RecordingFile;
 use crate::names::{NodeKind, mount_name};
 use crate::shared::{ROOT_INO, Shared, lock};
 use crate::wal_node::{self, wal_checksum};
@@ -95,8 +96,48 @@ impl Mount {
         for db in self.shared.retire_wal_databases() {
             info!(db, "a WAL connection stays open through the demotion; later opens get a new inode");
             let _ = self.notifier.inval_entry(INodeNo(ROOT_INO), db.as_ref());
+            self.fold_at_demotion(&db);
         }
     }
+
+    /// Folds the demoted primary's WAL into the database file now if no WAL transaction is
+    /// in progress (else the first apply does it). Until then a connection opened on this
+    /// replica finds the `-wal` and reads in WAL mode (SQLite opens a WAL that exists whatever
+    /// page 1 says), holding SHARED on the new inode while open, which holds off applies.
+    fn fold_at_demotion(&self, db: &str) {
+        let folded = (|| -> Result<bool, ApplyLtxError> {
+            let Some(guard) = WalGuard::take_now(self, db)? else { return Ok(false) };
+            let err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
+            let file = std::fs::OpenOptions::new().read(true).write(true).open(self.shared.database_path(db));
+            let mut file = RecordingFile { file: file.map_err(err("open data file"))?, writes: Vec::new(), truncated_to: None };
+            self.fold_published_wal(db, Some(&guard), &mut file)?;
+            file.file.sync_all().map_err(err("fsync the database"))?;
+            let size = file.file.metadata().map_err(err("stat the database"))?.len();
+            let page_size = page_size_of(&file.file).map_err(err("read the page size"))?;
+            let pages = u32::try_from(size / u64::from(page_size)).unwrap_or(u32::MAX);
+            guard.restart(pages).map_err(err("restart the WAL index"))?;
+            for ino in self.shared.retired_inos(db) {
+                let _ = self.notifier.inval_inode(INodeNo(ino), 0, 0);
+            }
+            self.remove_folded_wal(db).map_err(err("remove the WAL"))?;
+            Ok(true)
+        })();
+        match folded {
+            Ok(true) => info!(db, "folded the demoted primary's WAL"),
+            Ok(false) => info!(db, "a WAL transaction is open: the first apply folds the WAL"),
+            Err(e) => warn!(db, error = %e, "folding the demoted primary's WAL failed; the first apply retries"),
+        }
+    }
+}
+
+/// The page size in a database file's header (bytes 16..18, big-endian, 1 meaning 65536).
+fn page_size_of(file: &File) -> io::Result<u32> {
+    let mut raw = [0u8; 2];
+    file.read_exact_at(&mut raw, 16)?;
+    Ok(match u16::from_be_bytes(raw) {
+        1 => 65_536,
+        n => u32::from(n).max(512),
+    })
 }
 
 /// The WAL index of a database whose WAL connections outlived a demotion, locked so that none
@@ -129,6 +170,27 @@ impl WalGuard {
             Err(e) => return Err(err("read the WAL index header")(e)),
         }
         Ok(Some(WalGuard { shm, header }))
+    }
+
+    /// Like [`WalGuard::take`] but without waiting: `None` if a WAL transaction (or
+    /// checkpoint) holds one of the locks right now.
+    pub(crate) fn take_now(mount: &Mount, db: &str) -> Result<Option<WalGuard>, ApplyLtxError> {
+        let err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
+        let path = mount.mountpoint.join(mount_name(NodeKind::Shm, db));
+        let shm = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+            Ok(shm) => shm,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err("open the WAL index through the mount")(e)),
+        };
+        if !locks::try_lock(&shm, Kind::Write, WAL_LOCKS_FIRST, WAL_LOCKS_LEN).map_err(err("WAL index locks"))? {
+            return Ok(None);
+        }
+        let mut header = [0u8; HEADER_BYTES];
+        match shm.read_exact_at(&mut header, 0) {
+            Ok(()) => Ok(Some(WalGuard { shm, header })),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(err("read the WAL index header")(e)),
+        }
     }
 
     /// The frames SQLite has published (`mxFrame`), when the header is valid.

@@ -26,10 +26,10 @@ use crate::names::{NodeKind, classify, mount_name};
 use crate::shared::{ROOT_INO, lock};
 
 /// A database file that remembers which byte ranges were written, for cache invalidation.
-struct RecordingFile {
-    file: File,
-    writes: Vec<(u64, u64)>,
-    truncated_to: Option<u64>,
+pub(crate) struct RecordingFile {
+    pub(crate) file: File,
+    pub(crate) writes: Vec<(u64, u64)>,
+    pub(crate) truncated_to: Option<u64>,
 }
 
 impl PageFile for RecordingFile {
@@ -166,7 +166,7 @@ impl Mount {
     /// Under the WAL guard: writes the frames the WAL index publishes (transactions this
     /// node committed as primary, not yet checkpointed) into the database file, so that it
     /// is at the position the apply starts from. Nothing to do without a guard.
-    fn fold_published_wal(
+    pub(crate) fn fold_published_wal(
         &self,
         db: &str,
         guard: Option<&WalGuard>,
