@@ -37,8 +37,8 @@ use tracing::{debug, info, warn};
 use crate::error::ApplyLtxError;
 use crate::locks::{self, Kind};
 use crate::mount::Mount;
-use crate::replica::RecordingFile;
 use crate::names::{NodeKind, mount_name};
+use crate::replica::RecordingFile;
 use crate::shared::{ROOT_INO, Shared, lock};
 use crate::wal_node::{self, wal_checksum};
 
@@ -109,7 +109,8 @@ impl Mount {
             let Some(guard) = WalGuard::take_now(self, db)? else { return Ok(false) };
             let err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
             let file = std::fs::OpenOptions::new().read(true).write(true).open(self.shared.database_path(db));
-            let mut file = RecordingFile { file: file.map_err(err("open data file"))?, writes: Vec::new(), truncated_to: None };
+            let mut file =
+                RecordingFile { file: file.map_err(err("open data file"))?, writes: Vec::new(), truncated_to: None };
             self.fold_published_wal(db, Some(&guard), &mut file)?;
             file.file.sync_all().map_err(err("fsync the database"))?;
             let size = file.file.metadata().map_err(err("stat the database"))?.len();

@@ -16,14 +16,14 @@ use replite_core::ltx::{self, PageFile};
 use replite_core::types::{Checksum, Pgno, Pos};
 use tracing::{debug, warn};
 
-use crate::error::ApplyLtxError;
 use crate::demoted_wal::WalGuard;
+use crate::error::ApplyLtxError;
 use crate::journal_node;
-use crate::wal_node;
 use crate::locks::{self, Kind, PENDING_BYTE, SHARED_FIRST, SHARED_SIZE};
 use crate::mount::{DATABASE_HEADER_BYTES, Mount};
 use crate::names::{NodeKind, classify, mount_name};
 use crate::shared::{ROOT_INO, lock};
+use crate::wal_node;
 
 /// A database file that remembers which byte ranges were written, for cache invalidation.
 pub(crate) struct RecordingFile {
@@ -90,8 +90,7 @@ impl Mount {
         if self.shared.is_primary() {
             return Err(ApplyLtxError::Primary { db: db.to_owned() });
         }
-        let verified =
-            ltx::verify(ltx_bytes).map_err(|source| ApplyLtxError::Invalid { db: db.to_owned(), source })?;
+        let verified = ltx::verify(ltx_bytes).map_err(|source| ApplyLtxError::Invalid { db: db.to_owned(), source })?;
         if verified.header().commit == 0 {
             return self.apply_drop(db, &verified, current);
         }
@@ -132,7 +131,11 @@ impl Mount {
                 .and_then(|pages| guard.restart(u32::try_from(pages).unwrap_or(u32::MAX)))
                 .and_then(|()| file.file.sync_all())
                 .and_then(|()| self.remove_folded_wal(db));
-            restarted.map_err(|source| ApplyLtxError::Lock { db: db.to_owned(), step: "restart the WAL index", source })?;
+            restarted.map_err(|source| ApplyLtxError::Lock {
+                db: db.to_owned(),
+                step: "restart the WAL index",
+                source,
+            })?;
         }
         // Even after a failure (pages may have been written): a new change counter for readers
         // (see `database_node::present_to_replica`), then the kernel's cache of what changed,
