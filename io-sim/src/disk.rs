@@ -53,11 +53,13 @@ impl Disk {
         rec
     }
 
-    /// The database file's checksum (zero when empty).
+    /// The database file's checksum (`Checksum::EMPTY` when empty).
     #[must_use]
     pub fn db_checksum(&mut self, page_size: PageSize) -> Checksum {
         if self.db.is_empty() {
-            return Checksum::ZERO;
+            // The empty database: what a drop leaves (LTX post-apply checksum of a file with
+            // commit size zero). Recovery treats it like a missing file.
+            return Checksum::EMPTY;
         }
         ltx::checksum_database(self.db.as_slice(), page_size).unwrap_or(Checksum::ZERO)
     }

@@ -118,6 +118,9 @@ pub fn apply<R: Read, F: PageFile + ?Sized>(db: &mut F, current: Checksum, ltx: 
     let page_size = header.page_size;
     let old_size = db.size().map_err(|source| ApplyError::Io { op: "size", offset: 0, source })?;
     let snapshot = header.is_snapshot();
+    if header.commit == 0 {
+        return apply_drop(db, current, &header, decoder);
+    }
     if !snapshot {
         if current != header.pre_apply_checksum {
             return Err(ApplyError::PreApplyMismatch { database: current, expected: header.pre_apply_checksum });
@@ -164,6 +167,27 @@ pub fn apply<R: Read, F: PageFile + ?Sized>(db: &mut F, current: Checksum, ltx: 
     if sum.value() != trailer.post_apply_checksum {
         return Err(ApplyError::PostApplyMismatch { database: sum.value(), expected: trailer.post_apply_checksum });
     }
+    Ok(Pos::new(header.max_txid, trailer.post_apply_checksum))
+}
+
+/// A file with commit size zero deletes the database (LiteFS's drop): the database becomes
+/// empty whatever its page size was, so its pages are not read with the file's page size
+/// (which, for a drop, need not be the database's).
+fn apply_drop<R: Read, F: PageFile + ?Sized>(
+    db: &mut F,
+    current: Checksum,
+    header: &crate::ltx::Header,
+    mut decoder: Decoder<R>,
+) -> Result<Pos, ApplyError> {
+    if !header.is_snapshot() && current != header.pre_apply_checksum {
+        return Err(ApplyError::PreApplyMismatch { database: current, expected: header.pre_apply_checksum });
+    }
+    let mut page = vec![0u8; header.page_size.bytes()];
+    // The decoder refuses a page past the commit size, so this reads to the trailer and
+    // checks the file's checksum.
+    decoder.next_page(&mut page).map_err(|source| ApplyError::Ltx { source, database_modified: false })?;
+    db.set_size(0).map_err(|source| ApplyError::Io { op: "truncate", offset: 0, source })?;
+    let trailer = decoder.trailer().expect("decoder verified the trailer before returning None");
     Ok(Pos::new(header.max_txid, trailer.post_apply_checksum))
 }
 

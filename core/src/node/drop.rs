@@ -11,8 +11,8 @@
 //!   get it from the retained files receives a tiny snapshot of the empty state
 //!   ([`tombstone_snapshot`]), and a replica that never had the database gets nothing;
 //! - a replica whose position map names a database the primary does not know at all is sent
-//!   LiteFS's drop-db frame; a replite replica then drops the database with a tombstone of its
-//!   own ([`Node::on_drop_frame`]), where a LiteFS replica (which ignores the frame) keeps it.
+//!   LiteFS's drop-db frame, and keeps the database, as LiteFS's replicas do
+//!   ([`Node::on_drop_frame`]).
 //!
 //! See `docs/decisions/0009-dropping-databases.md`.
 
@@ -145,20 +145,11 @@ impl Node {
         }
     }
 
-    /// The primary's drop-db frame: it has no database `name`, which we hold. A replite
-    /// replica drops it with a tombstone of its own, queued behind what it received so far.
-    pub(crate) fn on_drop_frame(&mut self, now: Millis, name: &DbName) {
-        let Some(db) = self.dbs.get(name) else { return };
-        if db.pos == Pos::ZERO || db.dropped() || !db.inbox.is_empty() || db.busy() {
-            // Nothing to drop, or files of this database are on their way: the primary
-            // knew it when it sent them, so this frame is older news than they are.
-            return;
-        }
-        let page_size = db.page_size.unwrap_or_else(fallback_page_size);
-        let Some(bytes) = encode_tombstone(self.cfg.node_id, db.pos, page_size, now.0 as i64) else { return };
-        if let Some(db) = self.dbs.get_mut(name) {
-            db.inbox.push_back(bytes);
-        }
-        self.process_inbox(now, name);
-    }
+    /// The primary's drop-db frame: it does not know database `name` at all (it never had
+    /// it; a database it dropped reaches us as a drop file instead). Like LiteFS's replicas,
+    /// this one keeps the database: dropping it here would invent a position no primary ever
+    /// committed (the simulator's history check caught exactly that), and if the primary
+    /// creates the name later, the replica's copy is replaced by a snapshot anyway (its
+    /// position does not continue the primary's history).
+    pub(crate) fn on_drop_frame(&mut self, _now: Millis, _name: &DbName) {}
 }

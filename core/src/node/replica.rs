@@ -220,7 +220,9 @@ impl Node {
             size: proof.verified.size(),
             added_at: now,
         };
-        let page_size = h.page_size;
+        // A drop's page size is not the database's (it has none left): a database created
+        // again may choose another.
+        let page_size = (h.commit != 0).then_some(h.page_size);
         let timestamp_ms = h.timestamp_ms;
         // With the pre-apply check skipped (fault injection) the node trusts the file's own
         // claim about where it applies.
@@ -230,7 +232,7 @@ impl Node {
         self.ops.insert(op, name.clone());
         if let Some(db) = self.dbs.get_mut(name) {
             db.persist = Some(Persist { op, entry, replay: false, conn });
-            db.page_size = Some(page_size);
+            db.page_size = page_size;
             db.pending_ts_ms = timestamp_ms;
         }
         self.emit(Output::PersistLtx { db: name.clone(), op, min: entry.min, max: entry.max, bytes: payload, base });

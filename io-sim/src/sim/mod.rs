@@ -331,7 +331,7 @@ impl Sim {
     /// Feeds an input to node `i` and carries out everything it asks.
     fn feed(&mut self, i: usize, input: Input) {
         let local = self.local_time(i, self.now);
-        let is_commit = matches!(input, Input::Commit { .. });
+        let is_commit = matches!(input, Input::Commit { .. } | Input::DropDb { .. });
         let epoch_before = self.nodes[i].node.as_ref().and_then(|n| n.accepting_writes(local));
         let Some(node) = self.nodes[i].node.as_mut() else { return };
         node.handle(local, input);

@@ -83,6 +83,15 @@ impl Sim {
         }
         let Some(node) = self.nodes[target].node.as_ref() else { return };
         let pos = node.pos(&name);
+        if pos.txid != TxId::ZERO && pos.checksum != replite_core::Checksum::EMPTY && self.rng.chance(0.01) {
+            // The application deletes the database (it is created again by a later commit).
+            let id = self.next_commit;
+            self.next_commit += 1;
+            self.trace(format!("client drops {name} on node {target}"));
+            self.feed(target, Input::DropDb { commit: CommitId(id), db: name });
+            self.note_moves(target, Via::Incremental, None);
+            return;
+        }
         let page_size = page_size();
         let psize = page_size.bytes();
         let empty = Disk::default();
