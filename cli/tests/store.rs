@@ -40,7 +40,8 @@ struct Ltx {
 impl Model {
     fn checksum(&self) -> Checksum {
         if self.db.is_empty() {
-            return Checksum::ZERO;
+            // Nothing yet, or the empty database a drop left.
+            return if self.txid == 0 { Checksum::ZERO } else { Checksum::EMPTY };
         }
         ltx::checksum_database(self.db.as_slice(), page_size()).expect("the model is whole pages")
     }
@@ -494,4 +495,62 @@ fn a_restarted_node_replays_missed_applies_and_removes_a_torn_file_through_the_s
     let again = recover(dir.path()).expect("recover again");
     assert_eq!(again.dbs[&name()].ltx, [info(&snap), info(&tx2), info(&tx3)]);
     assert_eq!(again.dbs[&name()].db_checksum, tx3.post);
+}
+
+impl Model {
+    /// The drop of the database (LiteFS's form): commit size zero, no pages.
+    fn drop_db(&mut self) -> Ltx {
+        let pre = self.checksum();
+        let txid = TxId(self.txid + 1);
+        let header = Header::new(page_size(), 0, txid, txid, pre);
+        let (bytes, _) = Encoder::new(Vec::new(), header).expect("valid header").finish(Checksum::EMPTY).expect("drop");
+        self.db.clear();
+        self.txid = txid.0;
+        Ltx { min: txid, max: txid, pre, post: Checksum::EMPTY, bytes }
+    }
+}
+
+#[test]
+fn a_drop_removes_the_database_and_side_files_keeps_the_history_and_a_new_database_follows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(3, 0x11);
+    let dropped = model.drop_db();
+    let again = model.tx(&[1, 2], 0x33);
+    let db_dir = dir.path().join("dbs/app.db");
+    {
+        let (mut store, _) = Store::open(dir.path()).expect("open");
+        let pos = persist_and_apply(&mut store, &snap, Checksum::ZERO);
+        for side in ["journal", "wal", "shm"] {
+            fs::write(db_dir.join(side), b"left by SQLite").expect("side file");
+        }
+        let pos = persist_and_apply(&mut store, &dropped, pos.checksum);
+        assert_eq!(pos, Pos::new(dropped.max, Checksum::EMPTY));
+        assert_eq!(files_in(&db_dir), ["ltx"], "the database and its side files are gone");
+    }
+    // Recovery: a missing file is the empty database the drop left.
+    let recovery = recover(dir.path()).expect("recover");
+    assert_eq!(recovery.dbs[&name()].ltx, [info(&snap), info(&dropped)]);
+    let (mut store, _) = Store::open(dir.path()).expect("reopen");
+    let pos = persist_and_apply(&mut store, &again, Checksum::EMPTY);
+    assert_eq!(pos, Pos::new(again.max, again.post));
+    assert_eq!(fs::read(db_dir.join("database")).expect("database"), model.db);
+}
+
+#[test]
+fn replaying_a_drop_the_database_file_missed_removes_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let dropped = model.drop_db();
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    let pos = persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    // A crash after the drop was made durable, before the files went.
+    store.persist_ltx(&name(), dropped.min, dropped.max, &dropped.bytes).expect("persist the drop");
+    drop(store);
+    let (mut store, recovery) = Store::open(dir.path()).expect("reopen");
+    assert_eq!(recovery.dbs[&name()].db_checksum, pos.checksum);
+    let replayed = store.apply_ltx(&name(), dropped.min, dropped.max, pos.checksum).expect("replay");
+    assert_eq!(replayed, Pos::new(dropped.max, Checksum::EMPTY));
+    assert!(!dir.path().join("dbs/app.db/database").exists());
 }
