@@ -628,3 +628,40 @@ fn a_database_unlinked_on_the_primary_disappears_from_every_replica_and_can_be_c
         node.stop();
     }
 }
+
+#[test]
+fn a_wal_connection_kept_open_through_a_handoff_sees_the_new_primarys_writes() {
+    let etcd = support::etcd::EtcdServer::start();
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut nodes, first) = etcd_cluster(root.path(), &etcd.endpoint);
+    let old = open(&nodes[first], "wal.db");
+    old.pragma_update(None, "journal_mode", "wal").expect("wal");
+    create_table(&old);
+    insert_rows(&old, "before", 10);
+    let target = (first + 1) % 3;
+    let rest: Vec<&Node> = (0..3).filter(|&i| i != first).map(|i| &nodes[i]).collect();
+    converge(&nodes[first], &rest, "wal.db");
+    let target_id = nodes[target].info().expect("target info")["nodeId"].as_str().expect("id").to_owned();
+
+    // `old` stays open (idle) while its node is demoted.
+    let handoff = std::process::Command::new(env!("CARGO_BIN_EXE_replite"))
+        .args(["handoff", "--url", &nodes[first].url, "--to", &target_id])
+        .output()
+        .expect("run handoff");
+    assert!(handoff.status.success(), "handoff: {}", String::from_utf8_lossy(&handoff.stderr));
+    nodes[target].wait_for("the target to be primary", |i| i["role"] == "primary");
+    nodes[first].wait_for("the old primary to follow", |i| i["role"] == "replica");
+
+    let writer = open(&nodes[target], "wal.db");
+    insert_rows(&writer, "after", 5);
+    drop(writer);
+    let others: Vec<&Node> = (0..3).filter(|&i| i != target).map(|i| &nodes[i]).collect();
+    converge(&nodes[target], &others, "wal.db");
+    assert_eq!(count(&old), 15, "the connection opened on the old primary sees the new primary's writes");
+    assert_eq!(integrity(&old), "ok");
+    drop(old);
+    assert_eq!(count(&open_read_only(&nodes[first], "wal.db")), 15);
+    for n in &mut nodes {
+        n.stop();
+    }
+}
