@@ -4,9 +4,12 @@
 //!
 //! The database file goes with SQLite's side files (`-journal`, `-wal`, `-shm`), as LiteFS
 //! removes them; the directory and its LTX history stay (a drop is part of the history).
-//! POSIX semantics are kept for descriptors already open: a connection that had the database
-//! open keeps reading the contents it had (the unlinked inode), but can no longer write through
-//! it (`EROFS`, see [`Shared::unlinked`]): its pages would belong to no database.
+//! Descriptors already open on the dropped database are not given POSIX's "the file lives on
+//! until closed": reads through them fail (`EIO`) once the kernel's cached pages are dropped,
+//! and writes fail (`EROFS`, see [`Shared::unlinked`]). A connection that could still read the
+//! old database could start a write transaction after a database of the same name is created
+//! again: its journal (created by name, so beside the new database) would hold the old
+//! database's pages, and the next reader would roll them back over the new one.
 
 use std::io;
 
@@ -28,8 +31,11 @@ impl Shared {
     /// Removes `db`'s database file and side files from the data directory, forgets their
     /// names (a file created later under one gets a new inode) and what was tracked of the
     /// database's transactions.
-    pub(crate) fn remove_dropped_files(&self, db: &str) -> io::Result<usize> {
+    /// Returns how many files were removed and the inode the database file had, if the
+    /// kernel knew one (its cached pages must go: see [`Shared::unlinked`]).
+    pub(crate) fn remove_dropped_files(&self, db: &str) -> io::Result<(usize, Option<u64>)> {
         let mut removed = 0;
+        let database_ino = self.known_ino(db);
         for kind in DROPPED_KINDS {
             let Some(path) = self.path(kind, db) else { continue };
             let name = mount_name(kind, db);
@@ -48,12 +54,12 @@ impl Shared {
         *lock(&self.db_state(db)) = DbState::default();
         lock(&self.unjournaled).remove(db);
         self.dir_changed(db);
-        Ok(removed)
+        Ok((removed, database_ino))
     }
 
     /// The application unlinked `<db>` on the primary and the sink accepted the drop.
     pub(crate) fn drop_database(&self, db: &str) -> Result<(), fuser::Errno> {
-        let removed = self.remove_dropped_files(db).map_err(|e| io_errno(&e))?;
+        let (removed, database_ino) = self.remove_dropped_files(db).map_err(|e| io_errno(&e))?;
         info!(db, removed, "database dropped");
         // The kernel removes the entry of the name unlinked; the side files' entries are
         // cached too. Invalidating them waits for the directory lock this unlink holds, so it
@@ -65,6 +71,9 @@ impl Shared {
             let spawned = std::thread::Builder::new().name("replite-drop-inval".into()).spawn(move || {
                 for name in names {
                     let _ = notifier.inval_entry(INodeNo(ROOT_INO), name.as_ref());
+                }
+                if let Some(ino) = database_ino {
+                    let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
                 }
             });
             if let Err(e) = spawned {
@@ -120,9 +129,13 @@ impl Mount {
         } else {
             None
         };
-        let removed = self.shared.remove_dropped_files(db).map_err(lock_err("remove the database's files"))?;
+        let (removed, database_ino) =
+            self.shared.remove_dropped_files(db).map_err(lock_err("remove the database's files"))?;
         self.shared.sync_dirs().map_err(lock_err("fsync the database directory"))?;
         invalidate_entries(&self.notifier, db);
+        if let Some(ino) = database_ino {
+            let _ = self.notifier.inval_inode(INodeNo(ino), 0, 0);
+        }
         drop(locker);
         let pos = Pos::new(header.max_txid, Checksum::EMPTY);
         self.set_position(db, pos);

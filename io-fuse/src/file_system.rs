@@ -274,7 +274,7 @@ impl Filesystem for ReplFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -292,6 +292,10 @@ impl Filesystem for ReplFs {
             let end = start.saturating_add(size as usize).min(contents.len());
             return reply.data(&contents[start..end]);
         };
+        // A dropped database (`dropped`): its connections must not read on, and write, it.
+        if handle.kind == NodeKind::Database && self.shared.unlinked(ino.0, handle.kind, &handle.db) {
+            return reply.error(Errno::EIO);
+        }
         let mut buf = vec![0u8; size as usize];
         let mut filled = 0;
         while filled < buf.len() {
