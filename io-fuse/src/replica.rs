@@ -8,8 +8,9 @@
 //! directory and drop exactly the changed byte ranges from the kernel's page cache.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use fuser::INodeNo;
 use replite_core::ltx::{self, PageFile};
@@ -22,6 +23,10 @@ use crate::locks::{self, Kind, PENDING_BYTE, SHARED_FIRST, SHARED_SIZE};
 use crate::mount::{DATABASE_HEADER_BYTES, Mount};
 use crate::names::{NodeKind, classify, mount_name};
 use crate::shared::{ROOT_INO, lock};
+
+/// Read buffer for applying a stored LTX file: large reads keep a snapshot's apply from
+/// being bound by syscalls, small enough not to matter for memory.
+const LTX_READ_BUFFER_BYTES: usize = 1 << 20;
 
 /// A database file that remembers which byte ranges were written, for cache invalidation.
 struct RecordingFile {
@@ -79,6 +84,27 @@ impl Mount {
     /// The daemon calls this only after core decided the file applies (contiguous TXID,
     /// matching checksum); the codec checks the checksum chain again.
     pub fn apply_ltx(&self, db: &str, ltx_bytes: &[u8], current: Checksum) -> Result<Pos, ApplyLtxError> {
+        self.check_may_apply(db)?;
+        ltx::verify(ltx_bytes).map_err(|source| ApplyLtxError::Invalid { db: db.to_owned(), source })?;
+        self.apply_verified(db, ltx_bytes, current)
+    }
+
+    /// [`Mount::apply_ltx`] for a stored LTX file the caller verified whole and made durable
+    /// before (a file spooled from the primary): it is read page by page, never whole, and
+    /// not verified a second time. The apply still checks every page and the post-apply
+    /// checksum; a file that rotted on disk since leaves the database partly written and
+    /// fails with a mismatch, which the durable LTX file repairs (replay or a new snapshot).
+    pub fn apply_ltx_file(&self, db: &str, ltx_path: &Path, current: Checksum) -> Result<Pos, ApplyLtxError> {
+        self.check_may_apply(db)?;
+        let file = File::open(ltx_path).map_err(|source| ApplyLtxError::Lock {
+            db: db.to_owned(),
+            step: "open the LTX file",
+            source,
+        })?;
+        self.apply_verified(db, BufReader::with_capacity(LTX_READ_BUFFER_BYTES, file), current)
+    }
+
+    fn check_may_apply(&self, db: &str) -> Result<(), ApplyLtxError> {
         match classify(db) {
             Some((NodeKind::Database, name)) if name == db => {}
             _ => return Err(ApplyLtxError::InvalidName { db: db.to_owned() }),
@@ -88,7 +114,10 @@ impl Mount {
         if self.shared.is_primary() {
             return Err(ApplyLtxError::Primary { db: db.to_owned() });
         }
-        ltx::verify(ltx_bytes).map_err(|source| ApplyLtxError::Invalid { db: db.to_owned(), source })?;
+        Ok(())
+    }
+
+    fn apply_verified(&self, db: &str, ltx_source: impl Read, current: Checksum) -> Result<Pos, ApplyLtxError> {
         let _serial = lock(&self.apply_lock);
         let lock_err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
 
@@ -108,7 +137,7 @@ impl Mount {
 
         let mut file = RecordingFile { file: target, writes: Vec::new(), truncated_to: None };
         let applied = match self.roll_back_hot_journal(db, &mut file) {
-            Ok(()) => ltx::apply(&mut file, current, ltx_bytes).map_err(|source| {
+            Ok(()) => ltx::apply(&mut file, current, ltx_source).map_err(|source| {
                 warn!(db, error = %source, "apply failed");
                 ApplyLtxError::Apply { db: db.to_owned(), source }
             }),

@@ -25,10 +25,10 @@ mod timer;
 
 use std::collections::{BTreeMap, VecDeque};
 
-pub use config::{Config, ConfigError, Faults, SyncConfig, SyncPolicy};
+pub use config::{Config, ConfigError, DEFAULT_LTX_INLINE_MAX_BYTES, Faults, SyncConfig, SyncPolicy};
 pub use history::{History, LtxEntry};
 pub use input::{
-    CommitId, DbRecovery, DownstreamId, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery, UpstreamId,
+    CommitId, DbRecovery, DownstreamId, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery, SpoolId, UpstreamId,
 };
 pub use output::{Event, Output, RefuseReason};
 pub use rng::SplitMix64;
@@ -180,6 +180,7 @@ impl Node {
                 self.on_commit(now, commit, db, page_size, pages, commit_pages, removed);
             }
             Input::LtxDone { op, result } => self.on_ltx_done(now, op, result),
+            Input::SpoolDone { spool, result } => self.on_spool_done(now, spool, result),
             Input::UpstreamOpened { conn, ext } => self.on_upstream_opened(now, conn, ext),
             Input::UpstreamData { conn, bytes } => self.on_upstream_data(now, conn, &bytes),
             Input::UpstreamClosed { conn } => self.on_upstream_closed(now, conn),
@@ -350,5 +351,7 @@ impl Node {
     }
 }
 
+#[cfg(test)]
+mod spool_tests;
 #[cfg(test)]
 mod tests;
