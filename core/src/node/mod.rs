@@ -105,6 +105,9 @@ pub struct Node {
     downstream: BTreeMap<DownstreamId, Downstream>,
     /// Latest durable position each replica acknowledged on our lineage, per database.
     acked: BTreeMap<(NodeId, DbName), Pos>,
+    /// Per replica and database: live-database copies sent in a row without the replica
+    /// coming back at or past the last one, and that copy's position.
+    snapshot_tries: BTreeMap<(NodeId, DbName), (u32, Pos)>,
     upstream: Option<Upstream>,
     /// The primary's wall clock from its last heartbeat (ms since the Unix epoch).
     primary_clock_ms: Option<i64>,
@@ -135,6 +138,7 @@ impl Node {
             lease_acquire_sent_at: Millis(0),
             downstream: BTreeMap::new(),
             acked: BTreeMap::new(),
+            snapshot_tries: BTreeMap::new(),
             upstream: None,
             primary_clock_ms: None,
             backoff_attempt: 0,

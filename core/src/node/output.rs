@@ -285,6 +285,18 @@ pub enum Event {
         /// The transaction.
         txid: TxId,
     },
+    /// A replica needs a copy of the live database again although it was sent one before and
+    /// never reached it: the transfer keeps failing (too slow, a disk full on the replica, a
+    /// file it cannot verify). Each copy reads and sends the whole database; the replica's
+    /// reconnect backoff spaces the attempts out.
+    SnapshotRepeated {
+        /// The replica.
+        peer: NodeId,
+        /// The database.
+        db: DbName,
+        /// Copies sent in a row without the replica reaching one.
+        attempts: u32,
+    },
     /// A replica stopped acknowledging what it was sent; its stream was closed.
     ReplicaCutOff {
         /// The replica.

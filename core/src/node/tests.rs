@@ -319,6 +319,39 @@ fn once_retention_dropped_the_first_file_a_new_replica_gets_a_copy_of_the_databa
 }
 
 #[test]
+fn a_replica_that_keeps_coming_back_without_its_copy_is_reported_on_the_third_copy() {
+    let (mut node, _, _) = primary_with_two_commits();
+    let p2 = node.pos(&db());
+    node.cfg.retention_bytes = 0;
+    node.cfg.retention_ms = 0;
+    node.handle(Millis(3_000), Input::Timeout);
+    drain(&mut node);
+    let mut map = BTreeMap::new();
+    map.insert(db(), Pos::ZERO);
+    let mut open = |node: &mut Node, conn: u64, body: Vec<u8>| {
+        node.handle(
+            Millis(3_000 + conn),
+            Input::DownstreamOpened { conn: DownstreamId(conn), peer: NodeId(2), ext: Extensions::ALL, body },
+        );
+        drain(node)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Event(Event::SnapshotRepeated { peer, attempts, .. }) => Some((peer, attempts)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(open(&mut node, 1, encode_pos_map(&map)).is_empty());
+    assert!(open(&mut node, 2, encode_pos_map(&map)).is_empty());
+    assert_eq!(open(&mut node, 3, encode_pos_map(&map)), vec![(NodeId(2), 3)]);
+    // Once it comes back at the copy's position, the count starts again.
+    map.insert(db(), p2);
+    assert!(open(&mut node, 4, encode_pos_map(&map)).is_empty());
+    map.insert(db(), Pos::ZERO);
+    assert!(open(&mut node, 5, encode_pos_map(&map)).is_empty());
+}
+
+#[test]
 fn a_synchronous_commit_waits_for_every_other_candidate_to_acknowledge() {
     let mut cfg = config(1);
     cfg.sync = Some(SyncConfig { timeout_ms: 1_000, policy: SyncPolicy::Block });

@@ -9,9 +9,10 @@ use crate::stream::error::FrameError;
 use crate::stream::frame::{Extensions, Frame, decode_frame};
 use crate::stream::name::DbName;
 
-/// Largest LTX payload the decoder will buffer: 1 GiB. A snapshot of a bigger database must
-/// be streamed to disk by the daemon instead of buffered; the limit keeps a misbehaving peer
-/// from exhausting memory. The decoder never allocates ahead of received bytes.
+/// Largest LTX payload the decoder will buffer: 1 GiB. A spooling decoder
+/// ([`StreamDecoder::spooling`], what a replica uses) passes bigger payloads on piece by
+/// piece instead; for a buffering one the limit keeps a misbehaving peer from exhausting
+/// memory. The decoder never allocates ahead of received bytes.
 pub const MAX_LTX_PAYLOAD_BYTES: u64 = 1 << 30;
 
 /// Largest LTX payload a spooling decoder passes on piece by piece: 1 TiB. It bounds disk
