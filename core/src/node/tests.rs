@@ -328,7 +328,7 @@ fn a_replica_that_keeps_coming_back_without_its_copy_is_reported_on_the_third_co
     drain(&mut node);
     let mut map = BTreeMap::new();
     map.insert(db(), Pos::ZERO);
-    let mut open = |node: &mut Node, conn: u64, body: Vec<u8>| {
+    let open = |node: &mut Node, conn: u64, body: Vec<u8>| {
         node.handle(
             Millis(3_000 + conn),
             Input::DownstreamOpened { conn: DownstreamId(conn), peer: NodeId(2), ext: Extensions::ALL, body },
