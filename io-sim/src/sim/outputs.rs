@@ -40,6 +40,7 @@ impl Sim {
                 }
             }
             Output::SpoolBegin { spool, .. } => {
+                self.stats.spooled += 1;
                 self.nodes[i].spools.insert(spool, Vec::new());
             }
             Output::SpoolWrite { spool, bytes } => {
@@ -56,7 +57,9 @@ impl Sim {
                 self.schedule(d, Ev::SpoolDone { node: i, inc, input: Input::SpoolDone { spool, result } });
             }
             Output::SpoolDiscard { spool } => {
-                self.nodes[i].spools.remove(&spool);
+                if self.nodes[i].spools.remove(&spool).is_some() {
+                    self.stats.spools_discarded += 1;
+                }
             }
             Output::PersistSpooledLtx { db, op, spool, min, max, base } => {
                 let Some(bytes) = self.nodes[i].spools.remove(&spool) else {
