@@ -177,11 +177,13 @@ impl Writer {
         // total in progress reports (the encoded size is known only at the end).
         let total = image.file.as_file().metadata().map(|m| m.len()).unwrap_or(0);
         let (chunks_tx, mut chunks) = mpsc::channel::<Vec<u8>>(SNAPSHOT_CHUNKS_QUEUED);
+        let name = db.clone();
         let encoder = tokio::task::spawn_blocking(move || -> Result<u64, SendError> {
             let read = |source| SendError::Read { what: "the database copy", source };
             let mut source = std::fs::File::open(image.file.path()).map_err(read)?;
             let size = source.metadata().map_err(read)?.len();
             let compress = worth_compressing(&mut source).map_err(read)?;
+            debug!(db = %name, compress, "encoding a snapshot into the stream");
             let options = SnapshotOptions { max_txid: pos.txid, timestamp_ms: now_ms(), compress };
             let out = ChunkWriter { chunk: Vec::with_capacity(MAX_CHUNK_SIZE + 2), chunks: chunks_tx, written: 0 };
             let reader = BufReader::with_capacity(SNAPSHOT_READ_BUFFER_BYTES, source);
