@@ -155,14 +155,15 @@ mod tests {
     #[test]
     fn a_truncated_or_corrupt_spool_is_refused_and_its_file_deleted() {
         let bytes = sample_ltx();
+        let error = |outcome: SpoolOutcome| outcome.expect_err("refused");
         let (cut, _) = run(&[&bytes[..bytes.len() - 3]]);
-        assert!(cut.is_err(), "{cut:?}");
+        assert!(error(cut).starts_with("file truncated: trailer at offset"));
         let mut bad = bytes.clone();
         let mid = bad.len() / 2;
         bad[mid] ^= 0x40;
-        assert!(run(&[&bad]).0.is_err());
+        assert!(error(run(&[&bad]).0).contains("content checksum mismatch"));
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(run(&[&longer]).0.is_err());
+        assert!(error(run(&[&longer]).0).contains("after the trailer"));
     }
 }
