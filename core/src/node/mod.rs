@@ -25,10 +25,10 @@ mod timer;
 
 use std::collections::{BTreeMap, VecDeque};
 
-pub use config::{Config, ConfigError, Faults, SyncConfig, SyncPolicy};
+pub use config::{Config, ConfigError, DEFAULT_LTX_INLINE_MAX_BYTES, Faults, SyncConfig, SyncPolicy};
 pub use history::{History, LtxEntry};
 pub use input::{
-    CommitId, DbRecovery, DownstreamId, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery, UpstreamId,
+    CommitId, DbRecovery, DownstreamId, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery, SpoolId, UpstreamId,
 };
 pub use output::{Event, Output, RefuseReason};
 pub use rng::SplitMix64;
@@ -105,6 +105,9 @@ pub struct Node {
     downstream: BTreeMap<DownstreamId, Downstream>,
     /// Latest durable position each replica acknowledged on our lineage, per database.
     acked: BTreeMap<(NodeId, DbName), Pos>,
+    /// Per replica and database: live-database copies sent in a row without the replica
+    /// coming back at or past the last one, and that copy's position.
+    snapshot_tries: BTreeMap<(NodeId, DbName), (u32, Pos)>,
     upstream: Option<Upstream>,
     /// The primary's wall clock from its last heartbeat (ms since the Unix epoch).
     primary_clock_ms: Option<i64>,
@@ -135,6 +138,7 @@ impl Node {
             lease_acquire_sent_at: Millis(0),
             downstream: BTreeMap::new(),
             acked: BTreeMap::new(),
+            snapshot_tries: BTreeMap::new(),
             upstream: None,
             primary_clock_ms: None,
             backoff_attempt: 0,
@@ -180,6 +184,7 @@ impl Node {
                 self.on_commit(now, commit, db, page_size, pages, commit_pages, removed);
             }
             Input::LtxDone { op, result } => self.on_ltx_done(now, op, result),
+            Input::SpoolDone { spool, result } => self.on_spool_done(now, spool, result),
             Input::UpstreamOpened { conn, ext } => self.on_upstream_opened(now, conn, ext),
             Input::UpstreamData { conn, bytes } => self.on_upstream_data(now, conn, &bytes),
             Input::UpstreamClosed { conn } => self.on_upstream_closed(now, conn),
@@ -350,5 +355,7 @@ impl Node {
     }
 }
 
+#[cfg(test)]
+mod spool_tests;
 #[cfg(test)]
 mod tests;
