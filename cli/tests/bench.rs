@@ -20,6 +20,8 @@ const ROWS: &[(&str, [bool; 4])] = &[
     ("batched read (100/tx), DELETE", [true, true, true, true]),
     ("autocommit read, WAL", [true, true, true, true]),
     ("batched read (100/tx), WAL", [true, true, true, true]),
+    ("mixed, speedtest1-like (1000 rows), DELETE/FULL", [true, true, true, false]),
+    ("mixed, speedtest1-like (1000 rows), WAL/NORMAL", [true, true, true, false]),
     ("lag p50, DELETE/FULL", [false, false, false, true]),
     ("lag p99, DELETE/FULL", [false, false, false, true]),
     ("lag p50, WAL/NORMAL", [false, false, false, true]),

@@ -665,3 +665,124 @@ fn a_wal_connection_kept_open_through_a_handoff_sees_the_new_primarys_writes() {
         n.stop();
     }
 }
+
+/// Inserts `rows` rows of 4 KiB random bytes in one transaction (incompressible pages).
+fn insert_random_pages(conn: &rusqlite::Connection, rows: u32) {
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+         INSERT INTO t (v) SELECT randomblob(4096) FROM n",
+        [rows],
+    )
+    .expect("insert rows");
+}
+
+/// Waits until retention removed the primary's first LTX file of `db`: a new replica then
+/// needs a snapshot.
+fn wait_until_history_no_longer_starts_at_1(primary: &Node, db: &str) {
+    let ltx_dir = primary.dir.join("data/dbs").join(db).join("ltx");
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_dir(&ltx_dir)
+        .expect("ltx dir")
+        .any(|e| e.expect("entry").file_name().to_string_lossy().starts_with("0000000000000001-"))
+    {
+        assert!(Instant::now() < deadline, "retention never dropped the first file");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Names in a replica's LTX directory, with sizes.
+fn ltx_files(node: &Node, db: &str) -> Vec<(String, u64)> {
+    let dir = node.dir.join("data/dbs").join(db).join("ltx");
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(&dir)
+        .expect("ltx dir")
+        .map(|e| e.expect("entry"))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().expect("stat").len()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_snapshot_and_a_transaction_far_past_the_replicas_in_memory_limit_are_spooled_and_applied() {
+    // The replica holds at most 1 MiB of an LTX file in memory (core's default inline limit);
+    // these are 16+ MiB of incompressible pages each.
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = short_retention_primary(root.path());
+    let conn = open(&a, "big.db");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)").expect("create");
+    insert_random_pages(&conn, 4_200);
+    conn.execute("INSERT INTO t (v) VALUES (randomblob(10))", []).expect("insert");
+    wait_until_history_no_longer_starts_at_1(&a, "big.db");
+    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
+    b.start();
+    converge(&a, &[&b], "big.db");
+    let reader = open_read_only(&b, "big.db");
+    assert_eq!(count(&reader), 4_201);
+    assert_eq!(integrity(&reader), "ok");
+    drop(reader);
+    let files = ltx_files(&b, "big.db");
+    assert!(files.iter().all(|(name, _)| !name.ends_with(".tmp")), "a spool was left behind: {files:?}");
+    assert!(
+        files.iter().any(|(name, size)| name.starts_with("0000000000000001-") && *size > 16 << 20),
+        "the replica stores the snapshot it received as its LTX history: {files:?}"
+    );
+
+    // A single transaction as big, to a replica that is caught up: an incremental file spooled.
+    insert_random_pages(&conn, 4_200);
+    converge(&a, &[&b], "big.db");
+    let reader = open_read_only(&b, "big.db");
+    assert_eq!(count(&reader), 8_401);
+    assert_eq!(integrity(&reader), "ok");
+    drop(reader);
+    drop(conn);
+    a.stop();
+    b.stop();
+    // The replica restarts from what it stored: its database matches its position.
+    b.start();
+    b.wait_for("back and recovered", |i| i["role"] == "replica");
+    let reader = open_read_only(&b, "big.db");
+    assert_eq!(count(&reader), 8_401);
+    drop(reader);
+    b.stop();
+}
+
+#[test]
+fn a_replica_killed_while_spooling_a_snapshot_restarts_clean_and_catches_up() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = short_retention_primary(root.path());
+    let conn = open(&a, "big.db");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)").expect("create");
+    insert_random_pages(&conn, 8_000);
+    conn.execute("INSERT INTO t (v) VALUES (randomblob(10))", []).expect("insert");
+    drop(conn);
+    wait_until_history_no_longer_starts_at_1(&a, "big.db");
+    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
+    b.start();
+    // As soon as b has begun spooling, freeze the primary (the snapshot stops mid-way) and
+    // kill b: a partial spool is on its disk.
+    let spool_dir = b.dir.join("data/dbs/big.db/ltx");
+    let deadline = Instant::now() + WAIT;
+    let spooling = || {
+        std::fs::read_dir(&spool_dir)
+            .map(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().starts_with(".spool-")))
+            .unwrap_or(false)
+    };
+    while !spooling() {
+        assert!(Instant::now() < deadline, "b never began spooling\n{}", b.log_text());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    a.signal(libc::SIGSTOP);
+    b.kill();
+    a.signal(libc::SIGCONT);
+    assert!(spooling(), "the kill left the partial spool for recovery to find");
+    b.start();
+    converge(&a, &[&b], "big.db");
+    let files = ltx_files(&b, "big.db");
+    assert!(files.iter().all(|(name, _)| !name.ends_with(".tmp")), "recovery removed the partial spool: {files:?}");
+    let reader = open_read_only(&b, "big.db");
+    assert_eq!(count(&reader), 8_001);
+    assert_eq!(integrity(&reader), "ok");
+    drop(reader);
+    a.stop();
+    b.stop();
+}

@@ -34,6 +34,20 @@ impl Storage for MemStorage {
     ) -> Result<Pos, IoFailure> {
         self.persist_ltx(db, min, max, bytes)
     }
+    fn create_spool(&self, _: &DbName) -> std::io::Result<tempfile::NamedTempFile> {
+        tempfile::NamedTempFile::new()
+    }
+    fn persist_spooled_and_apply(
+        &self,
+        db: &DbName,
+        min: TxId,
+        max: TxId,
+        spool: tempfile::NamedTempFile,
+        _: Checksum,
+    ) -> Result<Pos, IoFailure> {
+        let bytes = std::fs::read(spool.path()).map_err(|_| IoFailure::Io)?;
+        self.persist_ltx(db, min, max, &bytes)
+    }
     fn replay_ltx(&self, _: &DbName, _: TxId, _: TxId, _: Checksum) -> Result<Pos, IoFailure> {
         Err(IoFailure::Io)
     }

@@ -286,6 +286,42 @@ fn a_snapshot_replaces_older_ltx_files_and_the_database() {
 }
 
 #[test]
+fn a_spooled_snapshot_becomes_the_stored_file_by_rename_and_a_crash_leftover_spool_is_removed() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(3, 0x11);
+    let tx2 = model.tx(&[2], 0x22);
+    let snap2 = model.snapshot(4, 0x66);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    let pos1 = persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    persist_and_apply(&mut store, &tx2, pos1.checksum);
+    // What the daemon's spool thread does: write the file into a spool, verify, fsync.
+    let mut spool = store.create_spool(&name()).expect("spool");
+    spool.write_all(&snap2.bytes).expect("write spool");
+    spool.as_file().sync_all().expect("fsync spool");
+    let ltx_dir = dir.path().join("dbs/app.db/ltx");
+    assert!(files_in(&ltx_dir).iter().any(|n| n.starts_with(".spool-") && n.ends_with(".tmp")));
+    let stored = store.persist_spooled(&name(), snap2.min, snap2.max, spool).expect("persist spooled");
+    assert_eq!(fs::read(&stored).expect("stored file"), snap2.bytes);
+    // The snapshot replaced the older files; nothing else is left in the directory.
+    assert_eq!(files_in(&ltx_dir), ["0000000000000001-0000000000000003.ltx"]);
+    let pos = store.apply_ltx(&name(), snap2.min, snap2.max, Checksum::ZERO).expect("apply");
+    assert_eq!(pos, Pos::new(TxId(3), snap2.post));
+    assert_eq!(fs::read(store.database_path(&name())).expect("database"), model.db);
+
+    // A crash mid-spool leaves a partial spool: recovery deletes it and sees the history.
+    let mut partial = store.create_spool(&name()).expect("spool");
+    partial.write_all(&snap2.bytes[..snap2.bytes.len() / 2]).expect("write half");
+    let (_, path) = partial.keep().expect("keep it, as a kill -9 would");
+    drop(store);
+    let recovery = recover(dir.path()).expect("recover");
+    assert!(!path.exists(), "recovery removed the partial spool");
+    assert_eq!(recovery.dbs[&name()].ltx, [info(&snap2)]);
+    assert_eq!(recovery.dbs[&name()].db_checksum, snap2.post);
+}
+
+#[test]
 fn a_primary_commit_is_persisted_without_reapplying_pages_the_database_already_holds() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut model = Model::default();

@@ -109,13 +109,11 @@ impl Mount {
             let Some(guard) = WalGuard::take_now(self, db)? else { return Ok(false) };
             let err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
             let file = std::fs::OpenOptions::new().read(true).write(true).open(self.shared.database_path(db));
-            let mut file =
-                RecordingFile { file: file.map_err(err("open data file"))?, writes: Vec::new(), truncated_to: None };
+            let mut file = RecordingFile::new(file.map_err(err("open data file"))?);
             self.fold_published_wal(db, Some(&guard), &mut file)?;
+            file.flush().map_err(err("write the folded pages"))?;
             file.file.sync_all().map_err(err("fsync the database"))?;
-            let size = file.file.metadata().map_err(err("stat the database"))?.len();
-            let page_size = page_size_of(&file.file).map_err(err("read the page size"))?;
-            let pages = u32::try_from(size / u64::from(page_size)).unwrap_or(u32::MAX);
+            let pages = page_count(&file.file).map_err(err("read the page size"))?;
             guard.restart(pages).map_err(err("restart the WAL index"))?;
             for ino in self.shared.retired_inos(db) {
                 let _ = self.notifier.inval_inode(INodeNo(ino), 0, 0);
@@ -131,14 +129,16 @@ impl Mount {
     }
 }
 
-/// The page size in a database file's header (bytes 16..18, big-endian, 1 meaning 65536).
-fn page_size_of(file: &File) -> io::Result<u32> {
+/// The database file's size in pages, by the page size in its header (bytes 16..18,
+/// big-endian, 1 meaning 65536): the `nPage` a restarted index header gives readers.
+pub(crate) fn page_count(file: &File) -> io::Result<u32> {
     let mut raw = [0u8; 2];
     file.read_exact_at(&mut raw, 16)?;
-    Ok(match u16::from_be_bytes(raw) {
+    let page_size = match u16::from_be_bytes(raw) {
         1 => 65_536,
-        n => u32::from(n).max(512),
-    })
+        n => u64::from(n).max(512),
+    };
+    Ok(u32::try_from(file.metadata()?.len() / page_size).unwrap_or(u32::MAX))
 }
 
 /// The WAL index of a database whose WAL connections outlived a demotion, locked so that none

@@ -14,7 +14,7 @@
 use std::io;
 
 use fuser::{INodeNo, Notifier};
-use replite_core::ltx::VerifiedLtx;
+use replite_core::ltx::Header;
 use replite_core::types::{Checksum, Pos};
 use tracing::{debug, info};
 
@@ -109,8 +109,7 @@ impl Mount {
     /// `current`: under SQLite's writer locks (no reader is inside a transaction), the files
     /// go and the kernel forgets their entries. Readers with the database open keep what they
     /// had; new opens find no database.
-    pub(crate) fn apply_drop(&self, db: &str, verified: &VerifiedLtx, current: Checksum) -> Result<Pos, ApplyLtxError> {
-        let header = verified.header();
+    pub(crate) fn apply_drop(&self, db: &str, header: &Header, current: Checksum) -> Result<Pos, ApplyLtxError> {
         if !header.is_snapshot() && header.pre_apply_checksum != current {
             let source = replite_core::ltx::ApplyError::PreApplyMismatch {
                 database: current,

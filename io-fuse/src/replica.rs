@@ -8,8 +8,9 @@
 //! directory and drop exactly the changed byte ranges from the kernel's page cache.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use fuser::INodeNo;
 use replite_core::ltx::{self, PageFile};
@@ -25,15 +26,42 @@ use crate::names::{NodeKind, classify, mount_name};
 use crate::shared::{ROOT_INO, lock};
 use crate::wal_node;
 
-/// A database file that remembers which byte ranges were written, for cache invalidation.
+/// Read buffer for applying a stored LTX file: large reads keep a snapshot's apply from
+/// being bound by syscalls, small enough not to matter for memory.
+const LTX_READ_BUFFER_BYTES: usize = 1 << 20;
+
+/// Contiguous page writes gathered into one write: a snapshot writes every page in order,
+/// and one system call per 4 KiB page costs more than copying the bytes.
+const WRITE_COMBINE_BYTES: usize = 1 << 20;
+
+/// A database file that remembers which byte ranges were written, for cache invalidation,
+/// and gathers contiguous writes (flushed before any read, size change or size query, and
+/// by [`RecordingFile::flush`]).
 pub(crate) struct RecordingFile {
     pub(crate) file: File,
     pub(crate) writes: Vec<(u64, u64)>,
     pub(crate) truncated_to: Option<u64>,
+    pending: Vec<u8>,
+    pending_at: u64,
+}
+
+impl RecordingFile {
+    pub(crate) fn new(file: File) -> RecordingFile {
+        RecordingFile { file, writes: Vec::new(), truncated_to: None, pending: Vec::new(), pending_at: 0 }
+    }
+
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            self.file.write_all_at(&self.pending, self.pending_at)?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
 }
 
 impl PageFile for RecordingFile {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.flush()?;
         let mut filled = 0;
         while filled < buf.len() {
             match FileExt::read_at(&self.file, &mut buf[filled..], offset + filled as u64)? {
@@ -45,7 +73,14 @@ impl PageFile for RecordingFile {
     }
 
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)?;
+        let follows = self.pending_at + self.pending.len() as u64 == offset;
+        if !follows || self.pending.len() + buf.len() > WRITE_COMBINE_BYTES {
+            self.flush()?;
+        }
+        if self.pending.is_empty() {
+            self.pending_at = offset;
+        }
+        self.pending.extend_from_slice(buf);
         match self.writes.last_mut() {
             Some((start, len)) if *start + *len == offset => *len += buf.len() as u64,
             _ => self.writes.push((offset, buf.len() as u64)),
@@ -54,10 +89,12 @@ impl PageFile for RecordingFile {
     }
 
     fn size(&mut self) -> io::Result<u64> {
+        self.flush()?;
         Ok(self.file.metadata()?.len())
     }
 
     fn set_size(&mut self, size: u64) -> io::Result<()> {
+        self.flush()?;
         if self.file.metadata()?.len() != size {
             self.file.set_len(size)?;
             self.truncated_to = Some(size);
@@ -81,6 +118,36 @@ impl Mount {
     /// The daemon calls this only after core decided the file applies (contiguous TXID,
     /// matching checksum); the codec checks the checksum chain again.
     pub fn apply_ltx(&self, db: &str, ltx_bytes: &[u8], current: Checksum) -> Result<Pos, ApplyLtxError> {
+        self.check_may_apply(db)?;
+        let verified = ltx::verify(ltx_bytes).map_err(|source| ApplyLtxError::Invalid { db: db.to_owned(), source })?;
+        if verified.header().commit == 0 {
+            return self.apply_drop(db, verified.header(), current);
+        }
+        self.apply_verified(db, ltx_bytes, current)
+    }
+
+    /// [`Mount::apply_ltx`] for a stored LTX file the caller verified whole and made durable
+    /// before (a file spooled from the primary): it is read page by page, never whole, and
+    /// not verified a second time. The apply still checks every page and the post-apply
+    /// checksum; a file that rotted on disk since leaves the database partly written and
+    /// fails with a mismatch, which the durable LTX file repairs (replay or a new snapshot).
+    pub fn apply_ltx_file(&self, db: &str, ltx_path: &Path, current: Checksum) -> Result<Pos, ApplyLtxError> {
+        self.check_may_apply(db)?;
+        let file = File::open(ltx_path).map_err(|source| ApplyLtxError::Lock {
+            db: db.to_owned(),
+            step: "open the LTX file",
+            source,
+        })?;
+        // A drop (commit size zero) removes the database instead of writing pages.
+        let mut raw = [0u8; ltx::HEADER_SIZE];
+        let header = file.read_exact_at(&mut raw, 0).ok().and_then(|()| ltx::Header::decode(&raw).ok());
+        if let Some(header) = header.filter(|h| h.commit == 0) {
+            return self.apply_drop(db, &header, current);
+        }
+        self.apply_verified(db, BufReader::with_capacity(LTX_READ_BUFFER_BYTES, file), current)
+    }
+
+    fn check_may_apply(&self, db: &str) -> Result<(), ApplyLtxError> {
         match classify(db) {
             Some((NodeKind::Database, name)) if name == db => {}
             _ => return Err(ApplyLtxError::InvalidName { db: db.to_owned() }),
@@ -90,10 +157,10 @@ impl Mount {
         if self.shared.is_primary() {
             return Err(ApplyLtxError::Primary { db: db.to_owned() });
         }
-        let verified = ltx::verify(ltx_bytes).map_err(|source| ApplyLtxError::Invalid { db: db.to_owned(), source })?;
-        if verified.header().commit == 0 {
-            return self.apply_drop(db, &verified, current);
-        }
+        Ok(())
+    }
+
+    fn apply_verified(&self, db: &str, ltx_source: impl Read, current: Checksum) -> Result<Pos, ApplyLtxError> {
         let _serial = lock(&self.apply_lock);
         let lock_err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
 
@@ -115,20 +182,29 @@ impl Mount {
         // shown the result by a new index header (`demoted_wal`).
         let wal_guard = WalGuard::take(self, db)?;
 
-        let mut file = RecordingFile { file: target, writes: Vec::new(), truncated_to: None };
+        let mut file = RecordingFile::new(target);
         let applied = match self.roll_back_hot_journal(db, &mut file) {
             Ok(()) => self.fold_published_wal(db, wal_guard.as_ref(), &mut file).and_then(|()| {
-                ltx::apply(&mut file, current, ltx_bytes).map_err(|source| {
+                ltx::apply(&mut file, current, ltx_source).map_err(|source| {
                     warn!(db, error = %source, "apply failed");
                     ApplyLtxError::Apply { db: db.to_owned(), source }
                 })
             }),
             Err(e) => Err(e),
         };
+        // A successful apply ended with a size change, which flushed; after a failure, what
+        // was gathered is written too, so the file is what the invalidations below describe.
+        let pending_at = file.pending_at;
+        let applied = match (applied, file.flush()) {
+            (Ok(_), Err(source)) => Err(ApplyLtxError::Apply {
+                db: db.to_owned(),
+                source: ltx::ApplyError::Io { op: "write", offset: pending_at, source },
+            }),
+            (applied, _) => applied,
+        };
         if let (Some(guard), Ok(_)) = (&wal_guard, &applied) {
-            let pages = file.size().map(|size| size / u64::from(verified.header().page_size.get()));
-            let restarted = pages
-                .and_then(|pages| guard.restart(u32::try_from(pages).unwrap_or(u32::MAX)))
+            let restarted = crate::demoted_wal::page_count(&file.file)
+                .and_then(|pages| guard.restart(pages))
                 .and_then(|()| file.file.sync_all())
                 .and_then(|()| self.remove_folded_wal(db));
             restarted.map_err(|source| ApplyLtxError::Lock {

@@ -16,7 +16,9 @@ fn run(seed: u64) -> (u64, u64, Vec<String>, Vec<String>) {
 
 #[test]
 fn the_same_seed_replays_the_same_run() {
-    for seed in [3, 1_000_003] {
+    // Any seeds whose runs are long enough to mean something (1_000_003 became a short run
+    // once big LTX files were spooled, which draws from the PRNG differently).
+    for seed in [3, 1_000_004] {
         let first = run(seed);
         assert!(first.0 > 1_000, "seed {seed} ran only {} events", first.0);
         assert_eq!(first, run(seed), "seed {seed} did not replay identically");

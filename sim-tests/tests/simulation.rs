@@ -73,6 +73,8 @@ fn the_cluster_keeps_every_invariant_under_faults_for_many_seeds() {
         ("replicas cut off", total(|s| s.cut_offs)),
         ("process pauses", total(|s| s.pauses)),
         ("shrinking commits", total(|s| s.shrinks)),
+        ("spooled LTX files", total(|s| s.spooled)),
+        ("discarded spools", total(|s| s.spools_discarded)),
     ];
     eprintln!("fault mix: {mix:?}");
     if let Some(first) = failures.first() {

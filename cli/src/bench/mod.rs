@@ -6,6 +6,7 @@
 //! so a burst of load on a shared machine hits every side rather than one.
 
 mod lag;
+mod mixed;
 mod nodes;
 mod report;
 mod snapshot;
@@ -67,6 +68,8 @@ pub enum Workload {
     Lag,
     /// Snapshot catch-up of a new replica.
     Snapshot,
+    /// A speedtest1-like mix of inserts, scans, index builds, updates, deletes and VACUUM.
+    Mixed,
 }
 
 /// Upper bound on one run of a small-write workload.
@@ -77,6 +80,8 @@ const LARGE_LIMIT: Duration = Duration::from_secs(300);
 const READ_LIMIT: Duration = Duration::from_secs(10);
 /// Upper bound on one lag run.
 const LAG_LIMIT: Duration = Duration::from_secs(120);
+/// Upper bound on one run of the mixed workload.
+const MIXED_LIMIT: Duration = Duration::from_secs(300);
 /// Reads per read transaction in the batched read workload.
 const READ_BATCH: u64 = 100;
 /// Longest the runtime may take to wind down its background tasks at exit.
@@ -95,6 +100,8 @@ struct Sizes {
     batched_reads: u64,
     lag_commits: u64,
     snapshot_mib: u64,
+    /// Rows per table in the mixed workload.
+    mixed_rows: u64,
 }
 
 impl Sizes {
@@ -109,6 +116,7 @@ impl Sizes {
                 batched_reads: 10_000,
                 lag_commits: 50,
                 snapshot_mib: 8,
+                mixed_rows: 1_000,
             }
         } else {
             Sizes {
@@ -120,6 +128,7 @@ impl Sizes {
                 batched_reads: 200_000,
                 lag_commits: 500,
                 snapshot_mib: 256,
+                mixed_rows: 10_000,
             }
         };
         Sizes {
@@ -164,7 +173,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let native = root.join("native");
     std::fs::create_dir_all(&native)?;
 
-    let throughput = wanted(Workload::Write) || wanted(Workload::Large) || wanted(Workload::Read);
+    let throughput =
+        wanted(Workload::Write) || wanted(Workload::Large) || wanted(Workload::Read) || wanted(Workload::Mixed);
     let single = if throughput { Some(BenchNode::start_primary(&handle, root, "single")?) } else { None };
     let pair = if throughput || wanted(Workload::Lag) { Some(start_pair(&handle, root)?) } else { None };
 
@@ -203,6 +213,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if wanted(Workload::Read) {
         for journal in [DELETE_FULL, WAL_NORMAL] {
             report.rows.extend(read_rows(&sides, pair.as_ref(), journal, &sizes)?);
+        }
+    }
+    if wanted(Workload::Mixed) {
+        for journal in [DELETE_FULL, WAL_NORMAL] {
+            let workload = format!("mixed, speedtest1-like ({} rows), {journal}", sizes.mixed_rows);
+            // Runs per second, so that the ratio reads like the others: ≥ 0.67 is at most 1.5× native time.
+            let mut row = Row::new(workload, "runs/s", "≥ 0.67");
+            let mut native_digest = None;
+            for_rounds(&mut row, &sides, sizes.rounds, |side, round| {
+                mixed_run(side, journal, sizes.mixed_rows, round, &mut native_digest)
+            })?;
+            report.rows.push(row);
         }
     }
     if wanted(Workload::Lag)
@@ -332,6 +354,32 @@ fn large_run(side: &Side<'_>, journal: Journal, mib: u64, round: u32) -> anyhow:
     Ok(done.rate())
 }
 
+/// One run of the mixed workload on a fresh database; every side must leave the digest the
+/// native run left (and the pair's replica the same as its primary).
+fn mixed_run(
+    side: &Side<'_>,
+    journal: Journal,
+    rows: u64,
+    round: u32,
+    native_digest: &mut Option<mixed::Digest>,
+) -> anyhow::Result<f64> {
+    let db = format!("mixed-{}-{round}.db", journal.mode).to_lowercase();
+    let conn = workloads::open(&side.dir.join(&db), journal)?;
+    let (done, digest) = mixed::run(&conn, rows, MIXED_LIMIT)?;
+    match native_digest {
+        None => *native_digest = Some(digest.clone()),
+        Some(want) => {
+            ensure!(*want == digest, "{}: mixed workload left {digest}, native left {want}", side.column.label())
+        }
+    }
+    if let (Some(node), Some(replica)) = (side.node, side.replica) {
+        catch_up(node, replica, &db)?;
+        let on_replica = mixed::digest(&workloads::open_read_only(&replica.mount.join(&db))?)?;
+        ensure!(on_replica == digest, "{db}: replica left {on_replica}, primary {digest}");
+    }
+    Ok(done.rate())
+}
+
 /// Autocommit and batched reads of one table per side (the replica reads the primary's).
 fn read_rows(sides: &[Side<'_>], pair: Option<&Pair>, journal: Journal, sizes: &Sizes) -> anyhow::Result<[Row; 2]> {
     let db = format!("read-{}.db", journal.mode.to_lowercase());
@@ -384,7 +432,7 @@ fn context_notes(sizes: &Sizes, root: &Path) -> Vec<String> {
         format!("machine: {cores} cores ({cpu}), Linux {}, work folder {}", kernel.trim(), root.display()),
         format!("load average at the start: {}", load_average()),
         format!(
-            "sizes: {} round(s) (median); writes {}/{}/{} tx; large tx {} MiB; {} rows read {} times autocommit, {} times in batches of {READ_BATCH}; lag over {} commits; snapshot {} MiB",
+            "sizes: {} round(s) (median); writes {}/{}/{} tx; large tx {} MiB; {} rows read {} times autocommit, {} times in batches of {READ_BATCH}; lag over {} commits; snapshot {} MiB; mixed {} rows per table",
             sizes.rounds,
             sizes.writes[0].1,
             sizes.writes[1].1,
@@ -394,7 +442,8 @@ fn context_notes(sizes: &Sizes, root: &Path) -> Vec<String> {
             sizes.autocommit_reads,
             sizes.batched_reads,
             sizes.lag_commits,
-            sizes.snapshot_mib
+            sizes.snapshot_mib,
+            sizes.mixed_rows
         ),
         "ratios are to native; lag is from a commit returning on the primary to the replica's status showing it"
             .to_owned(),

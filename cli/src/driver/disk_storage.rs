@@ -67,6 +67,31 @@ impl Storage for DiskStorage {
         })
     }
 
+    fn create_spool(&self, db: &DbName) -> io::Result<tempfile::NamedTempFile> {
+        self.store().create_spool(db).map_err(io::Error::other)
+    }
+
+    fn persist_spooled_and_apply(
+        &self,
+        db: &DbName,
+        min: TxId,
+        max: TxId,
+        spool: tempfile::NamedTempFile,
+        base: Checksum,
+    ) -> Result<Pos, IoFailure> {
+        let mut store = self.store();
+        let path = store.persist_spooled(db, min, max, spool).map_err(logged(db, "persisting a spooled LTX file"))?;
+        let Some(mount) = &self.mount else {
+            return store.apply_ltx(db, min, max, base).map_err(logged(db, "applying an LTX file"));
+        };
+        store.forget_checksum(db);
+        // Applied from the stored file, page by page: a snapshot is never held in memory.
+        mount.apply_ltx_file(db.as_str(), &path, base).map_err(|e| {
+            error!(%db, %min, %max, error = %e, "applying a spooled LTX file through the mount failed");
+            IoFailure::Mismatch
+        })
+    }
+
     fn replay_ltx(&self, db: &DbName, min: TxId, max: TxId, base: Checksum) -> Result<Pos, IoFailure> {
         self.store().apply_ltx(db, min, max, base).map_err(logged(db, "replaying an LTX file"))
     }

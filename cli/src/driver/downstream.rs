@@ -3,7 +3,7 @@
 //! slow disk read or a slow replica never holds up the driver loop or another replica.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -155,8 +155,8 @@ impl Writer {
         }
     }
 
-    /// Copies the committed database, names its position, encodes it as a snapshot LTX file
-    /// on disk and streams that file in chunks: memory stays bounded whatever the size.
+    /// Copies the committed database, names its position, and encodes it as a snapshot LTX
+    /// file straight into the stream in chunks: memory stays bounded whatever the size.
     async fn snapshot(&mut self, db: DbName, asked_at: Pos) -> Result<(), SendError> {
         let storage = Arc::clone(&self.storage);
         let name = db.clone();
@@ -169,51 +169,55 @@ impl Writer {
         let pos = answer.await.ok().flatten().ok_or(SendError::UnknownPosition)?;
         debug_assert!(pos.txid >= asked_at.txid, "a copy cannot be older than the position it was asked at");
 
-        let encoded = tokio::task::spawn_blocking(move || -> Result<_, SendError> {
-            let read = |source| SendError::Read { what: "the database copy", source };
-            let source = std::fs::File::open(image.file.path()).map_err(read)?;
-            let size = source.metadata().map_err(read)?.len();
-            let out = tempfile::NamedTempFile::new_in(image.file.path().parent().unwrap_or(std::path::Path::new(".")))
-                .map_err(read)?;
-            let options = SnapshotOptions { max_txid: pos.txid, timestamp_ms: now_ms(), compress: true };
-            let (out, _, _) = encode_database(BufReader::new(source), size, std::io::BufWriter::new(out), options)?;
-            out.into_inner().map_err(|e| read(e.into_error()))
-        })
-        .await
-        .map_err(|e| SendError::Read { what: "the database copy", source: std::io::Error::other(e) })??;
-
         let mut head = Vec::new();
         encode_frame(&Frame::Ltx { size: 0, name: db.clone() }, &mut head);
         self.send(head).await?;
-        let mut file = encoded.reopen().map_err(|source| SendError::Read { what: "the snapshot", source })?;
-        let total = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut buf = vec![0u8; MAX_CHUNK_SIZE];
+        // Encoded straight into the stream, chunk by chunk: no temporary LTX file is written
+        // and read back, and encoding overlaps sending. The database size stands in for the
+        // total in progress reports (the encoded size is known only at the end).
+        let total = image.file.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+        let (chunks_tx, mut chunks) = mpsc::channel::<Vec<u8>>(SNAPSHOT_CHUNKS_QUEUED);
+        let name = db.clone();
+        let encoder = tokio::task::spawn_blocking(move || -> Result<u64, SendError> {
+            let read = |source| SendError::Read { what: "the database copy", source };
+            let mut source = std::fs::File::open(image.file.path()).map_err(read)?;
+            let size = source.metadata().map_err(read)?.len();
+            let compress = worth_compressing(&mut source).map_err(read)?;
+            debug!(db = %name, compress, "encoding a snapshot into the stream");
+            let options = SnapshotOptions { max_txid: pos.txid, timestamp_ms: now_ms(), compress };
+            let out = ChunkWriter { chunk: Vec::with_capacity(MAX_CHUNK_SIZE + 2), chunks: chunks_tx, written: 0 };
+            let reader = BufReader::with_capacity(SNAPSHOT_READ_BUFFER_BYTES, source);
+            let (mut out, _, _) = encode_database(reader, size, out, options)?;
+            out.flush_chunk().map_err(|source| SendError::Read { what: "the snapshot", source })?;
+            Ok(out.written)
+        });
         let started = std::time::Instant::now();
         let mut last_report = started;
         let mut sent = 0u64;
-        let result = loop {
-            let n = match read_some(&mut file, &mut buf) {
-                Ok(n) => n,
-                Err(source) => break Err(SendError::Read { what: "the snapshot", source }),
-            };
-            let mut chunk = Vec::with_capacity(n + 2);
-            chunk.extend_from_slice(&(n as u16).to_be_bytes());
-            chunk.extend_from_slice(&buf[..n]);
+        let mut gone = None;
+        // Bounded: the encoder produces a finite file and then drops its sender.
+        while let Some(chunk) = chunks.recv().await {
+            sent += chunk.len().saturating_sub(2) as u64;
             if let Err(e) = self.send(chunk).await {
-                break Err(e);
+                gone = Some(e);
+                break;
             }
-            sent += n as u64;
-            self.transfers.update(self.conn, &db, sent, total);
+            self.transfers.update(self.conn, &db, sent, total.max(sent));
             if last_report.elapsed() >= PROGRESS_EVERY {
                 last_report = std::time::Instant::now();
                 info!(%db, sent, total, secs = started.elapsed().as_secs(), "sending snapshot");
             }
-            if n == 0 {
-                break Ok(());
-            }
-        };
+        }
+        // Dropping the receiver stops an encoder still running (its next send fails).
+        drop(chunks);
+        let encoded = encoder.await;
         self.transfers.finish(self.conn);
-        result?;
+        if let Some(e) = gone {
+            return Err(e);
+        }
+        let total =
+            encoded.map_err(|e| SendError::Read { what: "the database copy", source: std::io::Error::other(e) })??;
+        self.send(0u16.to_be_bytes().to_vec()).await?;
         let mut tail = Vec::new();
         encode_frame(&Frame::Hwm { txid: pos.txid, name: db.clone() }, &mut tail);
         self.send(tail).await?;
@@ -223,18 +227,73 @@ impl Writer {
     }
 }
 
-/// Fills `buf` as far as the file allows (zero at its end).
-fn read_some(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// Encoded chunks queued between the encoding thread and the stream: about 1 MiB.
+const SNAPSHOT_CHUNKS_QUEUED: usize = 16;
+
+/// Read buffer for the database copy being encoded.
+const SNAPSHOT_READ_BUFFER_BYTES: usize = 1 << 20;
+
+/// Bytes of the database sampled to decide whether LZ4 is worth running on a snapshot.
+const COMPRESSION_SAMPLE_BYTES: usize = 1 << 20;
+
+/// Whether LZ4 shrinks a sample of the database enough to pay for itself: LZ4 in LTX v1 is
+/// all or nothing per file, and pages of random or already-compressed data only cost CPU on
+/// both ends. The sample is taken evenly through the file; the reader is left at its start.
+fn worth_compressing(file: &mut std::fs::File) -> std::io::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    let size = file.metadata()?.len();
+    let pieces = 16u64;
+    let piece = (COMPRESSION_SAMPLE_BYTES as u64 / pieces) as usize;
+    let mut sample = Vec::with_capacity(COMPRESSION_SAMPLE_BYTES);
+    let mut buf = vec![0u8; piece];
+    for i in 0..pieces {
+        let offset = size / pieces * i;
+        let n = file.read_at(&mut buf, offset)?;
+        sample.extend_from_slice(&buf[..n]);
     }
-    Ok(filled)
+    file.seek(SeekFrom::Start(0))?;
+    Ok(replite_core::ltx::compresses_well(&sample))
+}
+
+/// Cuts what the snapshot encoder writes into stream chunks (u16 length + bytes) and hands
+/// each to the sending task; a failed hand-over (the replica went away) fails the write.
+struct ChunkWriter {
+    chunk: Vec<u8>,
+    chunks: mpsc::Sender<Vec<u8>>,
+    /// Payload bytes handed over.
+    written: u64,
+}
+
+impl ChunkWriter {
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let n = self.chunk.len();
+        let mut out = Vec::with_capacity(n + 2);
+        // A chunk never exceeds MAX_CHUNK_SIZE (u16::MAX), so the cast is exact.
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+        out.append(&mut self.chunk);
+        self.chunks.blocking_send(out).map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        self.written += n as u64;
+        Ok(())
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(MAX_CHUNK_SIZE - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == MAX_CHUNK_SIZE {
+            self.flush_chunk()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn now_ms() -> i64 {

@@ -9,6 +9,7 @@ mod downstream;
 mod node_config;
 mod page_sums;
 mod run;
+mod spool;
 mod status;
 mod storage;
 mod upstream;

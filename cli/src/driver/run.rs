@@ -8,8 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use replite_core::ltx::VerifiedLtx;
 use replite_core::ltx::{HEADER_SIZE, Header};
-use replite_core::node::{CommitId, DownstreamId, Input, Node, OpId, Output, RefuseReason, Role, UpstreamId};
+use replite_core::node::{
+    CommitId, DownstreamId, Input, IoFailure, Node, OpId, Output, RefuseReason, Role, SpoolId, UpstreamId,
+};
 use replite_core::stream::DbName;
 use replite_core::{Epoch, NodeId};
 use replite_fuse::{CapturedTx, Refusal};
@@ -20,6 +23,7 @@ use crate::driver::bridge::{Answer, FsRequest};
 use crate::driver::clock::Clock;
 use crate::driver::downstream::{DownstreamCmd, PositionQuery, Transfers, run_downstream};
 use crate::driver::page_sums::PageSums;
+use crate::driver::spool::{SpoolOutcome, SpoolWriter};
 use crate::driver::status::{EventLog, SnapshotProgress, Status, Surface};
 use crate::driver::storage::Storage;
 use crate::driver::upstream::{UpstreamReport, run_upstream};
@@ -58,7 +62,13 @@ struct UpstreamTask {
 enum Back {
     Input(Input),
     Peer { id: NodeId, record: LeaseRecord },
+    Spooled { spool: SpoolId, outcome: SpoolOutcome },
 }
+
+/// Upstream reports queued for the loop. Bounded so that a loop slowed by the disk (a spool
+/// falling behind) stops the upstream task reading, and HTTP/2 flow control then stops the
+/// primary, instead of received bytes piling up in memory.
+const UPSTREAM_REPORTS_QUEUED: usize = 64;
 
 /// Owns the Node and carries out its outputs.
 pub struct Driver {
@@ -83,8 +93,12 @@ pub struct Driver {
     /// Advertise URLs (and hostnames) of the nodes the lease named.
     peers: BTreeMap<NodeId, LeaseRecord>,
     upstreams: BTreeMap<UpstreamId, UpstreamTask>,
-    upstream_reports: mpsc::UnboundedReceiver<UpstreamReport>,
-    upstream_reports_tx: mpsc::UnboundedSender<UpstreamReport>,
+    upstream_reports: mpsc::Receiver<UpstreamReport>,
+    upstream_reports_tx: mpsc::Sender<UpstreamReport>,
+    /// Spools being written (`None` once ended: the thread is verifying and fsyncing).
+    spooling: BTreeMap<SpoolId, Option<SpoolWriter>>,
+    /// Spools verified and durable, waiting for `PersistSpooledLtx` or `SpoolDiscard`.
+    spooled: BTreeMap<SpoolId, (tempfile::NamedTempFile, VerifiedLtx)>,
     downstreams: BTreeMap<DownstreamId, mpsc::UnboundedSender<DownstreamCmd>>,
     downstream_closed: mpsc::UnboundedReceiver<DownstreamId>,
     downstream_closed_tx: mpsc::UnboundedSender<DownstreamId>,
@@ -106,7 +120,7 @@ impl Driver {
         load_sums: LoadPageSums,
     ) -> Driver {
         let (back_tx, back) = mpsc::unbounded_channel();
-        let (upstream_reports_tx, upstream_reports) = mpsc::unbounded_channel();
+        let (upstream_reports_tx, upstream_reports) = mpsc::channel(UPSTREAM_REPORTS_QUEUED);
         let (downstream_closed_tx, downstream_closed) = mpsc::unbounded_channel();
         let (positions_tx, positions) = mpsc::unbounded_channel();
         let status = watch::Sender::new(Status::of(&node, None, &BTreeMap::new(), Clock::start().now()));
@@ -129,6 +143,8 @@ impl Driver {
             upstreams: BTreeMap::new(),
             upstream_reports,
             upstream_reports_tx,
+            spooling: BTreeMap::new(),
+            spooled: BTreeMap::new(),
             downstreams: BTreeMap::new(),
             downstream_closed,
             downstream_closed_tx,
@@ -366,6 +382,20 @@ impl Driver {
             Back::Peer { id, record } => {
                 self.peers.insert(id, record);
             }
+            Back::Spooled { spool, outcome } => {
+                // A spool the Node discarded meanwhile is dropped here (its file deleted).
+                if self.spooling.remove(&spool).is_none() {
+                    return;
+                }
+                let result = match outcome {
+                    Ok((verified, file)) => {
+                        self.spooled.insert(spool, (file, verified));
+                        Ok(verified)
+                    }
+                    Err(reason) => Err(reason),
+                };
+                self.node.handle(self.clock.now(), Input::SpoolDone { spool, result });
+            }
         }
     }
 
@@ -552,6 +582,43 @@ impl Driver {
                     let _ = back.send(Back::Input(Input::LtxDone { op, result }));
                 });
             }
+            Output::SpoolBegin { spool, db } => self.begin_spool(spool, &db),
+            Output::SpoolWrite { spool, bytes } => {
+                if let Some(Some(writer)) = self.spooling.get(&spool)
+                    && !writer.write(bytes)
+                {
+                    // The thread stopped early (a bad file or a disk error) and reports why.
+                    self.spooling.insert(spool, None);
+                }
+            }
+            Output::SpoolEnd { spool } => {
+                // Dropping the writer ends the file; the thread verifies, fsyncs and reports.
+                if let Some(writer) = self.spooling.get_mut(&spool) {
+                    *writer = None;
+                }
+            }
+            Output::SpoolDiscard { spool } => {
+                self.spooling.remove(&spool);
+                self.spooled.remove(&spool);
+            }
+            Output::PersistSpooledLtx { db, op, spool, min, max, base } => {
+                let back = self.back_tx.clone();
+                let Some((file, verified)) = self.spooled.remove(&spool) else {
+                    warn!(%db, spool = spool.0, "asked to persist a spool that is not ready");
+                    let _ = back.send(Back::Input(Input::LtxDone { op, result: Err(IoFailure::Io) }));
+                    return;
+                };
+                let storage = Arc::clone(&self.storage);
+                let events = self.events.clone();
+                let (page_size, ts) = (verified.header().page_size.get(), verified.header().timestamp_ms);
+                tokio::task::spawn_blocking(move || {
+                    let result = storage.persist_spooled_and_apply(&db, min, max, file, base);
+                    if let Ok(pos) = result {
+                        events.applied(&db, pos, page_size, ts);
+                    }
+                    let _ = back.send(Back::Input(Input::LtxDone { op, result }));
+                });
+            }
             Output::ReplayLtx { db, op, min, max, base } => {
                 let storage = Arc::clone(&self.storage);
                 let back = self.back_tx.clone();
@@ -615,10 +682,34 @@ impl Driver {
                     | replite_core::node::Event::DiskFailed { .. }
                     | replite_core::node::Event::SyncStalled { .. }
                     | replite_core::node::Event::SyncDegraded { .. }
-                    | replite_core::node::Event::ReplicaCutOff { .. } => warn!(?event, "node event"),
+                    | replite_core::node::Event::ReplicaCutOff { .. }
+                    | replite_core::node::Event::SnapshotRepeated { .. } => warn!(?event, "node event"),
                     _ => info!(?event, "node event"),
                 }
                 self.events.node_event(&event);
+            }
+        }
+    }
+
+    /// Creates the spool file and starts its writing thread; a failure is reported to the
+    /// Node as a failed spool (it resyncs).
+    fn begin_spool(&mut self, spool: SpoolId, db: &DbName) {
+        let back = self.back_tx.clone();
+        let started = self.storage.create_spool(db).and_then(|file| {
+            SpoolWriter::start(spool, file, move |spool, outcome| {
+                let _ = back.send(Back::Spooled { spool, outcome });
+            })
+        });
+        match started {
+            Ok(writer) => {
+                debug!(%db, spool = spool.0, "spooling an LTX file too big to hold in memory");
+                self.spooling.insert(spool, Some(writer));
+            }
+            Err(e) => {
+                warn!(%db, error = %e, "cannot create a spool file");
+                self.spooling.insert(spool, None);
+                let _ =
+                    self.back_tx.send(Back::Spooled { spool, outcome: Err(format!("creating the spool file: {e}")) });
             }
         }
     }

@@ -41,6 +41,18 @@ pub trait Storage: Send + Sync + 'static {
         bytes: &[u8],
         base: Checksum,
     ) -> Result<Pos, IoFailure>;
+    /// A temporary file to spool an LTX file of `db` into as it arrives (deleted if dropped).
+    fn create_spool(&self, db: &DbName) -> io::Result<tempfile::NamedTempFile>;
+    /// Like `persist_and_apply`, for a file spooled into `spool`, verified whole and fsynced:
+    /// the spool becomes the stored file (not copied) and is applied from disk.
+    fn persist_spooled_and_apply(
+        &self,
+        db: &DbName,
+        min: TxId,
+        max: TxId,
+        spool: tempfile::NamedTempFile,
+        base: Checksum,
+    ) -> Result<Pos, IoFailure>;
     /// Applies a file already stored (recovery replay).
     fn replay_ltx(&self, db: &DbName, min: TxId, max: TxId, base: Checksum) -> Result<Pos, IoFailure>;
     /// Reads a stored LTX file, to send it to a replica.

@@ -34,25 +34,25 @@ pub async fn run_upstream(
     me: NodeId,
     offered: Extensions,
     body: Vec<u8>,
-    reports: mpsc::UnboundedSender<UpstreamReport>,
+    reports: mpsc::Sender<UpstreamReport>,
 ) {
     let mut up = match stream_client::connect(&url, me, offered, body).await {
         Ok(up) => up,
         Err(e) => {
             warn!(%url, error = %e, "connecting to the primary failed");
-            let _ = reports.send(UpstreamReport::Input(Input::UpstreamClosed { conn }));
+            let _ = reports.send(UpstreamReport::Input(Input::UpstreamClosed { conn })).await;
             return;
         }
     };
     let opened = UpstreamReport::Opened { conn, ext: up.ext, outgoing: up.outgoing.clone() };
-    if reports.send(opened).is_err() {
+    if reports.send(opened).await.is_err() {
         return;
     }
     while let Some(received) = up.incoming.recv().await {
         match received {
             Ok(bytes) => {
                 let input = Input::UpstreamData { conn, bytes: bytes.to_vec() };
-                if reports.send(UpstreamReport::Input(input)).is_err() {
+                if reports.send(UpstreamReport::Input(input)).await.is_err() {
                     return;
                 }
             }
@@ -63,5 +63,5 @@ pub async fn run_upstream(
         }
     }
     debug!(%url, "stream from the primary ended");
-    let _ = reports.send(UpstreamReport::Input(Input::UpstreamClosed { conn }));
+    let _ = reports.send(UpstreamReport::Input(Input::UpstreamClosed { conn })).await;
 }

@@ -118,6 +118,42 @@ impl Store {
         Ok(())
     }
 
+    /// A new spool for an LTX file of `db` arriving from the primary: a temporary file in the
+    /// database's LTX directory (so that [`Store::persist_spooled`] is a rename), named with
+    /// [`TEMP_SUFFIX`] so that recovery deletes it if a crash leaves it behind. Deleted when
+    /// dropped.
+    pub fn create_spool(&self, db: &DbName) -> Result<tempfile::NamedTempFile, StoreError> {
+        let dir = layout::ltx_dir(&self.dir, db);
+        fsutil::ensure_dir(&dir)?;
+        tempfile::Builder::new()
+            .prefix(".spool-")
+            .suffix(TEMP_SUFFIX)
+            .tempfile_in(&dir)
+            .map_err(StoreError::io("create", &dir))
+    }
+
+    /// Makes a spooled LTX file (verified whole and fsynced while it was written, see
+    /// `driver::spool`) the stored file `dbs/<db>/ltx/<min>-<max>.ltx`: a rename and a
+    /// directory fsync, the bytes are not written again. A snapshot also removes every other
+    /// LTX file of the database, as [`Store::persist_replicated`] does.
+    pub fn persist_spooled(
+        &mut self,
+        db: &DbName,
+        min: TxId,
+        max: TxId,
+        spool: tempfile::NamedTempFile,
+    ) -> Result<PathBuf, StoreError> {
+        let path = self.ltx_path(db, min, max);
+        let from = spool.path().to_path_buf();
+        spool.persist(&path).map_err(|e| StoreError::io("rename", &from)(e.error))?;
+        fsutil::sync_dir(&layout::ltx_dir(&self.dir, db))?;
+        debug!(db = %db, %min, %max, "persisted spooled LTX file");
+        if min == TxId(1) {
+            self.remove_all_ltx_except(db, min, max)?;
+        }
+        Ok(path)
+    }
+
     /// Carries out a primary's `Output::PersistLtx` for its own commit: the FUSE layer already
     /// wrote the pages to the database file, so the file is persisted but not applied, and the
     /// store stops trusting its cached checksum of the database. Returns the position after it.

@@ -22,4 +22,7 @@ pub use header::{
     FLAG_COMPRESS_LZ4, FLAG_MASK, HEADER_SIZE, Header, MAGIC, PAGE_HEADER_SIZE, RawHeader, TRAILER_SIZE, Trailer,
     VERSION,
 };
-pub use snapshot::{SQLITE_HEADER_SIZE, SQLITE_MAGIC, SnapshotError, SnapshotOptions, SqliteHeader, encode_database};
+pub use snapshot::{
+    COMPRESSIBLE_RATIO, SQLITE_HEADER_SIZE, SQLITE_MAGIC, SnapshotError, SnapshotOptions, SqliteHeader,
+    compresses_well, encode_database,
+};

@@ -138,3 +138,43 @@ pub fn encode_database<R: Read, W: Write>(
     let (out, trailer) = encoder.finish(checksum)?;
     Ok((out, header, trailer))
 }
+
+/// Whether LZ4 shrinks `sample` to at most [`COMPRESSIBLE_RATIO`] of its size: a writer
+/// deciding whether to compress a whole file (LZ4 in LTX v1 is all or nothing per file)
+/// from a sample of it. Random or already-compressed pages do not shrink, and compressing
+/// them only costs CPU on both ends.
+#[must_use]
+pub fn compresses_well(sample: &[u8]) -> bool {
+    if sample.is_empty() {
+        return false;
+    }
+    let compressed = lz4_flex::block::compress(sample).len() as u64;
+    compressed * COMPRESSIBLE_RATIO.1 <= sample.len() as u64 * COMPRESSIBLE_RATIO.0
+}
+
+/// The largest compressed/original ratio (numerator, denominator) at which compressing is
+/// worth it: 7/8. Below that saving, the extra pass costs more than the bytes it saves on a
+/// local network.
+pub const COMPRESSIBLE_RATIO: (u64, u64) = (7, 8);
+
+#[cfg(test)]
+mod compress_tests {
+    use super::compresses_well;
+
+    #[test]
+    fn repetitive_pages_are_worth_compressing_and_random_ones_are_not() {
+        let text: Vec<u8> = b"INSERT INTO t VALUES ('hello world');".iter().copied().cycle().take(1 << 16).collect();
+        assert!(compresses_well(&text));
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let random: Vec<u8> = (0..1 << 16)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect();
+        assert!(!compresses_well(&random));
+        assert!(!compresses_well(&[]));
+    }
+}

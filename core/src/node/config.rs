@@ -84,6 +84,10 @@ pub struct Config {
     /// A backup process copies LTX files off this node: retention keeps every file it has not
     /// yet reported with [`crate::node::Input::BackedUp`].
     pub backup: bool,
+    /// LTX files received up to this size are held in memory; bigger ones (snapshots, huge
+    /// transactions) are spooled to disk as they arrive ([`crate::node::Output::SpoolBegin`]),
+    /// so a replica's memory does not grow with the database.
+    pub ltx_inline_max_bytes: u64,
     /// Seed for backoff jitter.
     pub seed: u64,
     #[doc(hidden)]
@@ -121,6 +125,11 @@ pub enum ConfigError {
     },
 }
 
+/// Default [`Config::ltx_inline_max_bytes`]: 1 MiB. A one-commit LTX file (the common case)
+/// is far smaller and stays off the disk until it is persisted; with at most 256 files waiting
+/// per database, inline payloads stay under 256 MiB even when the disk falls behind.
+pub const DEFAULT_LTX_INLINE_MAX_BYTES: u64 = 1 << 20;
+
 impl Config {
     /// A configuration with LiteFS-like defaults (10 s TTL, 1 s heartbeats).
     #[must_use]
@@ -144,6 +153,7 @@ impl Config {
             retention_ms: 600_000,
             retention_bytes: 64 << 20,
             backup: false,
+            ltx_inline_max_bytes: DEFAULT_LTX_INLINE_MAX_BYTES,
             seed: 0,
             faults: Faults::default(),
         }

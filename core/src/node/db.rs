@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::node::history::History;
 use crate::node::input::LtxFileInfo;
 use crate::node::primary::InflightCommit;
-use crate::node::replica::Persist;
+use crate::node::replica::{Inbound, Persist};
 use crate::node::time::Millis;
 use crate::types::{PageSize, Pos, TxId};
 
@@ -23,8 +23,8 @@ pub(crate) struct Db {
     pub(crate) commit: Option<InflightCommit>,
     /// Commit times of transactions some candidate still lacks.
     pub(crate) commit_times: BTreeMap<TxId, Millis>,
-    /// Received LTX payloads waiting for the one being persisted.
-    pub(crate) inbox: VecDeque<Vec<u8>>,
+    /// Received LTX files waiting for the one being persisted, in stream order.
+    pub(crate) inbox: VecDeque<Inbound>,
     /// The file being persisted or replayed.
     pub(crate) persist: Option<Persist>,
     /// Files recovery still has to replay.

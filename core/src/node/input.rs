@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::ltx::VerifiedLtx;
 use crate::stream::{DbName, Extensions};
 use crate::types::{Checksum, Epoch, NodeId, PageSize, Pgno, Pos, TxId};
 
@@ -21,6 +22,10 @@ pub struct UpstreamId(pub u64);
 /// A stream a replica opened to this node (chosen by the caller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DownstreamId(pub u64);
+
+/// An LTX file being spooled to disk as it arrives (chosen by the Node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SpoolId(pub u64);
 
 /// One changed page of a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +159,14 @@ pub enum Input {
         op: OpId,
         /// The database position after it, or why it failed.
         result: Result<Pos, IoFailure>,
+    },
+    /// A spool ended by [`crate::node::Output::SpoolEnd`] was verified in full (with
+    /// [`crate::ltx::verify`]) and made durable, or why not.
+    SpoolDone {
+        /// The spool.
+        spool: SpoolId,
+        /// What verification proved, or what went wrong (bad LTX, disk error).
+        result: Result<VerifiedLtx, String>,
     },
     /// Our stream to the primary is open.
     UpstreamOpened {

@@ -27,10 +27,10 @@ mod timer;
 
 use std::collections::{BTreeMap, VecDeque};
 
-pub use config::{Config, ConfigError, Faults, SyncConfig, SyncPolicy};
+pub use config::{Config, ConfigError, DEFAULT_LTX_INLINE_MAX_BYTES, Faults, SyncConfig, SyncPolicy};
 pub use history::{History, LtxEntry};
 pub use input::{
-    CommitId, DbRecovery, DownstreamId, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery, UpstreamId,
+    CommitId, DbRecovery, DownstreamId, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery, SpoolId, UpstreamId,
 };
 pub use output::{Event, Output, RefuseReason};
 pub use rng::SplitMix64;
@@ -107,6 +107,9 @@ pub struct Node {
     downstream: BTreeMap<DownstreamId, Downstream>,
     /// Latest durable position each replica acknowledged on our lineage, per database.
     acked: BTreeMap<(NodeId, DbName), Pos>,
+    /// Per replica and database: live-database copies sent in a row without the replica
+    /// coming back at or past the last one, and that copy's position.
+    snapshot_tries: BTreeMap<(NodeId, DbName), (u32, Pos)>,
     upstream: Option<Upstream>,
     /// The primary's wall clock from its last heartbeat (ms since the Unix epoch).
     primary_clock_ms: Option<i64>,
@@ -137,6 +140,7 @@ impl Node {
             lease_acquire_sent_at: Millis(0),
             downstream: BTreeMap::new(),
             acked: BTreeMap::new(),
+            snapshot_tries: BTreeMap::new(),
             upstream: None,
             primary_clock_ms: None,
             backoff_attempt: 0,
@@ -183,6 +187,7 @@ impl Node {
             }
             Input::DropDb { commit, db } => self.on_drop(now, commit, db),
             Input::LtxDone { op, result } => self.on_ltx_done(now, op, result),
+            Input::SpoolDone { spool, result } => self.on_spool_done(now, spool, result),
             Input::UpstreamOpened { conn, ext } => self.on_upstream_opened(now, conn, ext),
             Input::UpstreamData { conn, bytes } => self.on_upstream_data(now, conn, &bytes),
             Input::UpstreamClosed { conn } => self.on_upstream_closed(now, conn),
@@ -353,5 +358,7 @@ impl Node {
     }
 }
 
+#[cfg(test)]
+mod spool_tests;
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 //! fsynced) before its `LtxDone` input is fed back; `AckCommit` is only ever emitted after
 //! the LTX it acknowledges was reported durable (and, in synchronous mode, acknowledged).
 
-use crate::node::input::{CommitId, DownstreamId, OpId, UpstreamId};
+use crate::node::input::{CommitId, DownstreamId, OpId, SpoolId, UpstreamId};
 use crate::stream::{DbName, Extensions};
 use crate::types::{Checksum, Epoch, NodeId, Pos, TxId};
 
@@ -63,6 +63,50 @@ pub enum Output {
         max: TxId,
         /// The file.
         bytes: Vec<u8>,
+        /// The database checksum the file applies to.
+        base: Checksum,
+    },
+    /// Start spooling an LTX file for `db` that is too big to hold in memory: create a
+    /// temporary file. `SpoolWrite`s follow in order, then `SpoolEnd` or `SpoolDiscard`.
+    SpoolBegin {
+        /// The spool.
+        spool: SpoolId,
+        /// The database.
+        db: DbName,
+    },
+    /// Append these bytes of the file to the spool.
+    SpoolWrite {
+        /// The spool.
+        spool: SpoolId,
+        /// The next bytes.
+        bytes: Vec<u8>,
+    },
+    /// The file is complete: verify it whole with [`crate::ltx::verify`] (as it is written,
+    /// or after), make it durable, and answer with `SpoolDone`. Until a
+    /// `PersistSpooledLtx` or `SpoolDiscard` names it, the spool is kept.
+    SpoolEnd {
+        /// The spool.
+        spool: SpoolId,
+    },
+    /// Delete the spool (the stream failed, or the file will not be applied). A spool that
+    /// is still being written or verified is abandoned; its `SpoolDone` may still come.
+    SpoolDiscard {
+        /// The spool.
+        spool: SpoolId,
+    },
+    /// Like `PersistLtx`, for a file spooled and verified (`SpoolDone`): the spool becomes the
+    /// stored LTX file and is applied from disk. Answer with `LtxDone`.
+    PersistSpooledLtx {
+        /// The database.
+        db: DbName,
+        /// Request id.
+        op: OpId,
+        /// The spool holding the file.
+        spool: SpoolId,
+        /// The file's transaction range.
+        min: TxId,
+        /// See `min`.
+        max: TxId,
         /// The database checksum the file applies to.
         base: Checksum,
     },
@@ -240,6 +284,18 @@ pub enum Event {
         db: DbName,
         /// The transaction.
         txid: TxId,
+    },
+    /// A replica needs a copy of the live database again although it was sent one before and
+    /// never reached it: the transfer keeps failing (too slow, a disk full on the replica, a
+    /// file it cannot verify). Each copy reads and sends the whole database; the replica's
+    /// reconnect backoff spaces the attempts out.
+    SnapshotRepeated {
+        /// The replica.
+        peer: NodeId,
+        /// The database.
+        db: DbName,
+        /// Copies sent in a row without the replica reaching one.
+        attempts: u32,
     },
     /// A replica stopped acknowledging what it was sent; its stream was closed.
     ReplicaCutOff {

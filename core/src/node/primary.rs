@@ -113,6 +113,15 @@ fn encode_commit(
     Some((entry, bytes))
 }
 
+/// Live-database copies sent to one replica in a row, none of which it reached, before the
+/// primary reports it: two can fail to an ordinary restart or network blip; a third in a row
+/// is a transfer that keeps failing.
+const SNAPSHOT_TRIES_WARN: u32 = 3;
+
+/// Replica-database pairs whose copies are counted: far more than a cluster has, so that
+/// peers connecting under ever new ids cannot grow the table without bound.
+const MAX_SNAPSHOT_TRIES_TRACKED: usize = 1024;
+
 impl Node {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_commit(
@@ -372,6 +381,8 @@ impl Node {
         let Some(d) = self.downstream.get_mut(&conn) else { return };
         let mut out = Vec::new();
         let mut sent = d.sent.get(name).copied().unwrap_or(Pos::ZERO);
+        let (peer, replica_at) = (d.peer, sent);
+        let mut live_copy_sent = false;
         let mut history_snapshot_sent = false;
         if db.dropped() && sent == Pos::ZERO {
             // A replica that never had this database need not hear it was deleted.
@@ -408,11 +419,35 @@ impl Node {
                 (None, _) => {
                     out.push(Output::StreamSnapshot { conn, db: name.clone(), pos: db.pos });
                     sent = db.pos;
+                    live_copy_sent = true;
                 }
             }
         }
         d.sent.insert(name.clone(), sent);
         self.out.extend(out);
+        self.count_snapshot_tries(peer, name, replica_at, live_copy_sent.then_some(sent));
+    }
+
+    /// Counts live-database copies a replica needed in a row (it came back short of the last
+    /// one), and says so once it reaches [`SNAPSHOT_TRIES_WARN`].
+    fn count_snapshot_tries(&mut self, peer: NodeId, name: &DbName, replica_at: Pos, copy: Option<Pos>) {
+        let key = (peer, name.clone());
+        let failed_before = self.snapshot_tries.get(&key).filter(|(_, last)| replica_at.txid < last.txid);
+        let Some(copy) = copy else {
+            if failed_before.is_none() {
+                self.snapshot_tries.remove(&key);
+            }
+            return;
+        };
+        let attempts = failed_before.map_or(1, |(n, _)| n.saturating_add(1));
+        if self.snapshot_tries.len() >= MAX_SNAPSHOT_TRIES_TRACKED && !self.snapshot_tries.contains_key(&key) {
+            // Only a report is lost by forgetting one.
+            self.snapshot_tries.pop_first();
+        }
+        self.snapshot_tries.insert(key, (attempts, copy));
+        if attempts >= SNAPSHOT_TRIES_WARN {
+            self.event(Event::SnapshotRepeated { peer, db: name.clone(), attempts });
+        }
     }
 
     pub(crate) fn on_downstream_data(&mut self, now: Millis, conn: DownstreamId, bytes: &[u8]) {

@@ -5,7 +5,7 @@
 
 use crate::ltx::{VerifiedLtx, verify};
 use crate::node::history::LtxEntry;
-use crate::node::input::{IoFailure, OpId, UpstreamId};
+use crate::node::input::{IoFailure, OpId, SpoolId, UpstreamId};
 use crate::node::output::{Event, Output};
 use crate::node::time::Millis;
 use crate::node::timer::TimerKind;
@@ -29,6 +29,23 @@ pub(crate) struct Upstream {
     ready: bool,
     ext: Extensions,
     decoder: StreamDecoder,
+    /// The LTX file being spooled as it arrives, if one is.
+    spooling: Option<SpoolId>,
+}
+
+/// A received LTX file waiting its turn to be persisted.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// Small enough to hold: in memory, verified when its turn comes.
+    Inline(Vec<u8>),
+    /// Spooled to disk as it arrived; `verified` once its `SpoolDone` said so. It is
+    /// applied only after that, and the decision uses only what verification proved.
+    Spooled {
+        /// The spool.
+        spool: SpoolId,
+        /// The verified header and trailer.
+        verified: Option<VerifiedLtx>,
+    },
 }
 
 /// An LTX file being made durable and applied.
@@ -40,6 +57,12 @@ pub(crate) struct Persist {
     pub(crate) replay: bool,
     /// The stream it came from, to acknowledge on.
     pub(crate) conn: Option<UpstreamId>,
+}
+
+/// Where the bytes of a file about to be persisted are.
+enum Source {
+    Inline(Vec<u8>),
+    Spool(SpoolId),
 }
 
 /// Proof that a verified LTX file may be applied at our position: only
@@ -60,10 +83,23 @@ impl Node {
         if let Some(up) = self.upstream.take() {
             self.emit(Output::CloseUpstream { conn: up.conn });
         }
-        for db in self.dbs.values_mut() {
-            db.inbox.clear();
-        }
+        self.clear_inboxes();
         self.timers.stop(TimerKind::UpstreamIdle);
+    }
+
+    /// Forgets every received file not yet persisted, deleting the spooled ones.
+    fn clear_inboxes(&mut self) {
+        let mut spools = Vec::new();
+        for db in self.dbs.values_mut() {
+            for inbound in db.inbox.drain(..) {
+                if let Inbound::Spooled { spool, .. } = inbound {
+                    spools.push(spool);
+                }
+            }
+        }
+        for spool in spools {
+            self.emit(Output::SpoolDiscard { spool });
+        }
     }
 
     fn schedule_reconnect(&mut self, now: Millis) {
@@ -96,7 +132,8 @@ impl Node {
             opened: false,
             ready: false,
             ext: Extensions::NONE,
-            decoder: StreamDecoder::new(Extensions::NONE),
+            decoder: StreamDecoder::spooling(Extensions::NONE, self.cfg.ltx_inline_max_bytes),
+            spooling: None,
         });
         self.emit(Output::Connect { conn, peer: primary, ext: Extensions::ALL, body });
         self.timers.set(TimerKind::UpstreamIdle, now + self.cfg.upstream_idle_ms);
@@ -106,16 +143,14 @@ impl Node {
         let Some(up) = self.upstream.as_mut().filter(|u| u.conn == conn) else { return };
         up.opened = true;
         up.ext = ext.intersect(Extensions::ALL);
-        up.decoder = StreamDecoder::new(up.ext);
+        up.decoder = StreamDecoder::spooling(up.ext, self.cfg.ltx_inline_max_bytes);
         self.timers.set(TimerKind::UpstreamIdle, now + self.cfg.upstream_idle_ms);
     }
 
     pub(crate) fn on_upstream_closed(&mut self, now: Millis, conn: UpstreamId) {
         if self.upstream.as_ref().is_some_and(|u| u.conn == conn) {
             self.upstream = None;
-            for db in self.dbs.values_mut() {
-                db.inbox.clear();
-            }
+            self.clear_inboxes();
             self.timers.stop(TimerKind::UpstreamIdle);
             self.schedule_reconnect(now);
         }
@@ -143,8 +178,32 @@ impl Node {
                     if db.inbox.len() >= MAX_INBOX_FILES {
                         return self.resync(now, format!("{name}: too many LTX files buffered"));
                     }
-                    db.inbox.push_back(payload);
+                    db.inbox.push_back(Inbound::Inline(payload));
                     touched.push(name);
+                }
+                Ok(Some(StreamEvent::LtxBegin { name, first })) => {
+                    let spool = SpoolId(self.next_op().0);
+                    let db = self.dbs.entry(name.clone()).or_default();
+                    if db.inbox.len() >= MAX_INBOX_FILES {
+                        return self.resync(now, format!("{name}: too many LTX files buffered"));
+                    }
+                    // Queued now, so that files after it still wait for it.
+                    db.inbox.push_back(Inbound::Spooled { spool, verified: None });
+                    if let Some(up) = self.upstream.as_mut() {
+                        up.spooling = Some(spool);
+                    }
+                    self.emit(Output::SpoolBegin { spool, db: name });
+                    self.emit(Output::SpoolWrite { spool, bytes: first });
+                }
+                Ok(Some(StreamEvent::LtxData(bytes))) => {
+                    if let Some(spool) = self.upstream.as_ref().and_then(|u| u.spooling) {
+                        self.emit(Output::SpoolWrite { spool, bytes });
+                    }
+                }
+                Ok(Some(StreamEvent::LtxEnd { .. })) => {
+                    if let Some(spool) = self.upstream.as_mut().and_then(|u| u.spooling.take()) {
+                        self.emit(Output::SpoolEnd { spool });
+                    }
                 }
                 Ok(Some(StreamEvent::Frame(frame))) => match frame {
                     Frame::Epoch { epoch: theirs, node_id } => {
@@ -196,20 +255,51 @@ impl Node {
         Ok(Contiguous { verified })
     }
 
+    /// A spool was verified (or failed): the file may now take its turn.
+    pub(crate) fn on_spool_done(&mut self, now: Millis, spool: SpoolId, result: Result<VerifiedLtx, String>) {
+        let found = self.dbs.iter_mut().find_map(|(name, db)| {
+            db.inbox.iter_mut().find_map(|inbound| match inbound {
+                Inbound::Spooled { spool: s, verified } if *s == spool => Some((name.clone(), verified)),
+                _ => None,
+            })
+        });
+        let Some((name, slot)) = found else {
+            // Discarded meanwhile (the stream failed): make sure it is gone.
+            self.emit(Output::SpoolDiscard { spool });
+            return;
+        };
+        match result {
+            Ok(verified) => {
+                *slot = Some(verified);
+                self.process_inbox(now, &name);
+            }
+            Err(reason) => self.resync(now, format!("{name}: invalid LTX: {reason}")),
+        }
+    }
+
     pub(crate) fn process_inbox(&mut self, now: Millis, name: &DbName) {
         let Some(db) = self.dbs.get_mut(name) else { return };
-        if db.busy() {
+        if db.busy() || matches!(db.inbox.front(), Some(Inbound::Spooled { verified: None, .. })) {
             return;
         }
-        let Some(payload) = db.inbox.pop_front() else { return };
+        let Some(inbound) = db.inbox.pop_front() else { return };
         let pos = db.pos;
-        let verified = match verify(payload.as_slice()) {
-            Ok(v) => v,
-            Err(e) => return self.resync(now, format!("{name}: invalid LTX: {e}")),
+        let (verified, payload) = match inbound {
+            Inbound::Inline(payload) => match verify(payload.as_slice()) {
+                Ok(v) => (v, Source::Inline(payload)),
+                Err(e) => return self.resync(now, format!("{name}: invalid LTX: {e}")),
+            },
+            Inbound::Spooled { spool, verified: Some(v) } => (v, Source::Spool(spool)),
+            Inbound::Spooled { verified: None, .. } => unreachable!("checked above: the front file is verified"),
         };
         let proof = match self.check_contiguous(pos, verified) {
             Ok(p) => p,
-            Err(reason) => return self.resync(now, format!("{name}: {reason}")),
+            Err(reason) => {
+                if let Source::Spool(spool) = payload {
+                    self.emit(Output::SpoolDiscard { spool });
+                }
+                return self.resync(now, format!("{name}: {reason}"));
+            }
         };
         let h = proof.verified.header();
         let entry = LtxEntry {
@@ -235,7 +325,11 @@ impl Node {
             db.page_size = page_size;
             db.pending_ts_ms = timestamp_ms;
         }
-        self.emit(Output::PersistLtx { db: name.clone(), op, min: entry.min, max: entry.max, bytes: payload, base });
+        let (db, min, max) = (name.clone(), entry.min, entry.max);
+        match payload {
+            Source::Inline(bytes) => self.emit(Output::PersistLtx { db, op, min, max, bytes, base }),
+            Source::Spool(spool) => self.emit(Output::PersistSpooledLtx { db, op, spool, min, max, base }),
+        }
     }
 
     pub(crate) fn on_ltx_done(&mut self, now: Millis, op: OpId, result: Result<Pos, IoFailure>) {

@@ -9,21 +9,21 @@ use crate::types::{Checksum, PageSize, Pgno, TxId};
 
 const PAGE: u32 = 512;
 
-fn db() -> DbName {
+pub(super) fn db() -> DbName {
     DbName::new("t.db").expect("valid")
 }
 
-fn config(id: u64) -> Config {
+pub(super) fn config(id: u64) -> Config {
     let mut c = Config::new(NodeId(id));
     c.candidates = [NodeId(1), NodeId(2)].into_iter().collect();
     c
 }
 
-fn drain(node: &mut Node) -> Vec<Output> {
+pub(super) fn drain(node: &mut Node) -> Vec<Output> {
     std::iter::from_fn(|| node.poll_output()).collect()
 }
 
-fn started(cfg: Config, recovery: Recovery) -> (Node, Vec<Output>) {
+pub(super) fn started(cfg: Config, recovery: Recovery) -> (Node, Vec<Output>) {
     let mut node = Node::new(cfg).expect("valid config");
     node.handle(Millis(0), Input::Start(recovery));
     let out = drain(&mut node);
@@ -64,7 +64,7 @@ fn commit(node: &mut Node, now: u64, id: u64, pages: Vec<PageChange>, commit_pag
     drain(node)
 }
 
-fn persisted(out: &[Output]) -> (OpId, TxId, Vec<u8>) {
+pub(super) fn persisted(out: &[Output]) -> (OpId, TxId, Vec<u8>) {
     out.iter()
         .find_map(|o| match o {
             Output::PersistLtx { op, min, bytes, .. } => Some((*op, *min, bytes.clone())),
@@ -74,7 +74,7 @@ fn persisted(out: &[Output]) -> (OpId, TxId, Vec<u8>) {
 }
 
 /// Commits twice on a fresh primary, finishing both; returns the node, the files and the db.
-fn primary_with_two_commits() -> (Node, Vec<Vec<u8>>, Vec<u8>) {
+pub(super) fn primary_with_two_commits() -> (Node, Vec<Vec<u8>>, Vec<u8>) {
     primary_with_two_commits_in(config(1))
 }
 
@@ -202,7 +202,12 @@ fn a_node_never_follows_a_primary_older_than_one_it_has_seen() {
 
 /// A replica connected to primary 1 with every extension.
 fn connected_replica() -> (Node, UpstreamId) {
-    let (mut node, _) = started(config(2), Recovery::default());
+    connected_replica_with(config(2))
+}
+
+/// [`connected_replica`] with its own configuration.
+pub(super) fn connected_replica_with(cfg: Config) -> (Node, UpstreamId) {
+    let (mut node, _) = started(cfg, Recovery::default());
     node.handle(Millis(0), Input::LeaseObserved { op: OpId(900), holder: Some((NodeId(1), Epoch(5))) });
     let conn = drain(&mut node)
         .into_iter()
@@ -219,7 +224,7 @@ fn connected_replica() -> (Node, UpstreamId) {
     (node, conn)
 }
 
-fn ltx_message(file: &[u8]) -> Vec<u8> {
+pub(super) fn ltx_message(file: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::new();
     encode_frame(&Frame::Epoch { epoch: Epoch(5), node_id: NodeId(1) }, &mut bytes);
     encode_ltx_message(&db(), file, TxId(0), &mut bytes);
@@ -311,6 +316,39 @@ fn once_retention_dropped_the_first_file_a_new_replica_gets_a_copy_of_the_databa
         open_downstream(&mut node, 1, Pos::ZERO),
         vec![Output::StreamSnapshot { db: db(), conn: DownstreamId(1), pos: p2 }]
     );
+}
+
+#[test]
+fn a_replica_that_keeps_coming_back_without_its_copy_is_reported_on_the_third_copy() {
+    let (mut node, _, _) = primary_with_two_commits();
+    let p2 = node.pos(&db());
+    node.cfg.retention_bytes = 0;
+    node.cfg.retention_ms = 0;
+    node.handle(Millis(3_000), Input::Timeout);
+    drain(&mut node);
+    let mut map = BTreeMap::new();
+    map.insert(db(), Pos::ZERO);
+    let open = |node: &mut Node, conn: u64, body: Vec<u8>| {
+        node.handle(
+            Millis(3_000 + conn),
+            Input::DownstreamOpened { conn: DownstreamId(conn), peer: NodeId(2), ext: Extensions::ALL, body },
+        );
+        drain(node)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Event(Event::SnapshotRepeated { peer, attempts, .. }) => Some((peer, attempts)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(open(&mut node, 1, encode_pos_map(&map)).is_empty());
+    assert!(open(&mut node, 2, encode_pos_map(&map)).is_empty());
+    assert_eq!(open(&mut node, 3, encode_pos_map(&map)), vec![(NodeId(2), 3)]);
+    // Once it comes back at the copy's position, the count starts again.
+    map.insert(db(), p2);
+    assert!(open(&mut node, 4, encode_pos_map(&map)).is_empty());
+    map.insert(db(), Pos::ZERO);
+    assert!(open(&mut node, 5, encode_pos_map(&map)).is_empty());
 }
 
 #[test]

@@ -1,16 +1,24 @@
 //! An incremental decoder for the primary-to-replica direction (and, with acknowledgements
 //! negotiated, the replica-to-primary one): feed it bytes as they arrive, take out frames
-//! and whole LTX payloads.
+//! and LTX payloads. A payload up to the decoder's inline limit comes out whole; a bigger one
+//! (a snapshot, a huge transaction) comes out as it arrives, as begin / data / end events,
+//! so that the caller can spool it to disk with memory bounded independently of its size.
 
 use crate::stream::chunk::{Chunk, decode_chunk};
 use crate::stream::error::FrameError;
 use crate::stream::frame::{Extensions, Frame, decode_frame};
 use crate::stream::name::DbName;
 
-/// Largest LTX payload the decoder will buffer: 1 GiB. A snapshot of a bigger database must
-/// be streamed to disk by the daemon instead of buffered; the limit keeps a misbehaving peer
-/// from exhausting memory. The decoder never allocates ahead of received bytes.
+/// Largest LTX payload the decoder will buffer: 1 GiB. A spooling decoder
+/// ([`StreamDecoder::spooling`], what a replica uses) passes bigger payloads on piece by
+/// piece instead; for a buffering one the limit keeps a misbehaving peer from exhausting
+/// memory. The decoder never allocates ahead of received bytes.
 pub const MAX_LTX_PAYLOAD_BYTES: u64 = 1 << 30;
+
+/// Largest LTX payload a spooling decoder passes on piece by piece: 1 TiB. It bounds disk
+/// rather than memory; SQLite's own limit is far higher, but no database replite serves
+/// comes near this, and a peer that sends without end is cut off rather than filling the disk.
+pub const MAX_SPOOLED_LTX_BYTES: u64 = 1 << 40;
 
 /// What the decoder found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,12 +32,28 @@ pub enum StreamEvent {
         /// The file's bytes.
         payload: Vec<u8>,
     },
+    /// An LTX payload grew past the inline limit: its bytes so far, more follow as
+    /// [`StreamEvent::LtxData`] until [`StreamEvent::LtxEnd`]. Not yet verified.
+    LtxBegin {
+        /// Database name from the LTX frame.
+        name: DbName,
+        /// The payload's first bytes.
+        first: Vec<u8>,
+    },
+    /// More bytes of the payload begun by the last [`StreamEvent::LtxBegin`].
+    LtxData(Vec<u8>),
+    /// The payload begun by the last [`StreamEvent::LtxBegin`] is complete.
+    LtxEnd {
+        /// Its length in bytes.
+        len: u64,
+    },
 }
 
 #[derive(Debug)]
 enum State {
     Frames,
     Payload { name: DbName, payload: Vec<u8>, started_at: u64 },
+    Spooling { len: u64, started_at: u64 },
     Failed,
 }
 
@@ -37,10 +61,16 @@ enum State {
 #[derive(Debug)]
 pub struct StreamDecoder {
     buf: Vec<u8>,
-    /// Stream offset of `buf[0]`.
+    /// Bytes at the front of `buf` already decoded; dropped at the next `feed`, so that taking
+    /// out many chunks of one fed buffer does not move the rest of it each time.
+    done: usize,
+    /// Stream offset of `buf[done]`.
     offset: u64,
     ext: Extensions,
     max_payload: u64,
+    /// Payloads longer than this are passed on piece by piece; `None`: never (refused past
+    /// `max_payload` instead).
+    inline_max: Option<u64>,
     state: State,
     last_epoch: u64,
 }
@@ -57,27 +87,43 @@ impl StreamDecoder {
     pub fn with_limit(ext: Extensions, max_payload: u64) -> StreamDecoder {
         StreamDecoder {
             buf: Vec::new(),
+            done: 0,
             offset: 0,
             ext,
             max_payload: max_payload.min(MAX_LTX_PAYLOAD_BYTES),
+            inline_max: None,
             state: State::Frames,
             last_epoch: 0,
         }
     }
 
+    /// A decoder that yields payloads up to `inline_max` bytes whole and longer ones piece by
+    /// piece (up to [`MAX_SPOOLED_LTX_BYTES`]): its memory never exceeds `inline_max` plus
+    /// what was fed and not yet taken out, whatever the payload's size.
+    #[must_use]
+    pub fn spooling(ext: Extensions, inline_max: u64) -> StreamDecoder {
+        StreamDecoder {
+            max_payload: MAX_SPOOLED_LTX_BYTES,
+            inline_max: Some(inline_max.min(MAX_LTX_PAYLOAD_BYTES)),
+            ..StreamDecoder::new(ext)
+        }
+    }
+
     /// Adds received bytes.
     pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.drain(..self.done);
+        self.done = 0;
         self.buf.extend_from_slice(bytes);
     }
 
     /// Bytes received but not yet decoded (a partial frame or chunk).
     #[must_use]
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.done
     }
 
     fn consume(&mut self, n: usize) {
-        self.buf.drain(..n);
+        self.done += n;
         self.offset += n as u64;
     }
 
@@ -96,7 +142,7 @@ impl StreamDecoder {
             match &mut self.state {
                 State::Failed => return Err(FrameError::Poisoned),
                 State::Frames => {
-                    let Some((frame, n)) = decode_frame(&self.buf, self.offset, self.ext)? else {
+                    let Some((frame, n)) = decode_frame(&self.buf[self.done..], self.offset, self.ext)? else {
                         return Ok(None);
                     };
                     let at = self.offset;
@@ -120,7 +166,7 @@ impl StreamDecoder {
                     }
                 }
                 State::Payload { payload, started_at, .. } => {
-                    let Some((chunk, n)) = decode_chunk(&self.buf, self.offset)? else {
+                    let Some((chunk, n)) = decode_chunk(&self.buf[self.done..], self.offset)? else {
                         return Ok(None);
                     };
                     match chunk {
@@ -133,6 +179,19 @@ impl StreamDecoder {
                                     max: self.max_payload,
                                     offset: *started_at,
                                 });
+                            }
+                            if self.inline_max.is_some_and(|max| len > max) {
+                                // Too big to hold: hand over what we have and pass the rest on.
+                                let mut first = std::mem::take(payload);
+                                first.extend_from_slice(data);
+                                let started_at = *started_at;
+                                let State::Payload { name, .. } =
+                                    std::mem::replace(&mut self.state, State::Spooling { len, started_at })
+                                else {
+                                    unreachable!("state matched Payload above");
+                                };
+                                self.consume(n);
+                                return Ok(Some(StreamEvent::LtxBegin { name, first }));
                             }
                             payload.extend_from_slice(data);
                             self.consume(n);
@@ -147,6 +206,33 @@ impl StreamDecoder {
                             return Ok(Some(StreamEvent::Ltx { name, payload }));
                         }
                     }
+                }
+                State::Spooling { len, started_at } => {
+                    let Some((chunk, n)) = decode_chunk(&self.buf[self.done..], self.offset)? else {
+                        return Ok(None);
+                    };
+                    let event = match chunk {
+                        Chunk::Data(data) => {
+                            let total = *len + data.len() as u64;
+                            if total > self.max_payload {
+                                return Err(FrameError::TooLong {
+                                    what: "LTX payload",
+                                    len: total,
+                                    max: self.max_payload,
+                                    offset: *started_at,
+                                });
+                            }
+                            *len = total;
+                            StreamEvent::LtxData(data.to_vec())
+                        }
+                        Chunk::End => {
+                            let event = StreamEvent::LtxEnd { len: *len };
+                            self.state = State::Frames;
+                            event
+                        }
+                    };
+                    self.consume(n);
+                    return Ok(Some(event));
                 }
             }
         }
@@ -207,6 +293,51 @@ mod tests {
         assert!(matches!(d.next_event(), Ok(Some(StreamEvent::Frame(Frame::Epoch { .. })))));
         assert!(matches!(d.next_event(), Err(FrameError::TooLong { what: "LTX payload", .. })));
         assert_eq!(d.next_event(), Err(FrameError::Poisoned));
+    }
+
+    #[test]
+    fn a_payload_past_the_inline_limit_comes_out_in_pieces_that_add_up_to_it() {
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut bytes = Vec::new();
+        encode_frame(&Frame::Ltx { size: 0, name: name() }, &mut bytes);
+        encode_chunks(&payload, &mut bytes);
+        encode_frame(&Frame::Ready, &mut bytes);
+        let mut d = StreamDecoder::spooling(Extensions::ALL, 100_000);
+        let mut got = Vec::new();
+        let mut events = Vec::new();
+        for piece in bytes.chunks(4096) {
+            d.feed(piece);
+            // Never more than the inline limit plus one fed piece held at once.
+            assert!(d.buffered() <= 100_000 + 4096 + 65_537);
+            events.extend(drain(&mut d));
+        }
+        let mut ended = false;
+        for e in &events {
+            match e {
+                StreamEvent::LtxBegin { first, .. } => {
+                    assert!(got.is_empty());
+                    assert!(first.len() as u64 > 100_000);
+                    got.extend_from_slice(first);
+                }
+                StreamEvent::LtxData(data) => got.extend_from_slice(data),
+                StreamEvent::LtxEnd { len } => {
+                    assert_eq!(*len, 300_000);
+                    ended = true;
+                }
+                StreamEvent::Frame(Frame::Ready) => assert!(ended, "ready before the payload ended"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(ended);
+        assert_eq!(got, payload);
+    }
+
+    #[test]
+    fn a_payload_within_the_inline_limit_of_a_spooling_decoder_comes_out_whole() {
+        let mut d = StreamDecoder::spooling(Extensions::ALL, 100_000);
+        d.feed(&sample_stream());
+        let events = drain(&mut d);
+        assert!(matches!(&events[1], StreamEvent::Ltx { payload, .. } if payload.len() == 70_000));
     }
 
     #[test]

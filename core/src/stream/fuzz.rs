@@ -22,6 +22,14 @@ pub fn stream_decode(data: &[u8]) {
     let pieces: Vec<&[u8]> = rest.chunks(piece).collect();
     assert_eq!(run_decoder(ext, &pieces), whole, "decoding depends on how the bytes were split");
 
+    // A spooling decoder yields the same payloads, some of them in pieces, and the same
+    // frames; it fails where the buffering one does (it only takes payloads past the
+    // buffering limit, which it accepts).
+    let spooled = run_spooling_decoder(ext, &pieces);
+    if whole.1.is_none() {
+        assert_eq!(spooled, whole, "spooling changed what the stream decodes to");
+    }
+
     // A frame decodes to a value that re-encodes to exactly the bytes it came from.
     if let Ok(Some((frame, used))) = decode_frame(rest, 0, ext) {
         let mut again = Vec::new();
@@ -34,6 +42,39 @@ pub fn stream_decode(data: &[u8]) {
     if let Ok(map) = decode_pos_map(rest) {
         assert_eq!(decode_pos_map(&encode_pos_map(&map)), Ok(map), "position map does not round-trip");
     }
+}
+
+/// Runs a decoder that passes payloads over 64 bytes on in pieces, and joins the pieces
+/// back, so the result compares with [`run_decoder`]'s.
+fn run_spooling_decoder(ext: Extensions, pieces: &[&[u8]]) -> (Vec<crate::stream::StreamEvent>, Option<FrameError>) {
+    use crate::stream::StreamEvent;
+    let mut decoder = StreamDecoder::spooling(ext, 64);
+    let mut events = Vec::new();
+    let mut open: Option<(crate::stream::DbName, Vec<u8>)> = None;
+    for piece in pieces {
+        decoder.feed(piece);
+        loop {
+            match decoder.next_event() {
+                Ok(Some(StreamEvent::LtxBegin { name, first })) => {
+                    assert!(first.len() > 64, "a payload within the limit was passed on in pieces");
+                    assert!(open.replace((name, first)).is_none(), "a payload began inside another");
+                }
+                Ok(Some(StreamEvent::LtxData(data))) => open.as_mut().expect("data inside a payload").1.extend(data),
+                Ok(Some(StreamEvent::LtxEnd { len })) => {
+                    let (name, payload) = open.take().expect("an end after a beginning");
+                    assert_eq!(len, payload.len() as u64);
+                    events.push(StreamEvent::Ltx { name, payload });
+                }
+                Ok(Some(event)) => events.push(event),
+                Ok(None) => break,
+                Err(e) => {
+                    assert_eq!(decoder.next_event(), Err(FrameError::Poisoned), "decoder continued after {e}");
+                    return (events, Some(e));
+                }
+            }
+        }
+    }
+    (events, None)
 }
 
 fn run_decoder(ext: Extensions, pieces: &[&[u8]]) -> (Vec<crate::stream::StreamEvent>, Option<FrameError>) {

@@ -14,7 +14,7 @@ mod name;
 mod posmap;
 
 pub use chunk::{Chunk, MAX_CHUNK_SIZE, decode_chunk, encode_chunks, encode_ltx_message};
-pub use decoder::{MAX_LTX_PAYLOAD_BYTES, StreamDecoder, StreamEvent};
+pub use decoder::{MAX_LTX_PAYLOAD_BYTES, MAX_SPOOLED_LTX_BYTES, StreamDecoder, StreamEvent};
 pub use error::FrameError;
 pub use frame::{
     Extensions, FRAME_TYPE_ACK, FRAME_TYPE_DROP_DB, FRAME_TYPE_END, FRAME_TYPE_EPOCH, FRAME_TYPE_HANDOFF,

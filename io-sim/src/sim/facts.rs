@@ -126,6 +126,10 @@ pub struct Stats {
     pub pauses: u64,
     /// Shrinking commits issued (some are refused like any other).
     pub shrinks: u64,
+    /// LTX files a replica spooled (over its inline limit) rather than held in memory.
+    pub spooled: u64,
+    /// Spools discarded before they were persisted (stream failed, file refused).
+    pub spools_discarded: u64,
 }
 
 /// How a node's position changed.

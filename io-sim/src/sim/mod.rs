@@ -6,7 +6,7 @@ use replite_core::ltx::page_checksum;
 use replite_core::ltx::{SnapshotOptions, encode_database};
 use replite_core::node::{
     CommitId, Config, DownstreamId, Event, Input, IoFailure, Millis, Node, OpId, Output, PageChange, Recovery, Role,
-    SplitMix64, SyncConfig, UpstreamId,
+    SplitMix64, SpoolId, SyncConfig, UpstreamId,
 };
 use replite_core::stream::{DbName, Extensions, encode_ltx_message};
 use replite_core::{Epoch, NodeId, PageSize, Pgno, Pos, TxId};
@@ -53,6 +53,12 @@ enum Ev {
         node: usize,
         inc: u64,
         op: OpId,
+    },
+    /// A spool's verification finished (its `SpoolDone` input).
+    SpoolDone {
+        node: usize,
+        inc: u64,
+        input: Input,
     },
     ConnArrive {
         key: u64,
@@ -130,6 +136,8 @@ struct SimNode {
     drift_ppm: i64,
     disks: BTreeMap<DbName, Disk>,
     ops: BTreeMap<OpId, (DbName, DiskOp)>,
+    /// LTX files being spooled or spooled and verified (temporary files: a crash loses them).
+    spools: BTreeMap<SpoolId, Vec<u8>>,
     timeout_gen: u64,
     timeout_at: Option<u64>,
     last_pos: BTreeMap<DbName, Pos>,
@@ -204,6 +212,8 @@ impl Sim {
             c.retention_ms = 2_000;
             c.retention_bytes = 64 * 1024;
             c.seed = rng.next_u64();
+            // Small enough that snapshots (and the occasional big commit) take the spooling path.
+            c.ltx_inline_max_bytes = 2 * 1024;
             c.faults = cfg.node_faults;
             // Drift within half of what the safety margin covers over one TTL.
             let bound = (margin_ms * 1_000_000 / ttl_ms / 2) as i64;
@@ -217,6 +227,7 @@ impl Sim {
                 drift_ppm,
                 disks: BTreeMap::new(),
                 ops: BTreeMap::new(),
+                spools: BTreeMap::new(),
                 timeout_gen: 0,
                 timeout_at: None,
                 last_pos: BTreeMap::new(),
@@ -421,6 +432,12 @@ impl Sim {
                 }
             }
             Ev::DiskDone { node, inc, op } => self.on_disk_done(node, inc, op),
+            Ev::SpoolDone { node, inc, input } => {
+                if self.nodes[node].inc == inc {
+                    self.feed(node, input);
+                    self.note_moves(node, Via::Incremental, None);
+                }
+            }
             Ev::ConnArrive { key } => self.on_conn_arrive(key),
             Ev::ConnAccepted { key, ext } => {
                 let Some(c) = self.conns.get(&key) else { return true };
@@ -506,6 +523,7 @@ impl Sim {
             Ev::Timeout { node, .. }
             | Ev::LeaseAnswer { node, .. }
             | Ev::DiskDone { node, .. }
+            | Ev::SpoolDone { node, .. }
             | Ev::Request { node, .. } => Some(*node),
             Ev::ConnArrive { key } => self.conns.get(key).map(|c| c.primary),
             Ev::ConnAccepted { key, .. } => self.conns.get(key).map(|c| c.replica),

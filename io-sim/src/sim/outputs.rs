@@ -39,6 +39,41 @@ impl Sim {
                     self.schedule(at, Ev::Crash { node: i, inc });
                 }
             }
+            Output::SpoolBegin { spool, .. } => {
+                self.stats.spooled += 1;
+                self.nodes[i].spools.insert(spool, Vec::new());
+            }
+            Output::SpoolWrite { spool, bytes } => {
+                if let Some(file) = self.nodes[i].spools.get_mut(&spool) {
+                    file.extend_from_slice(&bytes);
+                }
+            }
+            Output::SpoolEnd { spool } => {
+                let result = match self.nodes[i].spools.get(&spool) {
+                    Some(file) => replite_core::ltx::verify(file.as_slice()).map_err(|e| e.to_string()),
+                    None => Err("spool missing".into()),
+                };
+                let d = 1 + self.rng.below(4);
+                self.schedule(d, Ev::SpoolDone { node: i, inc, input: Input::SpoolDone { spool, result } });
+            }
+            Output::SpoolDiscard { spool } => {
+                if self.nodes[i].spools.remove(&spool).is_some() {
+                    self.stats.spools_discarded += 1;
+                }
+            }
+            Output::PersistSpooledLtx { db, op, spool, min, max, base } => {
+                let Some(bytes) = self.nodes[i].spools.remove(&spool) else {
+                    panic!("seed {}: node {i} persists spool {spool:?}, which it never completed", self.seed);
+                };
+                let source_epoch = self.nodes[i].upstream_epoch;
+                self.nodes[i].ops.insert(op, (db, DiskOp::Persist { min, max, bytes, base, source_epoch }));
+                let d = 1 + self.rng.below(4);
+                self.schedule(d, Ev::DiskDone { node: i, inc, op });
+                if self.faulty() && self.rng.chance(self.cfg.faults.crash_in_write) {
+                    let at = self.rng.below(d);
+                    self.schedule(at, Ev::Crash { node: i, inc });
+                }
+            }
             Output::ReplayLtx { db, op, min, max, base } => {
                 self.nodes[i].ops.insert(op, (db, DiskOp::Replay { min, max, base }));
                 let d = 1 + self.rng.below(4);

@@ -30,6 +30,7 @@ impl Sim {
         self.trace(format!("node {i} crashes"));
         self.stats.crashes += 1;
         let ops = std::mem::take(&mut self.nodes[i].ops);
+        self.nodes[i].spools.clear();
         for (_, (name, op)) in ops {
             // In-flight writes: lost, torn, or the LTX landed without the database apply.
             if let DiskOp::Persist { min, max, bytes, .. } = op {

@@ -162,7 +162,7 @@ fn retention_keeps_only_the_drop_and_a_lagging_replica_then_gets_an_empty_snapsh
         if let Output::SendDownstream { bytes, .. } = output {
             snapshots.extend(frames(&bytes).into_iter().filter_map(|e| match e {
                 StreamEvent::Ltx { payload, .. } => Some(payload),
-                StreamEvent::Frame(_) => None,
+                _ => None,
             }));
         }
     }
