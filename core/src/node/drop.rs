@@ -8,8 +8,8 @@
 //! What is new here:
 //! - the primary's input for an application's unlink ([`Node::on_drop`]);
 //! - a dropped database needs no snapshot copy: a replica that lacks the drop and cannot
-//!   get it from the retained files receives a tiny snapshot of the empty state
-//!   ([`tombstone_snapshot`]), and a replica that never had the database gets nothing;
+//!   get it from the retained files (or never had the database) receives a tiny snapshot of
+//!   the empty state ([`tombstone_snapshot`]), as LiteFS sends a zero-page snapshot;
 //! - a replica whose position map names a database the primary does not know at all is sent
 //!   LiteFS's drop-db frame, and keeps the database, as LiteFS's replicas do
 //!   ([`Node::on_drop_frame`]).

@@ -384,10 +384,6 @@ impl Node {
         let (peer, replica_at) = (d.peer, sent);
         let mut live_copy_sent = false;
         let mut history_snapshot_sent = false;
-        if db.dropped() && sent == Pos::ZERO {
-            // A replica that never had this database need not hear it was deleted.
-            return;
-        }
         while sent != db.pos && db.pos.txid != TxId::ZERO {
             match (next_file(db, sent), db.history.first().copied()) {
                 (Some(f), _) => {

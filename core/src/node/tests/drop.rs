@@ -110,30 +110,34 @@ fn a_replica_that_lacks_the_drop_gets_it_as_the_next_file() {
 }
 
 #[test]
-fn a_replica_that_never_had_a_dropped_database_is_sent_nothing_for_it() {
+fn a_replica_that_never_had_a_dropped_database_gets_its_empty_snapshot_like_any_other() {
+    // As LiteFS's primary does (a snapshot of zero pages): positions then agree everywhere.
     let (mut node, _, _) = primary_after_drop();
-    let mut map = BTreeMap::new();
-    map.insert(DbName::new("other.db").expect("valid"), Pos::ZERO);
+    node.handle(Millis(3_000), Input::Timeout);
+    drain(&mut node);
     node.handle(
-        Millis(40),
+        Millis(3_001),
         Input::DownstreamOpened {
             conn: DownstreamId(1),
             peer: NodeId(2),
             ext: Extensions::ALL,
-            body: encode_pos_map(&map),
+            body: encode_pos_map(&BTreeMap::new()),
         },
     );
+    let mut files = Vec::new();
     for output in drain(&mut node) {
-        match output {
-            Output::StreamLtx { .. } | Output::StreamSnapshot { .. } => panic!("sent {output:?}"),
-            Output::SendDownstream { bytes, .. } => {
-                for event in frames(&bytes) {
-                    assert!(!matches!(event, StreamEvent::Ltx { .. }), "sent an LTX file");
-                }
-            }
-            _ => {}
+        assert!(!matches!(output, Output::StreamSnapshot { .. }), "asked to copy a database that is gone");
+        if let Output::SendDownstream { bytes, .. } = output {
+            files.extend(frames(&bytes).into_iter().filter_map(|e| match e {
+                StreamEvent::Ltx { payload, .. } => Some(payload),
+                _ => None,
+            }));
         }
     }
+    assert_eq!(files.len(), 1);
+    let verified = ltx::verify(files[0].as_slice()).expect("valid");
+    assert!(verified.header().is_snapshot());
+    assert_eq!(verified.post_apply_pos(), Pos::new(TxId(3), Checksum::EMPTY));
 }
 
 #[test]
