@@ -73,6 +73,8 @@ fn the_cluster_keeps_every_invariant_under_faults_for_many_seeds() {
         ("replicas cut off", total(|s| s.cut_offs)),
         ("process pauses", total(|s| s.pauses)),
         ("shrinking commits", total(|s| s.shrinks)),
+        ("unflushed LTX files lost", total(|s| s.volatile_files_lost)),
+        ("fsyncs answered", total(|s| s.fsyncs_answered)),
     ];
     eprintln!("fault mix: {mix:?}");
     if let Some(first) = failures.first() {

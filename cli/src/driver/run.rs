@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use replite_core::ltx::{HEADER_SIZE, Header};
-use replite_core::node::{CommitId, DownstreamId, Input, Node, OpId, Output, RefuseReason, Role, UpstreamId};
+use replite_core::node::{
+    CommitId, DownstreamId, Durability, Input, Node, OpId, Output, RefuseReason, Role, SyncId, UpstreamId,
+};
 use replite_core::stream::DbName;
 use replite_core::{Epoch, NodeId};
 use replite_fuse::{CapturedTx, Refusal};
@@ -74,6 +76,9 @@ pub struct Driver {
     load_sums: LoadPageSums,
     pending: BTreeMap<CommitId, Pending>,
     next_commit: u64,
+    /// Application fsyncs the Node has not answered yet.
+    syncs: BTreeMap<SyncId, Answer>,
+    next_sync: u64,
     /// "May I write?" questions asked during a handoff, answered once it ends either way: an
     /// application's transaction waits briefly instead of failing while the outcome is open.
     parked: Vec<Answer>,
@@ -120,6 +125,8 @@ impl Driver {
             load_sums,
             pending: BTreeMap::new(),
             next_commit: 0,
+            syncs: BTreeMap::new(),
+            next_sync: 0,
             parked: Vec::new(),
             network: None,
             peers: BTreeMap::new(),
@@ -245,7 +252,11 @@ impl Driver {
         self.node.handle(self.clock.now(), Input::Shutdown);
         let mut releases = Vec::new();
         while let Some(output) = self.node.poll_output() {
-            if let Output::ReleaseLease { epoch } = output {
+            if let Output::FlushLtx { db, op, through } = output {
+                // Shutting down: flush here and now, so a clean stop leaves nothing unflushed.
+                let result = self.storage.flush_ltx(&db, through);
+                self.node.handle(self.clock.now(), Input::LtxFlushed { op, result });
+            } else if let Output::ReleaseLease { epoch } = output {
                 let leaser = Arc::clone(&self.leaser);
                 releases.push(async move {
                     if let Err(e) = leaser.lock().await.release(epoch).await {
@@ -277,9 +288,20 @@ impl Driver {
         let now = self.clock.now();
         match request {
             FsRequest::MayWrite { answer, .. } if self.node.handing_off() => self.parked.push(answer),
-            FsRequest::MayWrite { answer, .. } | FsRequest::Sync { answer, .. } => {
+            FsRequest::MayWrite { answer, .. } => {
                 let _ = answer.send(self.may_write(now));
             }
+            FsRequest::Sync { db, answer } => match DbName::new(&db) {
+                Ok(db) => {
+                    self.next_sync += 1;
+                    let sync = SyncId(self.next_sync);
+                    self.syncs.insert(sync, answer);
+                    self.node.handle(now, Input::Sync { sync, db });
+                }
+                Err(e) => {
+                    let _ = answer.send(Err(Refusal::Failed { reason: format!("invalid database name: {e}") }));
+                }
+            },
             FsRequest::Delete { db, answer } => {
                 warn!(%db, "database deletion is not replicated yet; refused");
                 let _ = answer.send(Err(Refusal::Failed { reason: "deleting a database is not supported yet".into() }));
@@ -325,6 +347,10 @@ impl Driver {
             pages: change.pages,
             commit_pages: tx.commit,
             removed: change.removed,
+            durability: match tx.durability {
+                replite_fuse::Durability::Requested => Durability::Requested,
+                replite_fuse::Durability::Deferred => Durability::Deferred,
+            },
         };
         self.pending.insert(commit, Pending { answer, tx });
         self.node.handle(self.clock.now(), input);
@@ -498,7 +524,27 @@ impl Driver {
                     let _ = p.answer.send(Err(refusal));
                 }
             }
-            Output::PersistLtx { db, op, min, max, bytes, base } => {
+            Output::SyncDone { sync, result } => {
+                if let Some(answer) = self.syncs.remove(&sync) {
+                    let verdict = result.map_err(|reason| match reason {
+                        RefuseReason::Disk | RefuseReason::Invalid => {
+                            Refusal::Failed { reason: format!("fsync refused: {reason:?}") }
+                        }
+                        _ => Refusal::ReadOnly { reason: format!("fsync refused: {reason:?}") },
+                    });
+                    let _ = answer.send(verdict);
+                }
+            }
+            Output::FlushLtx { db, op, through } => {
+                let storage = Arc::clone(&self.storage);
+                let back = self.back_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = storage.flush_ltx(&db, through);
+                    debug!(%db, %through, ok = result.is_ok(), "flushed LTX files");
+                    let _ = back.send(Back::Input(Input::LtxFlushed { op, result }));
+                });
+            }
+            Output::PersistLtx { db, op, min, max, bytes, base, durable } => {
                 // On a primary the file is its own commit (the pages are already in the
                 // database); otherwise it came from the primary and must be applied.
                 let own_commit = matches!(self.node.role(), Role::Primary { .. });
@@ -508,9 +554,9 @@ impl Driver {
                 let events = self.events.clone();
                 tokio::task::spawn_blocking(move || {
                     let result = if own_commit {
-                        storage.persist_ltx(&db, min, max, &bytes)
+                        storage.persist_ltx(&db, min, max, &bytes, durable)
                     } else {
-                        let applied = storage.persist_and_apply(&db, min, max, &bytes, base);
+                        let applied = storage.persist_and_apply(&db, min, max, &bytes, base, durable);
                         if let Ok(pos) = applied {
                             events.applied(&db, pos, page_size, ts);
                         }
@@ -530,6 +576,11 @@ impl Driver {
             Output::RemoveLtx { db, min, max } => {
                 if let Err(e) = self.storage.remove_ltx(&db, min, max) {
                     warn!(%db, %min, %max, ?e, "removing an LTX file failed");
+                }
+            }
+            Output::PersistRejoin { db, txid } => {
+                if let Err(e) = self.storage.persist_rejoin(&db, txid) {
+                    warn!(%db, %txid, ?e, "persisting the rejoin TXID failed");
                 }
             }
             Output::PersistEpoch { epoch } => {

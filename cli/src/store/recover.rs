@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::store::error::StoreError;
 use crate::store::fsutil::{TEMP_SUFFIX, sync_dir, temp_path};
-use crate::store::layout::{DATABASE_FILE, LTX_DIR, dbs_dir, epoch_path};
+use crate::store::layout::{DATABASE_FILE, LTX_DIR, REJOIN_FILE, dbs_dir, epoch_path};
 
 /// Reported as the database checksum when the file exists but cannot be summed (it is not a
 /// whole number of pages, or its page size cannot be known). Bit 63 is clear, so it equals no
@@ -107,6 +107,7 @@ fn recover_db(dir: &Path, name: &DbName) -> Result<DbRecovery, StoreError> {
     rec.ltx.sort_by_key(|f| (f.min, f.max));
     rec.invalid_ltx.sort();
     rec.db_checksum = database_checksum(&dir.join(DATABASE_FILE), name, ltx_page_size.map(|(_, p)| p))?;
+    rec.rejoin_txid = read_rejoin(&dir.join(REJOIN_FILE))?;
     Ok(rec)
 }
 
@@ -179,6 +180,21 @@ fn read_epoch(data_dir: &Path) -> Result<Epoch, StoreError> {
     };
     parse_epoch(&bytes).ok_or_else(|| StoreError::InvalidEpochFile {
         path,
+        contents: String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into_owned(),
+    })
+}
+
+/// A database's rejoin TXID (same text form as the epoch file): zero if the file is missing;
+/// a malformed one is an error, as reading it as zero could let the node take the lease
+/// without transactions it acknowledged.
+fn read_rejoin(path: &Path) -> Result<replite_core::TxId, StoreError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(replite_core::TxId::ZERO),
+        Err(e) => return Err(StoreError::io("read", path)(e)),
+    };
+    parse_epoch(&bytes).map(|e| replite_core::TxId(e.0)).ok_or_else(|| StoreError::InvalidEpochFile {
+        path: path.to_path_buf(),
         contents: String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into_owned(),
     })
 }
