@@ -82,6 +82,15 @@ impl Storage for DiskStorage {
         }
     }
 
+    fn refill_spares(&self, db: &DbName) {
+        let wanted = self.store().spares_wanted(db);
+        if !wanted.is_empty() {
+            // Created outside the lock: commits keep writing meanwhile.
+            let made = crate::store::make_spares(wanted);
+            self.store().add_spares(db, made);
+        }
+    }
+
     fn replay_ltx(&self, db: &DbName, min: TxId, max: TxId, base: Checksum) -> Result<Pos, IoFailure> {
         self.store().apply_ltx(db, min, max, base).map_err(logged(db, "replaying an LTX file"))
     }

@@ -542,12 +542,21 @@ impl Driver {
                     let result = storage.flush_ltx(&db, through);
                     debug!(%db, %through, ok = result.is_ok(), "flushed LTX files");
                     let _ = back.send(Back::Input(Input::LtxFlushed { op, result }));
+                    storage.refill_spares(&db);
                 });
             }
             Output::PersistLtx { db, op, min, max, bytes, base, durable } => {
                 // On a primary the file is its own commit (the pages are already in the
                 // database); otherwise it came from the primary and must be applied.
                 let own_commit = matches!(self.node.role(), Role::Primary { .. });
+                if own_commit && !durable && bytes.len() <= INLINE_WRITE_MAX_BYTES {
+                    // A deferred commit's small file goes to the page cache in tens of
+                    // microseconds: written here, the commit is acknowledged in this same
+                    // step, without two thread hand-offs (~0.2 ms on a loaded 2-core machine).
+                    let result = self.storage.persist_ltx(&db, min, max, &bytes, false);
+                    self.node.handle(self.clock.now(), Input::LtxDone { op, result });
+                    return;
+                }
                 let storage = Arc::clone(&self.storage);
                 let back = self.back_tx.clone();
                 let (page_size, ts) = ltx_header_facts(&bytes);
@@ -717,6 +726,10 @@ impl Driver {
         });
     }
 }
+
+/// Largest deferred commit whose LTX file the driver writes on its own task (no fsync: a
+/// page-cache copy); larger ones go to a blocking task like every durable write.
+const INLINE_WRITE_MAX_BYTES: usize = 256 * 1024;
 
 /// How long a clean shutdown waits for the lease store to confirm the release.
 const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -45,6 +45,8 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<Pos, IoFailure>;
     /// Makes every LTX file of `db` written without `durable`, up to `through`, durable.
     fn flush_ltx(&self, db: &DbName, through: TxId) -> Result<(), IoFailure>;
+    /// Prepares what makes the next writes of `db` cheaper (spare files), off the commit path.
+    fn refill_spares(&self, _db: &DbName) {}
     /// Applies a file already stored (recovery replay).
     fn replay_ltx(&self, db: &DbName, min: TxId, max: TxId, base: Checksum) -> Result<Pos, IoFailure>;
     /// Reads a stored LTX file, to send it to a replica.

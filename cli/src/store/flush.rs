@@ -100,6 +100,80 @@ pub fn write_new(path: &Path, contents: &[u8], durable: bool) -> Result<Option<F
     Ok(if durable { None } else { Some(file) })
 }
 
+/// Spare empty files kept ready in each LTX directory, so that a commit's write renames one
+/// into place (~30 µs here) instead of creating a file (30–700 µs on this ext4 under load:
+/// inode allocation waits on the journal). Named `*.tmp`, so recovery deletes leftovers.
+#[derive(Debug, Default)]
+pub struct Spares {
+    by_dir: BTreeMap<PathBuf, Vec<(PathBuf, File)>>,
+    next: u64,
+}
+
+/// Spares kept per LTX directory: a flush (every `flush_ms` under load) refills them, and a
+/// busy WAL database commits a few thousand times a second.
+pub const SPARES_PER_DIR: usize = 64;
+
+impl Spares {
+    /// Takes a spare of `dir`, if one is ready.
+    pub fn take(&mut self, dir: &Path) -> Option<(PathBuf, File)> {
+        self.by_dir.get_mut(dir).and_then(Vec::pop)
+    }
+
+    /// How many spares `dir` lacks, and names for them.
+    pub fn wanted(&mut self, dir: &Path) -> Vec<PathBuf> {
+        let have = self.by_dir.get(dir).map_or(0, Vec::len);
+        (have..SPARES_PER_DIR)
+            .map(|_| {
+                self.next += 1;
+                dir.join(format!(".spare-{}{}", self.next, crate::store::TEMP_SUFFIX))
+            })
+            .collect()
+    }
+
+    /// Adds spares made outside the store's lock.
+    pub fn add(&mut self, dir: &Path, files: Vec<(PathBuf, File)>) {
+        self.by_dir.entry(dir.to_path_buf()).or_default().extend(files);
+    }
+}
+
+/// Creates spare files at `paths` (stopping at the first failure: spares are an optimisation).
+pub fn make_spares(paths: Vec<PathBuf>) -> Vec<(PathBuf, File)> {
+    let mut made = Vec::new();
+    for path in paths {
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => made.push((path, file)),
+            Err(_) => break,
+        }
+    }
+    made
+}
+
+/// Writes `contents` into a spare file and renames it to `path`, replacing whatever was
+/// there (the rename is atomic: a reader or a crash sees the old file or the whole new one).
+/// With `durable`, fsyncs it (a full fsync: ext4 and xfs then commit the journal transaction
+/// holding the rename, as they do a new file's name). Returns the open file when not durable.
+pub fn write_into_spare(
+    spare: (PathBuf, File),
+    path: &Path,
+    contents: &[u8],
+    durable: bool,
+) -> Result<Option<File>, StoreError> {
+    let (spare_path, mut file) = spare;
+    let written = file
+        .write_all(contents)
+        .map_err(StoreError::io("write", &spare_path))
+        .and_then(|()| std::fs::rename(&spare_path, path).map_err(StoreError::io("rename", &spare_path)));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&spare_path);
+        return Err(e);
+    }
+    if durable {
+        file.sync_all().map_err(StoreError::io("fsync", path))?;
+        return Ok(None);
+    }
+    Ok(Some(file))
+}
+
 /// Makes `files` durable: few files one fdatasync each, many one `syncfs`.
 pub fn flush(files: &[Unflushed]) -> Result<(), StoreError> {
     if files.len() > SYNCFS_ABOVE_FILES {
@@ -115,7 +189,8 @@ pub fn flush(files: &[Unflushed]) -> Result<(), StoreError> {
         }
     }
     for f in files {
-        f.file.sync_data().map_err(StoreError::io("fdatasync", &f.path))?;
+        // A full fsync: a file renamed into place needs its name committed too.
+        f.file.sync_all().map_err(StoreError::io("fsync", &f.path))?;
     }
     Ok(())
 }

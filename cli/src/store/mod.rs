@@ -27,7 +27,7 @@ use replite_core::{Checksum, Epoch, Pos, TxId};
 use tracing::{debug, info};
 
 pub use error::StoreError;
-pub use flush::{SYNCFS_ABOVE_FILES, Unflushed};
+pub use flush::{SPARES_PER_DIR, SYNCFS_ABOVE_FILES, Unflushed, make_spares};
 pub use fsutil::{TEMP_SUFFIX, write_atomic};
 pub use recover::{UNREADABLE_CHECKSUM, database_checksum, recover};
 
@@ -48,6 +48,8 @@ pub struct Store {
     checksums: BTreeMap<DbName, Checksum>,
     /// LTX files written without an fsync, until a flush makes them durable.
     unflushed: flush::UnflushedFiles,
+    /// Empty files ready to become LTX files.
+    spares: flush::Spares,
 }
 
 impl Store {
@@ -64,7 +66,15 @@ impl Store {
             .filter(|(_, r)| r.db_checksum != UNREADABLE_CHECKSUM)
             .map(|(name, r)| (name.clone(), r.db_checksum))
             .collect();
-        Ok((Store { dir: data_dir.to_path_buf(), checksums, unflushed: flush::UnflushedFiles::default() }, recovery))
+        Ok((
+            Store {
+                dir: data_dir.to_path_buf(),
+                checksums,
+                unflushed: flush::UnflushedFiles::default(),
+                spares: flush::Spares::default(),
+            },
+            recovery,
+        ))
     }
 
     /// `data.dir`.
@@ -115,6 +125,13 @@ impl Store {
         fsutil::ensure_dir(&layout::ltx_dir(&self.dir, db))?;
         let path = self.ltx_path(db, min, max);
         self.unflushed.forget(db, max);
+        if let Some(spare) = self.spares.take(&layout::ltx_dir(&self.dir, db)) {
+            if let Some(file) = flush::write_into_spare(spare, &path, bytes, durable)? {
+                self.unflushed.push(db, Unflushed { max, path, file });
+            }
+            debug!(db = %db, %min, %max, size = bytes.len(), durable, "wrote LTX file");
+            return Ok(());
+        }
         match flush::write_new(&path, bytes, durable) {
             Ok(None) => {}
             Ok(Some(file)) => self.unflushed.push(db, Unflushed { max, path, file }),
@@ -190,6 +207,20 @@ impl Store {
     /// Puts back files whose flush failed.
     pub fn put_back_unflushed(&mut self, db: &DbName, files: Vec<Unflushed>) {
         self.unflushed.put_back(db, files);
+    }
+
+    /// Names for the spare files `db`'s LTX directory lacks (see [`Store::add_spares`]).
+    pub fn spares_wanted(&mut self, db: &DbName) -> Vec<PathBuf> {
+        let dir = layout::ltx_dir(&self.dir, db);
+        if !dir.is_dir() {
+            return Vec::new();
+        }
+        self.spares.wanted(&dir)
+    }
+
+    /// Adds spare files made (outside the store's lock) at names from [`Store::spares_wanted`].
+    pub fn add_spares(&mut self, db: &DbName, files: Vec<(PathBuf, std::fs::File)>) {
+        self.spares.add(&layout::ltx_dir(&self.dir, db), files);
     }
 
     /// Takes every file waiting for a flush (clean shutdown).

@@ -85,6 +85,25 @@ impl Node {
         }
     }
 
+    /// Flushes `name` now if something waits for it (an application's fsync, a commit that
+    /// must be durable before its acknowledgement), else within `flush_ms`: a flush running
+    /// back to back with commits that nobody waits on only slows them (each fsync's journal
+    /// commit holds up the next file's creation), while one per interval covers them all.
+    pub(crate) fn schedule_flush(&mut self, now: Millis, name: &DbName) {
+        let Some(db) = self.dbs.get(name) else { return };
+        if !db.unflushed() {
+            return;
+        }
+        let waited_on = !db.sync_waiters.is_empty()
+            || db.commit.as_ref().is_some_and(|c| c.needs_durable() && db.durable_txid < c.entry().max)
+            || db.rejoining();
+        if waited_on {
+            self.start_flush(now, name);
+        } else if self.timers.get(TimerKind::Flush).is_none() {
+            self.timers.set(TimerKind::Flush, now + self.cfg.flush_ms.max(1));
+        }
+    }
+
     /// Whether `persist` may make one file durable by itself: only when every earlier file
     /// of the database is durable and no flush is in flight (which would otherwise still be
     /// fsyncing an earlier file when this one is reported durable).
@@ -134,7 +153,7 @@ impl Node {
                 self.maybe_connect(now);
             }
         }
-        self.start_flush(now, name);
+        self.schedule_flush(now, name);
         self.after_progress(now);
     }
 

@@ -50,6 +50,11 @@ impl InflightCommit {
         self.entry
     }
 
+    /// Whether it must be durable here before it is acknowledged.
+    pub(crate) fn needs_durable(&self) -> bool {
+        self.needs_durable
+    }
+
     /// Whether its file is still being written.
     pub(crate) fn writing(&self) -> bool {
         self.op.is_some()
@@ -215,10 +220,9 @@ impl Node {
             debug_assert_eq!(db.durable_txid.next(), entry.min, "a durable write with earlier files unflushed");
             db.durable_txid = entry.max;
         }
-        // Deferred files are flushed at once, one flush at a time: the next covers whatever
-        // was written while this one ran (group commit); an fsync of SQLite's (a WAL/FULL
-        // commit) then mostly overlaps it.
-        self.start_flush(now, name);
+        // One flush at a time covers whatever was written while the previous ran (group
+        // commit); at once if this commit must be durable before its acknowledgement.
+        self.schedule_flush(now, name);
         if !matches!(self.role(), crate::node::Role::Primary { .. }) {
             // We stepped down while the file was being written. It is durable here, but no
             // replica will get it from us and acknowledgements can no longer arrive: the

@@ -318,7 +318,7 @@ impl Node {
                         self.send_ack(p.conn, &name, pos);
                     }
                     self.clear_rejoin_if_back(&name);
-                    self.start_flush(now, &name);
+                    self.schedule_flush(now, &name);
                 }
             }
             Ok(_) | Err(_) => {
