@@ -175,7 +175,12 @@ impl Writer {
             let size = source.metadata().map_err(read)?.len();
             let out = tempfile::NamedTempFile::new_in(image.file.path().parent().unwrap_or(std::path::Path::new(".")))
                 .map_err(read)?;
-            let options = SnapshotOptions { max_txid: pos.txid, timestamp_ms: now_ms(), compress: true };
+            // LZ4 only if the database's first pages shrink (LTX v1 compresses a whole file
+            // or nothing; incompressible pages would only grow and cost a decode).
+            let mut sample = vec![0u8; replite_core::ltx::LZ4_SAMPLE_BYTES];
+            let sampled = std::os::unix::fs::FileExt::read_at(&source, &mut sample, 0).map_err(read)?;
+            let compress = replite_core::ltx::lz4_pays(&sample[..sampled]);
+            let options = SnapshotOptions { max_txid: pos.txid, timestamp_ms: now_ms(), compress };
             let (out, _, _) = encode_database(BufReader::new(source), size, std::io::BufWriter::new(out), options)?;
             out.into_inner().map_err(|e| read(e.into_error()))
         })

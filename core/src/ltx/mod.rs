@@ -10,6 +10,7 @@ mod encoder;
 mod error;
 mod header;
 mod io_util;
+mod lz4_probe;
 mod snapshot;
 
 pub use apply::{ApplyError, PageFile, apply};
@@ -22,4 +23,5 @@ pub use header::{
     FLAG_COMPRESS_LZ4, FLAG_MASK, HEADER_SIZE, Header, MAGIC, PAGE_HEADER_SIZE, RawHeader, TRAILER_SIZE, Trailer,
     VERSION,
 };
+pub use lz4_probe::{LZ4_SAMPLE_BYTES, lz4_pays};
 pub use snapshot::{SQLITE_HEADER_SIZE, SQLITE_MAGIC, SnapshotError, SnapshotOptions, SqliteHeader, encode_database};
