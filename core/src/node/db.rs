@@ -49,6 +49,12 @@ pub(crate) struct Db {
     /// less than it did, so it writes what it receives durably (a crash must not throw it
     /// further back) and does not take the lease (it may lack acknowledged transactions).
     pub(crate) rejoin_txid: TxId,
+    /// The application fsyncs after its commits (WAL with `synchronous=FULL`): seen an fsync
+    /// since the commit before the last one. Then a deferred commit's flush starts at once,
+    /// so it overlaps SQLite's own fsync of the WAL instead of following it.
+    pub(crate) syncs_follow_commits: bool,
+    /// An fsync arrived since the last commit.
+    pub(crate) synced_since_commit: bool,
     /// Application fsyncs waiting for the files up to a TXID to be durable.
     pub(crate) sync_waiters: Vec<(SyncId, TxId)>,
 }

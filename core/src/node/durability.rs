@@ -42,6 +42,8 @@ impl Node {
             self.emit(Output::SyncDone { sync, result: Ok(()) });
             return;
         };
+        db.synced_since_commit = true;
+        db.syncs_follow_commits = true;
         // A commit whose file is still being written was handed in before this fsync.
         let target = db.commit.as_ref().map_or(db.pos.txid, |c| c.entry().max.max(db.pos.txid));
         db.sync_waiters.push((sync, target));
@@ -94,7 +96,8 @@ impl Node {
         if !db.unflushed() {
             return;
         }
-        let waited_on = !db.sync_waiters.is_empty()
+        let waited_on = db.syncs_follow_commits
+            || !db.sync_waiters.is_empty()
             || db.commit.as_ref().is_some_and(|c| c.needs_durable() && db.durable_txid < c.entry().max)
             || db.rejoining();
         if waited_on {

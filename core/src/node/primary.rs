@@ -186,6 +186,12 @@ impl Node {
         }
         let db = self.dbs.entry(name).or_default();
         db.page_size = Some(page_size);
+        // Two commits in a row without an fsync between them: the application does not fsync
+        // after each commit (WAL/NORMAL); let the timer group the flushes.
+        if !db.synced_since_commit {
+            db.syncs_follow_commits = false;
+        }
+        db.synced_since_commit = false;
         db.commit = Some(InflightCommit {
             commit,
             op: Some(op),

@@ -240,11 +240,6 @@ impl Node {
         // With the pre-apply check skipped (fault injection) the node trusts the file's own
         // claim about where it applies.
         let base = if self.cfg.faults.skip_pre_apply_check { entry.pre } else { pos.checksum };
-        // In synchronous mode the primary waits for our acknowledgement, which needs the file
-        // durable: fsync it before the apply, as one step. Otherwise apply it at once and let a
-        // flush make it (and whatever arrives meanwhile) durable in the background; the
-        // acknowledgement follows the flush. A snapshot replaces every other file, so it is
-        // always written durably.
         if entry.min == TxId(1) && entry.max < pos.txid {
             // Once this snapshot is durable our history is gone: until we are back at our
             // position we may lack transactions we acknowledged. Recorded before the write,
@@ -255,6 +250,11 @@ impl Node {
             }
             self.emit(Output::PersistRejoin { db: name.clone(), txid: rejoin });
         }
+        // In synchronous mode the primary waits for our acknowledgement, which needs the file
+        // durable: fsync it before the apply, as one step (also while rejoining: a crash must
+        // not throw us back further). Otherwise apply it at once and let a flush make it (and
+        // whatever arrives meanwhile) durable in the background; the acknowledgement follows
+        // the flush. A snapshot replaces every other file, so it is always written durably.
         let rejoining = self.dbs.get(name).is_some_and(super::db::Db::rejoining);
         let durable =
             entry.min == TxId(1) || ((self.cfg.sync.is_some() || rejoining) && self.may_persist_durably(name));

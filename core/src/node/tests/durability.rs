@@ -218,3 +218,29 @@ fn recovery_keeps_the_chain_the_database_is_on_and_drops_files_past_a_gap() {
     assert!(out.contains(&Output::RemoveLtx { db: db(), min: TxId(4), max: TxId(4) }), "{out:?}");
     assert!(!out.iter().any(|o| matches!(o, Output::RemoveLtx { min: TxId(2), .. })), "{out:?}");
 }
+
+#[test]
+fn when_the_application_fsyncs_after_each_commit_the_next_flush_starts_with_the_write() {
+    let (mut node, _, pos1) = primary_with_deferred_commit();
+    node.handle(Millis(12), Input::Sync { sync: SyncId(5), db: db() });
+    let out = drain(&mut node);
+    let done = flushed(&mut node, 13, &out);
+    assert_eq!(sync_answer(&done, 5), Some(Ok(())));
+    // WAL/FULL: the next commit's flush does not wait for the fsync that will follow it.
+    let out = commit_with(&mut node, 20, 2, vec![change(1, Some(&page(1)), 2)], Durability::Deferred);
+    let (op, _, bytes) = persisted(&out);
+    let _ = pos1;
+    let pos2 = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(21), Input::LtxDone { op, result: Ok(pos2) });
+    let out = drain(&mut node);
+    assert!(ack_of(&out, 2), "{out:?}");
+    assert_eq!(flush_op(&out).map(|(_, t)| t), Some(TxId(2)), "{out:?}");
+    // Two commits in a row without an fsync (WAL/NORMAL): back to the timer.
+    flushed(&mut node, 22, &out);
+    let out = commit_with(&mut node, 30, 3, vec![change(1, Some(&page(2)), 3)], Durability::Deferred);
+    let (op, _, bytes) = persisted(&out);
+    let pos3 = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(31), Input::LtxDone { op, result: Ok(pos3) });
+    let out = drain(&mut node);
+    assert!(flush_op(&out).is_none(), "{out:?}");
+}
