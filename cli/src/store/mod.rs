@@ -10,7 +10,7 @@
 
 mod apply;
 mod error;
-mod flush;
+pub(crate) mod flush;
 mod fsutil;
 pub mod layout;
 mod recover;
@@ -57,9 +57,6 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<(Store, Recovery), StoreError> {
         fsutil::ensure_dir(&layout::dbs_dir(data_dir))?;
         let recovery = recover(data_dir)?;
-        // A kill -9 leaves files written without an fsync in the page cache, where recovery
-        // just read them: make them durable before the Node counts them as durable.
-        flush::sync_filesystem(data_dir)?;
         let checksums = recovery
             .dbs
             .iter()

@@ -29,6 +29,11 @@ const EPOCH_FILE_LEN: usize = 17;
 
 /// Scans `data_dir`: every database's LTX files (each verified in full), the database file's
 /// checksum, and the persisted epoch. Leftover temp files are removed.
+///
+/// First it makes everything under `data_dir` durable (`syncfs`): a kill -9 leaves LTX files
+/// written without an fsync in the page cache, where this scan finds them, and both the Node
+/// and the WAL fold (which folds a database up to the newest such file) then count them as
+/// durable.
 pub fn recover(data_dir: &Path) -> Result<Recovery, StoreError> {
     let mut recovery = Recovery { max_epoch: read_epoch(data_dir)?, ..Recovery::default() };
     let dbs = dbs_dir(data_dir);
@@ -37,6 +42,7 @@ pub fn recover(data_dir: &Path) -> Result<Recovery, StoreError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(recovery),
         Err(e) => return Err(StoreError::io("read_dir", &dbs)(e)),
     };
+    crate::store::flush::sync_filesystem(&dbs)?;
     for entry in entries {
         let entry = entry.map_err(StoreError::io("read_dir", &dbs))?;
         let path = entry.path();
