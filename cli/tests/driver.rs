@@ -19,7 +19,7 @@ struct MemStorage {
 }
 
 impl Storage for MemStorage {
-    fn persist_ltx(&self, db: &DbName, min: TxId, _max: TxId, bytes: &[u8]) -> Result<Pos, IoFailure> {
+    fn persist_ltx(&self, db: &DbName, min: TxId, _max: TxId, bytes: &[u8], _: bool) -> Result<Pos, IoFailure> {
         let verified = ltx::verify(bytes).map_err(|_| IoFailure::Mismatch)?;
         self.files.lock().expect("lock").insert((db.as_str().to_owned(), min.0), bytes.to_vec());
         Ok(verified.post_apply_pos())
@@ -31,8 +31,12 @@ impl Storage for MemStorage {
         max: TxId,
         bytes: &[u8],
         _: Checksum,
+        durable: bool,
     ) -> Result<Pos, IoFailure> {
-        self.persist_ltx(db, min, max, bytes)
+        self.persist_ltx(db, min, max, bytes, durable)
+    }
+    fn flush_ltx(&self, _: &DbName, _: TxId) -> Result<(), IoFailure> {
+        Ok(())
     }
     fn create_spool(&self, _: &DbName) -> std::io::Result<tempfile::NamedTempFile> {
         tempfile::NamedTempFile::new()
@@ -46,7 +50,7 @@ impl Storage for MemStorage {
         _: Checksum,
     ) -> Result<Pos, IoFailure> {
         let bytes = std::fs::read(spool.path()).map_err(|_| IoFailure::Io)?;
-        self.persist_ltx(db, min, max, &bytes)
+        self.persist_ltx(db, min, max, &bytes, true)
     }
     fn replay_ltx(&self, _: &DbName, _: TxId, _: TxId, _: Checksum) -> Result<Pos, IoFailure> {
         Err(IoFailure::Io)
@@ -60,6 +64,9 @@ impl Storage for MemStorage {
     }
     fn remove_ltx(&self, db: &DbName, min: TxId, _max: TxId) -> Result<(), IoFailure> {
         self.files.lock().expect("lock").remove(&(db.as_str().to_owned(), min.0));
+        Ok(())
+    }
+    fn persist_rejoin(&self, _: &DbName, _: TxId) -> Result<(), IoFailure> {
         Ok(())
     }
     fn persist_epoch(&self, _epoch: Epoch) -> Result<(), IoFailure> {

@@ -478,10 +478,19 @@ fn run_storage(node: &mut replite_core::node::Node, store: &mut Store) -> Vec<(T
                 let result = store.apply_ltx(&db, min, max, base).map_err(|e| e.failure());
                 node.handle(Millis(0), Input::LtxDone { op, result });
             }
-            Output::PersistLtx { db, op, min, max, bytes, base } => {
-                let result = store.persist_and_apply(&db, min, max, &bytes, base).map_err(|e| e.failure());
+            Output::PersistLtx { db, op, min, max, bytes, base, durable } => {
+                let result = store
+                    .write_replicated(&db, min, max, &bytes, durable)
+                    .and_then(|()| store.apply_ltx(&db, min, max, base))
+                    .map_err(|e| e.failure());
                 node.handle(Millis(0), Input::LtxDone { op, result });
             }
+            Output::FlushLtx { db, op, through } => {
+                let files = store.take_unflushed(&db, through);
+                let result = replite::store::flush_files(&files).map_err(|e| e.failure());
+                node.handle(Millis(0), Input::LtxFlushed { op, result });
+            }
+            Output::PersistRejoin { db, txid } => store.persist_rejoin(&db, txid).expect("persist rejoin"),
             Output::RemoveLtx { db, min, max } => {
                 store.remove_ltx(&db, min, max).expect("remove");
                 removed.push((min, max));
@@ -589,4 +598,82 @@ fn replaying_a_drop_the_database_file_missed_removes_it() {
     let replayed = store.apply_ltx(&name(), dropped.min, dropped.max, pos.checksum).expect("replay");
     assert_eq!(replayed, Pos::new(dropped.max, Checksum::EMPTY));
     assert!(!dir.path().join("dbs/app.db/database").exists());
+}
+
+#[test]
+fn an_own_commit_written_without_an_fsync_waits_for_a_flush_and_a_torn_one_is_dropped_at_recovery() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let tx2 = model.tx(&[2], 0x22);
+    let tx3 = model.tx(&[1], 0x33);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    // The primary's own commits: written at their final names, one durably, one not.
+    let pos2 = store.write_commit(&name(), tx2.min, tx2.max, &tx2.bytes, false).expect("write tx2");
+    assert_eq!(pos2, Pos::new(tx2.max, tx2.post));
+    assert_eq!(store.write_commit(&name(), tx3.min, tx3.max, &tx3.bytes, false).expect("tx3").txid, tx3.max);
+    let ltx_dir = dir.path().join("dbs/app.db/ltx");
+    assert_eq!(files_in(&ltx_dir).len(), 3, "no temp file, no rename: {:?}", files_in(&ltx_dir));
+    let waiting = store.take_unflushed(&name(), tx2.max);
+    assert_eq!(waiting.iter().map(|f| f.max).collect::<Vec<_>>(), [tx2.max]);
+    replite::store::flush_files(&waiting).expect("flush");
+    assert_eq!(store.take_unflushed(&name(), TxId(99)).iter().map(|f| f.max).collect::<Vec<_>>(), [tx3.max]);
+    drop(store);
+    // A crash tore tx3 (written, never flushed, never promised): recovery reports it invalid.
+    let torn = ltx_dir.join("0000000000000003-0000000000000003.ltx");
+    fs::write(&torn, &tx3.bytes[..tx3.bytes.len() / 2]).expect("tear");
+    let recovery = recover(dir.path()).expect("recover");
+    assert_eq!(recovery.dbs[&name()].ltx, [info(&snap), info(&tx2)]);
+    assert_eq!(recovery.dbs[&name()].invalid_ltx, [(tx3.min, tx3.max)]);
+}
+
+#[test]
+fn an_own_commit_is_checked_only_for_its_range_and_a_stale_file_of_that_range_is_replaced() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let tx2 = model.tx(&[2], 0x22);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    let err = store.write_commit(&name(), TxId(5), TxId(5), &tx2.bytes, true).expect_err("wrong range");
+    assert!(matches!(err, StoreError::RangeMismatch { .. }), "{err}");
+    let err = store.write_commit(&name(), tx2.min, tx2.max, &tx2.bytes[..50], true).expect_err("too short");
+    assert!(matches!(err, StoreError::ShortLtx { .. }), "{err}");
+    // A file of that range left by an older history (say, before a snapshot moved us back).
+    let path = store.ltx_path(&name(), tx2.min, tx2.max);
+    fs::write(&path, b"stale").expect("stale file");
+    store.write_commit(&name(), tx2.min, tx2.max, &tx2.bytes, true).expect("replaces it");
+    assert_eq!(fs::read(&path).expect("read"), tx2.bytes);
+}
+
+#[test]
+fn a_full_disk_fails_an_own_commit_as_no_space_and_leaves_no_partial_file() {
+    let Some(fs_) = Tmpfs::mount("64k") else { return };
+    let mut small_model = Model::default();
+    let small = small_model.snapshot(2, 0x11);
+    let mut model = Model::default();
+    model.snapshot(2, 0x11);
+    // One transaction of 200 pages: ~100 KiB.
+    let big = model.tx(&(1..=200).collect::<Vec<_>>(), 0x22);
+    let (mut store, _) = Store::open(&fs_.path).expect("open");
+    persist_and_apply(&mut store, &small, Checksum::ZERO);
+    let err = store.write_commit(&name(), big.min, big.max, &big.bytes, false).expect_err("no room");
+    assert_eq!(err.failure(), IoFailure::NoSpace, "{err}");
+    assert_eq!(files_in(&fs_.path.join("dbs/app.db/ltx")), ["0000000000000001-0000000000000001.ltx"]);
+    assert!(store.take_unflushed(&name(), big.max).is_empty());
+}
+
+#[test]
+fn the_rejoin_record_survives_a_restart_and_zero_removes_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    store.persist_rejoin(&name(), TxId(42)).expect("persist");
+    assert_eq!(recover(dir.path()).expect("recover").dbs[&name()].rejoin_txid, TxId(42));
+    store.persist_rejoin(&name(), TxId::ZERO).expect("clear");
+    store.persist_rejoin(&name(), TxId::ZERO).expect("clearing twice is fine");
+    assert_eq!(recover(dir.path()).expect("recover").dbs[&name()].rejoin_txid, TxId::ZERO);
 }

@@ -1,36 +1,143 @@
 //! A node's simulated disk: LTX files and the database file. An operation's effects land
 //! when it completes; a crash while it is in flight loses it, lands it torn, or lands the
 //! LTX file without the database apply.
+//!
+//! Files written without an fsync (`PersistLtx` with `durable` unset) are visible at once but
+//! volatile until a flush covers them: a crash loses, tears or keeps each one independently
+//! (the page cache reaches the disk in no particular order), and the database file reverts
+//! to its image after some prefix of the volatile applies, cut back to the newest whose LTX
+//! file survived whole, as the daemon's WAL fold does (`io-fuse/src/wal_fold.rs`).
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use replite_core::ltx;
-use replite_core::node::{DbRecovery, IoFailure, LtxFileInfo};
+use replite_core::node::{DbRecovery, IoFailure, LtxFileInfo, SplitMix64};
 use replite_core::{Checksum, PageSize, Pos, TxId};
 
 /// Durable files.
 #[derive(Debug, Clone, Default)]
 pub struct Disk {
-    /// LTX files by (min, max).
+    /// LTX files by (min, max), as a reader sees them (the page cache).
     pub ltx: BTreeMap<(TxId, TxId), Vec<u8>>,
-    /// The database file.
+    /// The database file, as a reader sees it.
     pub db: Vec<u8>,
+    /// The rejoin record (`Output::PersistRejoin`), written durably at once.
+    pub rejoin_txid: TxId,
+    /// LTX files written without an fsync and not flushed yet.
+    unsynced: BTreeSet<(TxId, TxId)>,
+    /// The database file as of the last durable point.
+    db_durable: Vec<u8>,
+    /// The database file after each volatile apply since, with the applied file's range.
+    db_after: Vec<((TxId, TxId), Vec<u8>)>,
+}
+
+/// What a crash did to the volatile state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CrashLoss {
+    /// Volatile LTX files lost or torn.
+    pub files_lost: u64,
+    /// Volatile database applies undone.
+    pub applies_lost: u64,
 }
 
 impl Disk {
-    /// Writes an LTX file then applies it to the database from checksum `base`.
-    pub fn persist(&mut self, min: TxId, max: TxId, bytes: Vec<u8>, base: Checksum) -> Result<Pos, IoFailure> {
+    /// Writes an LTX file then applies it to the database from checksum `base`; with
+    /// `durable` both are durable when this returns, else volatile until [`Disk::flush`].
+    pub fn persist(
+        &mut self,
+        min: TxId,
+        max: TxId,
+        bytes: Vec<u8>,
+        base: Checksum,
+        durable: bool,
+    ) -> Result<Pos, IoFailure> {
         if min == TxId(1) {
             self.ltx.clear();
+            self.unsynced.clear();
+            self.db_after.clear();
         }
         self.ltx.insert((min, max), bytes);
-        self.apply(min, max, base)
+        let result = self.apply(min, max, base);
+        if durable {
+            // Core asks for a durable write only when nothing earlier is volatile (or for a
+            // snapshot, which replaced it all above).
+            self.unsynced.remove(&(min, max));
+            self.db_after.clear();
+            self.db_durable = self.db.clone();
+        } else {
+            self.unsynced.insert((min, max));
+            self.db_after.push(((min, max), self.db.clone()));
+        }
+        result
     }
 
-    /// Applies an LTX file already on disk.
+    /// Applies an LTX file already on disk (recovery replay: of durable files).
     pub fn apply(&mut self, min: TxId, max: TxId, base: Checksum) -> Result<Pos, IoFailure> {
         let Some(bytes) = self.ltx.get(&(min, max)) else { return Err(IoFailure::Io) };
         ltx::apply(&mut self.db, base, bytes.as_slice()).map_err(|_| IoFailure::Mismatch)
+    }
+
+    /// Recovery replay of a durable file: the database it produces is durable as far as the
+    /// simulation goes (nothing volatile is left after a crash).
+    pub fn replay(&mut self, min: TxId, max: TxId, base: Checksum) -> Result<Pos, IoFailure> {
+        let result = self.apply(min, max, base);
+        if self.db_after.is_empty() {
+            self.db_durable = self.db.clone();
+        }
+        result
+    }
+
+    /// Makes every volatile file up to `through`, and the database image after it, durable.
+    pub fn flush(&mut self, through: TxId) {
+        self.unsynced.retain(|&(_, max)| max > through);
+        let covered = self.db_after.iter().rposition(|((_, max), _)| *max <= through);
+        if let Some(i) = covered {
+            self.db_durable = self.db_after[i].1.clone();
+            self.db_after.drain(..=i);
+        }
+    }
+
+    /// Deletes an LTX file.
+    pub fn remove(&mut self, min: TxId, max: TxId) {
+        self.ltx.remove(&(min, max));
+        self.unsynced.remove(&(min, max));
+    }
+
+    /// A crash: each volatile file is lost, torn or kept; the database reverts to its image
+    /// after a random prefix of the volatile applies, cut back to one whose file survived.
+    pub fn crash(&mut self, rng: &mut SplitMix64) -> CrashLoss {
+        let mut loss = CrashLoss::default();
+        for key in std::mem::take(&mut self.unsynced) {
+            match rng.below(3) {
+                0 => {
+                    self.ltx.remove(&key);
+                    loss.files_lost += 1;
+                }
+                1 => {
+                    if let Some(bytes) = self.ltx.get_mut(&key) {
+                        let cut = rng.below(bytes.len() as u64) as usize;
+                        bytes.truncate(cut);
+                        loss.files_lost += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let applies = std::mem::take(&mut self.db_after);
+        let mut k = rng.below(applies.len() as u64 + 1) as usize;
+        while k > 0 {
+            let (key, _) = &applies[k - 1];
+            let whole = self.ltx.get(key).is_some_and(|b| ltx::verify(b.as_slice()).is_ok());
+            if whole {
+                break;
+            }
+            k -= 1;
+        }
+        loss.applies_lost = (applies.len() - k) as u64;
+        self.db = if k == 0 { self.db_durable.clone() } else { applies[k - 1].1.clone() };
+        self.db_durable = self.db.clone();
+        loss
     }
 
     /// What a restarting node finds.
@@ -50,6 +157,7 @@ impl Disk {
             }
         }
         rec.db_checksum = self.db_checksum(page_size);
+        rec.rejoin_txid = self.rejoin_txid;
         rec
     }
 

@@ -62,6 +62,8 @@ pub struct Summary {
     pub elections: u64,
     /// What the simulator did.
     pub stats: Stats,
+    /// Durability promises checked against a node's recovery after a crash or restart.
+    pub promises_checked: u64,
 }
 
 /// Invariant state built from the simulator's facts.
@@ -79,6 +81,14 @@ pub struct Checker {
     degraded: HashSet<(DbName, TxId)>,
     max_source_epoch: BTreeMap<(usize, DbName), Epoch>,
     elections: u64,
+    /// The newest position each node told an application was durable, per database, while
+    /// its history still holds it (a snapshot from another primary may legitimately replace
+    /// it). A crash of that node must not lose it.
+    promised: BTreeMap<(usize, DbName), Pos>,
+    /// Nodes between their start and the end of their recovery replay.
+    recovering: HashSet<usize>,
+    /// Promises checked against a recovery.
+    promises_checked: u64,
 }
 
 impl Checker {
@@ -228,12 +238,61 @@ impl Checker {
                     }
                 }
             }
+            Fact::Promised { node, db, pos } => {
+                if !self.known(&db, pos) {
+                    return Err(format!("node {node} promised {db} {pos} durable, a position no primary created"));
+                }
+                let key = (node, db);
+                if self.promised.get(&key).is_none_or(|p| p.txid <= pos.txid) {
+                    self.promised.insert(key, pos);
+                }
+            }
+            Fact::SnapshotWritten { node, db, pos } => {
+                let key = (node, db.clone());
+                if let Some(&promise) = self.promised.get(&key)
+                    && self.ancestor_at(&db, pos, promise.txid) != Some(promise)
+                {
+                    self.promised.remove(&key);
+                }
+            }
+            Fact::ReplayFailed { node } => {
+                self.promised.retain(|(n, _), _| *n != node);
+            }
+            Fact::Started { node } => {
+                self.recovering.insert(node);
+            }
+            Fact::Recovered { node, positions } => {
+                self.recovering.remove(&node);
+                let positions: BTreeMap<DbName, Pos> = positions.into_iter().collect();
+                let promised: Vec<(DbName, Pos)> =
+                    self.promised.iter().filter(|((n, _), _)| *n == node).map(|((_, d), p)| (d.clone(), *p)).collect();
+                for (db, promise) in promised {
+                    self.promises_checked += 1;
+                    let pos = positions.get(&db).copied().unwrap_or(Pos::ZERO);
+                    if self.ancestor_at(&db, pos, promise.txid) != Some(promise) {
+                        return Err(format!(
+                            "node {node} recovered {db} at {pos} without {promise}, which it had told an application was durable"
+                        ));
+                    }
+                }
+            }
             Fact::ApplyMismatch { node, db } => {
                 return Err(format!("node {node} asked to apply an LTX file that does not fit its {db} database"));
             }
             Fact::Moved { node, db, from, to, via, source_epoch } => {
                 if !self.known(&db, to) {
                     return Err(format!("node {node} moved from {from} to unknown position {to}"));
+                }
+                // A snapshot from another primary replaced what this node had promised (a
+                // failover lost it, within what asynchronous mode allows): nothing to hold
+                // its disk to any more.
+                let key = (node, db.clone());
+                if let Some(&promise) = self.promised.get(&key)
+                    && !self.recovering.contains(&node)
+                    && via != Via::Recovery
+                    && self.ancestor_at(&db, to, promise.txid) != Some(promise)
+                {
+                    self.promised.remove(&key);
                 }
                 if via == Via::Incremental && to != Pos::ZERO {
                     let pre = self.parent_of(&db, to).map(|p| p.0);
@@ -329,7 +388,13 @@ pub fn run_seed(seed: u64, cfg: SimConfig) -> Result<Summary, String> {
             ));
         }
     }
-    Ok(Summary { events: sim.events, acked: sim.acked_commits, elections: checker.elections, stats: sim.stats })
+    Ok(Summary {
+        events: sim.events,
+        acked: sim.acked_commits,
+        elections: checker.elections,
+        stats: sim.stats,
+        promises_checked: checker.promises_checked,
+    })
 }
 
 /// Seeds to run: `REPLITE_SIM_SEED=S` for one, else `REPLITE_SIM_SEEDS=N` of them (default

@@ -75,6 +75,8 @@ fn the_cluster_keeps_every_invariant_under_faults_for_many_seeds() {
         ("shrinking commits", total(|s| s.shrinks)),
         ("spooled LTX files", total(|s| s.spooled)),
         ("discarded spools", total(|s| s.spools_discarded)),
+        ("unflushed LTX files lost", total(|s| s.volatile_files_lost)),
+        ("fsyncs answered", total(|s| s.fsyncs_answered)),
     ];
     eprintln!("fault mix: {mix:?}");
     if let Some(first) = failures.first() {

@@ -31,6 +31,11 @@ pub fn recover(
                         tracing::warn!(%db, %min, %max, error = %e, "removing an LTX file failed");
                     }
                 }
+                Output::PersistRejoin { db, txid } => {
+                    if let Err(e) = store.persist_rejoin(&db, txid) {
+                        tracing::warn!(%db, %txid, error = %e, "persisting the rejoin TXID failed");
+                    }
+                }
                 Output::PersistEpoch { epoch } => {
                     if let Err(e) = store.persist_epoch(epoch) {
                         tracing::warn!(%epoch, error = %e, "persisting the epoch failed");

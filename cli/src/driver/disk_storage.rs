@@ -42,8 +42,8 @@ fn logged<'a>(db: &'a DbName, what: &'static str) -> impl FnOnce(StoreError) -> 
 }
 
 impl Storage for DiskStorage {
-    fn persist_ltx(&self, db: &DbName, min: TxId, max: TxId, bytes: &[u8]) -> Result<Pos, IoFailure> {
-        self.store().persist_commit(db, min, max, bytes).map_err(logged(db, "persisting an LTX file"))
+    fn persist_ltx(&self, db: &DbName, min: TxId, max: TxId, bytes: &[u8], durable: bool) -> Result<Pos, IoFailure> {
+        self.store().write_commit(db, min, max, bytes, durable).map_err(logged(db, "persisting an LTX file"))
     }
 
     fn persist_and_apply(
@@ -53,12 +53,13 @@ impl Storage for DiskStorage {
         max: TxId,
         bytes: &[u8],
         base: Checksum,
+        durable: bool,
     ) -> Result<Pos, IoFailure> {
         let mut store = self.store();
+        store.write_replicated(db, min, max, bytes, durable).map_err(logged(db, "persisting an LTX file"))?;
         let Some(mount) = &self.mount else {
-            return store.persist_and_apply(db, min, max, bytes, base).map_err(logged(db, "applying an LTX file"));
+            return store.apply_ltx(db, min, max, base).map_err(logged(db, "applying an LTX file"));
         };
-        store.persist_replicated(db, min, max, bytes).map_err(logged(db, "persisting an LTX file"))?;
         // The mount writes the pages itself: the store's idea of the file's checksum is stale.
         store.forget_checksum(db);
         mount.apply_ltx(db.as_str(), bytes, base).map_err(|e| {
@@ -92,6 +93,29 @@ impl Storage for DiskStorage {
         })
     }
 
+    fn flush_ltx(&self, db: &DbName, through: TxId) -> Result<(), IoFailure> {
+        // Taken under the lock, fsynced outside it: a commit's write need not wait.
+        let files = self.store().take_unflushed(db, through);
+        match crate::store::flush_files(&files) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                error!(%db, %through, error = %e, "flushing LTX files failed");
+                let failure = e.failure();
+                self.store().put_back_unflushed(db, files);
+                Err(failure)
+            }
+        }
+    }
+
+    fn refill_spares(&self, db: &DbName) {
+        let wanted = self.store().spares_wanted(db);
+        if !wanted.is_empty() {
+            // Created outside the lock: commits keep writing meanwhile.
+            let made = crate::store::make_spares(wanted);
+            self.store().add_spares(db, made);
+        }
+    }
+
     fn replay_ltx(&self, db: &DbName, min: TxId, max: TxId, base: Checksum) -> Result<Pos, IoFailure> {
         self.store().apply_ltx(db, min, max, base).map_err(logged(db, "replaying an LTX file"))
     }
@@ -118,6 +142,10 @@ impl Storage for DiskStorage {
 
     fn remove_ltx(&self, db: &DbName, min: TxId, max: TxId) -> Result<(), IoFailure> {
         self.store().remove_ltx(db, min, max).map_err(|e| e.failure())
+    }
+
+    fn persist_rejoin(&self, db: &DbName, txid: TxId) -> Result<(), IoFailure> {
+        self.store().persist_rejoin(db, txid).map_err(|e| e.failure())
     }
 
     fn persist_epoch(&self, epoch: Epoch) -> Result<(), IoFailure> {

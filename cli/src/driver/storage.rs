@@ -28,11 +28,12 @@ impl DatabaseImage {
 
 /// Durable storage of LTX files, the databases they apply to, and the highest epoch seen.
 pub trait Storage: Send + Sync + 'static {
-    /// A primary's own commit: makes the LTX file durable (written and fsynced, never visible
-    /// half-written) and returns the position after it. The database already holds the pages.
-    fn persist_ltx(&self, db: &DbName, min: TxId, max: TxId, bytes: &[u8]) -> Result<Pos, IoFailure>;
-    /// A replicated file: makes it durable, then applies it to the database at `base` where
-    /// readers see it whole or not at all.
+    /// A primary's own commit: writes the LTX file (with `durable`, also fsynced) and returns
+    /// the position after it. The database already holds the pages. A file written without
+    /// `durable` waits for [`Storage::flush_ltx`]; a torn one is dropped at recovery.
+    fn persist_ltx(&self, db: &DbName, min: TxId, max: TxId, bytes: &[u8], durable: bool) -> Result<Pos, IoFailure>;
+    /// A replicated file: writes it (with `durable`, fsynced first), then applies it to the
+    /// database at `base` where readers see it whole or not at all.
     fn persist_and_apply(
         &self,
         db: &DbName,
@@ -40,6 +41,7 @@ pub trait Storage: Send + Sync + 'static {
         max: TxId,
         bytes: &[u8],
         base: Checksum,
+        durable: bool,
     ) -> Result<Pos, IoFailure>;
     /// A temporary file to spool an LTX file of `db` into as it arrives (deleted if dropped).
     fn create_spool(&self, db: &DbName) -> io::Result<tempfile::NamedTempFile>;
@@ -53,6 +55,10 @@ pub trait Storage: Send + Sync + 'static {
         spool: tempfile::NamedTempFile,
         base: Checksum,
     ) -> Result<Pos, IoFailure>;
+    /// Makes every LTX file of `db` written without `durable`, up to `through`, durable.
+    fn flush_ltx(&self, db: &DbName, through: TxId) -> Result<(), IoFailure>;
+    /// Prepares what makes the next writes of `db` cheaper (spare files), off the commit path.
+    fn refill_spares(&self, _db: &DbName) {}
     /// Applies a file already stored (recovery replay).
     fn replay_ltx(&self, db: &DbName, min: TxId, max: TxId, base: Checksum) -> Result<Pos, IoFailure>;
     /// Reads a stored LTX file, to send it to a replica.
@@ -63,4 +69,6 @@ pub trait Storage: Send + Sync + 'static {
     fn remove_ltx(&self, db: &DbName, min: TxId, max: TxId) -> Result<(), IoFailure>;
     /// Records the highest lease epoch seen.
     fn persist_epoch(&self, epoch: Epoch) -> Result<(), IoFailure>;
+    /// Records the TXID a replica moved back by a snapshot must reach (zero: none).
+    fn persist_rejoin(&self, db: &DbName, txid: TxId) -> Result<(), IoFailure>;
 }

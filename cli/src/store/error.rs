@@ -50,6 +50,19 @@ pub enum StoreError {
         /// See `found_min`.
         found_max: TxId,
     },
+    /// The primary's own commit is too short to be an LTX file (its header or trailer is
+    /// missing): the encoder that made it is broken. Nothing was stored.
+    #[error("database {db}: own LTX {min}-{max} is only {len} bytes")]
+    ShortLtx {
+        /// The database.
+        db: DbName,
+        /// The range it was to be stored under.
+        min: TxId,
+        /// See `min`.
+        max: TxId,
+        /// Its length.
+        len: usize,
+    },
     /// The LTX file to apply is not on disk.
     #[error("database {db}: LTX {min}-{max} is not in the store")]
     MissingLtx {
@@ -112,6 +125,7 @@ impl StoreError {
             StoreError::Apply { source: ApplyError::Io { source, .. }, .. } => io_failure(source),
             StoreError::MissingLtx { .. } | StoreError::InvalidEpochFile { .. } => IoFailure::Io,
             StoreError::InvalidLtx { .. }
+            | StoreError::ShortLtx { .. }
             | StoreError::RangeMismatch { .. }
             | StoreError::BaseMismatch { .. }
             | StoreError::Apply { .. } => IoFailure::Mismatch,

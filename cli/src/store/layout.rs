@@ -25,6 +25,9 @@ pub const DATABASE_FILE: &str = "database";
 pub const WAL_FILE: &str = "wal";
 /// Name of the LTX directory inside a database's directory.
 pub const LTX_DIR: &str = "ltx";
+/// Per database: the TXID a replica moved back by a snapshot must reach before it may take
+/// the lease (replite's own file; absent when there is none).
+pub const REJOIN_FILE: &str = "rejoin";
 
 /// `<data.dir>/dbs`.
 #[must_use]

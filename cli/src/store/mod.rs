@@ -11,6 +11,7 @@
 mod apply;
 mod dropped;
 mod error;
+pub(crate) mod flush;
 mod fsutil;
 pub mod layout;
 mod recover;
@@ -20,15 +21,24 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use replite_core::ltx::{self, VerifiedLtx};
+use replite_core::ltx::{self, HEADER_SIZE, Header, TRAILER_SIZE, Trailer, VerifiedLtx};
 use replite_core::node::Recovery;
 use replite_core::stream::DbName;
 use replite_core::{Checksum, Epoch, Pos, TxId};
 use tracing::{debug, info};
 
 pub use error::StoreError;
+pub use flush::{SPARES_PER_DIR, SYNCFS_ABOVE_FILES, Unflushed, make_spares};
 pub use fsutil::{TEMP_SUFFIX, write_atomic};
 pub use recover::{UNREADABLE_CHECKSUM, database_checksum, recover};
+
+/// Makes files taken with [`Store::take_unflushed`] durable (see `flush::flush`).
+pub fn flush_files(files: &[Unflushed]) -> Result<(), StoreError> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    flush::flush(files)
+}
 
 /// The store under one `data.dir`.
 #[derive(Debug)]
@@ -37,6 +47,10 @@ pub struct Store {
     /// Each database file's checksum as the store last computed or applied it, so that an
     /// apply checks the real file without re-reading it whole. Missing: compute on demand.
     checksums: BTreeMap<DbName, Checksum>,
+    /// LTX files written without an fsync, until a flush makes them durable.
+    unflushed: flush::UnflushedFiles,
+    /// Empty files ready to become LTX files.
+    spares: flush::Spares,
 }
 
 impl Store {
@@ -50,7 +64,15 @@ impl Store {
             .filter(|(_, r)| r.db_checksum != UNREADABLE_CHECKSUM)
             .map(|(name, r)| (name.clone(), r.db_checksum))
             .collect();
-        Ok((Store { dir: data_dir.to_path_buf(), checksums }, recovery))
+        Ok((
+            Store {
+                dir: data_dir.to_path_buf(),
+                checksums,
+                unflushed: flush::UnflushedFiles::default(),
+                spares: flush::Spares::default(),
+            },
+            recovery,
+        ))
     }
 
     /// `data.dir`.
@@ -93,6 +115,117 @@ impl Store {
         Ok(verified)
     }
 
+    /// Writes a file at its final name; with `durable` it is fdatasynced (one fsync, no
+    /// rename, no directory fsync: see [`flush::write_new`]), without it it waits for
+    /// [`Store::take_unflushed`]. A file already at that name (left by an older history) is
+    /// replaced atomically instead.
+    fn write_ltx(&mut self, db: &DbName, min: TxId, max: TxId, bytes: &[u8], durable: bool) -> Result<(), StoreError> {
+        fsutil::ensure_dir(&layout::ltx_dir(&self.dir, db))?;
+        let path = self.ltx_path(db, min, max);
+        self.unflushed.forget(db, max);
+        if let Some(spare) = self.spares.take(&layout::ltx_dir(&self.dir, db)) {
+            if let Some(file) = flush::write_into_spare(spare, &path, bytes, durable)? {
+                self.unflushed.push(db, Unflushed { max, path, file });
+            }
+            debug!(db = %db, %min, %max, size = bytes.len(), durable, "wrote LTX file");
+            return Ok(());
+        }
+        match flush::write_new(&path, bytes, durable) {
+            Ok(None) => {}
+            Ok(Some(file)) => self.unflushed.push(db, Unflushed { max, path, file }),
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+                fsutil::write_atomic(&path, bytes)?;
+            }
+            Err(e) => return Err(e),
+        }
+        debug!(db = %db, %min, %max, size = bytes.len(), durable, "wrote LTX file");
+        Ok(())
+    }
+
+    /// A primary's own commit, which core has just encoded: written without verifying it
+    /// again (nothing outside the process touched it), durably or not (see
+    /// [`Store::write_ltx`]). Checks only that the header names the range. Returns the
+    /// position after it; the store stops trusting its cached checksum of the database.
+    pub fn write_commit(
+        &mut self,
+        db: &DbName,
+        min: TxId,
+        max: TxId,
+        bytes: &[u8],
+        durable: bool,
+    ) -> Result<Pos, StoreError> {
+        let short = || StoreError::ShortLtx { db: db.clone(), min, max, len: bytes.len() };
+        let head = bytes.get(..HEADER_SIZE).and_then(|b| <&[u8; HEADER_SIZE]>::try_from(b).ok()).ok_or_else(short)?;
+        let tail = bytes.len().checked_sub(TRAILER_SIZE).filter(|&at| at >= HEADER_SIZE).ok_or_else(short)?;
+        let tail = <&[u8; TRAILER_SIZE]>::try_from(&bytes[tail..]).map_err(|_| short())?;
+        let header = Header::decode(head).map_err(|_| short())?;
+        if (header.min_txid, header.max_txid) != (min, max) {
+            return Err(StoreError::RangeMismatch {
+                db: db.clone(),
+                min,
+                max,
+                found_min: header.min_txid,
+                found_max: header.max_txid,
+            });
+        }
+        self.write_ltx(db, min, max, bytes, durable)?;
+        self.forget_checksum(db);
+        Ok(Pos::new(max, Trailer::decode(tail).post_apply_checksum))
+    }
+
+    /// A replicated file: verified in full (it came from outside), then written durably or
+    /// not. A snapshot is always written durably and atomically, and replaces every other
+    /// LTX file of the database (see [`Store::persist_replicated`]).
+    pub fn write_replicated(
+        &mut self,
+        db: &DbName,
+        min: TxId,
+        max: TxId,
+        bytes: &[u8],
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        if min == TxId(1) || durable {
+            return self.persist_replicated(db, min, max, bytes);
+        }
+        let verified =
+            ltx::verify(bytes).map_err(|source| StoreError::InvalidLtx { db: db.clone(), min, max, source })?;
+        let (found_min, found_max) = (verified.header().min_txid, verified.header().max_txid);
+        if (found_min, found_max) != (min, max) {
+            return Err(StoreError::RangeMismatch { db: db.clone(), min, max, found_min, found_max });
+        }
+        self.write_ltx(db, min, max, bytes, false)
+    }
+
+    /// Takes the files of `db` written without an fsync, up to `through`, for
+    /// [`flush_files`] outside the store's lock (so commits need not wait for the flush).
+    pub fn take_unflushed(&mut self, db: &DbName, through: TxId) -> Vec<Unflushed> {
+        self.unflushed.take(db, through)
+    }
+
+    /// Puts back files whose flush failed.
+    pub fn put_back_unflushed(&mut self, db: &DbName, files: Vec<Unflushed>) {
+        self.unflushed.put_back(db, files);
+    }
+
+    /// Names for the spare files `db`'s LTX directory lacks (see [`Store::add_spares`]).
+    pub fn spares_wanted(&mut self, db: &DbName) -> Vec<PathBuf> {
+        let dir = layout::ltx_dir(&self.dir, db);
+        if !dir.is_dir() {
+            return Vec::new();
+        }
+        self.spares.wanted(&dir)
+    }
+
+    /// Adds spare files made (outside the store's lock) at names from [`Store::spares_wanted`].
+    pub fn add_spares(&mut self, db: &DbName, files: Vec<(PathBuf, std::fs::File)>) {
+        self.spares.add(&layout::ltx_dir(&self.dir, db), files);
+    }
+
+    /// Takes every file waiting for a flush (clean shutdown).
+    pub fn take_all_unflushed(&mut self) -> Vec<Unflushed> {
+        self.unflushed.take_all()
+    }
+
     /// Carries out `Output::PersistLtx`: persist, then apply onto the database at `base`. A
     /// snapshot (min 1) replaces all other LTX files of the database, removed once it is
     /// durable and before it is applied (a crash in between replays the snapshot).
@@ -112,7 +245,9 @@ impl Store {
     /// itself (the FUSE mount on a replica): a snapshot also removes every other LTX file.
     pub fn persist_replicated(&mut self, db: &DbName, min: TxId, max: TxId, bytes: &[u8]) -> Result<(), StoreError> {
         let verified = self.persist_ltx(db, min, max, bytes)?;
+        self.unflushed.forget(db, max);
         if verified.header().is_snapshot() {
+            self.unflushed.forget_all(db);
             self.remove_all_ltx_except(db, min, max)?;
         }
         Ok(())
@@ -149,24 +284,23 @@ impl Store {
         fsutil::sync_dir(&layout::ltx_dir(&self.dir, db))?;
         debug!(db = %db, %min, %max, "persisted spooled LTX file");
         if min == TxId(1) {
+            self.unflushed.forget_all(db);
             self.remove_all_ltx_except(db, min, max)?;
         }
         Ok(path)
     }
 
-    /// Carries out a primary's `Output::PersistLtx` for its own commit: the FUSE layer already
-    /// wrote the pages to the database file, so the file is persisted but not applied, and the
-    /// store stops trusting its cached checksum of the database. Returns the position after it.
+    /// Carries out a primary's `Output::PersistLtx` for its own commit, durably: see
+    /// [`Store::write_commit`].
     pub fn persist_commit(&mut self, db: &DbName, min: TxId, max: TxId, bytes: &[u8]) -> Result<Pos, StoreError> {
-        let verified = self.persist_ltx(db, min, max, bytes)?;
-        self.forget_checksum(db);
-        Ok(verified.post_apply_pos())
+        self.write_commit(db, min, max, bytes, true)
     }
 
     /// Carries out `Output::RemoveLtx`. Removing a file that is not there succeeds. The
     /// directory is not fsynced: a removal lost in a crash leaves a file the Node removes again.
     pub fn remove_ltx(&mut self, db: &DbName, min: TxId, max: TxId) -> Result<(), StoreError> {
         let path = self.ltx_path(db, min, max);
+        self.unflushed.forget(db, max);
         match fs::remove_file(&path) {
             Ok(()) => {
                 debug!(db = %db, %min, %max, "removed LTX file");
@@ -175,6 +309,23 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io("remove", &path)(e)),
         }
+    }
+
+    /// Carries out `Output::PersistRejoin`: `dbs/<db>/rejoin` holds the TXID (replaced
+    /// atomically), or is removed for zero (a removal lost in a crash only keeps the node
+    /// from taking the lease until it catches up again).
+    pub fn persist_rejoin(&mut self, db: &DbName, txid: TxId) -> Result<(), StoreError> {
+        let path = layout::db_dir(&self.dir, db).join(layout::REJOIN_FILE);
+        if txid == TxId::ZERO {
+            return match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::io("remove", &path)(e)),
+                _ => Ok(()),
+            };
+        }
+        fsutil::ensure_dir(&layout::db_dir(&self.dir, db))?;
+        fsutil::write_atomic(&path, recover::format_epoch(Epoch(txid.0)).as_bytes())?;
+        debug!(db = %db, %txid, "persisted rejoin TXID");
+        Ok(())
     }
 
     /// Carries out `Output::PersistEpoch`: `<data.dir>/epoch` is replaced atomically.

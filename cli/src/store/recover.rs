@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::store::error::StoreError;
 use crate::store::fsutil::{TEMP_SUFFIX, sync_dir, temp_path};
-use crate::store::layout::{DATABASE_FILE, LTX_DIR, dbs_dir, epoch_path};
+use crate::store::layout::{DATABASE_FILE, LTX_DIR, REJOIN_FILE, dbs_dir, epoch_path};
 
 /// Reported as the database checksum when the file exists but cannot be summed (it is not a
 /// whole number of pages, or its page size cannot be known). Bit 63 is clear, so it equals no
@@ -29,6 +29,11 @@ const EPOCH_FILE_LEN: usize = 17;
 
 /// Scans `data_dir`: every database's LTX files (each verified in full), the database file's
 /// checksum, and the persisted epoch. Leftover temp files are removed.
+///
+/// First it makes everything under `data_dir` durable (`syncfs`): a kill -9 leaves LTX files
+/// written without an fsync in the page cache, where this scan finds them, and both the Node
+/// and the WAL fold (which folds a database up to the newest such file) then count them as
+/// durable.
 pub fn recover(data_dir: &Path) -> Result<Recovery, StoreError> {
     let mut recovery = Recovery { max_epoch: read_epoch(data_dir)?, ..Recovery::default() };
     let dbs = dbs_dir(data_dir);
@@ -37,6 +42,7 @@ pub fn recover(data_dir: &Path) -> Result<Recovery, StoreError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(recovery),
         Err(e) => return Err(StoreError::io("read_dir", &dbs)(e)),
     };
+    crate::store::flush::sync_filesystem(&dbs)?;
     for entry in entries {
         let entry = entry.map_err(StoreError::io("read_dir", &dbs))?;
         let path = entry.path();
@@ -107,6 +113,7 @@ fn recover_db(dir: &Path, name: &DbName) -> Result<DbRecovery, StoreError> {
     rec.ltx.sort_by_key(|f| (f.min, f.max));
     rec.invalid_ltx.sort();
     rec.db_checksum = database_checksum(&dir.join(DATABASE_FILE), name, ltx_page_size.map(|(_, p)| p))?;
+    rec.rejoin_txid = read_rejoin(&dir.join(REJOIN_FILE))?;
     Ok(rec)
 }
 
@@ -179,6 +186,21 @@ fn read_epoch(data_dir: &Path) -> Result<Epoch, StoreError> {
     };
     parse_epoch(&bytes).ok_or_else(|| StoreError::InvalidEpochFile {
         path,
+        contents: String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into_owned(),
+    })
+}
+
+/// A database's rejoin TXID (same text form as the epoch file): zero if the file is missing;
+/// a malformed one is an error, as reading it as zero could let the node take the lease
+/// without transactions it acknowledged.
+fn read_rejoin(path: &Path) -> Result<replite_core::TxId, StoreError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(replite_core::TxId::ZERO),
+        Err(e) => return Err(StoreError::io("read", path)(e)),
+    };
+    parse_epoch(&bytes).map(|e| replite_core::TxId(e.0)).ok_or_else(|| StoreError::InvalidEpochFile {
+        path: path.to_path_buf(),
         contents: String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into_owned(),
     })
 }

@@ -39,6 +39,11 @@ pub struct Faults {
     pub ignore_epochs: bool,
 }
 
+/// Default [`Config::flush_ms`]: short next to any replication timeout or async window
+/// (acknowledgements of a replica in asynchronous mode wait for it), long enough that a flush
+/// covers many commits of a busy WAL database (one fsync round per 10 ms, whatever the rate).
+pub const DEFAULT_FLUSH_MS: u64 = 10;
+
 /// A Node's configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -77,6 +82,11 @@ pub struct Config {
     pub sync: Option<SyncConfig>,
     /// Asynchronous loss window: refuse writes once a candidate lacks a commit older than this.
     pub async_window_ms: Option<u64>,
+    /// Longest an LTX file written without an fsync (a deferred commit, or a file a replica
+    /// in asynchronous mode applied) waits before it is made durable. It bounds what a
+    /// power loss can take of commits SQLite did not ask to be durable, and how late a
+    /// replica's acknowledgement trails its apply. See `docs/decisions/0008-commit-durability.md`.
+    pub flush_ms: u64,
     /// Keep LTX files at least this long.
     pub retention_ms: u64,
     /// Drop the oldest LTX files once their total size exceeds this (never the newest file).
@@ -150,6 +160,7 @@ impl Config {
             reconnect_max_ms: 5_000,
             sync: None,
             async_window_ms: None,
+            flush_ms: DEFAULT_FLUSH_MS,
             retention_ms: 600_000,
             retention_bytes: 64 << 20,
             backup: false,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::node::history::History;
-use crate::node::input::LtxFileInfo;
+use crate::node::input::{LtxFileInfo, OpId, SyncId};
 use crate::node::primary::InflightCommit;
 use crate::node::replica::{Inbound, Persist};
 use crate::node::time::Millis;
@@ -39,12 +39,40 @@ pub(crate) struct Db {
     pub(crate) pending_ts_ms: i64,
     /// Highest TXID the backup process has stored.
     pub(crate) backed_up: TxId,
+    /// Every LTX file of the retained history up to this TXID is durable; the files after it
+    /// (up to `pos`) were written without an fsync and wait for a flush.
+    pub(crate) durable_txid: TxId,
+    /// The flush in flight, and the TXID it covers.
+    pub(crate) flushing: Option<(OpId, TxId)>,
+    /// A snapshot moved this replica back from this TXID (its history had diverged, or the
+    /// primary replays a history that starts at TXID 1): until it is back there it holds
+    /// less than it did, so it writes what it receives durably (a crash must not throw it
+    /// further back) and does not take the lease (it may lack acknowledged transactions).
+    pub(crate) rejoin_txid: TxId,
+    /// The application fsyncs after its commits (WAL with `synchronous=FULL`): seen an fsync
+    /// since the commit before the last one. Then a deferred commit's flush starts at once,
+    /// so it overlaps SQLite's own fsync of the WAL instead of following it.
+    pub(crate) syncs_follow_commits: bool,
+    /// An fsync arrived since the last commit.
+    pub(crate) synced_since_commit: bool,
+    /// Application fsyncs waiting for the files up to a TXID to be durable.
+    pub(crate) sync_waiters: Vec<(SyncId, TxId)>,
 }
 
 impl Db {
     /// Whether start-up replay is still running.
     pub(crate) fn replaying(&self) -> bool {
         !self.replay.is_empty() || self.persist.is_some_and(|p| p.replay)
+    }
+
+    /// Whether files written without an fsync wait for a flush.
+    pub(crate) fn unflushed(&self) -> bool {
+        self.durable_txid < self.pos.txid
+    }
+
+    /// Whether a snapshot moved this replica back and it has not caught up yet.
+    pub(crate) fn rejoining(&self) -> bool {
+        self.durable_txid < self.rejoin_txid
     }
 
     /// Whether a disk operation or commit is in flight.

@@ -116,7 +116,10 @@ impl Node {
         };
         let op = self.next_op();
         self.ops.insert(op, name.clone());
-        self.emit(Output::PersistLtx { db: name.clone(), op, min: entry.min, max: entry.max, bytes, base: entry.pre });
+        // A drop is always asked to be durable, as a rollback-journal commit is (see `on_commit`).
+        let durable_write = self.cfg.sync.is_none() && self.may_persist_durably(&name);
+        let (min, max, base) = (entry.min, entry.max, entry.pre);
+        self.emit(Output::PersistLtx { db: name.clone(), op, min, max, bytes, base, durable: durable_write });
         let early = self.cfg.faults.ack_before_durable;
         if early {
             self.emit(Output::AckCommit { db: name.clone(), commit, pos: entry.post_pos() });
@@ -124,7 +127,7 @@ impl Node {
         if let Some(db) = self.dbs.get_mut(&name) {
             // A database created again under this name may choose another page size.
             db.page_size = None;
-            db.commit = Some(InflightCommit::new(commit, op, entry, early));
+            db.commit = Some(InflightCommit::durable(commit, op, entry, durable_write, early));
         }
     }
 

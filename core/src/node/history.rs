@@ -74,6 +74,12 @@ impl History {
         self.files.range(min..).next().map(|(_, f)| f).filter(|f| f.min == min)
     }
 
+    /// The file whose range ends at `max`.
+    #[must_use]
+    pub fn ending_at(&self, max: TxId) -> Option<&LtxEntry> {
+        self.files.get(&max)
+    }
+
     /// Whether `pos` is a position on this chain (the end of some retained file).
     #[must_use]
     pub fn contains(&self, pos: Pos) -> bool {

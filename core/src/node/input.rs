@@ -15,6 +15,24 @@ pub struct OpId(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CommitId(pub u64);
 
+/// Id of an application's fsync waiting for durability (chosen by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SyncId(pub u64);
+
+/// Whether the application asked for a commit to be durable before it is acknowledged
+/// (DESIGN invariant 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// SQLite fsynced during the transaction (rollback journal with `synchronous` above OFF):
+    /// the commit is acknowledged only once its LTX file, and every earlier one, is durable.
+    Requested,
+    /// SQLite has not asked (WAL, whose fsync comes after the commit, or `synchronous=OFF`):
+    /// the LTX file is written without an fsync and the commit acknowledged at once; it is
+    /// made durable before the application's next [`Input::Sync`] is answered and within
+    /// [`crate::node::Config::flush_ms`] in any case.
+    Deferred,
+}
+
 /// A stream this node opened to its primary (chosen by the Node).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UpstreamId(pub u64);
@@ -56,6 +74,8 @@ pub struct DbRecovery {
     pub invalid_ltx: Vec<(TxId, TxId)>,
     /// The database file's checksum (`Checksum::ZERO` if the file is empty or missing).
     pub db_checksum: Checksum,
+    /// The last [`crate::node::Output::PersistRejoin`] of this database (zero if none).
+    pub rejoin_txid: TxId,
 }
 
 /// A verified LTX file found on disk.
@@ -143,6 +163,23 @@ pub enum Input {
         commit_pages: u32,
         /// Pages beyond `commit_pages` that the transaction removed, with their old checksums.
         removed: Vec<(Pgno, Checksum)>,
+        /// Whether the application asked for durability before the acknowledgement.
+        durability: Durability,
+    },
+    /// The application fsynced `db` (SQLite's WAL fsync): answer with
+    /// [`crate::node::Output::SyncDone`] once every commit handed in so far is durable.
+    Sync {
+        /// Its id, echoed in the answer.
+        sync: SyncId,
+        /// The database.
+        db: DbName,
+    },
+    /// A flush request finished.
+    LtxFlushed {
+        /// The request.
+        op: OpId,
+        /// Whether every file it covered is now durable.
+        result: Result<(), IoFailure>,
     },
     /// The application deleted database `db` on this node (primary only). Answered like a
     /// commit, with `AckCommit` (the drop is durable; only then may the file go) or

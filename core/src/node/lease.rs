@@ -102,7 +102,7 @@ impl Node {
     fn may_acquire(&self, now: Millis) -> bool {
         self.cfg.candidate
             && now >= self.acquire_not_before
-            && !self.dbs.values().any(|db| db.needs_snapshot || db.replaying())
+            && !self.dbs.values().any(|db| db.needs_snapshot || db.replaying() || db.rejoining())
     }
 
     pub(crate) fn on_lease_poll(&mut self, now: Millis) {
@@ -371,6 +371,7 @@ impl Node {
             self.step_down(now, "shutdown");
         }
         self.drop_upstream();
+        self.flush_all_on_shutdown();
         self.stopped = true;
         self.timers = Default::default();
     }

@@ -14,6 +14,7 @@
 mod config;
 mod db;
 mod drop;
+mod durability;
 mod history;
 mod input;
 mod lease;
@@ -27,10 +28,11 @@ mod timer;
 
 use std::collections::{BTreeMap, VecDeque};
 
-pub use config::{Config, ConfigError, DEFAULT_LTX_INLINE_MAX_BYTES, Faults, SyncConfig, SyncPolicy};
+pub use config::{Config, ConfigError, DEFAULT_FLUSH_MS, DEFAULT_LTX_INLINE_MAX_BYTES, Faults, SyncConfig, SyncPolicy};
 pub use history::{History, LtxEntry};
 pub use input::{
-    CommitId, DbRecovery, DownstreamId, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery, SpoolId, UpstreamId,
+    CommitId, DbRecovery, DownstreamId, Durability, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery, SpoolId,
+    SyncId, UpstreamId,
 };
 pub use output::{Event, Output, RefuseReason};
 pub use rng::SplitMix64;
@@ -182,10 +184,12 @@ impl Node {
                     self.retry_takeover(now);
                 }
             }
-            Input::Commit { commit, db, page_size, pages, commit_pages, removed } => {
-                self.on_commit(now, commit, db, page_size, pages, commit_pages, removed);
+            Input::Commit { commit, db, page_size, pages, commit_pages, removed, durability } => {
+                self.on_commit(now, commit, db, page_size, pages, commit_pages, removed, durability);
             }
             Input::DropDb { commit, db } => self.on_drop(now, commit, db),
+            Input::Sync { sync, db } => self.on_sync(now, sync, db),
+            Input::LtxFlushed { op, result } => self.on_ltx_flushed(now, op, result),
             Input::LtxDone { op, result } => self.on_ltx_done(now, op, result),
             Input::SpoolDone { spool, result } => self.on_spool_done(now, spool, result),
             Input::UpstreamOpened { conn, ext } => self.on_upstream_opened(now, conn, ext),
@@ -354,6 +358,7 @@ impl Node {
             TimerKind::SyncTimeout => self.on_sync_timeout(now),
             TimerKind::Retention => self.on_retention_timer(now),
             TimerKind::Handoff => self.abandon_handoff("target did not catch up in time"),
+            TimerKind::Flush => self.on_flush_timer(now),
         }
     }
 }

@@ -1,9 +1,12 @@
 //! Outputs: things to do. Ordering contract: the caller carries outputs out in the order
-//! `poll_output` returns them, per stream; a `PersistLtx` must be durable (written and
-//! fsynced) before its `LtxDone` input is fed back; `AckCommit` is only ever emitted after
-//! the LTX it acknowledges was reported durable (and, in synchronous mode, acknowledged).
+//! `poll_output` returns them, per stream; a `PersistLtx` with `durable` set must be durable
+//! (written and fsynced) before its `LtxDone` input is fed back, one without it only written
+//! (readable, not necessarily durable) until a `FlushLtx` covering it reports `LtxFlushed`;
+//! `AckCommit` of a [`crate::node::Durability::Requested`] commit and every `SyncDone` are
+//! only ever emitted after the LTX files they cover were reported durable (and, in
+//! synchronous mode, acknowledged by every other candidate).
 
-use crate::node::input::{CommitId, DownstreamId, OpId, SpoolId, UpstreamId};
+use crate::node::input::{CommitId, DownstreamId, OpId, SpoolId, SyncId, UpstreamId};
 use crate::stream::{DbName, Extensions};
 use crate::types::{Checksum, Epoch, NodeId, Pos, TxId};
 
@@ -65,6 +68,28 @@ pub enum Output {
         bytes: Vec<u8>,
         /// The database checksum the file applies to.
         base: Checksum,
+        /// Make the file durable before answering. Only ever set when every earlier file of
+        /// the database is already durable and no flush is in flight, so one fsync of this
+        /// file suffices. Unset: write it (so it can be read and streamed) and answer; a
+        /// later `FlushLtx` makes it durable.
+        durable: bool,
+    },
+    /// Make every LTX file of `db` written so far, up to `through`, durable (files written
+    /// with `durable` unset). Answer with `LtxFlushed`.
+    FlushLtx {
+        /// The database.
+        db: DbName,
+        /// Request id.
+        op: OpId,
+        /// The highest TXID covered.
+        through: TxId,
+    },
+    /// Answer an application's fsync ([`crate::node::Input::Sync`]).
+    SyncDone {
+        /// The fsync.
+        sync: SyncId,
+        /// `Ok` once everything committed before it is durable; otherwise why not.
+        result: Result<(), RefuseReason>,
     },
     /// Start spooling an LTX file for `db` that is too big to hold in memory: create a
     /// temporary file. `SpoolWrite`s follow in order, then `SpoolEnd` or `SpoolDiscard`.
@@ -129,6 +154,16 @@ pub enum Output {
     PersistEpoch {
         /// The epoch.
         epoch: Epoch,
+    },
+    /// Record, durably, that this replica's `db` was moved back from `txid` by a snapshot
+    /// and must not be used to take the lease until it is back there (zero: caught up,
+    /// forget it). Carried out before the outputs after it, like `PersistEpoch`; the answer
+    /// comes back in [`crate::node::DbRecovery::rejoin_txid`] after a restart.
+    PersistRejoin {
+        /// The database.
+        db: DbName,
+        /// The TXID to reach; zero clears the record.
+        txid: TxId,
     },
     /// Delete an LTX file.
     RemoveLtx {

@@ -8,7 +8,7 @@ use crate::node::Node;
 use crate::node::config::SyncPolicy;
 use crate::node::db::Db;
 use crate::node::history::LtxEntry;
-use crate::node::input::{CommitId, DownstreamId, IoFailure, OpId, PageChange};
+use crate::node::input::{CommitId, DownstreamId, Durability, IoFailure, OpId, PageChange};
 use crate::node::lease::WriteGrant;
 use crate::node::output::{Event, Output, RefuseReason};
 use crate::node::time::Millis;
@@ -22,26 +22,62 @@ use std::collections::BTreeMap;
 /// an ack frame is under 300 bytes, so this only trips on a misbehaving peer.
 const MAX_DOWNSTREAM_BUFFER: usize = 64 * 1024;
 
-/// A commit being made durable (and replicated, in synchronous mode).
+/// A commit being written (and made durable, and replicated, when that is asked for).
 #[derive(Debug)]
 pub(crate) struct InflightCommit {
     commit: CommitId,
     /// The persist request, until it is done.
     op: Option<OpId>,
     entry: LtxEntry,
+    /// The file must be durable here before the acknowledgement: the application asked
+    /// ([`Durability::Requested`]), or synchronous mode promises that an acknowledged commit
+    /// survives any failover, the old primary's restart included (decision 0004).
+    needs_durable: bool,
+    /// The persist request makes the file durable itself (else a flush will).
+    durable_write: bool,
     /// Already acknowledged to the application (fault injection only).
     acked_early: bool,
     stall_reported: bool,
 }
 
 impl InflightCommit {
-    /// A commit whose LTX file `op` is being made durable.
-    pub(crate) fn new(commit: CommitId, op: OpId, entry: LtxEntry, acked_early: bool) -> InflightCommit {
-        InflightCommit { commit, op: Some(op), entry, acked_early, stall_reported: false }
+    /// A commit the application asked to be durable (a drop, say) whose LTX file `op` is
+    /// being written, durably itself when `durable_write` (else a flush follows).
+    pub(crate) fn durable(
+        commit: CommitId,
+        op: OpId,
+        entry: LtxEntry,
+        durable_write: bool,
+        acked_early: bool,
+    ) -> InflightCommit {
+        InflightCommit {
+            commit,
+            op: Some(op),
+            entry,
+            needs_durable: true,
+            durable_write,
+            acked_early,
+            stall_reported: false,
+        }
     }
 
     pub(crate) fn op_is(&self, op: OpId) -> bool {
         self.op == Some(op)
+    }
+
+    /// The file it produces.
+    pub(crate) fn entry(&self) -> LtxEntry {
+        self.entry
+    }
+
+    /// Whether it must be durable here before it is acknowledged.
+    pub(crate) fn needs_durable(&self) -> bool {
+        self.needs_durable
+    }
+
+    /// Whether its file is still being written.
+    pub(crate) fn writing(&self) -> bool {
+        self.op.is_some()
     }
 }
 
@@ -133,6 +169,7 @@ impl Node {
         pages: Vec<PageChange>,
         commit_pages: u32,
         removed: Vec<(Pgno, Checksum)>,
+        durability: Durability,
     ) {
         let refuse = |node: &mut Node, reason| node.emit(Output::RefuseCommit { commit, reason });
         let Some(grant) = self.write_grant(now) else { return refuse(self, RefuseReason::NotPrimary) };
@@ -154,16 +191,45 @@ impl Node {
         let Some((entry, bytes)) = encode_commit(self.cfg.node_id, now, grant, pos, &tx) else {
             return refuse(self, RefuseReason::Invalid);
         };
+        let needs_durable = durability == Durability::Requested || self.cfg.sync.is_some();
+        // One fsync of this file makes the commit durable only if every earlier file already
+        // is; otherwise it is written like a deferred one and a flush covers it with the rest.
+        // In synchronous mode the file is streamed before it is durable here, so the local
+        // fsync overlaps the replicas' round trip.
+        let durable_write =
+            durability == Durability::Requested && self.cfg.sync.is_none() && self.may_persist_durably(&name);
         let op = self.next_op();
         self.ops.insert(op, name.clone());
-        self.emit(Output::PersistLtx { db: name.clone(), op, min: entry.min, max: entry.max, bytes, base: entry.pre });
+        self.emit(Output::PersistLtx {
+            db: name.clone(),
+            op,
+            min: entry.min,
+            max: entry.max,
+            bytes,
+            base: entry.pre,
+            durable: durable_write,
+        });
         let early = self.cfg.faults.ack_before_durable;
         if early {
             self.emit(Output::AckCommit { db: name.clone(), commit, pos: entry.post_pos() });
         }
         let db = self.dbs.entry(name).or_default();
         db.page_size = Some(page_size);
-        db.commit = Some(InflightCommit { commit, op: Some(op), entry, acked_early: early, stall_reported: false });
+        // Two commits in a row without an fsync between them: the application does not fsync
+        // after each commit (WAL/NORMAL); let the timer group the flushes.
+        if !db.synced_since_commit {
+            db.syncs_follow_commits = false;
+        }
+        db.synced_since_commit = false;
+        db.commit = Some(InflightCommit {
+            commit,
+            op: Some(op),
+            entry,
+            needs_durable,
+            durable_write,
+            acked_early: early,
+            stall_reported: false,
+        });
     }
 
     /// The primary's own commit is durable (or failed).
@@ -173,14 +239,25 @@ impl Node {
         inflight.op = None;
         let entry = inflight.entry;
         let commit = inflight.commit;
+        let durable_write = inflight.durable_write;
         if result != Ok(entry.post_pos()) {
             let failure = result.err().unwrap_or(IoFailure::Mismatch);
             db.commit = None;
             self.event(Event::DiskFailed { db: name.clone(), failure });
             self.emit(Output::RefuseCommit { commit, reason: RefuseReason::Disk });
+            self.answer_syncs_after_failure(name);
             return;
         }
         self.advance(now, name, entry);
+        if let Some(db) = self.dbs.get_mut(name)
+            && durable_write
+        {
+            debug_assert_eq!(db.durable_txid.next(), entry.min, "a durable write with earlier files unflushed");
+            db.durable_txid = entry.max;
+        }
+        // One flush at a time covers whatever was written while the previous ran (group
+        // commit); at once if this commit must be durable before its acknowledgement.
+        self.schedule_flush(now, name);
         if !matches!(self.role(), crate::node::Role::Primary { .. }) {
             // We stepped down while the file was being written. It is durable here, but no
             // replica will get it from us and acknowledgements can no longer arrive: the
@@ -207,10 +284,8 @@ impl Node {
             if self.timers.get(TimerKind::SyncTimeout).is_none() {
                 self.timers.set(TimerKind::SyncTimeout, now + sync.timeout_ms);
             }
-            self.try_finish_sync_commit(name);
-        } else {
-            self.finish_commit(name);
         }
+        self.try_finish_commit(name);
     }
 
     /// Records a durable LTX file as a database's new position.
@@ -252,14 +327,37 @@ impl Node {
             .count()
     }
 
-    fn try_finish_sync_commit(&mut self, name: &DbName) {
+    /// Whether the commit in flight on `name` is durable here, if it must be.
+    fn locally_durable(&self, name: &DbName) -> bool {
+        let Some(db) = self.dbs.get(name) else { return false };
+        db.commit.as_ref().is_some_and(|c| !c.needs_durable || db.durable_txid >= c.entry.max)
+    }
+
+    /// Acknowledges the commit in flight on `name` once it is written, durable here if it
+    /// must be, and in synchronous mode acknowledged by every other candidate.
+    pub(crate) fn try_finish_commit(&mut self, name: &DbName) {
         let Some(inflight) = self.dbs.get(name).and_then(|db| db.commit.as_ref()) else { return };
-        if inflight.op.is_none() && self.missing_acks(name, inflight.entry.max) == 0 {
-            self.finish_commit(name);
-            if self.dbs.values().all(|db| db.commit.is_none()) {
-                self.timers.stop(TimerKind::SyncTimeout);
-            }
+        if inflight.op.is_some() || !self.locally_durable(name) {
+            return;
         }
+        if self.cfg.sync.is_some() && self.missing_acks(name, inflight.entry.max) > 0 {
+            return;
+        }
+        self.finish_commit(name);
+        if self.cfg.sync.is_some() && self.dbs.values().all(|db| db.commit.is_none()) {
+            self.timers.stop(TimerKind::SyncTimeout);
+        }
+    }
+
+    /// A commit failed before its TXID was reached: fsyncs that waited for it wait only for
+    /// what is durable.
+    fn answer_syncs_after_failure(&mut self, name: &DbName) {
+        let Some(db) = self.dbs.get_mut(name) else { return };
+        let pos = db.pos.txid;
+        for waiter in &mut db.sync_waiters {
+            waiter.1 = waiter.1.min(pos);
+        }
+        self.answer_syncs(name);
     }
 
     pub(crate) fn on_sync_timeout(&mut self, now: Millis) {
@@ -267,8 +365,14 @@ impl Node {
         let names: Vec<DbName> = self.dbs.keys().cloned().collect();
         let mut waiting = false;
         for name in names {
+            let durable_here = self.locally_durable(&name);
             let Some(inflight) = self.dbs.get_mut(&name).and_then(|db| db.commit.as_mut()) else { continue };
             if inflight.op.is_some() {
+                continue;
+            }
+            if !durable_here {
+                // Degrading gives up the replicas, never this node's own durability.
+                waiting = true;
                 continue;
             }
             let txid = inflight.entry.max;
@@ -485,7 +589,7 @@ impl Node {
         }
         self.trim_commit_times(name);
         if self.cfg.sync.is_some() {
-            self.try_finish_sync_commit(name);
+            self.try_finish_commit(name);
         }
     }
 

@@ -1,7 +1,9 @@
 //! Start: each database's position comes from what is durable. The rule, in order:
 //! 1. LTX files that failed verification (torn writes) are deleted.
-//! 2. The usable history is the longest checksum chain ending at the newest file; older
-//!    files that do not chain onto it are deleted.
+//! 2. The usable history is the checksum chain the database's checksum is on (else the chain
+//!    ending at the newest file); files on no such chain are deleted. Files written without
+//!    an fsync may survive a crash with gaps between them; none of them was promised durable,
+//!    so dropping those past a gap loses nothing anyone was told is durable.
 //! 3. If the database checksum is the chain's last post-apply checksum, that is the position.
 //! 4. If it is an earlier post-apply checksum on the chain (the database missed applies), the
 //!    later files are replayed in order.
@@ -49,19 +51,40 @@ impl Node {
         }
         let mut files = rec.ltx;
         files.sort_by_key(|f| (f.max, f.min));
-        // Longest chain ending at the newest file.
-        let mut chain: Vec<LtxFileInfo> = Vec::new();
+        // Chains of files, newest first, each broken where a file does not continue the
+        // next. Files written without an fsync can survive a crash out of order, so a gap
+        // can sit anywhere after the last flush; everything before the flush is one chain.
+        let mut segments: Vec<Vec<LtxFileInfo>> = Vec::new();
         for f in files.iter().rev() {
-            match chain.last() {
-                None => chain.push(*f),
-                Some(next) if next.min != TxId(1) && f.max.next() == next.min && f.post == next.pre => chain.push(*f),
-                Some(_) => self.emit(Output::RemoveLtx { db: name.clone(), min: f.min, max: f.max }),
+            match segments.last_mut() {
+                Some(seg)
+                    if seg
+                        .last()
+                        .is_some_and(|next| next.min != TxId(1) && f.max.next() == next.min && f.post == next.pre) =>
+                {
+                    seg.push(*f);
+                }
+                _ => segments.push(vec![*f]),
+            }
+        }
+        // The chain the database is on wins (files past a gap were never durable, so never
+        // promised); else the newest, as before deferred writes existed.
+        // A missing file is the empty database: the state a drop leaves (post-apply `EMPTY`).
+        let empty = rec.db_checksum == Checksum::ZERO || rec.db_checksum == Checksum::EMPTY;
+        let db_sum = if empty { Checksum::EMPTY } else { rec.db_checksum };
+        let chosen = segments.iter().position(|seg| seg.iter().any(|f| f.post == db_sum)).unwrap_or(0);
+        let mut chain: Vec<LtxFileInfo> = Vec::new();
+        for (i, seg) in segments.into_iter().enumerate() {
+            if i == chosen {
+                chain = seg;
+            } else {
+                for f in seg {
+                    self.emit(Output::RemoveLtx { db: name.clone(), min: f.min, max: f.max });
+                }
             }
         }
         chain.reverse();
-        let empty = rec.db_checksum == Checksum::ZERO || rec.db_checksum == Checksum::EMPTY;
-        // A missing file is the empty database: the state a drop leaves (post-apply `EMPTY`).
-        let db_sum = if empty { Checksum::EMPTY } else { rec.db_checksum };
+
         let mut db = Db::default();
         let rule = match (chain.first(), chain.last()) {
             (None, _) if empty => "empty",
@@ -98,6 +121,10 @@ impl Node {
                 }
             },
         };
+        // The store makes every file it found durable before it reports them (a kill -9
+        // leaves written files in the page cache, not on the disk).
+        db.durable_txid = db.pos.txid;
+        db.rejoin_txid = rec.rejoin_txid;
         let pos = db.pos;
         self.dbs.insert(name.clone(), db);
         self.event(Event::Recovered { db: name, pos, rule });
@@ -122,7 +149,7 @@ impl Node {
             db.history.clear();
         }
         let _ = db.history.push(e);
-        db.persist = Some(Persist { op, entry: e, replay: true, conn: None });
+        db.persist = Some(Persist { op, entry: e, replay: true, conn: None, durable: true });
         self.ops.insert(op, name.clone());
         self.emit(Output::ReplayLtx { db: name.clone(), op, min: f.min, max: f.max, base });
     }
@@ -139,6 +166,8 @@ impl Node {
         let dropped = db.history.clear();
         db.pos = Pos::ZERO;
         db.needs_snapshot = true;
+        db.durable_txid = TxId::ZERO;
+        db.flushing = None;
         for f in dropped {
             self.emit(Output::RemoveLtx { db: name.clone(), min: f.min, max: f.max });
         }

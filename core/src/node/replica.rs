@@ -57,6 +57,9 @@ pub(crate) struct Persist {
     pub(crate) replay: bool,
     /// The stream it came from, to acknowledge on.
     pub(crate) conn: Option<UpstreamId>,
+    /// The persist request makes the file durable before it is applied (else a flush will,
+    /// after the apply).
+    pub(crate) durable: bool,
 }
 
 /// Where the bytes of a file about to be persisted are.
@@ -75,6 +78,10 @@ pub(crate) struct Contiguous {
 impl Upstream {
     pub(crate) fn is_ready(&self) -> bool {
         self.ready
+    }
+
+    pub(crate) fn conn(&self) -> UpstreamId {
+        self.conn
     }
 }
 
@@ -122,6 +129,11 @@ impl Node {
             return;
         }
         let Role::Replica { primary, epoch } = self.role() else { return };
+        // The position map counts as an acknowledgement (it names what we hold durably):
+        // connect once every applied file is durable (the flush in flight calls back here).
+        if self.dbs.values().any(super::db::Db::unflushed) {
+            return;
+        }
         let conn = UpstreamId(self.next_op().0);
         let map: PosMap = self.dbs.iter().map(|(name, db)| (name.clone(), db.pos)).collect();
         let body = encode_pos_map(&map);
@@ -238,6 +250,10 @@ impl Node {
         for name in touched {
             self.process_inbox(now, &name);
         }
+        let names: Vec<DbName> = self.dbs.keys().cloned().collect();
+        for name in &names {
+            self.clear_rejoin_if_back(name);
+        }
     }
 
     /// Checks that a verified file extends our position in its database (or is a snapshot).
@@ -317,17 +333,37 @@ impl Node {
         // With the pre-apply check skipped (fault injection) the node trusts the file's own
         // claim about where it applies.
         let base = if self.cfg.faults.skip_pre_apply_check { entry.pre } else { pos.checksum };
+        if entry.min == TxId(1) && entry.max < pos.txid {
+            // Once this snapshot is durable our history is gone: until we are back at our
+            // position we may lack transactions we acknowledged. Recorded before the write,
+            // so a crash in between cannot forget it.
+            let rejoin = self.dbs.get(name).map_or(TxId::ZERO, |db| db.rejoin_txid).max(pos.txid);
+            if let Some(db) = self.dbs.get_mut(name) {
+                db.rejoin_txid = rejoin;
+            }
+            self.emit(Output::PersistRejoin { db: name.clone(), txid: rejoin });
+        }
+        // In synchronous mode the primary waits for our acknowledgement, which needs the file
+        // durable: fsync it before the apply, as one step (also while rejoining: a crash must
+        // not throw us back further). Otherwise apply it at once and let a flush make it (and
+        // whatever arrives meanwhile) durable in the background; the acknowledgement follows
+        // the flush. A snapshot replaces every other file, so it is always written durably.
+        let rejoining = self.dbs.get(name).is_some_and(super::db::Db::rejoining);
+        let durable =
+            entry.min == TxId(1) || ((self.cfg.sync.is_some() || rejoining) && self.may_persist_durably(name));
         let op = self.next_op();
         let conn = self.upstream.as_ref().map(|u| u.conn);
         self.ops.insert(op, name.clone());
         if let Some(db) = self.dbs.get_mut(name) {
-            db.persist = Some(Persist { op, entry, replay: false, conn });
+            db.persist = Some(Persist { op, entry, replay: false, conn, durable });
             db.page_size = page_size;
             db.pending_ts_ms = timestamp_ms;
         }
         let (db, min, max) = (name.clone(), entry.min, entry.max);
         match payload {
-            Source::Inline(bytes) => self.emit(Output::PersistLtx { db, op, min, max, bytes, base }),
+            Source::Inline(bytes) => self.emit(Output::PersistLtx { db, op, min, max, bytes, base, durable }),
+            // A spooled file is always stored durably (fsynced spool, renamed); `durable` above
+            // stays what the inline rule says, so earlier unflushed files still get their flush.
             Source::Spool(spool) => self.emit(Output::PersistSpooledLtx { db, op, spool, min, max, base }),
         }
     }
@@ -355,12 +391,25 @@ impl Node {
                 }
                 let Some(db) = self.dbs.get_mut(&name) else { return };
                 if p.replay {
+                    // Recovery found the file on disk, and the store made it durable at start.
                     db.pos = pos;
+                    db.durable_txid = pos.txid;
                 } else {
                     db.needs_snapshot = false;
                     db.applied_ts_ms = db.pending_ts_ms;
                     self.advance(now, &name, p.entry);
-                    self.send_ack(p.conn, &name, pos);
+                    if p.entry.min == TxId(1) {
+                        self.reset_durability(&name, p.entry.max);
+                    } else if p.durable
+                        && let Some(db) = self.dbs.get_mut(&name)
+                    {
+                        db.durable_txid = p.entry.max;
+                    }
+                    if p.durable {
+                        self.send_ack(p.conn, &name, pos);
+                    }
+                    self.clear_rejoin_if_back(&name);
+                    self.schedule_flush(now, &name);
                 }
             }
             Ok(_) | Err(_) => {
@@ -387,7 +436,22 @@ impl Node {
         }
     }
 
-    fn send_ack(&mut self, conn: Option<UpstreamId>, name: &DbName, pos: Pos) {
+    /// A replica moved back by a snapshot is back where it was, or holds durably everything
+    /// its primary had when it connected (the primary holds every acknowledged transaction,
+    /// and what we had past its lineage was never acknowledged): forget the record.
+    pub(crate) fn clear_rejoin_if_back(&mut self, name: &DbName) {
+        let ready = self.upstream_ready();
+        let Some(db) = self.dbs.get_mut(name) else { return };
+        // Until the snapshot that moves us back is written, our old position proves nothing.
+        let snapshot_pending = db.persist.is_some_and(|p| p.entry.min == TxId(1) && !p.replay);
+        let caught_up = ready && db.inbox.is_empty() && db.persist.is_none() && !db.unflushed();
+        if db.rejoin_txid != TxId::ZERO && !snapshot_pending && (db.durable_txid >= db.rejoin_txid || caught_up) {
+            db.rejoin_txid = TxId::ZERO;
+            self.emit(Output::PersistRejoin { db: name.clone(), txid: TxId::ZERO });
+        }
+    }
+
+    pub(crate) fn send_ack(&mut self, conn: Option<UpstreamId>, name: &DbName, pos: Pos) {
         let Some(up) = self.upstream.as_ref().filter(|u| Some(u.conn) == conn && u.ext.ack) else { return };
         let mut bytes = Vec::new();
         encode_frame(&Frame::Ack { pos, name: name.clone() }, &mut bytes);

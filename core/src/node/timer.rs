@@ -26,11 +26,14 @@ pub enum TimerKind {
     Retention,
     /// A handoff target has had long enough to catch up: give the handoff up.
     Handoff,
+    /// LTX files written without an fsync have waited [`crate::node::Config::flush_ms`]:
+    /// make them durable.
+    Flush,
 }
 
 impl TimerKind {
     /// All kinds, in table order.
-    pub const ALL: [TimerKind; 10] = [
+    pub const ALL: [TimerKind; 11] = [
         TimerKind::LeasePoll,
         TimerKind::LeaseRenew,
         TimerKind::WriteDeadline,
@@ -41,6 +44,7 @@ impl TimerKind {
         TimerKind::SyncTimeout,
         TimerKind::Retention,
         TimerKind::Handoff,
+        TimerKind::Flush,
     ];
 
     fn index(self) -> usize {

@@ -26,6 +26,9 @@ pub struct FaultMix {
     pub fault_every_ms: u64,
     /// Per-persist probability the node crashes while the write is in flight.
     pub crash_in_write: f64,
+    /// Per-flush probability the node crashes while the flush is in flight (files written
+    /// without an fsync are then at the crash's mercy).
+    pub crash_in_flush: f64,
 }
 
 impl Default for FaultMix {
@@ -40,6 +43,7 @@ impl Default for FaultMix {
             disk_enospc: 0.002,
             fault_every_ms: 1500,
             crash_in_write: 0.002,
+            crash_in_flush: 0.01,
         }
     }
 }
@@ -130,6 +134,10 @@ pub struct Stats {
     pub spooled: u64,
     /// Spools discarded before they were persisted (stream failed, file refused).
     pub spools_discarded: u64,
+    /// Unflushed LTX files a crash lost or tore.
+    pub volatile_files_lost: u64,
+    /// Application fsyncs answered as durable.
+    pub fsyncs_answered: u64,
 }
 
 /// How a node's position changed.
@@ -195,6 +203,45 @@ pub enum Fact {
         node: usize,
         /// Database.
         db: DbName,
+    },
+    /// A node told the application that everything up to `pos` is durable (a
+    /// [`replite_core::node::Durability::Requested`] commit acknowledged, or an fsync
+    /// answered): a crash of that node must not lose it.
+    Promised {
+        /// Node index.
+        node: usize,
+        /// Database.
+        db: DbName,
+        /// Position.
+        pos: Pos,
+    },
+    /// A replica started writing a snapshot from its primary: once it is durable it replaces
+    /// the node's history, whether or not the apply that follows survives a crash.
+    SnapshotWritten {
+        /// Node index.
+        node: usize,
+        /// Database.
+        db: DbName,
+        /// The snapshot's position.
+        pos: Pos,
+    },
+    /// An injected disk error failed a recovery replay: the node drops its history and waits
+    /// for a snapshot (decision 0004), so what it promised is up to the rest of the cluster.
+    ReplayFailed {
+        /// Node index.
+        node: usize,
+    },
+    /// A node (re)started; [`Fact::Recovered`] follows once it has replayed its history.
+    Started {
+        /// Node index.
+        node: usize,
+    },
+    /// A node (re)started and finished replaying its history: its positions.
+    Recovered {
+        /// Node index.
+        node: usize,
+        /// Its positions.
+        positions: Vec<(DbName, Pos)>,
     },
     /// A node's position changed.
     Moved {

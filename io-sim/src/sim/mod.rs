@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use replite_core::ltx::page_checksum;
 use replite_core::ltx::{SnapshotOptions, encode_database};
 use replite_core::node::{
-    CommitId, Config, DownstreamId, Event, Input, IoFailure, Millis, Node, OpId, Output, PageChange, Recovery, Role,
-    SplitMix64, SpoolId, SyncConfig, UpstreamId,
+    CommitId, Config, DownstreamId, Durability, Event, Input, IoFailure, Millis, Node, OpId, Output, PageChange,
+    Recovery, Role, SplitMix64, SpoolId, SyncConfig, SyncId, UpstreamId,
 };
 use replite_core::stream::{DbName, Extensions, encode_ltx_message};
 use replite_core::{Epoch, NodeId, PageSize, Pgno, Pos, TxId};
@@ -103,8 +103,22 @@ enum LeaseReq {
 
 #[derive(Debug, Clone)]
 enum DiskOp {
-    Persist { min: TxId, max: TxId, bytes: Vec<u8>, base: replite_core::Checksum, source_epoch: Option<Epoch> },
-    Replay { min: TxId, max: TxId, base: replite_core::Checksum },
+    Persist {
+        min: TxId,
+        max: TxId,
+        bytes: Vec<u8>,
+        base: replite_core::Checksum,
+        source_epoch: Option<Epoch>,
+        durable: bool,
+    },
+    Replay {
+        min: TxId,
+        max: TxId,
+        base: replite_core::Checksum,
+    },
+    Flush {
+        through: TxId,
+    },
 }
 
 #[derive(Debug)]
@@ -147,6 +161,14 @@ struct SimNode {
     paused_until: u64,
     /// The epoch file on disk (written durably at once).
     saved_epoch: Epoch,
+    /// Started and still replaying its history: its recovered positions are reported (and
+    /// checked against what it promised was durable) once it is done.
+    recovering: bool,
+    /// Application fsyncs waiting for an answer, with the database and the position
+    /// committed when each was asked.
+    syncs: BTreeMap<SyncId, (DbName, Pos)>,
+    /// Commits the application asked to be durable, waiting for an answer.
+    requested: BTreeSet<CommitId>,
 }
 
 /// The simulator.
@@ -235,6 +257,9 @@ impl Sim {
                 upstream_epoch: None,
                 paused_until: 0,
                 saved_epoch: Epoch(0),
+                recovering: false,
+                syncs: BTreeMap::new(),
+                requested: BTreeSet::new(),
             });
         }
         let cfg_databases = cfg.databases.max(1);
@@ -351,8 +376,13 @@ impl Sim {
             outputs.push(o);
         }
         let role = node.role();
+        let positions: Vec<(DbName, Pos)> = node.positions().map(|(d, p)| (d.clone(), p)).collect();
         if let Role::Primary { epoch } = role {
             self.nodes[i].last_epoch_held = Some(epoch);
+        }
+        if self.nodes[i].recovering && role != Role::Recovering {
+            self.nodes[i].recovering = false;
+            self.facts.push(Fact::Recovered { node: i, positions });
         }
         for o in outputs {
             self.carry_out(i, o, is_commit, epoch_before);
@@ -584,20 +614,33 @@ impl Sim {
         let page_size = page_size();
         let disk = self.nodes[i].disks.entry(name.clone()).or_default();
         let (result, via, source_epoch) = match disk_op {
-            DiskOp::Persist { min, max, bytes, base, source_epoch } => {
+            DiskOp::Flush { through } => {
+                let result = if eio { Err(IoFailure::Io) } else { Ok(()) };
+                if result.is_ok() {
+                    disk.flush(through);
+                }
+                self.trace(format!("node {i} flushed {name} through {through}: {result:?}"));
+                self.feed(i, Input::LtxFlushed { op, result });
+                self.note_moves(i, Via::Incremental, None);
+                return;
+            }
+            DiskOp::Persist { min, max, bytes, base, source_epoch, durable } => {
                 let via = if min == TxId(1) { Via::Snapshot } else { Via::Incremental };
                 let r = if eio {
                     Err(IoFailure::Io)
                 } else if enospc {
                     Err(IoFailure::NoSpace)
                 } else {
-                    disk.persist(min, max, bytes, base)
+                    disk.persist(min, max, bytes, base, durable)
                 };
                 (r, via, source_epoch)
             }
             DiskOp::Replay { min, max, base } => {
                 let via = if min == TxId(1) { Via::Snapshot } else { Via::Incremental };
-                let r = if eio { Err(IoFailure::Io) } else { disk.apply(min, max, base) };
+                let r = if eio { Err(IoFailure::Io) } else { disk.replay(min, max, base) };
+                if eio {
+                    self.facts.push(Fact::ReplayFailed { node: i });
+                }
                 (r, via, None)
             }
         };

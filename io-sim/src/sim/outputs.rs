@@ -21,7 +21,7 @@ impl Sim {
             Output::RenewLease { op, epoch } => self.lease_rpc(i, Some(op), LeaseReq::Renew(epoch)),
             Output::ReleaseLease { epoch } => self.lease_rpc(i, None, LeaseReq::Release(epoch)),
             Output::ObserveLease { op } => self.lease_rpc(i, Some(op), LeaseReq::Observe),
-            Output::PersistLtx { db, op, min, max, bytes, base } => {
+            Output::PersistLtx { db, op, min, max, bytes, base, durable } => {
                 if is_commit {
                     let post = replite_core::ltx::verify(bytes.as_slice())
                         .map(|v| v.post_apply_pos())
@@ -31,7 +31,15 @@ impl Sim {
                     self.facts.push(Fact::Committed { node: i, db: db.clone(), epoch, pre, post, at: self.now });
                 }
                 let source_epoch = if is_commit { None } else { self.nodes[i].upstream_epoch };
-                self.nodes[i].ops.insert(op, (db, DiskOp::Persist { min, max, bytes, base, source_epoch }));
+                self.trace(format!("node {i} persists {db} {min}-{max} durable {durable}"));
+                if !is_commit
+                    && min == TxId(1)
+                    && let Ok(v) = replite_core::ltx::verify(bytes.as_slice())
+                {
+                    // From here a crash may leave the snapshot in place of this node's history.
+                    self.facts.push(Fact::SnapshotWritten { node: i, db: db.clone(), pos: v.post_apply_pos() });
+                }
+                self.nodes[i].ops.insert(op, (db, DiskOp::Persist { min, max, bytes, base, source_epoch, durable }));
                 let d = 1 + self.rng.below(4);
                 self.schedule(d, Ev::DiskDone { node: i, inc, op });
                 if self.faulty() && self.rng.chance(self.cfg.faults.crash_in_write) {
@@ -66,7 +74,9 @@ impl Sim {
                     panic!("seed {}: node {i} persists spool {spool:?}, which it never completed", self.seed);
                 };
                 let source_epoch = self.nodes[i].upstream_epoch;
-                self.nodes[i].ops.insert(op, (db, DiskOp::Persist { min, max, bytes, base, source_epoch }));
+                // A spool is fsynced before `SpoolDone` and renamed into place with a directory fsync.
+                let durable = true;
+                self.nodes[i].ops.insert(op, (db, DiskOp::Persist { min, max, bytes, base, source_epoch, durable }));
                 let d = 1 + self.rng.below(4);
                 self.schedule(d, Ev::DiskDone { node: i, inc, op });
                 if self.faulty() && self.rng.chance(self.cfg.faults.crash_in_write) {
@@ -79,17 +89,44 @@ impl Sim {
                 let d = 1 + self.rng.below(4);
                 self.schedule(d, Ev::DiskDone { node: i, inc, op });
             }
-            Output::PersistEpoch { epoch } => self.nodes[i].saved_epoch = epoch,
-            Output::RemoveLtx { db, min, max } => {
-                self.nodes[i].disks.entry(db).or_default().ltx.remove(&(min, max));
+            Output::FlushLtx { db, op, through } => {
+                self.nodes[i].ops.insert(op, (db, DiskOp::Flush { through }));
+                // An fsync is the slowest disk operation, sometimes by far: commits keep
+                // arriving while it runs.
+                let d = 1 + if self.rng.chance(0.2) { self.rng.below(60) } else { self.rng.below(4) };
+                self.schedule(d, Ev::DiskDone { node: i, inc, op });
+                if self.faulty() && self.rng.chance(self.cfg.faults.crash_in_flush) {
+                    let at = self.rng.below(d);
+                    self.schedule(at, Ev::Crash { node: i, inc });
+                }
             }
-            Output::AckCommit { db, pos, .. } => {
+            Output::SyncDone { sync, result } => {
+                let Some((db, pos)) = self.nodes[i].syncs.remove(&sync) else { return };
+                self.trace(format!("node {i} answers fsync {} of {db} at {pos}: {result:?}", sync.0));
+                if result.is_ok() && pos != Pos::ZERO {
+                    self.stats.fsyncs_answered += 1;
+                    self.facts.push(Fact::Promised { node: i, db, pos });
+                }
+            }
+            Output::PersistEpoch { epoch } => self.nodes[i].saved_epoch = epoch,
+            Output::PersistRejoin { db, txid } => {
+                self.trace(format!("node {i} rejoin {db} {txid}"));
+                self.nodes[i].disks.entry(db).or_default().rejoin_txid = txid;
+            }
+            Output::RemoveLtx { db, min, max } => {
+                self.nodes[i].disks.entry(db).or_default().remove(min, max);
+            }
+            Output::AckCommit { db, pos, commit } => {
                 self.acked_commits += 1;
                 self.trace(format!("node {i} acknowledges {pos}"));
-                self.facts.push(Fact::Acked { node: i, db, pos, at: self.now });
+                self.facts.push(Fact::Acked { node: i, db: db.clone(), pos, at: self.now });
+                if self.nodes[i].requested.remove(&commit) {
+                    self.facts.push(Fact::Promised { node: i, db, pos });
+                }
             }
             Output::RefuseCommit { commit, reason } => {
                 self.stats.refused += 1;
+                self.nodes[i].requested.remove(&commit);
                 self.trace(format!("node {i} refuses commit {}: {reason:?}", commit.0))
             }
             Output::Connect { conn, peer, ext, body } => {

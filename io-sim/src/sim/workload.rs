@@ -10,6 +10,11 @@ impl Sim {
         n.inc += 1;
         n.cfg.seed = n.cfg.seed.wrapping_add(0x9e37_79b9);
         n.ops.clear();
+        n.recovering = true;
+        self.facts.push(Fact::Started { node: i });
+        let n = &mut self.nodes[i];
+        n.syncs.clear();
+        n.requested.clear();
         let recovery = Recovery {
             dbs: n.disks.iter_mut().map(|(name, d)| (name.clone(), d.recovery(page_size))).collect(),
             max_epoch: n.saved_epoch,
@@ -50,6 +55,19 @@ impl Sim {
                     }
                 }
             }
+        }
+        // What was written without an fsync: each file and the database's later applies may
+        // or may not have reached the disk.
+        let mut lost = (0, 0);
+        let names: Vec<DbName> = self.nodes[i].disks.keys().cloned().collect();
+        for name in names {
+            let Some(disk) = self.nodes[i].disks.get_mut(&name) else { continue };
+            let loss = disk.crash(&mut self.rng);
+            lost = (lost.0 + loss.files_lost, lost.1 + loss.applies_lost);
+        }
+        self.stats.volatile_files_lost += lost.0;
+        if lost != (0, 0) {
+            self.trace(format!("node {i} loses {} unflushed LTX files and {} database applies", lost.0, lost.1));
         }
         let n = &mut self.nodes[i];
         n.node = None;
@@ -154,9 +172,31 @@ impl Sim {
         if !removed.is_empty() {
             self.stats.shrinks += 1;
         }
-        let commit = Input::Commit { commit: CommitId(id), db: name, page_size, pages, commit_pages, removed };
+        // Half the commits are WAL-like (nobody asked for durability yet), half rollback-like.
+        let durability = if self.rng.chance(0.5) { Durability::Deferred } else { Durability::Requested };
+        if durability == Durability::Requested {
+            self.nodes[target].requested.insert(CommitId(id));
+        }
+        let commit = Input::Commit {
+            commit: CommitId(id),
+            db: name.clone(),
+            page_size,
+            pages,
+            commit_pages,
+            removed,
+            durability,
+        };
         self.feed(target, commit);
         self.note_moves(target, Via::Incremental, None);
+        // Sometimes the application fsyncs right after (SQLite's WAL fsync, or a checkpoint):
+        // everything committed before it must be durable when it is answered.
+        if self.rng.chance(0.3) && self.nodes[target].node.is_some() {
+            let pos = self.nodes[target].node.as_ref().map_or(Pos::ZERO, |n| n.pos(&name));
+            let sync = SyncId(self.next_commit);
+            self.next_commit += 1;
+            self.nodes[target].syncs.insert(sync, (name.clone(), pos));
+            self.feed(target, Input::Sync { sync, db: name });
+        }
     }
 
     pub(super) fn inject_fault(&mut self) {

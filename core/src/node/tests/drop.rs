@@ -262,7 +262,10 @@ fn a_replica_told_of_a_database_the_primary_does_not_know_keeps_it_as_litefs_doe
 fn recovery_of_a_dropped_database_whose_file_is_gone_is_at_the_drop() {
     let (_, files, _) = primary_after_drop();
     let ltx = files.iter().map(|f| info(f)).collect();
-    let (node, _) = started(config(1), one_db(DbRecovery { ltx, invalid_ltx: vec![], db_checksum: Checksum::ZERO }));
+    let (node, _) = started(
+        config(1),
+        one_db(DbRecovery { ltx, invalid_ltx: vec![], db_checksum: Checksum::ZERO, rejoin_txid: TxId::ZERO }),
+    );
     assert_eq!(node.pos(&db()), Pos::new(TxId(3), Checksum::EMPTY));
 }
 
@@ -271,7 +274,8 @@ fn recovery_replays_a_drop_the_database_file_missed() {
     let (_, files, _) = primary_after_drop();
     let p2 = info(&files[1]).post;
     let ltx = files.iter().map(|f| info(f)).collect();
-    let (_, out) = started(config(1), one_db(DbRecovery { ltx, invalid_ltx: vec![], db_checksum: p2 }));
+    let (_, out) =
+        started(config(1), one_db(DbRecovery { ltx, invalid_ltx: vec![], db_checksum: p2, rejoin_txid: TxId::ZERO }));
     assert!(out.iter().any(|o| matches!(o, Output::ReplayLtx { min: TxId(3), base, .. } if *base == p2)), "{out:?}");
 }
 

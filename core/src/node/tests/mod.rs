@@ -59,9 +59,44 @@ fn commit(node: &mut Node, now: u64, id: u64, pages: Vec<PageChange>, commit_pag
     let page_size = PageSize::new(PAGE).expect("valid");
     node.handle(
         Millis(now),
-        Input::Commit { commit: CommitId(id), db: db(), page_size, pages, commit_pages, removed: Vec::new() },
+        Input::Commit {
+            commit: CommitId(id),
+            db: db(),
+            page_size,
+            pages,
+            commit_pages,
+            removed: Vec::new(),
+            durability: Durability::Requested,
+        },
     );
     drain(node)
+}
+
+fn flush_op(out: &[Output]) -> Option<(OpId, TxId)> {
+    out.iter().find_map(|o| match o {
+        Output::FlushLtx { op, through, .. } => Some((*op, *through)),
+        _ => None,
+    })
+}
+
+/// Answers the flush request in `out` (which must hold one) as done.
+fn flushed(node: &mut Node, now: u64, out: &[Output]) -> Vec<Output> {
+    let (op, _) = flush_op(out).expect("a flush request");
+    node.handle(Millis(now), Input::LtxFlushed { op, result: Ok(()) });
+    drain(node)
+}
+
+/// Runs the node's timers until the flush timer asks for a flush; returns those outputs.
+fn flush_timer(node: &mut Node) -> Vec<Output> {
+    for _ in 0..8 {
+        let Some((at, kind)) = node.poll_timeout() else { break };
+        node.handle(at, Input::Timeout);
+        let out = drain(node);
+        if kind == TimerKind::Flush {
+            return out;
+        }
+    }
+    panic!("no flush timer");
 }
 
 pub(super) fn persisted(out: &[Output]) -> (OpId, TxId, Vec<u8>) {
@@ -252,7 +287,15 @@ fn a_replica_applies_a_snapshot_then_the_next_file_and_acknowledges_each() {
         let (op, _, _) = persisted(&out);
         let pos = ltx::verify(file.as_slice()).expect("valid").post_apply_pos();
         node.handle(Millis(3 + i as u64), Input::LtxDone { op, result: Ok(pos) });
-        let out = drain(&mut node);
+        let mut out = drain(&mut node);
+        if i > 0 {
+            // Applied before durable (asynchronous mode): acknowledged once the flush timer's
+            // flush is done.
+            assert_eq!(node.pos(&db()), pos);
+            assert!(!out.iter().any(|o| matches!(o, Output::SendUpstream { .. })), "{out:?}");
+            let flush = flush_timer(&mut node);
+            out = flushed(&mut node, 40 + i as u64, &flush);
+        }
         let mut ack = Vec::new();
         encode_frame(&Frame::Ack { pos, name: db() }, &mut ack);
         assert!(out.contains(&Output::SendUpstream { conn, bytes: ack }), "{out:?}");
@@ -362,6 +405,9 @@ fn a_synchronous_commit_waits_for_every_other_candidate_to_acknowledge() {
     let pos = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
     node.handle(Millis(41), Input::LtxDone { op, result: Ok(pos) });
     let out = drain(&mut node);
+    // Streamed before it is durable here; the local flush overlaps the replicas' round trip.
+    assert!(out.iter().any(|o| matches!(o, Output::StreamLtx { .. })), "{out:?}");
+    let out = flushed(&mut node, 42, &out);
     assert!(!out.iter().any(|o| matches!(o, Output::AckCommit { .. })), "acknowledged without replicas: {out:?}");
     node.handle(Millis(1_100), Input::Timeout);
     let out = drain(&mut node);
@@ -381,7 +427,8 @@ fn a_degrading_synchronous_commit_is_acknowledged_at_the_timeout_with_an_event()
     let (op, _, bytes) = persisted(&out);
     let pos = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
     node.handle(Millis(41), Input::LtxDone { op, result: Ok(pos) });
-    drain(&mut node);
+    let out = drain(&mut node);
+    flushed(&mut node, 42, &out);
     node.handle(Millis(541), Input::Timeout);
     let out = drain(&mut node);
     assert!(out.contains(&Output::Event(Event::SyncDegraded { db: db(), txid: TxId(1) })));
@@ -422,7 +469,12 @@ fn recovery_replays_the_files_the_database_missed() {
     let (_, files, _) = primary_with_two_commits();
     let first = info(&files[0]);
     let second = info(&files[1]);
-    let recovery = one_db(DbRecovery { ltx: vec![second, first], invalid_ltx: vec![], db_checksum: first.post });
+    let recovery = one_db(DbRecovery {
+        ltx: vec![second, first],
+        invalid_ltx: vec![],
+        db_checksum: first.post,
+        rejoin_txid: TxId::ZERO,
+    });
     let (node, out) = started(config(2), recovery);
     assert!(
         out.contains(&Output::ReplayLtx { db: db(), op: OpId(2), min: TxId(2), max: TxId(2), base: first.post }),
@@ -438,6 +490,7 @@ fn recovery_with_a_database_matching_no_file_waits_for_a_snapshot_and_never_acqu
         ltx: vec![info(&files[1])],
         invalid_ltx: vec![(TxId(3), TxId(3))],
         db_checksum: Checksum(Checksum::FLAG | 12345),
+        rejoin_txid: TxId::ZERO,
     });
     let (mut node, out) = started(config(1), recovery);
     assert!(out.contains(&Output::RemoveLtx { db: db(), min: TxId(3), max: TxId(3) }));
@@ -567,6 +620,7 @@ fn databases_commit_independently_and_a_replica_catches_up_on_each() {
             pages: vec![change(1, None, 5)],
             commit_pages: 1,
             removed: Vec::new(),
+            durability: Durability::Requested,
         },
     );
     let out = drain(&mut node);
@@ -612,6 +666,7 @@ fn a_commit_with_a_different_page_size_than_its_database_is_refused() {
             pages: vec![PageChange { pgno: Pgno(1), old: None, data: vec![0; 1024] }],
             commit_pages: 1,
             removed: Vec::new(),
+            durability: Durability::Requested,
         },
     );
     assert_eq!(drain(&mut node), vec![Output::RefuseCommit { commit: CommitId(3), reason: RefuseReason::Invalid }]);
@@ -622,7 +677,12 @@ fn a_replica_that_learns_its_primary_during_replay_connects_when_replay_ends() {
     let (_, files, _) = primary_with_two_commits();
     let first = info(&files[0]);
     let second = info(&files[1]);
-    let recovery = one_db(DbRecovery { ltx: vec![first, second], invalid_ltx: vec![], db_checksum: first.post });
+    let recovery = one_db(DbRecovery {
+        ltx: vec![first, second],
+        invalid_ltx: vec![],
+        db_checksum: first.post,
+        rejoin_txid: TxId::ZERO,
+    });
     let (mut node, out) = started(config(2), recovery);
     let op = out
         .iter()
@@ -664,7 +724,8 @@ fn a_reconnecting_replicas_position_map_counts_as_its_acknowledgement() {
     let (op, _, bytes) = persisted(&out);
     let pos = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
     node.handle(Millis(41), Input::LtxDone { op, result: Ok(pos) });
-    assert!(!drain(&mut node).iter().any(|o| matches!(o, Output::AckCommit { .. })));
+    let out = drain(&mut node);
+    assert!(!flushed(&mut node, 42, &out).iter().any(|o| matches!(o, Output::AckCommit { .. })));
     // The replica got the file on a stream that broke before its ack arrived; it comes back.
     let mut map = BTreeMap::new();
     map.insert(db(), pos);
@@ -844,3 +905,4 @@ fn a_slow_answer_to_an_observation_sent_before_taking_the_lease_does_not_depose_
 }
 
 mod drop;
+mod durability;

@@ -1,0 +1,249 @@
+//! LTX files written without an fsync, and making them durable in groups.
+//!
+//! A deferred commit (or a file a replica in asynchronous mode applied) is written straight
+//! at its final name and left in the page cache; the Node later asks for every such file of a
+//! database up to a TXID to be made durable (`Output::FlushLtx`). A torn file at its final
+//! name is harmless: recovery verifies every LTX file in full and the Node deletes those that
+//! fail (`DbRecovery::invalid_ltx`). See `docs/decisions/0008-commit-durability.md`.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use replite_core::TxId;
+use replite_core::stream::DbName;
+
+use crate::store::error::StoreError;
+
+/// Up to this many files, a flush fdatasyncs each (after starting write-back of all, so the
+/// journal commit of the first covers the others' allocations); past it one `syncfs` of the
+/// data directory's file system costs less than one fsync per file.
+pub const SYNCFS_ABOVE_FILES: usize = 8;
+
+/// One file waiting for a flush.
+#[derive(Debug)]
+pub struct Unflushed {
+    /// Its range's end.
+    pub max: TxId,
+    /// Where it is (for errors).
+    pub path: PathBuf,
+    /// The open file, so the flush needs no lookup and a removed file costs nothing.
+    pub file: File,
+}
+
+/// Files waiting for a flush, per database, oldest first.
+#[derive(Debug, Default)]
+pub struct UnflushedFiles {
+    by_db: BTreeMap<DbName, Vec<Unflushed>>,
+}
+
+impl UnflushedFiles {
+    /// Records a file written without an fsync.
+    pub fn push(&mut self, db: &DbName, file: Unflushed) {
+        self.by_db.entry(db.clone()).or_default().push(file);
+    }
+
+    /// Takes the files of `db` up to `through`, to flush outside the store's lock.
+    pub fn take(&mut self, db: &DbName, through: TxId) -> Vec<Unflushed> {
+        let Some(files) = self.by_db.get_mut(db) else { return Vec::new() };
+        let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(files).into_iter().partition(|f| f.max <= through);
+        *files = kept;
+        taken
+    }
+
+    /// Puts back files whose flush failed, so the next flush tries them again.
+    pub fn put_back(&mut self, db: &DbName, mut files: Vec<Unflushed>) {
+        let entry = self.by_db.entry(db.clone()).or_default();
+        files.append(entry);
+        files.sort_by_key(|f| f.max);
+        *entry = files;
+    }
+
+    /// Forgets a removed file.
+    pub fn forget(&mut self, db: &DbName, max: TxId) {
+        if let Some(files) = self.by_db.get_mut(db) {
+            files.retain(|f| f.max != max);
+        }
+    }
+
+    /// Forgets every file of `db` (a snapshot replaced them).
+    pub fn forget_all(&mut self, db: &DbName) {
+        self.by_db.remove(db);
+    }
+
+    /// Takes every waiting file of every database (clean shutdown).
+    pub fn take_all(&mut self) -> Vec<Unflushed> {
+        std::mem::take(&mut self.by_db).into_values().flatten().collect()
+    }
+}
+
+/// Writes `contents` as the new file `path`. With `durable`, fdatasyncs it before returning:
+/// one fsync, whose journal commit also carries the new directory entry on the journaling
+/// file systems replite runs on (ext4, xfs, btrfs commit a new file's name with its first
+/// fsync). Without, returns the open file for a later flush. Fails with `AlreadyExists` if
+/// the path is taken (the caller then replaces it atomically instead). On a write error the
+/// partial file is removed.
+pub fn write_new(path: &Path, contents: &[u8], durable: bool) -> Result<Option<File>, StoreError> {
+    let mut file =
+        OpenOptions::new().write(true).create_new(true).open(path).map_err(StoreError::io("create", path))?;
+    let written = file
+        .write_all(contents)
+        .map_err(StoreError::io("write", path))
+        .and_then(|()| if durable { file.sync_data().map_err(StoreError::io("fdatasync", path)) } else { Ok(()) });
+    if let Err(e) = written {
+        // Best effort: a torn file left behind fails verification at recovery anyway.
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(if durable { None } else { Some(file) })
+}
+
+/// Spare empty files kept ready in each LTX directory, so that a commit's write renames one
+/// into place (~30 µs here) instead of creating a file (30–700 µs on this ext4 under load:
+/// inode allocation waits on the journal). Named `*.tmp`, so recovery deletes leftovers.
+#[derive(Debug, Default)]
+pub struct Spares {
+    by_dir: BTreeMap<PathBuf, Vec<(PathBuf, File)>>,
+    next: u64,
+}
+
+/// Spares kept per LTX directory: a flush (every `flush_ms` under load) refills them, and a
+/// busy WAL database commits a few thousand times a second.
+pub const SPARES_PER_DIR: usize = 64;
+
+impl Spares {
+    /// Takes a spare of `dir`, if one is ready.
+    pub fn take(&mut self, dir: &Path) -> Option<(PathBuf, File)> {
+        self.by_dir.get_mut(dir).and_then(Vec::pop)
+    }
+
+    /// How many spares `dir` lacks, and names for them.
+    pub fn wanted(&mut self, dir: &Path) -> Vec<PathBuf> {
+        let have = self.by_dir.get(dir).map_or(0, Vec::len);
+        (have..SPARES_PER_DIR)
+            .map(|_| {
+                self.next += 1;
+                dir.join(format!(".spare-{}{}", self.next, crate::store::TEMP_SUFFIX))
+            })
+            .collect()
+    }
+
+    /// Adds spares made outside the store's lock.
+    pub fn add(&mut self, dir: &Path, files: Vec<(PathBuf, File)>) {
+        self.by_dir.entry(dir.to_path_buf()).or_default().extend(files);
+    }
+}
+
+/// Creates spare files at `paths` (stopping at the first failure: spares are an optimisation).
+pub fn make_spares(paths: Vec<PathBuf>) -> Vec<(PathBuf, File)> {
+    let mut made = Vec::new();
+    for path in paths {
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => made.push((path, file)),
+            Err(_) => break,
+        }
+    }
+    made
+}
+
+/// Writes `contents` into a spare file and renames it to `path`, replacing whatever was
+/// there (the rename is atomic: a reader or a crash sees the old file or the whole new one).
+/// With `durable`, fsyncs it (a full fsync: ext4 and xfs then commit the journal transaction
+/// holding the rename, as they do a new file's name). Returns the open file when not durable.
+pub fn write_into_spare(
+    spare: (PathBuf, File),
+    path: &Path,
+    contents: &[u8],
+    durable: bool,
+) -> Result<Option<File>, StoreError> {
+    let (spare_path, mut file) = spare;
+    let written = file
+        .write_all(contents)
+        .map_err(StoreError::io("write", &spare_path))
+        .and_then(|()| std::fs::rename(&spare_path, path).map_err(StoreError::io("rename", &spare_path)));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&spare_path);
+        return Err(e);
+    }
+    if durable {
+        file.sync_all().map_err(StoreError::io("fsync", path))?;
+        return Ok(None);
+    }
+    Ok(Some(file))
+}
+
+/// Makes `files` durable: few files one fdatasync each, many one `syncfs`.
+pub fn flush(files: &[Unflushed]) -> Result<(), StoreError> {
+    if files.len() > SYNCFS_ABOVE_FILES {
+        return sync_filesystem_of(&files[0].file, &files[0].path);
+    }
+    // Start write-back of every file first, so they go to the disk together and the first
+    // fdatasync's journal commit finds the others' blocks already allocated.
+    for f in files {
+        // SAFETY: a plain syscall on a file descriptor this `File` owns for the whole call.
+        let rc = unsafe { libc::sync_file_range(f.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        if rc != 0 {
+            return Err(StoreError::io("sync_file_range", &f.path)(io::Error::last_os_error()));
+        }
+    }
+    for f in files {
+        // A full fsync: a file renamed into place needs its name committed too.
+        f.file.sync_all().map_err(StoreError::io("fsync", &f.path))?;
+    }
+    Ok(())
+}
+
+/// `syncfs` on the file system holding `file`: everything written to it so far is durable.
+pub fn sync_filesystem_of(file: &File, path: &Path) -> Result<(), StoreError> {
+    // SAFETY: a plain syscall on a file descriptor this `File` owns for the whole call.
+    let rc = unsafe { libc::syncfs(file.as_raw_fd()) };
+    if rc != 0 {
+        return Err(StoreError::io("syncfs", path)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// `syncfs` on the file system holding directory `dir`.
+pub fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
+    let handle = File::open(dir).map_err(StoreError::io("open", dir))?;
+    sync_filesystem_of(&handle, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unflushed(dir: &Path, max: u64) -> Unflushed {
+        let path = dir.join(format!("{max}.ltx"));
+        let file = write_new(&path, b"bytes", false).expect("write").expect("an open file");
+        Unflushed { max: TxId(max), path, file }
+    }
+
+    #[test]
+    fn take_hands_out_files_up_to_the_txid_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = DbName::new("a.db").expect("name");
+        let mut set = UnflushedFiles::default();
+        for max in 1..=4 {
+            set.push(&db, unflushed(dir.path(), max));
+        }
+        let taken = set.take(&db, TxId(2));
+        assert_eq!(taken.iter().map(|f| f.max.0).collect::<Vec<_>>(), vec![1, 2]);
+        flush(&taken).expect("flush");
+        set.forget(&db, TxId(3));
+        set.put_back(&db, taken);
+        assert_eq!(set.take(&db, TxId(9)).iter().map(|f| f.max.0).collect::<Vec<_>>(), vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn write_new_refuses_an_existing_path_and_flush_handles_many_files() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files: Vec<Unflushed> = (1..=SYNCFS_ABOVE_FILES as u64 + 2).map(|m| unflushed(dir.path(), m)).collect();
+        flush(&files).expect("syncfs flush");
+        let err = write_new(&files[0].path, b"again", true).expect_err("path taken");
+        assert!(matches!(err, StoreError::Io { op: "create", .. }), "{err}");
+        assert_eq!(std::fs::read(&files[0].path).expect("read"), b"bytes");
+    }
+}

@@ -1,0 +1,246 @@
+//! Deferred durability: what is acknowledged before it is durable, what waits for a flush.
+
+use super::*;
+
+fn commit_with(node: &mut Node, now: u64, id: u64, pages: Vec<PageChange>, durability: Durability) -> Vec<Output> {
+    let page_size = PageSize::new(PAGE).expect("valid");
+    let input = Input::Commit {
+        commit: CommitId(id),
+        db: db(),
+        page_size,
+        pages,
+        commit_pages: 1,
+        removed: Vec::new(),
+        durability,
+    };
+    node.handle(Millis(now), input);
+    drain(node)
+}
+
+fn persisted_durably(out: &[Output]) -> bool {
+    out.iter().any(|o| matches!(o, Output::PersistLtx { durable: true, .. }))
+}
+
+fn ack_of(out: &[Output], id: u64) -> bool {
+    out.iter().any(|o| matches!(o, Output::AckCommit { commit, .. } if *commit == CommitId(id)))
+}
+
+fn sync_answer(out: &[Output], id: u64) -> Option<Result<(), RefuseReason>> {
+    out.iter().find_map(|o| match o {
+        Output::SyncDone { sync, result } if *sync == SyncId(id) => Some(*result),
+        _ => None,
+    })
+}
+
+/// A primary with one deferred commit written (not yet flushed); returns the flush request's
+/// outputs and the position.
+fn primary_with_deferred_commit() -> (Node, Vec<Output>, Pos) {
+    let mut node = primary(config(1));
+    let out = commit_with(&mut node, 10, 1, vec![change(1, None, 1)], Durability::Deferred);
+    assert!(!persisted_durably(&out), "a deferred commit is written without an fsync: {out:?}");
+    let (op, _, bytes) = persisted(&out);
+    let pos = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(11), Input::LtxDone { op, result: Ok(pos) });
+    let out = drain(&mut node);
+    (node, out, pos)
+}
+
+#[test]
+fn a_deferred_commit_is_acknowledged_once_written_before_it_is_durable() {
+    let (node, out, pos) = primary_with_deferred_commit();
+    assert!(ack_of(&out, 1), "{out:?}");
+    assert_eq!(node.pos(&db()), pos);
+    // Nobody waits for it: the flush comes with the flush timer, within `flush_ms`.
+    assert!(flush_op(&out).is_none(), "{out:?}");
+    assert_eq!(node.poll_timeout(), Some((Millis(11 + DEFAULT_FLUSH_MS), TimerKind::Flush)));
+    let mut node = node;
+    assert_eq!(flush_op(&flush_timer(&mut node)).map(|(_, through)| through), Some(TxId(1)));
+}
+
+#[test]
+fn an_application_fsync_is_answered_only_once_the_deferred_commits_are_flushed() {
+    let (mut node, _, _) = primary_with_deferred_commit();
+    node.handle(Millis(12), Input::Sync { sync: SyncId(5), db: db() });
+    let waiting = drain(&mut node);
+    assert_eq!(sync_answer(&waiting, 5), None, "answered before durable: {waiting:?}");
+    // The fsync does not wait for the timer: its flush starts at once.
+    let done = flushed(&mut node, 13, &waiting);
+    assert_eq!(sync_answer(&done, 5), Some(Ok(())), "{done:?}");
+    // Nothing is pending any more: the next fsync is answered at once.
+    node.handle(Millis(14), Input::Sync { sync: SyncId(6), db: db() });
+    assert_eq!(sync_answer(&drain(&mut node), 6), Some(Ok(())));
+}
+
+#[test]
+fn a_failed_flush_fails_the_waiting_fsync_and_is_retried_by_the_timer() {
+    let (mut node, _, _) = primary_with_deferred_commit();
+    node.handle(Millis(12), Input::Sync { sync: SyncId(5), db: db() });
+    let out = drain(&mut node);
+    let (op, _) = flush_op(&out).expect("a flush request");
+    node.handle(Millis(13), Input::LtxFlushed { op, result: Err(IoFailure::Io) });
+    let failed = drain(&mut node);
+    assert_eq!(sync_answer(&failed, 5), Some(Err(RefuseReason::Disk)), "{failed:?}");
+    let (at, kind) = node.poll_timeout().expect("a timer");
+    assert_eq!(kind, TimerKind::Flush);
+    node.handle(at, Input::Timeout);
+    assert!(flush_op(&drain(&mut node)).is_some(), "the flush is retried");
+}
+
+#[test]
+fn a_requested_commit_after_unflushed_ones_waits_for_the_flush_that_covers_them_all() {
+    let (mut node, _, pos1) = primary_with_deferred_commit();
+    // TXID 1's timer flush is in flight when the next commit comes.
+    let first_out = flush_timer(&mut node);
+    let out = commit_with(&mut node, 20, 2, vec![change(1, Some(&page(1)), 2)], Durability::Requested);
+    // One fsync of its own file would not make TXID 1 durable.
+    assert!(!persisted_durably(&out), "{out:?}");
+    let (op, _, bytes) = persisted(&out);
+    let _ = pos1;
+    let pos2 = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(21), Input::LtxDone { op, result: Ok(pos2) });
+    let out = drain(&mut node);
+    assert!(!ack_of(&out, 2), "acknowledged before durable: {out:?}");
+    // The flush of TXID 1 is still in flight; when it ends, the next covers TXID 2.
+    let next = flushed(&mut node, 22, &first_out);
+    assert!(!ack_of(&next, 2), "{next:?}");
+    assert_eq!(flush_op(&next).map(|(_, t)| t), Some(TxId(2)), "{next:?}");
+    let done = flushed(&mut node, 23, &next);
+    assert!(ack_of(&done, 2), "{done:?}");
+}
+
+#[test]
+fn a_requested_commit_with_everything_durable_is_written_with_one_fsync() {
+    let mut node = primary(config(1));
+    let out = commit_with(&mut node, 10, 1, vec![change(1, None, 1)], Durability::Requested);
+    assert!(persisted_durably(&out), "{out:?}");
+    let (op, _, bytes) = persisted(&out);
+    let pos = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(11), Input::LtxDone { op, result: Ok(pos) });
+    let out = drain(&mut node);
+    assert!(ack_of(&out, 1), "{out:?}");
+    assert!(flush_op(&out).is_none(), "nothing left to flush: {out:?}");
+}
+
+#[test]
+fn a_node_that_may_not_write_refuses_an_fsync_when_nothing_waits() {
+    let (mut node, conn) = connected_replica();
+    let _ = conn;
+    node.handle(Millis(5), Input::Sync { sync: SyncId(1), db: db() });
+    assert_eq!(sync_answer(&drain(&mut node), 1), Some(Err(RefuseReason::NotPrimary)));
+}
+
+#[test]
+fn a_synchronous_replica_writes_durably_and_acknowledges_only_durable_positions() {
+    let (_, files, _) = primary_with_two_commits();
+    let mut cfg = config(2);
+    cfg.sync = Some(SyncConfig { timeout_ms: 1_000, policy: SyncPolicy::Block });
+    let (mut node, _) = started(cfg, Recovery::default());
+    node.handle(Millis(0), Input::LeaseObserved { op: OpId(900), holder: Some((NodeId(1), Epoch(5))) });
+    let conn = drain(&mut node)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Connect { conn, .. } => Some(conn),
+            _ => None,
+        })
+        .expect("connects");
+    node.handle(Millis(1), Input::UpstreamOpened { conn, ext: Extensions::ALL });
+    for (i, file) in files.iter().enumerate() {
+        node.handle(Millis(2 + i as u64), Input::UpstreamData { conn, bytes: ltx_message(file) });
+        let out = drain(&mut node);
+        assert!(persisted_durably(&out), "file {i}: {out:?}");
+        let (op, _, _) = persisted(&out);
+        let pos = ltx::verify(file.as_slice()).expect("valid").post_apply_pos();
+        node.handle(Millis(3 + i as u64), Input::LtxDone { op, result: Ok(pos) });
+        let out = drain(&mut node);
+        let mut ack = Vec::new();
+        encode_frame(&Frame::Ack { pos, name: db() }, &mut ack);
+        assert!(out.contains(&Output::SendUpstream { conn, bytes: ack }), "{out:?}");
+        assert!(flush_op(&out).is_none(), "{out:?}");
+    }
+}
+
+#[test]
+fn an_asynchronous_replica_applies_before_durable_and_reconnects_only_once_flushed() {
+    let (_, files, _) = primary_with_two_commits();
+    let (mut node, conn) = connected_replica();
+    for (i, file) in files.iter().enumerate() {
+        node.handle(Millis(2 + i as u64), Input::UpstreamData { conn, bytes: ltx_message(file) });
+        let out = drain(&mut node);
+        let (op, _, _) = persisted(&out);
+        let pos = ltx::verify(file.as_slice()).expect("valid").post_apply_pos();
+        node.handle(Millis(3 + i as u64), Input::LtxDone { op, result: Ok(pos) });
+        let out = drain(&mut node);
+        if i == 1 {
+            // The stream breaks while file 2 is applied but not yet durable.
+            node.handle(Millis(10), Input::UpstreamClosed { conn });
+            // Past the longest reconnect backoff.
+            let at = Millis(6_000);
+            node.handle(at, Input::Timeout);
+            let mid = drain(&mut node);
+            assert!(
+                !mid.iter().any(|o| matches!(o, Output::Connect { .. })),
+                "reported an unflushed position: {mid:?}"
+            );
+            let _ = out;
+            // The flush timer fired with the others: its flush is in flight.
+            let after = flushed(&mut node, at.0 + 100, &mid);
+            let connect = after.iter().find_map(|o| match o {
+                Output::Connect { body, .. } => Some(body.clone()),
+                _ => None,
+            });
+            let mut map = BTreeMap::new();
+            map.insert(db(), pos);
+            assert_eq!(connect, Some(encode_pos_map(&map)), "{after:?}");
+        }
+    }
+}
+
+#[test]
+fn recovery_keeps_the_chain_the_database_is_on_and_drops_files_past_a_gap() {
+    let sum = |n: u64| Checksum(0x8000_0000_0000_0000 | n);
+    let file = |min: u64, max: u64, pre: u64, post: u64| LtxFileInfo {
+        min: TxId(min),
+        max: TxId(max),
+        pre: if pre == 0 { Checksum::ZERO } else { sum(pre) },
+        post: sum(post),
+        size: 100,
+    };
+    // TXID 3 was written without an fsync and lost in the crash; 4 survived; the database
+    // (its WAL folded to what the history holds) is at 2.
+    let rec = DbRecovery {
+        ltx: vec![file(1, 1, 0, 1), file(2, 2, 1, 2), file(4, 4, 3, 4)],
+        invalid_ltx: Vec::new(),
+        db_checksum: sum(2),
+        rejoin_txid: TxId::ZERO,
+    };
+    let (node, out) = started(config(1), one_db(rec));
+    assert_eq!(node.pos(&db()), Pos::new(TxId(2), sum(2)));
+    assert!(out.contains(&Output::RemoveLtx { db: db(), min: TxId(4), max: TxId(4) }), "{out:?}");
+    assert!(!out.iter().any(|o| matches!(o, Output::RemoveLtx { min: TxId(2), .. })), "{out:?}");
+}
+
+#[test]
+fn when_the_application_fsyncs_after_each_commit_the_next_flush_starts_with_the_write() {
+    let (mut node, _, pos1) = primary_with_deferred_commit();
+    node.handle(Millis(12), Input::Sync { sync: SyncId(5), db: db() });
+    let out = drain(&mut node);
+    let done = flushed(&mut node, 13, &out);
+    assert_eq!(sync_answer(&done, 5), Some(Ok(())));
+    // WAL/FULL: the next commit's flush does not wait for the fsync that will follow it.
+    let out = commit_with(&mut node, 20, 2, vec![change(1, Some(&page(1)), 2)], Durability::Deferred);
+    let (op, _, bytes) = persisted(&out);
+    let _ = pos1;
+    let pos2 = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(21), Input::LtxDone { op, result: Ok(pos2) });
+    let out = drain(&mut node);
+    assert!(ack_of(&out, 2), "{out:?}");
+    assert_eq!(flush_op(&out).map(|(_, t)| t), Some(TxId(2)), "{out:?}");
+    // Two commits in a row without an fsync (WAL/NORMAL): back to the timer.
+    flushed(&mut node, 22, &out);
+    let out = commit_with(&mut node, 30, 3, vec![change(1, Some(&page(2)), 3)], Durability::Deferred);
+    let (op, _, bytes) = persisted(&out);
+    let pos3 = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(31), Input::LtxDone { op, result: Ok(pos3) });
+    let out = drain(&mut node);
+    assert!(flush_op(&out).is_none(), "{out:?}");
+}
