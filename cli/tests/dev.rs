@@ -13,12 +13,14 @@ use support::cluster::WAIT;
 #[test]
 fn the_dev_cluster_comes_up_replicates_and_stops_by_itself() {
     let root = tempfile::tempdir().expect("tempdir");
-    let port = support::cluster::free_port();
+    // Node N listens on PORT + N - 1, and etcd (not used with --static) would take PORT + 100.
+    let port = support::cluster::free_consecutive_ports(3);
+    let log = root.path().join("dev.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_replite"))
         .args(["dev", "--static", "--nodes", "3", "--exit-after", "8", "--port", &port.to_string(), "--dir"])
         .arg(root.path().join("cluster"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("start replite dev");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -35,7 +37,8 @@ fn the_dev_cluster_comes_up_replicates_and_stops_by_itself() {
             break;
         }
     }
-    assert_eq!(mounts.len(), 2, "dev printed where to point sqlite3");
+    let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(mounts.len(), 2, "dev printed where to point sqlite3; its log:\n{}", stderr());
     let primary = rusqlite::Connection::open(&mounts[0]).expect("open node1");
     primary.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (42);").expect("write on node1");
     drop(primary);

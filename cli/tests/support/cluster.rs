@@ -15,6 +15,19 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind loopback").local_addr().expect("addr").port()
 }
 
+/// The first of `n` consecutive loopback ports that were all free a moment ago (for commands
+/// that take a first port and count up from it, as `replite dev` does).
+pub fn free_consecutive_ports(n: u16) -> u16 {
+    for _ in 0..100 {
+        let first = free_port();
+        let held: Vec<_> = (1..n).map_while(|i| TcpListener::bind(("127.0.0.1", first.checked_add(i)?)).ok()).collect();
+        if held.len() == usize::from(n - 1) {
+            return first;
+        }
+    }
+    panic!("no {n} consecutive free loopback ports in 100 tries");
+}
+
 /// How a node finds the primary.
 #[derive(Clone)]
 pub enum Lease {

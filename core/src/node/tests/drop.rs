@@ -83,6 +83,9 @@ fn a_synchronous_drop_waits_for_every_other_candidate_like_a_commit() {
     let (op, _, bytes) = persisted(&out);
     let pos = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
     node.handle(Millis(41), Input::LtxDone { op, result: Ok(pos) });
+    // Synchronous mode writes the file without an fsync (it streams first), then flushes it.
+    let out = drain(&mut node);
+    flushed(&mut node, 41, &out);
     let mut ack = Vec::new();
     encode_frame(&Frame::Ack { pos, name: db() }, &mut ack);
     node.handle(Millis(42), Input::DownstreamData { conn: DownstreamId(1), bytes: ack });
@@ -92,6 +95,7 @@ fn a_synchronous_drop_waits_for_every_other_candidate_like_a_commit() {
     let dropped = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
     node.handle(Millis(51), Input::LtxDone { op, result: Ok(dropped) });
     let out = drain(&mut node);
+    let out = [out.clone(), flushed(&mut node, 51, &out)].concat();
     assert!(!out.iter().any(|o| matches!(o, Output::AckCommit { .. })), "acknowledged without the replica: {out:?}");
     let mut ack = Vec::new();
     encode_frame(&Frame::Ack { pos: dropped, name: db() }, &mut ack);
