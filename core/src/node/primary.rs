@@ -646,7 +646,7 @@ impl Node {
     }
 
     /// Drops each database's oldest LTX files past the age or size limit, never its newest
-    /// file, never one a candidate still lacks while the async window or sync mode counts on
+    /// file nor its newest durable one, never one a candidate still lacks while the async window or sync mode counts on
     /// it, never one sent to a connected replica and not yet acknowledged, and never one the
     /// backup has not stored.
     pub(crate) fn on_retention_timer(&mut self, now: Millis) {
@@ -671,7 +671,11 @@ impl Node {
                 }
                 let too_old = now.since(first.added_at) > self.cfg.retention_ms;
                 let too_big = db.history.bytes() > self.cfg.retention_bytes;
+                // The newest durable file must stay until a newer one is durable: files after it
+                // were written without an fsync, and a crash may take them all.
+                let newest_durable = first.max >= db.durable_txid;
                 let still_needed = db.commit_times.first_key_value().is_some_and(|(t, _)| *t <= first.max)
+                    || newest_durable
                     || (self.cfg.backup && first.max > db.backed_up)
                     || hold.is_some_and(|h| first.max > h);
                 // Files before a drop describe a database that no longer exists: a replica

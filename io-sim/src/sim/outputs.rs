@@ -76,6 +76,14 @@ impl Sim {
                 let source_epoch = self.nodes[i].upstream_epoch;
                 // A spool is fsynced before `SpoolDone` and renamed into place with a directory fsync.
                 let durable = true;
+                self.trace(format!("node {i} persists spooled {db} {min}-{max}"));
+                if min == TxId(1)
+                    && let Ok(v) = replite_core::ltx::verify(bytes.as_slice())
+                {
+                    // As for an inline snapshot: a crash from here may leave it in place of
+                    // this node's history.
+                    self.facts.push(Fact::SnapshotWritten { node: i, db: db.clone(), pos: v.post_apply_pos() });
+                }
                 self.nodes[i].ops.insert(op, (db, DiskOp::Persist { min, max, bytes, base, source_epoch, durable }));
                 let d = 1 + self.rng.below(4);
                 self.schedule(d, Ev::DiskDone { node: i, inc, op });

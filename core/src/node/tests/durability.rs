@@ -244,3 +244,57 @@ fn when_the_application_fsyncs_after_each_commit_the_next_flush_starts_with_the_
     let out = drain(&mut node);
     assert!(flush_op(&out).is_none(), "{out:?}");
 }
+
+#[test]
+fn retention_keeps_the_newest_durable_file_while_a_newer_one_is_unflushed() {
+    // Commit 1 made durable, commit 2 written without an fsync: a crash may take file 2, so
+    // file 1 must outlive retention until file 2 is durable (seed 1301 found this).
+    let mut cfg = config(1);
+    cfg.retention_ms = 0;
+    let mut node = primary(cfg);
+    let out = commit_with(&mut node, 10, 1, vec![change(1, None, 1)], Durability::Requested);
+    let (op, _, bytes) = persisted(&out);
+    let pos1 = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(11), Input::LtxDone { op, result: Ok(pos1) });
+    let out = drain(&mut node);
+    if flush_op(&out).is_some() {
+        flushed(&mut node, 11, &out);
+    }
+    let out = commit_with(&mut node, 20, 2, vec![change(1, Some(&page(1)), 2)], Durability::Deferred);
+    let (op, _, bytes) = persisted(&out);
+    let pos2 = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(21), Input::LtxDone { op, result: Ok(pos2) });
+    drain(&mut node);
+    let removed = |out: &[Output]| out.iter().any(|o| matches!(o, Output::RemoveLtx { min: TxId(1), .. }));
+    // Every timer until the flush is asked for (retention runs on the heartbeat): file 1 stays.
+    let mut flush = None;
+    let mut retention_runs = 0;
+    for _ in 0..64 {
+        let Some((at, kind)) = node.poll_timeout() else { break };
+        node.handle(at, Input::Timeout);
+        let out = drain(&mut node);
+        assert!(!removed(&out), "file 1 removed while file 2 is not durable: {out:?}");
+        retention_runs += usize::from(kind == TimerKind::Retention);
+        if let Some((op, _)) = flush_op(&out) {
+            flush = Some((op, at));
+            if retention_runs > 0 {
+                break;
+            }
+        }
+    }
+    assert!(retention_runs > 0, "retention ran while file 2 was unflushed");
+    let (op, at) = flush.expect("a flush of file 2");
+    node.handle(at, Input::LtxFlushed { op, result: Ok(()) });
+    drain(&mut node);
+    // Once file 2 is durable, file 1 may go.
+    let mut gone = false;
+    for _ in 0..64 {
+        let Some((at, _)) = node.poll_timeout() else { break };
+        node.handle(at, Input::Timeout);
+        gone |= removed(&drain(&mut node));
+        if gone {
+            break;
+        }
+    }
+    assert!(gone, "file 1 is removed by retention once file 2 is durable");
+}
