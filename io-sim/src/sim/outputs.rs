@@ -14,6 +14,27 @@ impl Sim {
         }
     }
 
+    /// Starts a persist (inline or spooled; `replicated` unless it is the node's own commit),
+    /// which a crash may cut short.
+    fn start_persist(&mut self, i: usize, db: DbName, op: OpId, persist: DiskOp, replicated: bool) {
+        let inc = self.nodes[i].inc;
+        if let DiskOp::Persist { min: TxId(1), bytes, .. } = &persist
+            && replicated
+            && let Ok(v) = replite_core::ltx::verify(bytes.as_slice())
+        {
+            // A snapshot from the primary: from here a crash may leave it in place of this
+            // node's history.
+            self.facts.push(Fact::SnapshotWritten { node: i, db: db.clone(), pos: v.post_apply_pos() });
+        }
+        self.nodes[i].ops.insert(op, (db, persist));
+        let d = 1 + self.rng.below(4);
+        self.schedule(d, Ev::DiskDone { node: i, inc, op });
+        if self.faulty() && self.rng.chance(self.cfg.faults.crash_in_write) {
+            let at = self.rng.below(d);
+            self.schedule(at, Ev::Crash { node: i, inc });
+        }
+    }
+
     pub(super) fn carry_out(&mut self, i: usize, o: Output, is_commit: bool, epoch: Option<Epoch>) {
         let inc = self.nodes[i].inc;
         match o {
@@ -32,20 +53,13 @@ impl Sim {
                 }
                 let source_epoch = if is_commit { None } else { self.nodes[i].upstream_epoch };
                 self.trace(format!("node {i} persists {db} {min}-{max} durable {durable}"));
-                if !is_commit
-                    && min == TxId(1)
-                    && let Ok(v) = replite_core::ltx::verify(bytes.as_slice())
-                {
-                    // From here a crash may leave the snapshot in place of this node's history.
-                    self.facts.push(Fact::SnapshotWritten { node: i, db: db.clone(), pos: v.post_apply_pos() });
-                }
-                self.nodes[i].ops.insert(op, (db, DiskOp::Persist { min, max, bytes, base, source_epoch, durable }));
-                let d = 1 + self.rng.below(4);
-                self.schedule(d, Ev::DiskDone { node: i, inc, op });
-                if self.faulty() && self.rng.chance(self.cfg.faults.crash_in_write) {
-                    let at = self.rng.below(d);
-                    self.schedule(at, Ev::Crash { node: i, inc });
-                }
+                self.start_persist(
+                    i,
+                    db,
+                    op,
+                    DiskOp::Persist { min, max, bytes, base, source_epoch, durable },
+                    !is_commit,
+                );
             }
             Output::SpoolBegin { spool, .. } => {
                 self.stats.spooled += 1;
@@ -77,20 +91,7 @@ impl Sim {
                 // A spool is fsynced before `SpoolDone` and renamed into place with a directory fsync.
                 let durable = true;
                 self.trace(format!("node {i} persists spooled {db} {min}-{max}"));
-                if min == TxId(1)
-                    && let Ok(v) = replite_core::ltx::verify(bytes.as_slice())
-                {
-                    // As for an inline snapshot: a crash from here may leave it in place of
-                    // this node's history.
-                    self.facts.push(Fact::SnapshotWritten { node: i, db: db.clone(), pos: v.post_apply_pos() });
-                }
-                self.nodes[i].ops.insert(op, (db, DiskOp::Persist { min, max, bytes, base, source_epoch, durable }));
-                let d = 1 + self.rng.below(4);
-                self.schedule(d, Ev::DiskDone { node: i, inc, op });
-                if self.faulty() && self.rng.chance(self.cfg.faults.crash_in_write) {
-                    let at = self.rng.below(d);
-                    self.schedule(at, Ev::Crash { node: i, inc });
-                }
+                self.start_persist(i, db, op, DiskOp::Persist { min, max, bytes, base, source_epoch, durable }, true);
             }
             Output::ReplayLtx { db, op, min, max, base } => {
                 self.nodes[i].ops.insert(op, (db, DiskOp::Replay { min, max, base }));
