@@ -26,22 +26,8 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::MissingLtx { db: db.clone(), min, max }),
             Err(e) => Err(StoreError::io("open", &ltx_path)(e)),
         };
-        let verified = ltx::verify(BufReader::new(open_ltx()?)).map_err(|source| StoreError::InvalidLtx {
-            db: db.clone(),
-            min,
-            max,
-            source,
-        })?;
+        let verified = StoreError::verify_range(db, min, max, BufReader::new(open_ltx()?))?;
         let header = *verified.header();
-        if (header.min_txid, header.max_txid) != (min, max) {
-            return Err(StoreError::RangeMismatch {
-                db: db.clone(),
-                min,
-                max,
-                found_min: header.min_txid,
-                found_max: header.max_txid,
-            });
-        }
 
         let db_path = self.database_path(db);
         fsutil::ensure_dir(&layout::db_dir(&self.dir, db))?;

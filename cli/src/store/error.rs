@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use replite_core::ltx::{ApplyError, LtxError};
+use replite_core::ltx::{ApplyError, Header, LtxError, VerifiedLtx};
 use replite_core::node::IoFailure;
 use replite_core::stream::DbName;
 use replite_core::{Checksum, TxId};
@@ -109,6 +109,35 @@ pub enum StoreError {
         /// What it holds (at most the first 64 bytes).
         contents: String,
     },
+}
+
+impl StoreError {
+    /// Fails with [`StoreError::RangeMismatch`] unless `header` is of the range `min`-`max`
+    /// that the file is stored (or to be stored) under.
+    pub(crate) fn check_range(db: &DbName, min: TxId, max: TxId, header: &Header) -> Result<(), StoreError> {
+        let (found_min, found_max) = (header.min_txid, header.max_txid);
+        if (found_min, found_max) == (min, max) {
+            return Ok(());
+        }
+        Err(StoreError::RangeMismatch { db: db.clone(), min, max, found_min, found_max })
+    }
+
+    /// Verifies a whole LTX file from outside and checks its range.
+    pub(crate) fn verify_range(
+        db: &DbName,
+        min: TxId,
+        max: TxId,
+        source: impl std::io::Read,
+    ) -> Result<VerifiedLtx, StoreError> {
+        let verified = replite_core::ltx::verify(source).map_err(|source| StoreError::InvalidLtx {
+            db: db.clone(),
+            min,
+            max,
+            source,
+        })?;
+        StoreError::check_range(db, min, max, verified.header())?;
+        Ok(verified)
+    }
 }
 
 impl StoreError {

@@ -21,7 +21,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use replite_core::ltx::{self, HEADER_SIZE, Header, TRAILER_SIZE, Trailer, VerifiedLtx};
+use replite_core::ltx::{HEADER_SIZE, Header, TRAILER_SIZE, Trailer, VerifiedLtx};
 use replite_core::node::Recovery;
 use replite_core::stream::DbName;
 use replite_core::{Checksum, Epoch, Pos, TxId};
@@ -103,12 +103,7 @@ impl Store {
     /// malformed file is never stored), then written to a temp file, fsynced, renamed, and the
     /// directory fsynced. When this returns `Ok` the file survives a crash.
     pub fn persist_ltx(&mut self, db: &DbName, min: TxId, max: TxId, bytes: &[u8]) -> Result<VerifiedLtx, StoreError> {
-        let verified =
-            ltx::verify(bytes).map_err(|source| StoreError::InvalidLtx { db: db.clone(), min, max, source })?;
-        let (found_min, found_max) = (verified.header().min_txid, verified.header().max_txid);
-        if (found_min, found_max) != (min, max) {
-            return Err(StoreError::RangeMismatch { db: db.clone(), min, max, found_min, found_max });
-        }
+        let verified = StoreError::verify_range(db, min, max, bytes)?;
         fsutil::ensure_dir(&layout::ltx_dir(&self.dir, db))?;
         fsutil::write_atomic(&self.ltx_path(db, min, max), bytes)?;
         debug!(db = %db, %min, %max, size = bytes.len(), "persisted LTX file");
@@ -159,15 +154,7 @@ impl Store {
         let tail = bytes.len().checked_sub(TRAILER_SIZE).filter(|&at| at >= HEADER_SIZE).ok_or_else(short)?;
         let tail = <&[u8; TRAILER_SIZE]>::try_from(&bytes[tail..]).map_err(|_| short())?;
         let header = Header::decode(head).map_err(|_| short())?;
-        if (header.min_txid, header.max_txid) != (min, max) {
-            return Err(StoreError::RangeMismatch {
-                db: db.clone(),
-                min,
-                max,
-                found_min: header.min_txid,
-                found_max: header.max_txid,
-            });
-        }
+        StoreError::check_range(db, min, max, &header)?;
         self.write_ltx(db, min, max, bytes, durable)?;
         self.forget_checksum(db);
         Ok(Pos::new(max, Trailer::decode(tail).post_apply_checksum))
@@ -187,12 +174,7 @@ impl Store {
         if min == TxId(1) || durable {
             return self.persist_replicated(db, min, max, bytes);
         }
-        let verified =
-            ltx::verify(bytes).map_err(|source| StoreError::InvalidLtx { db: db.clone(), min, max, source })?;
-        let (found_min, found_max) = (verified.header().min_txid, verified.header().max_txid);
-        if (found_min, found_max) != (min, max) {
-            return Err(StoreError::RangeMismatch { db: db.clone(), min, max, found_min, found_max });
-        }
+        StoreError::verify_range(db, min, max, bytes)?;
         self.write_ltx(db, min, max, bytes, false)
     }
 
