@@ -73,6 +73,9 @@ pub struct Checker {
     window_ms: Option<u64>,
     /// Every position some primary created, per database: post -> (pre, epoch, time).
     parent: HashMap<(DbName, Pos), (Pos, Epoch, u64)>,
+    /// Other parents of a position more than one history reached: only a drop's (every
+    /// drop at a TXID ends at the same empty database, whatever came before it).
+    other_parents: HashMap<(DbName, Pos), Vec<Pos>>,
     epoch_writer: BTreeMap<Epoch, usize>,
     /// The last commit of each database in each epoch (true time).
     last_write_at: BTreeMap<(Epoch, DbName), u64>,
@@ -106,12 +109,30 @@ impl Checker {
         self.parent.get(&(db.clone(), pos))
     }
 
-    /// The ancestor of `pos` at `txid`, walking the recorded history.
-    fn ancestor_at(&self, db: &DbName, mut pos: Pos, txid: TxId) -> Option<Pos> {
-        while pos.txid > txid {
-            pos = self.parent_of(db, pos)?.0;
+    /// Every ancestor of `pos` at `txid`, walking all recorded histories (they join at drops).
+    fn ancestors_at(&self, db: &DbName, pos: Pos, txid: TxId) -> Vec<Pos> {
+        let mut found = Vec::new();
+        let mut todo = vec![pos];
+        let mut seen = HashSet::new();
+        while let Some(pos) = todo.pop() {
+            if !seen.insert(pos) {
+                continue;
+            }
+            if pos.txid <= txid {
+                if pos.txid == txid {
+                    found.push(pos);
+                }
+                continue;
+            }
+            todo.extend(self.parent_of(db, pos).map(|p| p.0));
+            todo.extend(self.other_parents.get(&(db.clone(), pos)).into_iter().flatten().copied());
         }
-        (pos.txid == txid).then_some(pos)
+        found
+    }
+
+    /// Whether `promise` is on some recorded history that leads to `pos`.
+    fn descends_from(&self, db: &DbName, pos: Pos, promise: Pos) -> bool {
+        self.ancestors_at(db, pos, promise.txid).contains(&promise)
     }
 
     fn lineage(&self, db: &DbName, mut pos: Pos) -> HashSet<Pos> {
@@ -173,7 +194,13 @@ impl Checker {
                 }
                 self.epoch_writer.insert(epoch, node);
                 self.last_write_at.insert((epoch, db.clone()), at);
-                self.parent.insert((db, post), (pre, epoch, at));
+                let key = (db, post);
+                if let Some(&(other, _, _)) = self.parent.get(&key)
+                    && other != pre
+                {
+                    self.other_parents.entry(key.clone()).or_default().push(other);
+                }
+                self.parent.insert(key, (pre, epoch, at));
             }
             Fact::Acked { node, db, pos, at } => {
                 if !self.known(&db, pos) || pos == Pos::ZERO {
@@ -182,7 +209,7 @@ impl Checker {
                 if self.sync && !self.degraded.contains(&(db.clone(), pos.txid)) {
                     if let Some(&last) = self.last_acked.get(&db)
                         && last.txid <= pos.txid
-                        && self.ancestor_at(&db, pos, last.txid) != Some(last)
+                        && !self.descends_from(&db, pos, last)
                     {
                         {
                             return Err(format!(
@@ -211,7 +238,7 @@ impl Checker {
                 if self.sync {
                     for (db, &last) in &self.last_acked {
                         let pos = pos_of(db);
-                        if self.ancestor_at(db, pos, last.txid) != Some(last) {
+                        if !self.descends_from(db, pos, last) {
                             return Err(format!(
                                 "node {node} became primary (epoch {epoch}) at {db} {pos} without acknowledged {last}"
                             ));
@@ -250,7 +277,7 @@ impl Checker {
             Fact::SnapshotWritten { node, db, pos } => {
                 let key = (node, db.clone());
                 if let Some(&promise) = self.promised.get(&key)
-                    && self.ancestor_at(&db, pos, promise.txid) != Some(promise)
+                    && !self.descends_from(&db, pos, promise)
                 {
                     self.promised.remove(&key);
                 }
@@ -269,7 +296,7 @@ impl Checker {
                 for (db, promise) in promised {
                     self.promises_checked += 1;
                     let pos = positions.get(&db).copied().unwrap_or(Pos::ZERO);
-                    if self.ancestor_at(&db, pos, promise.txid) != Some(promise) {
+                    if !self.descends_from(&db, pos, promise) {
                         return Err(format!(
                             "node {node} recovered {db} at {pos} without {promise}, which it had told an application was durable"
                         ));
@@ -290,7 +317,7 @@ impl Checker {
                 if let Some(&promise) = self.promised.get(&key)
                     && !self.recovering.contains(&node)
                     && via != Via::Recovery
-                    && self.ancestor_at(&db, to, promise.txid) != Some(promise)
+                    && !self.descends_from(&db, to, promise)
                 {
                     self.promised.remove(&key);
                 }
