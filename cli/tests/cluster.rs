@@ -61,17 +61,24 @@ fn converge(primary: &Node, replicas: &[&Node], db: &str) -> String {
     }
 }
 
-#[test]
-fn three_static_nodes_replicate_every_write_and_replicas_refuse_writes() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+/// Three running nodes under `root` with a static lease: `a` primary (up first), `b` and `c`
+/// its replicas.
+fn static_cluster(root: &std::path::Path) -> (Node, Node, Node) {
+    let mut a = Node::new(root, "a", &Lease::Static { primary_url: None });
     let replica = Lease::Static { primary_url: Some(a.url.clone()) };
-    let mut b = Node::new(root.path(), "b", &replica);
-    let mut c = Node::new(root.path(), "c", &replica);
+    let mut b = Node::new(root, "b", &replica);
+    let mut c = Node::new(root, "c", &replica);
     a.start();
     a.wait_for("primary", |i| i["role"] == "primary");
     b.start();
     c.start();
+    (a, b, c)
+}
+
+#[test]
+fn three_static_nodes_replicate_every_write_and_replicas_refuse_writes() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut a, mut b, mut c) = static_cluster(root.path());
 
     let conn = open(&a, "app.db");
     create_table(&conn);
@@ -571,14 +578,7 @@ fn is_dropped_pos(pos: &str) -> bool {
 #[test]
 fn a_database_unlinked_on_the_primary_disappears_from_every_replica_and_can_be_created_again() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
-    let replica = Lease::Static { primary_url: Some(a.url.clone()) };
-    let mut b = Node::new(root.path(), "b", &replica);
-    let mut c = Node::new(root.path(), "c", &replica);
-    a.start();
-    a.wait_for("primary", |i| i["role"] == "primary");
-    b.start();
-    c.start();
+    let (mut a, mut b, mut c) = static_cluster(root.path());
 
     let conn = open(&a, "gone.db");
     create_table(&conn);
