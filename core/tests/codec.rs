@@ -177,3 +177,24 @@ fn snapshots_skip_the_lock_page_of_a_database_over_one_gib() {
     let checksum = enc.snapshot_checksum();
     enc.finish(checksum).expect("complete snapshot");
 }
+
+#[test]
+fn verify_visiting_hands_on_every_page_and_stops_at_a_failing_visitor() {
+    let bytes = encode_delta(page_size(512), 9, &[(2, 7), (5, 9), (9, 11)], true);
+    let mut seen = Vec::new();
+    let verified = ltx::verify_visiting(bytes.as_slice(), |header, pgno, page| {
+        assert_eq!(header.commit, 9);
+        seen.push((pgno.0, page.to_vec()));
+        Ok(())
+    })
+    .expect("valid file");
+    assert_eq!(verified.page_count(), 3);
+    assert_eq!(seen, decode_pages(&bytes).expect("valid file"));
+
+    let err = ltx::verify_visiting(bytes.as_slice(), |_, pgno, _| {
+        if pgno.0 == 5 { Err(std::io::Error::other("disk full")) } else { Ok(()) }
+    })
+    .expect_err("the visitor failed");
+    assert!(matches!(err, LtxError::Visit { pgno: Pgno(5), .. }), "{err}");
+    assert_eq!(err.to_string(), "handing page 5 on failed: disk full");
+}

@@ -350,9 +350,23 @@ impl VerifiedLtx {
 
 /// Reads a whole LTX file, checks every rule and checksum, and that nothing follows the trailer.
 pub fn verify<R: Read>(reader: R) -> Result<VerifiedLtx, LtxError> {
+    verify_visiting(reader, |_, _, _| Ok(()))
+}
+
+/// [`verify`], handing each page to `visit` as it is decoded, with the file's header: a
+/// caller can build what the file holds (a snapshot's database image) in the same pass
+/// that verifies it. The pages are handed on before the file as a whole is verified, so
+/// what `visit` builds may be used only once this returns `Ok`. An error from `visit` stops
+/// the pass ([`LtxError::Visit`]).
+pub fn verify_visiting<R: Read>(
+    reader: R,
+    mut visit: impl FnMut(&Header, Pgno, &[u8]) -> io::Result<()>,
+) -> Result<VerifiedLtx, LtxError> {
     let mut decoder = Decoder::new(reader)?;
     let mut page = vec![0u8; decoder.header().page_size.bytes()];
-    while decoder.next_page(&mut page)?.is_some() {}
+    while let Some(pgno) = decoder.next_page(&mut page)? {
+        visit(decoder.header(), pgno, &page).map_err(|source| LtxError::Visit { pgno, source })?;
+    }
     let header = *decoder.header();
     let trailer =
         decoder.trailer().ok_or(LtxError::Misuse { role: "decoder", reason: "no trailer after the last page" })?;

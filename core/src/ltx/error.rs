@@ -209,6 +209,15 @@ pub enum LtxError {
         /// The post-apply checksum given.
         checksum: Checksum,
     },
+    /// The caller's page visitor ([`crate::ltx::verify_visiting`]) failed on a page.
+    #[error("handing page {pgno} on failed: {source}")]
+    Visit {
+        /// The page being handed on.
+        pgno: Pgno,
+        /// The visitor's error.
+        #[source]
+        source: io::Error,
+    },
     /// The encoder or decoder was used out of order (a programming error in the caller).
     #[error("LTX {role} misuse: {reason}")]
     Misuse {

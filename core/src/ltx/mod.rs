@@ -15,7 +15,7 @@ mod snapshot;
 pub use apply::{ApplyError, PageFile, apply};
 pub use checksum::{DatabaseChecksum, Hasher, checksum_database, crc64_go_iso, page_checksum, read_full};
 pub use compact::{CompactError, compact};
-pub use decoder::{Decoder, VerifiedLtx, verify};
+pub use decoder::{Decoder, VerifiedLtx, verify, verify_visiting};
 pub use encoder::Encoder;
 pub use error::{HeaderError, LtxError};
 pub use header::{
