@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use replite::driver::{CommitBridge, DatabaseImage, DiskStorage, Driver, Storage};
+use replite::driver::{CommitBridge, DatabaseImage, DiskStorage, Driver, SnapshotImage, Storage};
 use replite::lease::{LeaseRecord, Leaser, StaticLeaser};
 use replite_core::node::{Config, Input, IoFailure, Node, Recovery};
 use replite_core::stream::DbName;
@@ -47,6 +47,7 @@ impl Storage for MemStorage {
         min: TxId,
         max: TxId,
         spool: tempfile::NamedTempFile,
+        _: Option<SnapshotImage>,
         _: Checksum,
     ) -> Result<Pos, IoFailure> {
         let bytes = std::fs::read(spool.path()).map_err(|_| IoFailure::Io)?;

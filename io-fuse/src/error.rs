@@ -126,6 +126,19 @@ pub enum ApplyLtxError {
         #[source]
         source: io::Error,
     },
+    /// Replacing the database file with a snapshot's image failed: nothing was replaced
+    /// (`step` "rename") or the file was replaced and the mount's descriptors not all moved
+    /// to it (later steps: the next apply or a restart mends it).
+    #[error("replacing {db} with a snapshot's database ({step}): {source}")]
+    Replace {
+        /// Database name.
+        db: String,
+        /// Which step failed.
+        step: &'static str,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
     /// The codec refused or failed to apply the file.
     #[error("applying LTX to {db}: {source}")]
     Apply {

@@ -34,6 +34,7 @@ mod boundary;
 mod copy;
 mod database_node;
 mod demoted_wal;
+mod direct;
 mod dropped;
 mod error;
 mod file_system;
@@ -52,6 +53,7 @@ mod wal_node;
 
 pub use boundary::{CapturedPage, CapturedTx, CommitSink, Durability, JournalMode, Refusal, WalSegment};
 pub use copy::CommittedCopy;
+pub use direct::{DIRECT_ALIGN, DirectWriter};
 pub use error::{ApplyLtxError, CaptureError, CopyError, MountError};
 pub use hot_journal::roll_back_hot_journal;
 pub use layout::database_path;

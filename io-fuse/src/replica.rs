@@ -103,6 +103,14 @@ impl PageFile for RecordingFile {
     }
 }
 
+/// How [`Mount::apply_verified`] changes the database file.
+enum Change<'a, R> {
+    /// Apply an LTX file, read from `ltx`, to a database at `current`.
+    Apply { ltx: R, current: Checksum },
+    /// Replace the database by the file at `image`, a whole database at `pos`.
+    Replace { image: &'a Path, pos: Pos },
+}
+
 impl Mount {
     /// Applies one LTX file to database `db`, whose current checksum is `current`, while no
     /// SQLite reader is inside a read transaction. The file is verified whole before anything
@@ -123,7 +131,7 @@ impl Mount {
         if verified.header().commit == 0 {
             return self.apply_drop(db, verified.header(), current);
         }
-        self.apply_verified(db, ltx_bytes, current)
+        self.apply_verified(db, Change::Apply { ltx: ltx_bytes, current })
     }
 
     /// [`Mount::apply_ltx`] for a stored LTX file the caller verified whole and made durable
@@ -144,7 +152,20 @@ impl Mount {
         if let Some(header) = header.filter(|h| h.commit == 0) {
             return self.apply_drop(db, &header, current);
         }
-        self.apply_verified(db, BufReader::with_capacity(LTX_READ_BUFFER_BYTES, file), current)
+        self.apply_verified(db, Change::Apply { ltx: BufReader::with_capacity(LTX_READ_BUFFER_BYTES, file), current })
+    }
+
+    /// Replaces database `db` with `image`, a whole database at `pos` (a snapshot's pages,
+    /// written while its LTX file was verified; the caller made that file durable), under
+    /// the same locks as [`Mount::apply_ltx`]: a rename in the data directory, then every
+    /// descriptor the mount holds on the old file is moved to the new one and the kernel's
+    /// cache of the database is dropped whole. Readers see the old database or the new one.
+    /// The image is not fsynced: like an apply's pages, a crash may tear it, and recovery
+    /// replays the durable snapshot over it. Returns `pos`.
+    pub fn replace_database(&self, db: &str, image: &Path, pos: Pos) -> Result<Pos, ApplyLtxError> {
+        self.check_may_apply(db)?;
+        let change: Change<'_, io::Empty> = Change::Replace { image, pos };
+        self.apply_verified(db, change)
     }
 
     fn check_may_apply(&self, db: &str) -> Result<(), ApplyLtxError> {
@@ -160,7 +181,7 @@ impl Mount {
         Ok(())
     }
 
-    fn apply_verified(&self, db: &str, ltx_source: impl Read, current: Checksum) -> Result<Pos, ApplyLtxError> {
+    fn apply_verified<R: Read>(&self, db: &str, change: Change<'_, R>) -> Result<Pos, ApplyLtxError> {
         let _serial = lock(&self.apply_lock);
         let lock_err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
 
@@ -184,11 +205,14 @@ impl Mount {
 
         let mut file = RecordingFile::new(target);
         let applied = match self.roll_back_hot_journal(db, &mut file) {
-            Ok(()) => self.fold_published_wal(db, wal_guard.as_ref(), &mut file).and_then(|()| {
-                ltx::apply(&mut file, current, ltx_source).map_err(|source| {
-                    warn!(db, error = %source, "apply failed");
-                    ApplyLtxError::Apply { db: db.to_owned(), source }
-                })
+            Ok(()) => self.fold_published_wal(db, wal_guard.as_ref(), &mut file).and_then(|()| match change {
+                Change::Apply { ltx: ltx_source, current } => {
+                    ltx::apply(&mut file, current, ltx_source).map_err(|source| {
+                        warn!(db, error = %source, "apply failed");
+                        ApplyLtxError::Apply { db: db.to_owned(), source }
+                    })
+                }
+                Change::Replace { image, pos } => self.replace_file(db, &mut file, image).map(|()| pos),
             }),
             Err(e) => Err(e),
         };
@@ -240,6 +264,26 @@ impl Mount {
         self.set_position(db, pos);
         debug!(db, txid = %pos.txid, pages = file.writes.len(), "applied");
         Ok(pos)
+    }
+
+    /// Under the apply's locks: renames `image` over the database file, makes the rename
+    /// durable, and points `file` and every handle open on the database at the new file.
+    /// `file` then records the whole database as changed (the kernel drops its cache of it).
+    fn replace_file(&self, db: &str, file: &mut RecordingFile, image: &Path) -> Result<(), ApplyLtxError> {
+        let err = |step| move |source| ApplyLtxError::Replace { db: db.to_owned(), step, source };
+        file.flush().map_err(err("write what the hot journal or WAL restored"))?;
+        let backing = self.shared.database_path(db);
+        std::fs::rename(image, &backing).map_err(err("rename"))?;
+        // From here the database is the image: whatever fails below, the kernel's cache of
+        // the old file is dropped (by the caller) and the position is not published.
+        file.writes.clear();
+        file.truncated_to = Some(0);
+        let dir = backing.parent().expect("a database file sits in its database's directory");
+        File::open(dir).and_then(|d| d.sync_all()).map_err(err("fsync the database directory"))?;
+        file.file = OpenOptions::new().read(true).write(true).open(&backing).map_err(err("open the new file"))?;
+        let moved = self.shared.reopen_database_handles(db).map_err(err("move open descriptors"))?;
+        debug!(db, handles = moved, "replaced the database file with a snapshot's image");
+        Ok(())
     }
 
     /// Under the WAL guard: writes the frames the WAL index publishes (transactions this

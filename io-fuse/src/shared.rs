@@ -340,6 +340,38 @@ impl Shared {
         FileHandle(fh)
     }
 
+    /// Points every open handle on database `db` at the file now at its backing path (the
+    /// old file was replaced by a rename): each descriptor is replaced in place (`dup3`) by
+    /// one opened on the new file with the same access mode, so a handle never reads a file
+    /// the database no longer is. Returns how many were moved.
+    pub(crate) fn reopen_database_handles(&self, db: &str) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        // The handles' Arcs keep their descriptors open (so their numbers cannot be reused)
+        // while they are replaced, even if the kernel releases a handle meanwhile.
+        let open: Vec<Arc<Handle>> = lock(&self.handles)
+            .values()
+            .filter(|h| h.kind == NodeKind::Database && h.db == db && h.file.is_some())
+            .cloned()
+            .collect();
+        let path = self.database_path(db);
+        for handle in &open {
+            let Some(old) = &handle.file else { continue };
+            // SAFETY: fcntl(F_GETFL) only reads the flags of a descriptor this handle owns.
+            let flags = unsafe { libc::fcntl(old.as_raw_fd(), libc::F_GETFL) };
+            if flags < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+            let new = OpenOptions::new().read(true).write(writable).open(&path)?;
+            // SAFETY: both descriptors are open and owned (the old one by `handle`, which the
+            // Arc keeps alive); dup3 atomically makes the old number refer to the new file.
+            if unsafe { libc::dup3(new.as_raw_fd(), old.as_raw_fd(), libc::O_CLOEXEC) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(open.len())
+    }
+
     /// Forgets the handle `fh` (the kernel released it).
     pub(crate) fn remove_handle(&self, fh: FileHandle) {
         let handle = lock(&self.handles).remove(&fh.0);

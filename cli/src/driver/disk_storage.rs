@@ -12,7 +12,7 @@ use replite_core::{Checksum, Epoch, Pos, TxId};
 use replite_fuse::Mount;
 use tracing::error;
 
-use crate::driver::storage::{DatabaseImage, Storage};
+use crate::driver::storage::{DatabaseImage, SnapshotImage, Storage};
 use crate::store::{Store, StoreError};
 
 /// The store under `data.dir`, and the mount that serves its databases (if mounted).
@@ -72,12 +72,21 @@ impl Storage for DiskStorage {
         self.store().create_spool(db).map_err(io::Error::other)
     }
 
+    fn create_image(&self, db: &DbName) -> io::Result<Option<tempfile::NamedTempFile>> {
+        // Only the mount can replace a database under the readers' locks.
+        if self.mount.is_none() {
+            return Ok(None);
+        }
+        self.store().create_image(db).map(Some).map_err(io::Error::other)
+    }
+
     fn persist_spooled_and_apply(
         &self,
         db: &DbName,
         min: TxId,
         max: TxId,
         spool: tempfile::NamedTempFile,
+        image: Option<SnapshotImage>,
         base: Checksum,
     ) -> Result<Pos, IoFailure> {
         let mut store = self.store();
@@ -86,6 +95,18 @@ impl Storage for DiskStorage {
             return store.apply_ltx(db, min, max, base).map_err(logged(db, "applying an LTX file"));
         };
         store.forget_checksum(db);
+        if let Some(SnapshotImage { file, pos }) = image {
+            // The snapshot's database was written while it was spooled: renamed into place.
+            let replaced = mount.replace_database(db.as_str(), file.path(), pos).map_err(|e| {
+                error!(%db, %min, %max, error = %e, "replacing the database with a snapshot's image failed");
+                IoFailure::Mismatch
+            });
+            if replaced.is_ok() {
+                // Renamed away: nothing left at the temporary name to delete.
+                let _ = file.into_temp_path().keep();
+            }
+            return replaced;
+        }
         // Applied from the stored file, page by page: a snapshot is never held in memory.
         mount.apply_ltx_file(db.as_str(), &path, base).map_err(|e| {
             error!(%db, %min, %max, error = %e, "applying a spooled LTX file through the mount failed");

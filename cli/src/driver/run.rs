@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use replite_core::ltx::VerifiedLtx;
 use replite_core::ltx::{HEADER_SIZE, Header};
 use replite_core::node::{
     CommitId, DownstreamId, Durability, Input, IoFailure, Node, OpId, Output, RefuseReason, Role, SpoolId, SyncId,
@@ -24,7 +23,7 @@ use crate::driver::bridge::{Answer, FsRequest};
 use crate::driver::clock::Clock;
 use crate::driver::downstream::{DownstreamCmd, PositionQuery, Transfers, run_downstream};
 use crate::driver::page_sums::PageSums;
-use crate::driver::spool::{SpoolOutcome, SpoolWriter};
+use crate::driver::spool::{MakeImage, SpoolOutcome, SpoolWriter, Spooled};
 use crate::driver::status::{EventLog, SnapshotProgress, Status, Surface};
 use crate::driver::storage::Storage;
 use crate::driver::upstream::{UpstreamReport, run_upstream};
@@ -102,7 +101,7 @@ pub struct Driver {
     /// Spools being written (`None` once ended: the thread is verifying and fsyncing).
     spooling: BTreeMap<SpoolId, Option<SpoolWriter>>,
     /// Spools verified and durable, waiting for `PersistSpooledLtx` or `SpoolDiscard`.
-    spooled: BTreeMap<SpoolId, (tempfile::NamedTempFile, VerifiedLtx)>,
+    spooled: BTreeMap<SpoolId, Spooled>,
     downstreams: BTreeMap<DownstreamId, mpsc::UnboundedSender<DownstreamCmd>>,
     downstream_closed: mpsc::UnboundedReceiver<DownstreamId>,
     downstream_closed_tx: mpsc::UnboundedSender<DownstreamId>,
@@ -413,8 +412,9 @@ impl Driver {
                     return;
                 }
                 let result = match outcome {
-                    Ok((verified, file)) => {
-                        self.spooled.insert(spool, (file, verified));
+                    Ok(spooled) => {
+                        let verified = spooled.verified;
+                        self.spooled.insert(spool, spooled);
                         Ok(verified)
                     }
                     Err(reason) => Err(reason),
@@ -657,7 +657,7 @@ impl Driver {
             }
             Output::PersistSpooledLtx { db, op, spool, min, max, base } => {
                 let back = self.back_tx.clone();
-                let Some((file, verified)) = self.spooled.remove(&spool) else {
+                let Some(Spooled { verified, file, image }) = self.spooled.remove(&spool) else {
                     warn!(%db, spool = spool.0, "asked to persist a spool that is not ready");
                     let _ = back.send(Back::Input(Input::LtxDone { op, result: Err(IoFailure::Io) }));
                     return;
@@ -666,7 +666,7 @@ impl Driver {
                 let events = self.events.clone();
                 let (page_size, ts) = (verified.header().page_size.get(), verified.header().timestamp_ms);
                 tokio::task::spawn_blocking(move || {
-                    let result = storage.persist_spooled_and_apply(&db, min, max, file, base);
+                    let result = storage.persist_spooled_and_apply(&db, min, max, file, image, base);
                     if let Ok(pos) = result {
                         events.applied(&db, pos, page_size, ts);
                     }
@@ -754,8 +754,11 @@ impl Driver {
     /// Node as a failed spool (it resyncs).
     fn begin_spool(&mut self, spool: SpoolId, db: &DbName) {
         let back = self.back_tx.clone();
+        let storage = Arc::clone(&self.storage);
+        let image_db = db.clone();
+        let make_image: MakeImage = Box::new(move || storage.create_image(&image_db));
         let started = self.storage.create_spool(db).and_then(|file| {
-            SpoolWriter::start(spool, file, move |spool, outcome| {
+            SpoolWriter::start(spool, file, make_image, move |spool, outcome| {
                 let _ = back.send(Back::Spooled { spool, outcome });
             })
         });

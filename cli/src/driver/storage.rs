@@ -26,6 +26,18 @@ impl DatabaseImage {
     }
 }
 
+/// The database a snapshot LTX file holds, written while the spooled file was verified
+/// (`driver::spool`), and the position it is at: the apply replaces the database file with
+/// it instead of writing every page again (decision 0010).
+#[derive(Debug)]
+pub struct SnapshotImage {
+    /// The database file: a temporary file beside the database, not fsynced (the LTX file
+    /// is the durable record; recovery replays it over a database a crash tore).
+    pub file: tempfile::NamedTempFile,
+    /// The snapshot's position: its max TXID and post-apply checksum.
+    pub pos: Pos,
+}
+
 /// Durable storage of LTX files, the databases they apply to, and the highest epoch seen.
 pub trait Storage: Send + Sync + 'static {
     /// A primary's own commit: writes the LTX file (with `durable`, also fsynced) and returns
@@ -45,14 +57,23 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<Pos, IoFailure>;
     /// A temporary file to spool an LTX file of `db` into as it arrives (deleted if dropped).
     fn create_spool(&self, db: &DbName) -> io::Result<tempfile::NamedTempFile>;
+    /// A temporary file beside `db`'s database that a snapshot's database can be written to
+    /// while it is spooled, then given to [`Storage::persist_spooled_and_apply`]; `None` if
+    /// this storage applies snapshots page by page only.
+    fn create_image(&self, _db: &DbName) -> io::Result<Option<tempfile::NamedTempFile>> {
+        Ok(None)
+    }
     /// Like `persist_and_apply`, for a file spooled into `spool`, verified whole and fsynced:
-    /// the spool becomes the stored file (not copied) and is applied from disk.
+    /// the spool becomes the stored file (not copied) and is applied from disk, or, for a
+    /// snapshot whose database was built while it was spooled (`image`), the database file
+    /// is replaced by that image.
     fn persist_spooled_and_apply(
         &self,
         db: &DbName,
         min: TxId,
         max: TxId,
         spool: tempfile::NamedTempFile,
+        image: Option<SnapshotImage>,
         base: Checksum,
     ) -> Result<Pos, IoFailure>;
     /// Makes every LTX file of `db` written without `durable`, up to `through`, durable.

@@ -249,6 +249,20 @@ impl Store {
             .map_err(StoreError::io("create", &dir))
     }
 
+    /// A temporary file beside `db`'s database for the database a snapshot holds, written
+    /// while the snapshot is spooled (`driver::spool`) and renamed over the database file by
+    /// the apply. Named with [`TEMP_SUFFIX`], so recovery deletes it if a crash leaves it
+    /// behind; deleted when dropped.
+    pub fn create_image(&self, db: &DbName) -> Result<tempfile::NamedTempFile, StoreError> {
+        let dir = layout::db_dir(&self.dir, db);
+        fsutil::ensure_dir(&dir)?;
+        tempfile::Builder::new()
+            .prefix(".image-")
+            .suffix(TEMP_SUFFIX)
+            .tempfile_in(&dir)
+            .map_err(StoreError::io("create", &dir))
+    }
+
     /// Makes a spooled LTX file (verified whole and fsynced while it was written, see
     /// `driver::spool`) the stored file `dbs/<db>/ltx/<min>-<max>.ltx`: a rename and a
     /// directory fsync, the bytes are not written again. A snapshot also removes every other
