@@ -81,6 +81,33 @@ impl Mount {
     /// (`CopyError::Invalid`) when that writer's transaction wrote more unjournaled pages
     /// than the mount keeps originals for; a later copy succeeds.
     pub fn copy_committed(&self, db: &str, dest: &Path) -> Result<CommittedCopy, CopyError> {
+        self.copy_image(db, dest, None).map(|(copy, _)| copy)
+    }
+
+    /// [`Mount::copy_committed`], handing the image to `sink` instead of writing it to a
+    /// file where it can (decision 0010): under the same locks, a first pass over the image
+    /// computes its checksum ([`CopySink::begin`], which may resolve the position it is at),
+    /// and a second pass hands its pages over in order ([`CopySink::pages`]). The locks are
+    /// held until the sink has taken the last page, so a sink that cannot keep up should
+    /// put the rest aside rather than wait (writers wait for the copy). Around a writer (a
+    /// rollback transaction holding PENDING or EXCLUSIVE) the image is only known once the
+    /// file is copied: it is then written to `dest` as [`Mount::copy_committed`] does, and
+    /// the result says so ([`CopiedTo::File`]); the sink is not called.
+    pub fn stream_committed(
+        &self,
+        db: &str,
+        dest: &Path,
+        sink: &mut dyn CopySink,
+    ) -> Result<(CommittedCopy, CopiedTo), CopyError> {
+        self.copy_image(db, dest, Some(sink))
+    }
+
+    fn copy_image(
+        &self,
+        db: &str,
+        dest: &Path,
+        sink: Option<&mut dyn CopySink>,
+    ) -> Result<(CommittedCopy, CopiedTo), CopyError> {
         match classify(db) {
             Some((NodeKind::Database, name)) if name == db => {}
             _ => return Err(CopyError::InvalidName { db: db.to_owned() }),
@@ -137,7 +164,7 @@ impl Mount {
         // whose header says WAL may have a writer about to create one; a replica cannot.
         let wal_in_use = wal_path.exists() || (header_says_wal && self.shared.is_primary());
         if !shared && !wal_in_use {
-            return self.copy_around_writer(db, &database, dest);
+            return self.copy_around_writer(db, &database, dest).map(|copy| (copy, CopiedTo::File));
         }
         let wal_index = if wal_in_use { self.lock_wal_index(db)? } else { None };
         // Read again under the WAL-index locks: a checkpoint may have rewritten page 1 since.
@@ -185,47 +212,45 @@ impl Mount {
             return Err(CopyError::Empty { db: db.to_owned() });
         }
 
-        let out = OpenOptions::new().write(true).create(true).truncate(true).open(dest);
-        let out = out.map_err(io_err("create the copy", dest))?;
-        let mut out = io::BufWriter::with_capacity(page_size.bytes().max(64 * 1024), out);
-        let mut sum = DatabaseChecksum::new(page_size);
-        let mut page = vec![0u8; page_size.bytes()];
         let journal_path = self.shared.journal_path(db);
-        for pgno in 1..=pages {
-            let from_overlay = match &image {
-                Image::File => false,
-                Image::RolledBack { journal, hot } => {
-                    hot.read_original(journal, pgno, &mut page).map_err(io_err("read the journal", &journal_path))?
-                }
-                Image::Wal { wal, committed } => match committed.pages.get(&pgno) {
-                    Some(&offset) => {
-                        wal.read_exact_at(&mut page, offset).map_err(io_err("read the WAL", &wal_path))?;
-                        true
-                    }
-                    None => false,
-                },
-            };
-            if !from_overlay {
-                // Past the end of the file SQLite reads zeros, and so does the copy.
-                let offset = Pgno(pgno).offset(page_size);
-                let n = read_full_at(&database, &mut page, offset).map_err(io_err("read the database", &db_path))?;
-                page[n..].fill(0);
-            }
-            sum.toggle_page(Pgno(pgno), &page);
-            out.write_all(&page).map_err(io_err("write the copy", dest))?;
-        }
-        let out = out.into_inner().map_err(|e| io_err("write the copy", dest)(e.into_error()))?;
-        // Everything is read: let writers go before the (slow) fsync.
-        drop(wal_index);
-        drop(locker);
-        out.sync_all().map_err(io_err("fsync the copy", dest))?;
+        let paths = [db_path.as_path(), journal_path.as_path(), wal_path.as_path()];
+        let reader = ImageReader { db, image: &image, database: &database, paths, page_size, pages };
+        let mut run = vec![0u8; page_size.bytes() * reader.run_pages()];
+        let mut sum = DatabaseChecksum::new(page_size);
+        let to = if let Some(sink) = sink {
+            // Two passes under the locks: the checksum names the position before any page
+            // leaves, then the pages themselves (read from the page cache again).
+            reader.each_run(&mut run, |first, bytes| {
+                toggle_pages(&mut sum, first, bytes, page_size);
+                Ok(())
+            })?;
+            let sink_err = |step| move |source| CopyError::Io { db: db.to_owned(), step, path: dest.to_owned(), source };
+            sink.begin(page_size, pages, sum.value()).map_err(sink_err("start handing the copy on"))?;
+            reader.each_run(&mut run, |first, bytes| sink.pages(first, bytes).map_err(sink_err("hand the copy on")))?;
+            CopiedTo::Sink
+        } else {
+            let out = OpenOptions::new().write(true).create(true).truncate(true).open(dest);
+            let out = out.map_err(io_err("create the copy", dest))?;
+            let mut at = 0u64;
+            reader.each_run(&mut run, |first, bytes| {
+                toggle_pages(&mut sum, first, bytes, page_size);
+                out.write_all_at(bytes, at).map_err(io_err("write the copy", dest))?;
+                at += bytes.len() as u64;
+                Ok(())
+            })?;
+            // Everything is read: let writers go before the (slow) fsync.
+            drop(wal_index);
+            drop(locker);
+            out.sync_all().map_err(io_err("fsync the copy", dest))?;
+            CopiedTo::File
+        };
         let source = match image {
             Image::File => "database",
             Image::RolledBack { .. } => "database and hot journal",
             Image::Wal { .. } => "database and WAL",
         };
-        debug!(db, pages, checksum = %sum.value(), source, "copied committed database");
-        Ok(CommittedCopy { page_size, pages, checksum: sum.value() })
+        debug!(db, pages, checksum = %sum.value(), source, ?to, "copied committed database");
+        Ok((CommittedCopy { page_size, pages, checksum: sum.value() }, to))
     }
 
     /// Takes the WAL-index checkpointer lock of `db` and read mark 1 (shared), on a descriptor
@@ -405,6 +430,95 @@ impl Mount {
             Ok(None) => Ok(Image::File),
             Err(source) => Err(CopyError::Io { db: db.to_owned(), step: "read the journal", path, source }),
         }
+    }
+}
+
+/// Where [`Mount::stream_committed`] put the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopiedTo {
+    /// Handed to the sink, page by page, under the locks.
+    Sink,
+    /// Written to the destination file (a copy around a writer).
+    File,
+}
+
+/// Takes a consistent copy of a database as [`Mount::stream_committed`] reads it, under
+/// SQLite's locks: whatever it does, writers wait while it does it.
+pub trait CopySink {
+    /// The image's page size, size in pages and database checksum (lock page excluded),
+    /// before any page: an error stops the copy.
+    fn begin(&mut self, page_size: PageSize, pages: u32, checksum: Checksum) -> io::Result<()>;
+    /// The next pages, from `first` on, whole and in order (the lock page included, as it
+    /// is in the file); an error stops the copy.
+    fn pages(&mut self, first: Pgno, bytes: &[u8]) -> io::Result<()>;
+}
+
+/// Pages read per system call where no overlay (WAL frame, journal original) replaces them:
+/// one read per 4 KiB page costs more than copying the page.
+const COPY_RUN_BYTES: usize = 1 << 20;
+
+/// Reads the committed image of a database run by run: the database file's bytes with the
+/// overlay's pages laid over them, zeros past the file's end.
+struct ImageReader<'a> {
+    db: &'a str,
+    image: &'a Image,
+    database: &'a File,
+    /// The database file, journal and WAL, for errors.
+    paths: [&'a Path; 3],
+    page_size: PageSize,
+    pages: u32,
+}
+
+impl ImageReader<'_> {
+    fn run_pages(&self) -> usize {
+        (COPY_RUN_BYTES / self.page_size.bytes()).max(1)
+    }
+
+    /// Calls `each` with the image's pages in order, up to `run.len()` bytes at a time.
+    fn each_run(
+        &self,
+        run: &mut [u8],
+        mut each: impl FnMut(Pgno, &[u8]) -> Result<(), CopyError>,
+    ) -> Result<(), CopyError> {
+        let io_err = |step, path: &Path| {
+            let path = path.to_owned();
+            move |source| CopyError::Io { db: self.db.to_owned(), step, path, source }
+        };
+        let page_bytes = self.page_size.bytes();
+        let per_run = u32::try_from(run.len() / page_bytes).expect("a run is at most COPY_RUN_BYTES");
+        let mut first = 1u32;
+        while first <= self.pages {
+            let count = per_run.min(self.pages - first + 1);
+            let bytes = &mut run[..count as usize * page_bytes];
+            // Past the end of the file SQLite reads zeros, and so does the copy.
+            let offset = Pgno(first).offset(self.page_size);
+            let n = read_full_at(self.database, bytes, offset).map_err(io_err("read the database", self.paths[0]))?;
+            bytes[n..].fill(0);
+            for (i, page) in bytes.chunks_exact_mut(page_bytes).enumerate() {
+                let pgno = first + i as u32;
+                match self.image {
+                    Image::File => {}
+                    Image::RolledBack { journal, hot } => {
+                        hot.read_original(journal, pgno, page).map_err(io_err("read the journal", self.paths[1]))?;
+                    }
+                    Image::Wal { wal, committed } => {
+                        if let Some(&at) = committed.pages.get(&pgno) {
+                            wal.read_exact_at(page, at).map_err(io_err("read the WAL", self.paths[2]))?;
+                        }
+                    }
+                }
+            }
+            each(Pgno(first), bytes)?;
+            first += count;
+        }
+        Ok(())
+    }
+}
+
+/// Adds pages `first..` in `bytes` to a database checksum.
+fn toggle_pages(sum: &mut DatabaseChecksum, first: Pgno, bytes: &[u8], page_size: PageSize) {
+    for (i, page) in bytes.chunks_exact(page_size.bytes()).enumerate() {
+        sum.toggle_page(Pgno(first.0 + i as u32), page);
     }
 }
 

@@ -52,7 +52,7 @@ mod wal_fold;
 mod wal_node;
 
 pub use boundary::{CapturedPage, CapturedTx, CommitSink, Durability, JournalMode, Refusal, WalSegment};
-pub use copy::CommittedCopy;
+pub use copy::{CommittedCopy, CopiedTo, CopySink};
 pub use direct::{DIRECT_ALIGN, DirectWriter};
 pub use error::{ApplyLtxError, CaptureError, CopyError, MountError};
 pub use hot_journal::roll_back_hot_journal;
