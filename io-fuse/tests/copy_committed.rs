@@ -51,6 +51,45 @@ fn check_copy(fx: &Fixture, copy: &CommittedCopy, dest: &Path, what: &str) -> Ch
     copy.checksum
 }
 
+/// Collects what `Mount::stream_committed` hands on, checking the order it comes in.
+#[derive(Default)]
+struct CollectSink {
+    begun: Option<(PageSize, u32, Checksum)>,
+    bytes: Vec<u8>,
+}
+
+impl replite_fuse::CopySink for CollectSink {
+    fn begin(&mut self, page_size: PageSize, pages: u32, checksum: Checksum) -> std::io::Result<()> {
+        assert!(self.begun.is_none(), "begun twice");
+        self.begun = Some((page_size, pages, checksum));
+        Ok(())
+    }
+
+    fn pages(&mut self, first: replite_core::types::Pgno, bytes: &[u8]) -> std::io::Result<()> {
+        let (page_size, _, _) = self.begun.expect("pages come after begin");
+        assert_eq!(first.offset(page_size), self.bytes.len() as u64, "pages in order, none missing");
+        assert_eq!(bytes.len() % page_size.bytes(), 0, "whole pages");
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// A copy by `Mount::stream_committed`: what the sink got (or the file, around a writer)
+/// ends up at `dest`, and agrees with what `begin` announced.
+fn streamed_copy(fx: &Fixture, dest: &Path) -> CommittedCopy {
+    let mut sink = CollectSink::default();
+    let (copy, to) = fx.mount().stream_committed(DB, dest, &mut sink).expect("streamed copy");
+    match to {
+        replite_fuse::CopiedTo::Sink => {
+            assert_eq!(sink.begun, Some((copy.page_size, copy.pages, copy.checksum)), "begin announced the copy");
+            assert_eq!(sink.bytes.len() as u64, u64::from(copy.pages) * u64::from(copy.page_size.get()));
+            std::fs::write(dest, &sink.bytes).unwrap();
+        }
+        replite_fuse::CopiedTo::File => assert!(sink.begun.is_none() && sink.bytes.is_empty(), "the sink was not used"),
+    }
+    copy
+}
+
 fn dest_in(dir: &TempDir, name: &str) -> PathBuf {
     dir.0.join(name)
 }
@@ -84,9 +123,14 @@ fn copies_during_writes(mode: &str) {
         });
         let mut copies = 0;
         let mut seen = std::collections::BTreeSet::new();
-        while !done.load(Ordering::SeqCst) || copies < 5 {
+        while !done.load(Ordering::SeqCst) || copies < 6 {
             let dest = dest_in(&dir, &format!("copy-{}", copies % 2));
-            let copy = fx.mount().copy_committed(DB, &dest).expect("copy");
+            // Every other copy is streamed to a sink and written out afterwards.
+            let copy = if copies % 2 == 0 {
+                fx.mount().copy_committed(DB, &dest).expect("copy")
+            } else {
+                streamed_copy(&fx, &dest)
+            };
             seen.insert(check_copy(&fx, &copy, &dest, &format!("{mode} copy {copies}")));
             copies += 1;
         }
