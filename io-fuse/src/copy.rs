@@ -224,7 +224,8 @@ impl Mount {
                 toggle_pages(&mut sum, first, bytes, page_size);
                 Ok(())
             })?;
-            let sink_err = |step| move |source| CopyError::Io { db: db.to_owned(), step, path: dest.to_owned(), source };
+            let sink_err =
+                |step| move |source| CopyError::Io { db: db.to_owned(), step, path: dest.to_owned(), source };
             sink.begin(page_size, pages, sum.value()).map_err(sink_err("start handing the copy on"))?;
             reader.each_run(&mut run, |first, bytes| sink.pages(first, bytes).map_err(sink_err("hand the copy on")))?;
             CopiedTo::Sink

@@ -202,6 +202,56 @@ fn write_jobs(
     Ok(())
 }
 
+/// Reads a file once from start to end, with `O_DIRECT` where the file system allows it
+/// (a spilled snapshot copy on a primary): like [`DirectWriter`], it keeps a file that is
+/// read once out of the page cache. Reads are whole aligned chunks.
+pub struct DirectReader {
+    file: File,
+    chunk: AlignedChunk,
+    /// Bytes of `chunk` already returned.
+    at: usize,
+    /// File offset of the next chunk.
+    next: u64,
+    direct: bool,
+}
+
+impl DirectReader {
+    /// Reads `file` from its start.
+    pub fn new(file: File) -> DirectReader {
+        let direct = set_direct(&file, true).is_ok();
+        DirectReader { file, chunk: AlignedChunk::new(), at: 0, next: 0, direct }
+    }
+}
+
+impl io::Read for DirectReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.chunk.len {
+            self.chunk.len = CHUNK_BYTES;
+            let range = self.chunk.start..self.chunk.start + CHUNK_BYTES;
+            let n = loop {
+                match self.file.read_at(&mut self.chunk.raw[range.clone()], self.next) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // Refused for this file after all (alignment): read through the cache.
+                    Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                        set_direct(&self.file, false)?;
+                        self.direct = false;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            self.chunk.len = n;
+            self.at = 0;
+            self.next += n as u64;
+        }
+        let n = buf.len().min(self.chunk.len - self.at);
+        let from = self.chunk.start + self.at;
+        buf[..n].copy_from_slice(&self.chunk.raw[from..from + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// Turns `O_DIRECT` on or off for `file`'s open file description.
 fn set_direct(file: &File, on: bool) -> io::Result<()> {
     let fd = file.as_raw_fd();
@@ -249,6 +299,21 @@ mod tests {
         assert_eq!(&read[..first.len()], &first[..]);
         assert!(read[first.len()..gap_at as usize].iter().all(|&b| b == 0), "the gap reads as zeros");
         assert_eq!(&read[gap_at as usize..], &second[..]);
+    }
+
+    #[test]
+    fn a_direct_reader_reads_back_what_was_written_whatever_its_length() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for len in [0, 1, 4095, CHUNK_BYTES, 2 * CHUNK_BYTES + 777] {
+            let path = dir.path().join(format!("f{len}"));
+            let bytes = pattern(len, 5);
+            let mut writer = DirectWriter::new(File::create(&path).expect("create")).expect("writer");
+            writer.write_at(0, &bytes).expect("write");
+            writer.finish(len as u64).expect("finish");
+            let mut read = Vec::new();
+            io::Read::read_to_end(&mut DirectReader::new(File::open(&path).expect("open")), &mut read).expect("read");
+            assert_eq!(read, bytes, "length {len}");
+        }
     }
 
     #[test]

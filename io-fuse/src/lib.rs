@@ -53,7 +53,7 @@ mod wal_node;
 
 pub use boundary::{CapturedPage, CapturedTx, CommitSink, Durability, JournalMode, Refusal, WalSegment};
 pub use copy::{CommittedCopy, CopiedTo, CopySink};
-pub use direct::{DIRECT_ALIGN, DirectWriter};
+pub use direct::{DIRECT_ALIGN, DirectReader, DirectWriter};
 pub use error::{ApplyLtxError, CaptureError, CopyError, MountError};
 pub use hot_journal::roll_back_hot_journal;
 pub use layout::database_path;

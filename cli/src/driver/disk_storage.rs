@@ -12,7 +12,7 @@ use replite_core::{Checksum, Epoch, Pos, TxId};
 use replite_fuse::Mount;
 use tracing::error;
 
-use crate::driver::storage::{DatabaseImage, SnapshotImage, Storage};
+use crate::driver::storage::{DatabaseImage, SnapshotImage, Storage, Streamed};
 use crate::store::{Store, StoreError};
 
 /// The store under `data.dir`, and the mount that serves its databases (if mounted).
@@ -147,8 +147,7 @@ impl Storage for DiskStorage {
     }
 
     fn copy_committed(&self, db: &DbName) -> io::Result<DatabaseImage> {
-        let dir = self.store().dir().to_path_buf();
-        let file = tempfile::Builder::new().prefix(".snapshot-").tempfile_in(&dir)?;
+        let file = self.spill_file()?;
         let checksum = match &self.mount {
             Some(mount) => mount.copy_committed(db.as_str(), file.path()).map_err(io::Error::other)?.checksum,
             None => {
@@ -159,6 +158,22 @@ impl Storage for DiskStorage {
             }
         };
         Ok(DatabaseImage { file, checksum })
+    }
+
+    fn stream_committed(&self, db: &DbName, sink: &mut dyn replite_fuse::CopySink) -> io::Result<Streamed> {
+        let Some(mount) = &self.mount else { return self.copy_committed(db).map(Streamed::File) };
+        // Written only when the copy has to go around a writer (`CopiedTo::File`).
+        let file = self.spill_file()?;
+        let (copy, to) = mount.stream_committed(db.as_str(), file.path(), sink).map_err(io::Error::other)?;
+        Ok(match to {
+            replite_fuse::CopiedTo::Sink => Streamed::Sink,
+            replite_fuse::CopiedTo::File => Streamed::File(DatabaseImage { file, checksum: copy.checksum }),
+        })
+    }
+
+    fn spill_file(&self) -> io::Result<tempfile::NamedTempFile> {
+        let dir = self.store().dir().to_path_buf();
+        tempfile::Builder::new().prefix(".snapshot-").tempfile_in(&dir)
     }
 
     fn remove_ltx(&self, db: &DbName, min: TxId, max: TxId) -> Result<(), IoFailure> {

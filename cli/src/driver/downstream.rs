@@ -5,16 +5,19 @@
 use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
 use bytes::Bytes;
 use replite_core::ltx::{SnapshotOptions, encode_database};
 use replite_core::node::DownstreamId;
 use replite_core::stream::{DbName, Frame, MAX_CHUNK_SIZE, encode_frame, encode_ltx_message};
-use replite_core::{Pos, TxId};
+use replite_core::{Checksum, PageSize, Pgno, Pos, TxId};
+use replite_fuse::{CopySink, DirectReader, DirectWriter};
+use tempfile::NamedTempFile;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::driver::storage::Storage;
+use crate::driver::storage::{DatabaseImage, Storage, Streamed};
 
 /// What a replica's stream task is asked to do.
 #[derive(Debug)]
@@ -89,6 +92,8 @@ enum SendError {
     UnknownPosition,
     #[error("encoding the snapshot: {0}")]
     Encode(#[from] replite_core::ltx::SnapshotError),
+    #[error("the copy's pages sum to {encoded}, not to the {announced} that named its position")]
+    Changed { announced: Checksum, encoded: Checksum },
 }
 
 /// Runs one replica's stream until the driver drops `cmds` (after its last command is sent)
@@ -155,17 +160,47 @@ impl Writer {
         }
     }
 
-    /// Copies the committed database, names its position, and encodes it as a snapshot LTX
-    /// file straight into the stream in chunks: memory stays bounded whatever the size.
+    /// Takes a consistent copy of the committed database, names its position, and encodes
+    /// it as a snapshot LTX file straight into the stream in chunks: memory stays bounded
+    /// whatever the size. The copy is handed over page by page while the database is locked
+    /// (decision 0010), so sending starts at once and no copy is written to disk, unless the
+    /// replica is too slow to take it within [`STREAM_UNDER_LOCKS_MAX`] (the rest is then
+    /// spilled to a file) or a writer is in the way (the copy is then a file, as before).
     async fn snapshot(&mut self, db: DbName, asked_at: Pos) -> Result<(), SendError> {
+        let (begin_tx, begin_rx) = oneshot::channel();
+        let (pieces_tx, pieces_rx) = std::sync::mpsc::sync_channel(COPY_PIECES_QUEUED);
         let storage = Arc::clone(&self.storage);
         let name = db.clone();
-        let image = tokio::task::spawn_blocking(move || storage.copy_committed(&name))
-            .await
-            .map_err(|e| SendError::Read { what: "the database", source: std::io::Error::other(e) })?
-            .map_err(|source| SendError::Read { what: "the database", source })?;
+        let copy = tokio::task::spawn_blocking(move || -> Result<Streamed, SendError> {
+            let read = |source| SendError::Read { what: "the database", source };
+            let spill_storage = Arc::clone(&storage);
+            let make_spill = Box::new(move || spill_storage.spill_file());
+            let mut sink =
+                StreamSink { begin: Some(begin_tx), pieces: pieces_tx, since: None, spill: None, make_spill };
+            let streamed = storage.stream_committed(&name, &mut sink).map_err(read)?;
+            sink.finish().map_err(|source| SendError::Read { what: "the spilled database copy", source })?;
+            Ok(streamed)
+        });
+        let joined = |r: Result<Result<Streamed, SendError>, tokio::task::JoinError>| {
+            r.map_err(|e| SendError::Read { what: "the database", source: std::io::Error::other(e) })?
+        };
+        let (source, checksum, copy) = match begin_rx.await {
+            Ok(begun) => (Source::Pieces(pieces_rx, begun), begun.2, Some(copy)),
+            Err(_) => {
+                // No pages were handed over: the copy went to a file, or failed.
+                drop(pieces_rx);
+                match joined(copy.await)? {
+                    Streamed::File(image) => {
+                        let checksum = image.checksum;
+                        (Source::File(image), checksum, None)
+                    }
+                    Streamed::Sink => return Err(SendError::UnknownPosition),
+                }
+            }
+        };
         let (reply, answer) = oneshot::channel();
-        let _ = self.positions.send(PositionQuery { db: db.clone(), checksum: image.checksum, reply });
+        let _ = self.positions.send(PositionQuery { db: db.clone(), checksum, reply });
+        // Dropping `source` (the pieces' receiver) makes a copy still running stop.
         let pos = answer.await.ok().flatten().ok_or(SendError::UnknownPosition)?;
         debug_assert!(pos.txid >= asked_at.txid, "a copy cannot be older than the position it was asked at");
 
@@ -175,19 +210,41 @@ impl Writer {
         // Encoded straight into the stream, chunk by chunk: no temporary LTX file is written
         // and read back, and encoding overlaps sending. The database size stands in for the
         // total in progress reports (the encoded size is known only at the end).
-        let total = image.file.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+        let total = source.size();
         let (chunks_tx, mut chunks) = mpsc::channel::<Vec<u8>>(SNAPSHOT_CHUNKS_QUEUED);
         let name = db.clone();
         let encoder = tokio::task::spawn_blocking(move || -> Result<u64, SendError> {
             let read = |source| SendError::Read { what: "the database copy", source };
-            let mut source = std::fs::File::open(image.file.path()).map_err(read)?;
-            let size = source.metadata().map_err(read)?.len();
-            let compress = worth_compressing(&mut source).map_err(read)?;
+            let (reader, size, compress): (Box<dyn std::io::Read + Send>, u64, bool) = match source {
+                Source::File(image) => {
+                    let mut file = std::fs::File::open(image.file.path()).map_err(read)?;
+                    let size = file.metadata().map_err(read)?.len();
+                    let compress = worth_compressing(&mut file).map_err(read)?;
+                    (
+                        Box::new(FileSource {
+                            _image: image,
+                            file: BufReader::with_capacity(SNAPSHOT_READ_BUFFER_BYTES, file),
+                        }),
+                        size,
+                        compress,
+                    )
+                }
+                Source::Pieces(pieces, (page_size, pages, _)) => {
+                    let mut reader = PiecesReader { pieces, piece: Vec::new(), at: 0, spilled: None };
+                    let compress = reader.first_piece_compresses_well().map_err(read)?;
+                    (Box::new(reader), u64::from(pages) * u64::from(page_size.get()), compress)
+                }
+            };
             debug!(db = %name, compress, "encoding a snapshot into the stream");
             let options = SnapshotOptions { max_txid: pos.txid, timestamp_ms: now_ms(), compress };
             let out = ChunkWriter { chunk: Vec::with_capacity(MAX_CHUNK_SIZE + 2), chunks: chunks_tx, written: 0 };
-            let reader = BufReader::with_capacity(SNAPSHOT_READ_BUFFER_BYTES, source);
-            let (mut out, _, _) = encode_database(reader, size, out, options)?;
+            let (mut out, _, trailer) = encode_database(reader, size, out, options)?;
+            // The last chunk, which holds the trailer, leaves only if the pages encoded are
+            // the ones whose checksum named the position: a replica must never get a file
+            // that claims a TXID its pages are not at.
+            if trailer.post_apply_checksum != checksum {
+                return Err(SendError::Changed { announced: checksum, encoded: trailer.post_apply_checksum });
+            }
             out.flush_chunk().map_err(|source| SendError::Read { what: "the snapshot", source })?;
             Ok(out.written)
         });
@@ -208,15 +265,23 @@ impl Writer {
                 info!(%db, sent, total, secs = started.elapsed().as_secs(), "sending snapshot");
             }
         }
-        // Dropping the receiver stops an encoder still running (its next send fails).
+        // Dropping the receiver stops an encoder still running (its next send fails), and
+        // the encoder's end stops a copy still handing pages over.
         drop(chunks);
         let encoded = encoder.await;
+        let copied = match copy {
+            Some(copy) => Some(joined(copy.await)),
+            None => None,
+        };
         self.transfers.finish(self.conn);
         if let Some(e) = gone {
             return Err(e);
         }
         let total =
             encoded.map_err(|e| SendError::Read { what: "the database copy", source: std::io::Error::other(e) })??;
+        if let Some(copied) = copied {
+            copied?;
+        }
         self.send(0u16.to_be_bytes().to_vec()).await?;
         let mut tail = Vec::new();
         encode_frame(&Frame::Hwm { txid: pos.txid, name: db.clone() }, &mut tail);
@@ -224,6 +289,174 @@ impl Writer {
         info!(%db, txid = %pos.txid, bytes = total, "snapshot sent");
         self.covered.insert(db, pos.txid);
         Ok(())
+    }
+}
+
+/// What a snapshot is encoded from.
+enum Source {
+    /// A copy in a file.
+    File(DatabaseImage),
+    /// Pages handed over by the copy as it reads them: page size, pages, checksum.
+    Pieces(Receiver<Piece>, (PageSize, u32, Checksum)),
+}
+
+impl Source {
+    /// The database's size in bytes (0 if unknown).
+    fn size(&self) -> u64 {
+        match self {
+            Source::File(image) => image.file.as_file().metadata().map(|m| m.len()).unwrap_or(0),
+            Source::Pieces(_, (page_size, pages, _)) => u64::from(*pages) * u64::from(page_size.get()),
+        }
+    }
+}
+
+/// A copy in a file, read through a buffer; the file is deleted once encoded.
+struct FileSource {
+    _image: DatabaseImage,
+    file: BufReader<std::fs::File>,
+}
+
+impl std::io::Read for FileSource {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+/// Longest a snapshot keeps the database locked to hand its pages straight to a replica:
+/// writers wait for the copy (rollback journal mode), and before decision 0010 a copy of
+/// 1 GiB held them about that long while it was written to a file. Past it, the rest of the
+/// copy is spilled to a file at disk speed and sent from there.
+const STREAM_UNDER_LOCKS_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long the copy sleeps when the encoder is behind, before it looks again.
+const PIECE_SEND_POLL: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Runs of pages (up to 1 MiB each) queued between the copy and the encoder.
+const COPY_PIECES_QUEUED: usize = 8;
+
+/// What the copy hands the encoder.
+enum Piece {
+    /// The next pages.
+    Bytes(Vec<u8>),
+    /// The rest of the pages, in a file (the last piece).
+    Spilled(NamedTempFile),
+}
+
+/// The copy's end of a snapshot streamed from the locked database: announces the checksum,
+/// then hands runs of pages to the encoder, or spills them once the encoder has been behind
+/// for too long.
+struct StreamSink {
+    begin: Option<oneshot::Sender<(PageSize, u32, Checksum)>>,
+    pieces: SyncSender<Piece>,
+    /// When the copy announced itself (it holds the locks from a moment before).
+    since: Option<std::time::Instant>,
+    spill: Option<(NamedTempFile, DirectWriter, u64)>,
+    make_spill: Box<dyn FnMut() -> std::io::Result<NamedTempFile> + Send>,
+}
+
+impl CopySink for StreamSink {
+    fn begin(&mut self, page_size: PageSize, pages: u32, checksum: Checksum) -> std::io::Result<()> {
+        self.since = Some(std::time::Instant::now());
+        let begin = self.begin.take().ok_or_else(|| std::io::Error::other("a copy announced itself twice"))?;
+        begin.send((page_size, pages, checksum)).map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+
+    fn pages(&mut self, _first: Pgno, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some((_, writer, written)) = &mut self.spill {
+            writer.write_at(*written, bytes)?;
+            *written += bytes.len() as u64;
+            return Ok(());
+        }
+        let mut piece = Piece::Bytes(bytes.to_vec());
+        // Bounded: each pass hands the piece over, fails, or sleeps; past the time limit the
+        // piece is spilled instead.
+        loop {
+            match self.pieces.try_send(piece) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(_)) => return Err(std::io::ErrorKind::BrokenPipe.into()),
+                Err(TrySendError::Full(back)) => piece = back,
+            }
+            if self.since.is_some_and(|since| since.elapsed() >= STREAM_UNDER_LOCKS_MAX) {
+                let file = (self.make_spill)()?;
+                let writer = DirectWriter::new(file.as_file().try_clone()?)?;
+                debug!("the replica is slower than the copy: spilling the rest of the snapshot");
+                self.spill = Some((file, writer, 0));
+                return self.pages(_first, bytes);
+            }
+            std::thread::sleep(PIECE_SEND_POLL);
+        }
+    }
+}
+
+impl StreamSink {
+    /// After the copy: the spilled rest, if any, becomes the last piece.
+    fn finish(mut self) -> std::io::Result<()> {
+        if let Some((file, writer, written)) = self.spill.take() {
+            writer.finish(written)?;
+            // The encoder may have stopped (the replica went away): nothing to hand over then.
+            let _ = self.pieces.send(Piece::Spilled(file));
+        }
+        Ok(())
+    }
+}
+
+/// The encoder's end: the pages as one byte stream, from the pieces and then the spill.
+struct PiecesReader {
+    pieces: Receiver<Piece>,
+    piece: Vec<u8>,
+    at: usize,
+    spilled: Option<(NamedTempFile, DirectReader)>,
+}
+
+impl PiecesReader {
+    /// Whether LZ4 pays on this database, judged by its first piece (up to 1 MiB, see
+    /// [`worth_compressing`] for why it matters); the piece stays to be read.
+    fn first_piece_compresses_well(&mut self) -> std::io::Result<bool> {
+        debug_assert!(self.piece.is_empty() && self.spilled.is_none(), "asked before the first read");
+        match self.pieces.recv() {
+            Ok(Piece::Bytes(bytes)) => {
+                self.piece = bytes;
+                self.at = 0;
+                let sample = &self.piece[..self.piece.len().min(COMPRESSION_SAMPLE_BYTES)];
+                Ok(replite_core::ltx::compresses_well(sample))
+            }
+            Ok(Piece::Spilled(file)) => {
+                // Everything was spilled (the encoder started late): sent as it is.
+                let reader = DirectReader::new(file.reopen()?);
+                self.spilled = Some((file, reader));
+                Ok(false)
+            }
+            // The copy failed: the encoder finds the pages short.
+            Err(_) => Ok(false),
+        }
+    }
+}
+
+impl std::io::Read for PiecesReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some((_, spilled)) = &mut self.spilled {
+            return spilled.read(buf);
+        }
+        // Bounded: each pass takes a piece or ends; an empty piece is skipped.
+        while self.at == self.piece.len() {
+            match self.pieces.recv() {
+                Ok(Piece::Bytes(bytes)) => {
+                    self.piece = bytes;
+                    self.at = 0;
+                }
+                Ok(Piece::Spilled(file)) => {
+                    let reader = DirectReader::new(file.reopen()?);
+                    let (_, spilled) = self.spilled.insert((file, reader));
+                    return spilled.read(buf);
+                }
+                // The copy ended (or failed: the encoder then finds the pages short).
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.piece.len() - self.at);
+        buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 
@@ -283,11 +516,13 @@ impl ChunkWriter {
 
 impl std::io::Write for ChunkWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(MAX_CHUNK_SIZE - self.chunk.len());
-        self.chunk.extend_from_slice(&buf[..n]);
+        // A full chunk leaves only when more follows: the last one (with the trailer) stays
+        // until `flush_chunk`, after the caller checked what it encoded.
         if self.chunk.len() == MAX_CHUNK_SIZE {
             self.flush_chunk()?;
         }
+        let n = buf.len().min(MAX_CHUNK_SIZE - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
         Ok(n)
     }
 

@@ -21,4 +21,4 @@ pub use node_config::{NodeConfigError, node_config};
 pub use page_sums::{CommitPages, PageSums};
 pub use run::{Driver, LoadPageSums, Network};
 pub use status::{DbStatus, EventLog, Peer, ReplicaStatus, SnapshotProgress, Status, Surface};
-pub use storage::{DatabaseImage, SnapshotImage, Storage};
+pub use storage::{DatabaseImage, SnapshotImage, Storage, Streamed};

@@ -26,6 +26,15 @@ impl DatabaseImage {
     }
 }
 
+/// Where [`Storage::stream_committed`] put the database.
+#[derive(Debug)]
+pub enum Streamed {
+    /// Handed to the sink.
+    Sink,
+    /// Copied to a file instead.
+    File(DatabaseImage),
+}
+
 /// The database a snapshot LTX file holds, written while the spooled file was verified
 /// (`driver::spool`), and the position it is at: the apply replaces the database file with
 /// it instead of writing every page again (decision 0010).
@@ -86,6 +95,17 @@ pub trait Storage: Send + Sync + 'static {
     fn read_ltx(&self, db: &DbName, min: TxId, max: TxId) -> io::Result<Vec<u8>>;
     /// Copies what is committed in `db` right now, for a snapshot.
     fn copy_committed(&self, db: &DbName) -> io::Result<DatabaseImage>;
+    /// Hands what is committed in `db` right now to `sink` (`replite_fuse::CopySink`: the
+    /// checksum first, then the pages, under the readers' locks), or, where it cannot,
+    /// copies it to a file as [`Storage::copy_committed`] does.
+    fn stream_committed(&self, db: &DbName, _sink: &mut dyn replite_fuse::CopySink) -> io::Result<Streamed> {
+        self.copy_committed(db).map(Streamed::File)
+    }
+    /// A temporary file for the part of a snapshot a slow replica could not take while the
+    /// database was locked (deleted when dropped).
+    fn spill_file(&self) -> io::Result<tempfile::NamedTempFile> {
+        tempfile::NamedTempFile::new()
+    }
     /// Deletes an LTX file retention no longer needs.
     fn remove_ltx(&self, db: &DbName, min: TxId, max: TxId) -> Result<(), IoFailure>;
     /// Records the highest lease epoch seen.
