@@ -406,3 +406,59 @@ fn a_demoted_primary_whose_wal_holds_commits_applies_on_top_of_them_for_its_open
     assert_eq!(count, 8);
     integrity_ok(&fresh);
 }
+
+/// `Mount::replace_database` (a snapshot's database built while it was spooled, decision
+/// 0010): the file is swapped by a rename, and what was open on the old one follows: a
+/// connection kept open and a plain descriptor both read the new database afterwards.
+#[test]
+fn a_replaced_database_is_what_connections_and_descriptors_opened_before_read_next() {
+    use std::os::unix::fs::FileExt;
+    let page_size = 4096;
+    let transfers = 6;
+    let (primary, ltx) = primary_history(page_size, transfers);
+    let replica = Fixture::replica();
+    let setup = ltx.len() - transfers as usize;
+    let mut pos = Pos::default();
+    for file in &ltx[..setup] {
+        pos = replica.mount().apply_ltx("bank.db", file, pos.checksum).expect("setup");
+    }
+    let reader = replica.open("bank.db");
+    let seen = |reader: &rusqlite::Connection| -> (i64, i64) {
+        reader
+            .query_row("SELECT sum(bal), max(ver) FROM acct WHERE id < 1000", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+    };
+    assert_eq!(seen(&reader), (TOTAL, 0));
+    // A page (past page 1, whose header replicas present their own way) the transfers changed.
+    let (old, new) = (replica.stored("bank.db"), primary.stored("bank.db"));
+    let ps = page_size as usize;
+    let changed = (1..old.len().min(new.len()) / ps)
+        .find(|&i| old[i * ps..(i + 1) * ps] != new[i * ps..(i + 1) * ps])
+        .expect("the transfers changed a page past the first");
+    let at = (changed * ps) as u64;
+    let descriptor = std::fs::File::open(replica.path("bank.db")).expect("open through the mount");
+    let mut page = vec![0u8; ps];
+    descriptor.read_exact_at(&mut page, at).expect("read the page");
+    assert!(page == old[changed * ps..(changed + 1) * ps], "the page before");
+
+    // The primary's final database, written beside the replica's as the spool thread would.
+    let image = replica.data.join("dbs").join("bank.db").join(".image-test.tmp");
+    std::fs::write(&image, primary.stored("bank.db")).expect("write the image");
+    let want = primary.sink.pos_of("bank.db");
+    assert_eq!(replica.mount().replace_database("bank.db", &image, want).expect("replace"), want);
+
+    assert!(!path_exists(&image), "the image was renamed into place");
+    assert_eq!(replica.stored("bank.db"), primary.stored("bank.db"));
+    assert_eq!(std::fs::read_to_string(replica.path("bank.db-pos")).expect("pos file"), format!("{want}\n"));
+    assert_eq!(seen(&reader), (TOTAL, transfers), "the connection kept open reads the new database");
+    integrity_ok(&reader);
+    // Through the kernel's cache, which the replacement dropped: the descriptor's reads
+    // reach the new file.
+    descriptor.read_exact_at(&mut page, at).expect("read the page");
+    assert!(page == new[changed * ps..(changed + 1) * ps], "the page after");
+    let fresh = replica.open("bank.db");
+    assert_eq!(seen(&fresh), (TOTAL, transfers));
+    // On a primary the database is the applications': nothing is replaced.
+    let err = primary.mount().replace_database("bank.db", &image, want).expect_err("primary");
+    assert!(matches!(err, replite_fuse::ApplyLtxError::Primary { .. }), "{err}");
+}
