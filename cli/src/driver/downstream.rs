@@ -237,7 +237,7 @@ impl Writer {
             };
             debug!(db = %name, compress, "encoding a snapshot into the stream");
             let options = SnapshotOptions { max_txid: pos.txid, timestamp_ms: now_ms(), compress };
-            let out = ChunkWriter { chunk: Vec::with_capacity(MAX_CHUNK_SIZE + 2), chunks: chunks_tx, written: 0 };
+            let out = ChunkWriter::new(chunks_tx);
             let (mut out, _, trailer) = encode_database(reader, size, out, options)?;
             // The last chunk, which holds the trailer, leaves only if the pages encoded are
             // the ones whose checksum named the position: a replica must never get a file
@@ -491,23 +491,41 @@ fn worth_compressing(file: &mut std::fs::File) -> std::io::Result<bool> {
 
 /// Cuts what the snapshot encoder writes into stream chunks (u16 length + bytes) and hands
 /// each to the sending task; a failed hand-over (the replica went away) fails the write.
+/// Each chunk is built behind room for its length, so it leaves without another copy.
 struct ChunkWriter {
+    /// Two bytes for the length, then the chunk's payload.
     chunk: Vec<u8>,
     chunks: mpsc::Sender<Vec<u8>>,
     /// Payload bytes handed over.
     written: u64,
 }
 
+/// Bytes of a chunk's length prefix.
+const CHUNK_PREFIX_BYTES: usize = 2;
+
 impl ChunkWriter {
+    fn new(chunks: mpsc::Sender<Vec<u8>>) -> ChunkWriter {
+        ChunkWriter { chunk: ChunkWriter::empty_chunk(), chunks, written: 0 }
+    }
+
+    fn empty_chunk() -> Vec<u8> {
+        let mut chunk = Vec::with_capacity(CHUNK_PREFIX_BYTES + MAX_CHUNK_SIZE);
+        chunk.extend_from_slice(&[0; CHUNK_PREFIX_BYTES]);
+        chunk
+    }
+
+    fn payload_len(&self) -> usize {
+        self.chunk.len() - CHUNK_PREFIX_BYTES
+    }
+
     fn flush_chunk(&mut self) -> std::io::Result<()> {
-        if self.chunk.is_empty() {
+        let n = self.payload_len();
+        if n == 0 {
             return Ok(());
         }
-        let n = self.chunk.len();
-        let mut out = Vec::with_capacity(n + 2);
         // A chunk never exceeds MAX_CHUNK_SIZE (u16::MAX), so the cast is exact.
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-        out.append(&mut self.chunk);
+        self.chunk[..CHUNK_PREFIX_BYTES].copy_from_slice(&(n as u16).to_be_bytes());
+        let out = std::mem::replace(&mut self.chunk, ChunkWriter::empty_chunk());
         self.chunks.blocking_send(out).map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
         self.written += n as u64;
         Ok(())
@@ -518,10 +536,10 @@ impl std::io::Write for ChunkWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         // A full chunk leaves only when more follows: the last one (with the trailer) stays
         // until `flush_chunk`, after the caller checked what it encoded.
-        if self.chunk.len() == MAX_CHUNK_SIZE {
+        if self.payload_len() == MAX_CHUNK_SIZE {
             self.flush_chunk()?;
         }
-        let n = buf.len().min(MAX_CHUNK_SIZE - self.chunk.len());
+        let n = buf.len().min(MAX_CHUNK_SIZE - self.payload_len());
         self.chunk.extend_from_slice(&buf[..n]);
         Ok(n)
     }
@@ -536,4 +554,79 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn chunks_carry_their_length_and_the_last_one_waits_for_flush_chunk() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut writer = ChunkWriter::new(tx);
+        let bytes = pattern(2 * MAX_CHUNK_SIZE, 1);
+        writer.write_all(&bytes).expect("write");
+        // Two full chunks written, but the second stays until more comes or it is flushed.
+        let first = rx.try_recv().expect("the first chunk left");
+        assert!(rx.try_recv().is_err(), "the last chunk waits");
+        writer.flush_chunk().expect("flush");
+        let second = rx.try_recv().expect("the last chunk left");
+        let mut payload = Vec::new();
+        for chunk in [first, second] {
+            let len = usize::from(u16::from_be_bytes([chunk[0], chunk[1]]));
+            assert_eq!(len, chunk.len() - 2, "the prefix is the payload's length");
+            payload.extend_from_slice(&chunk[2..]);
+        }
+        assert_eq!(payload, bytes);
+        assert_eq!(writer.written, bytes.len() as u64);
+        writer.flush_chunk().expect("nothing to flush");
+        assert!(rx.try_recv().is_err(), "no empty chunk");
+    }
+
+    /// A copy whose encoder falls behind past the time limit spills the rest, and the
+    /// encoder reads every page in order: the queued ones, then the spill.
+    #[test]
+    fn a_copy_the_encoder_cannot_keep_up_with_spills_the_rest_and_loses_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (begin_tx, begin_rx) = oneshot::channel();
+        let (pieces_tx, pieces_rx) = std::sync::mpsc::sync_channel(2);
+        let spill_dir = dir.path().to_path_buf();
+        let mut sink = StreamSink {
+            begin: Some(begin_tx),
+            pieces: pieces_tx,
+            since: None,
+            spill: None,
+            make_spill: Box::new(move || NamedTempFile::new_in(&spill_dir)),
+        };
+        let page_size = PageSize::new(4096).expect("valid");
+        let runs: Vec<Vec<u8>> = (0..6u8).map(|i| pattern(256 * 4096, i)).collect();
+        sink.begin(page_size, 6 * 256, Checksum(Checksum::FLAG | 1)).expect("begin");
+        assert_eq!(begin_rx.blocking_recv().expect("announced").1, 6 * 256);
+        // The locks were taken long ago: once the queue is full, the rest is spilled.
+        sink.since = Some(Instant::now() - STREAM_UNDER_LOCKS_MAX - Duration::from_millis(1));
+        for (i, run) in runs.iter().enumerate() {
+            sink.pages(Pgno(1 + 256 * i as u32), run).expect("handed on or spilled");
+        }
+        assert!(sink.spill.is_some(), "the rest was spilled");
+        // The encoder reads as the copy finishes (the spill waits for room in the queue).
+        let encoder = std::thread::spawn(move || {
+            let mut reader = PiecesReader { pieces: pieces_rx, piece: Vec::new(), at: 0, spilled: None };
+            let compress = reader.first_piece_compresses_well().expect("first piece");
+            let mut read = Vec::new();
+            reader.read_to_end(&mut read).expect("read");
+            (compress, read)
+        });
+        sink.finish().expect("finish");
+        let (compress, read) = encoder.join().expect("encoder thread");
+        assert!(compress, "judged by the first piece, which repeats every 256 bytes");
+        assert!(read == runs.concat(), "every page, in order");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0, "the spill file is gone");
+    }
 }
