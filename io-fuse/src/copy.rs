@@ -86,8 +86,9 @@ impl Mount {
 
     /// [`Mount::copy_committed`], handing the image to `sink` instead of writing it to a
     /// file where it can (decision 0010): under the same locks, a first pass over the image
-    /// computes its checksum ([`CopySink::begin`], which may resolve the position it is at),
-    /// and a second pass hands its pages over in order ([`CopySink::pages`]). The locks are
+    /// computes its checksum ([`CopySink::begin`], which may resolve the position it is at;
+    /// skipped when the image is the primary's last commit, see [`CopySink::begin`]), and
+    /// a second pass hands its pages over in order ([`CopySink::pages`]). The locks are
     /// held until the sink has taken the last page, so a sink that cannot keep up should
     /// put the rest aside rather than wait (writers wait for the copy). Around a writer (a
     /// rollback transaction holding PENDING or EXCLUSIVE) the image is only known once the
@@ -218,16 +219,30 @@ impl Mount {
         let mut run = vec![0u8; page_size.bytes() * reader.run_pages()];
         let mut sum = DatabaseChecksum::new(page_size);
         let to = if let Some(sink) = sink {
-            // Two passes under the locks: the checksum names the position before any page
-            // leaves, then the pages themselves (read from the page cache again).
-            reader.each_run(&mut run, |first, bytes| {
-                toggle_pages(&mut sum, first, bytes, page_size);
-                Ok(())
-            })?;
             let sink_err =
                 |step| move |source| CopyError::Io { db: db.to_owned(), step, path: dest.to_owned(), source };
-            sink.begin(page_size, pages, sum.value()).map_err(sink_err("start handing the copy on"))?;
-            reader.each_run(&mut run, |first, bytes| sink.pages(first, bytes).map_err(sink_err("hand the copy on")))?;
+            // With SHARED held on a primary in rollback mode, no writer holds EXCLUSIVE, so
+            // every commit the sink accepted has ended its journal and none can write the
+            // file: the image is the node's last commit, and the position needs no checksum.
+            // In WAL mode commits go on meanwhile (one the sink accepted may not be in the
+            // index yet): a first pass computes the checksum that names the position.
+            let last_commit = shared && !wal_in_use && self.shared.is_primary();
+            let announced = if last_commit {
+                None
+            } else {
+                reader.each_run(&mut run, |first, bytes| {
+                    toggle_pages(&mut sum, first, bytes, page_size);
+                    Ok(())
+                })?;
+                Some(sum.value())
+            };
+            sink.begin(page_size, pages, announced).map_err(sink_err("start handing the copy on"))?;
+            reader.each_run(&mut run, |first, bytes| {
+                if last_commit {
+                    toggle_pages(&mut sum, first, bytes, page_size);
+                }
+                sink.pages(first, bytes).map_err(sink_err("hand the copy on"))
+            })?;
             CopiedTo::Sink
         } else {
             let out = OpenOptions::new().write(true).create(true).truncate(true).open(dest);
@@ -447,8 +462,10 @@ pub enum CopiedTo {
 /// SQLite's locks: whatever it does, writers wait while it does it.
 pub trait CopySink {
     /// The image's page size, size in pages and database checksum (lock page excluded),
-    /// before any page: an error stops the copy.
-    fn begin(&mut self, page_size: PageSize, pages: u32, checksum: Checksum) -> io::Result<()>;
+    /// before any page: an error stops the copy. The checksum is `None` when the image is
+    /// the last commit the sink accepted (rollback journal mode on a primary, SHARED held),
+    /// so no pass was spent on it; it is in the result once the pages are handed on.
+    fn begin(&mut self, page_size: PageSize, pages: u32, checksum: Option<Checksum>) -> io::Result<()>;
     /// The next pages, from `first` on, whole and in order (the lock page included, as it
     /// is in the file); an error stops the copy.
     fn pages(&mut self, first: Pgno, bytes: &[u8]) -> io::Result<()>;

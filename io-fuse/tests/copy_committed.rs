@@ -51,16 +51,19 @@ fn check_copy(fx: &Fixture, copy: &CommittedCopy, dest: &Path, what: &str) -> Ch
     copy.checksum
 }
 
-/// Collects what `Mount::stream_committed` hands on, checking the order it comes in.
-#[derive(Default)]
-struct CollectSink {
+/// Collects what `Mount::stream_committed` hands on, checking the order it comes in. When
+/// the copy announces no checksum (the last commit), it notes the position the sink had
+/// accepted last at that moment, under the copy's locks.
+struct CollectSink<'a> {
+    commits: &'a RecordingSink,
     begun: Option<(PageSize, u32, Checksum)>,
     bytes: Vec<u8>,
 }
 
-impl replite_fuse::CopySink for CollectSink {
-    fn begin(&mut self, page_size: PageSize, pages: u32, checksum: Checksum) -> std::io::Result<()> {
+impl replite_fuse::CopySink for CollectSink<'_> {
+    fn begin(&mut self, page_size: PageSize, pages: u32, checksum: Option<Checksum>) -> std::io::Result<()> {
         assert!(self.begun.is_none(), "begun twice");
+        let checksum = checksum.unwrap_or_else(|| self.commits.pos_of(DB).checksum);
         self.begun = Some((page_size, pages, checksum));
         Ok(())
     }
@@ -75,9 +78,10 @@ impl replite_fuse::CopySink for CollectSink {
 }
 
 /// A copy by `Mount::stream_committed`: what the sink got (or the file, around a writer)
-/// ends up at `dest`, and agrees with what `begin` announced.
+/// ends up at `dest`, and agrees with what `begin` announced (or, without a checksum, with
+/// the last commit when it began).
 fn streamed_copy(fx: &Fixture, dest: &Path) -> CommittedCopy {
-    let mut sink = CollectSink::default();
+    let mut sink = CollectSink { commits: &fx.sink, begun: None, bytes: Vec::new() };
     let (copy, to) = fx.mount().stream_committed(DB, dest, &mut sink).expect("streamed copy");
     match to {
         replite_fuse::CopiedTo::Sink => {

@@ -43,13 +43,15 @@ pub enum DownstreamCmd {
 }
 
 /// A question the stream task asks the driver loop: which position of `db` has this
-/// checksum (the copy may include commits acknowledged after the Node asked for it).
+/// checksum (the copy may include commits acknowledged after the Node asked for it), or,
+/// without one, what the Node's position is now.
 #[derive(Debug)]
 pub struct PositionQuery {
     /// The database.
     pub db: DbName,
-    /// The checksum of the copy.
-    pub checksum: replite_core::Checksum,
+    /// The checksum of the copy; `None` for a copy of the last commit (see
+    /// `replite_fuse::CopySink::begin`).
+    pub checksum: Option<replite_core::Checksum>,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Option<Pos>>,
 }
@@ -92,7 +94,7 @@ enum SendError {
     UnknownPosition,
     #[error("encoding the snapshot: {0}")]
     Encode(#[from] replite_core::ltx::SnapshotError),
-    #[error("the copy's pages sum to {encoded}, not to the {announced} that named its position")]
+    #[error("the copy's pages sum to {encoded}, not to {announced} of the position it was sent as")]
     Changed { announced: Checksum, encoded: Checksum },
 }
 
@@ -191,7 +193,7 @@ impl Writer {
                 drop(pieces_rx);
                 match joined(copy.await)? {
                     Streamed::File(image) => {
-                        let checksum = image.checksum;
+                        let checksum = Some(image.checksum);
                         (Source::File(image), checksum, None)
                     }
                     Streamed::Sink => return Err(SendError::UnknownPosition),
@@ -240,10 +242,10 @@ impl Writer {
             let out = ChunkWriter::new(chunks_tx);
             let (mut out, _, trailer) = encode_database(reader, size, out, options)?;
             // The last chunk, which holds the trailer, leaves only if the pages encoded are
-            // the ones whose checksum named the position: a replica must never get a file
-            // that claims a TXID its pages are not at.
-            if trailer.post_apply_checksum != checksum {
-                return Err(SendError::Changed { announced: checksum, encoded: trailer.post_apply_checksum });
+            // at the position the header names: a replica must never get a file that claims
+            // a TXID its pages are not at.
+            if trailer.post_apply_checksum != pos.checksum {
+                return Err(SendError::Changed { announced: pos.checksum, encoded: trailer.post_apply_checksum });
             }
             out.flush_chunk().map_err(|source| SendError::Read { what: "the snapshot", source })?;
             Ok(out.written)
@@ -297,7 +299,7 @@ enum Source {
     /// A copy in a file.
     File(DatabaseImage),
     /// Pages handed over by the copy as it reads them: page size, pages, checksum.
-    Pieces(Receiver<Piece>, (PageSize, u32, Checksum)),
+    Pieces(Receiver<Piece>, (PageSize, u32, Option<Checksum>)),
 }
 
 impl Source {
@@ -346,7 +348,7 @@ enum Piece {
 /// then hands runs of pages to the encoder, or spills them once the encoder has been behind
 /// for too long.
 struct StreamSink {
-    begin: Option<oneshot::Sender<(PageSize, u32, Checksum)>>,
+    begin: Option<oneshot::Sender<(PageSize, u32, Option<Checksum>)>>,
     pieces: SyncSender<Piece>,
     /// When the copy announced itself (it holds the locks from a moment before).
     since: Option<std::time::Instant>,
@@ -355,7 +357,7 @@ struct StreamSink {
 }
 
 impl CopySink for StreamSink {
-    fn begin(&mut self, page_size: PageSize, pages: u32, checksum: Checksum) -> std::io::Result<()> {
+    fn begin(&mut self, page_size: PageSize, pages: u32, checksum: Option<Checksum>) -> std::io::Result<()> {
         self.since = Some(std::time::Instant::now());
         let begin = self.begin.take().ok_or_else(|| std::io::Error::other("a copy announced itself twice"))?;
         begin.send((page_size, pages, checksum)).map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
@@ -607,7 +609,7 @@ mod tests {
         };
         let page_size = PageSize::new(4096).expect("valid");
         let runs: Vec<Vec<u8>> = (0..6u8).map(|i| pattern(256 * 4096, i)).collect();
-        sink.begin(page_size, 6 * 256, Checksum(Checksum::FLAG | 1)).expect("begin");
+        sink.begin(page_size, 6 * 256, Some(Checksum(Checksum::FLAG | 1))).expect("begin");
         assert_eq!(begin_rx.blocking_recv().expect("announced").1, 6 * 256);
         // The locks were taken long ago: once the queue is full, the rest is spilled.
         sink.since = Some(Instant::now() - STREAM_UNDER_LOCKS_MAX - Duration::from_millis(1));

@@ -248,7 +248,10 @@ impl Driver {
                     }
                 }
                 Some(query) = self.positions.recv() => {
-                    let found = self.position_with_checksum(&query.db, query.checksum);
+                    let found = match query.checksum {
+                        Some(checksum) => self.position_with_checksum(&query.db, checksum),
+                        None => Some(self.node.pos(&query.db)).filter(|pos| pos.txid.0 > 0),
+                    };
                     let _ = query.reply.send(found);
                 }
                 Some(input) = operator.recv() => self.node.handle(self.clock.now(), input),
