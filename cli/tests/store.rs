@@ -737,3 +737,44 @@ fn a_spare_renamed_into_place_before_its_new_bytes_were_durable_is_not_trusted_a
     assert_eq!(recovery.dbs[&name()].ltx, [info(&snap)]);
     assert_eq!(recovery.dbs[&name()].invalid_ltx, [(tx3.min, tx3.max), (TxId(4), TxId(4))]);
 }
+
+#[test]
+fn a_file_whose_flush_failed_is_rewritten_from_a_verified_read_never_fsynced_again() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let tx2 = model.tx(&[2], 0x22);
+    let tx3 = model.tx(&[1], 0x33);
+    let tx4 = model.tx(&[2], 0x44);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    for tx in [&tx2, &tx3, &tx4] {
+        store.write_commit(&name(), tx.min, tx.max, &tx.bytes, false).expect("deferred commit");
+    }
+    // As after a failed fsync: the driver puts the files back.
+    let taken = store.take_unflushed(&name(), tx4.max);
+    assert!(taken.iter().all(|f| !f.failed));
+    store.put_back_unflushed(&name(), taken);
+    let retry = store.take_unflushed(&name(), tx4.max);
+    assert!(retry.iter().all(|f| f.failed), "a put-back file is marked");
+    let inode = |tx: &Ltx| fs::metadata(store.ltx_path(&name(), tx.min, tx.max)).expect("stat").ino();
+    let before = inode(&tx2);
+    // tx4 was retired meanwhile: nothing of it is needed.
+    fs::remove_file(store.ltx_path(&name(), tx4.min, tx4.max)).expect("retire tx4");
+    replite::store::flush_files(&retry).expect("rewritten and durable");
+    assert_ne!(inode(&tx2), before, "a new file replaced the one whose fsync failed");
+    assert_eq!(fs::read(store.ltx_path(&name(), tx2.min, tx2.max)).expect("read"), tx2.bytes);
+
+    // What the failed write-back lost cannot be made durable: reported, never flushed.
+    store.put_back_unflushed(&name(), retry);
+    let again = store.take_unflushed(&name(), tx4.max);
+    let tx3_path = store.ltx_path(&name(), tx3.min, tx3.max);
+    let mut damaged = tx3.bytes.clone();
+    damaged[200] ^= 0xff;
+    fs::write(&tx3_path, &damaged).expect("damage tx3");
+    let err = replite::store::flush_files(&again).expect_err("tx3 is lost");
+    assert!(matches!(err, StoreError::LostUnflushed { .. }), "{err}");
+    assert_eq!(err.failure(), IoFailure::Io);
+    assert_eq!(fs::read(&tx3_path).expect("read"), damaged, "a file that does not verify is left for recovery");
+}

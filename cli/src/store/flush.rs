@@ -32,6 +32,8 @@ pub struct Unflushed {
     pub path: PathBuf,
     /// The open file, so the flush needs no lookup and a removed file costs nothing.
     pub file: File,
+    /// A flush of this file failed before: its next one rewrites it ([`flush`]).
+    pub failed: bool,
 }
 
 /// Files waiting for a flush, per database, oldest first.
@@ -54,8 +56,12 @@ impl UnflushedFiles {
         taken
     }
 
-    /// Puts back files whose flush failed, so the next flush tries them again.
+    /// Puts back files whose flush failed, so the next flush tries them again (by rewriting
+    /// them: see [`flush`]).
     pub fn put_back(&mut self, db: &DbName, mut files: Vec<Unflushed>) {
+        for f in &mut files {
+            f.failed = true;
+        }
         let entry = self.by_db.entry(db.clone()).or_default();
         files.append(entry);
         files.sort_by_key(|f| f.max);
@@ -244,14 +250,25 @@ pub fn write_into_spare(spare: Spare, path: &Path, contents: &[u8], durable: boo
     Ok(Some(file))
 }
 
-/// Makes `files` durable: few files one fdatasync each, many one `syncfs`.
+/// Makes `files` durable: few files one fdatasync each, many one `syncfs`. A file whose flush
+/// failed before is rewritten instead: after a failed fsync Linux may have dropped its dirty
+/// pages or marked them clean, so fsyncing it again can succeed with the data never written
+/// (PostgreSQL's "fsyncgate"). It is read back, verified whole and written to a new file that
+/// replaces it durably; one that no longer verifies is reported lost, never flushed.
 pub fn flush(files: &[Unflushed]) -> Result<(), StoreError> {
+    for f in files.iter().filter(|f| f.failed) {
+        rewrite(f)?;
+    }
+    let files: Vec<&Unflushed> = files.iter().filter(|f| !f.failed).collect();
+    if files.is_empty() {
+        return Ok(());
+    }
     if files.len() > SYNCFS_ABOVE_FILES {
         return sync_filesystem_of(&files[0].file, &files[0].path);
     }
     // Start write-back of every file first, so they go to the disk together and the first
     // fdatasync's journal commit finds the others' blocks already allocated.
-    for f in files {
+    for f in &files {
         // SAFETY: a plain syscall on a file descriptor this `File` owns for the whole call.
         let rc = unsafe { libc::sync_file_range(f.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
         if rc != 0 {
@@ -263,6 +280,23 @@ pub fn flush(files: &[Unflushed]) -> Result<(), StoreError> {
         f.file.sync_all().map_err(StoreError::io("fsync", &f.path))?;
     }
     Ok(())
+}
+
+/// Writes a file whose flush failed again from what reading it back gives, if that is the
+/// whole LTX file it should be.
+fn rewrite(f: &Unflushed) -> Result<(), StoreError> {
+    let lost = |reason: String| StoreError::LostUnflushed { path: f.path.clone(), reason };
+    let bytes = match std::fs::read(&f.path) {
+        Ok(bytes) => bytes,
+        // Retention removed (or recycled) it meanwhile: nothing of it is needed any more.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(lost(format!("reading it back: {e}"))),
+    };
+    let verified = replite_core::ltx::verify(bytes.as_slice()).map_err(|e| lost(e.to_string()))?;
+    if verified.header().max_txid != f.max {
+        return Err(lost(format!("it now holds TXID {}", verified.header().max_txid)));
+    }
+    crate::store::write_atomic(&f.path, &bytes)
 }
 
 /// `syncfs` on the file system holding `file`: everything written to it so far is durable.
@@ -288,7 +322,7 @@ mod tests {
     fn unflushed(dir: &Path, max: u64) -> Unflushed {
         let path = dir.join(format!("{max}.ltx"));
         let file = write_new(&path, b"bytes", false).expect("write").expect("an open file");
-        Unflushed { max: TxId(max), path, file }
+        Unflushed { max: TxId(max), path, file, failed: false }
     }
 
     #[test]

@@ -120,14 +120,14 @@ impl Store {
         self.unflushed.forget(db, max);
         if let Some(spare) = self.spares.take(&layout::ltx_dir(&self.dir, db)) {
             if let Some(file) = flush::write_into_spare(spare, &path, bytes, durable)? {
-                self.unflushed.push(db, Unflushed { max, path, file });
+                self.unflushed.push(db, Unflushed { max, path, file, failed: false });
             }
             debug!(db = %db, %min, %max, size = bytes.len(), durable, "wrote LTX file");
             return Ok(());
         }
         match flush::write_new(&path, bytes, durable) {
             Ok(None) => {}
-            Ok(Some(file)) => self.unflushed.push(db, Unflushed { max, path, file }),
+            Ok(Some(file)) => self.unflushed.push(db, Unflushed { max, path, file, failed: false }),
             Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
                 fsutil::write_atomic(&path, bytes)?;
             }
