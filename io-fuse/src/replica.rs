@@ -155,7 +155,7 @@ impl Mount {
         db: &str,
     ) -> io::Result<&'a File> {
         let current = self.shared.known_ino(db);
-        if !lockers.get(db).is_some_and(|(ino, _)| Some(*ino) == current) {
+        if lockers.get(db).is_none_or(|(ino, _)| Some(*ino) != current) {
             // Closing the old one first: it held no locks between applies.
             lockers.remove(db);
             let file = OpenOptions::new().read(true).write(true).open(self.mountpoint.join(db))?;
