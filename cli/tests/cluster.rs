@@ -690,13 +690,14 @@ fn wait_until_history_no_longer_starts_at_1(primary: &Node, db: &str) {
     }
 }
 
-/// Names in a replica's LTX directory, with sizes.
+/// Names in a replica's LTX directory, with sizes (but the spare files the store keeps ready).
 fn ltx_files(node: &Node, db: &str) -> Vec<(String, u64)> {
     let dir = node.dir.join("data/dbs").join(db).join("ltx");
     let mut files: Vec<(String, u64)> = std::fs::read_dir(&dir)
         .expect("ltx dir")
         .map(|e| e.expect("entry"))
         .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().expect("stat").len()))
+        .filter(|(name, _)| !name.starts_with(".spare-"))
         .collect();
     files.sort();
     files

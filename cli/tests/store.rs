@@ -119,6 +119,11 @@ fn files_in(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The files of `dir` but the spares the store keeps ready (retired files among them).
+fn files_but_spares_in(dir: &Path) -> Vec<String> {
+    files_in(dir).into_iter().filter(|n| !n.starts_with(".spare-")).collect()
+}
+
 #[test]
 fn persisted_ltx_files_database_and_epoch_survive_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -278,7 +283,7 @@ fn a_snapshot_replaces_older_ltx_files_and_the_database() {
     persist_and_apply(&mut store, &tx2, pos1.checksum);
     let pos3 = persist_and_apply(&mut store, &snap2, Checksum::ZERO);
     assert_eq!(pos3, Pos::new(TxId(3), snap2.post));
-    assert_eq!(files_in(&dir.path().join("dbs/app.db/ltx")), ["0000000000000001-0000000000000003.ltx"]);
+    assert_eq!(files_but_spares_in(&dir.path().join("dbs/app.db/ltx")), ["0000000000000001-0000000000000003.ltx"]);
     assert_eq!(fs::read(store.database_path(&name())).expect("database"), model.db);
     let recovery = recover(dir.path()).expect("recover");
     assert_eq!(recovery.dbs[&name()].ltx, [info(&snap2)]);
@@ -305,7 +310,7 @@ fn a_spooled_snapshot_becomes_the_stored_file_by_rename_and_a_crash_leftover_spo
     let stored = store.persist_spooled(&name(), snap2.min, snap2.max, spool).expect("persist spooled");
     assert_eq!(fs::read(&stored).expect("stored file"), snap2.bytes);
     // The snapshot replaced the older files; nothing else is left in the directory.
-    assert_eq!(files_in(&ltx_dir), ["0000000000000001-0000000000000003.ltx"]);
+    assert_eq!(files_but_spares_in(&ltx_dir), ["0000000000000001-0000000000000003.ltx"]);
     let pos = store.apply_ltx(&name(), snap2.min, snap2.max, Checksum::ZERO).expect("apply");
     assert_eq!(pos, Pos::new(TxId(3), snap2.post));
     assert_eq!(fs::read(store.database_path(&name())).expect("database"), model.db);
@@ -676,4 +681,100 @@ fn the_rejoin_record_survives_a_restart_and_zero_removes_it() {
     store.persist_rejoin(&name(), TxId::ZERO).expect("clear");
     store.persist_rejoin(&name(), TxId::ZERO).expect("clearing twice is fine");
     assert_eq!(recover(dir.path()).expect("recover").dbs[&name()].rejoin_txid, TxId::ZERO);
+}
+
+#[test]
+fn a_retired_file_is_recycled_as_a_spare_and_the_next_commit_written_over_it_is_exact() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    // A long file (three pages) retired, then shorter and longer commits written over spares.
+    let tx2 = model.tx(&[1, 2, 3], 0x22);
+    let tx3 = model.tx(&[2], 0x33);
+    let tx4 = model.tx(&[1, 2, 3, 4], 0x44);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    store.write_commit(&name(), tx2.min, tx2.max, &tx2.bytes, true).expect("tx2");
+    let ltx_dir = dir.path().join("dbs/app.db/ltx");
+    store.remove_ltx(&name(), snap.min, snap.max).expect("retire the snapshot");
+    store.remove_ltx(&name(), tx2.min, tx2.max).expect("retire tx2");
+    let names = files_in(&ltx_dir);
+    assert_eq!(names.len(), 2, "both retired files kept as spares: {names:?}");
+    assert!(names.iter().all(|n| n.starts_with(".spare-") && n.ends_with(".tmp")), "{names:?}");
+    store.write_commit(&name(), tx3.min, tx3.max, &tx3.bytes, false).expect("tx3 over the longer tx2");
+    store.write_commit(&name(), tx4.min, tx4.max, &tx4.bytes, true).expect("tx4 over the snapshot");
+    assert_eq!(fs::read(store.ltx_path(&name(), tx3.min, tx3.max)).expect("read tx3"), tx3.bytes);
+    assert_eq!(fs::read(store.ltx_path(&name(), tx4.min, tx4.max)).expect("read tx4"), tx4.bytes);
+    assert_eq!(files_in(&ltx_dir).len(), 2, "spares were used, no file created: {:?}", files_in(&ltx_dir));
+    replite::store::flush_files(&store.take_unflushed(&name(), tx3.max)).expect("flush");
+    drop(store);
+    let recovery = recover(dir.path()).expect("recover");
+    assert_eq!(recovery.dbs[&name()].ltx, [info(&tx3), info(&tx4)]);
+    assert!(recovery.dbs[&name()].invalid_ltx.is_empty());
+}
+
+#[test]
+fn a_spare_renamed_into_place_before_its_new_bytes_were_durable_is_not_trusted_at_recovery() {
+    // What a power loss may leave when a recycled spare held an older file: the new name with
+    // the old bytes (the write was lost), or the new bytes cut short over the old tail.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let tx2 = model.tx(&[1, 2, 3], 0x22);
+    let tx3 = model.tx(&[2], 0x33);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    drop(store);
+    let ltx_dir = dir.path().join("dbs/app.db/ltx");
+    let tx2_path = ltx_dir.join("0000000000000002-0000000000000002.ltx");
+    let tx3_path = ltx_dir.join("0000000000000003-0000000000000003.ltx");
+    fs::write(&tx2_path, &tx2.bytes).expect("old bytes under a newer name");
+    let mut mixed = tx2.bytes.clone();
+    mixed[..tx3.bytes.len()].copy_from_slice(&tx3.bytes);
+    fs::write(&tx3_path, &mixed).expect("new bytes over an old tail");
+    fs::rename(&tx2_path, ltx_dir.join("0000000000000004-0000000000000004.ltx")).expect("rename");
+    let recovery = recover(dir.path()).expect("recover");
+    assert_eq!(recovery.dbs[&name()].ltx, [info(&snap)]);
+    assert_eq!(recovery.dbs[&name()].invalid_ltx, [(tx3.min, tx3.max), (TxId(4), TxId(4))]);
+}
+
+#[test]
+fn a_file_whose_flush_failed_is_rewritten_from_a_verified_read_never_fsynced_again() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let tx2 = model.tx(&[2], 0x22);
+    let tx3 = model.tx(&[1], 0x33);
+    let tx4 = model.tx(&[2], 0x44);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    for tx in [&tx2, &tx3, &tx4] {
+        store.write_commit(&name(), tx.min, tx.max, &tx.bytes, false).expect("deferred commit");
+    }
+    // As after a failed fsync: the driver puts the files back.
+    let taken = store.take_unflushed(&name(), tx4.max);
+    assert!(taken.iter().all(|f| !f.failed));
+    store.put_back_unflushed(&name(), taken);
+    let retry = store.take_unflushed(&name(), tx4.max);
+    assert!(retry.iter().all(|f| f.failed), "a put-back file is marked");
+    let inode = |tx: &Ltx| fs::metadata(store.ltx_path(&name(), tx.min, tx.max)).expect("stat").ino();
+    let before = inode(&tx2);
+    // tx4 was retired meanwhile: nothing of it is needed.
+    fs::remove_file(store.ltx_path(&name(), tx4.min, tx4.max)).expect("retire tx4");
+    replite::store::flush_files(&retry).expect("rewritten and durable");
+    assert_ne!(inode(&tx2), before, "a new file replaced the one whose fsync failed");
+    assert_eq!(fs::read(store.ltx_path(&name(), tx2.min, tx2.max)).expect("read"), tx2.bytes);
+
+    // What the failed write-back lost cannot be made durable: reported, never flushed.
+    store.put_back_unflushed(&name(), retry);
+    let again = store.take_unflushed(&name(), tx4.max);
+    let tx3_path = store.ltx_path(&name(), tx3.min, tx3.max);
+    let mut damaged = tx3.bytes.clone();
+    damaged[200] ^= 0xff;
+    fs::write(&tx3_path, &damaged).expect("damage tx3");
+    let err = replite::store::flush_files(&again).expect_err("tx3 is lost");
+    assert!(matches!(err, StoreError::LostUnflushed { .. }), "{err}");
+    assert_eq!(err.failure(), IoFailure::Io);
+    assert_eq!(fs::read(&tx3_path).expect("read"), damaged, "a file that does not verify is left for recovery");
 }

@@ -117,7 +117,9 @@ impl Mount {
             };
             return Err(ApplyLtxError::Apply { db: db.to_owned(), source });
         }
-        let _serial = lock(&self.apply_lock);
+        let mut lockers = lock(&self.apply_lock);
+        // The kept descriptor is on the file this drop removes.
+        lockers.remove(db);
         let lock_err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
         let locker = if self.shared.database_path(db).exists() {
             let locker = std::fs::OpenOptions::new().read(true).write(true).open(self.mountpoint.join(db));

@@ -40,6 +40,14 @@ impl ReplFs {
 
 impl Filesystem for ReplFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // SQLite opens the directory to fsync it after creating a rollback journal, every
+        // transaction: without these two requests (OPENDIR, RELEASEDIR) per transaction the
+        // directory needs no handle (`readdir` and `fsyncdir` ignore it). Lookups in the one
+        // directory need no kernel-side serialisation either (the inode table has its lock).
+        // Both are optional: an older kernel just keeps sending the requests.
+        let no_opendir = config.add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT).is_ok();
+        self.shared.no_opendir.store(no_opendir, Ordering::Relaxed);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         if self.shared.passthrough_wanted {
             let granted =
                 config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
@@ -383,6 +391,16 @@ impl Filesystem for ReplFs {
             _ => {}
         }
         reply.ok();
+    }
+
+    /// `ENOSYS` tells a kernel that granted `FUSE_NO_OPENDIR_SUPPORT` to open directories by
+    /// itself from now on (one request ever instead of two per open); without the capability
+    /// ENOSYS would fail the open, so the answer is a handle as before.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.shared.no_opendir.load(Ordering::Relaxed) {
+            return reply.error(Errno::ENOSYS);
+        }
+        reply.opened(FileHandle(0), FopenFlags::empty());
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {

@@ -68,7 +68,10 @@ pub struct Mount {
     pub(crate) shared: Arc<Shared>,
     pub(crate) notifier: Notifier,
     pub(crate) mountpoint: PathBuf,
-    pub(crate) apply_lock: Mutex<()>,
+    /// Serialises applies, and keeps each database's descriptor through the mount (with the
+    /// inode it was opened on) between them: opening and closing it per apply cost four FUSE
+    /// requests to this very daemon on the replication path.
+    pub(crate) apply_lock: Mutex<HashMap<String, (u64, std::fs::File)>>,
     /// Descriptors of databases opened through the mount by copies that read around a writer,
     /// kept open until closing them is safe (see `Mount::park_locker`).
     pub(crate) parked_lockers: Mutex<HashMap<String, Vec<std::fs::File>>>,
@@ -110,7 +113,7 @@ impl Mount {
             shared,
             notifier,
             mountpoint: mountpoint.to_owned(),
-            apply_lock: Mutex::new(()),
+            apply_lock: Mutex::new(HashMap::new()),
             parked_lockers: Mutex::new(HashMap::new()),
             session: Some(session),
         })
@@ -201,6 +204,7 @@ impl Mount {
     /// Unmounts now, reporting failure (files still open make a plain unmount fail).
     pub fn unmount(mut self) -> io::Result<()> {
         lock(&self.parked_lockers).clear();
+        lock(&self.apply_lock).clear();
         match self.session.take() {
             Some(session) => session.umount_and_join(),
             None => Ok(()),
@@ -212,6 +216,7 @@ impl Drop for Mount {
     fn drop(&mut self) {
         // Descriptors through the mount would keep it busy.
         lock(&self.parked_lockers).clear();
+        lock(&self.apply_lock).clear();
         let Some(session) = self.session.take() else { return };
         if let Err(e) = session.umount_and_join() {
             warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed; detaching lazily");

@@ -168,6 +168,24 @@ impl Mount {
         self.apply_verified(db, change)
     }
 
+    /// The kept descriptor of `db` through the mount, opened again when the name now leads
+    /// to another inode (a demotion retires the old one, a drop removes it).
+    fn apply_locker<'a>(
+        &self,
+        lockers: &'a mut std::collections::HashMap<String, (u64, File)>,
+        db: &str,
+    ) -> io::Result<&'a File> {
+        let current = self.shared.known_ino(db);
+        if lockers.get(db).is_none_or(|(ino, _)| Some(*ino) != current) {
+            // Closing the old one first: it held no locks between applies.
+            lockers.remove(db);
+            let file = OpenOptions::new().read(true).write(true).open(self.mountpoint.join(db))?;
+            let ino = std::os::unix::fs::MetadataExt::ino(&file.metadata()?);
+            lockers.insert(db.to_owned(), (ino, file));
+        }
+        Ok(&lockers[db].1)
+    }
+
     fn check_may_apply(&self, db: &str) -> Result<(), ApplyLtxError> {
         match classify(db) {
             Some((NodeKind::Database, name)) if name == db => {}
@@ -182,22 +200,23 @@ impl Mount {
     }
 
     fn apply_verified<R: Read>(&self, db: &str, change: Change<'_, R>) -> Result<Pos, ApplyLtxError> {
-        let _serial = lock(&self.apply_lock);
+        let mut lockers = lock(&self.apply_lock);
         let lock_err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
 
         self.shared.ensure_db_dir(db).map_err(lock_err("create the database directory"))?;
         let backing = self.shared.database_path(db);
+        let created = !backing.exists();
         let target = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&backing);
         let target = target.map_err(lock_err("open data file"))?;
-        // A database created here must replace the negative entries the kernel may hold.
-        for name in [db.to_owned(), format!("{db}-pos")] {
-            let _ = self.notifier.inval_entry(INodeNo(ROOT_INO), name.as_ref());
+        if created {
+            // A database created here must replace the negative entries the kernel may hold.
+            for name in [db.to_owned(), format!("{db}-pos")] {
+                let _ = self.notifier.inval_entry(INodeNo(ROOT_INO), name.as_ref());
+            }
         }
 
-        let locker = OpenOptions::new().read(true).write(true).open(self.mountpoint.join(db));
-        let locker = locker.map_err(lock_err("open through the mount"))?;
-        locks::lock_wait(&locker, Kind::Write, PENDING_BYTE, 1).map_err(lock_err("PENDING lock"))?;
-        locks::lock_wait(&locker, Kind::Write, SHARED_FIRST, SHARED_SIZE).map_err(lock_err("EXCLUSIVE lock"))?;
+        let locker = self.apply_locker(&mut lockers, db).map_err(lock_err("open through the mount"))?;
+        let _held = HeldLocks::take(locker).map_err(lock_err("EXCLUSIVE lock"))?;
 
         // WAL connections opened before a demotion: kept out by the WAL index's locks, and
         // shown the result by a new index header (`demoted_wal`).
@@ -259,7 +278,7 @@ impl Mount {
             }
         }
         drop(wal_guard);
-        drop(locker);
+        drop(_held);
         let pos = applied?;
         self.set_position(db, pos);
         debug!(db, txid = %pos.txid, pages = file.writes.len(), "applied");
@@ -349,5 +368,29 @@ impl Mount {
         self.shared.sync_dirs().map_err(err("fsync its directory"))?;
         let _ = self.notifier.inval_entry(INodeNo(ROOT_INO), name.as_ref());
         Ok(())
+    }
+}
+
+/// SQLite's writer locks taken on a kept descriptor (PENDING, then the SHARED range, which
+/// waits for every reader), released when dropped: closing the descriptor is no longer what
+/// ends them.
+struct HeldLocks<'a>(&'a File);
+
+impl<'a> HeldLocks<'a> {
+    fn take(locker: &'a File) -> io::Result<HeldLocks<'a>> {
+        locks::lock_wait(locker, Kind::Write, PENDING_BYTE, 1)?;
+        let held = HeldLocks(locker);
+        locks::lock_wait(locker, Kind::Write, SHARED_FIRST, SHARED_SIZE)?;
+        Ok(held)
+    }
+}
+
+impl Drop for HeldLocks<'_> {
+    fn drop(&mut self) {
+        for (start, len) in [(SHARED_FIRST, SHARED_SIZE), (PENDING_BYTE, 1)] {
+            if let Err(e) = locks::unlock(self.0, start, len) {
+                warn!(error = %e, "releasing an apply's lock failed");
+            }
+        }
     }
 }

@@ -106,6 +106,8 @@ pub(crate) struct Shared {
     /// Whether passthrough was asked for, and whether the kernel granted it.
     pub(crate) passthrough_wanted: bool,
     pub(crate) passthrough: AtomicBool,
+    /// The kernel opens directories without asking (`FUSE_NO_OPENDIR_SUPPORT` granted).
+    pub(crate) no_opendir: AtomicBool,
     /// One passthrough registration per inode, shared by all its open handles.
     pub(crate) backings: Mutex<HashMap<u64, Weak<BackingId>>>,
     /// Database directories whose entries changed (a file created or removed) since the last
@@ -163,6 +165,7 @@ impl Shared {
             status: RwLock::new(Status::default()),
             passthrough_wanted: passthrough,
             passthrough: AtomicBool::new(false),
+            no_opendir: AtomicBool::new(false),
             backings: Mutex::new(HashMap::new()),
             unsynced_dirs: Mutex::new(BTreeSet::new()),
             replica_versions: Mutex::new(HashMap::new()),

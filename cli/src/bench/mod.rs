@@ -50,6 +50,11 @@ pub struct BenchArgs {
     /// Rounds of each throughput workload; the median is reported [default: 3; with --quick: 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=99))]
     rounds: Option<u32>,
+    /// LTX history each node keeps, MiB (`data.retention-size`) [default: the daemon's, 64].
+    /// A small value measures nodes in steady state, retiring a file per commit as a
+    /// long-running node does; the default measures a newly created database's first commits.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=65536))]
+    retention_mb: Option<u64>,
     /// Also write the table as Markdown to FILE.
     #[arg(long, value_name = "FILE")]
     markdown: Option<PathBuf>,
@@ -102,6 +107,8 @@ struct Sizes {
     snapshot_mib: u64,
     /// Rows per table in the mixed workload.
     mixed_rows: u64,
+    /// Bytes of LTX history the throughput and lag nodes keep (`None`: the default).
+    retention_bytes: Option<u64>,
 }
 
 impl Sizes {
@@ -117,6 +124,7 @@ impl Sizes {
                 lag_commits: 50,
                 snapshot_mib: 8,
                 mixed_rows: 1_000,
+                retention_bytes: None,
             }
         } else {
             Sizes {
@@ -129,6 +137,7 @@ impl Sizes {
                 lag_commits: 500,
                 snapshot_mib: 256,
                 mixed_rows: 10_000,
+                retention_bytes: None,
             }
         };
         Sizes {
@@ -136,6 +145,7 @@ impl Sizes {
             large_mib: args.large_mb.unwrap_or(base.large_mib),
             lag_commits: args.lag_commits.unwrap_or(base.lag_commits),
             snapshot_mib: args.snapshot_mb.unwrap_or(base.snapshot_mib),
+            retention_bytes: args.retention_mb.map(|mib| mib << 20),
             ..base
         }
     }
@@ -175,8 +185,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     let throughput =
         wanted(Workload::Write) || wanted(Workload::Large) || wanted(Workload::Read) || wanted(Workload::Mixed);
-    let single = if throughput { Some(BenchNode::start_primary(&handle, root, "single")?) } else { None };
-    let pair = if throughput || wanted(Workload::Lag) { Some(start_pair(&handle, root)?) } else { None };
+    let single =
+        if throughput { Some(BenchNode::start_primary(&handle, root, "single", sizes.retention_bytes)?) } else { None };
+    let pair = if throughput || wanted(Workload::Lag) {
+        Some(start_pair(&handle, root, sizes.retention_bytes)?)
+    } else {
+        None
+    };
 
     let mut sides = vec![Side { column: Column::Native, dir: &native, node: None, replica: None }];
     if let Some(single) = &single {
@@ -280,9 +295,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn start_pair(handle: &Handle, root: &Path) -> anyhow::Result<Pair> {
-    let primary = BenchNode::start_primary(handle, root, "primary")?;
-    let replica = BenchNode::start_replica(handle, root, "replica", &primary.url)?;
+fn start_pair(handle: &Handle, root: &Path, retention: Option<u64>) -> anyhow::Result<Pair> {
+    let primary = BenchNode::start_primary(handle, root, "primary", retention)?;
+    let replica = BenchNode::start_replica(handle, root, "replica", &primary.url, retention)?;
     replica.wait_until("in sync", nodes::CATCH_UP_TIMEOUT, |s| s.in_sync)?;
     Ok(Pair { primary, replica })
 }
@@ -445,6 +460,12 @@ fn context_notes(sizes: &Sizes, root: &Path) -> Vec<String> {
             sizes.snapshot_mib,
             sizes.mixed_rows
         ),
+        match sizes.retention_bytes {
+            Some(bytes) => format!("LTX history kept per database: {} MiB (--retention-mb)", bytes >> 20),
+            None => {
+                "LTX history kept per database: the default (64 MiB; runs this short never retire a file)".to_owned()
+            }
+        },
         "ratios are to native; lag is from a commit returning on the primary to the replica's status showing it"
             .to_owned(),
     ]

@@ -44,9 +44,15 @@ pub struct BenchNode {
 }
 
 impl BenchNode {
-    /// A static-lease candidate: primary as soon as it starts.
-    pub fn start_primary(handle: &Handle, root: &Path, name: &str) -> anyhow::Result<BenchNode> {
-        let mut config = base_config(root, name);
+    /// A static-lease candidate: primary as soon as it starts. `retention`: bytes of LTX
+    /// history kept (`data.retention-size`), else the daemon's default.
+    pub fn start_primary(
+        handle: &Handle,
+        root: &Path,
+        name: &str,
+        retention: Option<u64>,
+    ) -> anyhow::Result<BenchNode> {
+        let mut config = base_config(root, name, retention);
         config.lease.candidate = true;
         // With no advertise URL the node advertises http://HOSTNAME:PORT with the port it
         // bound, so no port has to be picked (and raced for) in advance.
@@ -64,8 +70,14 @@ impl BenchNode {
 
     /// A static-lease replica of the node at `primary_url`; returns once it is started (not
     /// necessarily in sync).
-    pub fn start_replica(handle: &Handle, root: &Path, name: &str, primary_url: &str) -> anyhow::Result<BenchNode> {
-        let mut config = base_config(root, name);
+    pub fn start_replica(
+        handle: &Handle,
+        root: &Path,
+        name: &str,
+        primary_url: &str,
+        retention: Option<u64>,
+    ) -> anyhow::Result<BenchNode> {
+        let mut config = base_config(root, name, retention);
         config.lease.candidate = false;
         config.lease.hostname = "bench-primary".into();
         config.lease.advertise_url = primary_url.into();
@@ -196,9 +208,12 @@ fn db_status<'a>(status: &'a Status, db: &str) -> Option<&'a DbStatus> {
     status.databases.iter().find(|d| d.name == db)
 }
 
-fn base_config(root: &Path, name: &str) -> Config {
+fn base_config(root: &Path, name: &str, retention: Option<u64>) -> Config {
     let dir = root.join(name);
     let mut config = Config::default();
+    if retention.is_some() {
+        config.data.retention_size = retention;
+    }
     config.data.dir = dir.join("data");
     config.fuse.dir = dir.join("mnt");
     config.http.addr = "127.0.0.1:0".into();

@@ -43,7 +43,7 @@ impl Snapshot {
 
 /// Builds a `size_mib` MiB database on a new primary under `root`, then times a new replica.
 pub fn measure(handle: &Handle, root: &Path, size_mib: u64) -> anyhow::Result<Snapshot> {
-    let primary = BenchNode::start_primary(handle, root, "snapshot-primary")?;
+    let primary = BenchNode::start_primary(handle, root, "snapshot-primary", None)?;
     let build = Instant::now();
     let conn = workloads::open(&primary.mount.join(DB), DELETE_FULL)?;
     workloads::fill(&conn, size_mib, LARGE_ROW_BYTES, BUILD_ROWS_PER_TX, BUILD_TIMEOUT)?;
@@ -56,7 +56,7 @@ pub fn measure(handle: &Handle, root: &Path, size_mib: u64) -> anyhow::Result<Sn
     let want = primary.db(DB).map(|d| d.pos).context("the primary has no position for the snapshot database")?;
 
     let start = Instant::now();
-    let replica = BenchNode::start_replica(handle, root, "snapshot-replica", &primary.url)?;
+    let replica = BenchNode::start_replica(handle, root, "snapshot-replica", &primary.url, None)?;
     replica.wait_until(&format!("in sync at {want}"), CATCH_UP_TIMEOUT, |s| {
         s.in_sync && s.databases.iter().any(|d| d.name == DB && d.pos == want)
     })?;

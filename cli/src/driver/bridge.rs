@@ -2,10 +2,12 @@
 //! SQLite's commit syscall while it waits here for the Node's verdict; the driver answers
 //! through a plain channel (sending never blocks the driver). Nothing is decided here.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as sync_mpsc;
+use std::time::{Duration, Instant};
 
 use replite_fuse::{CapturedTx, CommitSink, Refusal};
-use std::sync::mpsc as sync_mpsc;
 
 use tokio::sync::mpsc;
 
@@ -49,9 +51,43 @@ pub enum FsRequest {
     },
 }
 
+/// The driver's standing answer to "may this node write?": yes until an instant (the end of
+/// the lease's safe period), published after every step. Starting a write transaction is
+/// then one atomic load on the FUSE thread instead of a round trip through the driver (two
+/// thread wake-ups per transaction). Anything else (no lease, a handoff, the instant passed)
+/// asks the driver, which decides and parks as before. The commit itself is always decided
+/// by the Node, so an answer that went stale a moment later costs a refused commit, exactly
+/// as a lease lost mid-transaction does.
+#[derive(Debug)]
+pub struct WriteGate {
+    base: Instant,
+    /// Nanoseconds after `base` until which writes are granted; 0: ask the driver.
+    open_until_ns: AtomicU64,
+}
+
+impl WriteGate {
+    fn new() -> WriteGate {
+        WriteGate { base: Instant::now(), open_until_ns: AtomicU64::new(0) }
+    }
+
+    /// Grants writes until `until` (`None`: ask the driver from now on).
+    pub fn open_until(&self, until: Option<Instant>) {
+        let ns = until.map_or(0, |at| u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(0));
+        self.open_until_ns.store(ns, Ordering::Release);
+    }
+
+    /// Whether writes are granted right now without asking.
+    #[must_use]
+    pub fn is_open(&self) -> bool {
+        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        now < self.open_until_ns.load(Ordering::Acquire)
+    }
+}
+
 /// The [`CommitSink`] the mount calls; each call becomes an [`FsRequest`] for the driver.
 pub struct CommitBridge {
     requests: mpsc::UnboundedSender<FsRequest>,
+    gate: Arc<WriteGate>,
 }
 
 impl CommitBridge {
@@ -59,7 +95,13 @@ impl CommitBridge {
     #[must_use]
     pub fn new() -> (CommitBridge, mpsc::UnboundedReceiver<FsRequest>) {
         let (requests, rx) = mpsc::unbounded_channel();
-        (CommitBridge { requests }, rx)
+        (CommitBridge { requests, gate: Arc::new(WriteGate::new()) }, rx)
+    }
+
+    /// The gate the driver keeps up to date (`Driver::with_write_gate`).
+    #[must_use]
+    pub fn gate(&self) -> Arc<WriteGate> {
+        Arc::clone(&self.gate)
     }
 
     fn ask(&self, make: impl FnOnce(Answer) -> FsRequest) -> Result<(), Refusal> {
@@ -86,6 +128,9 @@ impl CommitSink for CommitBridge {
     }
 
     fn may_write(&self, db: &str) -> Result<(), Refusal> {
+        if self.gate.is_open() {
+            return Ok(());
+        }
         self.ask(|answer| FsRequest::MayWrite { db: db.to_owned(), answer })
     }
 
@@ -127,6 +172,21 @@ mod tests {
         assert_eq!(bridge.may_write("no.db"), Err(Refusal::ReadOnly { reason: "not primary".into() }));
         drop(bridge);
         assert_eq!(driver.join().expect("driver thread"), vec!["ok.db".to_string(), "no.db".to_string()]);
+    }
+
+    #[test]
+    fn an_open_gate_answers_without_the_driver_and_a_closed_or_expired_one_asks() {
+        let (bridge, rx) = CommitBridge::new();
+        let gate = bridge.gate();
+        gate.open_until(Some(Instant::now() + Duration::from_secs(60)));
+        // No driver is reading: only the gate can answer.
+        assert_eq!(bridge.may_write("x.db"), Ok(()));
+        gate.open_until(Some(Instant::now()));
+        drop(rx);
+        assert!(matches!(bridge.may_write("x.db"), Err(Refusal::ReadOnly { .. })), "an expired grant asks the driver");
+        gate.open_until(Some(Instant::now() + Duration::from_secs(60)));
+        gate.open_until(None);
+        assert!(matches!(bridge.may_write("x.db"), Err(Refusal::ReadOnly { .. })), "a closed gate asks the driver");
     }
 
     #[test]

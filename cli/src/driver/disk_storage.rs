@@ -143,7 +143,12 @@ impl Storage for DiskStorage {
 
     fn read_ltx(&self, db: &DbName, min: TxId, max: TxId) -> io::Result<Vec<u8>> {
         let path = self.store().ltx_path(db, min, max);
-        std::fs::read(path)
+        let bytes = std::fs::read(&path)?;
+        // Retention may recycle the file as a spare while it is read (renamed, then written
+        // over by a later commit): what was read must still be this range, whole.
+        crate::store::StoreError::verify_range(db, min, max, bytes.as_slice())
+            .map_err(|e| io::Error::other(format!("{} changed while being read: {e}", path.display())))?;
+        Ok(bytes)
     }
 
     fn copy_committed(&self, db: &DbName) -> io::Result<DatabaseImage> {

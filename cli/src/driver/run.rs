@@ -19,7 +19,7 @@ use replite_fuse::{CapturedTx, Refusal};
 use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::driver::bridge::{Answer, FsRequest};
+use crate::driver::bridge::{Answer, FsRequest, WriteGate};
 use crate::driver::clock::Clock;
 use crate::driver::downstream::{DownstreamCmd, PositionQuery, Transfers, run_downstream};
 use crate::driver::page_sums::PageSums;
@@ -111,6 +111,8 @@ pub struct Driver {
     status: watch::Sender<Status>,
     events: EventLog,
     transfers: Transfers,
+    /// Where the standing answer to "may this node write?" is published, if anyone reads it.
+    gate: Option<Arc<WriteGate>>,
 }
 
 impl Driver {
@@ -159,7 +161,15 @@ impl Driver {
             status,
             events: EventLog::default(),
             transfers: Transfers::default(),
+            gate: None,
         }
+    }
+
+    /// Publishes the standing write grant to `gate` after every step (see [`WriteGate`]).
+    #[must_use]
+    pub fn with_write_gate(mut self, gate: Arc<WriteGate>) -> Driver {
+        self.gate = Some(gate);
+        self
     }
 
     /// Connects the driver to other nodes (without this it runs a node alone).
@@ -506,6 +516,9 @@ impl Driver {
             }
         }
         let now = self.clock.now();
+        if let Some(gate) = &self.gate {
+            gate.open_until(self.node.accepting_writes_until(now).map(|until| self.clock.instant_at(until)));
+        }
         let mut status = Status::of(&self.node, self.network.as_ref().map(|n| &n.me), &self.peers, now);
         status.snapshots = self
             .transfers

@@ -63,6 +63,15 @@ pub enum StoreError {
         /// Its length.
         len: usize,
     },
+    /// An LTX file whose flush failed could not be read back whole to write it again: what
+    /// was in it may never reach the disk.
+    #[error("{}: unflushed LTX file lost after a failed flush: {reason}", path.display())]
+    LostUnflushed {
+        /// The file.
+        path: PathBuf,
+        /// What reading it back found.
+        reason: String,
+    },
     /// The LTX file to apply is not on disk.
     #[error("database {db}: LTX {min}-{max} is not in the store")]
     MissingLtx {
@@ -152,7 +161,9 @@ impl StoreError {
         match self {
             StoreError::Io { source, .. } => io_failure(source),
             StoreError::Apply { source: ApplyError::Io { source, .. }, .. } => io_failure(source),
-            StoreError::MissingLtx { .. } | StoreError::InvalidEpochFile { .. } => IoFailure::Io,
+            StoreError::MissingLtx { .. } | StoreError::InvalidEpochFile { .. } | StoreError::LostUnflushed { .. } => {
+                IoFailure::Io
+            }
             StoreError::InvalidLtx { .. }
             | StoreError::ShortLtx { .. }
             | StoreError::RangeMismatch { .. }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use replite_core::TxId;
@@ -31,6 +32,8 @@ pub struct Unflushed {
     pub path: PathBuf,
     /// The open file, so the flush needs no lookup and a removed file costs nothing.
     pub file: File,
+    /// A flush of this file failed before: its next one rewrites it ([`flush`]).
+    pub failed: bool,
 }
 
 /// Files waiting for a flush, per database, oldest first.
@@ -53,8 +56,12 @@ impl UnflushedFiles {
         taken
     }
 
-    /// Puts back files whose flush failed, so the next flush tries them again.
+    /// Puts back files whose flush failed, so the next flush tries them again (by rewriting
+    /// them: see [`flush`]).
     pub fn put_back(&mut self, db: &DbName, mut files: Vec<Unflushed>) {
+        for f in &mut files {
+            f.failed = true;
+        }
         let entry = self.by_db.entry(db.clone()).or_default();
         files.append(entry);
         files.sort_by_key(|f| f.max);
@@ -100,68 +107,137 @@ pub fn write_new(path: &Path, contents: &[u8], durable: bool) -> Result<Option<F
     Ok(if durable { None } else { Some(file) })
 }
 
-/// Spare empty files kept ready in each LTX directory, so that a commit's write renames one
-/// into place (~30 µs here) instead of creating a file (30–700 µs on this ext4 under load:
-/// inode allocation waits on the journal). Named `*.tmp`, so recovery deletes leftovers.
+/// A file kept ready under a `*.tmp` name in an LTX directory, written into and renamed into
+/// place by a commit instead of creating a file.
+#[derive(Debug)]
+pub struct Spare {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Open for writing; a recycled spare is opened when taken (thousands may wait).
+    pub file: Option<File>,
+    /// Its current length: a retired LTX file recycled as a spare still holds its old bytes.
+    pub len: u64,
+}
+
+/// Spare files kept ready in each LTX directory, so that a commit's write renames one into
+/// place (~30 µs here) instead of creating a file (30–700 µs on this ext4 under load). Most
+/// come from retention: a retired LTX file is renamed to a spare rather than deleted, because
+/// creating and deleting a file per commit makes ext4 without a journal scan its inode table
+/// for recently deleted inodes (`recently_deleted`: a quarter of the daemon's CPU time at a few
+/// thousand commits a second). Named `*.tmp`, so recovery deletes leftovers.
 #[derive(Debug, Default)]
 pub struct Spares {
-    by_dir: BTreeMap<PathBuf, Vec<(PathBuf, File)>>,
+    by_dir: BTreeMap<PathBuf, DirSpares>,
     next: u64,
 }
 
-/// Spares kept per LTX directory: a flush (every `flush_ms` under load) refills them, and a
-/// busy WAL database commits a few thousand times a second.
+#[derive(Debug, Default)]
+struct DirSpares {
+    /// Created ahead, open.
+    created: Vec<Spare>,
+    /// Retired LTX files renamed to spares (opened when taken).
+    recycled: Vec<(PathBuf, u64)>,
+    /// Bytes the recycled ones hold (old contents, disk space not yet reused).
+    recycled_bytes: u64,
+}
+
+/// Spares created ahead per LTX directory (open files): a flush (every `flush_ms` under load)
+/// refills them, and a busy WAL database commits a few thousand times a second.
 pub const SPARES_PER_DIR: usize = 64;
 
+/// Retention retires files in bursts (once a heartbeat), so recycled spares must cover a
+/// heartbeat's commits: up to this many bytes of them per directory, files up to
+/// [`RECYCLE_MAX_FILE`] each (a large transaction's file is deleted, not kept).
+pub const RECYCLED_BYTES_PER_DIR: u64 = 16 << 20;
+
+/// Largest retired file kept as a spare.
+pub const RECYCLE_MAX_FILE: u64 = 64 << 10;
+
 impl Spares {
-    /// Takes a spare of `dir`, if one is ready.
-    pub fn take(&mut self, dir: &Path) -> Option<(PathBuf, File)> {
-        self.by_dir.get_mut(dir).and_then(Vec::pop)
+    /// Takes a spare of `dir`, if one is ready, opened for writing.
+    pub fn take(&mut self, dir: &Path) -> Option<Spare> {
+        let spares = self.by_dir.get_mut(dir)?;
+        if let Some(spare) = spares.created.pop() {
+            return Some(spare);
+        }
+        while let Some((path, len)) = spares.recycled.pop() {
+            spares.recycled_bytes = spares.recycled_bytes.saturating_sub(len);
+            // Gone or unopenable: try the next one (recovery removes what is left).
+            if let Ok(file) = OpenOptions::new().write(true).open(&path) {
+                return Some(Spare { path, file: Some(file), len });
+            }
+        }
+        None
+    }
+
+    fn next_name(&mut self, dir: &Path) -> PathBuf {
+        self.next += 1;
+        dir.join(format!(".spare-{}{}", self.next, crate::store::TEMP_SUFFIX))
     }
 
     /// How many spares `dir` lacks, and names for them.
     pub fn wanted(&mut self, dir: &Path) -> Vec<PathBuf> {
-        let have = self.by_dir.get(dir).map_or(0, Vec::len);
-        (have..SPARES_PER_DIR)
-            .map(|_| {
-                self.next += 1;
-                dir.join(format!(".spare-{}{}", self.next, crate::store::TEMP_SUFFIX))
-            })
-            .collect()
+        let have = self.by_dir.get(dir).map_or(0, |s| s.created.len() + s.recycled.len());
+        (have..SPARES_PER_DIR).map(|_| self.next_name(dir)).collect()
     }
 
     /// Adds spares made outside the store's lock.
-    pub fn add(&mut self, dir: &Path, files: Vec<(PathBuf, File)>) {
-        self.by_dir.entry(dir.to_path_buf()).or_default().extend(files);
+    pub fn add(&mut self, dir: &Path, files: Vec<Spare>) {
+        self.by_dir.entry(dir.to_path_buf()).or_default().created.extend(files);
+    }
+
+    /// Turns the retired file `path` (`len` bytes) of `dir` into a spare if there is room.
+    /// `Ok(false)`: not kept, the caller deletes the file. A rename lost in a crash leaves the
+    /// file at its old name, which the Node retires again.
+    pub fn recycle(&mut self, dir: &Path, path: &Path, len: u64) -> io::Result<bool> {
+        let have = self.by_dir.get(dir).map_or(0, |s| s.recycled_bytes);
+        if len > RECYCLE_MAX_FILE || have + len > RECYCLED_BYTES_PER_DIR {
+            return Ok(false);
+        }
+        let spare_path = self.next_name(dir);
+        std::fs::rename(path, &spare_path)?;
+        let spares = self.by_dir.entry(dir.to_path_buf()).or_default();
+        spares.recycled_bytes += len;
+        spares.recycled.push((spare_path, len));
+        Ok(true)
     }
 }
 
 /// Creates spare files at `paths` (stopping at the first failure: spares are an optimisation).
-pub fn make_spares(paths: Vec<PathBuf>) -> Vec<(PathBuf, File)> {
+pub fn make_spares(paths: Vec<PathBuf>) -> Vec<Spare> {
     let mut made = Vec::new();
     for path in paths {
         match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(file) => made.push((path, file)),
+            Ok(file) => made.push(Spare { path, file: Some(file), len: 0 }),
             Err(_) => break,
         }
     }
     made
 }
 
-/// Writes `contents` into a spare file and renames it to `path`, replacing whatever was
-/// there (the rename is atomic: a reader or a crash sees the old file or the whole new one).
-/// With `durable`, fsyncs it (a full fsync: ext4 and xfs then commit the journal transaction
-/// holding the rename, as they do a new file's name). Returns the open file when not durable.
-pub fn write_into_spare(
-    spare: (PathBuf, File),
-    path: &Path,
-    contents: &[u8],
-    durable: bool,
-) -> Result<Option<File>, StoreError> {
-    let (spare_path, mut file) = spare;
+/// Writes `contents` into a spare file (over whatever a recycled one held, cut to length) and
+/// renames it to `path`, replacing whatever was there (the rename is atomic: a reader or a
+/// crash sees the old file or the whole new one; a crash before a flush may leave old or
+/// mixed bytes under the new name, which recovery's verification rejects: the header names
+/// another range, or the checksums fail). With `durable`, fsyncs it (a full fsync: ext4 and
+/// xfs then commit the journal transaction holding the rename, as they do a new file's name).
+/// Returns the open file when not durable.
+pub fn write_into_spare(spare: Spare, path: &Path, contents: &[u8], durable: bool) -> Result<Option<File>, StoreError> {
+    let Spare { path: spare_path, file, len } = spare;
+    let Some(file) = file else {
+        return Err(StoreError::io("open", &spare_path)(io::Error::other("a spare must be opened before use")));
+    };
     let written = file
-        .write_all(contents)
+        .write_all_at(contents, 0)
         .map_err(StoreError::io("write", &spare_path))
+        .and_then(|()| {
+            // Only a longer recycled file needs cutting (same-size commits, the common case, don't).
+            if len > contents.len() as u64 {
+                file.set_len(contents.len() as u64).map_err(StoreError::io("truncate", &spare_path))
+            } else {
+                Ok(())
+            }
+        })
         .and_then(|()| std::fs::rename(&spare_path, path).map_err(StoreError::io("rename", &spare_path)));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&spare_path);
@@ -174,14 +250,25 @@ pub fn write_into_spare(
     Ok(Some(file))
 }
 
-/// Makes `files` durable: few files one fdatasync each, many one `syncfs`.
+/// Makes `files` durable: few files one fdatasync each, many one `syncfs`. A file whose flush
+/// failed before is rewritten instead: after a failed fsync Linux may have dropped its dirty
+/// pages or marked them clean, so fsyncing it again can succeed with the data never written
+/// (PostgreSQL's "fsyncgate"). It is read back, verified whole and written to a new file that
+/// replaces it durably; one that no longer verifies is reported lost, never flushed.
 pub fn flush(files: &[Unflushed]) -> Result<(), StoreError> {
+    for f in files.iter().filter(|f| f.failed) {
+        rewrite(f)?;
+    }
+    let files: Vec<&Unflushed> = files.iter().filter(|f| !f.failed).collect();
+    if files.is_empty() {
+        return Ok(());
+    }
     if files.len() > SYNCFS_ABOVE_FILES {
         return sync_filesystem_of(&files[0].file, &files[0].path);
     }
     // Start write-back of every file first, so they go to the disk together and the first
     // fdatasync's journal commit finds the others' blocks already allocated.
-    for f in files {
+    for f in &files {
         // SAFETY: a plain syscall on a file descriptor this `File` owns for the whole call.
         let rc = unsafe { libc::sync_file_range(f.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
         if rc != 0 {
@@ -193,6 +280,23 @@ pub fn flush(files: &[Unflushed]) -> Result<(), StoreError> {
         f.file.sync_all().map_err(StoreError::io("fsync", &f.path))?;
     }
     Ok(())
+}
+
+/// Writes a file whose flush failed again from what reading it back gives, if that is the
+/// whole LTX file it should be.
+fn rewrite(f: &Unflushed) -> Result<(), StoreError> {
+    let lost = |reason: String| StoreError::LostUnflushed { path: f.path.clone(), reason };
+    let bytes = match std::fs::read(&f.path) {
+        Ok(bytes) => bytes,
+        // Retention removed (or recycled) it meanwhile: nothing of it is needed any more.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(lost(format!("reading it back: {e}"))),
+    };
+    let verified = replite_core::ltx::verify(bytes.as_slice()).map_err(|e| lost(e.to_string()))?;
+    if verified.header().max_txid != f.max {
+        return Err(lost(format!("it now holds TXID {}", verified.header().max_txid)));
+    }
+    crate::store::write_atomic(&f.path, &bytes)
 }
 
 /// `syncfs` on the file system holding `file`: everything written to it so far is durable.
@@ -218,7 +322,7 @@ mod tests {
     fn unflushed(dir: &Path, max: u64) -> Unflushed {
         let path = dir.join(format!("{max}.ltx"));
         let file = write_new(&path, b"bytes", false).expect("write").expect("an open file");
-        Unflushed { max: TxId(max), path, file }
+        Unflushed { max: TxId(max), path, file, failed: false }
     }
 
     #[test]

@@ -28,7 +28,7 @@ use replite_core::{Checksum, Epoch, Pos, TxId};
 use tracing::{debug, info};
 
 pub use error::StoreError;
-pub use flush::{SPARES_PER_DIR, SYNCFS_ABOVE_FILES, Unflushed, make_spares};
+pub use flush::{SPARES_PER_DIR, SYNCFS_ABOVE_FILES, Spare, Unflushed, make_spares};
 pub use fsutil::{TEMP_SUFFIX, write_atomic};
 pub use recover::{UNREADABLE_CHECKSUM, database_checksum, recover};
 
@@ -120,14 +120,14 @@ impl Store {
         self.unflushed.forget(db, max);
         if let Some(spare) = self.spares.take(&layout::ltx_dir(&self.dir, db)) {
             if let Some(file) = flush::write_into_spare(spare, &path, bytes, durable)? {
-                self.unflushed.push(db, Unflushed { max, path, file });
+                self.unflushed.push(db, Unflushed { max, path, file, failed: false });
             }
             debug!(db = %db, %min, %max, size = bytes.len(), durable, "wrote LTX file");
             return Ok(());
         }
         match flush::write_new(&path, bytes, durable) {
             Ok(None) => {}
-            Ok(Some(file)) => self.unflushed.push(db, Unflushed { max, path, file }),
+            Ok(Some(file)) => self.unflushed.push(db, Unflushed { max, path, file, failed: false }),
             Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
                 fsutil::write_atomic(&path, bytes)?;
             }
@@ -199,7 +199,7 @@ impl Store {
     }
 
     /// Adds spare files made (outside the store's lock) at names from [`Store::spares_wanted`].
-    pub fn add_spares(&mut self, db: &DbName, files: Vec<(PathBuf, std::fs::File)>) {
+    pub fn add_spares(&mut self, db: &DbName, files: Vec<Spare>) {
         self.spares.add(&layout::ltx_dir(&self.dir, db), files);
     }
 
@@ -297,6 +297,21 @@ impl Store {
     pub fn remove_ltx(&mut self, db: &DbName, min: TxId, max: TxId) -> Result<(), StoreError> {
         let path = self.ltx_path(db, min, max);
         self.unflushed.forget(db, max);
+        let len = match fs::metadata(&path) {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io("stat", &path)(e)),
+        };
+        match self.spares.recycle(&layout::ltx_dir(&self.dir, db), &path, len) {
+            Ok(true) => {
+                debug!(db = %db, %min, %max, "retired LTX file kept as a spare");
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            // Deleting it is what was asked; recycling was only a saving.
+            Err(e) => debug!(db = %db, %min, %max, error = %e, "recycling a retired LTX file failed"),
+        }
         match fs::remove_file(&path) {
             Ok(()) => {
                 debug!(db = %db, %min, %max, "removed LTX file");

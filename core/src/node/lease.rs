@@ -82,6 +82,16 @@ impl Node {
         if now < safe_until || self.cfg.faults.write_after_expiry { Some(WriteGrant { epoch }) } else { None }
     }
 
+    /// The instant a grant made now stops being valid by time alone (`None` when fault
+    /// injection lets writes through after expiry: no deadline then).
+    pub(crate) fn write_grant_deadline(&self) -> Option<Millis> {
+        let LeaseState::Held { expires_at, .. } = self.lease else { return None };
+        if self.cfg.faults.write_after_expiry {
+            return None;
+        }
+        Some(expires_at - self.cfg.lease_safety_margin_ms)
+    }
+
     fn lease_request_in_flight(&self, kind: LeaseOpKind) -> bool {
         self.lease_ops.values().any(|op| op.kind == kind)
     }

@@ -333,6 +333,15 @@ impl Node {
         self.write_grant(now).map(|g| g.epoch())
     }
 
+    /// Until when (exclusive) writes stay accepted if nothing but time changes: the end of the
+    /// lease's safe period, or `None` if writes are not accepted at `now`. A driver can answer
+    /// "may this node write?" from it without a step; any input may shorten it.
+    #[must_use]
+    pub fn accepting_writes_until(&self, now: Millis) -> Option<Millis> {
+        self.write_grant(now)?;
+        self.write_grant_deadline()
+    }
+
     fn next_op(&mut self) -> OpId {
         self.next_id += 1;
         OpId(self.next_id)

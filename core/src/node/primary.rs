@@ -286,6 +286,8 @@ impl Node {
             }
         }
         self.try_finish_commit(name);
+        // After the acknowledgement: retiring a file is not the application's wait.
+        self.trim_history(now, name, true);
     }
 
     /// Records a durable LTX file as a database's new position.
@@ -650,46 +652,56 @@ impl Node {
     /// it, never one sent to a connected replica and not yet acknowledged, and never one the
     /// backup has not stored.
     pub(crate) fn on_retention_timer(&mut self, now: Millis) {
+        let names: Vec<DbName> = self.dbs.keys().cloned().collect();
+        for name in &names {
+            self.trim_history(now, name, false);
+        }
+        self.timers.set(TimerKind::Retention, now + self.cfg.heartbeat_ms.max(1));
+    }
+
+    /// Retention for one database (see [`Node::on_retention_timer`]). With `size_only`, after
+    /// every commit and every applied file: past the size limit each one then retires about
+    /// one file, instead of the timer retiring a heartbeat's worth in one step (thousands of
+    /// files at a few thousand commits a second, which held every commit back while they
+    /// were removed). Age and drops are left to the timer.
+    pub(crate) fn trim_history(&mut self, now: Millis, name: &DbName, size_only: bool) {
         // Files sent to a connected replica but not yet acknowledged may still be queued in
         // the daemon's stream writer: keep everything above the lowest such acknowledgement.
-        let mut in_flight_above: BTreeMap<DbName, TxId> = BTreeMap::new();
+        let mut hold: Option<TxId> = None;
         for d in self.downstream.values().filter(|d| d.ext.ack) {
-            for (name, sent) in &d.sent {
+            if let Some(sent) = d.sent.get(name) {
                 let acked = self.acked.get(&(d.peer, name.clone())).map_or(TxId::ZERO, |p| p.txid);
                 if acked < sent.txid {
-                    let floor = in_flight_above.entry(name.clone()).or_insert(acked);
-                    *floor = (*floor).min(acked);
+                    hold = Some(hold.map_or(acked, |h| h.min(acked)));
                 }
             }
         }
+        let Some(db) = self.dbs.get_mut(name) else { return };
         let mut removed = Vec::new();
-        for (name, db) in &mut self.dbs {
-            let hold = in_flight_above.get(name).copied();
-            while let (Some(first), Some(last)) = (db.history.first().copied(), db.history.last().copied()) {
-                if first.max == last.max {
-                    break;
-                }
-                let too_old = now.since(first.added_at) > self.cfg.retention_ms;
-                let too_big = db.history.bytes() > self.cfg.retention_bytes;
-                // The newest durable file must stay until a newer one is durable: files after it
-                // were written without an fsync, and a crash may take them all.
-                let newest_durable = first.max >= db.durable_txid;
-                let still_needed = db.commit_times.first_key_value().is_some_and(|(t, _)| *t <= first.max)
-                    || newest_durable
-                    || (self.cfg.backup && first.max > db.backed_up)
-                    || hold.is_some_and(|h| first.max > h);
-                // Files before a drop describe a database that no longer exists: a replica
-                // that lacks the drop gets an empty snapshot instead.
-                let superseded = db.dropped();
-                if !(too_old || too_big || superseded) || still_needed {
-                    break;
-                }
-                db.history.pop_first();
-                removed.push(Output::RemoveLtx { db: name.clone(), min: first.min, max: first.max });
+        while let (Some(first), Some(last)) = (db.history.first().copied(), db.history.last().copied()) {
+            if first.max == last.max {
+                break;
             }
+            let too_old = now.since(first.added_at) > self.cfg.retention_ms;
+            let too_big = db.history.bytes() > self.cfg.retention_bytes;
+            // The newest durable file must stay until a newer one is durable: files after it
+            // were written without an fsync, and a crash may take them all.
+            let newest_durable = first.max >= db.durable_txid;
+            let still_needed = db.commit_times.first_key_value().is_some_and(|(t, _)| *t <= first.max)
+                || newest_durable
+                || (self.cfg.backup && first.max > db.backed_up)
+                || hold.is_some_and(|h| first.max > h);
+            // Files before a drop describe a database that no longer exists: a replica
+            // that lacks the drop gets an empty snapshot instead.
+            let superseded = db.dropped();
+            let due = if size_only { too_big } else { too_old || too_big || superseded };
+            if !due || still_needed {
+                break;
+            }
+            db.history.pop_first();
+            removed.push(Output::RemoveLtx { db: name.clone(), min: first.min, max: first.max });
         }
         self.out.extend(removed);
-        self.timers.set(TimerKind::Retention, now + self.cfg.heartbeat_ms.max(1));
     }
 }
 

@@ -432,6 +432,7 @@ impl Node {
         if p.replay {
             self.continue_replay(now, &name);
         } else {
+            self.trim_history(now, &name, true);
             self.process_inbox(now, &name);
         }
     }

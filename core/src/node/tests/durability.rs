@@ -298,3 +298,40 @@ fn retention_keeps_the_newest_durable_file_while_a_newer_one_is_unflushed() {
     }
     assert!(gone, "file 1 is removed by retention once file 2 is durable");
 }
+
+#[test]
+fn past_the_size_limit_each_durable_commit_retires_the_oldest_file_right_after_its_acknowledgement() {
+    // No timer runs here: the commit path itself keeps the history under the limit, one file
+    // at a time, instead of a heartbeat retiring thousands at once.
+    let mut cfg = config(1);
+    cfg.retention_bytes = 1;
+    let mut node = primary(cfg);
+    let mut previous: Option<Vec<u8>> = None;
+    for n in 1..=4u64 {
+        let before = previous.as_deref();
+        let out = commit_with(&mut node, 10 * n, n, vec![change(1, before, n as u8)], Durability::Requested);
+        let (op, _, bytes) = persisted(&out);
+        let pos = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+        node.handle(Millis(10 * n + 1), Input::LtxDone { op, result: Ok(pos) });
+        let out = drain(&mut node);
+        let ack = out.iter().position(|o| matches!(o, Output::AckCommit { .. }));
+        let removals: Vec<(usize, TxId)> = out
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| match o {
+                Output::RemoveLtx { min, .. } => Some((i, *min)),
+                _ => None,
+            })
+            .collect();
+        let ack = ack.expect("the commit is acknowledged");
+        if n == 1 {
+            assert!(removals.is_empty(), "the only file stays: {out:?}");
+        } else {
+            // Each durable file lets its predecessor go, after the acknowledgement.
+            assert_eq!(removals.iter().map(|r| r.1).collect::<Vec<_>>(), [TxId(n - 1)], "{out:?}");
+            assert!(removals.iter().all(|r| r.0 > ack), "removed before the acknowledgement: {out:?}");
+        }
+        assert_eq!(node.history(&db()).map(|h| h.first().map(|f| f.min)), Some(Some(TxId(n))));
+        previous = Some(page(n as u8));
+    }
+}
