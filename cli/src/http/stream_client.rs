@@ -33,9 +33,16 @@ use crate::http::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Received chunks buffered before the connection stops reading (HTTP/2 flow control then
-/// stops the primary). A chunk is one HTTP/2 DATA frame, 16 KiB by default, so this is about
-/// 1 MiB: enough to keep a fast link busy while the daemon applies a file.
+/// stops the primary). A chunk is one HTTP/2 DATA frame, at most [`MAX_FRAME_BYTES`] and
+/// usually one stream chunk (64 KiB) from a replite primary, so this is a few MiB: enough to
+/// keep a fast link busy while the daemon applies a file.
 pub const INCOMING_CHANNEL_CAPACITY: usize = 64;
+
+/// Largest HTTP/2 frame this end accepts (SETTINGS_MAX_FRAME_SIZE). The protocol's default,
+/// 16 KiB, cuts every 64 KiB stream chunk of a snapshot into four DATA frames, and each frame
+/// travels alone through the upstream task and the driver loop: four times the hand-offs
+/// (decision 0010). 128 KiB takes a whole chunk, and what a primary writes at once, in one.
+pub const MAX_FRAME_BYTES: u32 = 128 << 10;
 
 /// Chunks the daemon may queue for the request body before `send` waits. Acknowledgements are
 /// a few dozen bytes each and a replica sends one per LTX file, so this never fills unless the
@@ -248,6 +255,7 @@ where
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
+        .max_frame_size(MAX_FRAME_BYTES)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|source| ConnectError::Handshake { url: url.clone(), source })?;
