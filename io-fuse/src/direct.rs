@@ -186,17 +186,28 @@ fn write_jobs(
     queue: &Receiver<Job>,
     give_back: &SyncSender<AlignedChunk>,
 ) -> io::Result<()> {
-    let mut direct = direct;
+    // Whether O_DIRECT may be used at all (the file system took the flag and has not refused
+    // a write with it), and whether it is on right now.
+    let mut allowed = direct;
+    let mut on = direct;
     // Bounded: the queue ends when the writer finishes or is dropped.
     while let Ok(Job { chunk, offset }) = queue.recv() {
         let aligned = offset % DIRECT_ALIGN as u64 == 0 && chunk.len % DIRECT_ALIGN == 0;
-        if direct && !aligned {
-            set_direct(file, false)?;
-            direct = false;
-        } else if !direct && aligned && set_direct(file, true).is_ok() {
-            direct = true;
+        if on != (allowed && aligned) {
+            on = allowed && aligned;
+            set_direct(file, on)?;
         }
-        file.write_all_at(chunk.data(), offset)?;
+        match file.write_all_at(chunk.data(), offset) {
+            Ok(()) => {}
+            // Some file systems take the flag but refuse the I/O: through the cache from here.
+            Err(e) if on && e.raw_os_error() == Some(libc::EINVAL) => {
+                allowed = false;
+                on = false;
+                set_direct(file, false)?;
+                file.write_all_at(chunk.data(), offset)?;
+            }
+            Err(e) => return Err(e),
+        }
         let _ = give_back.try_send(chunk);
     }
     Ok(())
