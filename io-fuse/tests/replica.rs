@@ -19,6 +19,18 @@ fn primary_history(page_size: u32, transfers: i64) -> (Fixture, Vec<Vec<u8>>) {
     primary_history_in(page_size, transfers, "DELETE")
 }
 
+/// Applies everything before the last `transfers` files of `ltx` (journal mode switch, table
+/// creation, filling: what readers need before they start); returns how many files that was
+/// and the position reached.
+fn apply_setup(replica: &Fixture, ltx: &[Vec<u8>], transfers: i64) -> (usize, Pos) {
+    let setup = ltx.len() - transfers as usize;
+    let mut pos = Pos::default();
+    for file in &ltx[..setup] {
+        pos = replica.mount().apply_ltx("bank.db", file, pos.checksum).expect("setup");
+    }
+    (setup, pos)
+}
+
 fn primary_history_in(page_size: u32, transfers: i64, mode: &str) -> (Fixture, Vec<Vec<u8>>) {
     let fx = Fixture::primary();
     let conn = fx.open("bank.db");
@@ -147,11 +159,7 @@ fn a_long_lived_reader_of_a_wal_primary_replica_sees_every_applied_transaction()
         let transfers = 12;
         let (primary, ltx) = primary_history_in(1024, transfers, mode);
         let replica = Fixture::replica();
-        let setup = ltx.len() - transfers as usize;
-        let mut pos = Pos::default();
-        for file in &ltx[..setup] {
-            pos = replica.mount().apply_ltx("bank.db", file, pos.checksum).expect("setup");
-        }
+        let (setup, mut pos) = apply_setup(&replica, &ltx, transfers);
         let reader = replica.open("bank.db");
         let seen = |reader: &rusqlite::Connection| -> (i64, i64, i64) {
             reader
@@ -206,11 +214,7 @@ fn readers_see_whole_transactions(replica: Fixture, mode: &str) {
     let replica = Arc::new(replica);
     // Everything before the transfers (journal mode switch, table creation, filling) is
     // applied before the readers start: they need a filled table.
-    let setup = ltx.len() - transfers as usize;
-    let mut pos = Pos::default();
-    for file in &ltx[..setup] {
-        pos = replica.mount().apply_ltx("bank.db", file, pos.checksum).expect("setup");
-    }
+    let (setup, mut pos) = apply_setup(&replica, &ltx, transfers);
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicUsize::new(0));
     let readers: Vec<_> = (0..3)
@@ -287,11 +291,7 @@ fn wal_readers_kept_open_through_a_demotion_see_every_later_apply_whole() {
     let transfers = 40;
     let (primary, ltx) = primary_history_in(1024, transfers, "WAL");
     let replica = Arc::new(Fixture::replica());
-    let setup = ltx.len() - transfers as usize;
-    let mut pos = Pos::default();
-    for file in &ltx[..setup] {
-        pos = replica.mount().apply_ltx("bank.db", file, pos.checksum).expect("setup");
-    }
+    let (setup, mut pos) = apply_setup(&replica, &ltx, transfers);
     replica.mount().set_role(replite_fuse::Role::Primary);
     let stop = Arc::new(AtomicBool::new(false));
     let opened = Arc::new(AtomicUsize::new(0));
@@ -417,11 +417,7 @@ fn a_replaced_database_is_what_connections_and_descriptors_opened_before_read_ne
     let transfers = 6;
     let (primary, ltx) = primary_history(page_size, transfers);
     let replica = Fixture::replica();
-    let setup = ltx.len() - transfers as usize;
-    let mut pos = Pos::default();
-    for file in &ltx[..setup] {
-        pos = replica.mount().apply_ltx("bank.db", file, pos.checksum).expect("setup");
-    }
+    apply_setup(&replica, &ltx, transfers);
     let reader = replica.open("bank.db");
     let seen = |reader: &rusqlite::Connection| -> (i64, i64) {
         reader

@@ -40,6 +40,13 @@ pub fn flush_files(files: &[Unflushed]) -> Result<(), StoreError> {
     flush::flush(files)
 }
 
+/// A new file `<prefix>…{TEMP_SUFFIX}` in `dir` (created if missing), deleted when dropped and
+/// by recovery if a crash leaves it.
+fn temp_file_in(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile, StoreError> {
+    fsutil::ensure_dir(dir)?;
+    tempfile::Builder::new().prefix(prefix).suffix(TEMP_SUFFIX).tempfile_in(dir).map_err(StoreError::io("create", dir))
+}
+
 /// The store under one `data.dir`.
 #[derive(Debug)]
 pub struct Store {
@@ -240,13 +247,7 @@ impl Store {
     /// [`TEMP_SUFFIX`] so that recovery deletes it if a crash leaves it behind. Deleted when
     /// dropped.
     pub fn create_spool(&self, db: &DbName) -> Result<tempfile::NamedTempFile, StoreError> {
-        let dir = layout::ltx_dir(&self.dir, db);
-        fsutil::ensure_dir(&dir)?;
-        tempfile::Builder::new()
-            .prefix(".spool-")
-            .suffix(TEMP_SUFFIX)
-            .tempfile_in(&dir)
-            .map_err(StoreError::io("create", &dir))
+        temp_file_in(&layout::ltx_dir(&self.dir, db), ".spool-")
     }
 
     /// A temporary file beside `db`'s database for the database a snapshot holds, written
@@ -254,13 +255,7 @@ impl Store {
     /// the apply. Named with [`TEMP_SUFFIX`], so recovery deletes it if a crash leaves it
     /// behind; deleted when dropped.
     pub fn create_image(&self, db: &DbName) -> Result<tempfile::NamedTempFile, StoreError> {
-        let dir = layout::db_dir(&self.dir, db);
-        fsutil::ensure_dir(&dir)?;
-        tempfile::Builder::new()
-            .prefix(".image-")
-            .suffix(TEMP_SUFFIX)
-            .tempfile_in(&dir)
-            .map_err(StoreError::io("create", &dir))
+        temp_file_in(&layout::db_dir(&self.dir, db), ".image-")
     }
 
     /// Makes a spooled LTX file (verified whole and fsynced while it was written, see
