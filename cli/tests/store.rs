@@ -778,33 +778,3 @@ fn a_file_whose_flush_failed_is_rewritten_from_a_verified_read_never_fsynced_aga
     assert_eq!(err.failure(), IoFailure::Io);
     assert_eq!(fs::read(&tx3_path).expect("read"), damaged, "a file that does not verify is left for recovery");
 }
-
-#[test]
-fn spares_made_ahead_are_unnamed_until_a_commit_links_one_into_place() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut model = Model::default();
-    let snap = model.snapshot(2, 0x11);
-    let tx2 = model.tx(&[2], 0x22);
-    let tx3 = model.tx(&[1], 0x33);
-    let (mut store, _) = Store::open(dir.path()).expect("open");
-    persist_and_apply(&mut store, &snap, Checksum::ZERO);
-    let ltx_dir = dir.path().join("dbs/app.db/ltx");
-    let before = files_in(&ltx_dir);
-    let wanted = store.spares_wanted(&name());
-    assert_eq!(wanted.len(), replite::store::SPARES_PER_DIR);
-    let made = replite::store::make_spares(wanted);
-    assert_eq!(made.len(), replite::store::SPARES_PER_DIR);
-    assert!(made.iter().all(|s| s.path.is_none()), "O_TMPFILE spares on this file system");
-    store.add_spares(&name(), made);
-    assert_eq!(files_in(&ltx_dir), before, "unnamed spares are not in the directory");
-    store.write_commit(&name(), tx2.min, tx2.max, &tx2.bytes, true).expect("tx2, durable");
-    // A file of tx3's name left by an older history: replaced.
-    fs::write(store.ltx_path(&name(), tx3.min, tx3.max), b"stale").expect("stale file");
-    store.write_commit(&name(), tx3.min, tx3.max, &tx3.bytes, false).expect("tx3");
-    assert_eq!(fs::read(store.ltx_path(&name(), tx2.min, tx2.max)).expect("read"), tx2.bytes);
-    assert_eq!(fs::read(store.ltx_path(&name(), tx3.min, tx3.max)).expect("read"), tx3.bytes);
-    assert!(files_in(&ltx_dir).iter().all(|n| !n.ends_with(".tmp")), "{:?}", files_in(&ltx_dir));
-    drop(store);
-    let recovery = recover(dir.path()).expect("recover");
-    assert_eq!(recovery.dbs[&name()].ltx, [info(&snap), info(&tx2), info(&tx3)]);
-}

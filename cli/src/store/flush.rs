@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use replite_core::TxId;
@@ -107,28 +107,24 @@ pub fn write_new(path: &Path, contents: &[u8], durable: bool) -> Result<Option<F
     Ok(if durable { None } else { Some(file) })
 }
 
-/// A file kept ready in an LTX directory, written into and given its name by a commit instead
-/// of creating a file: an unnamed one (`O_TMPFILE`), linked into place, or a retired file
-/// under a `*.tmp` name, renamed into place.
+/// A file kept ready under a `*.tmp` name in an LTX directory, written into and renamed into
+/// place by a commit instead of creating a file.
 #[derive(Debug)]
 pub struct Spare {
-    /// Where it is; `None` for an unnamed file, which a crash simply frees.
-    pub path: Option<PathBuf>,
+    /// Where it is.
+    pub path: PathBuf,
     /// Open for writing; a recycled spare is opened when taken (thousands may wait).
     pub file: Option<File>,
     /// Its current length: a retired LTX file recycled as a spare still holds its old bytes.
     pub len: u64,
 }
 
-/// Spare files kept ready in each LTX directory, so that a commit's write names one (~30 µs
-/// here) instead of creating a file (30–700 µs on this ext4 under load). Most come from
-/// retention: a retired LTX file is renamed to a spare rather than deleted, because creating
-/// and deleting a file per commit makes ext4 without a journal scan its inode table for
-/// recently deleted inodes (`recently_deleted`: a quarter of the daemon's CPU time at a few
-/// thousand commits a second); recycled ones are named `*.tmp`, so recovery deletes leftovers.
-/// The others are created unnamed (`O_TMPFILE`): a named creation holds the directory's lock
-/// through that slow inode allocation, and a commit renaming into the directory waited for it
-/// (the replica's lag outliers).
+/// Spare files kept ready in each LTX directory, so that a commit's write renames one into
+/// place (~30 µs here) instead of creating a file (30–700 µs on this ext4 under load). Most
+/// come from retention: a retired LTX file is renamed to a spare rather than deleted, because
+/// creating and deleting a file per commit makes ext4 without a journal scan its inode table
+/// for recently deleted inodes (`recently_deleted`: a quarter of the daemon's CPU time at a few
+/// thousand commits a second). Named `*.tmp`, so recovery deletes leftovers.
 #[derive(Debug, Default)]
 pub struct Spares {
     by_dir: BTreeMap<PathBuf, DirSpares>,
@@ -168,7 +164,7 @@ impl Spares {
             spares.recycled_bytes = spares.recycled_bytes.saturating_sub(len);
             // Gone or unopenable: try the next one (recovery removes what is left).
             if let Ok(file) = OpenOptions::new().write(true).open(&path) {
-                return Some(Spare { path: Some(path), file: Some(file), len });
+                return Some(Spare { path, file: Some(file), len });
             }
         }
         None
@@ -207,41 +203,16 @@ impl Spares {
     }
 }
 
-/// Creates a spare file for each of `paths`: unnamed in its directory where the file system
-/// can (`O_TMPFILE`), else at the path. Stops at the first failure: spares are an optimisation.
+/// Creates spare files at `paths` (stopping at the first failure: spares are an optimisation).
 pub fn make_spares(paths: Vec<PathBuf>) -> Vec<Spare> {
     let mut made = Vec::new();
-    let mut unnamed = true;
     for path in paths {
-        if unnamed {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            match OpenOptions::new().write(true).mode(0o644).custom_flags(libc::O_TMPFILE).open(dir) {
-                Ok(file) => {
-                    made.push(Spare { path: None, file: Some(file), len: 0 });
-                    continue;
-                }
-                // Not supported here (older kernels, some file systems): named ones from now on.
-                Err(_) => unnamed = false,
-            }
-        }
         match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(file) => made.push(Spare { path: Some(path), file: Some(file), len: 0 }),
+            Ok(file) => made.push(Spare { path, file: Some(file), len: 0 }),
             Err(_) => break,
         }
     }
     made
-}
-
-/// Gives the unnamed file `file` the name `path` (`linkat` through `/proc/self/fd`, which needs
-/// no privilege, unlike `AT_EMPTY_PATH`).
-fn link_unnamed(file: &File, path: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
-    let to = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: both are valid NUL-terminated strings that outlive the call.
-    let rc =
-        unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Writes `contents` into a spare file (over whatever a recycled one held, cut to length) and
@@ -254,24 +225,7 @@ fn link_unnamed(file: &File, path: &Path) -> io::Result<()> {
 pub fn write_into_spare(spare: Spare, path: &Path, contents: &[u8], durable: bool) -> Result<Option<File>, StoreError> {
     let Spare { path: spare_path, file, len } = spare;
     let Some(file) = file else {
-        return Err(StoreError::io("open", path)(io::Error::other("a spare must be opened before use")));
-    };
-    let Some(spare_path) = spare_path else {
-        file.write_all_at(contents, 0).map_err(StoreError::io("write", path))?;
-        match link_unnamed(&file, path) {
-            Ok(()) => {}
-            // A file of that name from an older history (replaced atomically, as `write_new`
-            // does), or no `/proc`: the plain way.
-            Err(_) => {
-                crate::store::write_atomic(path, contents)?;
-                return Ok(None);
-            }
-        }
-        if durable {
-            file.sync_all().map_err(StoreError::io("fsync", path))?;
-            return Ok(None);
-        }
-        return Ok(Some(file));
+        return Err(StoreError::io("open", &spare_path)(io::Error::other("a spare must be opened before use")));
     };
     let written = file
         .write_all_at(contents, 0)
