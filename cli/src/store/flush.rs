@@ -113,8 +113,8 @@ pub fn write_new(path: &Path, contents: &[u8], durable: bool) -> Result<Option<F
 pub struct Spare {
     /// Where it is.
     pub path: PathBuf,
-    /// Open for writing; a recycled spare is opened when taken (thousands may wait).
-    pub file: Option<File>,
+    /// Open for writing (a recycled spare only once taken: thousands may wait).
+    pub file: File,
     /// Its current length: a retired LTX file recycled as a spare still holds its old bytes.
     pub len: u64,
 }
@@ -145,9 +145,10 @@ struct DirSpares {
 /// refills them, and a busy WAL database commits a few thousand times a second.
 pub const SPARES_PER_DIR: usize = 64;
 
-/// Retention retires files in bursts (once a heartbeat), so recycled spares must cover a
-/// heartbeat's commits: up to this many bytes of them per directory, files up to
-/// [`RECYCLE_MAX_FILE`] each (a large transaction's file is deleted, not kept).
+/// Retention by age still retires files in bursts (once a heartbeat; by size it retires one
+/// per commit), so recycled spares may have to cover a heartbeat's commits: up to this many
+/// bytes of them per directory, files up to [`RECYCLE_MAX_FILE`] each (a large transaction's
+/// file is deleted, not kept).
 pub const RECYCLED_BYTES_PER_DIR: u64 = 16 << 20;
 
 /// Largest retired file kept as a spare.
@@ -164,7 +165,7 @@ impl Spares {
             spares.recycled_bytes = spares.recycled_bytes.saturating_sub(len);
             // Gone or unopenable: try the next one (recovery removes what is left).
             if let Ok(file) = OpenOptions::new().write(true).open(&path) {
-                return Some(Spare { path, file: Some(file), len });
+                return Some(Spare { path, file, len });
             }
         }
         None
@@ -208,7 +209,7 @@ pub fn make_spares(paths: Vec<PathBuf>) -> Vec<Spare> {
     let mut made = Vec::new();
     for path in paths {
         match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(file) => made.push(Spare { path, file: Some(file), len: 0 }),
+            Ok(file) => made.push(Spare { path, file, len: 0 }),
             Err(_) => break,
         }
     }
@@ -224,9 +225,6 @@ pub fn make_spares(paths: Vec<PathBuf>) -> Vec<Spare> {
 /// Returns the open file when not durable.
 pub fn write_into_spare(spare: Spare, path: &Path, contents: &[u8], durable: bool) -> Result<Option<File>, StoreError> {
     let Spare { path: spare_path, file, len } = spare;
-    let Some(file) = file else {
-        return Err(StoreError::io("open", &spare_path)(io::Error::other("a spare must be opened before use")));
-    };
     let written = file
         .write_all_at(contents, 0)
         .map_err(StoreError::io("write", &spare_path))
