@@ -31,6 +31,24 @@ fn apply_setup(replica: &Fixture, ltx: &[Vec<u8>], transfers: i64) -> (usize, Po
     (setup, pos)
 }
 
+/// One read transaction over the transfer table, checked: every transfer whole, one version
+/// of every row, `quick_check` passing, and no older than `last_ver`. Returns its version.
+fn read_whole(conn: &mut rusqlite::Connection, last_ver: i64, who: &str) -> i64 {
+    let tx = conn.transaction().unwrap();
+    let (sum, min_ver, max_ver): (i64, i64, i64) = tx
+        .query_row("SELECT sum(bal), min(ver), max(ver) FROM acct WHERE id < 1000", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    let check: String = tx.query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(sum, TOTAL, "{who}a reader saw half a transfer");
+    assert_eq!(min_ver, max_ver, "{who}a reader saw two versions at once");
+    assert_eq!(check, "ok");
+    assert!(max_ver >= last_ver, "{who}a reader went back in time");
+    max_ver
+}
+
 fn primary_history_in(page_size: u32, transfers: i64, mode: &str) -> (Fixture, Vec<Vec<u8>>) {
     let fx = Fixture::primary();
     let conn = fx.open("bank.db");
@@ -225,19 +243,7 @@ fn readers_see_whole_transactions(replica: Fixture, mode: &str) {
                 let mut conn = replica.open("bank.db");
                 conn.busy_timeout(Duration::from_secs(30)).unwrap();
                 while !stop.load(Ordering::SeqCst) {
-                    let tx = conn.transaction().unwrap();
-                    let (sum, min_ver, max_ver): (i64, i64, i64) = tx
-                        .query_row("SELECT sum(bal), min(ver), max(ver) FROM acct WHERE id < 1000", [], |r| {
-                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                        })
-                        .unwrap();
-                    let check: String = tx.query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap();
-                    tx.commit().unwrap();
-                    assert_eq!(sum, TOTAL, "a reader saw half a transfer");
-                    assert_eq!(min_ver, max_ver, "a reader saw two versions at once");
-                    assert_eq!(check, "ok");
-                    assert!(max_ver >= last_ver, "a reader went back in time");
-                    last_ver = max_ver;
+                    last_ver = read_whole(&mut conn, last_ver, "");
                     reads.fetch_add(1, Ordering::SeqCst);
                     // POSIX locks do not queue writers ahead of readers: readers that start a
                     // new transaction the instant they end one can hold off the apply's PENDING
@@ -311,18 +317,7 @@ fn wal_readers_kept_open_through_a_demotion_see_every_later_apply_whole() {
             let mut last_ver = -1i64;
             let mut versions = 0;
             while !stop.load(Ordering::SeqCst) {
-                let tx = conn.transaction().unwrap();
-                let (sum, min_ver, max_ver): (i64, i64, i64) = tx
-                    .query_row("SELECT sum(bal), min(ver), max(ver) FROM acct WHERE id < 1000", [], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })
-                    .unwrap();
-                let check: String = tx.query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap();
-                tx.commit().unwrap();
-                assert_eq!(sum, TOTAL, "wal={wal}: a reader saw half a transfer");
-                assert_eq!(min_ver, max_ver, "wal={wal}: a reader saw two versions at once");
-                assert_eq!(check, "ok");
-                assert!(max_ver >= last_ver, "wal={wal}: a reader went back in time");
+                let max_ver = read_whole(&mut conn, last_ver, &format!("wal={wal}: "));
                 if max_ver > last_ver {
                     versions += 1;
                 }
