@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod db_file;
 pub mod driver;
+pub mod fd_limit;
 pub mod http;
 pub mod lease;
 pub mod store;

@@ -64,6 +64,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse_from(args::normalize(std::env::args_os()));
+    if matches!(cli.command, Command::Mount { .. } | Command::Dev(_) | Command::Bench(_)) {
+        // Before any thread starts (see `fd_limit`); a refusal only leaves the limit as it was.
+        if let Err(e) = replite::fd_limit::raise() {
+            tracing::warn!(error = %e, "raising the open-file limit failed");
+        }
+    }
     let result = match cli.command {
         Command::Ltx(cmd) => cmd.run(),
         Command::ConfigCheck { config } => config_check(config.as_deref()),

@@ -206,7 +206,13 @@ impl Mount {
         self.shared.ensure_db_dir(db).map_err(lock_err("create the database directory"))?;
         let backing = self.shared.database_path(db);
         let created = !backing.exists();
-        let target = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&backing);
+        // Opened without O_CREAT when it exists: creating locks the directory.
+        let target = match OpenOptions::new().read(true).write(true).open(&backing) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&backing)
+            }
+            opened => opened,
+        };
         let target = target.map_err(lock_err("open data file"))?;
         if created {
             // A database created here must replace the negative entries the kernel may hold.

@@ -282,6 +282,11 @@ impl Shared {
     /// Each new directory's parent is fsynced before this returns, so a file made durable
     /// inside it can never be lost with a directory entry that was not.
     pub(crate) fn ensure_db_dir(&self, db: &str) -> io::Result<()> {
+        // A lookup first: `mkdir` locks the parent directory even when the entry exists, and
+        // waits for whoever holds it (a replica's every apply comes here).
+        if layout::db_dir(&self.data_dir, db).is_dir() {
+            return Ok(());
+        }
         let dbs = layout::dbs_dir(&self.data_dir);
         for (dir, parent) in [(dbs.clone(), self.data_dir.clone()), (layout::db_dir(&self.data_dir, db), dbs)] {
             match std::fs::create_dir(&dir) {

@@ -91,7 +91,10 @@ pub async fn run_all(steps: Vec<ExecStep>, signals: &mut Signals) -> ExitCode {
 async fn run_one(step: &ExecStep, signals: &mut Signals) -> i32 {
     let Some((program, args)) = step.argv.split_first() else { return 0 };
     info!(cmd = ?step.argv, "starting");
-    let mut child = match Command::new(program).args(args).spawn() {
+    let mut command = Command::new(program);
+    command.args(args);
+    crate::fd_limit::restore_for_child(&mut command);
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
             warn!(cmd = ?step.argv, error = %e, "cannot start the command");

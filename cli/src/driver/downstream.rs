@@ -33,6 +33,15 @@ pub enum DownstreamCmd {
         /// Last TXID.
         max: TxId,
     },
+    /// Send LTX file `..=max` of `db`, whose bytes the driver holds (see `RecentLtx`).
+    LtxBytes {
+        /// The database.
+        db: DbName,
+        /// Last TXID.
+        max: TxId,
+        /// The whole file.
+        file: Bytes,
+    },
     /// Send a snapshot of the database, which the Node knows at `pos` or later.
     Snapshot {
         /// The database.
@@ -141,6 +150,12 @@ impl Writer {
         self.frames.send(Bytes::from(bytes)).await.map_err(|_| SendError::Gone)
     }
 
+    async fn send_ltx(&self, db: &DbName, file: &[u8], max: TxId) -> Result<(), SendError> {
+        let mut out = Vec::with_capacity(file.len() + file.len() / MAX_CHUNK_SIZE * 2 + 64);
+        encode_ltx_message(db, file, max, &mut out);
+        self.send(out).await
+    }
+
     async fn carry_out(&mut self, cmd: DownstreamCmd) -> Result<(), SendError> {
         match cmd {
             DownstreamCmd::Bytes(bytes) => self.send(bytes).await,
@@ -154,9 +169,13 @@ impl Writer {
                     .await
                     .map_err(|e| SendError::Read { what: "an LTX file", source: std::io::Error::other(e) })?
                     .map_err(|source| SendError::Read { what: "an LTX file", source })?;
-                let mut out = Vec::with_capacity(file.len() + file.len() / MAX_CHUNK_SIZE * 2 + 64);
-                encode_ltx_message(&db, &file, max, &mut out);
-                self.send(out).await
+                self.send_ltx(&db, &file, max).await
+            }
+            DownstreamCmd::LtxBytes { db, max, file } => {
+                if self.covered.get(&db).is_some_and(|&c| max <= c) {
+                    return Ok(());
+                }
+                self.send_ltx(&db, &file, max).await
             }
             DownstreamCmd::Snapshot { db, pos } => self.snapshot(db, pos).await,
         }

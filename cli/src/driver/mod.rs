@@ -8,6 +8,7 @@ mod disk_storage;
 mod downstream;
 mod node_config;
 mod page_sums;
+mod recent_ltx;
 mod run;
 mod spool;
 mod status;

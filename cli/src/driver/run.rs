@@ -23,6 +23,7 @@ use crate::driver::bridge::{Answer, FsRequest, WriteGate};
 use crate::driver::clock::Clock;
 use crate::driver::downstream::{DownstreamCmd, PositionQuery, Transfers, run_downstream};
 use crate::driver::page_sums::PageSums;
+use crate::driver::recent_ltx::RecentLtx;
 use crate::driver::spool::{MakeImage, SpoolOutcome, SpoolWriter, Spooled};
 use crate::driver::status::{EventLog, SnapshotProgress, Status, Surface};
 use crate::driver::storage::Storage;
@@ -113,6 +114,8 @@ pub struct Driver {
     transfers: Transfers,
     /// Where the standing answer to "may this node write?" is published, if anyone reads it.
     gate: Option<Arc<WriteGate>>,
+    /// The newest commits' LTX bytes, streamed to replicas without reading the files back.
+    recent: RecentLtx,
 }
 
 impl Driver {
@@ -162,6 +165,7 @@ impl Driver {
             events: EventLog::default(),
             transfers: Transfers::default(),
             gate: None,
+            recent: RecentLtx::default(),
         }
     }
 
@@ -544,6 +548,10 @@ impl Driver {
         if is_primary && !was_primary {
             self.load_page_sums();
         }
+        if !is_primary {
+            // As a replica it stores other histories' files under the same ranges.
+            self.recent.clear();
+        }
         self.events.role(role, self.primary_hostname(role));
         self.role = role;
     }
@@ -627,6 +635,10 @@ impl Driver {
                 // On a primary the file is its own commit (the pages are already in the
                 // database); otherwise it came from the primary and must be applied.
                 let own_commit = matches!(self.node.role(), Role::Primary { .. });
+                let bytes = Bytes::from(bytes);
+                if own_commit {
+                    self.recent.insert(&db, min, max, bytes.clone());
+                }
                 if own_commit && !durable && bytes.len() <= INLINE_WRITE_MAX_BYTES {
                     // A deferred commit's small file goes to the page cache in tens of
                     // microseconds: written here, the commit is acknowledged in this same
@@ -698,6 +710,7 @@ impl Driver {
                 });
             }
             Output::RemoveLtx { db, min, max } => {
+                self.recent.remove(&db, min, max);
                 if let Err(e) = self.storage.remove_ltx(&db, min, max) {
                     warn!(%db, %min, %max, ?e, "removing an LTX file failed");
                 }
@@ -739,7 +752,11 @@ impl Driver {
             }
             Output::SendDownstream { conn, bytes } => self.queue_downstream(conn, DownstreamCmd::Bytes(bytes)),
             Output::StreamLtx { conn, db, min, max } => {
-                self.queue_downstream(conn, DownstreamCmd::Ltx { db, min, max })
+                let cmd = match self.recent.get(&db, min, max) {
+                    Some(file) => DownstreamCmd::LtxBytes { db, max, file },
+                    None => DownstreamCmd::Ltx { db, min, max },
+                };
+                self.queue_downstream(conn, cmd)
             }
             Output::StreamSnapshot { conn, db, pos } => {
                 self.queue_downstream(conn, DownstreamCmd::Snapshot { db, pos })
