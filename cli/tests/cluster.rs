@@ -787,3 +787,27 @@ fn a_replica_killed_while_spooling_a_snapshot_restarts_clean_and_catches_up() {
     a.stop();
     b.stop();
 }
+
+/// A replica that joins thousands of commits behind is sent the history file by file, faster
+/// than it applies it: it must pause reading (flow control holds the primary back), not
+/// overflow its buffer and resynchronise, reconnect and overflow again.
+#[test]
+fn a_replica_joining_thousands_of_commits_behind_catches_up_without_resyncing() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(&root.path().join("x"), "a", &Lease::Static { primary_url: None });
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    let conn = open(&a, "behind.db");
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL").expect("WAL");
+    create_table(&conn);
+    insert_rows(&conn, "row", 3000);
+
+    let mut b = Node::new(&root.path().join("x"), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
+    b.start();
+    let pos = converge(&a, &[&b], "behind.db");
+    let log = b.log_text();
+    assert!(!log.contains("too many LTX files buffered"), "the replica resynced:\n{log}");
+    assert!(!log.contains("Resync"), "the replica resynced:\n{log}");
+    assert!(pos.starts_with("0000000000000bba/"), "3002 commits: {pos}");
+    assert_eq!(count(&open_read_only(&b, "behind.db")), 3000);
+}

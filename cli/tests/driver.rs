@@ -202,3 +202,35 @@ fn the_primary_store_makes_each_commit_durable_in_the_data_directory() {
     let files = &recovered.dbs[&DbName::new("app.db").expect("name")].ltx;
     assert_eq!(files.len(), 2, "both files verify on recovery");
 }
+
+#[test]
+fn the_status_shows_a_commit_by_the_time_the_commit_is_answered() {
+    let mut cfg = Config::new(NodeId(1));
+    cfg.candidate = true;
+    let mut node = Node::new(cfg).expect("valid config");
+    let storage: Arc<dyn Storage> = Arc::new(MemStorage::default());
+    let (bridge, fs) = CommitBridge::new();
+    let (status_tx, status_rx) = std::sync::mpsc::channel();
+    let driver = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let clock = replite::driver::Clock::start();
+            node.handle(clock.now(), Input::Start(Recovery::default()));
+            let leaser = Leaser::Static(StaticLeaser::new(true, record()));
+            let driver = Driver::new(node, fs, leaser, storage, Box::new(|_| Ok(None)));
+            status_tx.send(driver.status()).expect("hand over the status");
+            driver.run(std::future::pending()).await;
+        });
+    });
+    let status = status_rx.recv().expect("status");
+    wait_for_primary(&bridge).expect("primary");
+    for txid in 1..=200u64 {
+        let fill = u8::try_from(txid % 250).expect("small");
+        bridge.commit(&tx(&[(1, fill)], 1)).expect("commit");
+        // Read at once, from this thread: the driver may not have run again since answering.
+        let shown = status.borrow().databases.iter().find(|d| d.name == "app.db").map(|d| d.txid);
+        assert_eq!(shown, Some(txid), "the status lags the answered commit");
+    }
+    drop(bridge);
+    driver.join().expect("driver stops");
+}

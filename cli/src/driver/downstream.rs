@@ -17,6 +17,7 @@ use tempfile::NamedTempFile;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::driver::recent_ltx::{SharedRecentLtx, lock};
 use crate::driver::storage::{DatabaseImage, Storage, Streamed};
 
 /// What a replica's stream task is asked to do.
@@ -32,15 +33,6 @@ pub enum DownstreamCmd {
         min: TxId,
         /// Last TXID.
         max: TxId,
-    },
-    /// Send LTX file `..=max` of `db`, whose bytes the driver holds (see `RecentLtx`).
-    LtxBytes {
-        /// The database.
-        db: DbName,
-        /// Last TXID.
-        max: TxId,
-        /// The whole file.
-        file: Bytes,
     },
     /// Send a snapshot of the database, which the Node knows at `pos` or later.
     Snapshot {
@@ -107,18 +99,31 @@ enum SendError {
     Changed { announced: Checksum, encoded: Checksum },
 }
 
+/// What every replica stream task shares with the driver.
+#[derive(Clone)]
+pub struct DownstreamShared {
+    /// Where LTX files are read from.
+    pub storage: Arc<dyn Storage>,
+    /// Questions about positions, answered by the driver loop.
+    pub positions: mpsc::UnboundedSender<PositionQuery>,
+    /// Told when a stream ends.
+    pub closed: mpsc::UnboundedSender<DownstreamId>,
+    /// Snapshots in progress, for `status`.
+    pub transfers: Transfers,
+    /// The driver's newest commits, sent without reading their files.
+    pub recent: SharedRecentLtx,
+}
+
 /// Runs one replica's stream until the driver drops `cmds` (after its last command is sent)
-/// or the replica goes away; then `closed` is told, so the Node forgets the stream.
+/// or the replica goes away; then `shared.closed` is told, so the Node forgets the stream.
 pub async fn run_downstream(
     conn: DownstreamId,
     mut cmds: mpsc::UnboundedReceiver<DownstreamCmd>,
     frames: mpsc::Sender<Bytes>,
-    storage: Arc<dyn Storage>,
-    positions: mpsc::UnboundedSender<PositionQuery>,
-    closed: mpsc::UnboundedSender<DownstreamId>,
-    transfers: Transfers,
+    shared: DownstreamShared,
 ) {
-    let mut writer = Writer { conn, transfers, frames, storage, positions, covered: BTreeMap::new() };
+    let DownstreamShared { storage, positions, closed, transfers, recent } = shared;
+    let mut writer = Writer { conn, transfers, frames, storage, positions, recent, covered: BTreeMap::new() };
     while let Some(cmd) = cmds.recv().await {
         if let Err(e) = writer.carry_out(cmd).await {
             match e {
@@ -140,6 +145,8 @@ struct Writer {
     frames: mpsc::Sender<Bytes>,
     storage: Arc<dyn Storage>,
     positions: mpsc::UnboundedSender<PositionQuery>,
+    /// The driver's newest commits, sent without reading their files.
+    recent: SharedRecentLtx,
     /// Per database, the TXID a snapshot sent on this stream already brought the replica to:
     /// files up to it, queued before the snapshot was taken, are already in it.
     covered: BTreeMap<DbName, TxId>,
@@ -163,18 +170,18 @@ impl Writer {
                 if self.covered.get(&db).is_some_and(|&c| max <= c) {
                     return Ok(());
                 }
+                // A commit the driver wrote a moment ago is still in memory; an older file
+                // (a replica catching up) is read from disk.
+                let recent = lock(&self.recent).get(&db, min, max);
+                if let Some(file) = recent {
+                    return self.send_ltx(&db, &file, max).await;
+                }
                 let storage = Arc::clone(&self.storage);
                 let name = db.clone();
                 let file = tokio::task::spawn_blocking(move || storage.read_ltx(&name, min, max))
                     .await
                     .map_err(|e| SendError::Read { what: "an LTX file", source: std::io::Error::other(e) })?
                     .map_err(|source| SendError::Read { what: "an LTX file", source })?;
-                self.send_ltx(&db, &file, max).await
-            }
-            DownstreamCmd::LtxBytes { db, max, file } => {
-                if self.covered.get(&db).is_some_and(|&c| max <= c) {
-                    return Ok(());
-                }
                 self.send_ltx(&db, &file, max).await
             }
             DownstreamCmd::Snapshot { db, pos } => self.snapshot(db, pos).await,

@@ -4,6 +4,7 @@
 //! Files older than the memory bound (a replica catching up) are read from disk as before.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use replite_core::TxId;
@@ -16,6 +17,16 @@ pub const RECENT_LTX_BYTES: usize = 8 << 20;
 pub const RECENT_LTX_FILE_MAX: usize = 256 << 10;
 
 type Key = (DbName, TxId, TxId);
+
+/// The driver's [`RecentLtx`], read by the replica stream tasks when they send a file (so
+/// their queues hold names, not bytes, however far behind a replica falls).
+pub type SharedRecentLtx = Arc<Mutex<RecentLtx>>;
+
+/// Locks `recent`; a panic while it was held cannot leave it inconsistent in a way that
+/// matters (at worst an entry is missing and its file is read from disk).
+pub fn lock(recent: &SharedRecentLtx) -> MutexGuard<'_, RecentLtx> {
+    recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The newest LTX files this node wrote as primary, by database and range.
 ///

@@ -21,9 +21,9 @@ use tracing::{debug, info, warn};
 
 use crate::driver::bridge::{Answer, FsRequest, WriteGate};
 use crate::driver::clock::Clock;
-use crate::driver::downstream::{DownstreamCmd, PositionQuery, Transfers, run_downstream};
+use crate::driver::downstream::{DownstreamCmd, DownstreamShared, PositionQuery, Transfers, run_downstream};
 use crate::driver::page_sums::PageSums;
-use crate::driver::recent_ltx::RecentLtx;
+use crate::driver::recent_ltx::{self, SharedRecentLtx};
 use crate::driver::spool::{MakeImage, SpoolOutcome, SpoolWriter, Spooled};
 use crate::driver::status::{EventLog, SnapshotProgress, Status, Surface};
 use crate::driver::storage::Storage;
@@ -115,7 +115,10 @@ pub struct Driver {
     /// Where the standing answer to "may this node write?" is published, if anyone reads it.
     gate: Option<Arc<WriteGate>>,
     /// The newest commits' LTX bytes, streamed to replicas without reading the files back.
-    recent: RecentLtx,
+    recent: SharedRecentLtx,
+    /// Acknowledged commits, answered once the step's status is published: a client that
+    /// reads `/info` after its commit returned always sees the commit's position.
+    acknowledged: Vec<Answer>,
 }
 
 impl Driver {
@@ -165,7 +168,8 @@ impl Driver {
             events: EventLog::default(),
             transfers: Transfers::default(),
             gate: None,
-            recent: RecentLtx::default(),
+            recent: SharedRecentLtx::default(),
+            acknowledged: Vec::new(),
         }
     }
 
@@ -254,7 +258,10 @@ impl Driver {
                 },
                 () = &mut shutdown => break,
                 Some(back) = self.back.recv() => self.on_back(back),
-                Some(report) = self.upstream_reports.recv() => self.on_upstream_report(report),
+                // Paused while the Node holds many unapplied files (see its doc).
+                Some(report) = self.upstream_reports.recv(), if self.node.accepts_upstream_data() => {
+                    self.on_upstream_report(report)
+                }
                 Some(event) = accepted.recv() => self.on_accepted(event),
                 Some(conn) = self.downstream_closed.recv() => {
                     if self.downstreams.remove(&conn).is_some() {
@@ -470,15 +477,14 @@ impl Driver {
         match event {
             StreamServerEvent::Opened(DownstreamConn { id, peer, ext, body, frames }) => {
                 let (cmds_tx, cmds) = mpsc::unbounded_channel();
-                tokio::spawn(run_downstream(
-                    id,
-                    cmds,
-                    frames,
-                    Arc::clone(&self.storage),
-                    self.positions_tx.clone(),
-                    self.downstream_closed_tx.clone(),
-                    self.transfers.clone(),
-                ));
+                let shared = DownstreamShared {
+                    storage: Arc::clone(&self.storage),
+                    positions: self.positions_tx.clone(),
+                    closed: self.downstream_closed_tx.clone(),
+                    transfers: self.transfers.clone(),
+                    recent: Arc::clone(&self.recent),
+                };
+                tokio::spawn(run_downstream(id, cmds, frames, shared));
                 self.downstreams.insert(id, cmds_tx);
                 info!(peer = %peer, conn = id.0, "replica connected");
                 self.node.handle(now, Input::DownstreamOpened { conn: id, peer, ext, body });
@@ -539,6 +545,13 @@ impl Driver {
             *old = status;
             changed
         });
+        self.answer_acknowledged();
+    }
+
+    fn answer_acknowledged(&mut self) {
+        for answer in self.acknowledged.drain(..) {
+            let _ = answer.send(Ok(()));
+        }
     }
 
     fn on_role_change(&mut self, role: Role) {
@@ -550,7 +563,7 @@ impl Driver {
         }
         if !is_primary {
             // As a replica it stores other histories' files under the same ranges.
-            self.recent.clear();
+            recent_ltx::lock(&self.recent).clear();
         }
         self.events.role(role, self.primary_hostname(role));
         self.role = role;
@@ -594,7 +607,7 @@ impl Driver {
                     }
                     debug!(%db, %pos, "commit acknowledged");
                     self.events.tx(&db, pos, p.tx.page_size.get(), p.tx.commit);
-                    let _ = p.answer.send(Ok(()));
+                    self.acknowledged.push(p.answer);
                 }
             }
             Output::RefuseCommit { commit, reason } => {
@@ -637,7 +650,7 @@ impl Driver {
                 let own_commit = matches!(self.node.role(), Role::Primary { .. });
                 let bytes = Bytes::from(bytes);
                 if own_commit {
-                    self.recent.insert(&db, min, max, bytes.clone());
+                    recent_ltx::lock(&self.recent).insert(&db, min, max, bytes.clone());
                 }
                 if own_commit && !durable && bytes.len() <= INLINE_WRITE_MAX_BYTES {
                     // A deferred commit's small file goes to the page cache in tens of
@@ -710,7 +723,7 @@ impl Driver {
                 });
             }
             Output::RemoveLtx { db, min, max } => {
-                self.recent.remove(&db, min, max);
+                recent_ltx::lock(&self.recent).remove(&db, min, max);
                 if let Err(e) = self.storage.remove_ltx(&db, min, max) {
                     warn!(%db, %min, %max, ?e, "removing an LTX file failed");
                 }
@@ -752,11 +765,7 @@ impl Driver {
             }
             Output::SendDownstream { conn, bytes } => self.queue_downstream(conn, DownstreamCmd::Bytes(bytes)),
             Output::StreamLtx { conn, db, min, max } => {
-                let cmd = match self.recent.get(&db, min, max) {
-                    Some(file) => DownstreamCmd::LtxBytes { db, max, file },
-                    None => DownstreamCmd::Ltx { db, min, max },
-                };
-                self.queue_downstream(conn, cmd)
+                self.queue_downstream(conn, DownstreamCmd::Ltx { db, min, max })
             }
             Output::StreamSnapshot { conn, db, pos } => {
                 self.queue_downstream(conn, DownstreamCmd::Snapshot { db, pos })

@@ -272,6 +272,15 @@ impl Node {
         self.handoff.is_some()
     }
 
+    /// Whether the driver should hand this node more stream bytes now. False while some
+    /// database has 64 received files (`INBOX_PAUSE_FILES`) waiting to be applied: the
+    /// driver then stops reading the stream, and the transport's flow control holds the
+    /// primary back, instead of the replica buffering until it must resync.
+    #[must_use]
+    pub fn accepts_upstream_data(&self) -> bool {
+        self.dbs.values().all(|db| db.inbox.len() < replica::INBOX_PAUSE_FILES)
+    }
+
     /// Whether this replica's stream to its primary has delivered everything the replica
     /// lacked when it connected (the primary's ready frame arrived; LiteFS waits for the same).
     #[must_use]

@@ -18,6 +18,11 @@ use crate::types::{Epoch, NodeId, Pos, TxId};
 /// and resyncs rather than buffer without bound.
 const MAX_INBOX_FILES: usize = 256;
 
+/// Buffered files past which [`Node::accepts_upstream_data`] asks the driver to stop reading
+/// the stream until applies catch up: well below [`MAX_INBOX_FILES`], so that the bytes
+/// already read (one network read may hold dozens of small files) still fit.
+pub const INBOX_PAUSE_FILES: usize = 64;
+
 /// Our stream to the primary.
 #[derive(Debug)]
 pub(crate) struct Upstream {

@@ -113,6 +113,45 @@ pub(super) fn primary_with_two_commits() -> (Node, Vec<Vec<u8>>, Vec<u8>) {
     primary_with_two_commits_in(config(1))
 }
 
+#[test]
+fn a_replica_with_many_files_waiting_asks_for_no_more_stream_bytes_until_it_catches_up() {
+    let mut primary_node = primary(config(1));
+    let mut files = Vec::new();
+    for i in 0..70u32 {
+        let out = commit(&mut primary_node, 10 + u64::from(i), u64::from(i), vec![change(i + 1, None, 1)], i + 1);
+        let (op, _, bytes) = persisted(&out);
+        let pos = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+        primary_node.handle(Millis(11 + u64::from(i)), Input::LtxDone { op, result: Ok(pos) });
+        drain(&mut primary_node);
+        files.push(bytes);
+    }
+    let (mut node, conn) = connected_replica();
+    assert!(node.accepts_upstream_data());
+    // One network read holding every file: the first is persisted, the rest wait.
+    let mut bytes = ltx_message(&files[0]);
+    for file in &files[1..] {
+        encode_ltx_message(&db(), file, TxId(0), &mut bytes);
+    }
+    node.handle(Millis(100), Input::UpstreamData { conn, bytes });
+    let mut out = drain(&mut node);
+    assert!(!node.accepts_upstream_data(), "69 files wait");
+    for (now, file) in (101..).zip(files.iter()) {
+        let (op, _, persisted_bytes) = persisted(&out);
+        assert_eq!(&persisted_bytes, file, "files are persisted in order");
+        let pos = ltx::verify(file.as_slice()).expect("valid").post_apply_pos();
+        node.handle(Millis(now), Input::LtxDone { op, result: Ok(pos) });
+        out = drain(&mut node);
+        assert!(!out.iter().any(|o| matches!(o, Output::Event(Event::Resync { .. }))), "{out:?}");
+        // After TXID t, file t + 1 is being persisted and 69 - t wait.
+        if node.pos(&db()).txid.0 >= 6 {
+            assert!(node.accepts_upstream_data(), "fewer than 64 wait after TXID {}", node.pos(&db()).txid);
+        } else {
+            assert!(!node.accepts_upstream_data(), "still 64 or more wait after TXID {}", node.pos(&db()).txid);
+        }
+    }
+    assert_eq!(node.pos(&db()).txid, TxId(70));
+}
+
 fn primary_with_two_commits_in(cfg: Config) -> (Node, Vec<Vec<u8>>, Vec<u8>) {
     let mut node = primary(cfg);
     let mut files = Vec::new();
