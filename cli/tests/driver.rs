@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use replite::driver::{CommitBridge, DatabaseImage, DiskStorage, Driver, SnapshotImage, Storage};
+use replite::driver::{CommitBridge, DatabaseImage, DiskStorage, Driver, SnapshotImage, Status, Storage};
 use replite::lease::{LeaseRecord, Leaser, StaticLeaser};
 use replite_core::node::{Config, Input, IoFailure, Node, Recovery};
 use replite_core::stream::DbName;
@@ -93,6 +93,14 @@ fn tx(pages: &[(u32, u8)], commit: u32) -> CapturedTx {
 
 /// Starts a driver on its own runtime thread; returns the FUSE-side bridge and the store.
 fn start(primary: bool) -> (CommitBridge, Arc<MemStorage>, std::thread::JoinHandle<()>) {
+    let (bridge, storage, thread, _) = start_watched(primary);
+    (bridge, storage, thread)
+}
+
+/// [`start`], with the driver's published status.
+fn start_watched(
+    primary: bool,
+) -> (CommitBridge, Arc<MemStorage>, std::thread::JoinHandle<()>, tokio::sync::watch::Receiver<Status>) {
     let mut cfg = Config::new(NodeId(1));
     cfg.candidate = primary;
     if !primary {
@@ -102,6 +110,7 @@ fn start(primary: bool) -> (CommitBridge, Arc<MemStorage>, std::thread::JoinHand
     let storage = Arc::new(MemStorage::default());
     let (bridge, fs) = CommitBridge::new();
     let store: Arc<dyn Storage> = storage.clone();
+    let (status_tx, status_rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async move {
@@ -109,10 +118,12 @@ fn start(primary: bool) -> (CommitBridge, Arc<MemStorage>, std::thread::JoinHand
             node.handle(clock.now(), Input::Start(Recovery::default()));
             let leaser = Leaser::Static(StaticLeaser::new(primary, record()));
             let driver = Driver::new(node, fs, leaser, store, Box::new(|_| Ok(None)));
+            status_tx.send(driver.status()).expect("hand over the status");
             driver.run(std::future::pending()).await;
         });
     });
-    (bridge, storage, thread)
+    let status = status_rx.recv().expect("the driver starts");
+    (bridge, storage, thread, status)
 }
 
 /// Waits (bounded) until the node says it may write.
@@ -205,24 +216,7 @@ fn the_primary_store_makes_each_commit_durable_in_the_data_directory() {
 
 #[test]
 fn the_status_shows_a_commit_by_the_time_the_commit_is_answered() {
-    let mut cfg = Config::new(NodeId(1));
-    cfg.candidate = true;
-    let mut node = Node::new(cfg).expect("valid config");
-    let storage: Arc<dyn Storage> = Arc::new(MemStorage::default());
-    let (bridge, fs) = CommitBridge::new();
-    let (status_tx, status_rx) = std::sync::mpsc::channel();
-    let driver = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        runtime.block_on(async move {
-            let clock = replite::driver::Clock::start();
-            node.handle(clock.now(), Input::Start(Recovery::default()));
-            let leaser = Leaser::Static(StaticLeaser::new(true, record()));
-            let driver = Driver::new(node, fs, leaser, storage, Box::new(|_| Ok(None)));
-            status_tx.send(driver.status()).expect("hand over the status");
-            driver.run(std::future::pending()).await;
-        });
-    });
-    let status = status_rx.recv().expect("status");
+    let (bridge, _, driver, status) = start_watched(true);
     wait_for_primary(&bridge).expect("primary");
     for txid in 1..=200u64 {
         let fill = u8::try_from(txid % 250).expect("small");
