@@ -775,6 +775,6 @@ fn a_file_whose_flush_failed_is_rewritten_from_a_verified_read_never_fsynced_aga
     fs::write(&tx3_path, &damaged).expect("damage tx3");
     let err = replite::store::flush_files(&again).expect_err("tx3 is lost");
     assert!(matches!(err, StoreError::LostUnflushed { .. }), "{err}");
-    assert_eq!(err.failure(), IoFailure::Io);
+    assert_eq!(err.failure(), IoFailure::Mismatch, "the Node resyncs a replica on this");
     assert_eq!(fs::read(&tx3_path).expect("read"), damaged, "a file that does not verify is left for recovery");
 }

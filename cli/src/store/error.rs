@@ -161,9 +161,9 @@ impl StoreError {
         match self {
             StoreError::Io { source, .. } => io_failure(source),
             StoreError::Apply { source: ApplyError::Io { source, .. }, .. } => io_failure(source),
-            StoreError::MissingLtx { .. } | StoreError::InvalidEpochFile { .. } | StoreError::LostUnflushed { .. } => {
-                IoFailure::Io
-            }
+            StoreError::MissingLtx { .. } | StoreError::InvalidEpochFile { .. } => IoFailure::Io,
+            // What the file holds is no longer what it was written with: like a bad apply.
+            StoreError::LostUnflushed { .. } => IoFailure::Mismatch,
             StoreError::InvalidLtx { .. }
             | StoreError::ShortLtx { .. }
             | StoreError::RangeMismatch { .. }

@@ -127,6 +127,20 @@ impl Node {
                 db.durable_txid = db.durable_txid.max(through);
                 self.after_durable(now, &name);
             }
+            Err(IoFailure::Mismatch) if matches!(self.role(), Role::Replica { .. } | Role::Waiting) => {
+                // A received file is gone or changed before it was durable (the store read it
+                // back to write it again and it no longer verifies): this replica's history
+                // has a hole no flush can fill, and it would never reconnect (it waits for
+                // everything applied to be durable). Its primary holds the data: start over
+                // from a snapshot.
+                self.event(Event::DiskFailed { db: name.clone(), failure: IoFailure::Mismatch });
+                self.distrust_database(
+                    now,
+                    &name,
+                    "a received file was lost before it was durable: waiting for a snapshot",
+                );
+                self.resync(now, format!("{name}: a received LTX file was lost before it was durable"));
+            }
             Err(failure) => {
                 // The files stay in the page cache; the timer retries. Fsyncs waiting now
                 // are told it failed (SQLite reports the I/O error to the application).

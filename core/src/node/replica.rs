@@ -123,7 +123,7 @@ impl Node {
     }
 
     /// Resync: drop the stream and come back after a backoff with our position.
-    fn resync(&mut self, now: Millis, reason: String) {
+    pub(crate) fn resync(&mut self, now: Millis, reason: String) {
         self.drop_upstream();
         self.event(Event::Resync { reason });
         self.schedule_reconnect(now);

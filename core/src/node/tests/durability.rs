@@ -87,6 +87,49 @@ fn a_failed_flush_fails_the_waiting_fsync_and_is_retried_by_the_timer() {
 }
 
 #[test]
+fn a_replica_whose_received_file_was_lost_before_its_flush_starts_over_from_a_snapshot() {
+    let (_, files, _) = primary_with_two_commits();
+    let (mut node, conn) = connected_replica();
+    for (i, file) in files.iter().enumerate() {
+        node.handle(Millis(2 + i as u64), Input::UpstreamData { conn, bytes: ltx_message(file) });
+        let (op, _, _) = persisted(&drain(&mut node));
+        let pos = ltx::verify(file.as_slice()).expect("valid").post_apply_pos();
+        node.handle(Millis(3 + i as u64), Input::LtxDone { op, result: Ok(pos) });
+        drain(&mut node);
+    }
+    assert_eq!(node.pos(&db()).txid, TxId(2), "applied, not yet durable");
+    let flush = flush_timer(&mut node);
+    let (op, _) = flush_op(&flush).expect("a flush of TXID 2");
+    node.handle(Millis(40), Input::LtxFlushed { op, result: Err(IoFailure::Mismatch) });
+    let out = drain(&mut node);
+    assert!(out.iter().any(|o| matches!(o, Output::Event(Event::Resync { .. }))), "{out:?}");
+    assert!(out.contains(&Output::CloseUpstream { conn }), "{out:?}");
+    for max in [1, 2] {
+        let removed = Output::RemoveLtx { db: db(), min: TxId(max), max: TxId(max) };
+        assert!(out.contains(&removed), "history dropped: {out:?}");
+    }
+    assert_eq!(node.pos(&db()), Pos::ZERO);
+    // It reconnects (nothing is left unflushed) asking for the database from the start.
+    let mut reconnect = Vec::new();
+    let mut body = None;
+    for _ in 0..20 {
+        let (at, _) = node.poll_timeout().expect("a timer");
+        node.handle(at, Input::Timeout);
+        reconnect = drain(&mut node);
+        body = reconnect.iter().find_map(|o| match o {
+            Output::Connect { body, .. } => Some(body.clone()),
+            _ => None,
+        });
+        if body.is_some() {
+            break;
+        }
+    }
+    let mut zero = BTreeMap::new();
+    zero.insert(db(), Pos::ZERO);
+    assert_eq!(body, Some(encode_pos_map(&zero)), "{reconnect:?}");
+}
+
+#[test]
 fn a_requested_commit_after_unflushed_ones_waits_for_the_flush_that_covers_them_all() {
     let (mut node, _, pos1) = primary_with_deferred_commit();
     // TXID 1's timer flush is in flight when the next commit comes.
