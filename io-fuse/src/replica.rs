@@ -203,15 +203,15 @@ impl Mount {
         let mut lockers = lock(&self.apply_lock);
         let lock_err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
 
-        self.shared.ensure_db_dir(db).map_err(lock_err("create the database directory"))?;
         let backing = self.shared.database_path(db);
-        let created = !backing.exists();
-        // Opened without O_CREAT when it exists: creating locks the directory.
-        let target = match OpenOptions::new().read(true).write(true).open(&backing) {
+        // Opened without O_CREAT (which locks the directory) and without making sure of the
+        // directory (`mkdir` locks its parent) unless the database is new: every apply opens it.
+        let (target, created) = match OpenOptions::new().read(true).write(true).open(&backing) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&backing)
+                self.shared.ensure_db_dir(db).map_err(lock_err("create the database directory"))?;
+                (OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&backing), true)
             }
-            opened => opened,
+            opened => (opened, false),
         };
         let target = target.map_err(lock_err("open data file"))?;
         if created {
