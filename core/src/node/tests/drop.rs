@@ -244,15 +244,7 @@ fn a_primary_sends_a_drop_frame_for_a_database_it_does_not_know() {
 
 #[test]
 fn a_replica_told_of_a_database_the_primary_does_not_know_keeps_it_as_litefs_does() {
-    let (_, files, _) = primary_with_two_commits();
-    let (mut node, conn) = connected_replica();
-    for (i, file) in files.iter().enumerate() {
-        node.handle(Millis(2 + i as u64), Input::UpstreamData { conn, bytes: ltx_message(file) });
-        let (op, _, _) = persisted(&drain(&mut node));
-        let pos = ltx::verify(file.as_slice()).expect("valid").post_apply_pos();
-        node.handle(Millis(3 + i as u64), Input::LtxDone { op, result: Ok(pos) });
-        drain(&mut node);
-    }
+    let (mut node, conn) = replica_with_two_applied();
     let before = node.pos(&db());
     let mut bytes = Vec::new();
     encode_frame(&Frame::DropDb { name: db() }, &mut bytes);

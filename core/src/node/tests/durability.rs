@@ -88,15 +88,7 @@ fn a_failed_flush_fails_the_waiting_fsync_and_is_retried_by_the_timer() {
 
 #[test]
 fn a_replica_whose_received_file_was_lost_before_its_flush_starts_over_from_a_snapshot() {
-    let (_, files, _) = primary_with_two_commits();
-    let (mut node, conn) = connected_replica();
-    for (i, file) in files.iter().enumerate() {
-        node.handle(Millis(2 + i as u64), Input::UpstreamData { conn, bytes: ltx_message(file) });
-        let (op, _, _) = persisted(&drain(&mut node));
-        let pos = ltx::verify(file.as_slice()).expect("valid").post_apply_pos();
-        node.handle(Millis(3 + i as u64), Input::LtxDone { op, result: Ok(pos) });
-        drain(&mut node);
-    }
+    let (mut node, conn) = replica_with_two_applied();
     assert_eq!(node.pos(&db()).txid, TxId(2), "applied, not yet durable");
     let flush = flush_timer(&mut node);
     let (op, _) = flush_op(&flush).expect("a flush of TXID 2");

@@ -298,6 +298,21 @@ pub(super) fn connected_replica_with(cfg: Config) -> (Node, UpstreamId) {
     (node, conn)
 }
 
+/// A connected replica (asynchronous mode) that received and applied the two files of
+/// [`primary_with_two_commits`]; the second is not durable yet.
+pub(super) fn replica_with_two_applied() -> (Node, UpstreamId) {
+    let (_, files, _) = primary_with_two_commits();
+    let (mut node, conn) = connected_replica();
+    for (i, file) in files.iter().enumerate() {
+        node.handle(Millis(2 + i as u64), Input::UpstreamData { conn, bytes: ltx_message(file) });
+        let (op, _, _) = persisted(&drain(&mut node));
+        let pos = ltx::verify(file.as_slice()).expect("valid").post_apply_pos();
+        node.handle(Millis(3 + i as u64), Input::LtxDone { op, result: Ok(pos) });
+        drain(&mut node);
+    }
+    (node, conn)
+}
+
 pub(super) fn ltx_message(file: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::new();
     encode_frame(&Frame::Epoch { epoch: Epoch(5), node_id: NodeId(1) }, &mut bytes);
