@@ -77,6 +77,7 @@ fn the_cluster_keeps_every_invariant_under_faults_for_many_seeds() {
         ("discarded spools", total(|s| s.spools_discarded)),
         ("unflushed LTX files lost", total(|s| s.volatile_files_lost)),
         ("fsyncs answered", total(|s| s.fsyncs_answered)),
+        ("replica streams paused", total(|s| s.stream_pauses)),
     ];
     eprintln!("fault mix: {mix:?}");
     if let Some(first) = failures.first() {

@@ -98,6 +98,10 @@ pub struct Config {
     /// transactions) are spooled to disk as they arrive ([`crate::node::Output::SpoolBegin`]),
     /// so a replica's memory does not grow with the database.
     pub ltx_inline_max_bytes: u64,
+    /// A replica with this many received files of one database waiting to be applied asks
+    /// for no more stream bytes ([`crate::node::Node::accepts_upstream_data`]) until applies
+    /// catch up. Below [`MAX_INBOX_FILES`], past which it resyncs.
+    pub inbox_pause_files: usize,
     /// Seed for backoff jitter.
     pub seed: u64,
     #[doc(hidden)]
@@ -125,6 +129,14 @@ pub enum ConfigError {
         /// This node.
         node: NodeId,
     },
+    /// The stream pause would never come before the resync limit.
+    #[error("inbox pause at {files} files must be between 1 and {max} (the resync limit)")]
+    InboxPause {
+        /// The pause threshold.
+        files: usize,
+        /// [`MAX_INBOX_FILES`].
+        max: usize,
+    },
     /// Reconnect backoff bounds are inverted or zero.
     #[error("reconnect backoff {min_ms}..{max_ms}ms is empty")]
     Backoff {
@@ -134,6 +146,15 @@ pub enum ConfigError {
         max_ms: u64,
     },
 }
+
+/// Received files buffered per database, waiting to be applied, past which a replica gives
+/// up on its stream and resyncs rather than buffer without bound (a safety net: the pause at
+/// [`Config::inbox_pause_files`] comes first).
+pub const MAX_INBOX_FILES: usize = 256;
+
+/// Default [`Config::inbox_pause_files`]: a quarter of [`MAX_INBOX_FILES`], because one
+/// network read can hold dozens of small files.
+pub const DEFAULT_INBOX_PAUSE_FILES: usize = 64;
 
 /// Default [`Config::ltx_inline_max_bytes`]: 1 MiB. A one-commit LTX file (the common case)
 /// is far smaller and stays off the disk until it is persisted; with at most 256 files waiting
@@ -165,6 +186,7 @@ impl Config {
             retention_bytes: 64 << 20,
             backup: false,
             ltx_inline_max_bytes: DEFAULT_LTX_INLINE_MAX_BYTES,
+            inbox_pause_files: DEFAULT_INBOX_PAUSE_FILES,
             seed: 0,
             faults: Faults::default(),
         }
@@ -181,6 +203,9 @@ impl Config {
         }
         if self.candidate && !self.candidates.contains(&self.node_id) {
             return Err(ConfigError::NotInCandidates { node: self.node_id });
+        }
+        if self.inbox_pause_files == 0 || self.inbox_pause_files >= MAX_INBOX_FILES {
+            return Err(ConfigError::InboxPause { files: self.inbox_pause_files, max: MAX_INBOX_FILES });
         }
         if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
             return Err(ConfigError::Backoff { min_ms: self.reconnect_min_ms, max_ms: self.reconnect_max_ms });

@@ -28,7 +28,10 @@ mod timer;
 
 use std::collections::{BTreeMap, VecDeque};
 
-pub use config::{Config, ConfigError, DEFAULT_FLUSH_MS, DEFAULT_LTX_INLINE_MAX_BYTES, Faults, SyncConfig, SyncPolicy};
+pub use config::{
+    Config, ConfigError, DEFAULT_FLUSH_MS, DEFAULT_INBOX_PAUSE_FILES, DEFAULT_LTX_INLINE_MAX_BYTES, Faults,
+    MAX_INBOX_FILES, SyncConfig, SyncPolicy,
+};
 pub use history::{History, LtxEntry};
 pub use input::{
     CommitId, DbRecovery, DownstreamId, Durability, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery, SpoolId,
@@ -273,12 +276,19 @@ impl Node {
     }
 
     /// Whether the driver should hand this node more stream bytes now. False while some
-    /// database has 64 received files (`INBOX_PAUSE_FILES`) waiting to be applied: the
+    /// database has [`Config::inbox_pause_files`] received files waiting to be applied: the
     /// driver then stops reading the stream, and the transport's flow control holds the
     /// primary back, instead of the replica buffering until it must resync.
+    ///
+    /// A file still arriving (spooled as its bytes come) does not count: it needs the very
+    /// bytes a pause would hold back.
     #[must_use]
     pub fn accepts_upstream_data(&self) -> bool {
-        self.dbs.values().all(|db| db.inbox.len() < replica::INBOX_PAUSE_FILES)
+        let arriving = self.upstream.as_ref().and_then(replica::Upstream::spooling);
+        self.dbs.values().all(|db| {
+            let waiting = db.inbox.iter().filter(|f| !f.is_spool(arriving)).count();
+            waiting < self.cfg.inbox_pause_files
+        })
     }
 
     /// Whether this replica's stream to its primary has delivered everything the replica

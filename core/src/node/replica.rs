@@ -4,6 +4,7 @@
 //! acknowledge durable positions, and reconnect with jittered backoff.
 
 use crate::ltx::{VerifiedLtx, verify};
+use crate::node::config::MAX_INBOX_FILES;
 use crate::node::history::LtxEntry;
 use crate::node::input::{IoFailure, OpId, SpoolId, UpstreamId};
 use crate::node::output::{Event, Output};
@@ -12,16 +13,6 @@ use crate::node::timer::TimerKind;
 use crate::node::{Node, Role};
 use crate::stream::{DbName, Extensions, Frame, PosMap, StreamDecoder, StreamEvent, encode_frame, encode_pos_map};
 use crate::types::{Epoch, NodeId, Pos, TxId};
-
-/// Most received-but-unapplied LTX files buffered per database while one is being persisted. The primary
-/// sends in order and a replica persists one at a time; past this the replica is too slow
-/// and resyncs rather than buffer without bound.
-const MAX_INBOX_FILES: usize = 256;
-
-/// Buffered files past which [`Node::accepts_upstream_data`] asks the driver to stop reading
-/// the stream until applies catch up: well below [`MAX_INBOX_FILES`], so that the bytes
-/// already read (one network read may hold dozens of small files) still fit.
-pub const INBOX_PAUSE_FILES: usize = 64;
 
 /// Our stream to the primary.
 #[derive(Debug)]
@@ -36,6 +27,20 @@ pub(crate) struct Upstream {
     decoder: StreamDecoder,
     /// The LTX file being spooled as it arrives, if one is.
     spooling: Option<SpoolId>,
+}
+
+impl Upstream {
+    /// The file being spooled as it arrives, if one is.
+    pub(crate) fn spooling(&self) -> Option<SpoolId> {
+        self.spooling
+    }
+}
+
+impl Inbound {
+    /// Whether this is the spool `spool` (false for `None`).
+    pub(crate) fn is_spool(&self, spool: Option<SpoolId>) -> bool {
+        matches!(self, Inbound::Spooled { spool: s, .. } if Some(*s) == spool)
+    }
 }
 
 /// A received LTX file waiting its turn to be persisted.
@@ -174,9 +179,15 @@ impl Node {
     }
 
     pub(crate) fn on_upstream_idle(&mut self, now: Millis) {
-        if self.upstream.is_some() {
-            self.resync(now, "primary silent".into());
+        if self.upstream.is_none() {
+            return;
         }
+        if !self.accepts_upstream_data() {
+            // The silence is ours: the stream is paused while files wait to be applied.
+            self.timers.set(TimerKind::UpstreamIdle, now + self.cfg.upstream_idle_ms);
+            return;
+        }
+        self.resync(now, "primary silent".into());
     }
 
     pub(crate) fn on_upstream_data(&mut self, now: Millis, conn: UpstreamId, bytes: &[u8]) {

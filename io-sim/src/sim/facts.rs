@@ -138,6 +138,8 @@ pub struct Stats {
     pub volatile_files_lost: u64,
     /// Application fsyncs answered as durable.
     pub fsyncs_answered: u64,
+    /// Times a replica's stream was held because its Node had too many files waiting.
+    pub stream_pauses: u64,
 }
 
 /// How a node's position changed.

@@ -138,6 +138,8 @@ struct Conn {
     acked: bool,
     /// Extensions the replica offered.
     offered: Extensions,
+    /// Data for the replica waits until then: its Node asked for no more for a while.
+    held_until: u64,
 }
 
 #[derive(Debug)]
@@ -236,6 +238,9 @@ impl Sim {
             c.seed = rng.next_u64();
             // Small enough that snapshots (and the occasional big commit) take the spooling path.
             c.ltx_inline_max_bytes = 2 * 1024;
+            // A few waiting files pause a replica's stream (the daemon's 64 are never reached
+            // at the simulator's commit rates), so the pause runs in most seeds.
+            c.inbox_pause_files = 1 + (c.seed % 4) as usize;
             c.faults = cfg.node_faults;
             // Drift within half of what the safety margin covers over one TTL.
             let bound = (margin_ms * 1_000_000 / ttl_ms / 2) as i64;
@@ -444,6 +449,12 @@ impl Sim {
             self.queue.insert((until, self.seq), ev);
             return true;
         }
+        if self.hold_for_replica(at, &ev) {
+            self.seq += 1;
+            let until = self.event_conn(&ev).map_or(at + 1, |c| c.held_until);
+            self.queue.insert((until, self.seq), ev);
+            return true;
+        }
         self.events += 1;
         match ev {
             Ev::Timeout { node, generation } => {
@@ -545,6 +556,36 @@ impl Sim {
             }
         }
         true
+    }
+
+    /// Whether `ev` (stream data or the stream's end, for a replica) must wait: the replica's
+    /// Node does not accept more stream bytes now (`Node::accepts_upstream_data`: its driver
+    /// would stop reading and flow control would hold the primary back), or earlier data of
+    /// the same stream waits. Marks the stream held for another millisecond if so.
+    fn hold_for_replica(&mut self, at: u64, ev: &Ev) -> bool {
+        let (Ev::ConnData { key, to_replica: true, .. } | Ev::ConnClosed { key, to_replica: true }) = ev else {
+            return false;
+        };
+        let Some(c) = self.conns.get(key) else { return false };
+        let paused = !self.nodes[c.replica].node.as_ref().is_none_or(Node::accepts_upstream_data);
+        if !c.alive || (c.held_until <= at && !paused) {
+            return false;
+        }
+        if c.held_until <= at {
+            self.stats.stream_pauses += 1;
+        }
+        let until = c.held_until.max(at + 1);
+        if let Some(c) = self.conns.get_mut(key) {
+            c.held_until = until;
+        }
+        true
+    }
+
+    fn event_conn(&self, ev: &Ev) -> Option<&Conn> {
+        match ev {
+            Ev::ConnData { key, .. } | Ev::ConnClosed { key, .. } => self.conns.get(key),
+            _ => None,
+        }
     }
 
     /// The node an event is delivered to, if it is one.

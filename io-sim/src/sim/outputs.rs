@@ -157,6 +157,7 @@ impl Sim {
                         floor: 0,
                         acked: false,
                         offered: ext,
+                        held_until: 0,
                     },
                 );
                 if self.link_ok(i, p) {

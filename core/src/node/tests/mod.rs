@@ -654,6 +654,11 @@ fn invalid_configs_are_rejected() {
     let mut cfg = config(3);
     cfg.candidate = true;
     assert!(matches!(Node::new(cfg), Err(ConfigError::NotInCandidates { .. })));
+    for files in [0, crate::node::MAX_INBOX_FILES] {
+        let mut cfg = config(1);
+        cfg.inbox_pause_files = files;
+        assert!(matches!(Node::new(cfg), Err(ConfigError::InboxPause { .. })), "{files}");
+    }
 }
 
 fn other_db() -> DbName {
