@@ -119,6 +119,9 @@ pub struct Node {
     /// The primary's wall clock from its last heartbeat (ms since the Unix epoch).
     primary_clock_ms: Option<i64>,
     backoff_attempt: u32,
+    /// The replica's applied TXIDs (summed over databases) when its idle timer last found the
+    /// stream paused: a pause is excused only while applies progress.
+    paused_progress: Option<u64>,
 }
 
 impl Node {
@@ -149,6 +152,7 @@ impl Node {
             upstream: None,
             primary_clock_ms: None,
             backoff_attempt: 0,
+            paused_progress: None,
         })
     }
 

@@ -182,12 +182,19 @@ impl Node {
         if self.upstream.is_none() {
             return;
         }
-        if !self.accepts_upstream_data() {
-            // The silence is ours: the stream is paused while files wait to be applied.
+        let progress = self.dbs.values().map(|db| db.pos.txid.0).fold(0u64, u64::wrapping_add);
+        let applying = self.dbs.values().any(|db| db.persist.is_some());
+        if !self.accepts_upstream_data() && (applying || self.paused_progress != Some(progress)) {
+            // The silence is ours: the stream is paused while files wait to be applied, and
+            // one is being applied or applies moved on since the last look. A pause with
+            // neither is a stall, which a resync ends.
+            self.paused_progress = Some(progress);
             self.timers.set(TimerKind::UpstreamIdle, now + self.cfg.upstream_idle_ms);
             return;
         }
-        self.resync(now, "primary silent".into());
+        self.paused_progress = None;
+        let reason = if self.accepts_upstream_data() { "primary silent" } else { "paused without progress" };
+        self.resync(now, reason.into());
     }
 
     pub(crate) fn on_upstream_data(&mut self, now: Millis, conn: UpstreamId, bytes: &[u8]) {

@@ -135,7 +135,13 @@ fn a_replica_with_many_files_waiting_asks_for_no_more_stream_bytes_until_it_catc
     node.handle(Millis(100), Input::UpstreamData { conn, bytes });
     let mut out = drain(&mut node);
     assert!(!node.accepts_upstream_data(), "69 files wait");
-    for (now, file) in (101..).zip(files.iter()) {
+    // The primary is silent because this replica paused: while a file is being applied, the
+    // idle timer does not call that a dead primary.
+    let idle_at = Millis(100 + config(2).upstream_idle_ms);
+    node.handle(idle_at, Input::Timeout);
+    let idle = drain(&mut node);
+    assert!(!idle.iter().any(|o| matches!(o, Output::Event(Event::Resync { .. }))), "{idle:?}");
+    for (now, file) in (idle_at.0 + 1..).zip(files.iter()) {
         let (op, _, persisted_bytes) = persisted(&out);
         assert_eq!(&persisted_bytes, file, "files are persisted in order");
         let pos = ltx::verify(file.as_slice()).expect("valid").post_apply_pos();
