@@ -102,6 +102,8 @@ impl Node {
         }
         self.clear_inboxes();
         self.timers.stop(TimerKind::UpstreamIdle);
+        // A new stream's pauses are judged afresh.
+        self.paused_progress = None;
     }
 
     /// Forgets every received file not yet persisted, deleting the spooled ones.
