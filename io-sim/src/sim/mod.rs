@@ -76,6 +76,10 @@ enum Ev {
         key: u64,
         to_replica: bool,
     },
+    /// The head of a connection's held stream messages may be delivered (`Conn::held`).
+    ReleaseHeld {
+        key: u64,
+    },
     Client,
     Fault,
     Crash {
@@ -138,8 +142,16 @@ struct Conn {
     acked: bool,
     /// Extensions the replica offered.
     offered: Extensions,
-    /// Data for the replica waits until then: its Node asked for no more for a while.
-    held_until: u64,
+    /// Messages for the replica that wait, oldest first, because its Node asked for no more
+    /// stream bytes (its driver would stop reading and flow control would hold the primary
+    /// back). While any wait, later ones join them, so the stream stays in order as TCP keeps
+    /// it; one `Ev::ReleaseHeld` is scheduled whenever this is not empty. Not bounded here:
+    /// it holds what the primary already sent, and the model does not slow the primary's
+    /// sender down (a real primary's queue of names grows instead).
+    held: VecDeque<Ev>,
+    /// The replica refused stream bytes when its held messages were last looked at: a pause
+    /// is counted once, when it starts.
+    stream_paused: bool,
 }
 
 #[derive(Debug)]
@@ -449,12 +461,11 @@ impl Sim {
             self.queue.insert((until, self.seq), ev);
             return true;
         }
-        if self.hold_for_replica(at, &ev) {
-            self.seq += 1;
-            let until = self.event_conn(&ev).map_or(at + 1, |c| c.held_until);
-            self.queue.insert((until, self.seq), ev);
-            return true;
-        }
+        let released = match ev {
+            Ev::ReleaseHeld { key } => self.release_held(key),
+            ev => self.hold_for_replica(ev),
+        };
+        let Some(ev) = released else { return true };
         self.events += 1;
         match ev {
             Ev::Timeout { node, generation } => {
@@ -516,6 +527,7 @@ impl Sim {
                     self.pending_bodies.remove(&key);
                 }
             }
+            Ev::ReleaseHeld { .. } => unreachable!("release_held hands back a held message, never itself"),
             Ev::Client => {
                 if self.now >= self.cfg.clients_until_ms {
                     return true;
@@ -558,36 +570,6 @@ impl Sim {
         true
     }
 
-    /// Whether `ev` (stream data or the stream's end, for a replica) must wait: the replica's
-    /// Node does not accept more stream bytes now (`Node::accepts_upstream_data`: its driver
-    /// would stop reading and flow control would hold the primary back), or earlier data of
-    /// the same stream waits. Marks the stream held for another millisecond if so.
-    fn hold_for_replica(&mut self, at: u64, ev: &Ev) -> bool {
-        let (Ev::ConnData { key, to_replica: true, .. } | Ev::ConnClosed { key, to_replica: true }) = ev else {
-            return false;
-        };
-        let Some(c) = self.conns.get(key) else { return false };
-        let paused = !self.nodes[c.replica].node.as_ref().is_none_or(Node::accepts_upstream_data);
-        if !c.alive || (c.held_until <= at && !paused) {
-            return false;
-        }
-        if c.held_until <= at {
-            self.stats.stream_pauses += 1;
-        }
-        let until = c.held_until.max(at + 1);
-        if let Some(c) = self.conns.get_mut(key) {
-            c.held_until = until;
-        }
-        true
-    }
-
-    fn event_conn(&self, ev: &Ev) -> Option<&Conn> {
-        match ev {
-            Ev::ConnData { key, .. } | Ev::ConnClosed { key, .. } => self.conns.get(key),
-            _ => None,
-        }
-    }
-
     /// The node an event is delivered to, if it is one.
     fn event_node(&self, ev: &Ev) -> Option<usize> {
         match ev {
@@ -597,7 +579,7 @@ impl Sim {
             | Ev::SpoolDone { node, .. }
             | Ev::Request { node, .. } => Some(*node),
             Ev::ConnArrive { key } => self.conns.get(key).map(|c| c.primary),
-            Ev::ConnAccepted { key, .. } => self.conns.get(key).map(|c| c.replica),
+            Ev::ConnAccepted { key, .. } | Ev::ReleaseHeld { key } => self.conns.get(key).map(|c| c.replica),
             Ev::ConnData { key, to_replica, .. } | Ev::ConnClosed { key, to_replica } => {
                 self.conns.get(key).map(|c| if *to_replica { c.replica } else { c.primary })
             }

@@ -1,5 +1,5 @@
 //! Stream connections between simulated nodes: latency, loss, duplication, reordering,
-//! silent vanishing, partitions and resets.
+//! silent vanishing, partitions and resets, and the messages a paused replica holds back.
 
 use super::*;
 
@@ -18,10 +18,77 @@ impl Sim {
             return;
         }
         c.alive = false;
+        // Held data dies with the connection, as data in flight to a dead one does. Only data
+        // is ever held: a replica's close is scheduled below, once the connection is dead.
+        debug_assert!(c.held.iter().all(|ev| matches!(ev, Ev::ConnData { .. })));
+        c.held.clear();
+        c.stream_paused = false;
         let d1 = 50 + self.rng.below(1_500);
         let d2 = 50 + self.rng.below(1_500);
         self.schedule(d1, Ev::ConnClosed { key, to_replica: true });
         self.schedule(d2, Ev::ConnClosed { key, to_replica: false });
+    }
+
+    /// `ev` back if it may be delivered now; otherwise it joins its connection's held
+    /// messages. Stream data or the stream's end for a replica waits when the replica's Node
+    /// does not accept more stream bytes (`Node::accepts_upstream_data`) or when earlier
+    /// messages of the same stream wait: nothing overtakes them.
+    pub(super) fn hold_for_replica(&mut self, ev: Ev) -> Option<Ev> {
+        let (Ev::ConnData { key, to_replica: true, .. } | Ev::ConnClosed { key, to_replica: true }) = ev else {
+            return Some(ev);
+        };
+        let Some(c) = self.conns.get(&key) else { return Some(ev) };
+        if !c.alive {
+            debug_assert!(c.held.is_empty(), "a dead connection holds nothing");
+            return Some(ev);
+        }
+        let refuses = self.refuses_stream_bytes(c.replica);
+        let c = self.conns.get_mut(&key).expect("looked up above");
+        if c.held.is_empty() {
+            if !refuses {
+                return Some(ev);
+            }
+            c.stream_paused = true;
+            c.held.push_back(ev);
+            self.stats.stream_pauses += 1;
+            self.schedule(1, Ev::ReleaseHeld { key });
+            return None;
+        }
+        c.held.push_back(ev);
+        None
+    }
+
+    /// The oldest held message of a connection if its replica accepts stream bytes again;
+    /// otherwise the release is tried again a millisecond later. The next release is due at
+    /// once, behind what is already queued for this millisecond, so other events interleave.
+    pub(super) fn release_held(&mut self, key: u64) -> Option<Ev> {
+        let c = self.conns.get(&key)?;
+        if c.held.is_empty() {
+            // The connection died since: its held data was dropped with it.
+            debug_assert!(!c.alive, "a live connection's release is scheduled only while it holds");
+            return None;
+        }
+        let refuses = self.refuses_stream_bytes(c.replica);
+        let c = self.conns.get_mut(&key).expect("looked up above");
+        if refuses {
+            if !c.stream_paused {
+                c.stream_paused = true;
+                self.stats.stream_pauses += 1;
+            }
+            self.schedule(1, Ev::ReleaseHeld { key });
+            return None;
+        }
+        c.stream_paused = false;
+        let ev = c.held.pop_front();
+        if !c.held.is_empty() {
+            self.schedule(0, Ev::ReleaseHeld { key });
+        }
+        ev
+    }
+
+    /// Whether node `i` runs and its Node asks for no more stream bytes for now.
+    fn refuses_stream_bytes(&self, i: usize) -> bool {
+        self.nodes[i].node.as_ref().is_some_and(|n| !n.accepts_upstream_data())
     }
 
     pub(super) fn conn_by_up(&self, i: usize, up: UpstreamId) -> Option<u64> {

@@ -157,7 +157,8 @@ impl Sim {
                         floor: 0,
                         acked: false,
                         offered: ext,
-                        held_until: 0,
+                        held: VecDeque::new(),
+                        stream_paused: false,
                     },
                 );
                 if self.link_ok(i, p) {
