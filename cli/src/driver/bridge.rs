@@ -1,7 +1,6 @@
-//! The FUSE layer's commit hook, bridged to the driver. A FUSE worker thread holds SQLite's
-//! commit syscall while it waits here for the Node's verdict: it steps the running driver
-//! itself ([`DirectLane`]) or queues the request for the driver's loop; either way the answer
-//! comes through a plain channel (sending never blocks the driver). Nothing is decided here.
+//! The FUSE layer's commit hook, bridged to the driver's task. A FUSE worker thread holds
+//! SQLite's commit syscall while it waits here for the Node's verdict; the driver answers
+//! through a plain channel (sending never blocks the driver). Nothing is decided here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,9 +1,8 @@
-//! The driver: it owns the Node, and its loop is one task. Streams from and to other nodes,
-//! operator requests and results of I/O come in on channels; outputs go out to storage, the
-//! lease backend, the streams and the FUSE layer's waiting threads. Slow I/O runs in other
-//! tasks and comes back as an `Input`, so no step blocks on it. While the loop runs, the
-//! driver sits behind a mutex and FUSE threads step it themselves for their commits and
-//! fsyncs (decision 0012), which saves two thread wake-ups per commit.
+//! The driver's loop: one task that owns the Node. Requests from the FUSE layer, streams
+//! from and to other nodes, operator requests and results of I/O come in on channels;
+//! outputs go out to storage, the lease backend, the streams and the FUSE layer's waiting
+//! threads. Slow I/O runs in other tasks and comes back as an `Input`, so the loop never
+//! blocks on it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
