@@ -80,3 +80,34 @@ async fn a_ttl_consul_rejects_is_a_store_error_naming_it() {
     let err = a.acquire().await.expect_err("2s is below Consul's minimum TTL");
     assert!(err.to_string().contains("Invalid Session TTL"), "{err}");
 }
+
+#[tokio::test]
+async fn a_handed_over_session_passes_to_the_target_without_the_key_ever_being_free() {
+    // The double's minimum TTL is lowered to 1s so the old primary's silence is seen quickly.
+    let consul = FakeConsul::start(Duration::from_secs(1)).await;
+    let cfg = config(&consul.url, Duration::from_secs(1), Duration::from_secs(1));
+    let mut a = ConsulLeaser::connect(&cfg, record(1)).await.expect("a");
+    let mut b = ConsulLeaser::connect(&cfg, record(2)).await.expect("b");
+    let mut c = ConsulLeaser::connect(&cfg, record(3)).await.expect("c");
+    let AcquireOutcome::Acquired { epoch: first, .. } = a.acquire().await.expect("a acquires") else { panic!("a wins") };
+
+    a.hand_over(first).expect("a held the term");
+    assert!(matches!(a.renew(first).await, Err(LeaseError::NotHeld { .. })), "a no longer renews it");
+    assert!(matches!(c.acquire().await.expect("c asks"), AcquireOutcome::Held { .. }), "never free for a third node");
+    let AcquireOutcome::Acquired { epoch: second, .. } = b.take_over(first).await.expect("b takes over") else {
+        panic!("the target takes the handed term over");
+    };
+    assert!(second > first, "the new term fences the old: {first} then {second}");
+    assert_eq!(c.observe().await.expect("observe"), Some((record(2), second)));
+    assert!(
+        matches!(c.take_over(first).await.expect("c asks"), AcquireOutcome::Held { epoch, .. } if epoch == second),
+        "a stale handoff cannot take the new term"
+    );
+
+    // The shared session now lives on b's renewals alone.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(b.renew(second).await.expect("renew answers"), "b keeps the session alive");
+    }
+    assert_eq!(c.observe().await.expect("observe"), Some((record(2), second)));
+}

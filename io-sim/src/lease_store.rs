@@ -52,6 +52,18 @@ impl LeaseStore {
         }
     }
 
+    /// Take over the lease its holder handed us under `from`: replaces that term with a new
+    /// one of ours while it is live; a free lease is acquired as usual.
+    pub fn take_over(&mut self, now: u64, node: NodeId, from: Epoch, ttl_ms: u64) -> LeaseReply {
+        match self.live(now) {
+            Some((_, epoch)) if epoch == from => {
+                self.holder = None;
+                self.acquire(now, node, ttl_ms)
+            }
+            _ => self.acquire(now, node, ttl_ms),
+        }
+    }
+
     /// Extend a held lease.
     pub fn renew(&mut self, now: u64, node: NodeId, epoch: Epoch, ttl_ms: u64) -> LeaseReply {
         match self.live(now) {

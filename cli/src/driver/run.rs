@@ -739,6 +739,15 @@ impl Driver {
                 }
             }
             Output::AcquireLease { op } => self.lease_task(op, LeaseRequest::Acquire),
+            Output::TakeOverLease { op, epoch } => self.lease_task(op, LeaseRequest::TakeOver(epoch)),
+            Output::HandOverLease { epoch } => {
+                let leaser = Arc::clone(&self.leaser);
+                tokio::spawn(async move {
+                    if let Err(e) = leaser.lock().await.hand_over(epoch) {
+                        warn!(%epoch, %e, "handing the lease over failed");
+                    }
+                });
+            }
             Output::RenewLease { op, epoch } => self.lease_task(op, LeaseRequest::Renew(epoch)),
             Output::ObserveLease { op } => self.lease_task(op, LeaseRequest::Observe),
             Output::ReleaseLease { epoch } => {
@@ -864,14 +873,22 @@ impl Driver {
                 id
             };
             let input = match request {
-                LeaseRequest::Acquire => match leaser.acquire().await {
-                    Ok(AcquireOutcome::Acquired { epoch, .. }) => Input::LeaseAcquired { op, epoch },
-                    Ok(AcquireOutcome::Held { holder, epoch }) => Input::LeaseHeld { op, holder: seen(&holder), epoch },
-                    Err(e) => {
-                        warn!(%e, "lease acquire failed");
-                        Input::LeaseRequestFailed { op }
+                LeaseRequest::Acquire | LeaseRequest::TakeOver(_) => {
+                    let outcome = match request {
+                        LeaseRequest::TakeOver(from) => leaser.take_over(from).await,
+                        _ => leaser.acquire().await,
+                    };
+                    match outcome {
+                        Ok(AcquireOutcome::Acquired { epoch, .. }) => Input::LeaseAcquired { op, epoch },
+                        Ok(AcquireOutcome::Held { holder, epoch }) => {
+                            Input::LeaseHeld { op, holder: seen(&holder), epoch }
+                        }
+                        Err(e) => {
+                            warn!(%e, "lease acquire failed");
+                            Input::LeaseRequestFailed { op }
+                        }
                     }
-                },
+                }
                 LeaseRequest::Renew(epoch) => match leaser.renew(epoch).await {
                     Ok(true) => Input::LeaseRenewed { op },
                     Ok(false) => Input::LeaseLost { op },
@@ -904,6 +921,7 @@ const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 enum LeaseRequest {
     Acquire,
+    TakeOver(Epoch),
     Renew(Epoch),
     Observe,
 }

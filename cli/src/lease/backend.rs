@@ -38,6 +38,25 @@ impl Leaser {
         }
     }
 
+    /// See the backends' `take_over`. A static lease has a fixed primary: taking it over is
+    /// an ordinary (refused) acquire.
+    pub async fn take_over(&mut self, from: Epoch) -> Result<AcquireOutcome, LeaseError> {
+        match self {
+            Leaser::Static(l) => Ok(l.acquire()),
+            Leaser::Etcd(l) => l.take_over(from).await,
+            Leaser::Consul(l) => l.take_over(from).await,
+        }
+    }
+
+    /// See the backends' `hand_over`. A static lease is never handed over.
+    pub fn hand_over(&mut self, epoch: Epoch) -> Result<(), LeaseError> {
+        match self {
+            Leaser::Static(_) => Ok(()),
+            Leaser::Etcd(l) => l.hand_over(epoch),
+            Leaser::Consul(l) => l.hand_over(epoch),
+        }
+    }
+
     /// See the backends' `renew`.
     pub async fn renew(&mut self, epoch: Epoch) -> Result<bool, LeaseError> {
         match self {

@@ -198,7 +198,49 @@ impl ConsulLeaser {
         Ok(true)
     }
 
-    /// Releases the key and destroys the session (clean shutdown, handoff).
+    /// Takes over the term `from` its holder handed us, as a LiteFS handoff target does: renews
+    /// the holder's session and rewrites the key with our record under it, so the key is
+    /// never unlocked in between (an unlocked key would also sit out its lock delay). A key
+    /// no longer in that term is held by someone else, or free and acquired anew.
+    pub async fn take_over(&mut self, from: Epoch) -> Result<AcquireOutcome, LeaseError> {
+        let handed = match self.read_key("take over").await? {
+            Some(entry) if entry.modify_index == from.0 => entry.session,
+            Some(entry) if entry.session.is_some() => {
+                return Ok(AcquireOutcome::Held { holder: self.decode_record(&entry)?, epoch: Epoch(entry.modify_index) });
+            }
+            _ => None,
+        };
+        let Some(id) = handed else { return self.acquire().await };
+        let (status, _) = self.send(Method::PUT, &format!("v1/session/renew/{id}"), &[], None, "take over").await?;
+        if status == StatusCode::NOT_FOUND {
+            // The handed session expired first: the key is gone with it.
+            return self.acquire().await;
+        }
+        let (_, body) =
+            self.send(Method::PUT, &self.kv_path(), &[("acquire", id.as_str())], Some(self.me.to_json()), "take over").await?;
+        match self.read_key("take over").await? {
+            Some(entry) if body.trim_ascii() == b"true" && entry.session.as_deref() == Some(id.as_str()) => {
+                let epoch = Epoch(entry.modify_index);
+                info!(key = %self.key, %epoch, session = %id, "took the consul lease over");
+                self.sessions.insert(epoch, id);
+                Ok(AcquireOutcome::Acquired { epoch, ttl: self.ttl })
+            }
+            Some(entry) if entry.session.is_some() => {
+                Ok(AcquireOutcome::Held { holder: self.decode_record(&entry)?, epoch: Epoch(entry.modify_index) })
+            }
+            _ => Err(LeaseError::Store { op: "take over", message: "the handed session lost the key".into() }),
+        }
+    }
+
+    /// Stops renewing the term's session without destroying it: a handoff target takes it
+    /// over (see [`ConsulLeaser::take_over`]); if it does not, the session expires.
+    pub fn hand_over(&mut self, epoch: Epoch) -> Result<(), LeaseError> {
+        self.sessions.remove(&epoch).ok_or(LeaseError::NotHeld { epoch })?;
+        info!(key = %self.key, %epoch, "handed the consul lease over");
+        Ok(())
+    }
+
+    /// Releases the key and destroys the session (clean shutdown).
     pub async fn release(&mut self, epoch: Epoch) -> Result<(), LeaseError> {
         let id = self.sessions.remove(&epoch).ok_or(LeaseError::NotHeld { epoch })?;
         self.send(Method::PUT, &self.kv_path(), &[("release", id.as_str())], None, "release").await?;

@@ -1,6 +1,7 @@
 //! etcd v3 leases: a TTL lease per term, the election a transaction that creates the key only
-//! if it does not exist, and the key's create revision as the term's epoch. etcd revisions
-//! only grow, so a later term always has a larger epoch.
+//! if it does not exist, and the key's modify revision as the term's epoch. A handoff target
+//! rewrites the key under its own lease only if it is still the handed term, so the key is
+//! never free in between. etcd revisions only grow, so a later term always has a larger epoch.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -50,13 +51,34 @@ impl EtcdLeaser {
 
     /// Tries to become primary: grants a lease and creates the key under it unless it exists.
     pub async fn acquire(&mut self) -> Result<AcquireOutcome, LeaseError> {
+        match self.elect(Compare::create_revision(self.key.as_str(), CompareOp::Equal, 0)).await? {
+            Some(outcome) => Ok(outcome),
+            // The holder let go between the compare and the get: report a failed attempt and
+            // let the node try again.
+            None => Err(LeaseError::Store { op: "acquire", message: "key vanished during the election".into() }),
+        }
+    }
+
+    /// Takes over the term `from` its holder handed us: rewrites the key under a lease of ours
+    /// only while it is still that term. A key that has meanwhile expired is acquired anew.
+    pub async fn take_over(&mut self, from: Epoch) -> Result<AcquireOutcome, LeaseError> {
+        let revision = i64::try_from(from.0).unwrap_or(i64::MAX);
+        match self.elect(Compare::mod_revision(self.key.as_str(), CompareOp::Equal, revision)).await? {
+            Some(outcome) => Ok(outcome),
+            None => self.acquire().await,
+        }
+    }
+
+    /// Puts our record under a fresh lease if `condition` holds. `None` when it did not hold
+    /// and the key does not exist.
+    async fn elect(&mut self, condition: Compare) -> Result<Option<AcquireOutcome>, LeaseError> {
         let ttl_secs = i64::try_from(self.ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let grant = self.client.lease_grant(ttl_secs, None).await.map_err(store_error("grant"))?;
         let lease_id = grant.id();
         let granted_ttl = Duration::from_secs(u64::try_from(grant.ttl()).unwrap_or(0));
 
         let txn = Txn::new()
-            .when([Compare::create_revision(self.key.as_str(), CompareOp::Equal, 0)])
+            .when([condition])
             .and_then([TxnOp::put(self.key.as_str(), self.me.to_json(), Some(PutOptions::new().with_lease(lease_id)))])
             .or_else([TxnOp::get(self.key.as_str(), None)]);
         let result = self.client.txn(txn).await;
@@ -76,7 +98,7 @@ impl EtcdLeaser {
                 self.client.lease_keep_alive(lease_id).await.map_err(store_error("keep-alive"))?;
             self.terms.insert(epoch, Term { lease_id, keeper, responses });
             info!(key = %self.key, %epoch, lease_id, "acquired etcd lease");
-            return Ok(AcquireOutcome::Acquired { epoch, ttl: granted_ttl });
+            return Ok(Some(AcquireOutcome::Acquired { epoch, ttl: granted_ttl }));
         }
 
         let _ = self.client.lease_revoke(lease_id).await;
@@ -88,13 +110,11 @@ impl EtcdLeaser {
             Some(kv) => {
                 let holder = LeaseRecord::from_json(kv.value())
                     .map_err(|e| LeaseError::BadRecord { key: self.key.clone(), message: e.to_string() })?;
-                let epoch = Epoch(u64::try_from(kv.create_revision()).unwrap_or(0));
+                let epoch = Epoch(u64::try_from(kv.mod_revision()).unwrap_or(0));
                 debug!(key = %self.key, %epoch, holder = %holder.hostname, "etcd lease held by another node");
-                Ok(AcquireOutcome::Held { holder, epoch })
+                Ok(Some(AcquireOutcome::Held { holder, epoch }))
             }
-            // The holder let go between the compare and the get: report a failed attempt and
-            // let the node try again.
-            None => Err(LeaseError::Store { op: "acquire", message: "key vanished during the election".into() }),
+            None => Ok(None),
         }
     }
 
@@ -112,7 +132,15 @@ impl EtcdLeaser {
         Ok(alive)
     }
 
-    /// Gives the lease up at once (clean shutdown, handoff): the key is deleted with it.
+    /// Stops renewing the term without revoking its lease: a handoff target takes the key
+    /// over (see [`EtcdLeaser::take_over`]); if it does not, the lease expires by itself.
+    pub fn hand_over(&mut self, epoch: Epoch) -> Result<(), LeaseError> {
+        self.terms.remove(&epoch).ok_or(LeaseError::NotHeld { epoch })?;
+        info!(key = %self.key, %epoch, "handed the etcd lease over");
+        Ok(())
+    }
+
+    /// Gives the lease up at once (clean shutdown): the key is deleted with it.
     pub async fn release(&mut self, epoch: Epoch) -> Result<(), LeaseError> {
         let term = self.terms.remove(&epoch).ok_or(LeaseError::NotHeld { epoch })?;
         self.client.lease_revoke(term.lease_id).await.map_err(store_error("release"))?;
@@ -126,7 +154,7 @@ impl EtcdLeaser {
         let Some(kv) = response.kvs().first() else { return Ok(None) };
         let holder = LeaseRecord::from_json(kv.value())
             .map_err(|e| LeaseError::BadRecord { key: self.key.clone(), message: e.to_string() })?;
-        Ok(Some((holder, Epoch(u64::try_from(kv.create_revision()).unwrap_or(0)))))
+        Ok(Some((holder, Epoch(u64::try_from(kv.mod_revision()).unwrap_or(0)))))
     }
 
     /// The configured TTL.

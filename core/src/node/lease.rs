@@ -3,6 +3,11 @@
 //! request was *sent*, so it is never later than the store's), step down on loss or expiry,
 //! release on shutdown, hand off to a caught-up replica. Epochs are fencing tokens: a node
 //! never follows a primary whose epoch is older than one it has seen.
+//!
+//! A handoff never frees the lease (as LiteFS, whose target takes over the old primary's
+//! session): the old primary stops renewing and the target replaces the handed term with its
+//! own. Releasing it instead let a lagging third candidate win it first, and the caught-up
+//! nodes were then reset to its older history, losing acknowledged writes.
 
 use crate::node::input::OpId;
 use crate::node::output::{Event, Output};
@@ -21,10 +26,10 @@ const MAX_LEASE_OPS_IN_FLIGHT: usize = 16;
 /// the last commit, short enough that a stuck handoff does not look like an outage.
 pub(crate) const HANDOFF_WAIT_MS: u64 = 5_000;
 
-/// How long a handoff target keeps asking for the lease it was handed: the old primary's
-/// release reaches the store within a round trip; this leaves room for a slow store.
+/// How long a handoff target keeps asking for the lease it was handed: a take-over normally
+/// succeeds at the first request; this leaves room for a slow or briefly unreachable store.
 pub(crate) const TAKEOVER_WINDOW_MS: u64 = 2_000;
-/// How soon a handoff target asks again while the lease still looks held.
+/// How soon a handoff target asks again after a request that did not get the lease.
 pub(crate) const TAKEOVER_RETRY_MS: u64 = 10;
 
 /// A handoff waiting for its target to catch up.
@@ -43,6 +48,13 @@ pub(crate) enum LeaseState {
     Held { epoch: Epoch, expires_at: Millis, handing_off: bool },
 }
 
+/// A handoff frame told us to take over the lease of term `from`, until `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Takeover {
+    pub(crate) from: Epoch,
+    pub(crate) until: Millis,
+}
+
 /// An outstanding lease request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LeaseOp {
@@ -53,6 +65,7 @@ pub(crate) struct LeaseOp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LeaseOpKind {
     Acquire,
+    TakeOver(Epoch),
     Renew,
     Observe,
 }
@@ -96,11 +109,17 @@ impl Node {
         self.lease_ops.values().any(|op| op.kind == kind)
     }
 
+    /// Whether a request that may give us the lease (acquire or take-over) is outstanding.
+    fn acquiring(&self) -> bool {
+        self.lease_ops.values().any(|op| matches!(op.kind, LeaseOpKind::Acquire | LeaseOpKind::TakeOver(_)))
+    }
+
     fn send_lease_op(&mut self, now: Millis, kind: LeaseOpKind) {
         let op = self.next_op();
         self.lease_ops.insert(op, LeaseOp { kind, sent_at: now });
         match (kind, self.lease) {
             (LeaseOpKind::Acquire, _) => self.emit(Output::AcquireLease { op }),
+            (LeaseOpKind::TakeOver(epoch), _) => self.emit(Output::TakeOverLease { op, epoch }),
             (LeaseOpKind::Observe, _) => self.emit(Output::ObserveLease { op }),
             (LeaseOpKind::Renew, LeaseState::Held { epoch, .. }) => self.emit(Output::RenewLease { op, epoch }),
             (LeaseOpKind::Renew, LeaseState::None) => {
@@ -120,10 +139,15 @@ impl Node {
             return;
         }
         self.timers.set(TimerKind::LeasePoll, now + self.cfg.lease_poll_ms);
-        if self.lease_request_in_flight(LeaseOpKind::Acquire) {
+        if self.acquiring() {
             return;
         }
-        if self.known_primary.is_none() && self.may_acquire(now) {
+        if let Some(Takeover { from, until }) = self.takeover
+            && now < until
+            && self.may_acquire(now)
+        {
+            self.send_lease_op(now, LeaseOpKind::TakeOver(from));
+        } else if self.known_primary.is_none() && self.may_acquire(now) {
             self.send_lease_op(now, LeaseOpKind::Acquire);
         } else if self.lease_ops.len() < MAX_LEASE_OPS_IN_FLIGHT {
             // Observations are not serialised: a slow answer must not stop newer ones, and
@@ -146,7 +170,7 @@ impl Node {
             return;
         }
         self.lease = LeaseState::Held { epoch, expires_at, handing_off: false };
-        self.takeover_until = None;
+        self.takeover = None;
         self.lease_acquire_sent_at = req.sent_at;
         self.known_primary = Some((self.cfg.node_id, epoch));
         self.drop_upstream();
@@ -197,6 +221,9 @@ impl Node {
         if req.kind == LeaseOpKind::Renew && matches!(self.lease, LeaseState::Held { .. }) {
             // Retry soon; the expiry timer steps us down if the store stays unreachable.
             self.timers.set(TimerKind::LeaseRenew, now + (self.cfg.lease_renew_ms / 4).max(1));
+        }
+        if matches!(req.kind, LeaseOpKind::TakeOver(_)) {
+            self.retry_takeover(now, None);
         }
     }
 
@@ -260,7 +287,7 @@ impl Node {
                 }
                 self.known_primary = None;
                 self.drop_upstream();
-                if self.may_acquire(now) && !self.lease_request_in_flight(LeaseOpKind::Acquire) {
+                if self.may_acquire(now) && !self.acquiring() {
                     self.send_lease_op(now, LeaseOpKind::Acquire);
                 }
             }
@@ -317,9 +344,10 @@ impl Node {
         let mut bytes = Vec::new();
         encode_frame(&Frame::Handoff { lease_id: epoch.to_string() }, &mut bytes);
         self.emit(Output::SendDownstream { conn, bytes });
-        self.emit(Output::ReleaseLease { epoch });
+        self.emit(Output::HandOverLease { epoch });
         self.step_down(now, "handed off");
-        // The target takes the released lease; racing it for the lease would undo the handoff.
+        // If the target never takes over, the lease expires; we then wait like any node that
+        // lost it rather than take back what we just gave away.
         self.acquire_not_before = now + self.cfg.demote_delay_ms;
     }
 
@@ -333,27 +361,28 @@ impl Node {
         self.event(Event::HandoffRefused { to, reason });
     }
 
-    /// The primary handed us its lease (a handoff frame): take it now, without waiting for
-    /// the next poll.
-    pub(crate) fn take_over(&mut self, now: Millis) {
+    /// The primary of term `from` handed us its lease (a handoff frame): take it over now,
+    /// without waiting for the next poll.
+    pub(crate) fn take_over(&mut self, now: Millis, from: Epoch) {
         if matches!(self.role(), Role::Primary { .. }) || !self.may_acquire(now) {
             return;
         }
-        self.takeover_until = Some(now + TAKEOVER_WINDOW_MS);
-        if !self.lease_request_in_flight(LeaseOpKind::Acquire) {
-            self.send_lease_op(now, LeaseOpKind::Acquire);
+        self.takeover = Some(Takeover { from, until: now + TAKEOVER_WINDOW_MS });
+        if !self.acquiring() {
+            self.send_lease_op(now, LeaseOpKind::TakeOver(from));
         }
     }
 
-    /// During a takeover, a lease still held (by the primary releasing it to us) is polled
-    /// again shortly instead of at the next regular poll.
-    pub(crate) fn retry_takeover(&mut self, now: Millis) {
-        match self.takeover_until {
-            Some(until) if now < until && !matches!(self.lease, LeaseState::Held { .. }) => {
-                self.timers.set(TimerKind::LeasePoll, now + TAKEOVER_RETRY_MS);
-            }
-            Some(_) => self.takeover_until = None,
-            None => {}
+    /// After a lease answer during a take-over: ask again shortly while the handed term is
+    /// still the one the store holds (the request failed, or raced the old primary's last
+    /// renewal); stop once another term holds it or the window has passed.
+    pub(crate) fn retry_takeover(&mut self, now: Millis, holder: Option<(NodeId, Epoch)>) {
+        let Some(Takeover { from, until }) = self.takeover else { return };
+        let handed_term_stands = holder.is_none_or(|(_, epoch)| epoch == from);
+        if now < until && handed_term_stands && !matches!(self.lease, LeaseState::Held { .. }) {
+            self.timers.set(TimerKind::LeasePoll, now + TAKEOVER_RETRY_MS);
+        } else {
+            self.takeover = None;
         }
     }
 
@@ -370,7 +399,11 @@ impl Node {
                 let to = self.cfg.node_id;
                 self.emit(Output::RequestHandoff { primary, to });
             }
-            _ => self.take_over(now),
+            _ => {
+                if self.may_acquire(now) && !self.acquiring() {
+                    self.send_lease_op(now, LeaseOpKind::Acquire);
+                }
+            }
         }
     }
 

@@ -97,10 +97,9 @@ pub struct Node {
     /// Highest lease epoch this node has seen anywhere. Never decreases.
     max_epoch: Epoch,
     lease: LeaseState,
-    /// A handoff frame told us to take the lease; until this time a lease still shown as held
-    /// (the old primary's release may not have reached the store yet) is asked about again
-    /// at once rather than at the next poll, so another candidate does not win it first.
-    takeover_until: Option<Millis>,
+    /// A handoff frame told us to take over the lease; until its deadline a request that did
+    /// not get it is repeated at once rather than at the next poll.
+    takeover: Option<lease::Takeover>,
     /// After handing the lease off, this node does not try to take it back before this time.
     acquire_not_before: Millis,
     /// A handoff waiting for its target to catch up (writes are paused meanwhile).
@@ -142,7 +141,7 @@ impl Node {
             lease: LeaseState::None,
             handoff: None,
             acquire_not_before: Millis(0),
-            takeover_until: None,
+            takeover: None,
             known_primary: None,
             lease_ops: BTreeMap::new(),
             lease_acquire_sent_at: Millis(0),
@@ -175,7 +174,7 @@ impl Node {
             Input::LeaseHeld { op, holder, epoch } => {
                 self.lease_ops.remove(&op);
                 self.on_observation(now, Some((holder, epoch)));
-                self.retry_takeover(now);
+                self.retry_takeover(now, Some((holder, epoch)));
             }
             Input::LeaseRenewed { op } => self.on_lease_renewed(now, op),
             Input::LeaseLost { op } => self.on_lease_lost(now, op),
@@ -188,7 +187,7 @@ impl Node {
                     && sent_at.is_none_or(|s| s < self.lease_acquire_sent_at);
                 if !stale {
                     self.on_observation(now, holder);
-                    self.retry_takeover(now);
+                    self.retry_takeover(now, holder);
                 }
             }
             Input::Commit { commit, db, page_size, pages, commit_pages, removed, durability } => {

@@ -40,9 +40,25 @@ pub enum Output {
         /// The epoch held.
         epoch: Epoch,
     },
-    /// Release the lease held under `epoch` (no answer).
+    /// Release the lease held under `epoch` (no answer): it is free at once.
     ReleaseLease {
         /// The epoch held.
+        epoch: Epoch,
+    },
+    /// Stop renewing the lease held under `epoch` *without* releasing it (no answer): a
+    /// handoff target takes it over with [`Output::TakeOverLease`], so the lease is never
+    /// free for another candidate to win. If the target does not, it expires by itself.
+    HandOverLease {
+        /// The epoch held.
+        epoch: Epoch,
+    },
+    /// Take over the lease its holder handed us under `epoch`: succeed only while the lease
+    /// is still that term (or free), giving us a new, larger epoch. Answer as for
+    /// [`Output::AcquireLease`].
+    TakeOverLease {
+        /// Request id.
+        op: OpId,
+        /// The handed-over term's epoch.
         epoch: Epoch,
     },
     /// Ask who holds the lease; answer with `LeaseObserved` / `LeaseRequestFailed`.

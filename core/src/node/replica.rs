@@ -253,7 +253,7 @@ impl Node {
                         }
                         self.max_epoch = self.max_epoch.max(theirs);
                     }
-                    Frame::Handoff { .. } => self.take_over(now),
+                    Frame::Handoff { .. } => self.take_over(now, epoch),
                     Frame::End => return self.resync(now, format!("primary {peer} ended the stream")),
                     Frame::Ready => {
                         self.backoff_attempt = 0;

@@ -100,6 +100,7 @@ enum Ev {
 #[derive(Debug, Clone, Copy)]
 enum LeaseReq {
     Acquire,
+    TakeOver(Epoch),
     Renew(Epoch),
     Release(Epoch),
     Observe,
@@ -593,6 +594,7 @@ impl Sim {
         let ttl = self.ttl_ms;
         let reply = match req {
             LeaseReq::Acquire => self.store.acquire(now, id, ttl),
+            LeaseReq::TakeOver(e) => self.store.take_over(now, id, e, ttl),
             LeaseReq::Renew(e) => self.store.renew(now, id, e, ttl),
             LeaseReq::Release(e) => {
                 self.store.release(now, id, e);

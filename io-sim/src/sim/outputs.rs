@@ -40,7 +40,10 @@ impl Sim {
         match o {
             Output::AcquireLease { op } => self.lease_rpc(i, Some(op), LeaseReq::Acquire),
             Output::RenewLease { op, epoch } => self.lease_rpc(i, Some(op), LeaseReq::Renew(epoch)),
+            Output::TakeOverLease { op, epoch } => self.lease_rpc(i, Some(op), LeaseReq::TakeOver(epoch)),
             Output::ReleaseLease { epoch } => self.lease_rpc(i, None, LeaseReq::Release(epoch)),
+            // The old primary just stops renewing; the store keeps its term until taken over.
+            Output::HandOverLease { epoch } => self.trace(format!("node {i} hands over lease {epoch}")),
             Output::ObserveLease { op } => self.lease_rpc(i, Some(op), LeaseReq::Observe),
             Output::PersistLtx { db, op, min, max, bytes, base, durable } => {
                 if is_commit {

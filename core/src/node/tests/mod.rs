@@ -598,7 +598,8 @@ fn handoff_goes_only_to_a_replica_that_acknowledged_our_position() {
     node.handle(Millis(31), Input::DownstreamData { conn: DownstreamId(1), bytes: ack });
     node.handle(Millis(32), Input::Handoff { to: NodeId(2) });
     let out = drain(&mut node);
-    assert!(out.contains(&Output::ReleaseLease { epoch: Epoch(7) }), "{out:?}");
+    assert!(out.contains(&Output::HandOverLease { epoch: Epoch(7) }), "{out:?}");
+    assert!(!out.iter().any(|o| matches!(o, Output::ReleaseLease { .. })), "a handoff never frees the lease: {out:?}");
     assert!(out.iter().any(|o| matches!(o, Output::SendDownstream { .. })));
     assert_eq!(node.accepting_writes(Millis(33)), None);
 }
@@ -613,15 +614,15 @@ fn a_handoff_pauses_writes_until_the_target_catches_up_then_hands_over() {
     drain(&mut node);
     node.handle(Millis(30), Input::Handoff { to: NodeId(2) });
     let out = drain(&mut node);
-    assert!(!out.iter().any(|o| matches!(o, Output::ReleaseLease { .. })), "not caught up yet: {out:?}");
+    assert!(!out.iter().any(|o| matches!(o, Output::HandOverLease { .. })), "not caught up yet: {out:?}");
     assert_eq!(node.accepting_writes(Millis(31)), None, "writes pause during a handoff");
     let mut ack = Vec::new();
     encode_frame(&Frame::Ack { pos: here, name: db() }, &mut ack);
     node.handle(Millis(32), Input::DownstreamData { conn: DownstreamId(1), bytes: ack });
     let out = drain(&mut node);
-    assert!(out.contains(&Output::ReleaseLease { epoch: Epoch(7) }), "{out:?}");
+    assert!(out.contains(&Output::HandOverLease { epoch: Epoch(7) }), "{out:?}");
     assert!(matches!(node.role(), crate::node::Role::Waiting), "{:?}", node.role());
-    // The lease looks free until the target takes it: we must not race it for the lease.
+    // Should the target never take over, the lease expires: we must not take it back.
     let mut t = 33;
     for _ in 0..50 {
         t += 100;
@@ -648,7 +649,7 @@ fn a_handoff_whose_target_never_catches_up_is_given_up_and_writes_resume() {
     node.handle(Millis(30 + super::lease::HANDOFF_WAIT_MS), Input::Timeout);
     let out = drain(&mut node);
     assert!(out.iter().any(|o| matches!(o, Output::Event(Event::HandoffRefused { .. }))), "{out:?}");
-    assert!(!out.iter().any(|o| matches!(o, Output::ReleaseLease { .. })));
+    assert!(!out.iter().any(|o| matches!(o, Output::HandOverLease { .. })));
     assert!(node.accepting_writes(Millis(30 + super::lease::HANDOFF_WAIT_MS)).is_some(), "writes resume");
 }
 
@@ -847,7 +848,9 @@ fn promotion_asks_the_primary_to_hand_off_and_the_handoff_frame_takes_the_lease(
     encode_frame(&Frame::Epoch { epoch: Epoch(5), node_id: NodeId(1) }, &mut bytes);
     encode_frame(&Frame::Handoff { lease_id: "5".into() }, &mut bytes);
     node.handle(Millis(3), Input::UpstreamData { conn, bytes });
-    assert!(drain(&mut node).iter().any(|o| matches!(o, Output::AcquireLease { .. })));
+    let out = drain(&mut node);
+    assert!(out.iter().any(|o| matches!(o, Output::TakeOverLease { epoch: Epoch(5), .. })), "{out:?}");
+    assert!(!out.iter().any(|o| matches!(o, Output::AcquireLease { .. })), "{out:?}");
 }
 
 #[test]
@@ -857,14 +860,11 @@ fn a_handoff_target_that_finds_the_lease_still_held_asks_again_at_once() {
     encode_frame(&Frame::Epoch { epoch: Epoch(5), node_id: NodeId(1) }, &mut bytes);
     encode_frame(&Frame::Handoff { lease_id: "5".into() }, &mut bytes);
     node.handle(Millis(3), Input::UpstreamData { conn, bytes });
-    let op = drain(&mut node)
-        .into_iter()
-        .find_map(|o| if let Output::AcquireLease { op } = o { Some(op) } else { None })
-        .expect("the handoff frame asks for the lease");
+    let op = take_over_op(&drain(&mut node)).expect("the handoff frame asks for the lease");
     // Timers already due run first, so only what the answer below arms is left early.
     node.handle(Millis(4), Input::Timeout);
     drain(&mut node);
-    // The old primary's release has not reached the store yet.
+    // The store has not seen the handed term's end yet (the request raced it).
     node.handle(Millis(5), Input::LeaseHeld { op, holder: NodeId(1), epoch: Epoch(5) });
     drain(&mut node);
     let (at, kind) = node.poll_timeout().expect("a timer");
@@ -873,6 +873,33 @@ fn a_handoff_target_that_finds_the_lease_still_held_asks_again_at_once() {
         at >= Millis(5) && at <= Millis(5 + super::lease::TAKEOVER_RETRY_MS),
         "asks again at {at:?}, not at the next regular poll"
     );
+    node.handle(at, Input::Timeout);
+    assert!(take_over_op(&drain(&mut node)).is_some(), "the retry is a take-over of the same term");
+}
+
+fn take_over_op(out: &[Output]) -> Option<OpId> {
+    out.iter().find_map(|o| match o {
+        Output::TakeOverLease { op, epoch: Epoch(5) } => Some(*op),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_handoff_target_gives_up_once_another_term_holds_the_lease() {
+    let (mut node, conn) = connected_replica();
+    let mut bytes = Vec::new();
+    encode_frame(&Frame::Epoch { epoch: Epoch(5), node_id: NodeId(1) }, &mut bytes);
+    encode_frame(&Frame::Handoff { lease_id: "5".into() }, &mut bytes);
+    node.handle(Millis(3), Input::UpstreamData { conn, bytes });
+    let op = take_over_op(&drain(&mut node)).expect("the handoff frame asks for the lease");
+    node.handle(Millis(4), Input::Timeout);
+    drain(&mut node);
+    // The handed term expired and another node won a new one: follow it, do not keep asking.
+    node.handle(Millis(5), Input::LeaseHeld { op, holder: NodeId(3), epoch: Epoch(9) });
+    drain(&mut node);
+    let (at, _) = node.poll_timeout().expect("a timer");
+    assert!(at > Millis(5 + super::lease::TAKEOVER_RETRY_MS), "asked again at {at:?}");
+    assert!(matches!(node.role(), crate::node::Role::Replica { primary: NodeId(3), .. }), "{:?}", node.role());
 }
 
 #[test]
