@@ -16,6 +16,8 @@ use replite_fuse::{CapturedPage, CapturedTx, CommitSink, Durability, JournalMode
 #[derive(Default)]
 struct MemStorage {
     files: Mutex<BTreeMap<(String, u64), Vec<u8>>>,
+    /// The `through` of every flush, in order.
+    flushed: Mutex<Vec<TxId>>,
 }
 
 impl Storage for MemStorage {
@@ -35,7 +37,8 @@ impl Storage for MemStorage {
     ) -> Result<Pos, IoFailure> {
         self.persist_ltx(db, min, max, bytes, durable)
     }
-    fn flush_ltx(&self, _: &DbName, _: TxId) -> Result<(), IoFailure> {
+    fn flush_ltx(&self, _: &DbName, through: TxId) -> Result<(), IoFailure> {
+        self.flushed.lock().expect("lock").push(through);
         Ok(())
     }
     fn create_spool(&self, _: &DbName) -> std::io::Result<tempfile::NamedTempFile> {
@@ -91,15 +94,25 @@ fn tx(pages: &[(u32, u8)], commit: u32) -> CapturedTx {
     }
 }
 
+/// How the FUSE side reaches the driver in a test.
+#[derive(Clone, Copy, Debug)]
+enum Lane {
+    /// Requests queue for the driver's task, which answers them.
+    Queued,
+    /// The calling thread steps the driver itself, as in the daemon (`DirectLane`).
+    Direct,
+}
+
 /// Starts a driver on its own runtime thread; returns the FUSE-side bridge and the store.
-fn start(primary: bool) -> (CommitBridge, Arc<MemStorage>, std::thread::JoinHandle<()>) {
-    let (bridge, storage, thread, _) = start_watched(primary);
+fn start(primary: bool, lane: Lane) -> (CommitBridge, Arc<MemStorage>, std::thread::JoinHandle<()>) {
+    let (bridge, storage, thread, _) = start_watched(primary, lane);
     (bridge, storage, thread)
 }
 
 /// [`start`], with the driver's published status.
 fn start_watched(
     primary: bool,
+    lane: Lane,
 ) -> (CommitBridge, Arc<MemStorage>, std::thread::JoinHandle<()>, tokio::sync::watch::Receiver<Status>) {
     let mut cfg = Config::new(NodeId(1));
     cfg.candidate = primary;
@@ -109,6 +122,7 @@ fn start_watched(
     let mut node = Node::new(cfg).expect("valid config");
     let storage = Arc::new(MemStorage::default());
     let (bridge, fs) = CommitBridge::new();
+    let direct = bridge.lane();
     let store: Arc<dyn Storage> = storage.clone();
     let (status_tx, status_rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
@@ -117,7 +131,10 @@ fn start_watched(
             let clock = replite::driver::Clock::start();
             node.handle(clock.now(), Input::Start(Recovery::default()));
             let leaser = Leaser::Static(StaticLeaser::new(primary, record()));
-            let driver = Driver::new(node, fs, leaser, store, Box::new(|_| Ok(None)));
+            let mut driver = Driver::new(node, fs, leaser, store, Box::new(|_| Ok(None)));
+            if matches!(lane, Lane::Direct) {
+                driver = driver.with_direct_lane(direct);
+            }
             status_tx.send(driver.status()).expect("hand over the status");
             driver.run(std::future::pending()).await;
         });
@@ -140,7 +157,13 @@ fn wait_for_primary(bridge: &CommitBridge) -> Result<(), Refusal> {
 
 #[test]
 fn commits_are_answered_after_their_ltx_is_durable_and_chain_into_the_database() {
-    let (bridge, storage, driver) = start(true);
+    for lane in [Lane::Queued, Lane::Direct] {
+        commits_chain_into_the_database(lane);
+    }
+}
+
+fn commits_chain_into_the_database(lane: Lane) {
+    let (bridge, storage, driver) = start(true, lane);
     wait_for_primary(&bridge).expect("a static primary takes the lease");
 
     bridge.commit(&tx(&[(1, 1), (2, 2)], 2)).expect("first commit");
@@ -167,7 +190,13 @@ fn commits_are_answered_after_their_ltx_is_durable_and_chain_into_the_database()
 
 #[test]
 fn a_node_that_is_not_primary_refuses_commits_as_read_only() {
-    let (bridge, storage, driver) = start(false);
+    for lane in [Lane::Queued, Lane::Direct] {
+        a_replica_refuses_commits(lane);
+    }
+}
+
+fn a_replica_refuses_commits(lane: Lane) {
+    let (bridge, storage, driver) = start(false, lane);
     std::thread::sleep(Duration::from_millis(200));
     let refused = bridge.commit(&tx(&[(1, 1)], 1));
     assert!(matches!(refused, Err(Refusal::ReadOnly { .. })), "{refused:?}");
@@ -216,14 +245,38 @@ fn the_primary_store_makes_each_commit_durable_in_the_data_directory() {
 
 #[test]
 fn the_status_shows_a_commit_by_the_time_the_commit_is_answered() {
-    let (bridge, _, driver, status) = start_watched(true);
+    for lane in [Lane::Queued, Lane::Direct] {
+        let (bridge, _, driver, status) = start_watched(true, lane);
+        wait_for_primary(&bridge).expect("primary");
+        for txid in 1..=200u64 {
+            let fill = u8::try_from(txid % 250).expect("small");
+            bridge.commit(&tx(&[(1, fill)], 1)).expect("commit");
+            // Read at once, from this thread: the driver may not have run again since answering.
+            let shown = status.borrow().databases.iter().find(|d| d.name == "app.db").map(|d| d.txid);
+            assert_eq!(shown, Some(txid), "{lane:?}: the status lags the answered commit");
+        }
+        drop(bridge);
+        driver.join().expect("driver stops");
+    }
+}
+
+/// A deferred commit stepped on the FUSE thread arms the flush timer (10 ms) there; the loop,
+/// asleep on an older deadline, must be woken to keep it, or the commit's file is flushed only
+/// when something else wakes the loop (the next heartbeat, up to a second later). The bound
+/// is fifty times the flush interval: it fails only when the timer is missed.
+#[test]
+fn a_deferred_commit_made_on_the_fuse_thread_is_flushed_by_the_loops_timer() {
+    let (bridge, storage, driver) = start(true, Lane::Direct);
     wait_for_primary(&bridge).expect("primary");
-    for txid in 1..=200u64 {
-        let fill = u8::try_from(txid % 250).expect("small");
-        bridge.commit(&tx(&[(1, fill)], 1)).expect("commit");
-        // Read at once, from this thread: the driver may not have run again since answering.
-        let shown = status.borrow().databases.iter().find(|d| d.name == "app.db").map(|d| d.txid);
-        assert_eq!(shown, Some(txid), "the status lags the answered commit");
+    for txid in 1..=3u64 {
+        let mut deferred = tx(&[(1, u8::try_from(txid).expect("small"))], 1);
+        deferred.durability = Durability::Deferred;
+        bridge.commit(&deferred).expect("a deferred commit is answered once written");
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while !storage.flushed.lock().expect("lock").contains(&TxId(txid)) {
+            assert!(Instant::now() < deadline, "commit {txid} was not flushed when its timer was due");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     drop(bridge);
     driver.join().expect("driver stops");

@@ -160,6 +160,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
     let (bridge, fs_requests) = CommitBridge::new();
     let write_gate = bridge.gate();
+    let direct_lane = bridge.lane();
     let options = MountOptions { role: Role::Replica, allow_other: config.fuse.allow_other, ..MountOptions::default() };
     let mount_dir = absolute(&config.fuse.dir)?;
     std::fs::create_dir_all(&mount_dir).with_context(|| format!("creating {}", mount_dir.display()))?;
@@ -176,6 +177,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let mut driver = Driver::new(node, fs_requests, leaser, storage, Box::new(move |db| load_page_sums(&sums_dir, db)))
         .with_network(Network { me, accepted, operator })
         .with_write_gate(write_gate)
+        .with_direct_lane(direct_lane)
         .with_surface(Arc::clone(&mount) as Arc<dyn crate::driver::Surface>);
     driver.execute_all(deferred);
     let status = driver.status();

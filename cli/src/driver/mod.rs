@@ -15,7 +15,7 @@ mod status;
 mod storage;
 mod upstream;
 
-pub use bridge::{Answer, COMMIT_ANSWER_TIMEOUT, CommitBridge, FsRequest, WriteGate};
+pub use bridge::{Answer, COMMIT_ANSWER_TIMEOUT, CommitBridge, DirectLane, FsRequest, WriteGate};
 pub use clock::Clock;
 pub use disk_storage::DiskStorage;
 pub use node_config::{NodeConfigError, node_config};

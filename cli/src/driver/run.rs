@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use replite_core::ltx::{HEADER_SIZE, Header};
 use replite_core::node::{
-    CommitId, DownstreamId, Durability, Input, IoFailure, Node, OpId, Output, RefuseReason, Role, SpoolId, SyncId,
-    UpstreamId,
+    CommitId, DownstreamId, Durability, Input, IoFailure, Millis, Node, OpId, Output, RefuseReason, Role, SpoolId,
+    SyncId, UpstreamId,
 };
 use replite_core::stream::DbName;
 use replite_core::{Epoch, NodeId};
@@ -19,7 +19,7 @@ use replite_fuse::{CapturedTx, Refusal};
 use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::driver::bridge::{Answer, FsRequest, WriteGate};
+use crate::driver::bridge::{Answer, DirectLane, FsRequest, WriteGate};
 use crate::driver::clock::Clock;
 use crate::driver::downstream::{DownstreamCmd, DownstreamShared, PositionQuery, Transfers, run_downstream};
 use crate::driver::page_sums::PageSums;
@@ -40,6 +40,26 @@ pub type LoadPageSums = Box<dyn Fn(&DbName) -> std::io::Result<Option<PageSums>>
 struct Pending {
     answer: Answer,
     tx: CapturedTx,
+}
+
+/// The mount's status files and the thread that shows role changes on them.
+struct SurfaceLink {
+    surface: Arc<dyn Surface>,
+    /// The status as of the last role or primary change, for the thread.
+    roles: watch::Sender<Status>,
+}
+
+impl SurfaceLink {
+    fn show(&self, status: &Status) {
+        self.surface.show_positions(status);
+        self.roles.send_if_modified(|old| {
+            let changed = old.role != status.role || old.primary != status.primary;
+            if changed {
+                *old = status.clone();
+            }
+            changed
+        });
+    }
 }
 
 /// Where the driver reaches other nodes: this node's lease record (its advertise URL and id),
@@ -71,12 +91,21 @@ enum Back {
 /// primary, instead of received bytes piling up in memory.
 const UPSTREAM_REPORTS_QUEUED: usize = 64;
 
+/// The channels only the loop reads; taken out of the driver when it starts running, so that
+/// the driver itself can be shared with the threads that step it directly ([`DirectLane`]).
+struct Inbox {
+    fs: mpsc::UnboundedReceiver<FsRequest>,
+    back: mpsc::UnboundedReceiver<Back>,
+    upstream_reports: mpsc::Receiver<UpstreamReport>,
+    downstream_closed: mpsc::UnboundedReceiver<DownstreamId>,
+    positions: mpsc::UnboundedReceiver<PositionQuery>,
+}
+
 /// Owns the Node and carries out its outputs.
 pub struct Driver {
     node: Node,
     clock: Clock,
-    fs: mpsc::UnboundedReceiver<FsRequest>,
-    back: mpsc::UnboundedReceiver<Back>,
+    inbox: Option<Inbox>,
     back_tx: mpsc::UnboundedSender<Back>,
     leaser: Arc<Mutex<Leaser>>,
     storage: Arc<dyn Storage>,
@@ -97,16 +126,13 @@ pub struct Driver {
     /// Advertise URLs (and hostnames) of the nodes the lease named.
     peers: BTreeMap<NodeId, LeaseRecord>,
     upstreams: BTreeMap<UpstreamId, UpstreamTask>,
-    upstream_reports: mpsc::Receiver<UpstreamReport>,
     upstream_reports_tx: mpsc::Sender<UpstreamReport>,
     /// Spools being written (`None` once ended: the thread is verifying and fsyncing).
     spooling: BTreeMap<SpoolId, Option<SpoolWriter>>,
     /// Spools verified and durable, waiting for `PersistSpooledLtx` or `SpoolDiscard`.
     spooled: BTreeMap<SpoolId, Spooled>,
     downstreams: BTreeMap<DownstreamId, mpsc::UnboundedSender<DownstreamCmd>>,
-    downstream_closed: mpsc::UnboundedReceiver<DownstreamId>,
     downstream_closed_tx: mpsc::UnboundedSender<DownstreamId>,
-    positions: mpsc::UnboundedReceiver<PositionQuery>,
     positions_tx: mpsc::UnboundedSender<PositionQuery>,
     role: Role,
     status: watch::Sender<Status>,
@@ -114,6 +140,13 @@ pub struct Driver {
     transfers: Transfers,
     /// Where the standing answer to "may this node write?" is published, if anyone reads it.
     gate: Option<Arc<WriteGate>>,
+    /// Where status shows up besides the API (the mount).
+    surface: Option<SurfaceLink>,
+    /// Where FUSE threads step this driver themselves while the loop runs.
+    lane: Option<Arc<DirectLane>>,
+    /// The instant the loop's timer is set for (`None`: no timer), so that a step on another
+    /// thread wakes the loop only when it needs the timer sooner.
+    loop_deadline: Option<Millis>,
     /// The newest commits' LTX bytes, streamed to replicas without reading the files back.
     recent: SharedRecentLtx,
     /// Acknowledged commits, answered once the step's status is published: a client that
@@ -138,8 +171,7 @@ impl Driver {
         Driver {
             node,
             clock: Clock::start(),
-            fs,
-            back,
+            inbox: Some(Inbox { fs, back, upstream_reports, downstream_closed, positions }),
             back_tx,
             leaser: Arc::new(Mutex::new(leaser)),
             storage,
@@ -154,20 +186,20 @@ impl Driver {
             network: None,
             peers: BTreeMap::new(),
             upstreams: BTreeMap::new(),
-            upstream_reports,
             upstream_reports_tx,
             spooling: BTreeMap::new(),
             spooled: BTreeMap::new(),
             downstreams: BTreeMap::new(),
-            downstream_closed,
             downstream_closed_tx,
-            positions,
             positions_tx,
             role: Role::Stopped,
             status,
             events: EventLog::default(),
             transfers: Transfers::default(),
             gate: None,
+            surface: None,
+            lane: None,
+            loop_deadline: None,
             recent: SharedRecentLtx::default(),
             acknowledged: Vec::new(),
         }
@@ -177,6 +209,14 @@ impl Driver {
     #[must_use]
     pub fn with_write_gate(mut self, gate: Arc<WriteGate>) -> Driver {
         self.gate = Some(gate);
+        self
+    }
+
+    /// Lets FUSE threads step the driver themselves through `lane` while it runs (see
+    /// [`DirectLane`]).
+    #[must_use]
+    pub fn with_direct_lane(mut self, lane: Arc<DirectLane>) -> Driver {
+        self.lane = Some(lane);
         self
     }
 
@@ -190,24 +230,31 @@ impl Driver {
         self
     }
 
-    /// Shows role, positions and lag on `surface` (the mount), from a thread of its own: the
+    /// Shows status on `surface` (the mount). Positions and lag are shown within each step
+    /// (no kernel call). Role and primary changes are shown from a thread of their own: the
     /// mount's kernel-cache invalidations can wait on a directory lock that an application's
-    /// held commit (which waits on this loop) owns, so the loop must never make them itself.
+    /// held commit (which waits on this step) owns, so a step must never make them itself.
+    /// That thread wakes only when they change, not at every commit.
     #[must_use]
-    pub fn with_surface(self, surface: Arc<dyn Surface>) -> Driver {
-        let mut changes = self.status.subscribe();
+    pub fn with_surface(mut self, surface: Arc<dyn Surface>) -> Driver {
+        let roles = watch::Sender::new(self.status.borrow().clone());
+        let mut changes = roles.subscribe();
+        changes.mark_changed();
+        let shown = Arc::clone(&surface);
         let spawned = std::thread::Builder::new().name("replite-surface".into()).spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else { return };
             let mut before: Option<Status> = None;
             while runtime.block_on(changes.changed()).is_ok() {
                 let status = changes.borrow_and_update().clone();
-                surface.show(&status, before.as_ref());
+                shown.show_role(&status, before.as_ref());
                 before = Some(status);
             }
         });
         if let Err(e) = spawned {
             warn!(error = %e, "cannot start the thread that updates the mount's status files");
         }
+        surface.show_positions(&self.status.borrow());
+        self.surface = Some(SurfaceLink { surface, roles });
         self
     }
 
@@ -234,6 +281,10 @@ impl Driver {
     /// cleanly (the lease is released before this returns).
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let Some(mut inbox) = self.inbox.take() else {
+            warn!("the driver was run twice");
+            return;
+        };
         let (mut accepted, mut operator) = match self.network.as_mut() {
             Some(n) => {
                 let (_, a) = mpsc::unbounded_channel();
@@ -242,81 +293,90 @@ impl Driver {
             }
             None => (mpsc::unbounded_channel().1, mpsc::unbounded_channel().1),
         };
+        let clock = self.clock;
+        let lane = self.lane.clone();
+        let driver = Arc::new(std::sync::Mutex::new(self));
+        if let Some(lane) = &lane {
+            lane.attach(Arc::clone(&driver), tokio::runtime::Handle::current());
+        }
         loop {
-            self.after_step();
-            let deadline = self.node.poll_timeout();
+            let (deadline, accepts_upstream_data) = {
+                let mut d = lock(&driver);
+                d.after_step();
+                let deadline = d.node.poll_timeout();
+                d.loop_deadline = deadline.map(|(at, _)| at);
+                (deadline, d.node.accepts_upstream_data())
+            };
             let sleep = async {
                 match deadline {
-                    Some((at, _)) => tokio::time::sleep_until(self.clock.instant_at(at).into()).await,
+                    Some((at, _)) => tokio::time::sleep_until(clock.instant_at(at).into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let woken = async {
+                match &lane {
+                    Some(lane) => lane.woken().await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                request = self.fs.recv() => match request {
-                    Some(request) => self.on_fs_request(request),
+                request = inbox.fs.recv() => match request {
+                    Some(request) => lock(&driver).on_fs_request(request),
                     None => break,
                 },
                 () = &mut shutdown => break,
-                Some(back) = self.back.recv() => self.on_back(back),
+                // A step on a FUSE thread needs the timer sooner than it is set.
+                () = woken => {}
+                Some(back) = inbox.back.recv() => lock(&driver).on_back(back),
                 // Paused while the Node holds many unapplied files (see its doc).
-                Some(report) = self.upstream_reports.recv(), if self.node.accepts_upstream_data() => {
-                    self.on_upstream_report(report)
+                Some(report) = inbox.upstream_reports.recv(), if accepts_upstream_data => {
+                    lock(&driver).on_upstream_report(report);
                 }
-                Some(event) = accepted.recv() => self.on_accepted(event),
-                Some(conn) = self.downstream_closed.recv() => {
-                    if self.downstreams.remove(&conn).is_some() {
-                        self.node.handle(self.clock.now(), Input::DownstreamClosed { conn });
+                Some(event) = accepted.recv() => lock(&driver).on_accepted(event),
+                Some(conn) = inbox.downstream_closed.recv() => {
+                    let mut d = lock(&driver);
+                    if d.downstreams.remove(&conn).is_some() {
+                        d.node.handle(clock.now(), Input::DownstreamClosed { conn });
                     }
                 }
-                Some(query) = self.positions.recv() => {
+                Some(query) = inbox.positions.recv() => {
+                    let d = lock(&driver);
                     let found = match query.checksum {
-                        Some(checksum) => self.position_with_checksum(&query.db, checksum),
-                        None => Some(self.node.pos(&query.db)).filter(|pos| pos.txid.0 > 0),
+                        Some(checksum) => d.position_with_checksum(&query.db, checksum),
+                        None => Some(d.node.pos(&query.db)).filter(|pos| pos.txid.0 > 0),
                     };
                     let _ = query.reply.send(found);
                 }
-                Some(input) = operator.recv() => self.node.handle(self.clock.now(), input),
+                Some(input) = operator.recv() => lock(&driver).node.handle(clock.now(), input),
                 () = sleep => {
                     if let Some((_, kind)) = deadline {
                         debug!(?kind, "timer");
                     }
-                    self.node.handle(self.clock.now(), Input::Timeout);
+                    lock(&driver).node.handle(clock.now(), Input::Timeout);
                 }
             }
         }
-        self.shut_down().await;
+        // From here on FUSE threads queue their requests, which nobody reads: they fail.
+        if let Some(lane) = &lane {
+            lane.detach();
+        }
+        shut_down(&driver).await;
     }
 
-    /// Feeds the Node its shutdown and carries out what follows, waiting (bounded) for the
-    /// lease release so the next primary need not wait out the TTL.
-    async fn shut_down(&mut self) {
-        self.node.handle(self.clock.now(), Input::Shutdown);
-        let mut releases = Vec::new();
-        while let Some(output) = self.node.poll_output() {
-            if let Output::FlushLtx { db, op, through } = output {
-                // Shutting down: flush here and now, so a clean stop leaves nothing unflushed.
-                let result = self.storage.flush_ltx(&db, through);
-                self.node.handle(self.clock.now(), Input::LtxFlushed { op, result });
-            } else if let Output::ReleaseLease { epoch } = output {
-                let leaser = Arc::clone(&self.leaser);
-                releases.push(async move {
-                    if let Err(e) = leaser.lock().await.release(epoch).await {
-                        warn!(%epoch, %e, "releasing the lease failed; it expires by itself");
-                    }
-                });
-            } else {
-                self.execute(output);
-            }
+    /// Steps the driver for a request made on a FUSE thread; true if the loop's timer must
+    /// now fire sooner than it is set for (the caller wakes the loop).
+    pub(crate) fn step_direct(&mut self, request: FsRequest) -> bool {
+        self.step(request);
+        let deadline = self.node.poll_timeout().map(|(at, _)| at);
+        let sooner = match (deadline, self.loop_deadline) {
+            (Some(at), Some(set)) => at < set,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if sooner {
+            self.loop_deadline = deadline;
         }
-        let all = futures_util::future::join_all(releases);
-        if tokio::time::timeout(RELEASE_TIMEOUT, all).await.is_err() {
-            warn!("releasing the lease timed out; it expires by itself");
-        }
-        self.after_step();
-        for (_, up) in std::mem::take(&mut self.upstreams) {
-            up.task.abort();
-        }
-        self.downstreams.clear();
+        sooner
     }
 
     /// Handles one request and everything it causes, for tests and the loop alike.
@@ -348,7 +408,7 @@ impl Driver {
         }
     }
 
-    fn may_write(&self, now: replite_core::node::Millis) -> Result<(), Refusal> {
+    fn may_write(&self, now: Millis) -> Result<(), Refusal> {
         match self.node.accepting_writes(now) {
             Some(_) => Ok(()),
             None => Err(Refusal::ReadOnly { reason: "this node is not the primary".into() }),
@@ -540,11 +600,14 @@ impl Driver {
                 total_bytes: total,
             })
             .collect();
-        self.status.send_if_modified(|old| {
+        let changed = self.status.send_if_modified(|old| {
             let changed = *old != status;
             *old = status;
             changed
         });
+        if changed && let Some(link) = &self.surface {
+            link.show(&self.status.borrow());
+        }
         self.answer_acknowledged();
     }
 
@@ -910,6 +973,51 @@ impl Driver {
             let _ = back.send(Back::Input(input));
         });
     }
+}
+
+/// Locks a driver shared with FUSE threads. A panic while it was held poisons the lock; the
+/// Node's state is still whole (each input is handled entirely or not at all).
+pub(crate) fn lock(driver: &std::sync::Mutex<Driver>) -> std::sync::MutexGuard<'_, Driver> {
+    driver.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Feeds the Node its shutdown and carries out what follows, waiting (bounded) for the
+/// lease release so the next primary need not wait out the TTL.
+async fn shut_down(driver: &std::sync::Mutex<Driver>) {
+    let releases = {
+        let mut d = lock(driver);
+        let now = d.clock.now();
+        d.node.handle(now, Input::Shutdown);
+        let mut releases = Vec::new();
+        while let Some(output) = d.node.poll_output() {
+            if let Output::FlushLtx { db, op, through } = output {
+                // Shutting down: flush here and now, so a clean stop leaves nothing unflushed.
+                let result = d.storage.flush_ltx(&db, through);
+                let now = d.clock.now();
+                d.node.handle(now, Input::LtxFlushed { op, result });
+            } else if let Output::ReleaseLease { epoch } = output {
+                let leaser = Arc::clone(&d.leaser);
+                releases.push(async move {
+                    if let Err(e) = leaser.lock().await.release(epoch).await {
+                        warn!(%epoch, %e, "releasing the lease failed; it expires by itself");
+                    }
+                });
+            } else {
+                d.execute(output);
+            }
+        }
+        releases
+    };
+    let all = futures_util::future::join_all(releases);
+    if tokio::time::timeout(RELEASE_TIMEOUT, all).await.is_err() {
+        warn!("releasing the lease timed out; it expires by itself");
+    }
+    let mut d = lock(driver);
+    d.after_step();
+    for (_, up) in std::mem::take(&mut d.upstreams) {
+        up.task.abort();
+    }
+    d.downstreams.clear();
 }
 
 /// Largest deferred commit whose LTX file the driver writes on its own task (no fsync: a

@@ -149,28 +149,36 @@ impl Status {
 
 /// Where status shows up besides the API: the mount.
 pub trait Surface: Send + Sync + 'static {
-    /// The status changed from `before`: the role (writes open or close), positions, the
-    /// primary's name, lag.
-    fn show(&self, status: &Status, before: Option<&Status>);
+    /// Positions and lag, shown within the driver's step whenever status changes: cheap, and
+    /// never a kernel call (the step may run while an application's commit holds kernel
+    /// locks).
+    fn show_positions(&self, status: &Status);
+
+    /// The role (writes open or close) or the primary's name changed from `before`; shown
+    /// from a thread of its own, since it may invalidate kernel caches.
+    fn show_role(&self, status: &Status, before: Option<&Status>);
 }
 
 impl Surface for replite_fuse::Mount {
-    fn show(&self, status: &Status, before: Option<&Status>) {
-        let primary = status.role == "primary";
-        if before.is_none_or(|b| (b.role == "primary") != primary) {
-            self.set_role(if primary { replite_fuse::Role::Primary } else { replite_fuse::Role::Replica });
-        }
+    fn show_positions(&self, status: &Status) {
         for db in &status.databases {
             if let (Ok(name), Ok(pos)) = (DbName::new(&db.name), db.pos.parse::<Pos>()) {
                 self.set_position(name.as_str(), pos);
             }
         }
+        let lag = status.databases.iter().filter_map(|d| d.lag_ms).max().unwrap_or(0);
+        self.set_lag_ms(i64::try_from(lag).unwrap_or(i64::MAX));
+    }
+
+    fn show_role(&self, status: &Status, before: Option<&Status>) {
+        let primary = status.role == "primary";
+        if before.is_none_or(|b| (b.role == "primary") != primary) {
+            self.set_role(if primary { replite_fuse::Role::Primary } else { replite_fuse::Role::Replica });
+        }
         let hostname = status.primary.as_ref().map(|p| p.hostname.clone());
         if before.is_none_or(|b| b.primary.as_ref().map(|p| &p.hostname) != hostname.as_ref()) {
             self.set_primary(hostname);
         }
-        let lag = status.databases.iter().filter_map(|d| d.lag_ms).max().unwrap_or(0);
-        self.set_lag_ms(i64::try_from(lag).unwrap_or(i64::MAX));
     }
 }
 
