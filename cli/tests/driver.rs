@@ -18,6 +18,8 @@ struct MemStorage {
     files: Mutex<BTreeMap<(String, u64), Vec<u8>>>,
     /// The `through` of every flush, in order.
     flushed: Mutex<Vec<TxId>>,
+    /// The thread each flush ran on, in the same order.
+    flushed_on: Mutex<Vec<std::thread::ThreadId>>,
 }
 
 impl Storage for MemStorage {
@@ -39,6 +41,7 @@ impl Storage for MemStorage {
     }
     fn flush_ltx(&self, _: &DbName, through: TxId) -> Result<(), IoFailure> {
         self.flushed.lock().expect("lock").push(through);
+        self.flushed_on.lock().expect("lock").push(std::thread::current().id());
         Ok(())
     }
     fn create_spool(&self, _: &DbName) -> std::io::Result<tempfile::NamedTempFile> {
@@ -105,7 +108,7 @@ enum Lane {
 
 /// Starts a driver on its own runtime thread; returns the FUSE-side bridge and the store.
 fn start(primary: bool, lane: Lane) -> (CommitBridge, Arc<MemStorage>, std::thread::JoinHandle<()>) {
-    let (bridge, storage, thread, _) = start_watched(primary, lane);
+    let (bridge, storage, thread, _) = start_watched(primary, lane, |_| {});
     (bridge, storage, thread)
 }
 
@@ -113,12 +116,14 @@ fn start(primary: bool, lane: Lane) -> (CommitBridge, Arc<MemStorage>, std::thre
 fn start_watched(
     primary: bool,
     lane: Lane,
+    tune: impl FnOnce(&mut Config),
 ) -> (CommitBridge, Arc<MemStorage>, std::thread::JoinHandle<()>, tokio::sync::watch::Receiver<Status>) {
     let mut cfg = Config::new(NodeId(1));
     cfg.candidate = primary;
     if !primary {
         cfg.candidates.clear();
     }
+    tune(&mut cfg);
     let mut node = Node::new(cfg).expect("valid config");
     let storage = Arc::new(MemStorage::default());
     let (bridge, fs) = CommitBridge::new();
@@ -246,7 +251,7 @@ fn the_primary_store_makes_each_commit_durable_in_the_data_directory() {
 #[test]
 fn the_status_shows_a_commit_by_the_time_the_commit_is_answered() {
     for lane in [Lane::Queued, Lane::Direct] {
-        let (bridge, _, driver, status) = start_watched(true, lane);
+        let (bridge, _, driver, status) = start_watched(true, lane, |_| {});
         wait_for_primary(&bridge).expect("primary");
         for txid in 1..=200u64 {
             let fill = u8::try_from(txid % 250).expect("small");
@@ -277,6 +282,29 @@ fn a_deferred_commit_made_on_the_fuse_thread_is_flushed_by_the_loops_timer() {
             assert!(Instant::now() < deadline, "commit {txid} was not flushed when its timer was due");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+    drop(bridge);
+    driver.join().expect("driver stops");
+}
+
+/// SQLite's WAL fsync waits for a flush of the commits before it: stepped on the calling
+/// thread, that thread fsyncs them itself (decision 0012) rather than waiting for a blocking
+/// task to report to the loop, which would then answer it.
+#[test]
+fn an_fsync_stepped_on_the_calling_thread_flushes_there_and_is_answered() {
+    // No timer flush gets in first: only the fsync asks for one.
+    let (bridge, storage, driver, _) = start_watched(true, Lane::Direct, |cfg| cfg.flush_ms = 600_000);
+    wait_for_primary(&bridge).expect("primary");
+    for txid in 1..=5u64 {
+        let mut deferred = tx(&[(1, u8::try_from(txid).expect("small"))], 1);
+        deferred.durability = Durability::Deferred;
+        bridge.commit(&deferred).expect("a deferred commit is answered once written");
+        bridge.sync("app.db").expect("the fsync is answered once the commit is durable");
+        let flushed = storage.flushed.lock().expect("lock").clone();
+        let on = storage.flushed_on.lock().expect("lock").clone();
+        let last = flushed.iter().rposition(|&through| through >= TxId(txid));
+        let last = last.unwrap_or_else(|| panic!("fsync after commit {txid} answered before a flush covered it"));
+        assert_eq!(on[last], std::thread::current().id(), "the flush for commit {txid} ran on another thread");
     }
     drop(bridge);
     driver.join().expect("driver stops");

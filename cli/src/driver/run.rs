@@ -147,6 +147,9 @@ pub struct Driver {
     /// The instant the loop's timer is set for (`None`: no timer), so that a step on another
     /// thread wakes the loop only when it needs the timer sooner.
     loop_deadline: Option<Millis>,
+    /// During a step on a FUSE thread: the flushes and durable writes it asked for, which that
+    /// thread carries out itself after the step (it waits for them anyway).
+    direct_jobs: Option<Vec<DirectJob>>,
     /// The newest commits' LTX bytes, streamed to replicas without reading the files back.
     recent: SharedRecentLtx,
     /// Acknowledged commits, answered once the step's status is published: a client that
@@ -200,6 +203,7 @@ impl Driver {
             surface: None,
             lane: None,
             loop_deadline: None,
+            direct_jobs: None,
             recent: SharedRecentLtx::default(),
             acknowledged: Vec::new(),
         }
@@ -363,10 +367,26 @@ impl Driver {
         shut_down(&driver).await;
     }
 
-    /// Steps the driver for a request made on a FUSE thread; true if the loop's timer must
-    /// now fire sooner than it is set for (the caller wakes the loop).
-    pub(crate) fn step_direct(&mut self, request: FsRequest) -> bool {
+    /// Steps the driver for a request made on a FUSE thread. Returns whether the loop's timer
+    /// must now fire sooner than it is set for (the caller wakes the loop), and the blocking
+    /// I/O the step asked for, which the caller carries out and reports with
+    /// [`Driver::step_direct_result`].
+    pub(crate) fn step_direct(&mut self, request: FsRequest) -> (bool, Vec<DirectJob>) {
+        self.direct_jobs = Some(Vec::new());
         self.step(request);
+        let jobs = self.direct_jobs.take().unwrap_or_default();
+        (self.timer_moved_sooner(), jobs)
+    }
+
+    /// Feeds the result of a [`DirectJob`] as the loop would have; true if the loop's timer
+    /// must now fire sooner. I/O this asks for goes to other tasks as usual.
+    pub(crate) fn step_direct_result(&mut self, input: Input) -> bool {
+        self.node.handle(self.clock.now(), input);
+        self.after_step();
+        self.timer_moved_sooner()
+    }
+
+    fn timer_moved_sooner(&mut self) -> bool {
         let deadline = self.node.poll_timeout().map(|(at, _)| at);
         let sooner = match (deadline, self.loop_deadline) {
             (Some(at), Some(set)) => at < set,
@@ -699,6 +719,18 @@ impl Driver {
             }
             Output::FlushLtx { db, op, through } => {
                 let storage = Arc::clone(&self.storage);
+                if let Some(jobs) = self.direct_jobs.as_mut() {
+                    // The FUSE thread that asked waits for this flush: it fsyncs itself.
+                    jobs.push(DirectJob {
+                        run: Box::new(move || {
+                            let result = storage.flush_ltx(&db, through);
+                            debug!(%db, %through, ok = result.is_ok(), "flushed LTX files");
+                            let refill: Afterwards = Box::new(move || storage.refill_spares(&db));
+                            (Input::LtxFlushed { op, result }, Some(refill))
+                        }),
+                    });
+                    return;
+                }
                 let back = self.back_tx.clone();
                 tokio::task::spawn_blocking(move || {
                     let result = storage.flush_ltx(&db, through);
@@ -724,6 +756,16 @@ impl Driver {
                     return;
                 }
                 let storage = Arc::clone(&self.storage);
+                if own_commit && let Some(jobs) = self.direct_jobs.as_mut() {
+                    // The FUSE thread holding this commit writes its file itself.
+                    jobs.push(DirectJob {
+                        run: Box::new(move || {
+                            let result = storage.persist_ltx(&db, min, max, &bytes, durable);
+                            (Input::LtxDone { op, result }, None)
+                        }),
+                    });
+                    return;
+                }
                 let back = self.back_tx.clone();
                 let (page_size, ts) = ltx_header_facts(&bytes);
                 let events = self.events.clone();
@@ -974,6 +1016,16 @@ impl Driver {
         });
     }
 }
+
+/// Blocking I/O a step on a FUSE thread asked for, carried out by that thread after the step
+/// (outside the driver's lock): its result for the Node, and work to start afterwards off the
+/// thread's way (refilling spare files after a flush).
+pub(crate) struct DirectJob {
+    pub(crate) run: Box<dyn FnOnce() -> (Input, Option<Afterwards>) + Send>,
+}
+
+/// Work a [`DirectJob`] leaves for a blocking task once its result is in.
+pub(crate) type Afterwards = Box<dyn FnOnce() + Send>;
 
 /// Locks a driver shared with FUSE threads. A panic while it was held poisons the lock; the
 /// Node's state is still whole (each input is handled entirely or not at all).
