@@ -92,7 +92,8 @@ impl WriteGate {
 /// of the daemon's CPU time in a WAL/NORMAL write load); a deferred commit's small file is
 /// written and acknowledged within the step, so the answer is there when the step returns.
 /// Whoever steps holds the driver's lock: the loop's own steps and the FUSE threads' take
-/// turns, and everything slow still goes to other tasks as before.
+/// turns. The flushes and durable writes a request waits for are done by its own thread after
+/// the step, outside the lock; everything else slow still goes to other tasks as before.
 pub struct DirectLane {
     attached: RwLock<Option<Attached>>,
     /// Wakes the loop when a step here needs its timer sooner.
