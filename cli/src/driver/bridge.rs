@@ -141,7 +141,7 @@ impl DirectLane {
         // driver's lock, instead of on a blocking task that reports to the loop, which then
         // answers this thread (three wake-ups saved).
         for job in jobs {
-            let (input, then) = (job.run)();
+            let (input, then) = job();
             if run::lock(driver).step_direct_result(input) {
                 self.wake.notify_one();
             }

@@ -721,21 +721,16 @@ impl Driver {
                 let storage = Arc::clone(&self.storage);
                 if let Some(jobs) = self.direct_jobs.as_mut() {
                     // The FUSE thread that asked waits for this flush: it fsyncs itself.
-                    jobs.push(DirectJob {
-                        run: Box::new(move || {
-                            let result = storage.flush_ltx(&db, through);
-                            debug!(%db, %through, ok = result.is_ok(), "flushed LTX files");
-                            let refill: Afterwards = Box::new(move || storage.refill_spares(&db));
-                            (Input::LtxFlushed { op, result }, Some(refill))
-                        }),
-                    });
+                    jobs.push(Box::new(move || {
+                        let flushed = flush(storage.as_ref(), op, &db, through);
+                        let refill: Afterwards = Box::new(move || storage.refill_spares(&db));
+                        (flushed, Some(refill))
+                    }));
                     return;
                 }
                 let back = self.back_tx.clone();
                 tokio::task::spawn_blocking(move || {
-                    let result = storage.flush_ltx(&db, through);
-                    debug!(%db, %through, ok = result.is_ok(), "flushed LTX files");
-                    let _ = back.send(Back::Input(Input::LtxFlushed { op, result }));
+                    let _ = back.send(Back::Input(flush(storage.as_ref(), op, &db, through)));
                     storage.refill_spares(&db);
                 });
             }
@@ -758,12 +753,10 @@ impl Driver {
                 let storage = Arc::clone(&self.storage);
                 if own_commit && let Some(jobs) = self.direct_jobs.as_mut() {
                     // The FUSE thread holding this commit writes its file itself.
-                    jobs.push(DirectJob {
-                        run: Box::new(move || {
-                            let result = storage.persist_ltx(&db, min, max, &bytes, durable);
-                            (Input::LtxDone { op, result }, None)
-                        }),
-                    });
+                    jobs.push(Box::new(move || {
+                        let result = storage.persist_ltx(&db, min, max, &bytes, durable);
+                        (Input::LtxDone { op, result }, None)
+                    }));
                     return;
                 }
                 let back = self.back_tx.clone();
@@ -1020,12 +1013,17 @@ impl Driver {
 /// Blocking I/O a step on a FUSE thread asked for, carried out by that thread after the step
 /// (outside the driver's lock): its result for the Node, and work to start afterwards off the
 /// thread's way (refilling spare files after a flush).
-pub(crate) struct DirectJob {
-    pub(crate) run: Box<dyn FnOnce() -> (Input, Option<Afterwards>) + Send>,
-}
+pub(crate) type DirectJob = Box<dyn FnOnce() -> (Input, Option<Afterwards>) + Send>;
 
 /// Work a [`DirectJob`] leaves for a blocking task once its result is in.
 pub(crate) type Afterwards = Box<dyn FnOnce() + Send>;
+
+/// Makes `db`'s files up to `through` durable; the Node's input saying how it went.
+fn flush(storage: &dyn Storage, op: OpId, db: &DbName, through: replite_core::TxId) -> Input {
+    let result = storage.flush_ltx(db, through);
+    debug!(%db, %through, ok = result.is_ok(), "flushed LTX files");
+    Input::LtxFlushed { op, result }
+}
 
 /// Locks a driver shared with FUSE threads. A panic while it was held poisons the lock; the
 /// Node's state is still whole (each input is handled entirely or not at all).
