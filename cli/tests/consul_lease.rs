@@ -89,7 +89,9 @@ async fn a_handed_over_session_passes_to_the_target_without_the_key_ever_being_f
     let mut a = ConsulLeaser::connect(&cfg, record(1)).await.expect("a");
     let mut b = ConsulLeaser::connect(&cfg, record(2)).await.expect("b");
     let mut c = ConsulLeaser::connect(&cfg, record(3)).await.expect("c");
-    let AcquireOutcome::Acquired { epoch: first, .. } = a.acquire().await.expect("a acquires") else { panic!("a wins") };
+    let AcquireOutcome::Acquired { epoch: first, .. } = a.acquire().await.expect("a acquires") else {
+        panic!("a wins")
+    };
 
     a.hand_over(first).expect("a held the term");
     assert!(matches!(a.renew(first).await, Err(LeaseError::NotHeld { .. })), "a no longer renews it");

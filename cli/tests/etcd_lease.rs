@@ -101,7 +101,9 @@ async fn a_handed_over_term_passes_to_the_target_without_the_key_ever_being_free
     let mut a = EtcdLeaser::connect(&cfg, record(1)).await.expect("connect a");
     let mut b = EtcdLeaser::connect(&cfg, record(2)).await.expect("connect b");
     let mut c = EtcdLeaser::connect(&cfg, record(3)).await.expect("connect c");
-    let AcquireOutcome::Acquired { epoch: first, ttl } = a.acquire().await.expect("a acquires") else { panic!("a wins") };
+    let AcquireOutcome::Acquired { epoch: first, ttl } = a.acquire().await.expect("a acquires") else {
+        panic!("a wins")
+    };
 
     a.hand_over(first).expect("a held the term");
     assert!(matches!(a.renew(first).await, Err(LeaseError::NotHeld { .. })), "a no longer renews it");

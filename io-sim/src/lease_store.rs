@@ -38,6 +38,12 @@ impl LeaseStore {
         self.live(now)
     }
 
+    /// When the term `epoch` expires unless renewed, if it is the live one at true time `now`.
+    #[must_use]
+    pub fn expiry_of(&self, now: u64, epoch: Epoch) -> Option<u64> {
+        self.holder.filter(|h| now < h.2 && h.1 == epoch).map(|h| h.2)
+    }
+
     /// Try to take the lease.
     pub fn acquire(&mut self, now: u64, node: NodeId, ttl_ms: u64) -> LeaseReply {
         match self.live(now) {

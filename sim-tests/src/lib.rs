@@ -66,6 +66,17 @@ pub struct Summary {
     pub promises_checked: u64,
 }
 
+/// A completed handoff, as the checker remembers it.
+#[derive(Debug)]
+struct Handoff {
+    from: usize,
+    to: usize,
+    /// The old primary's positions (its target had acknowledged them).
+    positions: Vec<(DbName, Pos)>,
+    /// When the handed term expires in the store unless taken over.
+    expires_by: u64,
+}
+
 /// Invariant state built from the simulator's facts.
 #[derive(Debug, Default)]
 pub struct Checker {
@@ -92,6 +103,8 @@ pub struct Checker {
     recovering: HashSet<usize>,
     /// Promises checked against a recovery.
     promises_checked: u64,
+    /// The last completed handoff, until the next election.
+    handed_off: Option<Handoff>,
 }
 
 impl Checker {
@@ -226,8 +239,33 @@ impl Checker {
             Fact::Degraded { db, txid } => {
                 self.degraded.insert((db, txid));
             }
-            Fact::BecamePrimary { node, epoch, positions } => {
+            Fact::HandedOff { node, to, positions, expires_by, .. } => {
+                self.handed_off = Some(Handoff { from: node, to, positions, expires_by });
+            }
+            Fact::BecamePrimary { node, epoch, positions, at } => {
                 self.elections += 1;
+                // A handoff passes the term to a caught-up target; the lease is never free in
+                // between, so before the handed term could expire nobody else can win it.
+                if let Some(Handoff { from, to, positions: handed, expires_by }) = self.handed_off.take()
+                    && at < expires_by
+                {
+                    if node != to {
+                        return Err(format!(
+                            "node {node} became primary (epoch {epoch}) right after node {from} handed off to \
+                             node {to}: the handed lease went to another node"
+                        ));
+                    }
+                    let now: BTreeMap<&DbName, Pos> = positions.iter().map(|(d, p)| (d, *p)).collect();
+                    for (db, pos) in handed {
+                        let here = now.get(&db).copied().unwrap_or(Pos::ZERO);
+                        if pos != Pos::ZERO && !self.descends_from(&db, here, pos) {
+                            return Err(format!(
+                                "node {node} became primary (epoch {epoch}) at {db} {here} right after node {from} \
+                                 handed off at {pos}: the handed lease went to a node behind it"
+                            ));
+                        }
+                    }
+                }
                 let positions: BTreeMap<DbName, Pos> = positions.into_iter().collect();
                 let pos_of = |db: &DbName| positions.get(db).copied().unwrap_or(Pos::ZERO);
                 for (db, &pos) in &positions {

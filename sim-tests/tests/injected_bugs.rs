@@ -86,3 +86,14 @@ fn ignoring_epochs_is_caught() {
         caught_by: &["applied data from epoch"],
     });
 }
+
+#[test]
+fn releasing_the_lease_on_handoff_is_caught() {
+    assert_caught(Bug {
+        name: "release_on_handoff",
+        faults: Faults { release_on_handoff: true, ..Faults::default() },
+        sync: false,
+        lease_slow: None,
+        caught_by: &["the handed lease went to another node", "the handed lease went to a node behind it"],
+    });
+}

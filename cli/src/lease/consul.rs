@@ -206,7 +206,10 @@ impl ConsulLeaser {
         let handed = match self.read_key("take over").await? {
             Some(entry) if entry.modify_index == from.0 => entry.session,
             Some(entry) if entry.session.is_some() => {
-                return Ok(AcquireOutcome::Held { holder: self.decode_record(&entry)?, epoch: Epoch(entry.modify_index) });
+                return Ok(AcquireOutcome::Held {
+                    holder: self.decode_record(&entry)?,
+                    epoch: Epoch(entry.modify_index),
+                });
             }
             _ => None,
         };
@@ -216,8 +219,9 @@ impl ConsulLeaser {
             // The handed session expired first: the key is gone with it.
             return self.acquire().await;
         }
-        let (_, body) =
-            self.send(Method::PUT, &self.kv_path(), &[("acquire", id.as_str())], Some(self.me.to_json()), "take over").await?;
+        let (_, body) = self
+            .send(Method::PUT, &self.kv_path(), &[("acquire", id.as_str())], Some(self.me.to_json()), "take over")
+            .await?;
         match self.read_key("take over").await? {
             Some(entry) if body.trim_ascii() == b"true" && entry.session.as_deref() == Some(id.as_str()) => {
                 let epoch = Epoch(entry.modify_index);

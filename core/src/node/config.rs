@@ -37,6 +37,9 @@ pub struct Faults {
     /// A node follows primaries with epochs older than ones it has seen, and a deposed
     /// primary keeps serving its streams.
     pub ignore_epochs: bool,
+    /// A primary that completes a handoff releases the lease instead of handing the term
+    /// over, so any candidate may win it (the race decision 0013 closed).
+    pub release_on_handoff: bool,
 }
 
 /// Default [`Config::flush_ms`]: short next to any replication timeout or async window

@@ -344,7 +344,11 @@ impl Node {
         let mut bytes = Vec::new();
         encode_frame(&Frame::Handoff { lease_id: epoch.to_string() }, &mut bytes);
         self.emit(Output::SendDownstream { conn, bytes });
-        self.emit(Output::HandOverLease { epoch });
+        if self.cfg.faults.release_on_handoff {
+            self.emit(Output::ReleaseLease { epoch });
+        } else {
+            self.emit(Output::HandOverLease { epoch });
+        }
         self.step_down(now, "handed off");
         // If the target never takes over, the lease expires; we then wait like any node that
         // lost it rather than take back what we just gave away.

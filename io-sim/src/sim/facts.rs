@@ -197,6 +197,22 @@ pub enum Fact {
         epoch: Epoch,
         /// Its positions.
         positions: Vec<(DbName, Pos)>,
+        /// True time.
+        at: u64,
+    },
+    /// A primary completed a handoff: its target had acknowledged these positions.
+    HandedOff {
+        /// Node index.
+        node: usize,
+        /// The target's node index.
+        to: usize,
+        /// The handed term.
+        epoch: Epoch,
+        /// Its positions.
+        positions: Vec<(DbName, Pos)>,
+        /// True time at which the handed term expires in the store unless taken over (the old
+        /// primary never renews it again).
+        expires_by: u64,
     },
     /// A disk apply did not land where the LTX file said: the Node asked to apply a file
     /// that does not fit the database (a correct Node never does).

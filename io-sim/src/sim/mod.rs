@@ -176,6 +176,8 @@ struct SimNode {
     paused_until: u64,
     /// The epoch file on disk (written durably at once).
     saved_epoch: Epoch,
+    /// The target of the last handoff this node was asked for.
+    handoff_to: Option<NodeId>,
     /// Started and still replaying its history: its recovered positions are reported (and
     /// checked against what it promised was durable) once it is done.
     recovering: bool,
@@ -275,6 +277,7 @@ impl Sim {
                 upstream_epoch: None,
                 paused_until: 0,
                 saved_epoch: Epoch(0),
+                handoff_to: None,
                 recovering: false,
                 syncs: BTreeMap::new(),
                 requested: BTreeSet::new(),
@@ -387,6 +390,12 @@ impl Sim {
         let local = self.local_time(i, self.now);
         let is_commit = matches!(input, Input::Commit { .. } | Input::DropDb { .. });
         let epoch_before = self.nodes[i].node.as_ref().and_then(|n| n.accepting_writes(local));
+        if let Input::Handoff { to } = input
+            && !self.nodes[i].node.as_ref().is_some_and(Node::handing_off)
+        {
+            // A request during a handoff is refused; the one under way keeps its target.
+            self.nodes[i].handoff_to = Some(to);
+        }
         let Some(node) = self.nodes[i].node.as_mut() else { return };
         node.handle(local, input);
         let mut outputs = Vec::new();

@@ -222,13 +222,21 @@ impl Sim {
                 }
             }
             Output::Event(e) => {
-                if let Event::BecamePrimary { epoch } = e {
-                    let positions = self.nodes[i]
+                let positions = |sim: &Self| {
+                    sim.nodes[i]
                         .node
                         .as_ref()
                         .map(|n| n.positions().map(|(d, p)| (d.clone(), p)).collect())
-                        .unwrap_or_default();
-                    self.facts.push(Fact::BecamePrimary { node: i, epoch, positions });
+                        .unwrap_or_default()
+                };
+                if let Event::BecamePrimary { epoch } = e {
+                    self.facts.push(Fact::BecamePrimary { node: i, epoch, positions: positions(self), at: self.now });
+                }
+                if let Event::SteppedDown { epoch, reason: "handed off" } = e
+                    && let Some(to) = self.nodes[i].handoff_to.and_then(|id| self.nodes.iter().position(|n| n.id == id))
+                    && let Some(expires_by) = self.store.expiry_of(self.now, epoch)
+                {
+                    self.facts.push(Fact::HandedOff { node: i, to, epoch, positions: positions(self), expires_by });
                 }
                 if let Event::Resync { .. } = e {
                     self.stats.resyncs += 1;
