@@ -90,6 +90,13 @@ pub enum Refusal {
         /// Why, for logs.
         reason: String,
     },
+    /// The disk is full. SQLite sees `ENOSPC`, which it reports as `SQLITE_FULL` where the
+    /// syscall is a write (a WAL commit frame, a PERSIST journal's header).
+    #[error("disk full: {reason}")]
+    NoSpace {
+        /// Why, for logs.
+        reason: String,
+    },
 }
 
 /// What the filesystem calls at commit points. Implementations block until the policy side

@@ -617,8 +617,8 @@ impl Shared {
         };
         match result {
             Ok(()) => st.wal.reset(),
-            Err(_) => {
-                st.wal.refuse(ready.frame);
+            Err(errno) => {
+                st.wal.refuse(ready.frame, errno);
                 if let Err(e) = wal_node::erase_frame_header(&path, ready.frame) {
                     error!(db, error = %e, "erasing a refused WAL commit frame");
                 }
@@ -629,7 +629,12 @@ impl Shared {
 
     pub(crate) fn write(&self, handle: &Handle, offset: u64, data: &[u8]) -> Result<(), Errno> {
         let file = handle.file.as_ref().ok_or(Errno::EACCES)?;
-        let pwrite = || file.write_all_at(data, offset).map_err(|e| io_errno(&e));
+        let pwrite = || {
+            file.write_all_at(data, offset).map_err(|e| {
+                warn!(db = handle.db, kind = ?handle.kind, offset, error = %e, "writing through to the data directory");
+                io_errno(&e)
+            })
+        };
         trace!(db = handle.db, kind = ?handle.kind, offset, len = data.len(), "write");
         match handle.kind {
             NodeKind::Database => {
@@ -680,10 +685,10 @@ impl Shared {
                 }
                 let completed = st.wal.completed_frame(offset, data.len());
                 if let Some(frame) = completed
-                    && st.wal.is_refused(frame)
+                    && let Some(errno) = st.wal.refused(frame)
                 {
                     warn!(db = handle.db, frame, "refusing the rest of a refused WAL commit");
-                    return Err(Errno::EROFS);
+                    return Err(errno);
                 }
                 pwrite()?;
                 let Some(frame) = completed else { return Ok(()) };
@@ -842,6 +847,7 @@ pub(crate) fn refusal_errno(db: &str, refusal: &Refusal) -> Errno {
     match refusal {
         Refusal::ReadOnly { .. } => Errno::EROFS,
         Refusal::Failed { .. } => Errno::EIO,
+        Refusal::NoSpace { .. } => Errno::ENOSPC,
     }
 }
 

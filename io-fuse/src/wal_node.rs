@@ -16,6 +16,8 @@ use std::path::Path;
 
 use replite_core::types::{PageSize, Pgno};
 
+use fuser::Errno;
+
 use crate::boundary::{CapturedPage, CapturedTx, Durability, JournalMode, WalSegment};
 use crate::error::CaptureError;
 
@@ -30,10 +32,11 @@ pub(crate) struct WalTrack {
     page_size: Option<PageSize>,
     /// Offset of the first frame written since the last commit.
     tx_start: Option<u64>,
-    /// A commit frame the policy side refused. SQLite retries the rest of a split write; the
-    /// retry completes the same frame and must be refused too, until SQLite writes a new
-    /// header for that frame (its next transaction starts there).
-    refused_frame: Option<u64>,
+    /// A commit frame the policy side refused, and the error it got. SQLite retries the rest
+    /// of a split write; the retry completes the same frame and must be refused too, with the
+    /// same error (SQLite reports an ENOSPC as SQLITE_FULL only if the retry fails with it),
+    /// until SQLite writes a new header for that frame (its next transaction starts there).
+    refused_frame: Option<(u64, Errno)>,
 }
 
 /// A commit frame that is now complete on disk.
@@ -66,7 +69,7 @@ impl WalTrack {
         if self.tx_start.is_none() {
             self.tx_start = Some(frame_start);
         }
-        if let Some(refused) = self.refused_frame
+        if let Some((refused, _)) = self.refused_frame
             && offset < refused + FRAME_HEADER_SIZE
             && offset + data.len() as u64 > refused
         {
@@ -83,9 +86,9 @@ impl WalTrack {
         (end > WAL_HEADER_SIZE && (end - WAL_HEADER_SIZE).is_multiple_of(frame)).then(|| end - frame)
     }
 
-    /// Whether completing `frame` must be refused again.
-    pub(crate) fn is_refused(&self, frame: u64) -> bool {
-        self.refused_frame == Some(frame)
+    /// The error completing `frame` must fail with again, if it was refused.
+    pub(crate) fn refused(&self, frame: u64) -> Option<Errno> {
+        self.refused_frame.filter(|(f, _)| *f == frame).map(|(_, errno)| errno)
     }
 
     /// After a write that completed `frame` reached `file`: the commit it completed, if its
@@ -122,8 +125,8 @@ impl WalTrack {
 
     /// The policy side refused the commit in `frame`. The transaction stays open: SQLite rolls
     /// it back and starts its next one at the same frame.
-    pub(crate) fn refuse(&mut self, frame: u64) {
-        self.refused_frame = Some(frame);
+    pub(crate) fn refuse(&mut self, frame: u64, errno: Errno) {
+        self.refused_frame = Some((frame, errno));
     }
 
     fn frame_size(&mut self, path: &Path) -> Result<Option<u64>, CaptureError> {
@@ -532,13 +535,13 @@ pub(crate) mod tests {
         let mut wal = Wal::new("refused", 512);
         wal.write(32, &frame_header(3, 3));
         let ready = wal.write(56, &[0u8; 512]).expect("commit");
-        wal.track.refuse(ready.frame);
+        wal.track.refuse(ready.frame, Errno::ENOSPC);
         // SQLite retries (part of) the page: still the refused frame.
         assert_eq!(wal.track.completed_frame(300, 268), Some(32));
-        assert!(wal.track.is_refused(32));
+        assert_eq!(wal.track.refused(32), Some(Errno::ENOSPC), "with the error it got");
         // Its next transaction rewrites the frame's header: no longer refused.
         wal.write(32, &frame_header(3, 0));
-        assert!(!wal.track.is_refused(32));
+        assert_eq!(wal.track.refused(32), None);
         assert!(wal.write(56, &[0u8; 512]).is_none(), "not a commit frame any more");
     }
 }

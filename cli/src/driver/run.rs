@@ -694,12 +694,7 @@ impl Driver {
                 }
             }
             Output::RefuseCommit { commit, reason } => {
-                let refusal = match reason {
-                    RefuseReason::Disk | RefuseReason::Invalid => {
-                        Refusal::Failed { reason: format!("commit refused: {reason:?}") }
-                    }
-                    _ => Refusal::ReadOnly { reason: format!("commit refused: {reason:?}") },
-                };
+                let refusal = refusal_for(reason, "commit");
                 if let Some(p) = self.pending.remove(&commit) {
                     let _ = p.answer.send(Err(refusal));
                 } else {
@@ -708,12 +703,7 @@ impl Driver {
             }
             Output::SyncDone { sync, result } => {
                 if let Some(answer) = self.syncs.remove(&sync) {
-                    let verdict = result.map_err(|reason| match reason {
-                        RefuseReason::Disk | RefuseReason::Invalid => {
-                            Refusal::Failed { reason: format!("fsync refused: {reason:?}") }
-                        }
-                        _ => Refusal::ReadOnly { reason: format!("fsync refused: {reason:?}") },
-                    });
+                    let verdict = result.map_err(|reason| refusal_for(reason, "fsync"));
                     let _ = answer.send(verdict);
                 }
             }
@@ -1076,6 +1066,18 @@ const INLINE_WRITE_MAX_BYTES: usize = 256 * 1024;
 
 /// How long a clean shutdown waits for the lease store to confirm the release.
 const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What the filesystem tells SQLite for a refused commit or fsync.
+fn refusal_for(reason: RefuseReason, what: &str) -> Refusal {
+    let reason_text = format!("{what} refused: {reason:?}");
+    match reason {
+        RefuseReason::Disk | RefuseReason::Invalid => Refusal::Failed { reason: reason_text },
+        RefuseReason::NoSpace => Refusal::NoSpace { reason: reason_text },
+        RefuseReason::NotPrimary | RefuseReason::Busy | RefuseReason::AsyncWindow => {
+            Refusal::ReadOnly { reason: reason_text }
+        }
+    }
+}
 
 enum LeaseRequest {
     Acquire,

@@ -147,7 +147,7 @@ impl Node {
                 self.event(Event::DiskFailed { db: name.clone(), failure });
                 let waiters = self.dbs.get_mut(&name).map(|db| std::mem::take(&mut db.sync_waiters));
                 for (sync, _) in waiters.unwrap_or_default() {
-                    self.emit(Output::SyncDone { sync, result: Err(RefuseReason::Disk) });
+                    self.emit(Output::SyncDone { sync, result: Err(RefuseReason::of_disk_failure(failure)) });
                 }
                 self.timers.set(TimerKind::Flush, now + self.cfg.flush_ms.max(1));
             }

@@ -6,7 +6,7 @@
 //! only ever emitted after the LTX files they cover were reported durable (and, in
 //! synchronous mode, acknowledged by every other candidate).
 
-use crate::node::input::{CommitId, DownstreamId, OpId, SpoolId, SyncId, UpstreamId};
+use crate::node::input::{CommitId, DownstreamId, IoFailure, OpId, SpoolId, SyncId, UpstreamId};
 use crate::stream::{DbName, Extensions};
 use crate::types::{Checksum, Epoch, NodeId, Pos, TxId};
 
@@ -23,6 +23,19 @@ pub enum RefuseReason {
     Invalid,
     /// The LTX file could not be made durable.
     Disk,
+    /// The LTX file could not be written: the disk is full.
+    NoSpace,
+}
+
+impl RefuseReason {
+    /// The reason a disk failure gives.
+    #[must_use]
+    pub fn of_disk_failure(failure: IoFailure) -> RefuseReason {
+        match failure {
+            IoFailure::NoSpace => RefuseReason::NoSpace,
+            IoFailure::Io | IoFailure::Mismatch => RefuseReason::Disk,
+        }
+    }
 }
 
 /// What the Node wants done.

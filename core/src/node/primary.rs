@@ -244,7 +244,7 @@ impl Node {
             let failure = result.err().unwrap_or(IoFailure::Mismatch);
             db.commit = None;
             self.event(Event::DiskFailed { db: name.clone(), failure });
-            self.emit(Output::RefuseCommit { commit, reason: RefuseReason::Disk });
+            self.emit(Output::RefuseCommit { commit, reason: RefuseReason::of_disk_failure(failure) });
             self.answer_syncs_after_failure(name);
             return;
         }

@@ -218,7 +218,14 @@ fn a_failed_persist_refuses_the_commit_and_keeps_the_position() {
     let (op, _, _) = persisted(&out);
     node.handle(Millis(11), Input::LtxDone { op, result: Err(IoFailure::NoSpace) });
     let out = drain(&mut node);
-    assert!(out.contains(&Output::RefuseCommit { commit: CommitId(1), reason: RefuseReason::Disk }));
+    assert!(out.contains(&Output::RefuseCommit { commit: CommitId(1), reason: RefuseReason::NoSpace }), "{out:?}");
+    assert_eq!(node.pos(&db()), Pos::ZERO);
+    // The next commit, on a disk that failed otherwise, is refused as a disk failure.
+    let out = commit(&mut node, 12, 2, vec![change(1, None, 1)], 1);
+    let (op, _, _) = persisted(&out);
+    node.handle(Millis(13), Input::LtxDone { op, result: Err(IoFailure::Io) });
+    let out = drain(&mut node);
+    assert!(out.contains(&Output::RefuseCommit { commit: CommitId(2), reason: RefuseReason::Disk }), "{out:?}");
     assert_eq!(node.pos(&db()), Pos::ZERO);
 }
 

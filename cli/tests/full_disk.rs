@@ -1,0 +1,119 @@
+//! A full disk under a running daemon: the data directory is a small tmpfs, and SQLite writes
+//! through the mount until it fills. The application gets "database or disk is full", the
+//! database keeps every acknowledged row and passes `integrity_check`, and once space is
+//! freed writes resume without a restart; a restart afterwards recovers the same position.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rusqlite::{Connection, ErrorCode};
+use support::cluster::{Lease, Node};
+
+/// A tmpfs mounted at `path` for this test, unmounted (lazily if busy) when dropped.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// `None` when not root (mounting needs it); running as root, a failed mount fails the test.
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).expect("data dir");
+        let status =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(path).status();
+        if status.is_ok_and(|s| s.success()) {
+            return Some(Tmpfs { path: path.to_path_buf() });
+        }
+        // SAFETY: geteuid has no preconditions.
+        assert_ne!(unsafe { libc::geteuid() }, 0, "running as root but could not mount a tmpfs at {}", path.display());
+        eprintln!("SKIP: mounting a tmpfs needs root");
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if !Command::new("umount").arg(&self.path).status().is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+/// `SQLITE_IOERR | (10 << 8)`.
+const SQLITE_IOERR_DELETE: i32 = 2570;
+
+fn rows(conn: &Connection) -> i64 {
+    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("count rows")
+}
+
+fn integrity(conn: &Connection) -> String {
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity_check")
+}
+
+fn full_disk(journal_mode: &str, synchronous: &str) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut node = Node::new(root.path(), "solo", &Lease::Static { primary_url: None });
+    let Some(data) = Tmpfs::mount(&node.dir.join("data"), "8m") else { return };
+    // Space to give back once the disk is full: as much as the rest holds, so that a restart
+    // can fold a WAL that filled the disk into the database.
+    std::fs::write(data.path.join("ballast"), vec![1u8; 4 << 20]).expect("ballast");
+    node.start();
+    node.wait_for("primary", |i| i["role"] == "primary");
+
+    let conn = Connection::open(node.db_path("app.db")).expect("open");
+    conn.pragma_update(None, "journal_mode", journal_mode).expect("journal_mode");
+    conn.pragma_update(None, "synchronous", synchronous).expect("synchronous");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)").expect("create");
+
+    // Write until the disk is full (bounded: 4 MiB holds far fewer than 2 000 rows of 16 KiB
+    // once the database and its LTX files both hold them).
+    let mut acknowledged = 0i64;
+    let failure = loop {
+        assert!(acknowledged < 2_000, "the disk never filled");
+        match conn.execute("INSERT INTO t (v) VALUES (randomblob(16384))", []) {
+            Ok(_) => acknowledged += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(acknowledged > 10, "filled too early: {failure:?}");
+    let rusqlite::Error::SqliteFailure(code, _) = &failure else { panic!("not an SQLite error: {failure:?}") };
+    // SQLite reports ENOSPC as SQLITE_FULL where the syscall is a write; a rollback journal's
+    // commit point is an unlink, whose every failure SQLite reports as SQLITE_IOERR_DELETE.
+    let full = code.code == ErrorCode::DiskFull;
+    let at_unlink = journal_mode == "DELETE" && code.extended_code == SQLITE_IOERR_DELETE;
+    assert!(full || at_unlink, "a full disk is SQLITE_FULL: {failure:?}\n{}", node.log_text());
+    let log = node.log_text();
+    assert!(log.contains("No space left on device"), "the daemon's log says why:\n{log}");
+    assert_eq!(rows(&conn), acknowledged, "every acknowledged row is there, the failed one is not");
+    assert_eq!(integrity(&conn), "ok");
+
+    // Space comes back: the next write succeeds without a restart.
+    std::fs::remove_file(data.path.join("ballast")).expect("free space");
+    conn.execute("INSERT INTO t (v) VALUES (randomblob(100))", []).expect("a write after space was freed");
+    acknowledged += 1;
+    assert_eq!(rows(&conn), acknowledged);
+    let before = node.pos("app.db").expect("position");
+    drop(conn);
+
+    // A restart recovers the same position and rows.
+    node.stop();
+    node.start();
+    node.wait_for("primary again", |i| i["role"] == "primary");
+    assert_eq!(node.pos("app.db").as_deref(), Some(before.as_str()), "the position survives a restart");
+    let conn = Connection::open(node.db_path("app.db")).expect("reopen");
+    assert_eq!(rows(&conn), acknowledged);
+    assert_eq!(integrity(&conn), "ok");
+    drop(conn);
+    node.stop();
+}
+
+#[test]
+fn a_full_disk_in_delete_mode_is_sqlite_full_and_loses_nothing() {
+    full_disk("DELETE", "FULL");
+}
+
+#[test]
+fn a_full_disk_in_wal_mode_is_sqlite_full_and_loses_nothing() {
+    full_disk("WAL", "NORMAL");
+}
