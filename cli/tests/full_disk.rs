@@ -117,3 +117,45 @@ fn a_full_disk_in_delete_mode_is_sqlite_full_and_loses_nothing() {
 fn a_full_disk_in_wal_mode_is_sqlite_full_and_loses_nothing() {
     full_disk("WAL", "NORMAL");
 }
+
+#[test]
+fn a_replica_whose_disk_fills_catches_up_once_space_is_freed() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut primary = Node::new(root.path(), "primary", &Lease::Static { primary_url: None });
+    let mut replica = Node::new(root.path(), "replica", &Lease::Static { primary_url: Some(primary.url.clone()) });
+    let Some(data) = Tmpfs::mount(&replica.dir.join("data"), "8m") else { return };
+    std::fs::write(data.path.join("ballast"), vec![1u8; 5 << 20]).expect("ballast");
+    primary.start();
+    primary.wait_for("primary", |i| i["role"] == "primary");
+    replica.start();
+    replica.wait_for("a replica", |i| i["role"] == "replica");
+
+    // About 4 MiB of rows: more than the 3 MiB the replica has left, less than it has once
+    // the ballast goes.
+    let conn = Connection::open(primary.db_path("app.db")).expect("open");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)").expect("create");
+    for _ in 0..128 {
+        conn.execute("INSERT INTO t (v) VALUES (randomblob(16384))", []).expect("the primary's disk has room");
+    }
+    let want = primary.pos("app.db").expect("primary position");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !replica.log_text().contains("No space left on device") {
+        assert!(std::time::Instant::now() < deadline, "the replica never ran out of space:\n{}", replica.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_ne!(replica.pos("app.db").as_deref(), Some(want.as_str()), "the replica cannot hold it all yet");
+
+    std::fs::remove_file(data.path.join("ballast")).expect("free space");
+    replica.wait_for("caught up", |i| {
+        i["databases"]
+            .as_array()
+            .is_some_and(|dbs| dbs.iter().any(|d| d["name"] == "app.db" && d["pos"] == want.as_str()))
+    });
+    let on_replica = Connection::open(replica.db_path("app.db")).expect("open on the replica");
+    assert_eq!(rows(&on_replica), 128);
+    assert_eq!(integrity(&on_replica), "ok");
+    drop(on_replica);
+    drop(conn);
+    replica.stop();
+    primary.stop();
+}
