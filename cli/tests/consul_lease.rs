@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use replite::config::ConsulConfig;
-use replite::lease::{AcquireOutcome, ConsulLeaser, LeaseError, LeaseRecord};
+use replite::lease::{AcquireOutcome, ConsulLeaser, LeaseError, LeaseRecord, Leaser};
 use replite_core::NodeId;
 use support::consul::FakeConsul;
 
@@ -86,25 +86,12 @@ async fn a_handed_over_session_passes_to_the_target_without_the_key_ever_being_f
     // The double's minimum TTL is lowered to 1s so the old primary's silence is seen quickly.
     let consul = FakeConsul::start(Duration::from_secs(1)).await;
     let cfg = config(&consul.url, Duration::from_secs(1), Duration::from_secs(1));
-    let mut a = ConsulLeaser::connect(&cfg, record(1)).await.expect("a");
-    let mut b = ConsulLeaser::connect(&cfg, record(2)).await.expect("b");
-    let mut c = ConsulLeaser::connect(&cfg, record(3)).await.expect("c");
-    let AcquireOutcome::Acquired { epoch: first, .. } = a.acquire().await.expect("a acquires") else {
-        panic!("a wins")
-    };
-
-    a.hand_over(first).expect("a held the term");
-    assert!(matches!(a.renew(first).await, Err(LeaseError::NotHeld { .. })), "a no longer renews it");
-    assert!(matches!(c.acquire().await.expect("c asks"), AcquireOutcome::Held { .. }), "never free for a third node");
-    let AcquireOutcome::Acquired { epoch: second, .. } = b.take_over(first).await.expect("b takes over") else {
-        panic!("the target takes the handed term over");
-    };
-    assert!(second > first, "the new term fences the old: {first} then {second}");
-    assert_eq!(c.observe().await.expect("observe"), Some((record(2), second)));
-    assert!(
-        matches!(c.take_over(first).await.expect("c asks"), AcquireOutcome::Held { epoch, .. } if epoch == second),
-        "a stale handoff cannot take the new term"
-    );
+    let mut leasers = Vec::new();
+    for n in 1..=3 {
+        leasers.push(Leaser::Consul(Box::new(ConsulLeaser::connect(&cfg, record(n)).await.expect("connect"))));
+    }
+    let [mut a, mut b, mut c] = <[Leaser; 3]>::try_from(leasers).ok().expect("three leasers");
+    let second = support::handoff::hand_over_and_take_over(&mut a, &mut b, &mut c, &record(2)).await;
 
     // The shared session now lives on b's renewals alone.
     for _ in 0..4 {

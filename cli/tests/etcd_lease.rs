@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use replite::config::EtcdConfig;
-use replite::lease::{AcquireOutcome, EtcdLeaser, LeaseError, LeaseRecord};
+use replite::lease::{AcquireOutcome, EtcdLeaser, LeaseError, LeaseRecord, Leaser};
 use replite_core::NodeId;
 use support::etcd::EtcdServer;
 
@@ -98,25 +98,13 @@ async fn an_unreachable_etcd_is_a_store_error() {
 async fn a_handed_over_term_passes_to_the_target_without_the_key_ever_being_free() {
     let etcd = EtcdServer::start();
     let cfg = config(&etcd.endpoint, Duration::from_secs(2));
-    let mut a = EtcdLeaser::connect(&cfg, record(1)).await.expect("connect a");
-    let mut b = EtcdLeaser::connect(&cfg, record(2)).await.expect("connect b");
-    let mut c = EtcdLeaser::connect(&cfg, record(3)).await.expect("connect c");
-    let AcquireOutcome::Acquired { epoch: first, ttl } = a.acquire().await.expect("a acquires") else {
-        panic!("a wins")
-    };
-
-    a.hand_over(first).expect("a held the term");
-    assert!(matches!(a.renew(first).await, Err(LeaseError::NotHeld { .. })), "a no longer renews it");
-    assert!(matches!(c.acquire().await.expect("c asks"), AcquireOutcome::Held { .. }), "never free for a third node");
-    let AcquireOutcome::Acquired { epoch: second, .. } = b.take_over(first).await.expect("b takes over") else {
-        panic!("the target takes the handed term over");
-    };
-    assert!(second > first, "the new term fences the old: {first} then {second}");
-    assert_eq!(c.observe().await.expect("observe"), Some((record(2), second)));
-    assert!(
-        matches!(c.take_over(first).await.expect("c asks"), AcquireOutcome::Held { epoch, .. } if epoch == second),
-        "a stale handoff cannot take the new term"
-    );
+    let mut leasers = Vec::new();
+    for n in 1..=3 {
+        leasers.push(Leaser::Etcd(Box::new(EtcdLeaser::connect(&cfg, record(n)).await.expect("connect"))));
+    }
+    let [mut a, mut b, mut c] = <[Leaser; 3]>::try_from(leasers).ok().expect("three leasers");
+    let second = support::handoff::hand_over_and_take_over(&mut a, &mut b, &mut c, &record(2)).await;
+    let ttl = cfg.ttl;
 
     // a's old lease runs out; the key now hangs on b's lease and stays.
     let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(1);

@@ -4,3 +4,4 @@
 pub mod cluster;
 pub mod consul;
 pub mod etcd;
+pub mod handoff;

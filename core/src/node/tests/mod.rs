@@ -860,17 +860,24 @@ fn promotion_asks_the_primary_to_hand_off_and_the_handoff_frame_takes_the_lease(
     assert!(!out.iter().any(|o| matches!(o, Output::AcquireLease { .. })), "{out:?}");
 }
 
-#[test]
-fn a_handoff_target_that_finds_the_lease_still_held_asks_again_at_once() {
+/// A replica of node 1 (epoch 5) handed the lease, with its take-over request outstanding
+/// and the timers already due at 4 ms run.
+fn handed_the_lease() -> (Node, OpId) {
     let (mut node, conn) = connected_replica();
     let mut bytes = Vec::new();
     encode_frame(&Frame::Epoch { epoch: Epoch(5), node_id: NodeId(1) }, &mut bytes);
     encode_frame(&Frame::Handoff { lease_id: "5".into() }, &mut bytes);
     node.handle(Millis(3), Input::UpstreamData { conn, bytes });
     let op = take_over_op(&drain(&mut node)).expect("the handoff frame asks for the lease");
-    // Timers already due run first, so only what the answer below arms is left early.
+    // Timers already due run first, so only what the answer arms is left early.
     node.handle(Millis(4), Input::Timeout);
     drain(&mut node);
+    (node, op)
+}
+
+#[test]
+fn a_handoff_target_that_finds_the_lease_still_held_asks_again_at_once() {
+    let (mut node, op) = handed_the_lease();
     // The store has not seen the handed term's end yet (the request raced it).
     node.handle(Millis(5), Input::LeaseHeld { op, holder: NodeId(1), epoch: Epoch(5) });
     drain(&mut node);
@@ -893,14 +900,7 @@ fn take_over_op(out: &[Output]) -> Option<OpId> {
 
 #[test]
 fn a_handoff_target_gives_up_once_another_term_holds_the_lease() {
-    let (mut node, conn) = connected_replica();
-    let mut bytes = Vec::new();
-    encode_frame(&Frame::Epoch { epoch: Epoch(5), node_id: NodeId(1) }, &mut bytes);
-    encode_frame(&Frame::Handoff { lease_id: "5".into() }, &mut bytes);
-    node.handle(Millis(3), Input::UpstreamData { conn, bytes });
-    let op = take_over_op(&drain(&mut node)).expect("the handoff frame asks for the lease");
-    node.handle(Millis(4), Input::Timeout);
-    drain(&mut node);
+    let (mut node, op) = handed_the_lease();
     // The handed term expired and another node won a new one: follow it, do not keep asking.
     node.handle(Millis(5), Input::LeaseHeld { op, holder: NodeId(3), epoch: Epoch(9) });
     drain(&mut node);
