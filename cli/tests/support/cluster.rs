@@ -46,6 +46,9 @@ pub struct Node {
     config: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    /// The network namespace the daemon runs in (entered with `nsenter --net`, which keeps
+    /// the mount namespace: its FUSE mount stays visible to the test).
+    netns: Option<String>,
 }
 
 impl Node {
@@ -83,7 +86,18 @@ impl Node {
         );
         let config = dir.join("replite.yml");
         std::fs::write(&config, yaml).expect("config");
-        Node { name: name.into(), log: dir.join("log.txt"), dir, mount, url, port, config, child: None }
+        Node { name: name.into(), log: dir.join("log.txt"), dir, mount, url, port, config, child: None, netns: None }
+    }
+
+    /// Runs the daemon in network namespace `netns`, listening and advertising on `ip`.
+    pub fn in_netns(mut self, netns: &str, ip: &str) -> Node {
+        let url = format!("http://{ip}:{}", self.port);
+        self.edit_config(|text| {
+            text.replace(&format!("127.0.0.1:{}", self.port), &format!("{ip}:{}", self.port)).replace(&self.url, &url)
+        });
+        self.url = url;
+        self.netns = Some(netns.to_owned());
+        self
     }
 
     /// Rewrites the node's config file (before `start`).
@@ -100,7 +114,15 @@ impl Node {
     pub fn start_with(&mut self, command: &[&str]) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_replite"))
+        let mut command_line = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}")).arg(env!("CARGO_BIN_EXE_replite"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_replite")),
+        };
+        let child = command_line
             .args(["mount", "-config"])
             .arg(&self.config)
             .args(if command.is_empty() { &[][..] } else { &["--"][..] })

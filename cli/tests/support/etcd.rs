@@ -20,9 +20,14 @@ fn free_port() -> u16 {
 
 impl EtcdServer {
     pub fn start() -> EtcdServer {
+        EtcdServer::start_on("127.0.0.1")
+    }
+
+    /// An etcd whose clients connect to `ip` (its peer port stays on loopback).
+    pub fn start_on(ip: &str) -> EtcdServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
+        let endpoint = format!("http://{ip}:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let child = Command::new("etcd")
             .args(["--name", "test", "--data-dir"])

@@ -5,3 +5,4 @@ pub mod cluster;
 pub mod consul;
 pub mod etcd;
 pub mod handoff;
+pub mod netns;

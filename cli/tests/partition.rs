@@ -1,0 +1,221 @@
+//! Whole daemons on hosts of their own (network namespaces this test makes, see
+//! support/netns.rs), with real etcd: the primary's network is cut while it takes writes.
+//! It must stop acknowledging writes before any other node becomes primary, another node
+//! must take over within the lease's TTL, and once the link is back the old primary follows
+//! the new one, with what it wrote alone replaced by the cluster's history. Asynchronous
+//! replication loses the rows acknowledged after the cut (as LiteFS does); synchronous
+//! replication loses none.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use rusqlite::Connection;
+use support::cluster::{Lease, Node, WAIT};
+use support::etcd::EtcdServer;
+use support::netns::Net;
+
+/// What the writer on the cut-off primary saw.
+struct Writes {
+    /// Rows acknowledged, with when (wall clock, after the commit returned).
+    ok: Vec<(u64, SystemTime)>,
+    /// Rows refused.
+    refused: Vec<u64>,
+}
+
+/// Autocommit inserts into `t` until `stop`, bounded in count and time.
+fn write_until(conn: Connection, stop: Arc<AtomicBool>) -> Writes {
+    let mut writes = Writes { ok: Vec::new(), refused: Vec::new() };
+    let deadline = Instant::now() + WAIT;
+    let mut i = 0u64;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline && i < 1_000_000 {
+        match conn.execute("INSERT INTO t (id, v) VALUES (?1, 'cut')", [i]) {
+            Ok(_) => writes.ok.push((i, SystemTime::now())),
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.sqlite_error_code(),
+                        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::SystemIoFailure)
+                    ),
+                    "a refused commit is a read-only or I/O error: {e:?}"
+                );
+                writes.refused.push(i);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        i += 1;
+    }
+    writes
+}
+
+/// When the log says this node became primary (the last time).
+fn became_primary_at(node: &Node) -> Option<SystemTime> {
+    let log = node.log_text();
+    let line = log.lines().rfind(|l| l.contains("BecamePrimary"))?;
+    let plain: String = strip_ansi(line);
+    let stamp = plain.split_whitespace().next()?;
+    let ts: jiff::Timestamp = stamp.parse().ok()?;
+    let nanos = u64::try_from(ts.as_nanosecond()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn rows(conn: &Connection) -> Vec<i64> {
+    let mut stmt = conn.prepare("SELECT id FROM t ORDER BY id").expect("prepare");
+    stmt.query_map([], |r| r.get(0)).expect("query").map(|r| r.expect("row")).collect()
+}
+
+fn primary_among(nodes: &[Node], among: &[usize]) -> Option<usize> {
+    among.iter().copied().find(|&i| nodes[i].role().as_deref() == Some("primary"))
+}
+
+#[test]
+fn a_cut_off_primary_stops_writing_before_another_node_takes_over_and_rejoins_as_a_replica() {
+    cut_off_primary(false);
+}
+
+#[test]
+fn in_synchronous_mode_a_cut_off_primary_loses_no_acknowledged_write() {
+    cut_off_primary(true);
+}
+
+fn cut_off_primary(synchronous: bool) {
+    let Some(net) = Net::new(3) else { return };
+    let etcd = EtcdServer::start_on(&net.gateway());
+    let root = tempfile::tempdir().expect("tempdir");
+    let lease = Lease::Etcd { endpoint: etcd.endpoint.clone(), ttl: "3s" };
+    let ids = [0xA1u64, 0xB2, 0xC3];
+    let sync_yaml = format!(
+        "replication:\n  sync:\n    candidates: [{}]\n    timeout: 10s\n    on-timeout: block\n",
+        ids.iter().map(|i| format!("{i:016X}")).collect::<Vec<_>>().join(", ")
+    );
+    let extra = if synchronous { sync_yaml.as_str() } else { "" };
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            Node::new_with(root.path(), &format!("n{i}"), &lease, Some(ids[i]), extra)
+                .in_netns(&net.netns(i), &net.host_ip(i))
+        })
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    let deadline = Instant::now() + WAIT;
+    let first = loop {
+        if let Some(p) = primary_among(&nodes, &[0, 1, 2]) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no primary within {WAIT:?}\n{}", nodes[0].log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+
+    let conn = Connection::open(nodes[first].db_path("app.db")).expect("open on the primary");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || write_until(conn, stop))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    let cut_at = Instant::now();
+    net.cut(first);
+    let deadline = cut_at + WAIT;
+    let second = loop {
+        if let Some(p) = primary_among(&nodes, &others) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "nobody took over within {WAIT:?}\n{}", nodes[others[0]].log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = cut_at.elapsed();
+    // TTL 3 s plus the lease poll and the safety margin (support/cluster.rs's etcd config).
+    assert!(took < Duration::from_secs(6), "the takeover took {took:?}");
+
+    // Keep writing into the cut-off node a little longer: every write must now be refused.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let writes = writer.join().expect("writer");
+    let (_, last_ok) = *writes.ok.last().expect("the primary took writes before the cut");
+    let taken_over = became_primary_at(&nodes[second]).expect("the new primary's log names the event");
+    assert!(
+        last_ok < taken_over,
+        "the cut-off primary acknowledged a write at {last_ok:?}, after node {second} became primary at {taken_over:?}"
+    );
+    assert!(!writes.refused.is_empty(), "the cut-off primary refused writes once its lease ran out");
+    let last_ok_id = writes.ok.last().map(|w| w.0).expect("some");
+    assert!(writes.refused.iter().all(|&r| r > last_ok_id), "no write succeeded after one was refused");
+
+    // The old node comes back as the new primary's replica, and the new primary takes writes
+    // (in synchronous mode only once every candidate, the old primary too, acknowledges).
+    net.heal(first);
+    let on_second = Connection::open(nodes[second].db_path("app.db")).expect("open on the new primary");
+    on_second.execute("INSERT INTO t (id, v) VALUES (-1, 'after')", []).expect("the new primary writes");
+    let want = loop {
+        if let Some(want) = nodes[second].pos("app.db")
+            && nodes.iter().all(|n| n.pos("app.db").as_ref() == Some(&want))
+        {
+            break want;
+        }
+        assert!(Instant::now() < cut_at + 2 * WAIT, "the cluster never converged\n{}", nodes[first].log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(nodes[first].role().as_deref(), Some("replica"), "the old primary follows");
+    let expected = rows(&on_second);
+    assert!(expected.contains(&-1));
+    for (i, node) in nodes.iter().enumerate() {
+        let conn = Connection::open(node.db_path("app.db")).expect("open");
+        assert_eq!(rows(&conn), expected, "node {i} at {want} holds the new primary's rows");
+        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity_check");
+        assert_eq!(check, "ok", "node {i}");
+    }
+    let kept: Vec<i64> = expected.iter().copied().filter(|&id| id >= 0).collect();
+    let acked: Vec<i64> = writes.ok.iter().map(|w| i64::try_from(w.0).expect("small")).collect();
+    if synchronous {
+        let lost: Vec<&i64> = acked.iter().filter(|id| !kept.contains(id)).collect();
+        let extra: Vec<&i64> = kept.iter().filter(|id| !acked.contains(id)).collect();
+        assert!(lost.is_empty(), "every acknowledged row survives: lost {lost:?}");
+        // The commit in flight at the cut waited for acknowledgements that could not come
+        // back, and failed when the lease ran out; a replica that had received it may keep it
+        // (its outcome was unknown). Nothing the application never attempted, or attempted
+        // later, survives.
+        let in_flight = writes.refused.first().map(|&id| i64::try_from(id).expect("small"));
+        assert!(
+            extra.iter().all(|&&id| Some(id) == in_flight),
+            "only the commit in flight at the cut may survive unacknowledged: {extra:?}, in flight {in_flight:?}"
+        );
+    } else {
+        // Rows the old primary acknowledged but never sent are gone; the new primary kept a
+        // prefix of the old one's acknowledged rows, nothing else of it.
+        assert!(acked.starts_with(&kept), "kept rows are a prefix of the acknowledged ones");
+    }
+    eprintln!(
+        "takeover {took:?} after the cut; the cut-off primary acknowledged {} rows ({} kept by the cluster), \
+         refused {}; its last acknowledgement came {:?} before the new primary's term",
+        acked.len(),
+        kept.len(),
+        writes.refused.len(),
+        taken_over.duration_since(last_ok).unwrap_or_default()
+    );
+    for n in &mut nodes {
+        n.stop();
+    }
+}
