@@ -97,8 +97,19 @@ fn in_synchronous_mode_a_cut_off_primary_loses_no_acknowledged_write() {
     cut_off_primary(true);
 }
 
-fn cut_off_primary(synchronous: bool) {
-    let Some(net) = Net::new(3) else { return };
+/// Three daemons on hosts of their own, with etcd on the bridge, and which one is primary.
+struct Cluster {
+    nodes: Vec<Node>,
+    first: usize,
+    // Kept to the end of the test (bind them, `..` would drop them at once).
+    _root: tempfile::TempDir,
+    _etcd: EtcdServer,
+    net: Net,
+}
+
+/// `None` when network namespaces cannot be made (not root).
+fn start_cluster(synchronous: bool) -> Option<Cluster> {
+    let net = Net::new(3)?;
     let etcd = EtcdServer::start_on(&net.gateway());
     let root = tempfile::tempdir().expect("tempdir");
     let lease = Lease::Etcd { endpoint: etcd.endpoint.clone(), ttl: "3s" };
@@ -125,28 +136,80 @@ fn cut_off_primary(synchronous: bool) {
         assert!(Instant::now() < deadline, "no primary within {WAIT:?}\n{}", nodes[0].log_text());
         std::thread::sleep(Duration::from_millis(20));
     };
-    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    Some(Cluster { nodes, first, _root: root, _etcd: etcd, net })
+}
 
-    let conn = Connection::open(nodes[first].db_path("app.db")).expect("open on the primary");
+/// Waits (bounded) until one of `among` is primary; which, and how long it took from `since`.
+fn new_primary(nodes: &[Node], among: &[usize], since: Instant) -> (usize, Duration) {
+    loop {
+        if let Some(p) = primary_among(nodes, among) {
+            return (p, since.elapsed());
+        }
+        assert!(since.elapsed() < WAIT, "nobody took over within {WAIT:?}\n{}", nodes[among[0]].log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits (bounded) until every node is at the same position of `db` as `nodes[primary]`.
+fn converged(nodes: &[Node], primary: usize, db: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(want) = nodes[primary].pos(db)
+            && nodes.iter().all(|n| n.pos(db).as_ref() == Some(&want))
+        {
+            return want;
+        }
+        let seen: Vec<_> = nodes.iter().map(|n| n.pos(db)).collect();
+        assert!(Instant::now() < deadline, "never converged: {seen:?}\n{}", nodes[primary].log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every node holds `expected` rows and passes `integrity_check`.
+fn same_rows_everywhere(nodes: &[Node], expected: &[i64], at: &str) {
+    for (i, node) in nodes.iter().enumerate() {
+        let conn = Connection::open(node.db_path("app.db")).expect("open");
+        assert_eq!(rows(&conn), expected, "node {i} at {at} holds the new primary's rows");
+        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity_check");
+        assert_eq!(check, "ok", "node {i}");
+    }
+}
+
+/// Starts the writer on the primary; the table is created first.
+fn start_writer(node: &Node) -> (Arc<AtomicBool>, std::thread::JoinHandle<Writes>) {
+    let conn = Connection::open(node.db_path("app.db")).expect("open on the primary");
     conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
         std::thread::spawn(move || write_until(conn, stop))
     };
+    (stop, writer)
+}
+
+/// The primary must have stopped acknowledging before `second`'s term began, and refused
+/// every write after its last acknowledged one.
+fn stopped_in_time(writes: &Writes, nodes: &[Node], second: usize) -> Duration {
+    let (last_ok_id, last_ok) = *writes.ok.last().expect("the primary took writes before the cut");
+    let taken_over = became_primary_at(&nodes[second]).expect("the new primary's log names the event");
+    assert!(
+        last_ok < taken_over,
+        "the cut-off primary acknowledged a write at {last_ok:?}, after node {second} became primary at {taken_over:?}"
+    );
+    assert!(!writes.refused.is_empty(), "the cut-off primary refused writes once its lease ran out");
+    assert!(writes.refused.iter().all(|&r| r > last_ok_id), "no write succeeded after one was refused");
+    taken_over.duration_since(last_ok).unwrap_or_default()
+}
+
+fn cut_off_primary(synchronous: bool) {
+    let Some(Cluster { mut nodes, first, net, _root, _etcd }) = start_cluster(synchronous) else { return };
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let (stop, writer) = start_writer(&nodes[first]);
     std::thread::sleep(Duration::from_millis(500));
 
     let cut_at = Instant::now();
     net.cut(first);
-    let deadline = cut_at + WAIT;
-    let second = loop {
-        if let Some(p) = primary_among(&nodes, &others) {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "nobody took over within {WAIT:?}\n{}", nodes[others[0]].log_text());
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let took = cut_at.elapsed();
+    let (second, took) = new_primary(&nodes, &others, cut_at);
     // TTL 3 s plus the lease poll and the safety margin (support/cluster.rs's etcd config).
     assert!(took < Duration::from_secs(6), "the takeover took {took:?}");
 
@@ -154,39 +217,18 @@ fn cut_off_primary(synchronous: bool) {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     let writes = writer.join().expect("writer");
-    let (_, last_ok) = *writes.ok.last().expect("the primary took writes before the cut");
-    let taken_over = became_primary_at(&nodes[second]).expect("the new primary's log names the event");
-    assert!(
-        last_ok < taken_over,
-        "the cut-off primary acknowledged a write at {last_ok:?}, after node {second} became primary at {taken_over:?}"
-    );
-    assert!(!writes.refused.is_empty(), "the cut-off primary refused writes once its lease ran out");
-    let last_ok_id = writes.ok.last().map(|w| w.0).expect("some");
-    assert!(writes.refused.iter().all(|&r| r > last_ok_id), "no write succeeded after one was refused");
+    let margin = stopped_in_time(&writes, &nodes, second);
 
     // The old node comes back as the new primary's replica, and the new primary takes writes
     // (in synchronous mode only once every candidate, the old primary too, acknowledges).
     net.heal(first);
     let on_second = Connection::open(nodes[second].db_path("app.db")).expect("open on the new primary");
     on_second.execute("INSERT INTO t (id, v) VALUES (-1, 'after')", []).expect("the new primary writes");
-    let want = loop {
-        if let Some(want) = nodes[second].pos("app.db")
-            && nodes.iter().all(|n| n.pos("app.db").as_ref() == Some(&want))
-        {
-            break want;
-        }
-        assert!(Instant::now() < cut_at + 2 * WAIT, "the cluster never converged\n{}", nodes[first].log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let want = converged(&nodes, second, "app.db");
     assert_eq!(nodes[first].role().as_deref(), Some("replica"), "the old primary follows");
     let expected = rows(&on_second);
     assert!(expected.contains(&-1));
-    for (i, node) in nodes.iter().enumerate() {
-        let conn = Connection::open(node.db_path("app.db")).expect("open");
-        assert_eq!(rows(&conn), expected, "node {i} at {want} holds the new primary's rows");
-        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity_check");
-        assert_eq!(check, "ok", "node {i}");
-    }
+    same_rows_everywhere(&nodes, &expected, &want);
     let kept: Vec<i64> = expected.iter().copied().filter(|&id| id >= 0).collect();
     let acked: Vec<i64> = writes.ok.iter().map(|w| i64::try_from(w.0).expect("small")).collect();
     if synchronous {
@@ -209,11 +251,63 @@ fn cut_off_primary(synchronous: bool) {
     }
     eprintln!(
         "takeover {took:?} after the cut; the cut-off primary acknowledged {} rows ({} kept by the cluster), \
-         refused {}; its last acknowledgement came {:?} before the new primary's term",
+         refused {}; its last acknowledgement came {margin:?} before the new primary's term",
         acked.len(),
         kept.len(),
         writes.refused.len(),
-        taken_over.duration_since(last_ok).unwrap_or_default()
+    );
+    for n in &mut nodes {
+        n.stop();
+    }
+}
+
+#[test]
+fn a_primary_cut_off_from_etcd_alone_steps_down_and_its_replicas_follow_the_new_one() {
+    let Some(Cluster { mut nodes, first, net, _root, _etcd }) = start_cluster(false) else { return };
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let (stop, writer) = start_writer(&nodes[first]);
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The primary still reaches its replicas, and they it, but not the lease store.
+    let cut_at = Instant::now();
+    net.block(first, &net.gateway());
+    let (second, took) = new_primary(&nodes, &others, cut_at);
+    assert!(took < Duration::from_secs(6), "the takeover took {took:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let writes = writer.join().expect("writer");
+    let margin = stopped_in_time(&writes, &nodes, second);
+
+    // The third node follows the new primary, not the deposed one it can still reach.
+    let third = others.iter().copied().find(|&i| i != second).expect("three nodes");
+    let on_second = Connection::open(nodes[second].db_path("app.db")).expect("open on the new primary");
+    on_second.execute("INSERT INTO t (id, v) VALUES (-1, 'after')", []).expect("the new primary writes");
+    let second_id = nodes[second].info().expect("info")["nodeId"].clone();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let info = nodes[third].info().expect("the third node answers");
+        let at_primary = nodes[second].pos("app.db");
+        if info["primary"]["nodeId"] == second_id && info["databases"][0]["pos"].as_str() == at_primary.as_deref() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node {third} never followed node {second}: {info}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Back in touch with etcd, the old primary follows too.
+    net.unblock(first, &net.gateway());
+    let want = converged(&nodes, second, "app.db");
+    assert_eq!(nodes[first].role().as_deref(), Some("replica"), "the old primary follows");
+    let expected = rows(&on_second);
+    same_rows_everywhere(&nodes, &expected, &want);
+    let kept: Vec<i64> = expected.iter().copied().filter(|&id| id >= 0).collect();
+    let acked: Vec<i64> = writes.ok.iter().map(|w| i64::try_from(w.0).expect("small")).collect();
+    assert!(acked.starts_with(&kept), "kept rows are a prefix of the acknowledged ones");
+    eprintln!(
+        "takeover {took:?} after the cut; the deposed primary acknowledged {} rows ({} kept), its last \
+         {margin:?} before the new primary's term",
+        acked.len(),
+        kept.len()
     );
     for n in &mut nodes {
         n.stop();

@@ -87,6 +87,17 @@ impl Net {
     pub fn heal(&self, i: usize) {
         must(&["link", "set", &self.outside(i), "up"]);
     }
+
+    /// Host `i` can no longer reach `addr` (a blackhole route in its namespace); everything
+    /// else still flows.
+    pub fn block(&self, i: usize, addr: &str) {
+        must(&["netns", "exec", &self.netns(i), "ip", "route", "add", "blackhole", &format!("{addr}/32")]);
+    }
+
+    /// Undoes [`Net::block`].
+    pub fn unblock(&self, i: usize, addr: &str) {
+        must(&["netns", "exec", &self.netns(i), "ip", "route", "del", "blackhole", &format!("{addr}/32")]);
+    }
 }
 
 impl Drop for Net {
