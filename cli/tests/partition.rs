@@ -313,3 +313,40 @@ fn a_primary_cut_off_from_etcd_alone_steps_down_and_its_replicas_follow_the_new_
         n.stop();
     }
 }
+
+#[test]
+fn a_replica_cut_off_from_its_primary_alone_stays_a_replica_and_catches_up() {
+    let Some(Cluster { mut nodes, first, net, _root, _etcd }) = start_cluster(false) else { return };
+    let replica = (first + 1) % 3;
+    let conn = Connection::open(nodes[first].db_path("app.db")).expect("open on the primary");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
+    converged(&nodes, first, "app.db");
+
+    // Both still reach etcd and the third node; only the link between them is gone.
+    let (primary_ip, replica_ip) = (net.host_ip(first), net.host_ip(replica));
+    net.block(replica, &primary_ip);
+    net.block(first, &replica_ip);
+    for i in 0..200 {
+        conn.execute("INSERT INTO t (id, v) VALUES (?1, 'during')", [i]).expect("the primary keeps writing");
+    }
+    let want = nodes[first].pos("app.db").expect("primary position");
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        // Longer than the lease TTL: the cut-off replica must neither take the lease nor move.
+        let info = nodes[replica].info().expect("the replica answers");
+        assert_eq!(info["role"], "replica", "node {replica} left its primary: {info}");
+        assert_ne!(nodes[replica].pos("app.db").as_deref(), Some(want.as_str()), "nothing reached the cut-off replica");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(nodes[first].role().as_deref(), Some("primary"), "the primary kept its lease");
+
+    net.unblock(replica, &primary_ip);
+    net.unblock(first, &replica_ip);
+    let at = converged(&nodes, first, "app.db");
+    assert_eq!(at, want);
+    same_rows_everywhere(&nodes, &rows(&conn), &at);
+    drop(conn);
+    for n in &mut nodes {
+        n.stop();
+    }
+}
