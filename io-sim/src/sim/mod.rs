@@ -80,6 +80,10 @@ enum Ev {
     ReleaseHeld {
         key: u64,
     },
+    /// A paused process may take the oldest of the inputs it deferred (`SimNode::deferred`).
+    Resume {
+        node: usize,
+    },
     Client,
     Fault,
     Crash {
@@ -174,6 +178,10 @@ struct SimNode {
     upstream_epoch: Option<Epoch>,
     /// The process is paused until this true time.
     paused_until: u64,
+    /// Inputs that arrived while the process was paused, in arrival order; while any wait,
+    /// later ones join the back, so a paused process sees them in the order they came (one
+    /// `Ev::Resume` is scheduled whenever this is not empty).
+    deferred: VecDeque<Ev>,
     /// The epoch file on disk (written durably at once).
     saved_epoch: Epoch,
     /// The target of the last handoff this node was asked for.
@@ -276,6 +284,7 @@ impl Sim {
                 last_epoch_held: None,
                 upstream_epoch: None,
                 paused_until: 0,
+                deferred: VecDeque::new(),
                 saved_epoch: Epoch(0),
                 handoff_to: None,
                 recovering: false,
@@ -463,14 +472,16 @@ impl Sim {
         debug_assert!(at >= self.now, "time went back");
         self.now = at;
         // A paused process handles nothing until it resumes; its inputs wait, in order.
-        if let Some(i) = self.event_node(&ev)
-            && self.nodes[i].paused_until > at
-        {
-            let until = self.nodes[i].paused_until;
-            self.seq += 1;
-            self.queue.insert((until, self.seq), ev);
-            return true;
-        }
+        let ev = match ev {
+            Ev::Resume { node } => match self.resume(node) {
+                Some(ev) => ev,
+                None => return true,
+            },
+            ev => match self.defer_while_paused(ev) {
+                Some(ev) => ev,
+                None => return true,
+            },
+        };
         let released = match ev {
             Ev::ReleaseHeld { key } => self.release_held(key),
             ev => self.hold_for_replica(ev),
@@ -538,6 +549,7 @@ impl Sim {
                 }
             }
             Ev::ReleaseHeld { .. } => unreachable!("release_held hands back a held message, never itself"),
+            Ev::Resume { .. } => unreachable!("resume hands back a deferred input, never itself"),
             Ev::Client => {
                 if self.now >= self.cfg.clients_until_ms {
                     return true;
@@ -593,8 +605,42 @@ impl Sim {
             Ev::ConnData { key, to_replica, .. } | Ev::ConnClosed { key, to_replica } => {
                 self.conns.get(key).map(|c| if *to_replica { c.replica } else { c.primary })
             }
+            Ev::Resume { node } => Some(*node),
             Ev::LeaseRequest { .. } | Ev::Client | Ev::Fault | Ev::Crash { .. } | Ev::Restart { .. } => None,
         }
+    }
+
+    /// `ev` itself, unless its node is paused or still has deferred inputs: then it joins
+    /// the back of them.
+    fn defer_while_paused(&mut self, ev: Ev) -> Option<Ev> {
+        let Some(i) = self.event_node(&ev) else { return Some(ev) };
+        let node = &mut self.nodes[i];
+        if node.paused_until <= self.now && node.deferred.is_empty() {
+            return Some(ev);
+        }
+        if node.deferred.is_empty() {
+            let wait = node.paused_until.saturating_sub(self.now);
+            self.schedule(wait, Ev::Resume { node: i });
+        }
+        self.nodes[i].deferred.push_back(ev);
+        None
+    }
+
+    /// The oldest deferred input of node `i` once it runs again (paused again meanwhile: the
+    /// resume waits for the new pause's end). The next one is due at once, behind what is
+    /// already queued for this millisecond.
+    fn resume(&mut self, i: usize) -> Option<Ev> {
+        let node = &mut self.nodes[i];
+        if node.paused_until > self.now {
+            let wait = node.paused_until - self.now;
+            self.schedule(wait, Ev::Resume { node: i });
+            return None;
+        }
+        let ev = node.deferred.pop_front();
+        if !self.nodes[i].deferred.is_empty() {
+            self.schedule(0, Ev::Resume { node: i });
+        }
+        ev
     }
 
     fn on_lease_request(&mut self, i: usize, inc: u64, op: Option<OpId>, req: LeaseReq) {
