@@ -811,3 +811,52 @@ fn a_replica_joining_thousands_of_commits_behind_catches_up_without_resyncing() 
     assert!(pos.starts_with("0000000000000bba/"), "3002 commits: {pos}");
     assert_eq!(count(&open_read_only(&b, "behind.db")), 3000);
 }
+
+#[test]
+fn with_consul_a_handoff_passes_the_session_and_loses_nothing() {
+    // The Consul double (no Consul server can be installed here) runs on its own runtime.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+    let consul = runtime.block_on(support::consul::FakeConsul::start(Duration::from_secs(10)));
+    let root = tempfile::tempdir().expect("tempdir");
+    let lease = Lease::Consul { url: consul.url.clone() };
+    let mut nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| Node::new(root.path(), n, &lease)).collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    let first = wait_for_primary(&nodes, &[0, 1, 2]);
+    let conn = open(&nodes[first], "app.db");
+    create_table(&conn);
+    insert_rows(&conn, "before", 50);
+    drop(conn);
+    let target = (first + 1) % 3;
+    let rest: Vec<&Node> = (0..3).filter(|&i| i != first).map(|i| &nodes[i]).collect();
+    converge(&nodes[first], &rest, "app.db");
+    let target_id = nodes[target].info().expect("target info")["nodeId"].as_str().expect("id").to_owned();
+
+    let asked = Instant::now();
+    let handoff = std::process::Command::new(env!("CARGO_BIN_EXE_replite"))
+        .args(["handoff", "--url", &nodes[first].url, "--to", &target_id])
+        .output()
+        .expect("run handoff");
+    assert!(handoff.status.success(), "handoff: {}", String::from_utf8_lossy(&handoff.stderr));
+    while nodes[target].role().as_deref() != Some("primary") {
+        assert!(asked.elapsed() < WAIT, "target never became primary\n{}", nodes[target].log_text());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = asked.elapsed();
+    // Consul's lock delay would hold a released key for a second: a handoff never frees it.
+    assert!(took < Duration::from_secs(1), "handoff took {took:?}");
+    assert!(nodes[target].log_text().contains("took the consul lease over"), "{}", nodes[target].log_text());
+    assert!(!nodes[first].log_text().contains("released consul lease"), "{}", nodes[first].log_text());
+
+    let conn = open(&nodes[target], "app.db");
+    insert_rows(&conn, "after", 10);
+    assert_eq!(count(&conn), 60);
+    let others: Vec<&Node> = (0..3).filter(|&i| i != target).map(|i| &nodes[i]).collect();
+    converge(&nodes[target], &others, "app.db");
+    drop(conn);
+    for n in &mut nodes {
+        n.stop();
+    }
+    drop(consul);
+}

@@ -30,10 +30,11 @@ async fn one_node_wins_and_the_next_term_after_release_has_a_larger_epoch() {
     let mut a = ConsulLeaser::connect(&cfg, record(1)).await.expect("a");
     let mut b = ConsulLeaser::connect(&cfg, record(2)).await.expect("b");
 
-    let AcquireOutcome::Acquired { epoch: first, ttl } = a.acquire().await.expect("a acquires") else {
+    let AcquireOutcome::Acquired { epoch: first, ttl, lease_id } = a.acquire().await.expect("a acquires") else {
         panic!("a wins an empty election");
     };
     assert_eq!(ttl, Duration::from_secs(10));
+    assert_eq!(lease_id.len(), 36, "the lease is named by its Consul session, as LiteFS does: {lease_id}");
     match b.acquire().await.expect("b asks") {
         AcquireOutcome::Held { holder, epoch } => assert_eq!((holder, epoch), (record(1), first)),
         other => panic!("b must not win: {other:?}"),

@@ -35,10 +35,11 @@ async fn one_node_wins_the_others_see_it_and_the_next_term_has_a_larger_epoch() 
     let mut a = EtcdLeaser::connect(&cfg, record(1)).await.expect("connect a");
     let mut b = EtcdLeaser::connect(&cfg, record(2)).await.expect("connect b");
 
-    let AcquireOutcome::Acquired { epoch: first, ttl } = a.acquire().await.expect("a acquires") else {
+    let AcquireOutcome::Acquired { epoch: first, ttl, lease_id } = a.acquire().await.expect("a acquires") else {
         panic!("a should win an empty election");
     };
     assert_eq!(ttl, Duration::from_secs(5));
+    assert!(i64::from_str_radix(&lease_id, 16).is_ok(), "the etcd lease id in hex: {lease_id}");
     match b.acquire().await.expect("b asks") {
         AcquireOutcome::Held { holder, epoch } => {
             assert_eq!(holder, record(1));
@@ -64,7 +65,7 @@ async fn a_lease_nobody_renews_expires_and_another_node_takes_over() {
     let cfg = config(&etcd.endpoint, Duration::from_secs(2));
     let mut a = EtcdLeaser::connect(&cfg, record(1)).await.expect("connect a");
     let mut b = EtcdLeaser::connect(&cfg, record(2)).await.expect("connect b");
-    let AcquireOutcome::Acquired { epoch, ttl } = a.acquire().await.expect("a acquires") else { panic!("a wins") };
+    let AcquireOutcome::Acquired { epoch, ttl, .. } = a.acquire().await.expect("a acquires") else { panic!("a wins") };
 
     // etcd may round a short TTL up to its minimum; wait out whatever it granted, bounded.
     let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(10);

@@ -967,7 +967,9 @@ impl Driver {
                         _ => leaser.acquire().await,
                     };
                     match outcome {
-                        Ok(AcquireOutcome::Acquired { epoch, .. }) => Input::LeaseAcquired { op, epoch },
+                        Ok(AcquireOutcome::Acquired { epoch, lease_id, .. }) => {
+                            Input::LeaseAcquired { op, epoch, lease_id }
+                        }
                         Ok(AcquireOutcome::Held { holder, epoch }) => {
                             Input::LeaseHeld { op, holder: seen(&holder), epoch }
                         }

@@ -170,8 +170,8 @@ impl ConsulLeaser {
         {
             let epoch = Epoch(entry.modify_index);
             info!(key = %self.key, %epoch, session = %id, "acquired consul lease");
-            self.sessions.insert(epoch, id);
-            return Ok(AcquireOutcome::Acquired { epoch, ttl: self.ttl });
+            self.sessions.insert(epoch, id.clone());
+            return Ok(AcquireOutcome::Acquired { epoch, ttl: self.ttl, lease_id: id });
         }
 
         // Lost the election (or the request failed): the session is of no further use.
@@ -226,8 +226,8 @@ impl ConsulLeaser {
             Some(entry) if body.trim_ascii() == b"true" && entry.session.as_deref() == Some(id.as_str()) => {
                 let epoch = Epoch(entry.modify_index);
                 info!(key = %self.key, %epoch, session = %id, "took the consul lease over");
-                self.sessions.insert(epoch, id);
-                Ok(AcquireOutcome::Acquired { epoch, ttl: self.ttl })
+                self.sessions.insert(epoch, id.clone());
+                Ok(AcquireOutcome::Acquired { epoch, ttl: self.ttl, lease_id: id })
             }
             Some(entry) if entry.session.is_some() => {
                 Ok(AcquireOutcome::Held { holder: self.decode_record(&entry)?, epoch: Epoch(entry.modify_index) })

@@ -98,7 +98,7 @@ impl EtcdLeaser {
                 self.client.lease_keep_alive(lease_id).await.map_err(store_error("keep-alive"))?;
             self.terms.insert(epoch, Term { lease_id, keeper, responses });
             info!(key = %self.key, %epoch, lease_id, "acquired etcd lease");
-            return Ok(Some(AcquireOutcome::Acquired { epoch, ttl: granted_ttl }));
+            return Ok(Some(AcquireOutcome::Acquired { epoch, ttl: granted_ttl, lease_id: format!("{lease_id:x}") }));
         }
 
         let _ = self.client.lease_revoke(lease_id).await;

@@ -29,6 +29,9 @@ pub enum AcquireOutcome {
         epoch: Epoch,
         /// The lease's time to live as the store granted it.
         ttl: Duration,
+        /// The store's own name for the lease, sent in a handoff frame: the Consul session
+        /// (what a LiteFS target takes over), the etcd lease id in hex.
+        lease_id: String,
     },
     /// Another node holds it.
     Held {

@@ -25,7 +25,11 @@ impl StaticLeaser {
     pub fn acquire(&mut self) -> AcquireOutcome {
         if self.is_primary {
             // A static lease never expires; the core treats a TTL this long as "held".
-            AcquireOutcome::Acquired { epoch: STATIC_EPOCH, ttl: std::time::Duration::from_secs(365 * 24 * 3600) }
+            AcquireOutcome::Acquired {
+                epoch: STATIC_EPOCH,
+                ttl: std::time::Duration::from_secs(365 * 24 * 3600),
+                lease_id: STATIC_EPOCH.to_string(),
+            }
         } else {
             AcquireOutcome::Held { holder: self.primary.clone(), epoch: STATIC_EPOCH }
         }

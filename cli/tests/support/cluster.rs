@@ -35,6 +35,8 @@ pub enum Lease {
     Static { primary_url: Option<String> },
     /// `lease.type: etcd` at this endpoint, with this TTL.
     Etcd { endpoint: String, ttl: &'static str },
+    /// `lease.type: consul` at this URL (Consul's 10 s minimum TTL).
+    Consul { url: String },
 }
 
 pub struct Node {
@@ -73,6 +75,9 @@ impl Node {
             }
             Lease::Etcd { endpoint, ttl } => format!(
                 "lease:\n  type: etcd\n  hostname: {name}\n  advertise-url: {url}\n  safety-margin: 500ms\n  reconnect-delay: 200ms\n  etcd:\n    endpoints: [{endpoint}]\n    key: replite/e2e\n    ttl: {ttl}\n"
+            ),
+            Lease::Consul { url: consul } => format!(
+                "lease:\n  type: consul\n  hostname: {name}\n  advertise-url: {url}\n  reconnect-delay: 200ms\n  consul:\n    url: {consul}\n    key: litefs/e2e\n    ttl: 10s\n    lock-delay: 1s\n"
             ),
         };
         if let Some(id) = id {

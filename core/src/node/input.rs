@@ -117,6 +117,9 @@ pub enum Input {
         op: OpId,
         /// The lease's epoch.
         epoch: Epoch,
+        /// The lease store's own name for the lease (a Consul session id, an etcd lease id),
+        /// sent as is in a handoff frame: a LiteFS target takes over the session it names.
+        lease_id: String,
     },
     /// An acquire request found the lease held by someone else.
     LeaseHeld {

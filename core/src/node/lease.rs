@@ -156,7 +156,7 @@ impl Node {
         }
     }
 
-    pub(crate) fn on_lease_acquired(&mut self, now: Millis, op: OpId, epoch: Epoch) {
+    pub(crate) fn on_lease_acquired(&mut self, now: Millis, op: OpId, epoch: Epoch, lease_id: String) {
         let Some(req) = self.lease_ops.remove(&op) else { return };
         if epoch < self.max_epoch && !self.cfg.faults.ignore_epochs {
             // A linearizable store never grants an older revision; treat it as foreign.
@@ -170,6 +170,7 @@ impl Node {
             return;
         }
         self.lease = LeaseState::Held { epoch, expires_at, handing_off: false };
+        self.lease_id = lease_id;
         self.takeover = None;
         self.lease_acquire_sent_at = req.sent_at;
         self.known_primary = Some((self.cfg.node_id, epoch));
@@ -342,7 +343,7 @@ impl Node {
         self.handoff = None;
         self.timers.stop(TimerKind::Handoff);
         let mut bytes = Vec::new();
-        encode_frame(&Frame::Handoff { lease_id: epoch.to_string() }, &mut bytes);
+        encode_frame(&Frame::Handoff { lease_id: std::mem::take(&mut self.lease_id) }, &mut bytes);
         self.emit(Output::SendDownstream { conn, bytes });
         if self.cfg.faults.release_on_handoff {
             self.emit(Output::ReleaseLease { epoch });

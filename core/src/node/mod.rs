@@ -100,6 +100,8 @@ pub struct Node {
     /// A handoff frame told us to take over the lease; until its deadline a request that did
     /// not get it is repeated at once rather than at the next poll.
     takeover: Option<lease::Takeover>,
+    /// The lease store's name for the lease we hold (see [`Input::LeaseAcquired`]).
+    lease_id: String,
     /// After handing the lease off, this node does not try to take it back before this time.
     acquire_not_before: Millis,
     /// A handoff waiting for its target to catch up (writes are paused meanwhile).
@@ -142,6 +144,7 @@ impl Node {
             handoff: None,
             acquire_not_before: Millis(0),
             takeover: None,
+            lease_id: String::new(),
             known_primary: None,
             lease_ops: BTreeMap::new(),
             lease_acquire_sent_at: Millis(0),
@@ -170,7 +173,7 @@ impl Node {
                     self.on_timer(now, kind);
                 }
             }
-            Input::LeaseAcquired { op, epoch } => self.on_lease_acquired(now, op, epoch),
+            Input::LeaseAcquired { op, epoch, lease_id } => self.on_lease_acquired(now, op, epoch, lease_id),
             Input::LeaseHeld { op, holder, epoch } => {
                 self.lease_ops.remove(&op);
                 self.on_observation(now, Some((holder, epoch)));

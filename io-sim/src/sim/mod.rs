@@ -659,7 +659,7 @@ impl Sim {
         };
         let Some(op) = op else { return };
         let input = match reply {
-            LeaseReply::Acquired(epoch) => Input::LeaseAcquired { op, epoch },
+            LeaseReply::Acquired(epoch) => Input::LeaseAcquired { op, epoch, lease_id: epoch.to_string() },
             LeaseReply::Held(holder, epoch) => Input::LeaseHeld { op, holder, epoch },
             LeaseReply::Renewed => Input::LeaseRenewed { op },
             LeaseReply::Lost => Input::LeaseLost { op },

@@ -41,7 +41,7 @@ fn primary(cfg: Config) -> Node {
             _ => None,
         })
         .expect("a candidate with no known primary asks for the lease");
-    node.handle(Millis(5), Input::LeaseAcquired { op, epoch: Epoch(7) });
+    node.handle(Millis(5), Input::LeaseAcquired { op, epoch: Epoch(7), lease_id: "session-7".into() });
     drain(&mut node);
     assert_eq!(node.role(), Role::Primary { epoch: Epoch(7) });
     node
@@ -607,7 +607,14 @@ fn handoff_goes_only_to_a_replica_that_acknowledged_our_position() {
     let out = drain(&mut node);
     assert!(out.contains(&Output::HandOverLease { epoch: Epoch(7) }), "{out:?}");
     assert!(!out.iter().any(|o| matches!(o, Output::ReleaseLease { .. })), "a handoff never frees the lease: {out:?}");
-    assert!(out.iter().any(|o| matches!(o, Output::SendDownstream { .. })));
+    // The frame names the lease as the store does (a LiteFS target takes that session over).
+    let handoff = out.iter().find_map(|o| match o {
+        Output::SendDownstream { bytes, .. } => {
+            crate::stream::decode_frame(bytes, 0, Extensions::default()).ok().flatten().map(|(f, _)| f)
+        }
+        _ => None,
+    });
+    assert_eq!(handoff, Some(Frame::Handoff { lease_id: "session-7".into() }), "{out:?}");
     assert_eq!(node.accepting_writes(Millis(33)), None);
 }
 
@@ -997,7 +1004,7 @@ fn a_slow_answer_to_an_observation_sent_before_taking_the_lease_does_not_depose_
             _ => None,
         })
         .expect("a free lease is taken");
-    node.handle(Millis(1_510), Input::LeaseAcquired { op: acquire, epoch: Epoch(6) });
+    node.handle(Millis(1_510), Input::LeaseAcquired { op: acquire, epoch: Epoch(6), lease_id: "6".into() });
     assert_eq!(node.role(), Role::Primary { epoch: Epoch(6) });
     node.handle(Millis(1_600), Input::LeaseObserved { op: slow, holder: None });
     assert_eq!(node.role(), Role::Primary { epoch: Epoch(6) }, "deposed by a stale answer");
