@@ -110,7 +110,7 @@ struct Cluster {
 /// `None` when network namespaces cannot be made (not root).
 fn start_cluster(synchronous: bool) -> Option<Cluster> {
     let net = Net::new(3)?;
-    let etcd = EtcdServer::start_on(&net.gateway());
+    let etcd = EtcdServer::start_on(&net.store_ip());
     let root = tempfile::tempdir().expect("tempdir");
     let lease = Lease::Etcd { endpoint: etcd.endpoint.clone(), ttl: "3s" };
     let ids = [0xA1u64, 0xB2, 0xC3];
@@ -270,7 +270,7 @@ fn a_primary_cut_off_from_etcd_alone_steps_down_and_its_replicas_follow_the_new_
 
     // The primary still reaches its replicas, and they it, but not the lease store.
     let cut_at = Instant::now();
-    net.block(first, &net.gateway());
+    net.block(first, &net.store_ip());
     let (second, took) = new_primary(&nodes, &others, cut_at);
     assert!(took < Duration::from_secs(6), "the takeover took {took:?}");
     std::thread::sleep(Duration::from_millis(300));
@@ -295,7 +295,7 @@ fn a_primary_cut_off_from_etcd_alone_steps_down_and_its_replicas_follow_the_new_
     }
 
     // Back in touch with etcd, the old primary follows too.
-    net.unblock(first, &net.gateway());
+    net.unblock(first, &net.store_ip());
     let want = converged(&nodes, second, "app.db");
     assert_eq!(nodes[first].role().as_deref(), Some("replica"), "the old primary follows");
     let expected = rows(&on_second);
@@ -345,6 +345,57 @@ fn a_replica_cut_off_from_its_primary_alone_stays_a_replica_and_catches_up() {
     let at = converged(&nodes, first, "app.db");
     assert_eq!(at, want);
     same_rows_everywhere(&nodes, &rows(&conn), &at);
+    drop(conn);
+    for n in &mut nodes {
+        n.stop();
+    }
+}
+
+#[test]
+fn while_nobody_reaches_etcd_nobody_takes_writes_and_they_resume_after() {
+    let Some(Cluster { mut nodes, first, net, _root, _etcd }) = start_cluster(false) else { return };
+    let (stop, writer) = start_writer(&nodes[first]);
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The lease store goes away for everyone: no node can prove it alone may write.
+    let cut_at = Instant::now();
+    for i in 0..3 {
+        net.block(i, &net.store_ip());
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    for (i, node) in nodes.iter().enumerate() {
+        let role = node.role();
+        assert_ne!(role.as_deref(), Some("primary"), "node {i} still primary 5 s into the outage");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let writes = writer.join().expect("writer");
+    let (last_ok_id, last_ok) = *writes.ok.last().expect("writes before the outage");
+    assert!(!writes.refused.is_empty(), "writes were refused during the outage");
+    assert!(writes.refused.iter().all(|&r| r > last_ok_id), "no write succeeded after one was refused");
+    let stopped_after = last_ok.duration_since(SystemTime::now() - cut_at.elapsed()).unwrap_or_default();
+    // The lease runs 3 s from its last renewal; writes stop at its end minus the margin.
+    assert!(stopped_after < Duration::from_secs(3), "writes went on {stopped_after:?} into the outage");
+
+    // The store comes back: a primary is elected, writes resume, nothing acknowledged is lost.
+    for i in 0..3 {
+        net.unblock(i, &net.store_ip());
+    }
+    let (primary, took) = new_primary(&nodes, &[0, 1, 2], Instant::now());
+    let conn = Connection::open(nodes[primary].db_path("app.db")).expect("open on the primary");
+    conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    conn.execute("INSERT INTO t (id, v) VALUES (-1, 'after')", []).expect("writes resume");
+    let want = converged(&nodes, primary, "app.db");
+    let expected = rows(&conn);
+    same_rows_everywhere(&nodes, &expected, &want);
+    let kept: Vec<i64> = expected.iter().copied().filter(|&id| id >= 0).collect();
+    let acked: Vec<i64> = writes.ok.iter().map(|w| i64::try_from(w.0).expect("small")).collect();
+    assert_eq!(kept, acked, "replication went on through the outage: every acknowledged row is kept");
+    eprintln!(
+        "writes stopped {stopped_after:?} into the outage ({} acknowledged, {} refused); a primary {took:?} after etcd came back",
+        acked.len(),
+        writes.refused.len()
+    );
     drop(conn);
     for n in &mut nodes {
         n.stop();

@@ -40,6 +40,7 @@ impl Net {
         let bridge = net.bridge();
         must(&["link", "add", &bridge, "type", "bridge"]);
         must(&["addr", "add", &format!("{}/24", net.gateway()), "dev", &bridge]);
+        must(&["addr", "add", &format!("{}/24", net.store_ip()), "dev", &bridge]);
         must(&["link", "set", &bridge, "up"]);
         for i in 0..hosts {
             let (ns, outside, inside) = (net.netns(i), net.outside(i), format!("{}i", net.outside(i)));
@@ -63,9 +64,15 @@ impl Net {
         format!("{}v{i}", self.tag)
     }
 
-    /// The address of the test's own namespace on the bridge (where etcd listens).
+    /// The address of the test's own namespace on the bridge (where it reaches the hosts).
     pub fn gateway(&self) -> String {
         format!("{}.1", self.prefix)
+    }
+
+    /// A second address of the test's namespace, for the lease store: blocking it cuts a host
+    /// off from the store while the test still reaches the host.
+    pub fn store_ip(&self) -> String {
+        format!("{}.2", self.prefix)
     }
 
     /// Host `i`'s namespace.
