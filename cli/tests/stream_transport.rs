@@ -594,3 +594,38 @@ mod sim {
         sim.run().expect("simulation passes");
     }
 }
+
+/// LiteFS's `?filter=a.db,b.db`: the databases a stream carries reach the node with the open
+/// stream; an invalid name is a 400 naming it; no filter, or an empty one, means all.
+#[tokio::test]
+async fn a_stream_filter_names_the_databases_and_a_bad_one_is_refused() {
+    let mut primary = start_primary().await;
+    let http1 = reqwest::Client::new();
+    let stream_url = format!("{}/stream", primary.url);
+    let open = |query: &'static str| {
+        http1.post(format!("{stream_url}{query}")).header(HEADER_NODE_ID, format!("{REPLICA}")).body(pos_map()).send()
+    };
+
+    let refused = open("?filter=a.db,../etc/passwd").await.expect("answered");
+    assert_eq!(refused.status(), reqwest::StatusCode::BAD_REQUEST);
+    let reason = refused.text().await.expect("body");
+    assert!(reason.contains("filter"), "{reason:?}");
+    assert!(primary.events.try_recv().is_err(), "no stream opened for a refused filter");
+
+    let expected = |names: &[&str]| Some(names.iter().map(|n| DbName::new(n).expect("valid")).collect());
+    for (query, only) in [
+        ("?filter=a.db,b.db,", expected(&["a.db", "b.db"])),
+        ("?filter=b.db", expected(&["b.db"])),
+        ("?filter=", None),
+        ("", None),
+        ("?other=1", None),
+    ] {
+        let response = open(query).await.expect("answered");
+        assert_eq!(response.status(), reqwest::StatusCode::OK, "{query}");
+        let conn = expect_opened(&mut primary.events).await;
+        assert_eq!(conn.only, only, "{query}");
+        drop(conn.frames);
+        drop(response);
+        assert!(data_until_closed(&mut primary.events, conn.id).await.is_empty());
+    }
+}

@@ -555,7 +555,7 @@ impl Driver {
     fn on_accepted(&mut self, event: StreamServerEvent) {
         let now = self.clock.now();
         match event {
-            StreamServerEvent::Opened(DownstreamConn { id, peer, ext, body, frames }) => {
+            StreamServerEvent::Opened(DownstreamConn { id, peer, ext, body, frames, only }) => {
                 let (cmds_tx, cmds) = mpsc::unbounded_channel();
                 let shared = DownstreamShared {
                     storage: Arc::clone(&self.storage),
@@ -567,7 +567,7 @@ impl Driver {
                 tokio::spawn(run_downstream(id, cmds, frames, shared));
                 self.downstreams.insert(id, cmds_tx);
                 info!(peer = %peer, conn = id.0, "replica connected");
-                self.node.handle(now, Input::DownstreamOpened { conn: id, peer, ext, body });
+                self.node.handle(now, Input::DownstreamOpened { conn: id, peer, ext, body, only });
             }
             StreamServerEvent::Data { id, bytes } => {
                 self.node.handle(now, Input::DownstreamData { conn: id, bytes });

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -26,7 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use replite_core::NodeId;
 use replite_core::node::DownstreamId;
-use replite_core::stream::{Extensions, HEADER_EXTENSIONS, HEADER_NODE_ID};
+use replite_core::stream::{DbName, Extensions, HEADER_EXTENSIONS, HEADER_NODE_ID};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
@@ -68,6 +68,26 @@ pub struct DownstreamConn {
     /// The response body. Frames are sent in order with backpressure; dropping every sender
     /// ends the response cleanly.
     pub frames: mpsc::Sender<Bytes>,
+    /// The databases asked for with `?filter=a.db,b.db` (LiteFS's parameter); `None`: all.
+    pub only: Option<std::collections::BTreeSet<DbName>>,
+}
+
+/// The query parameters of `POST /stream`; others are ignored, as LiteFS does.
+#[derive(Debug, serde::Deserialize)]
+struct StreamQuery {
+    /// Comma-separated database names.
+    filter: Option<String>,
+}
+
+/// Parses `filter`: comma-separated database names, each a valid name; empty entries are
+/// skipped (`a.db,` is `a.db`), and an empty filter means every database, as in LiteFS.
+fn parse_filter(filter: Option<&str>) -> Result<Option<std::collections::BTreeSet<DbName>>, String> {
+    let Some(text) = filter.filter(|t| !t.trim().is_empty()) else { return Ok(None) };
+    let mut names = std::collections::BTreeSet::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        names.insert(DbName::new(part).map_err(|e| format!("filter: {e}"))?);
+    }
+    Ok(Some(names))
 }
 
 /// What happened on the replication streams a router serves.
@@ -225,9 +245,14 @@ async fn read_pos_map(body: &mut Body) -> Result<(Vec<u8>, Bytes), Response> {
 /// The `POST /stream` handler.
 async fn open_stream(
     State(events): State<mpsc::UnboundedSender<StreamServerEvent>>,
+    Query(query): Query<StreamQuery>,
     headers: HeaderMap,
     mut body: Body,
 ) -> Response {
+    let only = match parse_filter(query.filter.as_deref()) {
+        Ok(only) => only,
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
+    };
     let peer = match parse_node_id(&headers) {
         Ok(peer) => peer,
         Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
@@ -250,7 +275,7 @@ async fn open_stream(
     let ext = offered.unwrap_or(Extensions::NONE);
     let id = DownstreamId(NEXT_DOWNSTREAM_ID.fetch_add(1, Ordering::Relaxed));
     let (frames, frames_rx) = mpsc::channel(FRAME_CHANNEL_CAPACITY);
-    let conn = DownstreamConn { id, peer, ext, body: map, frames };
+    let conn = DownstreamConn { id, peer, ext, body: map, frames, only };
     if events.send(StreamServerEvent::Opened(conn)).is_err() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down".to_owned());
     }

@@ -1,7 +1,7 @@
 //! Inputs: things that happened. Each carries plain data; results of requested I/O carry the
 //! id of the [`crate::node::Output`] that asked for them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ltx::VerifiedLtx;
 use crate::stream::{DbName, Extensions};
@@ -237,6 +237,8 @@ pub enum Input {
         ext: Extensions,
         /// The request body (position map).
         body: Vec<u8>,
+        /// The databases it asked for (LiteFS's `/stream?filter=`); `None`: all of them.
+        only: Option<BTreeSet<DbName>>,
     },
     /// Bytes from a replica (acknowledgements).
     DownstreamData {

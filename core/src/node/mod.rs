@@ -204,7 +204,9 @@ impl Node {
             Input::UpstreamOpened { conn, ext } => self.on_upstream_opened(now, conn, ext),
             Input::UpstreamData { conn, bytes } => self.on_upstream_data(now, conn, &bytes),
             Input::UpstreamClosed { conn } => self.on_upstream_closed(now, conn),
-            Input::DownstreamOpened { conn, peer, ext, body } => self.on_downstream_opened(now, conn, peer, ext, &body),
+            Input::DownstreamOpened { conn, peer, ext, body, only } => {
+                self.on_downstream_opened(now, conn, peer, ext, &body, only);
+            }
             Input::DownstreamData { conn, bytes } => self.on_downstream_data(now, conn, &bytes),
             Input::DownstreamClosed { conn } => {
                 self.downstream.remove(&conn);

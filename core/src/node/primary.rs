@@ -93,6 +93,15 @@ pub(crate) struct Downstream {
     opened_at: Millis,
     /// When the replica last acknowledged each database.
     acked_at: BTreeMap<DbName, Millis>,
+    /// The databases it asked for (`/stream?filter=`); `None`: all.
+    only: Option<std::collections::BTreeSet<DbName>>,
+}
+
+impl Downstream {
+    /// Whether this stream carries database `name`.
+    fn carries(&self, name: &DbName) -> bool {
+        self.only.as_ref().is_none_or(|only| only.contains(name))
+    }
 }
 
 /// What a transaction changed, as the commit input described it.
@@ -445,21 +454,26 @@ impl Node {
         peer: NodeId,
         offered: Extensions,
         body: &[u8],
+        only: Option<std::collections::BTreeSet<DbName>>,
     ) {
         // With the ignore-epochs fault a deposed primary keeps serving: the bug epochs prevent.
         let deposed_serves = self.cfg.faults.ignore_epochs && self.dbs.values().any(|db| !db.history.is_empty());
         let serving = matches!(self.role(), crate::node::Role::Primary { .. }) || deposed_serves;
         let map = decode_pos_map(body);
-        let (true, Ok(sent)) = (serving && peer != self.cfg.node_id, map) else {
+        let (true, Ok(mut sent)) = (serving && peer != self.cfg.node_id, map) else {
             self.emit(Output::CloseDownstream { conn });
             return;
         };
+        // Databases outside a filter are none of this stream's business, whatever the map says.
+        if let Some(only) = &only {
+            sent.retain(|name, _| only.contains(name));
+        }
         let ext = offered.intersect(Extensions::ALL);
         let decoder = StreamDecoder::new(ext);
         let durable: Vec<(DbName, Pos)> =
             if ext.ack { sent.iter().map(|(n, p)| (n.clone(), *p)).collect() } else { Vec::new() };
         self.downstream
-            .insert(conn, Downstream { peer, ext, sent, decoder, opened_at: now, acked_at: BTreeMap::new() });
+            .insert(conn, Downstream { peer, ext, sent, decoder, opened_at: now, acked_at: BTreeMap::new(), only });
         // A replica's position map states what it holds durably: it counts as an
         // acknowledgement (an ack lost with a broken stream must not stall sync commits).
         for (name, pos) in durable {
@@ -485,6 +499,9 @@ impl Node {
     fn catch_up_db(&mut self, conn: DownstreamId, name: &DbName) {
         let Some(db) = self.dbs.get(name) else { return };
         let Some(d) = self.downstream.get_mut(&conn) else { return };
+        if !d.carries(name) {
+            return;
+        }
         let mut out = Vec::new();
         let mut sent = d.sent.get(name).copied().unwrap_or(Pos::ZERO);
         let (peer, replica_at) = (d.peer, sent);

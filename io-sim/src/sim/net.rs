@@ -163,6 +163,6 @@ impl Sim {
             self.kill_conn(key);
             return;
         }
-        self.feed(p, Input::DownstreamOpened { conn: DownstreamId(key), peer, ext, body });
+        self.feed(p, Input::DownstreamOpened { only: None, conn: DownstreamId(key), peer, ext, body });
     }
 }

@@ -122,6 +122,7 @@ fn a_replica_that_never_had_a_dropped_database_gets_its_empty_snapshot_like_any_
     node.handle(
         Millis(3_001),
         Input::DownstreamOpened {
+            only: None,
             conn: DownstreamId(1),
             peer: NodeId(2),
             ext: Extensions::ALL,
@@ -158,6 +159,7 @@ fn retention_keeps_only_the_drop_and_a_lagging_replica_then_gets_an_empty_snapsh
     node.handle(
         Millis(3_001),
         Input::DownstreamOpened {
+            only: None,
             conn: DownstreamId(1),
             peer: NodeId(2),
             ext: Extensions::ALL,
@@ -225,6 +227,7 @@ fn a_primary_sends_a_drop_frame_for_a_database_it_does_not_know() {
     node.handle(
         Millis(30),
         Input::DownstreamOpened {
+            only: None,
             conn: DownstreamId(1),
             peer: NodeId(2),
             ext: Extensions::ALL,

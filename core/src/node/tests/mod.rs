@@ -376,6 +376,7 @@ fn open_downstream(node: &mut Node, conn: u64, pos: Pos) -> Vec<Output> {
     node.handle(
         Millis(30),
         Input::DownstreamOpened {
+            only: None,
             conn: DownstreamId(conn),
             peer: NodeId(2),
             ext: Extensions::ALL,
@@ -441,7 +442,13 @@ fn a_replica_that_keeps_coming_back_without_its_copy_is_reported_on_the_third_co
     let open = |node: &mut Node, conn: u64, body: Vec<u8>| {
         node.handle(
             Millis(3_000 + conn),
-            Input::DownstreamOpened { conn: DownstreamId(conn), peer: NodeId(2), ext: Extensions::ALL, body },
+            Input::DownstreamOpened {
+                only: None,
+                conn: DownstreamId(conn),
+                peer: NodeId(2),
+                ext: Extensions::ALL,
+                body,
+            },
         );
         drain(node)
             .into_iter()
@@ -719,6 +726,7 @@ fn databases_commit_independently_and_a_replica_catches_up_on_each() {
     node.handle(
         Millis(50),
         Input::DownstreamOpened {
+            only: None,
             conn: DownstreamId(1),
             peer: NodeId(2),
             ext: Extensions::ALL,
@@ -812,7 +820,7 @@ fn a_reconnecting_replicas_position_map_counts_as_its_acknowledgement() {
     let body = encode_pos_map(&map);
     node.handle(
         Millis(50),
-        Input::DownstreamOpened { conn: DownstreamId(2), peer: NodeId(2), ext: Extensions::ALL, body },
+        Input::DownstreamOpened { only: None, conn: DownstreamId(2), peer: NodeId(2), ext: Extensions::ALL, body },
     );
     assert!(drain(&mut node).contains(&Output::AckCommit { db: db(), commit: CommitId(1), pos }));
 }
@@ -1012,3 +1020,39 @@ fn a_slow_answer_to_an_observation_sent_before_taking_the_lease_does_not_depose_
 
 mod drop;
 mod durability;
+
+#[test]
+fn a_filtered_stream_carries_only_the_databases_it_asked_for() {
+    let (mut node, _, _) = primary_with_two_commits();
+    let open = |node: &mut Node, conn: u64, only: &str| {
+        let mut map = BTreeMap::new();
+        map.insert(db(), Pos::ZERO);
+        let only = Some(std::iter::once(DbName::new(only).expect("name")).collect());
+        node.handle(
+            Millis(30),
+            Input::DownstreamOpened {
+                only,
+                conn: DownstreamId(conn),
+                peer: NodeId(2),
+                ext: Extensions::ALL,
+                body: encode_pos_map(&map),
+            },
+        );
+        drain(node)
+            .into_iter()
+            .filter(|o| matches!(o, Output::StreamLtx { .. } | Output::StreamSnapshot { .. }))
+            .count()
+    };
+    assert_eq!(open(&mut node, 1, "other.db"), 0, "a database outside the filter is not sent");
+    assert!(open(&mut node, 2, db().as_str()) > 0, "the database it asked for is");
+    // Later commits follow the same rule.
+    let out = commit(&mut node, 40, 3, vec![change(1, Some(&page(1)), 9)], 1);
+    let (op, _, bytes) = persisted(&out);
+    let pos = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(41), Input::LtxDone { op, result: Ok(pos) });
+    let streams: Vec<DownstreamId> = drain(&mut node)
+        .into_iter()
+        .filter_map(|o| if let Output::StreamLtx { conn, .. } = o { Some(conn) } else { None })
+        .collect();
+    assert_eq!(streams, vec![DownstreamId(2)], "only the stream that asked for it gets the commit");
+}
