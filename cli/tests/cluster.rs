@@ -121,6 +121,17 @@ fn three_static_nodes_replicate_every_write_and_replicas_refuse_writes() {
     drop(on_replica);
     assert_eq!(b.pos("app.db"), Some(pos.clone()));
 
+    // A static lease cannot move: a handoff is refused up front instead of leaving the cluster
+    // without a primary.
+    let b_id = b.info().expect("info")["nodeId"].as_str().expect("id").to_owned();
+    let handoff = std::process::Command::new(env!("CARGO_BIN_EXE_replite"))
+        .args(["handoff", "--url", &a.url, "--to", &b_id])
+        .output()
+        .expect("run handoff");
+    let said = String::from_utf8_lossy(&handoff.stderr);
+    assert!(!handoff.status.success() && said.contains("static lease"), "{said}");
+    assert_eq!(a.role().as_deref(), Some("primary"), "the primary stays");
+
     // A replica that was down catches up when it comes back.
     c.stop();
     insert_rows(&conn, "later", 20);

@@ -31,14 +31,17 @@ struct Api {
     events: EventLog,
     operator: mpsc::UnboundedSender<Input>,
     me: NodeId,
+    /// Whether the lease can move between nodes (not `static`): a handoff needs that.
+    lease_moves: bool,
 }
 
-/// The API's routes.
+/// The API's routes. `lease_moves` is false for a static lease, whose primary is fixed.
 pub fn routes(
     status: watch::Receiver<Status>,
     events: EventLog,
     operator: mpsc::UnboundedSender<Input>,
     me: NodeId,
+    lease_moves: bool,
 ) -> Router {
     Router::new()
         .route("/info", routing::get(info))
@@ -46,7 +49,7 @@ pub fn routes(
         .route("/metrics", routing::get(metrics_text))
         .route("/handoff", routing::post(handoff))
         .route("/promote", routing::post(promote))
-        .with_state(Api { status, events, operator, me })
+        .with_state(Api { status, events, operator, me, lease_moves })
 }
 
 async fn info(State(api): State<Api>) -> Response {
@@ -95,6 +98,11 @@ async fn handoff(State(api): State<Api>, query: Result<Query<HandoffQuery>, Quer
     let Ok(to) = u64::from_str_radix(&query.node_id, 16).map(NodeId) else {
         return (StatusCode::BAD_REQUEST, format!("nodeID {:?} is not 16 hex digits\n", query.node_id)).into_response();
     };
+    if !api.lease_moves {
+        // The primary would step down and nobody else could take the lease: an outage.
+        return (StatusCode::CONFLICT, "a static lease cannot be handed off: its primary is fixed by configuration\n")
+            .into_response();
+    }
     if api.status.borrow().role != "primary" {
         return (StatusCode::CONFLICT, "this node is not the primary\n").into_response();
     }
