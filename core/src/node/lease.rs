@@ -129,9 +129,13 @@ impl Node {
     }
 
     fn may_acquire(&self, now: Millis) -> bool {
+        // Files received from the last primary and not yet applied are applied first: this
+        // node then competes with everything it holds.
         self.cfg.candidate
             && now >= self.acquire_not_before
-            && !self.dbs.values().any(|db| db.needs_snapshot || db.replaying() || db.rejoining())
+            && !self.dbs.values().any(|db| {
+                db.needs_snapshot || db.replaying() || db.rejoining() || !db.inbox.is_empty() || db.persist.is_some()
+            })
     }
 
     pub(crate) fn on_lease_poll(&mut self, now: Millis) {
@@ -175,6 +179,8 @@ impl Node {
         self.lease_acquire_sent_at = req.sent_at;
         self.known_primary = Some((self.cfg.node_id, epoch));
         self.drop_upstream();
+        // A primary applies no replica data: what a closed stream left unapplied goes too.
+        self.clear_inboxes();
         self.acked.clear();
         for db in self.dbs.values_mut() {
             db.commit_times.clear();
@@ -419,6 +425,7 @@ impl Node {
             self.step_down(now, "shutdown");
         }
         self.drop_upstream();
+        self.clear_inboxes();
         self.flush_all_on_shutdown();
         self.stopped = true;
         self.timers = Default::default();

@@ -96,18 +96,21 @@ impl Upstream {
 }
 
 impl Node {
+    /// Abandons the stream, if one is open, with the files it delivered and this node has
+    /// not applied yet. Files a stream that already closed left behind stay: they are
+    /// applied before the next stream opens (see `on_upstream_closed`).
     pub(crate) fn drop_upstream(&mut self) {
         if let Some(up) = self.upstream.take() {
             self.emit(Output::CloseUpstream { conn: up.conn });
+            self.clear_inboxes();
         }
-        self.clear_inboxes();
         self.timers.stop(TimerKind::UpstreamIdle);
         // A new stream's pauses are judged afresh.
         self.paused_progress = None;
     }
 
     /// Forgets every received file not yet persisted, deleting the spooled ones.
-    fn clear_inboxes(&mut self) {
+    pub(crate) fn clear_inboxes(&mut self) {
         let mut spools = Vec::new();
         for db in self.dbs.values_mut() {
             for inbound in db.inbox.drain(..) {
@@ -132,6 +135,7 @@ impl Node {
     /// Resync: drop the stream and come back after a backoff with our position.
     pub(crate) fn resync(&mut self, now: Millis, reason: String) {
         self.drop_upstream();
+        self.clear_inboxes();
         self.event(Event::Resync { reason });
         self.schedule_reconnect(now);
     }
@@ -142,8 +146,10 @@ impl Node {
         }
         let Role::Replica { primary, epoch } = self.role() else { return };
         // The position map counts as an acknowledgement (it names what we hold durably):
-        // connect once every applied file is durable (the flush in flight calls back here).
-        if self.dbs.values().any(super::db::Db::unflushed) {
+        // connect once every applied file is durable (the flush in flight calls back here),
+        // and once the files a closed stream left behind are applied (the last one calls
+        // back here): the new stream starts where they end.
+        if self.dbs.values().any(|db| db.unflushed() || !db.inbox.is_empty() || db.persist.is_some()) {
             return;
         }
         let conn = UpstreamId(self.next_op().0);
@@ -172,12 +178,18 @@ impl Node {
     }
 
     pub(crate) fn on_upstream_closed(&mut self, now: Millis, conn: UpstreamId) {
-        if self.upstream.as_ref().is_some_and(|u| u.conn == conn) {
-            self.upstream = None;
-            self.clear_inboxes();
-            self.timers.stop(TimerKind::UpstreamIdle);
-            self.schedule_reconnect(now);
+        let Some(up) = self.upstream.take_if(|u| u.conn == conn) else { return };
+        // The files received whole are the primary's history, verified as they are applied:
+        // apply them. Dropping them (as before) made a failover lose what this node already
+        // held, and a reconnect fetch it again. Only a file still arriving is lost.
+        if let Some(spool) = up.spooling {
+            for db in self.dbs.values_mut() {
+                db.inbox.retain(|inbound| !matches!(inbound, Inbound::Spooled { spool: s, .. } if *s == spool));
+            }
+            self.emit(Output::SpoolDiscard { spool });
         }
+        self.timers.stop(TimerKind::UpstreamIdle);
+        self.schedule_reconnect(now);
     }
 
     pub(crate) fn on_upstream_idle(&mut self, now: Millis) {
@@ -323,7 +335,13 @@ impl Node {
         if db.busy() || matches!(db.inbox.front(), Some(Inbound::Spooled { verified: None, .. })) {
             return;
         }
-        let Some(inbound) = db.inbox.pop_front() else { return };
+        let Some(inbound) = db.inbox.pop_front() else {
+            // The last file a closed stream left is applied: the next stream may open.
+            if self.upstream.is_none() {
+                self.maybe_connect(now);
+            }
+            return;
+        };
         let pos = db.pos;
         let (verified, payload) = match inbound {
             Inbound::Inline(payload) => match verify(payload.as_slice()) {

@@ -1056,3 +1056,44 @@ fn a_filtered_stream_carries_only_the_databases_it_asked_for() {
         .collect();
     assert_eq!(streams, vec![DownstreamId(2)], "only the stream that asked for it gets the commit");
 }
+
+#[test]
+fn files_received_before_the_stream_closed_are_still_applied_before_reconnecting_or_acquiring() {
+    let (_, files, _) = primary_with_two_commits();
+    let (mut node, conn) = connected_replica();
+    // Both files arrive; the first is being written when the primary's stream dies.
+    let mut bytes = ltx_message(&files[0]);
+    encode_ltx_message(&db(), &files[1], TxId(0), &mut bytes);
+    node.handle(Millis(2), Input::UpstreamData { conn, bytes });
+    let (op, _, _) = persisted(&drain(&mut node));
+    node.handle(Millis(3), Input::UpstreamClosed { conn });
+    drain(&mut node);
+
+    // The lease is free: this candidate still holds a file to apply, so it waits.
+    node.handle(Millis(4), Input::LeaseObserved { op: OpId(901), holder: None });
+    let out = drain(&mut node);
+    assert!(!out.iter().any(|o| matches!(o, Output::AcquireLease { .. })), "acquired with a file unapplied: {out:?}");
+
+    let first = ltx::verify(files[0].as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(5), Input::LtxDone { op, result: Ok(first) });
+    let (op, _, _) = persisted(&drain(&mut node));
+    let second = ltx::verify(files[1].as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(6), Input::LtxDone { op, result: Ok(second) });
+    drain(&mut node);
+    assert_eq!(node.pos(&db()), second, "the second file, received whole, was applied too");
+
+    // Everything it held is applied (and, after the flush, durable): now it competes.
+    let mut acquired = false;
+    for t in 7..400 {
+        node.handle(Millis(t), Input::Timeout);
+        for o in drain(&mut node) {
+            match o {
+                Output::FlushLtx { op, .. } => node.handle(Millis(t), Input::LtxFlushed { op, result: Ok(()) }),
+                Output::ObserveLease { op } => node.handle(Millis(t), Input::LeaseObserved { op, holder: None }),
+                Output::AcquireLease { .. } => acquired = true,
+                _ => {}
+            }
+        }
+    }
+    assert!(acquired, "a caught-up candidate asks for the free lease");
+}
