@@ -130,6 +130,12 @@ fn three_static_nodes_replicate_every_write_and_replicas_refuse_writes() {
         .expect("run handoff");
     let said = String::from_utf8_lossy(&handoff.stderr);
     assert!(!handoff.status.success() && said.contains("static lease"), "{said}");
+    let promote = std::process::Command::new(env!("CARGO_BIN_EXE_replite"))
+        .args(["promote", "--url", &b.url])
+        .output()
+        .expect("run promote");
+    let said = String::from_utf8_lossy(&promote.stderr);
+    assert!(!promote.status.success() && said.contains("static lease"), "{said}");
     assert_eq!(a.role().as_deref(), Some("primary"), "the primary stays");
 
     // A replica that was down catches up when it comes back.

@@ -119,6 +119,10 @@ async fn promote(State(api): State<Api>) -> Response {
     if api.status.borrow().role == "primary" {
         return (StatusCode::OK, "already primary\n").into_response();
     }
+    if !api.lease_moves {
+        return (StatusCode::CONFLICT, "a static lease cannot move: its primary is fixed by configuration\n")
+            .into_response();
+    }
     match api.operator.send(Input::Promote) {
         Ok(()) => (StatusCode::OK, "promotion requested\n").into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
