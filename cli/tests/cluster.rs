@@ -124,16 +124,10 @@ fn three_static_nodes_replicate_every_write_and_replicas_refuse_writes() {
     // A static lease cannot move: a handoff is refused up front instead of leaving the cluster
     // without a primary.
     let b_id = b.info().expect("info")["nodeId"].as_str().expect("id").to_owned();
-    let handoff = std::process::Command::new(env!("CARGO_BIN_EXE_replite"))
-        .args(["handoff", "--url", &a.url, "--to", &b_id])
-        .output()
-        .expect("run handoff");
+    let handoff = support::cluster::replite(&["handoff", "--url", &a.url, "--to", &b_id]);
     let said = String::from_utf8_lossy(&handoff.stderr);
     assert!(!handoff.status.success() && said.contains("static lease"), "{said}");
-    let promote = std::process::Command::new(env!("CARGO_BIN_EXE_replite"))
-        .args(["promote", "--url", &b.url])
-        .output()
-        .expect("run promote");
+    let promote = support::cluster::replite(&["promote", "--url", &b.url]);
     let said = String::from_utf8_lossy(&promote.stderr);
     assert!(!promote.status.success() && said.contains("static lease"), "{said}");
     assert_eq!(a.role().as_deref(), Some("primary"), "the primary stays");
@@ -268,13 +262,7 @@ fn handoff_under_load_moves_the_primary_quickly_and_loses_no_acknowledged_write(
                 match conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("w{i}")]) {
                     Ok(_) => ok.push(i),
                     Err(e) => {
-                        assert!(
-                            matches!(
-                                e.sqlite_error_code(),
-                                Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::SystemIoFailure)
-                            ),
-                            "a refused commit is a read-only or I/O error: {e:?}"
-                        );
+                        support::cluster::assert_refused_commit(&e);
                         failed.push(i);
                         // Find the new primary (bounded), then write there.
                         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
@@ -298,10 +286,7 @@ fn handoff_under_load_moves_the_primary_quickly_and_loses_no_acknowledged_write(
     };
     std::thread::sleep(Duration::from_millis(300));
     let asked = Instant::now();
-    let handoff = std::process::Command::new(env!("CARGO_BIN_EXE_replite"))
-        .args(["handoff", "--url", &nodes[first].url, "--to", &target_id])
-        .output()
-        .expect("run handoff");
+    let handoff = support::cluster::replite(&["handoff", "--url", &nodes[first].url, "--to", &target_id]);
     assert!(handoff.status.success(), "handoff: {}", String::from_utf8_lossy(&handoff.stderr));
     let deadline = Instant::now() + WAIT;
     while nodes[target].role().as_deref() != Some("primary") {
@@ -661,10 +646,7 @@ fn a_wal_connection_kept_open_through_a_handoff_sees_the_new_primarys_writes() {
     let target_id = nodes[target].info().expect("target info")["nodeId"].as_str().expect("id").to_owned();
 
     // `old` stays open (idle) while its node is demoted.
-    let handoff = std::process::Command::new(env!("CARGO_BIN_EXE_replite"))
-        .args(["handoff", "--url", &nodes[first].url, "--to", &target_id])
-        .output()
-        .expect("run handoff");
+    let handoff = support::cluster::replite(&["handoff", "--url", &nodes[first].url, "--to", &target_id]);
     assert!(handoff.status.success(), "handoff: {}", String::from_utf8_lossy(&handoff.stderr));
     nodes[target].wait_for("the target to be primary", |i| i["role"] == "primary");
     nodes[first].wait_for("the old primary to follow", |i| i["role"] == "replica");
@@ -851,10 +833,7 @@ fn with_consul_a_handoff_passes_the_session_and_loses_nothing() {
     let target_id = nodes[target].info().expect("target info")["nodeId"].as_str().expect("id").to_owned();
 
     let asked = Instant::now();
-    let handoff = std::process::Command::new(env!("CARGO_BIN_EXE_replite"))
-        .args(["handoff", "--url", &nodes[first].url, "--to", &target_id])
-        .output()
-        .expect("run handoff");
+    let handoff = support::cluster::replite(&["handoff", "--url", &nodes[first].url, "--to", &target_id]);
     assert!(handoff.status.success(), "handoff: {}", String::from_utf8_lossy(&handoff.stderr));
     while nodes[target].role().as_deref() != Some("primary") {
         assert!(asked.elapsed() < WAIT, "target never became primary\n{}", nodes[target].log_text());

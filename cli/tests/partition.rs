@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::Connection;
-use support::cluster::{Lease, Node, WAIT};
+use support::cluster::{Lease, Node, WAIT, assert_refused_commit};
 use support::etcd::EtcdServer;
 use support::netns::Net;
 
@@ -34,13 +34,7 @@ fn write_until(conn: Connection, stop: Arc<AtomicBool>) -> Writes {
         match conn.execute("INSERT INTO t (id, v) VALUES (?1, 'cut')", [i]) {
             Ok(_) => writes.ok.push((i, SystemTime::now())),
             Err(e) => {
-                assert!(
-                    matches!(
-                        e.sqlite_error_code(),
-                        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::SystemIoFailure)
-                    ),
-                    "a refused commit is a read-only or I/O error: {e:?}"
-                );
+                assert_refused_commit(&e);
                 writes.refused.push(i);
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -201,23 +195,37 @@ fn stopped_in_time(writes: &Writes, nodes: &[Node], second: usize) -> Duration {
     taken_over.duration_since(last_ok).unwrap_or_default()
 }
 
-fn cut_off_primary(synchronous: bool) {
-    let Some(Cluster { mut nodes, first, net, _root, _etcd }) = start_cluster(synchronous) else { return };
-    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+/// What [`take_over_under_load`] saw.
+struct Takeover {
+    second: usize,
+    took: Duration,
+    writes: Writes,
+    /// How long before the new primary's term the old one acknowledged its last write.
+    margin: Duration,
+}
+
+/// Writes on `first`, then `cut`s it off somehow: another node must take over within the
+/// TTL plus the lease poll and the safety margin (support/cluster.rs's etcd config), and the
+/// old primary must have stopped acknowledging before that (writes go on 300 ms more, to see
+/// them refused).
+fn take_over_under_load(nodes: &[Node], first: usize, cut: impl FnOnce()) -> Takeover {
+    let others: Vec<usize> = (0..nodes.len()).filter(|&i| i != first).collect();
     let (stop, writer) = start_writer(&nodes[first]);
     std::thread::sleep(Duration::from_millis(500));
-
     let cut_at = Instant::now();
-    net.cut(first);
-    let (second, took) = new_primary(&nodes, &others, cut_at);
-    // TTL 3 s plus the lease poll and the safety margin (support/cluster.rs's etcd config).
+    cut();
+    let (second, took) = new_primary(nodes, &others, cut_at);
     assert!(took < Duration::from_secs(6), "the takeover took {took:?}");
-
-    // Keep writing into the cut-off node a little longer: every write must now be refused.
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     let writes = writer.join().expect("writer");
-    let margin = stopped_in_time(&writes, &nodes, second);
+    let margin = stopped_in_time(&writes, nodes, second);
+    Takeover { second, took, writes, margin }
+}
+
+fn cut_off_primary(synchronous: bool) {
+    let Some(Cluster { mut nodes, first, net, _root, _etcd }) = start_cluster(synchronous) else { return };
+    let Takeover { second, took, writes, margin } = take_over_under_load(&nodes, first, || net.cut(first));
 
     // The old node comes back as the new primary's replica, and the new primary takes writes
     // (in synchronous mode only once every candidate, the old primary too, acknowledges).
@@ -265,18 +273,9 @@ fn cut_off_primary(synchronous: bool) {
 fn a_primary_cut_off_from_etcd_alone_steps_down_and_its_replicas_follow_the_new_one() {
     let Some(Cluster { mut nodes, first, net, _root, _etcd }) = start_cluster(false) else { return };
     let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
-    let (stop, writer) = start_writer(&nodes[first]);
-    std::thread::sleep(Duration::from_millis(500));
-
     // The primary still reaches its replicas, and they it, but not the lease store.
-    let cut_at = Instant::now();
-    net.block(first, &net.store_ip());
-    let (second, took) = new_primary(&nodes, &others, cut_at);
-    assert!(took < Duration::from_secs(6), "the takeover took {took:?}");
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::SeqCst);
-    let writes = writer.join().expect("writer");
-    let margin = stopped_in_time(&writes, &nodes, second);
+    let Takeover { second, took, writes, margin } =
+        take_over_under_load(&nodes, first, || net.block(first, &net.store_ip()));
 
     // The third node follows the new primary, not the deposed one it can still reach.
     let third = others.iter().copied().find(|&i| i != second).expect("three nodes");

@@ -256,3 +256,17 @@ pub fn detach(mount: &Path) {
         let _ = Command::new("fusermount3").arg("-uz").arg(mount).status();
     }
 }
+
+/// Asserts that a refused commit is what a node that may not write answers: a read-only error,
+/// or an I/O error when the refusal came at the commit point itself.
+pub fn assert_refused_commit(e: &rusqlite::Error) {
+    assert!(
+        matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::SystemIoFailure)),
+        "a refused commit is a read-only or I/O error: {e:?}"
+    );
+}
+
+/// Runs `replite ARGS…` to completion.
+pub fn replite(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_replite")).args(args).output().expect("run replite")
+}
