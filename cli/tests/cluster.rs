@@ -379,10 +379,7 @@ fn in_synchronous_mode_every_acknowledged_write_survives_repeated_kills_of_the_p
     let root = tempfile::tempdir().expect("tempdir");
     let lease = Lease::Etcd { endpoint: etcd.endpoint.clone(), ttl: "3s" };
     let ids = [0xA1u64, 0xB2, 0xC3];
-    let sync = format!(
-        "replication:\n  sync:\n    candidates: [{}]\n    timeout: 10s\n    on-timeout: block\n",
-        ids.iter().map(|i| format!("{i:016X}")).collect::<Vec<_>>().join(", ")
-    );
+    let sync = support::cluster::sync_yaml(&ids);
     let mut nodes: Vec<Node> = ["a", "b", "c"]
         .iter()
         .zip(ids)

@@ -108,10 +108,7 @@ fn start_cluster(synchronous: bool) -> Option<Cluster> {
     let root = tempfile::tempdir().expect("tempdir");
     let lease = Lease::Etcd { endpoint: etcd.endpoint.clone(), ttl: "3s" };
     let ids = [0xA1u64, 0xB2, 0xC3];
-    let sync_yaml = format!(
-        "replication:\n  sync:\n    candidates: [{}]\n    timeout: 10s\n    on-timeout: block\n",
-        ids.iter().map(|i| format!("{i:016X}")).collect::<Vec<_>>().join(", ")
-    );
+    let sync_yaml = support::cluster::sync_yaml(&ids);
     let extra = if synchronous { sync_yaml.as_str() } else { "" };
     let mut nodes: Vec<Node> = (0..3)
         .map(|i| {

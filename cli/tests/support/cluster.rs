@@ -270,3 +270,11 @@ pub fn assert_refused_commit(e: &rusqlite::Error) {
 pub fn replite(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_replite")).args(args).output().expect("run replite")
 }
+
+/// The config lines of synchronous replication over these candidate ids, blocking on timeout.
+pub fn sync_yaml(ids: &[u64]) -> String {
+    format!(
+        "replication:\n  sync:\n    candidates: [{}]\n    timeout: 10s\n    on-timeout: block\n",
+        ids.iter().map(|i| format!("{i:016X}")).collect::<Vec<_>>().join(", ")
+    )
+}
