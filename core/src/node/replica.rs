@@ -179,9 +179,14 @@ impl Node {
 
     pub(crate) fn on_upstream_closed(&mut self, now: Millis, conn: UpstreamId) {
         let Some(up) = self.upstream.take_if(|u| u.conn == conn) else { return };
-        // The files received whole are the primary's history, verified as they are applied:
-        // apply them. Dropping them (as before) made a failover lose what this node already
-        // held, and a reconnect fetch it again. Only a file still arriving is lost.
+        self.upstream_gone(now, up);
+    }
+
+    /// The stream `up` is over (closed, or ended by its primary). The files received whole
+    /// are the primary's history, verified as they are applied: apply them. Dropping them (as
+    /// before) made a failover lose what this node already held, and a reconnect fetch it
+    /// again. Only a file still arriving is lost.
+    fn upstream_gone(&mut self, now: Millis, up: Upstream) {
         if let Some(spool) = up.spooling {
             for db in self.dbs.values_mut() {
                 db.inbox.retain(|inbound| !matches!(inbound, Inbound::Spooled { spool: s, .. } if *s == spool));
@@ -266,7 +271,15 @@ impl Node {
                         self.max_epoch = self.max_epoch.max(theirs);
                     }
                     Frame::Handoff { .. } => self.take_over(now, epoch),
-                    Frame::End => return self.resync(now, format!("primary {peer} ended the stream")),
+                    Frame::End => {
+                        // The primary ended its term's stream (it stepped down, or cut us off
+                        // as silent): what it sent whole stays, as after a close.
+                        if let Some(up) = self.upstream.take() {
+                            self.emit(Output::CloseUpstream { conn: up.conn });
+                            self.upstream_gone(now, up);
+                        }
+                        break;
+                    }
                     Frame::Ready => {
                         self.backoff_attempt = 0;
                         if let Some(up) = self.upstream.as_mut() {

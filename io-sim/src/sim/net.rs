@@ -29,6 +29,23 @@ impl Sim {
         self.schedule(d2, Ev::ConnClosed { key, to_replica: false });
     }
 
+    /// The primary closed the stream: like the daemon's stream task, which sends what is
+    /// queued and then ends the response, the replica sees everything already sent (an end
+    /// frame among it, say) and then the close, in order. A connection that dies meanwhile
+    /// closes as dead ones do.
+    pub(super) fn finish_conn(&mut self, key: u64) {
+        let Some(c) = self.conns.get(&key) else { return };
+        if !c.alive {
+            return;
+        }
+        let after_data = c.last[usize::from(true)].max(self.now + self.latency());
+        let wait = after_data - self.now;
+        // Behind any message already due then (a later sequence number), and the primary's
+        // side last, since it removes the connection.
+        self.schedule(wait, Ev::ConnClosed { key, to_replica: true });
+        self.schedule(wait + 1, Ev::ConnClosed { key, to_replica: false });
+    }
+
     /// `ev` back if it may be delivered now; otherwise it joins its connection's held
     /// messages. Stream data or the stream's end for a replica waits when the replica's Node
     /// does not accept more stream bytes (`Node::accepts_upstream_data`) or when earlier

@@ -211,7 +211,7 @@ impl Sim {
                 encode_ltx_message(&name, &file, pos.txid, &mut bytes);
                 self.send(conn.0, true, bytes);
             }
-            Output::CloseDownstream { conn } => self.kill_conn(conn.0),
+            Output::CloseDownstream { conn } => self.finish_conn(conn.0),
             Output::RequestHandoff { primary, to } => {
                 if let Some(p) = self.index_of(primary)
                     && self.link_ok(i, p)

@@ -1097,3 +1097,25 @@ fn files_received_before_the_stream_closed_are_still_applied_before_reconnecting
     }
     assert!(acquired, "a caught-up candidate asks for the free lease");
 }
+
+#[test]
+fn files_received_before_the_primary_ended_its_stream_are_still_applied() {
+    let (_, files, _) = primary_with_two_commits();
+    let (mut node, conn) = connected_replica();
+    // Both files, then the end of the stream (the primary stepped down), in one read.
+    let mut bytes = ltx_message(&files[0]);
+    encode_ltx_message(&db(), &files[1], TxId(0), &mut bytes);
+    encode_frame(&Frame::End, &mut bytes);
+    node.handle(Millis(2), Input::UpstreamData { conn, bytes });
+    let out = drain(&mut node);
+    assert!(out.contains(&Output::CloseUpstream { conn }), "{out:?}");
+    assert!(!out.iter().any(|o| matches!(o, Output::Event(Event::Resync { .. }))), "{out:?}");
+    let (op, _, _) = persisted(&out);
+    let first = ltx::verify(files[0].as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(3), Input::LtxDone { op, result: Ok(first) });
+    let (op, _, _) = persisted(&drain(&mut node));
+    let second = ltx::verify(files[1].as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(4), Input::LtxDone { op, result: Ok(second) });
+    drain(&mut node);
+    assert_eq!(node.pos(&db()), second);
+}
