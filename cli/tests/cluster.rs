@@ -541,6 +541,39 @@ fn a_wal_mode_primary_replicates_and_a_long_lived_replica_reader_sees_every_comm
     b.stop();
 }
 
+/// A replica applies small files on its driver's loop only when no SQLite connection is in
+/// the way; a reader inside a read transaction sends the apply to a thread that waits for it.
+/// The reader keeps its snapshot, the replica keeps answering, and it catches up after.
+#[test]
+fn a_replica_reader_inside_a_transaction_holds_applies_back_until_it_ends() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    b.start();
+    let conn = open(&a, "held.db");
+    create_table(&conn);
+    insert_rows(&conn, "before", 5);
+    let before = converge(&a, &[&b], "held.db");
+    let reader = open_read_only(&b, "held.db");
+    reader.execute_batch("BEGIN").expect("begin");
+    assert_eq!(count(&reader), 5);
+    insert_rows(&conn, "during", 20);
+    // The files arrive but wait for the reader: the replica stays where it was.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(b.pos("held.db").as_deref(), Some(before.as_str()), "applied under a reader\n{}", b.log_text());
+    assert_eq!(count(&reader), 5, "the reader's snapshot changed");
+    reader.execute_batch("COMMIT").expect("commit");
+    converge(&a, &[&b], "held.db");
+    assert_eq!(count(&reader), 25);
+    assert_eq!(integrity(&reader), "ok");
+    drop(reader);
+    drop(conn);
+    a.stop();
+    b.stop();
+}
+
 #[test]
 fn a_primary_killed_mid_snapshot_comes_back_and_the_replica_finishes_catching_up() {
     let root = tempfile::tempdir().expect("tempdir");

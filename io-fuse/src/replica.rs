@@ -131,7 +131,21 @@ impl Mount {
         if verified.header().commit == 0 {
             return self.apply_drop(db, verified.header(), current);
         }
-        self.apply_verified(db, Change::Apply { ltx: ltx_bytes, current })
+        self.apply_verified(db, Change::Apply { ltx: ltx_bytes, current }, Locking::Wait).map(waited)
+    }
+
+    /// [`Mount::apply_ltx`] if it need not wait: `Ok(None)`, with nothing written, when a
+    /// SQLite connection holds a lock the apply needs (a reader inside a read transaction, a
+    /// writer), another apply is running, or the database is a drop or has WAL connections
+    /// from before a demotion. For a caller that must not block, which then applies the file
+    /// with [`Mount::apply_ltx`] on a thread that may.
+    pub fn try_apply_ltx(&self, db: &str, ltx_bytes: &[u8], current: Checksum) -> Result<Option<Pos>, ApplyLtxError> {
+        self.check_may_apply(db)?;
+        let verified = ltx::verify(ltx_bytes).map_err(|source| ApplyLtxError::Invalid { db: db.to_owned(), source })?;
+        if verified.header().commit == 0 {
+            return Ok(None);
+        }
+        self.apply_verified(db, Change::Apply { ltx: ltx_bytes, current }, Locking::IfFree)
     }
 
     /// [`Mount::apply_ltx`] for a stored LTX file the caller verified whole and made durable
@@ -152,7 +166,8 @@ impl Mount {
         if let Some(header) = header.filter(|h| h.commit == 0) {
             return self.apply_drop(db, &header, current);
         }
-        self.apply_verified(db, Change::Apply { ltx: BufReader::with_capacity(LTX_READ_BUFFER_BYTES, file), current })
+        let ltx = BufReader::with_capacity(LTX_READ_BUFFER_BYTES, file);
+        self.apply_verified(db, Change::Apply { ltx, current }, Locking::Wait).map(waited)
     }
 
     /// Replaces database `db` with `image`, a whole database at `pos` (a snapshot's pages,
@@ -165,7 +180,7 @@ impl Mount {
     pub fn replace_database(&self, db: &str, image: &Path, pos: Pos) -> Result<Pos, ApplyLtxError> {
         self.check_may_apply(db)?;
         let change: Change<'_, io::Empty> = Change::Replace { image, pos };
-        self.apply_verified(db, change)
+        self.apply_verified(db, change, Locking::Wait).map(waited)
     }
 
     /// The kept descriptor of `db` through the mount, opened again when the name now leads
@@ -199,9 +214,28 @@ impl Mount {
         Ok(())
     }
 
-    fn apply_verified<R: Read>(&self, db: &str, change: Change<'_, R>) -> Result<Pos, ApplyLtxError> {
-        let mut lockers = lock(&self.apply_lock);
+    /// Carries out `change` under the apply's locks; `Ok(None)` only with [`Locking::IfFree`],
+    /// when one of them is held by someone else (nothing was written).
+    fn apply_verified<R: Read>(
+        &self,
+        db: &str,
+        change: Change<'_, R>,
+        locking: Locking,
+    ) -> Result<Option<Pos>, ApplyLtxError> {
+        let mut lockers = match locking {
+            Locking::Wait => lock(&self.apply_lock),
+            Locking::IfFree => match self.apply_lock.try_lock() {
+                Ok(lockers) => lockers,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+            },
+        };
         let lock_err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
+        // WAL connections from before a demotion: their guard waits; rare enough to leave to
+        // a caller that may.
+        if locking == Locking::IfFree && !self.shared.retired_inos(db).is_empty() {
+            return Ok(None);
+        }
 
         let backing = self.shared.database_path(db);
         // Opened without O_CREAT (which locks the directory) and without making sure of the
@@ -222,7 +256,13 @@ impl Mount {
         }
 
         let locker = self.apply_locker(&mut lockers, db).map_err(lock_err("open through the mount"))?;
-        let _held = HeldLocks::take(locker).map_err(lock_err("EXCLUSIVE lock"))?;
+        let _held = match locking {
+            Locking::Wait => HeldLocks::take(locker).map_err(lock_err("EXCLUSIVE lock"))?,
+            Locking::IfFree => match HeldLocks::take_now(locker).map_err(lock_err("EXCLUSIVE lock"))? {
+                Some(held) => held,
+                None => return Ok(None),
+            },
+        };
 
         // WAL connections opened before a demotion: kept out by the WAL index's locks, and
         // shown the result by a new index header (`demoted_wal`).
@@ -288,7 +328,7 @@ impl Mount {
         let pos = applied?;
         self.set_position(db, pos);
         debug!(db, txid = %pos.txid, pages = file.writes.len(), "applied");
-        Ok(pos)
+        Ok(Some(pos))
     }
 
     /// Under the apply's locks: renames `image` over the database file, makes the rename
@@ -389,6 +429,32 @@ impl<'a> HeldLocks<'a> {
         locks::lock_wait(locker, Kind::Write, SHARED_FIRST, SHARED_SIZE)?;
         Ok(held)
     }
+
+    /// [`HeldLocks::take`] without waiting: `None`, holding nothing, if anyone holds a
+    /// conflicting lock.
+    fn take_now(locker: &'a File) -> io::Result<Option<HeldLocks<'a>>> {
+        if !locks::try_lock(locker, Kind::Write, PENDING_BYTE, 1)? {
+            return Ok(None);
+        }
+        let held = HeldLocks(locker);
+        if !locks::try_lock(locker, Kind::Write, SHARED_FIRST, SHARED_SIZE)? {
+            // Dropping `held` releases PENDING (and the unheld range, harmlessly).
+            return Ok(None);
+        }
+        Ok(Some(held))
+    }
+}
+
+/// Whether an apply waits for the locks it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Locking {
+    Wait,
+    IfFree,
+}
+
+/// The position of an apply that waited for its locks, which always has one.
+fn waited(pos: Option<Pos>) -> Pos {
+    pos.expect("an apply that waits for its locks always applies")
 }
 
 impl Drop for HeldLocks<'_> {

@@ -168,6 +168,36 @@ fn an_ltx_that_does_not_extend_the_position_is_rejected_and_changes_nothing() {
     assert_eq!(replica.stored("bank.db"), before);
 }
 
+/// `try_apply_ltx` never waits: while a reader is inside a read transaction it applies
+/// nothing and says so; once the reader is done it applies as `apply_ltx` does.
+#[test]
+fn an_apply_that_must_not_wait_leaves_the_database_alone_while_a_reader_is_inside_a_transaction() {
+    let transfers = 2;
+    let (primary, ltx) = primary_history(4096, transfers);
+    let replica = Fixture::replica();
+    let (setup, mut pos) = apply_setup(&replica, &ltx, transfers);
+    let mut reader = replica.open("bank.db");
+    let before = replica.stored("bank.db");
+    {
+        let tx = reader.transaction().unwrap();
+        let ver: i64 = tx.query_row("SELECT max(ver) FROM acct", [], |r| r.get(0)).unwrap();
+        assert_eq!(ver, 0);
+        let tried = replica.mount().try_apply_ltx("bank.db", &ltx[setup], pos.checksum).expect("no error");
+        assert_eq!(tried, None, "applied under a reader's SHARED lock");
+        assert_eq!(replica.stored("bank.db"), before, "something was written");
+        let ver: i64 = tx.query_row("SELECT max(ver) FROM acct", [], |r| r.get(0)).unwrap();
+        assert_eq!(ver, 0, "the reader's transaction changed under it");
+        tx.commit().unwrap();
+    }
+    for (v, file) in (1..).zip(&ltx[setup..]) {
+        pos = replica.mount().try_apply_ltx("bank.db", file, pos.checksum).expect("no error").expect("applied");
+        let ver: i64 = reader.query_row("SELECT max(ver) FROM acct", [], |r| r.get(0)).unwrap();
+        assert_eq!(ver, v);
+    }
+    assert_eq!(pos, primary.sink.pos_of("bank.db"));
+    integrity_ok(&reader);
+}
+
 /// A WAL primary rewrites page 1 (and with it the change counter SQLite's rollback-mode
 /// readers check their page cache against) only when a transaction changes page 1; most of
 /// these transfers do not. A reader connection kept open across applies must still see each.

@@ -12,7 +12,7 @@ use replite_core::{Checksum, Epoch, Pos, TxId};
 use replite_fuse::Mount;
 use tracing::error;
 
-use crate::driver::storage::{DatabaseImage, SnapshotImage, Storage, Streamed};
+use crate::driver::storage::{AppliedNow, DatabaseImage, SnapshotImage, Storage, Streamed};
 use crate::store::{Store, StoreError};
 
 /// The store under `data.dir`, and the mount that serves its databases (if mounted).
@@ -62,6 +62,42 @@ impl Storage for DiskStorage {
         };
         // The mount writes the pages itself: the store's idea of the file's checksum is stale.
         store.forget_checksum(db);
+        mount.apply_ltx(db.as_str(), bytes, base).map_err(|e| {
+            error!(%db, %min, %max, error = %e, "applying an LTX file through the mount failed");
+            IoFailure::Mismatch
+        })
+    }
+
+    fn persist_and_apply_now(&self, db: &DbName, min: TxId, max: TxId, bytes: &[u8], base: Checksum) -> AppliedNow {
+        let Some(mount) = &self.mount else {
+            // The store's own apply fsyncs the database: not for a thread that must not wait.
+            return match self.store().write_replicated(db, min, max, bytes, false) {
+                Ok(()) => AppliedNow::Stored,
+                Err(e) => AppliedNow::Done(Err(logged(db, "persisting an LTX file")(e))),
+            };
+        };
+        {
+            let mut store = self.store();
+            if let Err(e) = store.write_replicated(db, min, max, bytes, false) {
+                return AppliedNow::Done(Err(logged(db, "persisting an LTX file")(e)));
+            }
+            store.forget_checksum(db);
+        }
+        match mount.try_apply_ltx(db.as_str(), bytes, base) {
+            Ok(Some(pos)) => AppliedNow::Done(Ok(pos)),
+            Ok(None) => AppliedNow::Stored,
+            Err(e) => {
+                error!(%db, %min, %max, error = %e, "applying an LTX file through the mount failed");
+                AppliedNow::Done(Err(IoFailure::Mismatch))
+            }
+        }
+    }
+
+    fn apply_stored(&self, db: &DbName, min: TxId, max: TxId, bytes: &[u8], base: Checksum) -> Result<Pos, IoFailure> {
+        let Some(mount) = &self.mount else {
+            return self.store().apply_ltx(db, min, max, base).map_err(logged(db, "applying an LTX file"));
+        };
+        self.store().forget_checksum(db);
         mount.apply_ltx(db.as_str(), bytes, base).map_err(|e| {
             error!(%db, %min, %max, error = %e, "applying an LTX file through the mount failed");
             IoFailure::Mismatch

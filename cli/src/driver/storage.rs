@@ -47,6 +47,15 @@ pub struct SnapshotImage {
     pub pos: Pos,
 }
 
+/// What [`Storage::persist_and_apply_now`] got done.
+#[derive(Debug)]
+pub enum AppliedNow {
+    /// Stored and applied (or failed): the position after it.
+    Done(Result<Pos, IoFailure>),
+    /// Stored; the apply would have had to wait for a SQLite connection's lock.
+    Stored,
+}
+
 /// Durable storage of LTX files, the databases they apply to, and the highest epoch seen.
 pub trait Storage: Send + Sync + 'static {
     /// A primary's own commit: writes the LTX file (with `durable`, also fsynced) and returns
@@ -64,6 +73,17 @@ pub trait Storage: Send + Sync + 'static {
         base: Checksum,
         durable: bool,
     ) -> Result<Pos, IoFailure>;
+    /// [`Storage::persist_and_apply`] for a caller that must not wait for SQLite's readers
+    /// (the driver's loop): the file is written without an fsync, then applied only if that
+    /// needs no wait. [`AppliedNow::Stored`] leaves the apply to [`Storage::apply_stored`] on
+    /// a thread that may wait. The default does both at once.
+    fn persist_and_apply_now(&self, db: &DbName, min: TxId, max: TxId, bytes: &[u8], base: Checksum) -> AppliedNow {
+        AppliedNow::Done(self.persist_and_apply(db, min, max, bytes, base, false))
+    }
+    /// Applies a file [`Storage::persist_and_apply_now`] stored but could not apply.
+    fn apply_stored(&self, db: &DbName, min: TxId, max: TxId, bytes: &[u8], base: Checksum) -> Result<Pos, IoFailure> {
+        self.persist_and_apply(db, min, max, bytes, base, false)
+    }
     /// A temporary file to spool an LTX file of `db` into as it arrives (deleted if dropped).
     fn create_spool(&self, db: &DbName) -> io::Result<tempfile::NamedTempFile>;
     /// A temporary file beside `db`'s database that a snapshot's database can be written to
