@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod db_file;
 pub mod driver;
 pub mod fd_limit;
+pub mod fs_kind;
 pub mod http;
 pub mod lease;
 pub mod store;

@@ -444,7 +444,12 @@ fn context_notes(sizes: &Sizes, root: &Path) -> Vec<String> {
     vec![
         format!("command: {}", command.join(" ")),
         format!("date: {}", jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC")),
-        format!("machine: {cores} cores ({cpu}), Linux {}, work folder {}", kernel.trim(), root.display()),
+        format!(
+            "machine: {cores} cores ({cpu}), Linux {}, work folder {} ({})",
+            kernel.trim(),
+            root.display(),
+            replite::fs_kind::of(root).map_or_else(|e| format!("file system unknown: {e}"), |kind| kind.to_string())
+        ),
         format!("load average at the start: {}", load_average()),
         format!(
             "sizes: {} round(s) (median); writes {}/{}/{} tx; large tx {} MiB; {} rows read {} times autocommit, {} times in batches of {READ_BATCH}; lag over {} commits; snapshot {} MiB; mixed {} rows per table",

@@ -20,7 +20,7 @@ use replite_core::node::Node;
 use replite_core::stream::DbName;
 use replite_fuse::{Mount, MountOptions, Role};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Config, LeaseType};
 use crate::driver::{Clock, CommitBridge, DiskStorage, Driver, Network, PageSums, Status, node_config};
@@ -150,6 +150,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         }
     };
     info!(node = %node_id, %hostname, %advertise_url, data = %data_dir.display(), "starting");
+    warn_if_unjournaled(&data_dir);
 
     roll_back_hot_journals(&data_dir)?;
     fold_wals(&data_dir)?;
@@ -205,6 +206,22 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
 /// Undoes what a crash left half-written: a transaction's pages in a database file whose
 /// journal still holds their originals. Runs before recovery checksums the files.
+/// A new LTX file is made durable with one fsync (decision 0008), which relies on a
+/// journaling file system committing its name with it.
+fn warn_if_unjournaled(data_dir: &Path) {
+    match crate::fs_kind::of(data_dir) {
+        Ok(kind) if kind.is_unjournaled_ext4() => warn!(
+            data = %data_dir.display(),
+            fs = %kind,
+            "the data directory is on ext4 without a journal: after a power loss a file made durable \
+             with one fsync may lose its name, and creating files gets slow after many deletions; \
+             use a journaling file system"
+        ),
+        Ok(kind) => debug!(fs = %kind, "data directory's file system"),
+        Err(e) => debug!(error = %e, "could not tell the data directory's file system"),
+    }
+}
+
 fn roll_back_hot_journals(data_dir: &Path) -> anyhow::Result<()> {
     let dbs = crate::store::layout::dbs_dir(data_dir);
     let entries = match std::fs::read_dir(&dbs) {
