@@ -1,7 +1,9 @@
 //! A full disk under a running daemon: the data directory is a small tmpfs, and SQLite writes
 //! through the mount until it fills. The application gets "database or disk is full", the
 //! database keeps every acknowledged row and passes `integrity_check`, and once space is
-//! freed writes resume without a restart; a restart afterwards recovers the same position.
+//! freed writes resume without a restart; a restart afterwards recovers the same position. A
+//! replica whose disk is full waits longer and longer between tries, and catches up once
+//! space is freed.
 
 mod support;
 
@@ -144,6 +146,13 @@ fn a_replica_whose_disk_fills_catches_up_once_space_is_freed() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_ne!(replica.pos("app.db").as_deref(), Some(want.as_str()), "the replica cannot hold it all yet");
+    // While the disk stays full, the replica asks for the files again less and less often:
+    // about five tries in four seconds (after 0, 0.1, 1, 2 and 4 s), not one every ~100 ms.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let log = replica.log_text();
+    let failed_tries = log.lines().filter(|l| l.contains("Resync") && l.contains("persisting")).count();
+    assert!((2..=6).contains(&failed_tries), "{failed_tries} failed tries in about 4 s:\n{log}");
+    assert!(log.contains("failures in a row"), "the log does not say why it waits:\n{log}");
 
     std::fs::remove_file(data.path.join("ballast")).expect("free space");
     replica.wait_for("caught up", |i| {

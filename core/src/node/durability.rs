@@ -139,7 +139,10 @@ impl Node {
                     &name,
                     "a received file was lost before it was durable: waiting for a snapshot",
                 );
-                self.resync(now, format!("{name}: a received LTX file was lost before it was durable"));
+                self.resync_after_store_failure(
+                    now,
+                    format!("{name}: a received LTX file was lost before it was durable"),
+                );
             }
             Err(failure) => {
                 // The files stay in the page cache; the timer retries. Fsyncs waiting now

@@ -120,6 +120,10 @@ pub struct Node {
     /// The primary's wall clock from its last heartbeat (ms since the Unix epoch).
     primary_clock_ms: Option<i64>,
     backoff_attempt: u32,
+    /// Files from the primary this replica failed to store or apply in a row (a full disk,
+    /// say): from the second, its reconnects wait longer and longer, so that it does not
+    /// fetch the same large file again every few hundred milliseconds.
+    store_failures: u32,
     /// The replica's applied TXIDs (summed over databases) when its idle timer last found the
     /// stream paused: a pause is excused only while applies progress.
     paused_progress: Option<u64>,
@@ -154,6 +158,7 @@ impl Node {
             upstream: None,
             primary_clock_ms: None,
             backoff_attempt: 0,
+            store_failures: 0,
             paused_progress: None,
         })
     }

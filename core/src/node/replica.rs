@@ -14,6 +14,13 @@ use crate::node::{Node, Role};
 use crate::stream::{DbName, Extensions, Frame, PosMap, StreamDecoder, StreamEvent, encode_frame, encode_pos_map};
 use crate::types::{Epoch, NodeId, Pos, TxId};
 
+/// The shortest wait before reconnecting after a replica failed to store or apply files from
+/// the primary twice in a row; it doubles with every further failure.
+pub(crate) const STORE_FAILURE_HOLD_OFF_MIN_MS: u64 = 1_000;
+/// The longest such wait: long enough not to pull a large snapshot a few times a second from
+/// a disk that is full, short enough to catch up within a minute of space being freed.
+pub(crate) const STORE_FAILURE_HOLD_OFF_MAX_MS: u64 = 60_000;
+
 /// Our stream to the primary.
 #[derive(Debug)]
 pub(crate) struct Upstream {
@@ -129,7 +136,37 @@ impl Node {
         let ceiling = self.cfg.reconnect_min_ms.saturating_mul(1 << exp).min(self.cfg.reconnect_max_ms);
         let delay = ceiling / 2 + self.rng.below(ceiling / 2 + 1);
         self.backoff_attempt = self.backoff_attempt.saturating_add(1);
+        let delay = delay.max(self.store_failure_hold_off());
         self.timers.set(TimerKind::Reconnect, now + delay.max(1));
+    }
+
+    /// How long a reconnect waits at least after [`Node::store_failures`] failures in a row:
+    /// nothing after the first (it may have been passing), then from
+    /// [`STORE_FAILURE_HOLD_OFF_MIN_MS`] doubling up to [`STORE_FAILURE_HOLD_OFF_MAX_MS`].
+    /// The stream's own backoff starts over at every `Ready` frame, which a replica that
+    /// keeps failing the same snapshot receives each time.
+    fn store_failure_hold_off(&self) -> u64 {
+        match self.store_failures {
+            0 | 1 => 0,
+            n => STORE_FAILURE_HOLD_OFF_MIN_MS.saturating_mul(1 << (n - 2).min(16)).min(STORE_FAILURE_HOLD_OFF_MAX_MS),
+        }
+    }
+
+    /// A file from the primary could not be stored or applied: resync, waiting longer the
+    /// more such failures came in a row.
+    pub(crate) fn resync_after_store_failure(&mut self, now: Millis, reason: String) {
+        self.store_failures = self.store_failures.saturating_add(1);
+        let hold_off = self.store_failure_hold_off();
+        let reason = if hold_off > 0 {
+            format!(
+                "{reason} ({} failures in a row: retrying in {} s at the earliest)",
+                self.store_failures,
+                hold_off / 1000
+            )
+        } else {
+            reason
+        };
+        self.resync(now, reason);
     }
 
     /// Resync: drop the stream and come back after a backoff with our position.
@@ -339,7 +376,8 @@ impl Node {
                 *slot = Some(verified);
                 self.process_inbox(now, &name);
             }
-            Err(reason) => self.resync(now, format!("{name}: invalid LTX: {reason}")),
+            // Spooling fails on the disk (full, failing) or on a file that does not verify.
+            Err(reason) => self.resync_after_store_failure(now, format!("{name}: invalid LTX: {reason}")),
         }
     }
 
@@ -445,6 +483,9 @@ impl Node {
                 if p.entry.min == TxId(1) && !p.replay && was != Pos::ZERO {
                     self.event(Event::SnapshotReplaced { db: name.clone(), was, now: pos });
                 }
+                if !p.replay {
+                    self.store_failures = 0;
+                }
                 let Some(db) = self.dbs.get_mut(&name) else { return };
                 if p.replay {
                     // Recovery found the file on disk, and the store made it durable at start.
@@ -480,7 +521,10 @@ impl Node {
                         // says. Applying more files cannot mend it; a snapshot can.
                         self.distrust_database(now, &name, "apply mismatch: waiting for a snapshot");
                     }
-                    self.resync(now, format!("{name}: persisting {}-{} failed", p.entry.min, p.entry.max));
+                    self.resync_after_store_failure(
+                        now,
+                        format!("{name}: persisting {}-{} failed", p.entry.min, p.entry.max),
+                    );
                 }
                 return;
             }

@@ -576,6 +576,65 @@ fn recovery_with_a_database_matching_no_file_waits_for_a_snapshot_and_never_acqu
     assert!(!out.iter().any(|o| matches!(o, Output::AcquireLease { .. })), "{out:?}");
 }
 
+/// A replica that keeps failing to store the snapshot it is sent (a full disk, say) waits
+/// longer and longer before fetching it again, although each new stream's `Ready` frame
+/// starts the stream backoff over; one file stored and applied ends the hold-off.
+#[test]
+fn a_replica_that_keeps_failing_to_store_a_file_waits_longer_each_time_and_success_resets_it() {
+    let (_, files, _) = primary_with_two_commits();
+    let (mut node, mut conn) = connected_replica();
+    let mut now = 10;
+    let mut ready = Vec::new();
+    encode_frame(&Frame::Ready, &mut ready);
+    let mut waits = Vec::new();
+    for attempt in 0..5 {
+        node.handle(Millis(now), Input::UpstreamData { conn, bytes: ready.clone() });
+        node.handle(Millis(now), Input::UpstreamData { conn, bytes: ltx_message(&files[0]) });
+        let (op, min, _) = persisted(&drain(&mut node));
+        assert_eq!(min, TxId(1), "a snapshot");
+        let last = attempt == 4;
+        let result = if last {
+            Ok(ltx::verify(files[0].as_slice()).expect("valid").post_apply_pos())
+        } else {
+            Err(IoFailure::Io)
+        };
+        node.handle(Millis(now + 1), Input::LtxDone { op, result });
+        let out = drain(&mut node);
+        if last {
+            assert!(!out.iter().any(|o| matches!(o, Output::Event(Event::Resync { .. }))), "{out:?}");
+            break;
+        }
+        let reason = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Event(Event::Resync { reason }) => Some(reason.clone()),
+                _ => None,
+            })
+            .expect("a failed store resyncs");
+        assert_eq!(reason.contains("in a row"), attempt >= 1, "{reason}");
+        let at = node.timers.get(TimerKind::Reconnect).expect("a reconnect is scheduled");
+        waits.push(at.0 - (now + 1));
+        now = at.0;
+        node.handle(Millis(now), Input::Timeout);
+        conn = drain(&mut node)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Connect { conn, .. } => Some(conn),
+                _ => None,
+            })
+            .expect("reconnects when the wait ends");
+        node.handle(Millis(now), Input::UpstreamOpened { conn, ext: Extensions::ALL });
+    }
+    assert!(waits[0] <= 100, "the first failure may be passing: {waits:?}");
+    assert!(waits[1] >= 1_000 && waits[2] >= 2_000 && waits[3] >= 4_000, "{waits:?}");
+    assert_eq!(node.pos(&db()), ltx::verify(files[0].as_slice()).expect("valid").post_apply_pos());
+    // Stored and applied: the next failure is a first one again.
+    node.handle(Millis(now + 10), Input::UpstreamClosed { conn });
+    drain(&mut node);
+    let at = node.timers.get(TimerKind::Reconnect).expect("a reconnect is scheduled");
+    assert!(at.0 - (now + 10) <= 100, "the hold-off outlived a success");
+}
+
 #[test]
 fn reconnect_backoff_doubles_with_jitter_inside_its_bounds() {
     let (mut node, mut conn) = connected_replica();
