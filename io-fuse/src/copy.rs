@@ -162,12 +162,14 @@ impl Mount {
         let wal_path = self.shared.wal_path(db);
         let header_says_wal = header.get(WRITE_VERSION_OFFSET) == Some(&2);
         // A WAL that exists is read whatever the header says (SQLite opens it too). A primary
-        // whose header says WAL may have a writer about to create one; a replica cannot.
-        let wal_in_use = wal_path.exists() || (header_says_wal && self.shared.is_primary());
+        // whose header says WAL may have a writer about to create one. On a replica the WAL
+        // stays empty, but applies to a database read in WAL mode keep copies out with the WAL
+        // index's locks, not EXCLUSIVE (`replica.rs`), so a copy takes those too.
+        let wal_in_use = wal_path.exists() || header_says_wal;
         if !shared && !wal_in_use {
             return self.copy_around_writer(db, &database, dest).map(|copy| (copy, CopiedTo::File));
         }
-        let wal_index = if wal_in_use { self.lock_wal_index(db)? } else { None };
+        let wal_index = if wal_in_use { self.lock_wal_index(db, header_says_wal)? } else { None };
         // Read again under the WAL-index locks: a checkpoint may have rewritten page 1 since.
         let mut header = [0u8; HEADER_BYTES];
         let header_len = read_full_at(&database, &mut header, 0).map_err(io_err("read the header", &db_path))?;
@@ -279,10 +281,14 @@ impl Mount {
     /// mark keeps a writer from restarting the log over the frames being read (a restart needs
     /// read marks 1..5 exclusive, and gives up when it cannot have them). A writer appends
     /// frames meanwhile, past `mxFrame`, where the copy does not read.
-    fn lock_wal_index(&self, db: &str) -> Result<Option<File>, CopyError> {
+    ///
+    /// The index is created when missing on a primary and on a replica whose database is
+    /// read in WAL mode (`header_says_wal`): the locks must exist before anyone reads.
+    fn lock_wal_index(&self, db: &str, header_says_wal: bool) -> Result<Option<File>, CopyError> {
         let lock_err = |step| move |source| CopyError::Lock { db: db.to_owned(), step, source };
         let path = self.mountpoint.join(mount_name(NodeKind::Shm, db));
-        let shm = OpenOptions::new().read(true).write(true).create(self.shared.is_primary()).open(path);
+        let create = self.shared.is_primary() || header_says_wal;
+        let shm = OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path);
         let shm = match shm {
             Ok(shm) => shm,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),

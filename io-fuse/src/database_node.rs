@@ -75,25 +75,21 @@ impl DbFile {
     }
 }
 
-/// Offsets of the file format write and read versions in the database header: 1 is a
-/// rollback journal, 2 is WAL.
-const FORMAT_VERSIONS: std::ops::Range<u64> = 18..20;
 /// Offsets of the big-endian u32 file change counter and of the "version-valid-for" number,
 /// which SQLite keeps equal to it (the in-header database size is trusted only then).
 const CHANGE_COUNTER: u64 = 24;
 const VERSION_VALID_FOR: u64 = 92;
 
 /// What a replica's readers see of the database header: see [`present_to_replica`].
-pub(crate) const PRESENTED_HEADER: std::ops::Range<u64> = FORMAT_VERSIONS.start..VERSION_VALID_FOR + 4;
+pub(crate) const PRESENTED_HEADER: std::ops::Range<u64> = CHANGE_COUNTER..VERSION_VALID_FOR + 4;
 
-/// On a replica, shows the database to readers as a rollback-journal database whose change
-/// counter is `version`. Only the bytes readers see change; the stored file, and so its
-/// checksum, keeps the primary's header.
+/// On a replica, shows readers the database with `version` as its change counter. Only the
+/// bytes readers see change; the stored file, and so its checksum, keeps the primary's header.
 ///
-/// Rollback mode: the file holds every committed page (applies write it directly, there is
-/// never a WAL), so readers need neither a WAL nor a WAL index, and the locks apply takes are
-/// the ones they honour. A WAL primary's page 1 says WAL (bytes 18 and 19 are 2); they are
-/// shown as 1.
+/// The journal mode is shown as stored: a WAL primary's database is read in WAL mode on its
+/// replicas too (applies write its pages into the file and restart the WAL index, see
+/// `replica::wal_replica_reads`); until session 8 it was shown as a rollback database, and
+/// read at rollback-mode speed (0.4 of WAL reads).
 ///
 /// The change counter: a rollback-mode reader keeps its page cache between transactions while
 /// bytes 24..40 of the file are unchanged (`sqlite3PagerSharedLock` compares them with the
@@ -104,13 +100,6 @@ pub(crate) const PRESENTED_HEADER: std::ops::Range<u64> = FORMAT_VERSIONS.start.
 /// (`Shared::replica_version`); "version-valid-for" shows the same number, so the in-header
 /// size stays trusted (a replica's file is exactly that size: apply sets it).
 pub(crate) fn present_to_replica(offset: u64, buf: &mut [u8], version: u32) {
-    for at in FORMAT_VERSIONS {
-        if let Some(b) = byte_at(offset, buf, at)
-            && *b == 2
-        {
-            *b = 1;
-        }
-    }
     for field in [CHANGE_COUNTER, VERSION_VALID_FOR] {
         for (at, value) in (field..).zip(version.to_be_bytes()) {
             if let Some(b) = byte_at(offset, buf, at) {
@@ -145,19 +134,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn replica_readers_see_wal_databases_as_rollback_databases() {
+    fn replica_readers_see_the_journal_mode_as_stored() {
         let mut header = vec![0u8; 100];
         header[18] = 2;
         header[19] = 2;
         present_to_replica(0, &mut header, 7);
-        assert_eq!(&header[18..20], &[1, 1]);
-        // A read that starts inside the field or ends before it.
-        let mut tail = vec![2u8, 7];
-        present_to_replica(19, &mut tail, 7);
-        assert_eq!(tail, vec![1, 7]);
-        let mut before = vec![2u8; 18];
-        present_to_replica(0, &mut before, 7);
-        assert!(before.iter().all(|&b| b == 2));
+        assert_eq!(&header[18..20], &[2, 2]);
     }
 
     #[test]

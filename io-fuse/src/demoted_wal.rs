@@ -30,6 +30,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use fuser::INodeNo;
 use tracing::{debug, info, warn};
@@ -59,7 +60,11 @@ impl Shared {
     /// At a demotion: retires the inode of every database a WAL connection has open (its WAL
     /// index is open), so later opens get a new one. Returns the names retired.
     pub(crate) fn retire_wal_databases(&self) -> Vec<String> {
-        let open: Vec<String> = self.dbs_with_open_wal_index();
+        self.retire(self.dbs_with_open_wal_index())
+    }
+
+    /// Retires the inodes of `dbs`; returns the names retired.
+    pub(crate) fn retire(&self, open: Vec<String>) -> Vec<String> {
         let mut inodes = lock(&self.inodes);
         let mut retired = lock(&self.retired);
         let mut names = Vec::new();
@@ -90,6 +95,32 @@ impl Shared {
 }
 
 impl Mount {
+    /// The kept descriptor of `db`'s WAL index through the mount (see `Mount::shm_lockers`),
+    /// opened again when the name now leads to another inode; made if missing with `create`,
+    /// else `None`.
+    pub(crate) fn shm_locker(&self, db: &str, create: bool) -> io::Result<Option<Arc<File>>> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.mountpoint.join(mount_name(NodeKind::Shm, db));
+        let current = match std::fs::metadata(&path) {
+            Ok(meta) => Some(meta.ino()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let mut lockers = lock(&self.shm_lockers);
+        if let (Some(ino), Some((kept, file))) = (current, lockers.get(db))
+            && *kept == ino
+        {
+            return Ok(Some(Arc::clone(file)));
+        }
+        if current.is_none() && !create {
+            return Ok(None);
+        }
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(create).truncate(false).open(&path)?;
+        let file = Arc::new(file);
+        lockers.insert(db.to_owned(), (file.metadata()?.ino(), Arc::clone(&file)));
+        Ok(Some(file))
+    }
+
     /// Retires WAL-connected databases' inodes at a demotion (see the module documentation)
     /// and makes the kernel look their names up again.
     pub(crate) fn retire_wal_databases(&self) {
@@ -97,6 +128,15 @@ impl Mount {
             info!(db, "a WAL connection stays open through the demotion; later opens get a new inode");
             let _ = self.notifier.inval_entry(INodeNo(ROOT_INO), db.as_ref());
             self.fold_at_demotion(&db);
+        }
+    }
+
+    /// Retires `db`'s inode after an apply took it out of WAL mode while WAL connections
+    /// are open: they keep reading in WAL mode, holding SHARED on the file.
+    pub(crate) fn retire_wal_database(&self, db: &str) {
+        for db in self.shared.retire(vec![db.to_owned()]) {
+            info!(db, "the database left WAL mode with WAL connections open; later opens get a new inode");
+            let _ = self.notifier.inval_entry(INodeNo(ROOT_INO), db.as_ref());
         }
     }
 
@@ -144,7 +184,7 @@ pub(crate) fn page_count(file: &File) -> io::Result<u32> {
 /// The WAL index of a database whose WAL connections outlived a demotion, locked so that none
 /// of them is inside a read transaction (and no writer or checkpointer is running).
 pub(crate) struct WalGuard {
-    shm: File,
+    shm: Arc<File>,
     header: [u8; HEADER_BYTES],
 }
 
@@ -155,43 +195,47 @@ impl WalGuard {
         if mount.shared.retired_inos(db).is_empty() {
             return Ok(None);
         }
-        let err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
-        let path = mount.mountpoint.join(mount_name(NodeKind::Shm, db));
-        let shm = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
-            Ok(shm) => shm,
-            // Its connections closed meanwhile.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(err("open the WAL index through the mount")(e)),
-        };
-        locks::lock_wait(&shm, Kind::Write, WAL_LOCKS_FIRST, WAL_LOCKS_LEN).map_err(err("WAL index locks"))?;
-        let mut header = [0u8; HEADER_BYTES];
-        match shm.read_exact_at(&mut header, 0) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(err("read the WAL index header")(e)),
-        }
-        Ok(Some(WalGuard { shm, header }))
+        // Gone: its connections closed meanwhile.
+        WalGuard::lock(mount, db, false, true)
     }
 
     /// Like [`WalGuard::take`] but without waiting: `None` if a WAL transaction (or
     /// checkpoint) holds one of the locks right now.
     pub(crate) fn take_now(mount: &Mount, db: &str) -> Result<Option<WalGuard>, ApplyLtxError> {
+        WalGuard::lock(mount, db, false, false)
+    }
+
+    /// For a database a replica shows in WAL mode (page 1 says WAL): the WAL index's locks,
+    /// taken on an index created through the mount if no connection made one yet (a
+    /// connection that opens meanwhile waits for the guard, through SQLite's busy handler,
+    /// before its first read transaction). Without `wait`, `None` if a read transaction or
+    /// checkpoint holds one of the locks.
+    pub(crate) fn lock_index(mount: &Mount, db: &str, wait: bool) -> Result<Option<WalGuard>, ApplyLtxError> {
+        WalGuard::lock(mount, db, true, wait)
+    }
+
+    /// The locks on `db`'s WAL index through the mount's kept descriptor (`create`: made if
+    /// missing; otherwise `None` when there is none). `None` too, without `wait`, when they
+    /// are held.
+    fn lock(mount: &Mount, db: &str, create: bool, wait: bool) -> Result<Option<WalGuard>, ApplyLtxError> {
         let err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
-        let path = mount.mountpoint.join(mount_name(NodeKind::Shm, db));
-        let shm = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
-            Ok(shm) => shm,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(err("open the WAL index through the mount")(e)),
+        let Some(shm) = mount.shm_locker(db, create).map_err(err("open the WAL index through the mount"))? else {
+            return Ok(None);
         };
-        if !locks::try_lock(&shm, Kind::Write, WAL_LOCKS_FIRST, WAL_LOCKS_LEN).map_err(err("WAL index locks"))? {
+        if wait {
+            locks::lock_wait(&shm, Kind::Write, WAL_LOCKS_FIRST, WAL_LOCKS_LEN).map_err(err("WAL index locks"))?;
+        } else if !locks::try_lock(&shm, Kind::Write, WAL_LOCKS_FIRST, WAL_LOCKS_LEN).map_err(err("WAL index locks"))? {
             return Ok(None);
         }
-        let mut header = [0u8; HEADER_BYTES];
-        match shm.read_exact_at(&mut header, 0) {
-            Ok(()) => Ok(Some(WalGuard { shm, header })),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
-            Err(e) => Err(err("read the WAL index header")(e)),
+        // From here the guard releases the locks whatever happens.
+        let mut guard = WalGuard { shm, header: [0; HEADER_BYTES] };
+        match guard.shm.read_exact_at(&mut guard.header, 0) {
+            Ok(()) => {}
+            // No connection has initialised it: nothing to restart, the locks are what count.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => guard.header = [0; HEADER_BYTES],
+            Err(e) => return Err(err("read the WAL index header")(e)),
         }
+        Ok(Some(guard))
     }
 
     /// The frames SQLite has published (`mxFrame`), when the header is valid.
@@ -202,7 +246,13 @@ impl WalGuard {
     /// Writes the header that sends every WAL reader to the database file with an empty
     /// cache: `iChange` + 1, `mxFrame` 0, `nPage` = `pages`, salt 1 + 1 and salt 2 changed,
     /// checksum, both copies; then the checkpoint info as after a log restart.
+    ///
+    /// An index whose header is not valid (never initialised) is left alone: SQLite runs its
+    /// recovery over it before any read, and a header made from garbage would be trusted.
     pub(crate) fn restart(&self, pages: u32) -> io::Result<()> {
+        if self.published_frames()?.is_none() {
+            return Ok(());
+        }
         let mut h = self.header;
         let get = |h: &[u8; HEADER_BYTES], at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
         let put = |h: &mut [u8; HEADER_BYTES], at: usize, v: u32| h[at..at + 4].copy_from_slice(&v.to_ne_bytes());

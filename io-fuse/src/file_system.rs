@@ -228,7 +228,9 @@ impl Filesystem for ReplFs {
             warn!(db, "rollback write refused while WAL connections from before a demotion are open");
             return reply.error(Errno::EACCES);
         }
-        if !self.shared.is_primary() {
+        // A replica's WAL and WAL index belong to its own readers of a WAL database (never
+        // replicated; a replica's WAL stays empty, its writes are refused).
+        if !self.shared.is_primary() && !matches!(kind, NodeKind::Wal | NodeKind::Shm) {
             return reply.error(Errno::EROFS);
         }
         let Some(path) = self.shared.path(kind, db) else { return reply.error(Errno::EACCES) };

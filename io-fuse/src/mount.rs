@@ -72,6 +72,11 @@ pub struct Mount {
     /// inode it was opened on) between them: opening and closing it per apply cost four FUSE
     /// requests to this very daemon on the replication path.
     pub(crate) apply_lock: Mutex<HashMap<String, (u64, std::fs::File)>>,
+    /// The same for WAL indexes (`-shm`), whose locks keep WAL connections out of an apply
+    /// (`demoted_wal::WalGuard`). Kept open for the same reason, and one more: closing any
+    /// descriptor of a file drops every POSIX lock the closing process holds on it, so an
+    /// application in the daemon's own process (the tests) would lose its read locks.
+    pub(crate) shm_lockers: Mutex<HashMap<String, (u64, std::sync::Arc<std::fs::File>)>>,
     /// Descriptors of databases opened through the mount by copies that read around a writer,
     /// kept open until closing them is safe (see `Mount::park_locker`).
     pub(crate) parked_lockers: Mutex<HashMap<String, Vec<std::fs::File>>>,
@@ -114,6 +119,7 @@ impl Mount {
             notifier,
             mountpoint: mountpoint.to_owned(),
             apply_lock: Mutex::new(HashMap::new()),
+            shm_lockers: Mutex::new(HashMap::new()),
             parked_lockers: Mutex::new(HashMap::new()),
             session: Some(session),
         })
@@ -205,6 +211,7 @@ impl Mount {
     pub fn unmount(mut self) -> io::Result<()> {
         lock(&self.parked_lockers).clear();
         lock(&self.apply_lock).clear();
+        lock(&self.shm_lockers).clear();
         match self.session.take() {
             Some(session) => session.umount_and_join(),
             None => Ok(()),
@@ -217,6 +224,7 @@ impl Drop for Mount {
         // Descriptors through the mount would keep it busy.
         lock(&self.parked_lockers).clear();
         lock(&self.apply_lock).clear();
+        lock(&self.shm_lockers).clear();
         let Some(session) = self.session.take() else { return };
         if let Err(e) = session.umount_and_join() {
             warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed; detaching lazily");

@@ -256,17 +256,26 @@ impl Mount {
         }
 
         let locker = self.apply_locker(&mut lockers, db).map_err(lock_err("open through the mount"))?;
-        let _held = match locking {
-            Locking::Wait => HeldLocks::take(locker).map_err(lock_err("EXCLUSIVE lock"))?,
-            Locking::IfFree => match HeldLocks::take_now(locker).map_err(lock_err("EXCLUSIVE lock"))? {
-                Some(held) => held,
-                None => return Ok(None),
-            },
-        };
+        // A database whose page 1 says WAL is read in WAL mode: its connections hold SHARED on
+        // the file for as long as they are open, so the apply keeps them out with the WAL
+        // index's locks instead of EXCLUSIVE, and PENDING keeps rollback-mode readers from
+        // starting (see `wal_replica_reads`).
+        let wal_mode = reads_in_wal_mode(&target).map_err(lock_err("read the database header"))?;
+        let wait = locking == Locking::Wait;
+        let taken = if wal_mode { HeldLocks::pending(locker, wait) } else { HeldLocks::exclusive(locker, wait) };
+        let Some(_held) = taken.map_err(lock_err("EXCLUSIVE lock"))? else { return Ok(None) };
 
-        // WAL connections opened before a demotion: kept out by the WAL index's locks, and
-        // shown the result by a new index header (`demoted_wal`).
-        let wal_guard = WalGuard::take(self, db)?;
+        // WAL connections: kept out by the WAL index's locks, and shown the result by a new
+        // index header (`demoted_wal`). Those of a database read in WAL mode, and those opened
+        // before a demotion on a database now read in rollback mode.
+        let wal_guard = if wal_mode {
+            match WalGuard::lock_index(self, db, wait)? {
+                Some(guard) => Some(guard),
+                None => return Ok(None),
+            }
+        } else {
+            WalGuard::take(self, db)?
+        };
 
         let mut file = RecordingFile::new(target);
         let applied = match self.roll_back_hot_journal(db, &mut file) {
@@ -294,8 +303,7 @@ impl Mount {
         if let (Some(guard), Ok(_)) = (&wal_guard, &applied) {
             let restarted = crate::demoted_wal::page_count(&file.file)
                 .and_then(|pages| guard.restart(pages))
-                .and_then(|()| file.file.sync_all())
-                .and_then(|()| self.remove_folded_wal(db));
+                .and_then(|()| self.after_wal_apply(db, wal_mode, &file.file));
             restarted.map_err(|source| ApplyLtxError::Lock {
                 db: db.to_owned(),
                 step: "restart the WAL index",
@@ -329,6 +337,29 @@ impl Mount {
         self.set_position(db, pos);
         debug!(db, txid = %pos.txid, pages = file.writes.len(), "applied");
         Ok(Some(pos))
+    }
+
+    /// Under the WAL index's locks, after an apply: a WAL that still holds frames (a demoted
+    /// primary's, just folded) or a database no longer read in WAL mode loses its WAL, after
+    /// the database is fsynced, so that no later connection runs recovery over stale frames
+    /// or opens the database in WAL mode. A database that left WAL mode with connections still
+    /// open has its inode retired, as at a demotion, so that they cannot hold off the
+    /// rollback-mode applies that follow.
+    fn after_wal_apply(&self, db: &str, was_wal_mode: bool, file: &File) -> io::Result<()> {
+        let now_wal_mode = reads_in_wal_mode(file)?;
+        let wal_len = match std::fs::metadata(self.shared.wal_path(db)) {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        if was_wal_mode && !now_wal_mode && self.shared.open_count(db, false) > 0 {
+            self.retire_wal_database(db);
+        }
+        if wal_len > 0 || !now_wal_mode || !self.shared.retired_inos(db).is_empty() {
+            file.sync_all()?;
+            self.remove_folded_wal(db)?;
+        }
+        Ok(())
     }
 
     /// Under the apply's locks: renames `image` over the database file, makes the rename
@@ -423,25 +454,40 @@ impl Mount {
 struct HeldLocks<'a>(&'a File);
 
 impl<'a> HeldLocks<'a> {
-    fn take(locker: &'a File) -> io::Result<HeldLocks<'a>> {
-        locks::lock_wait(locker, Kind::Write, PENDING_BYTE, 1)?;
-        let held = HeldLocks(locker);
-        locks::lock_wait(locker, Kind::Write, SHARED_FIRST, SHARED_SIZE)?;
-        Ok(held)
-    }
-
-    /// [`HeldLocks::take`] without waiting: `None`, holding nothing, if anyone holds a
-    /// conflicting lock.
-    fn take_now(locker: &'a File) -> io::Result<Option<HeldLocks<'a>>> {
-        if !locks::try_lock(locker, Kind::Write, PENDING_BYTE, 1)? {
-            return Ok(None);
-        }
-        let held = HeldLocks(locker);
-        if !locks::try_lock(locker, Kind::Write, SHARED_FIRST, SHARED_SIZE)? {
+    /// SQLite's EXCLUSIVE: PENDING, then the whole SHARED range; no connection is inside a
+    /// read transaction. Without `wait`, `None` (holding nothing) if anyone is in the way.
+    fn exclusive(locker: &'a File, wait: bool) -> io::Result<Option<HeldLocks<'a>>> {
+        let Some(held) = HeldLocks::pending(locker, wait)? else { return Ok(None) };
+        if !take(locker, SHARED_FIRST, SHARED_SIZE, wait)? {
             // Dropping `held` releases PENDING (and the unheld range, harmlessly).
             return Ok(None);
         }
         Ok(Some(held))
+    }
+
+    /// PENDING alone: no new SHARED lock (no rollback-mode read transaction begins).
+    fn pending(locker: &'a File, wait: bool) -> io::Result<Option<HeldLocks<'a>>> {
+        Ok(take(locker, PENDING_BYTE, 1, wait)?.then_some(HeldLocks(locker)))
+    }
+}
+
+/// A write lock on `len` bytes at `start`, waiting for it or not.
+fn take(locker: &File, start: i64, len: i64, wait: bool) -> io::Result<bool> {
+    if wait {
+        locks::lock_wait(locker, Kind::Write, start, len).map(|()| true)
+    } else {
+        locks::try_lock(locker, Kind::Write, start, len)
+    }
+}
+
+/// Whether SQLite opens this database in WAL mode: page 1's read version (byte 19) is 2.
+/// A file too short to say is not.
+fn reads_in_wal_mode(file: &File) -> io::Result<bool> {
+    let mut version = [0u8; 1];
+    match file.read_exact_at(&mut version, 19) {
+        Ok(()) => Ok(version[0] == 2),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -302,10 +302,10 @@ fn readers_see_whole_transactions(replica: Fixture, mode: &str) {
     assert_same_pages(&replica.stored("bank.db"), &primary.stored("bank.db"), 1024, "replica vs primary");
     let wal_header = if mode == "WAL" { 2 } else { 1 };
     assert_eq!(replica.stored("bank.db")[18], wal_header);
-    // ...while readers see a rollback-journal database, which needs no WAL index.
+    // ...and readers read it in the primary's journal mode.
     let conn = replica.open("bank.db");
     let seen: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-    assert_eq!(seen, "delete");
+    assert_eq!(seen, if mode == "WAL" { "wal" } else { "delete" });
 }
 
 /// Applies `file` on another thread and waits for it (bounded): a wait on a connection that
@@ -321,7 +321,8 @@ fn apply_bounded(replica: &Arc<Fixture>, db: &'static str, file: &[u8], base: Ch
 /// demotion hold SQLite's SHARED lock on the database the whole time and read through their
 /// WAL index. Applies must neither wait for them to close nor hide from them: each of their
 /// read transactions sees one whole applied transaction, newer ones as they come, beside a
-/// reader opened after the demotion (rollback mode) that must not see a torn one either.
+/// reader opened after the demotion (also in WAL mode, on another inode) that must not see a
+/// torn one either.
 #[test]
 fn wal_readers_kept_open_through_a_demotion_see_every_later_apply_whole() {
     let transfers = 40;
@@ -342,7 +343,7 @@ fn wal_readers_kept_open_through_a_demotion_see_every_later_apply_whole() {
             let mut conn = replica.open("bank.db");
             conn.busy_timeout(Duration::from_secs(30)).unwrap();
             let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-            assert_eq!(mode, if wal { "wal" } else { "delete" });
+            assert_eq!(mode, "wal", "a WAL database is read in WAL mode on a replica too");
             opened.fetch_add(1, Ordering::SeqCst);
             let mut last_ver = -1i64;
             let mut versions = 0;
@@ -415,10 +416,11 @@ fn a_demoted_primary_whose_wal_holds_commits_applies_on_top_of_them_for_its_open
         pos = apply_bounded(&demoted, "w.db", file, pos.checksum);
     }
     assert_eq!(pos, next.sink.pos_of("w.db"));
-    // A connection opened now reads in rollback mode, the folded WAL gone.
+    // A connection opened now reads in WAL mode (the primary's), the folded WAL gone.
+    assert_eq!(demoted.side_file("w.db", "wal").metadata().map(|m| m.len()).unwrap_or(0), 0, "frames left in the WAL");
     let fresh = demoted.open("w.db");
     let mode: String = fresh.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-    assert_eq!(mode, "delete");
+    assert_eq!(mode, "wal");
     let count: i64 = fresh.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
     assert_eq!(count, 8);
     drop(fresh);
@@ -482,4 +484,92 @@ fn a_replaced_database_is_what_connections_and_descriptors_opened_before_read_ne
     // On a primary the database is the applications': nothing is replaced.
     let err = primary.mount().replace_database("bank.db", &image, want).expect_err("primary");
     assert!(matches!(err, replite_fuse::ApplyLtxError::Primary { .. }), "{err}");
+}
+
+/// A primary that moves its database from rollback mode to WAL and back: a replica
+/// connection kept open throughout follows it into WAL mode and keeps reading after it
+/// leaves (its inode is retired, as at a demotion), and no apply waits for it to close.
+/// Connections opened at each stage read in the primary's mode, read-only ones included.
+#[test]
+fn a_replica_follows_its_primary_in_and_out_of_wal_mode_with_connections_open() {
+    let primary = Fixture::primary();
+    let conn = primary.open("m.db");
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").unwrap();
+    let mut stages = Vec::new();
+    for (stage, mode) in ["delete", "wal", "delete", "wal"].into_iter().enumerate() {
+        journal_mode(&conn, mode);
+        for i in 0..3 {
+            conn.execute("INSERT INTO t(v) VALUES (?1)", [format!("{stage}-{i}")]).unwrap();
+        }
+        stages.push((mode, primary.sink.ltx_of("m.db").len()));
+    }
+    drop(conn);
+    let ltx = primary.sink.ltx_of("m.db");
+
+    let replica = Arc::new(Fixture::replica());
+    let mut pos = Pos::default();
+    let mut applied = 0;
+    let mut kept: Option<rusqlite::Connection> = None;
+    for (stage, (mode, upto)) in stages.into_iter().enumerate() {
+        for file in &ltx[applied..upto] {
+            pos = apply_bounded(&replica, "m.db", file, pos.checksum);
+        }
+        applied = upto;
+        let rows = 3 * (stage as i64 + 1);
+        let fresh = replica.open("m.db");
+        let seen: String = fresh.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(seen, mode, "a connection opened at stage {stage}");
+        let count: i64 = fresh.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(count, rows, "stage {stage}, fresh connection");
+        let read_only =
+            rusqlite::Connection::open_with_flags(replica.path("m.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        let count: i64 = read_only.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(count, rows, "stage {stage}, read-only connection");
+        drop(read_only);
+        drop(fresh);
+        let kept = kept.get_or_insert_with(|| replica.open("m.db"));
+        let count: i64 = kept.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(count, rows, "stage {stage}, the connection kept open");
+    }
+    assert_eq!(pos, primary.sink.pos_of("m.db"));
+    integrity_ok(kept.as_ref().expect("kept"));
+}
+
+/// A WAL reader inside a read transaction on a replica: an apply that must not wait leaves
+/// the database alone; one that may wait does so until the transaction ends.
+#[test]
+fn a_wal_reader_inside_a_transaction_on_a_replica_holds_applies_back_until_it_ends() {
+    let transfers = 2;
+    let (primary, ltx) = primary_history_in(4096, transfers, "WAL");
+    let replica = Arc::new(Fixture::replica());
+    let (setup, mut pos) = apply_setup(&replica, &ltx, transfers);
+    let mut reader = replica.open("bank.db");
+    let mode: String = reader.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    let before = replica.stored("bank.db");
+    let tx = reader.transaction().unwrap();
+    let ver: i64 = tx.query_row("SELECT max(ver) FROM acct", [], |r| r.get(0)).unwrap();
+    assert_eq!(ver, 0);
+    let tried = replica.mount().try_apply_ltx("bank.db", &ltx[setup], pos.checksum).expect("no error");
+    assert_eq!(tried, None, "applied under a WAL reader's read mark");
+    assert_eq!(replica.stored("bank.db"), before, "something was written");
+    let (waiting, file) = (Arc::clone(&replica), ltx[setup].clone());
+    let base = pos.checksum;
+    let apply = std::thread::spawn(move || waiting.mount().apply_ltx("bank.db", &file, base));
+    std::thread::sleep(Duration::from_millis(200));
+    if apply.is_finished() {
+        panic!("the apply did not wait for the read transaction: {:?}", apply.join());
+    }
+    let ver: i64 = tx.query_row("SELECT max(ver) FROM acct", [], |r| r.get(0)).unwrap();
+    assert_eq!(ver, 0, "the reader's transaction changed under it");
+    tx.commit().unwrap();
+    pos = apply.join().expect("apply thread").expect("applied once the reader was done");
+    let ver: i64 = reader.query_row("SELECT max(ver) FROM acct", [], |r| r.get(0)).unwrap();
+    assert_eq!(ver, 1);
+    pos = replica.mount().try_apply_ltx("bank.db", &ltx[setup + 1], pos.checksum).expect("no error").expect("applied");
+    let ver: i64 = reader.query_row("SELECT max(ver) FROM acct", [], |r| r.get(0)).unwrap();
+    assert_eq!(ver, 2);
+    assert_eq!(pos, primary.sink.pos_of("bank.db"));
+    integrity_ok(&reader);
 }

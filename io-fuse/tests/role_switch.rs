@@ -228,17 +228,30 @@ fn page_one_and_the_primary_file_follow_the_role() {
     let (_primary, ltx) = history("WAL", 2);
     let fx = replica_with(&ltx);
     fx.mount().set_primary(Some("node-a".into()));
+    // Page 1 as read through the mount: the journal mode as stored, and on a replica the
+    // mount's own change counter (`database_node::present_to_replica`).
+    let counter = |fx: &Fixture| -> ([u8; 4], [u8; 4]) {
+        use std::io::Read;
+        let mut header = [0u8; 100];
+        std::fs::File::open(fx.path("h.db")).unwrap().read_exact(&mut header).unwrap();
+        let stored = fx.stored("h.db");
+        (header[24..28].try_into().unwrap(), stored[24..28].try_into().unwrap())
+    };
     let reader = fx.open("h.db");
     let seen: String = reader.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-    assert_eq!(seen, "delete", "a replica shows a WAL database in rollback mode");
+    assert_eq!(seen, "wal", "a replica shows a WAL database in WAL mode");
     drop(reader);
+    let (shown, stored) = counter(&fx);
+    assert_ne!(shown, stored, "a replica shows its own change counter");
     assert_eq!(std::fs::read_to_string(fx.path(".primary")).unwrap(), "node-a\n");
 
     fx.mount().set_role(Role::Primary);
     assert!(!fx.path(".primary").exists(), "a primary has no .primary");
+    let (shown, stored) = counter(&fx);
+    assert_eq!(shown, stored, "the kernel's cached page 1 was dropped at promotion");
     let writer = fx.open("h.db");
     let seen: String = writer.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-    assert_eq!(seen, "wal", "the kernel's cached page 1 was dropped at promotion");
+    assert_eq!(seen, "wal");
     writer.execute("INSERT INTO t(v) VALUES (1)", []).unwrap();
     assert_eq!(fx.sink.commits(), 1);
     // The last connection checkpoints and removes the WAL.
@@ -247,9 +260,11 @@ fn page_one_and_the_primary_file_follow_the_role() {
 
     fx.mount().set_role(Role::Replica);
     assert_eq!(std::fs::read_to_string(fx.path(".primary")).unwrap(), "node-a\n");
+    let (shown, stored) = counter(&fx);
+    assert_ne!(shown, stored, "the kernel's cached page 1 was dropped at demotion");
     let reader = fx.open("h.db");
     let seen: String = reader.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-    assert_eq!(seen, "delete", "the kernel's cached page 1 was dropped at demotion");
+    assert_eq!(seen, "wal");
     assert_eq!(count(&reader), 3);
 }
 
