@@ -80,7 +80,7 @@ pub struct Mount {
     /// Descriptors of databases opened through the mount by copies that read around a writer,
     /// kept open until closing them is safe (see `Mount::park_locker`).
     pub(crate) parked_lockers: Mutex<HashMap<String, Vec<std::fs::File>>>,
-    session: Option<BackgroundSession>,
+    session: Mutex<Option<BackgroundSession>>,
 }
 
 impl Mount {
@@ -121,7 +121,7 @@ impl Mount {
             apply_lock: Mutex::new(HashMap::new()),
             shm_lockers: Mutex::new(HashMap::new()),
             parked_lockers: Mutex::new(HashMap::new()),
-            session: Some(session),
+            session: Mutex::new(Some(session)),
         })
     }
 
@@ -208,11 +208,27 @@ impl Mount {
     }
 
     /// Unmounts now, reporting failure (files still open make a plain unmount fail).
-    pub fn unmount(mut self) -> io::Result<()> {
+    pub fn unmount(self) -> io::Result<()> {
+        self.unmount_shared()
+    }
+
+    /// Unmounts now although others still hold this mount (a daemon stopping: a thread that
+    /// outlives it must not keep the mount alive past the process, which would leave it
+    /// mounted with nobody serving it). Whatever they ask of it afterwards fails. With files
+    /// still open the unmount is done lazily (detached now, gone when they close), as at drop.
+    pub fn unmount_now(&self) {
+        if let Err(e) = self.unmount_shared() {
+            warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed; detaching lazily");
+            lazy_unmount(&self.mountpoint);
+        }
+    }
+
+    fn unmount_shared(&self) -> io::Result<()> {
+        // Descriptors through the mount would keep it busy.
         lock(&self.parked_lockers).clear();
         lock(&self.apply_lock).clear();
         lock(&self.shm_lockers).clear();
-        match self.session.take() {
+        match lock(&self.session).take() {
             Some(session) => session.umount_and_join(),
             None => Ok(()),
         }
@@ -221,15 +237,7 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        // Descriptors through the mount would keep it busy.
-        lock(&self.parked_lockers).clear();
-        lock(&self.apply_lock).clear();
-        lock(&self.shm_lockers).clear();
-        let Some(session) = self.session.take() else { return };
-        if let Err(e) = session.umount_and_join() {
-            warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed; detaching lazily");
-            lazy_unmount(&self.mountpoint);
-        }
+        self.unmount_now();
     }
 }
 

@@ -113,6 +113,9 @@ impl Running {
         }
         let _ = self.server_stop.send(());
         let _ = self.server.await;
+        // Now, not when the last holder lets go: the status thread may still hold the mount
+        // as the process exits, which would leave it mounted and unserved.
+        self.mount.unmount_now();
         info!("stopped");
     }
 }
