@@ -80,11 +80,11 @@ fn full_disk(journal_mode: &str, synchronous: &str) {
     };
     assert!(acknowledged > 10, "filled too early: {failure:?}");
     let rusqlite::Error::SqliteFailure(code, _) = &failure else { panic!("not an SQLite error: {failure:?}") };
-    // SQLite reports ENOSPC as SQLITE_FULL where the syscall is a write; a rollback journal's
-    // commit point is an unlink, whose every failure SQLite reports as SQLITE_IOERR_DELETE.
-    let full = code.code == ErrorCode::DiskFull;
-    let at_unlink = journal_mode == "DELETE" && code.extended_code == SQLITE_IOERR_DELETE;
-    assert!(full || at_unlink, "a full disk is SQLITE_FULL: {failure:?}\n{}", node.log_text());
+    // SQLite reports ENOSPC as SQLITE_FULL where the syscall is a write. A rollback journal's
+    // commit point is an unlink, whose every failure SQLite reports as SQLITE_IOERR_DELETE:
+    // the mount refuses a database write before the transaction's LTX file stops fitting.
+    assert_eq!(code.code, ErrorCode::DiskFull, "a full disk is SQLITE_FULL: {failure:?}\n{}", node.log_text());
+    assert_ne!(code.extended_code, SQLITE_IOERR_DELETE);
     let log = node.log_text();
     assert!(log.contains("No space left on device"), "the daemon's log says why:\n{log}");
     assert_eq!(rows(&conn), acknowledged, "every acknowledged row is there, the failed one is not");
@@ -118,6 +118,66 @@ fn a_full_disk_in_delete_mode_is_sqlite_full_and_loses_nothing() {
 #[test]
 fn a_full_disk_in_wal_mode_is_sqlite_full_and_loses_nothing() {
     full_disk("WAL", "NORMAL");
+}
+
+/// Bytes still free on the file system holding `path`.
+fn free_bytes(path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    // SAFETY: `statvfs` is plain data, valid when zeroed.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a writable struct, both alive for the call.
+    assert_eq!(unsafe { libc::statvfs(c_path.as_ptr(), &raw mut stat) }, 0, "statvfs");
+    stat.f_bavail * stat.f_frsize
+}
+
+/// The case SQLite's own writes do not catch: an UPDATE overwrites pages in place (no new
+/// space for the database) and its journal fits, but the LTX file the commit needs beside it
+/// would not. Without the mount's check the commit point, an unlink, fails and SQLite says
+/// "disk I/O error" (SQLITE_IOERR_DELETE); with it, a database write is refused first and
+/// SQLite says "database or disk is full". Nothing is lost either way.
+#[test]
+fn an_update_whose_ltx_file_would_not_fit_is_sqlite_full_in_delete_mode() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut node = Node::new(root.path(), "solo", &Lease::Static { primary_url: None });
+    let Some(data) = Tmpfs::mount(&node.dir.join("data"), "8m") else { return };
+    node.start();
+    node.wait_for("primary", |i| i["role"] == "primary");
+    let conn = Connection::open(node.db_path("app.db")).expect("open");
+    conn.pragma_update(None, "journal_mode", "DELETE").expect("journal_mode");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)").expect("create");
+    conn.execute_batch("BEGIN").expect("begin");
+    for _ in 0..48 {
+        conn.execute("INSERT INTO t (v) VALUES (randomblob(16384))", []).expect("insert");
+    }
+    conn.execute_batch("COMMIT").expect("commit");
+    let before: Vec<u8> = conn.query_row("SELECT v FROM t WHERE id = 7", [], |r| r.get(0)).expect("row 7");
+    // Leave room for the UPDATE's journal (about 0.8 MiB) but not for its LTX file as well.
+    let leave = 1_200 << 10;
+    let free = free_bytes(&data.path);
+    assert!(free > leave + (1 << 20), "the tmpfs is fuller than planned: {free} bytes free");
+    std::fs::write(data.path.join("ballast"), vec![1u8; usize::try_from(free - leave).expect("size")])
+        .expect("ballast");
+
+    let failure = conn.execute("UPDATE t SET v = randomblob(16384)", []).expect_err("the LTX file cannot fit");
+    let rusqlite::Error::SqliteFailure(code, _) = &failure else { panic!("not an SQLite error: {failure:?}") };
+    assert_eq!(code.code, ErrorCode::DiskFull, "{failure:?}\n{}", node.log_text());
+    assert!(node.log_text().contains("No space left on device"), "the daemon's log says why");
+    let after: Vec<u8> = conn.query_row("SELECT v FROM t WHERE id = 7", [], |r| r.get(0)).expect("row 7");
+    assert_eq!(after, before, "the refused UPDATE was rolled back");
+    assert_eq!(integrity(&conn), "ok");
+
+    std::fs::remove_file(data.path.join("ballast")).expect("free space");
+    conn.execute("UPDATE t SET v = randomblob(16384)", []).expect("the UPDATE once there is room");
+    assert_eq!(rows(&conn), 48);
+    assert_eq!(integrity(&conn), "ok");
+    let pos = node.pos("app.db").expect("position");
+    drop(conn);
+    node.stop();
+    node.start();
+    node.wait_for("primary again", |i| i["role"] == "primary");
+    assert_eq!(node.pos("app.db").as_deref(), Some(pos.as_str()), "the position survives a restart");
+    node.stop();
 }
 
 #[test]

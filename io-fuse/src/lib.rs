@@ -42,6 +42,7 @@ mod hot_journal;
 mod journal_node;
 mod layout;
 mod locks;
+mod ltx_room;
 mod mount;
 mod names;
 mod replica;

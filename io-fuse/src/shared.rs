@@ -19,6 +19,7 @@ use crate::database_node::{DbFile, read_page_size};
 use crate::error::CaptureError;
 use crate::journal_node;
 use crate::layout::{self, BACKED_KINDS};
+use crate::ltx_room;
 use crate::mount::Role;
 use crate::names::{LAG_FILENAME, NodeKind, PRIMARY_FILENAME, classify, mount_name};
 use crate::unjournaled::Unjournaled;
@@ -83,6 +84,12 @@ pub(crate) struct DbState {
     pub(crate) sync_seen: bool,
     /// Byte ranges written to the database inside the open rollback transaction.
     pub(crate) written: Vec<(u64, u64)>,
+    /// Their total, and the total at which the free space is checked next (`ltx_room`).
+    pub(crate) written_bytes: u64,
+    pub(crate) room_check_at: u64,
+    /// A write of this transaction was refused for want of room: SQLite is rolling it back,
+    /// and its rollback writes must go through.
+    pub(crate) room_refused: bool,
     pub(crate) wal: WalTrack,
 }
 
@@ -593,8 +600,40 @@ impl Shared {
             st.write_ok = false;
             st.sync_seen = false;
             st.written.clear();
+            st.written_bytes = 0;
+            st.room_check_at = 0;
+            st.room_refused = false;
         }
         result
+    }
+
+    /// On a primary, inside a rollback transaction: refuses the write with `ENOSPC` (SQLite:
+    /// `SQLITE_FULL`) when the transaction's LTX file would no longer fit (`ltx_room`). The
+    /// write stays recorded: SQLite rolls the transaction back, rewriting it among others.
+    fn check_ltx_room(&self, db: &str, st: &mut DbState) -> Result<(), Errno> {
+        if st.room_refused || st.written_bytes < st.room_check_at || !self.is_primary() {
+            return Ok(());
+        }
+        st.room_check_at = st.written_bytes + ltx_room::CHECK_EVERY_BYTES;
+        let needed = ltx_room::needed_for(st.written_bytes);
+        match ltx_room::free_bytes(&self.data_dir) {
+            Ok(free) if free < needed => {
+                st.room_refused = true;
+                warn!(
+                    db,
+                    free,
+                    needed,
+                    "refusing a database write: the transaction's LTX file would not fit (No space left on device)"
+                );
+                Err(Errno::ENOSPC)
+            }
+            Ok(_) => Ok(()),
+            // Not knowing is no reason to refuse: the commit point reports a real ENOSPC.
+            Err(e) => {
+                debug!(db, error = %e, "statvfs of the data directory");
+                Ok(())
+            }
+        }
     }
 
     pub(crate) fn commit_wal(&self, db: &str, st: &mut DbState, ready: wal_node::ReadyCommit) -> Result<(), Errno> {
@@ -642,7 +681,9 @@ impl Shared {
                 let mut st = lock(&st);
                 if self.guard_db_write(&handle.db, &mut st)? {
                     st.written.push((offset, data.len() as u64));
+                    st.written_bytes += data.len() as u64;
                     self.keep_unjournaled_original(&handle.db, file, offset, data.len());
+                    self.check_ltx_room(&handle.db, &mut st)?;
                 }
                 pwrite()
             }
