@@ -619,6 +619,37 @@ fn is_dropped_pos(pos: &str) -> bool {
     pos.ends_with("/8000000000000000")
 }
 
+/// A WAL database is read in WAL mode on a replica, whose connections hold SHARED on the file
+/// for as long as they are open: a drop must not wait for them (another process here, so the
+/// daemon's locks and the reader's really meet), and the open reader can no longer read it.
+#[test]
+fn a_wal_database_dropped_with_a_connection_open_on_a_replica_goes_without_waiting_for_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    b.start();
+    let conn = open(&a, "walgone.db");
+    conn.pragma_update(None, "journal_mode", "wal").expect("wal");
+    create_table(&conn);
+    insert_rows(&conn, "row", 5);
+    drop(conn);
+    converge(&a, &[&b], "walgone.db");
+    let reader = open(&b, "walgone.db");
+    let mode: String = reader.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("journal_mode");
+    assert_eq!(mode, "wal", "a WAL database is read in WAL mode on a replica");
+    assert_eq!(count(&reader), 5);
+    std::fs::remove_file(a.db_path("walgone.db")).expect("the primary drops the database");
+    let dropped = converge(&a, &[&b], "walgone.db");
+    assert!(is_dropped_pos(&dropped), "{dropped}");
+    assert!(!b.db_path("walgone.db").exists());
+    assert!(reader.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)).is_err(), "read a dropped database");
+    drop(reader);
+    a.stop();
+    b.stop();
+}
+
 #[test]
 fn a_database_unlinked_on_the_primary_disappears_from_every_replica_and_can_be_created_again() {
     let root = tempfile::tempdir().expect("tempdir");

@@ -18,6 +18,7 @@ use replite_core::ltx::Header;
 use replite_core::types::{Checksum, Pos};
 use tracing::{debug, info};
 
+use crate::demoted_wal::WalGuard;
 use crate::error::ApplyLtxError;
 use crate::locks::{self, Kind, PENDING_BYTE, SHARED_FIRST, SHARED_SIZE};
 use crate::mount::Mount;
@@ -121,22 +122,39 @@ impl Mount {
         // The kept descriptor is on the file this drop removes.
         lockers.remove(db);
         let lock_err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
-        let locker = if self.shared.database_path(db).exists() {
+        let backing = self.shared.database_path(db);
+        // Read in WAL mode: its connections hold SHARED while open, so the WAL index's locks
+        // keep them out instead of EXCLUSIVE (as for an apply, `replica.rs`).
+        let wal_mode = match std::fs::File::open(&backing) {
+            Ok(file) => crate::replica::reads_in_wal_mode(&file).map_err(lock_err("read the database header"))?,
+            Err(_) => false,
+        };
+        let locker = if backing.exists() {
             let locker = std::fs::OpenOptions::new().read(true).write(true).open(self.mountpoint.join(db));
             let locker = locker.map_err(lock_err("open through the mount"))?;
             locks::lock_wait(&locker, Kind::Write, PENDING_BYTE, 1).map_err(lock_err("PENDING lock"))?;
-            locks::lock_wait(&locker, Kind::Write, SHARED_FIRST, SHARED_SIZE).map_err(lock_err("EXCLUSIVE lock"))?;
+            if !wal_mode {
+                locks::lock_wait(&locker, Kind::Write, SHARED_FIRST, SHARED_SIZE)
+                    .map_err(lock_err("EXCLUSIVE lock"))?;
+            }
             Some(locker)
         } else {
             None
         };
+        let wal_guard = if wal_mode { WalGuard::lock_index(self, db, true)? } else { None };
         let (removed, database_ino) =
             self.shared.remove_dropped_files(db).map_err(lock_err("remove the database's files"))?;
+        // WAL connections still open: a new index header makes them drop their caches and
+        // read the file, which is gone.
+        if let Some(guard) = &wal_guard {
+            guard.restart(0).map_err(lock_err("restart the WAL index"))?;
+        }
         self.shared.sync_dirs().map_err(lock_err("fsync the database directory"))?;
         invalidate_entries(&self.notifier, db);
         if let Some(ino) = database_ino {
             let _ = self.notifier.inval_inode(INodeNo(ino), 0, 0);
         }
+        drop(wal_guard);
         drop(locker);
         let pos = Pos::new(header.max_txid, Checksum::EMPTY);
         self.set_position(db, pos);

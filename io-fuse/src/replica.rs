@@ -482,7 +482,7 @@ fn take(locker: &File, start: i64, len: i64, wait: bool) -> io::Result<bool> {
 
 /// Whether SQLite opens this database in WAL mode: page 1's read version (byte 19) is 2.
 /// A file too short to say is not.
-fn reads_in_wal_mode(file: &File) -> io::Result<bool> {
+pub(crate) fn reads_in_wal_mode(file: &File) -> io::Result<bool> {
     let mut version = [0u8; 1];
     match file.read_exact_at(&mut version, 19) {
         Ok(()) => Ok(version[0] == 2),

@@ -74,29 +74,43 @@ fn unlinking_a_database_on_the_primary_removes_it_with_its_side_files_after_the_
 
 #[test]
 fn a_replicated_drop_removes_the_database_from_a_replica_and_a_new_one_follows() {
+    for mode in ["DELETE", "WAL"] {
+        replicated_drop(mode);
+    }
+}
+
+/// A drop applied on a replica while a connection has the database open (in WAL mode it holds
+/// SHARED for as long as it is open: the drop must not wait for it to close).
+fn replicated_drop(mode: &str) {
     let primary = Fixture::primary();
-    write(&primary, "d.db", "DELETE", &["a", "b"]);
+    write(&primary, "d.db", mode, &["a", "b"]);
     std::fs::remove_file(primary.path("d.db")).expect("drop");
-    write(&primary, "d.db", "DELETE", &["again"]);
+    write(&primary, "d.db", mode, &["again"]);
     let files = primary.sink.ltx_of("d.db");
     let drop_at = files
         .iter()
         .position(|f| replite_core::ltx::verify(f.as_slice()).expect("valid").header().commit == 0)
         .expect("the drop is recorded");
 
-    let replica = Fixture::replica();
+    let replica = std::sync::Arc::new(Fixture::replica());
     let mut pos = Pos::default();
     let mut reader = None;
     for (i, file) in files.iter().enumerate() {
         if i == drop_at {
             let conn = replica.open("d.db");
             assert_eq!(rows(&conn), ["a", "b"]);
+            let seen: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+            assert_eq!(seen, mode.to_lowercase());
             reader = Some(conn);
             // A replica refuses the application's unlink.
             let err = std::fs::remove_file(replica.path("d.db")).expect_err("read-only");
             assert_eq!(err.raw_os_error(), Some(libc::EROFS));
         }
-        pos = replica.mount().apply_ltx("d.db", file, pos.checksum).expect("applies");
+        // Bounded: a drop that waits for the open connection must fail the test, not hang it.
+        let (applying, bytes, base) = (std::sync::Arc::clone(&replica), file.clone(), pos.checksum);
+        let apply = std::thread::spawn(move || applying.mount().apply_ltx("d.db", &bytes, base));
+        wait_until(&format!("{mode}: file {i} to apply"), || apply.is_finished());
+        pos = apply.join().expect("apply thread").expect("applies");
         if i == drop_at {
             assert_eq!(pos.checksum, Checksum::EMPTY);
             assert!(!path_exists(&replica.path("d.db")), "the dropped database is still visible");
