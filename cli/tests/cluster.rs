@@ -619,6 +619,75 @@ fn is_dropped_pos(pos: &str) -> bool {
     pos.ends_with("/8000000000000000")
 }
 
+/// Readers on a replica, in another process than its daemon, in WAL mode, in tight read
+/// transactions while the primary moves money between accounts: every read sees a whole
+/// transfer (the sum never changes) and versions never go back.
+#[test]
+fn wal_readers_on_a_replica_in_another_process_never_see_half_a_transfer() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    b.start();
+    let conn = open(&a, "bank.db");
+    conn.pragma_update(None, "journal_mode", "wal").expect("wal");
+    conn.execute_batch(
+        "CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INTEGER, ver INTEGER, pad BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 15)
+         INSERT INTO acct SELECT i, 1000, 0, randomblob(3000) FROM n;",
+    )
+    .expect("accounts");
+    converge(&a, &[&b], "bank.db");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (path, stop) = (b.db_path("bank.db"), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut conn = Connection::open(path).expect("open on the replica");
+                conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+                let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("mode");
+                assert_eq!(mode, "wal");
+                let (mut reads, mut last) = (0u32, 0i64);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let tx = conn.transaction().expect("read transaction");
+                    let (sum, lo, hi): (i64, i64, i64) = tx
+                        .query_row("SELECT sum(bal), min(ver), max(ver) FROM acct", [], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })
+                        .expect("read");
+                    tx.commit().expect("end read");
+                    assert_eq!(sum, 16_000, "half a transfer");
+                    assert_eq!(lo, hi, "two versions at once");
+                    assert!(hi >= last, "went back from {last} to {hi}");
+                    last = hi;
+                    reads += 1;
+                }
+                (reads, last)
+            })
+        })
+        .collect();
+    for v in 1..=60i64 {
+        let (from, to) = (v % 16, (v * 7 + 3) % 16);
+        conn.execute_batch(&format!(
+            "BEGIN; UPDATE acct SET bal = bal - 10 WHERE id = {from}; UPDATE acct SET bal = bal + 10 WHERE id = {to};
+             UPDATE acct SET ver = {v}; COMMIT;"
+        ))
+        .expect("transfer");
+    }
+    converge(&a, &[&b], "bank.db");
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for reader in readers {
+        let (reads, last) = reader.join().expect("reader");
+        assert!(reads > 10, "the reader hardly ran: {reads}");
+        assert_eq!(last, 60, "the reader ends at the last transfer");
+    }
+    drop(conn);
+    a.stop();
+    b.stop();
+}
+
 /// A WAL database is read in WAL mode on a replica, whose connections hold SHARED on the file
 /// for as long as they are open: a drop must not wait for them (another process here, so the
 /// daemon's locks and the reader's really meet), and the open reader can no longer read it.
