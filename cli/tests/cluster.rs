@@ -75,6 +75,16 @@ fn static_cluster(root: &std::path::Path) -> (Node, Node, Node) {
     (a, b, c)
 }
 
+/// Two running nodes under `root` with a static lease: `a` primary (up first), `b` its replica.
+fn static_pair(root: &std::path::Path) -> (Node, Node) {
+    let mut a = Node::new(root, "a", &Lease::Static { primary_url: None });
+    let mut b = Node::new(root, "b", &Lease::Static { primary_url: Some(a.url.clone()) });
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    b.start();
+    (a, b)
+}
+
 #[test]
 fn three_static_nodes_replicate_every_write_and_replicas_refuse_writes() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -516,11 +526,7 @@ fn a_replica_joining_after_retention_dropped_the_history_gets_a_snapshot_of_the_
 #[test]
 fn a_wal_mode_primary_replicates_and_a_long_lived_replica_reader_sees_every_commit() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
-    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
-    a.start();
-    a.wait_for("primary", |i| i["role"] == "primary");
-    b.start();
+    let (mut a, mut b) = static_pair(root.path());
     let conn = open(&a, "wal.db");
     conn.pragma_update(None, "journal_mode", "wal").expect("wal");
     create_table(&conn);
@@ -547,11 +553,7 @@ fn a_wal_mode_primary_replicates_and_a_long_lived_replica_reader_sees_every_comm
 #[test]
 fn a_replica_reader_inside_a_transaction_holds_applies_back_until_it_ends() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
-    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
-    a.start();
-    a.wait_for("primary", |i| i["role"] == "primary");
-    b.start();
+    let (mut a, mut b) = static_pair(root.path());
     let conn = open(&a, "held.db");
     create_table(&conn);
     insert_rows(&conn, "before", 5);
@@ -625,11 +627,7 @@ fn is_dropped_pos(pos: &str) -> bool {
 #[test]
 fn wal_readers_on_a_replica_in_another_process_never_see_half_a_transfer() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
-    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
-    a.start();
-    a.wait_for("primary", |i| i["role"] == "primary");
-    b.start();
+    let (mut a, mut b) = static_pair(root.path());
     let conn = open(&a, "bank.db");
     conn.pragma_update(None, "journal_mode", "wal").expect("wal");
     conn.execute_batch(
@@ -694,11 +692,7 @@ fn wal_readers_on_a_replica_in_another_process_never_see_half_a_transfer() {
 #[test]
 fn a_wal_database_dropped_with_a_connection_open_on_a_replica_goes_without_waiting_for_it() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
-    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
-    a.start();
-    a.wait_for("primary", |i| i["role"] == "primary");
-    b.start();
+    let (mut a, mut b) = static_pair(root.path());
     let conn = open(&a, "walgone.db");
     conn.pragma_update(None, "journal_mode", "wal").expect("wal");
     create_table(&conn);

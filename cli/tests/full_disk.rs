@@ -95,16 +95,20 @@ fn full_disk(journal_mode: &str, synchronous: &str) {
     conn.execute("INSERT INTO t (v) VALUES (randomblob(100))", []).expect("a write after space was freed");
     acknowledged += 1;
     assert_eq!(rows(&conn), acknowledged);
-    let before = node.pos("app.db").expect("position");
     drop(conn);
+    restart_keeps_position_and_rows(&mut node, acknowledged);
+}
 
-    // A restart recovers the same position and rows.
+/// Restarts `node`: it is primary again at the position it had, with `rows` rows in `t` and
+/// a database that passes `integrity_check`.
+fn restart_keeps_position_and_rows(node: &mut Node, rows_wanted: i64) {
+    let before = node.pos("app.db").expect("position");
     node.stop();
     node.start();
     node.wait_for("primary again", |i| i["role"] == "primary");
     assert_eq!(node.pos("app.db").as_deref(), Some(before.as_str()), "the position survives a restart");
     let conn = Connection::open(node.db_path("app.db")).expect("reopen");
-    assert_eq!(rows(&conn), acknowledged);
+    assert_eq!(rows(&conn), rows_wanted);
     assert_eq!(integrity(&conn), "ok");
     drop(conn);
     node.stop();
@@ -169,15 +173,8 @@ fn an_update_whose_ltx_file_would_not_fit_is_sqlite_full_in_delete_mode() {
 
     std::fs::remove_file(data.path.join("ballast")).expect("free space");
     conn.execute("UPDATE t SET v = randomblob(16384)", []).expect("the UPDATE once there is room");
-    assert_eq!(rows(&conn), 48);
-    assert_eq!(integrity(&conn), "ok");
-    let pos = node.pos("app.db").expect("position");
     drop(conn);
-    node.stop();
-    node.start();
-    node.wait_for("primary again", |i| i["role"] == "primary");
-    assert_eq!(node.pos("app.db").as_deref(), Some(pos.as_str()), "the position survives a restart");
-    node.stop();
+    restart_keeps_position_and_rows(&mut node, 48);
 }
 
 #[test]

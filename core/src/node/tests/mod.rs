@@ -576,6 +576,18 @@ fn recovery_with_a_database_matching_no_file_waits_for_a_snapshot_and_never_acqu
     assert!(!out.iter().any(|o| matches!(o, Output::AcquireLease { .. })), "{out:?}");
 }
 
+/// Fires the reconnect timer at `now`; the stream the replica opens.
+fn reconnect_at(node: &mut Node, now: u64) -> UpstreamId {
+    node.handle(Millis(now), Input::Timeout);
+    drain(node)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Connect { conn, .. } => Some(conn),
+            _ => None,
+        })
+        .expect("reconnects when the wait ends")
+}
+
 /// A replica that keeps failing to store the snapshot it is sent (a full disk, say) waits
 /// longer and longer before fetching it again, although each new stream's `Ready` frame
 /// starts the stream backoff over; one file stored and applied ends the hold-off.
@@ -615,14 +627,7 @@ fn a_replica_that_keeps_failing_to_store_a_file_waits_longer_each_time_and_succe
         let at = node.timers.get(TimerKind::Reconnect).expect("a reconnect is scheduled");
         waits.push(at.0 - (now + 1));
         now = at.0;
-        node.handle(Millis(now), Input::Timeout);
-        conn = drain(&mut node)
-            .into_iter()
-            .find_map(|o| match o {
-                Output::Connect { conn, .. } => Some(conn),
-                _ => None,
-            })
-            .expect("reconnects when the wait ends");
+        conn = reconnect_at(&mut node, now);
         node.handle(Millis(now), Input::UpstreamOpened { conn, ext: Extensions::ALL });
     }
     assert!(waits[0] <= 100, "the first failure may be passing: {waits:?}");
@@ -646,14 +651,7 @@ fn reconnect_backoff_doubles_with_jitter_inside_its_bounds() {
         let at = node.timers.get(TimerKind::Reconnect).expect("a reconnect is scheduled");
         delays.push(at.0 - now);
         now = at.0;
-        node.handle(Millis(now), Input::Timeout);
-        conn = drain(&mut node)
-            .into_iter()
-            .find_map(|o| match o {
-                Output::Connect { conn, .. } => Some(conn),
-                _ => None,
-            })
-            .expect("reconnects when the backoff ends");
+        conn = reconnect_at(&mut node, now);
     }
     assert!(delays.iter().all(|&d| (50..=5_000).contains(&d)), "{delays:?}");
     assert!(delays[0] <= 100 && delays[9] >= 2_500, "{delays:?}");
