@@ -87,9 +87,9 @@ pub(crate) const PRESENTED_HEADER: std::ops::Range<u64> = CHANGE_COUNTER..VERSIO
 /// bytes readers see change; the stored file, and so its checksum, keeps the primary's header.
 ///
 /// The journal mode is shown as stored: a WAL primary's database is read in WAL mode on its
-/// replicas too (applies write its pages into the file and restart the WAL index, see
-/// `replica::wal_replica_reads`); until session 8 it was shown as a rollback database, and
-/// read at rollback-mode speed (0.4 of WAL reads).
+/// replicas too (applies write its pages into the file and restart the WAL index; decision
+/// 0015). Until session 8 it was shown as a rollback database, and read at rollback-mode
+/// speed (0.4 of WAL reads).
 ///
 /// The change counter: a rollback-mode reader keeps its page cache between transactions while
 /// bytes 24..40 of the file are unchanged (`sqlite3PagerSharedLock` compares them with the

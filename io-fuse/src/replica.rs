@@ -259,7 +259,7 @@ impl Mount {
         // A database whose page 1 says WAL is read in WAL mode: its connections hold SHARED on
         // the file for as long as they are open, so the apply keeps them out with the WAL
         // index's locks instead of EXCLUSIVE, and PENDING keeps rollback-mode readers from
-        // starting (see `wal_replica_reads`).
+        // starting (decision 0015).
         let wal_mode = reads_in_wal_mode(&target).map_err(lock_err("read the database header"))?;
         let wait = locking == Locking::Wait;
         let taken = if wal_mode { HeldLocks::pending(locker, wait) } else { HeldLocks::exclusive(locker, wait) };
