@@ -140,7 +140,7 @@ impl Node {
         self.timers.set(TimerKind::Reconnect, now + delay.max(1));
     }
 
-    /// How long a reconnect waits at least after [`Node::store_failures`] failures in a row:
+    /// How long a reconnect waits at least after `store_failures` failures in a row:
     /// nothing after the first (it may have been passing), then from
     /// [`STORE_FAILURE_HOLD_OFF_MIN_MS`] doubling up to [`STORE_FAILURE_HOLD_OFF_MAX_MS`].
     /// The stream's own backoff starts over at every `Ready` frame, which a replica that
