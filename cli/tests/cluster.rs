@@ -85,6 +85,20 @@ fn static_pair(root: &std::path::Path) -> (Node, Node) {
     (a, b)
 }
 
+/// The daemon warns at start when its data directory is on ext4 without a journal, and only
+/// then (whichever this machine has: the test checks the two agree).
+#[test]
+fn the_daemon_warns_about_a_data_directory_on_ext4_without_a_journal_and_only_then() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    let kind = replite::fs_kind::of(&a.dir.join("data")).expect("the data directory's file system");
+    let warned = a.log_text().contains("ext4 without a journal");
+    assert_eq!(warned, kind.is_unjournaled_ext4(), "{kind}\n{}", a.log_text());
+    a.stop();
+}
+
 #[test]
 fn three_static_nodes_replicate_every_write_and_replicas_refuse_writes() {
     let root = tempfile::tempdir().expect("tempdir");

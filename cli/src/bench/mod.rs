@@ -176,6 +176,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .tempdir_in(&parent)
         .with_context(|| format!("making a work folder in {}", parent.display()))?;
     let root = work.path();
+    if replite::fs_kind::of(root).is_ok_and(|kind| kind.is_unjournaled_ext4()) {
+        eprintln!(
+            "bench: warning: {} is on ext4 without a journal, where creating files gets slow after many \
+             deletions (for native SQLite and replite alike); figures from a journaling file system \
+             (--dir) are the ones to compare",
+            parent.display()
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let handle = runtime.handle().clone();
 
