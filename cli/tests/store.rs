@@ -778,3 +778,62 @@ fn a_file_whose_flush_failed_is_rewritten_from_a_verified_read_never_fsynced_aga
     assert_eq!(err.failure(), IoFailure::Mismatch, "the Node resyncs a replica on this");
     assert_eq!(fs::read(&tx3_path).expect("read"), damaged, "a file that does not verify is left for recovery");
 }
+
+/// A power loss after durable commits, imitated: their files at their final names lost or
+/// torn (never fsynced by themselves), the commit log intact.
+#[test]
+fn durable_commits_a_crash_took_from_their_files_come_back_from_the_commit_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let tx2 = model.tx(&[2], 0x22);
+    let tx3 = model.tx(&[1], 0x33);
+    let tx4 = model.tx(&[2], 0x44);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    store.write_commit(&name(), tx2.min, tx2.max, &tx2.bytes, true).expect("tx2, durable");
+    store.write_commit(&name(), tx3.min, tx3.max, &tx3.bytes, false).expect("tx3, deferred");
+    store.write_commit(&name(), tx4.min, tx4.max, &tx4.bytes, false).expect("tx4, deferred");
+    // The flush of tx3 goes through the log too; tx4 is never flushed (never promised).
+    let waiting = store.take_unflushed(&name(), tx3.max);
+    let log = store.commit_log(&name());
+    assert!(log.is_some(), "no commit log");
+    replite::store::flush_files_logged(waiting, log.as_deref()).map_err(|f| f.error).expect("flush tx3");
+    drop((store, log));
+    let ltx_dir = dir.path().join("dbs/app.db/ltx");
+    let path = |l: &Ltx| ltx_dir.join(replite_core::types::format_ltx_filename(l.min, l.max));
+    fs::remove_file(path(&tx2)).expect("tx2 lost");
+    fs::write(path(&tx3), &tx3.bytes[..tx3.bytes.len() / 3]).expect("tx3 torn");
+    fs::remove_file(path(&tx4)).expect("tx4 lost");
+
+    let recovery = recover(dir.path()).expect("recover");
+    assert_eq!(recovery.dbs[&name()].ltx, [info(&snap), info(&tx2), info(&tx3)]);
+    assert!(recovery.dbs[&name()].invalid_ltx.is_empty());
+    assert_eq!(fs::read(path(&tx3)).expect("tx3"), tx3.bytes);
+    // Recovery started a new generation: a second crash with the files gone again brings
+    // nothing back (they were made durable by themselves at the first recovery).
+    fs::remove_file(path(&tx2)).expect("remove tx2");
+    let again = recover(dir.path()).expect("recover again");
+    assert_eq!(again.dbs[&name()].ltx, [info(&snap), info(&tx3)]);
+}
+
+/// A snapshot replaces the history: no commit of the old one may come back from the log.
+#[test]
+fn a_snapshot_discards_the_commit_log_of_the_history_it_replaces() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut old = Model::default();
+    let snap = old.snapshot(2, 0x11);
+    let tx2 = old.tx(&[2], 0x22);
+    let tx3 = old.tx(&[1], 0x33);
+    let mut new = Model::default();
+    let new_snap = new.snapshot(2, 0x66);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    store.write_commit(&name(), tx2.min, tx2.max, &tx2.bytes, true).expect("tx2");
+    store.write_commit(&name(), tx3.min, tx3.max, &tx3.bytes, true).expect("tx3");
+    let pos = persist_and_apply(&mut store, &new_snap, Checksum::ZERO);
+    assert_eq!(pos, Pos::new(TxId(1), new_snap.post));
+    drop(store);
+    let recovery = recover(dir.path()).expect("recover");
+    assert_eq!(recovery.dbs[&name()].ltx, [info(&new_snap)], "the old history came back");
+}

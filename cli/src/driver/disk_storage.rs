@@ -152,10 +152,16 @@ impl Storage for DiskStorage {
 
     fn flush_ltx(&self, db: &DbName, through: TxId) -> Result<(), IoFailure> {
         // Taken under the lock, fsynced outside it: a commit's write need not wait.
-        let files = self.store().take_unflushed(db, through);
-        match crate::store::flush_files(&files) {
+        let (files, log) = {
+            let mut store = self.store();
+            let files = store.take_unflushed(db, through);
+            let log = if files.is_empty() { None } else { store.commit_log(db) };
+            (files, log)
+        };
+        match crate::store::flush_files_logged(files, log.as_deref()) {
             Ok(()) => Ok(()),
-            Err(e) => {
+            Err(failed) => {
+                let (e, files) = (failed.error, failed.files);
                 error!(%db, %through, error = %e, "flushing LTX files failed");
                 let failure = e.failure();
                 self.store().put_back_unflushed(db, files);

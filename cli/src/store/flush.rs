@@ -34,6 +34,26 @@ pub struct Unflushed {
     pub file: File,
     /// A flush of this file failed before: its next one rewrites it ([`flush`]).
     pub failed: bool,
+    /// Its contents, kept for a small file so a flush can append them to the commit log
+    /// (`commit_log`) instead of fsyncing the file.
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// A flush or log append that failed: why, and the files, still waiting.
+#[derive(Debug)]
+pub struct FlushFailed {
+    /// Why.
+    pub error: StoreError,
+    /// The files it was for.
+    pub files: Vec<Unflushed>,
+}
+
+impl FlushFailed {
+    /// Boxed (the error is large): `Err(FlushFailed::new(error, files))`.
+    #[must_use]
+    pub fn new(error: StoreError, files: Vec<Unflushed>) -> Box<FlushFailed> {
+        Box::new(FlushFailed { error, files })
+    }
 }
 
 /// Files waiting for a flush, per database, oldest first.
@@ -320,7 +340,7 @@ mod tests {
     fn unflushed(dir: &Path, max: u64) -> Unflushed {
         let path = dir.join(format!("{max}.ltx"));
         let file = write_new(&path, b"bytes", false).expect("write").expect("an open file");
-        Unflushed { max: TxId(max), path, file, failed: false }
+        Unflushed { max: TxId(max), path, file, failed: false, bytes: None }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! <data.dir>/dbs/<name>/database                the database file
 //! <data.dir>/dbs/<name>/wal                     SQLite's WAL (the mount's); folded at start
 //! <data.dir>/dbs/<name>/ltx/%016x-%016x.ltx     LTX files by TXID range
+//! <data.dir>/dbs/<name>/commit-log              recent small LTX files, made durable cheaply
 //! <any of the above>.tmp                        a write in progress; deleted at recovery
 //! ```
 
@@ -25,6 +26,9 @@ pub const DATABASE_FILE: &str = "database";
 pub const WAL_FILE: &str = "wal";
 /// Name of the LTX directory inside a database's directory.
 pub const LTX_DIR: &str = "ltx";
+/// Per database: the commit log, a preallocated file where small LTX files are made durable
+/// by overwriting allocated blocks (replite's own file; see `store::commit_log`).
+pub const COMMIT_LOG_FILE: &str = "commit-log";
 /// Per database: the TXID a replica moved back by a snapshot must reach before it may take
 /// the lease (replite's own file; absent when there is none).
 pub const REJOIN_FILE: &str = "rejoin";

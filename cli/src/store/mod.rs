@@ -9,6 +9,7 @@
 //! Tests: beside the code for helpers, `cli/tests/store.rs` on real files.
 
 mod apply;
+pub(crate) mod commit_log;
 mod dropped;
 mod error;
 pub(crate) mod flush;
@@ -20,15 +21,17 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use replite_core::ltx::{HEADER_SIZE, Header, TRAILER_SIZE, Trailer, VerifiedLtx};
 use replite_core::node::Recovery;
 use replite_core::stream::DbName;
 use replite_core::{Checksum, Epoch, Pos, TxId};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
+pub use commit_log::CommitLog;
 pub use error::StoreError;
-pub use flush::{SPARES_PER_DIR, SYNCFS_ABOVE_FILES, Spare, Unflushed, make_spares};
+pub use flush::{FlushFailed, SPARES_PER_DIR, SYNCFS_ABOVE_FILES, Spare, Unflushed, make_spares};
 pub use fsutil::{TEMP_SUFFIX, write_atomic};
 pub use recover::{UNREADABLE_CHECKSUM, database_checksum, recover};
 
@@ -38,6 +41,32 @@ pub fn flush_files(files: &[Unflushed]) -> Result<(), StoreError> {
         return Ok(());
     }
     flush::flush(files)
+}
+
+/// Makes files taken with [`Store::take_unflushed`] durable through `db`'s commit log when
+/// [`Store::commit_log`] gave one and every file is small enough (one append, one
+/// fdatasync), else as [`flush_files`] does. On failure the files come back, still waiting.
+pub fn flush_files_logged(files: Vec<Unflushed>, log: Option<&Mutex<CommitLog>>) -> Result<(), Box<FlushFailed>> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let loggable = files.iter().all(|f| !f.failed && f.bytes.is_some());
+    let files = match log {
+        Some(log) if loggable => {
+            let mut log = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let bytes: Vec<Vec<u8>> = files.iter().map(|f| f.bytes.clone().unwrap_or_default()).collect();
+            let slices: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+            match log.append(files, &slices) {
+                Ok(()) => return Ok(()),
+                Err(failed) => {
+                    warn!(error = %failed.error, "appending to the commit log failed: fsyncing the files instead");
+                    failed.files
+                }
+            }
+        }
+        _ => files,
+    };
+    flush::flush(&files).map_err(|e| FlushFailed::new(e, files))
 }
 
 /// A new file `<prefix>…{TEMP_SUFFIX}` in `dir` (created if missing), deleted when dropped and
@@ -58,6 +87,9 @@ pub struct Store {
     unflushed: flush::UnflushedFiles,
     /// Empty files ready to become LTX files.
     spares: flush::Spares,
+    /// Each database's commit log, opened at its first use; `None` once it failed (its
+    /// files are fsynced by themselves from then on).
+    logs: BTreeMap<DbName, Option<Arc<Mutex<CommitLog>>>>,
 }
 
 impl Store {
@@ -77,6 +109,7 @@ impl Store {
                 checksums,
                 unflushed: flush::UnflushedFiles::default(),
                 spares: flush::Spares::default(),
+                logs: BTreeMap::new(),
             },
             recovery,
         ))
@@ -117,28 +150,66 @@ impl Store {
         Ok(verified)
     }
 
-    /// Writes a file at its final name; with `durable` it is fdatasynced (one fsync, no
-    /// rename, no directory fsync: see [`flush::write_new`]), without it it waits for
-    /// [`Store::take_unflushed`]. A file already at that name (left by an older history) is
-    /// replaced atomically instead.
+    /// `db`'s commit log, opened (or created) at the first call; `None` if that failed, and
+    /// from then on.
+    pub fn commit_log(&mut self, db: &DbName) -> Option<Arc<Mutex<CommitLog>>> {
+        if let Some(log) = self.logs.get(db) {
+            return log.clone();
+        }
+        let dir = layout::db_dir(&self.dir, db);
+        let log = match fsutil::ensure_dir(&dir).and_then(|()| CommitLog::open(&dir)) {
+            Ok(log) => Some(Arc::new(Mutex::new(log))),
+            Err(e) => {
+                warn!(db = %db, error = %e, "no commit log: LTX files are fsynced one by one");
+                None
+            }
+        };
+        self.logs.insert(db.clone(), log.clone());
+        log
+    }
+
+    /// Before `db`'s history is replaced (a snapshot): no record of the old one may be
+    /// restored after a crash.
+    fn discard_commit_log(&mut self, db: &DbName) -> Result<(), StoreError> {
+        if let Some(Some(log)) = self.logs.get(db) {
+            log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).discard()?;
+        }
+        Ok(())
+    }
+
+    /// Writes a file at its final name. With `durable`, a small file is made durable by an
+    /// append to the database's commit log, a larger one (or any, without a log) by one
+    /// fdatasync (no rename, no directory fsync: see [`flush::write_new`]); without it
+    /// waits for [`Store::take_unflushed`]. A file already at that name (left by an older
+    /// history) is replaced atomically instead.
     fn write_ltx(&mut self, db: &DbName, min: TxId, max: TxId, bytes: &[u8], durable: bool) -> Result<(), StoreError> {
         fsutil::ensure_dir(&layout::ltx_dir(&self.dir, db))?;
         let path = self.ltx_path(db, min, max);
         self.unflushed.forget(db, max);
-        if let Some(spare) = self.spares.take(&layout::ltx_dir(&self.dir, db)) {
-            if let Some(file) = flush::write_into_spare(spare, &path, bytes, durable)? {
-                self.unflushed.push(db, Unflushed { max, path, file, failed: false });
+        let small = bytes.len() <= commit_log::RECORD_MAX;
+        let log = if durable && small { self.commit_log(db) } else { None };
+        // Through the log, the file itself is written like a deferred one.
+        let fsync_file = durable && log.is_none();
+        let file = if let Some(spare) = self.spares.take(&layout::ltx_dir(&self.dir, db)) {
+            flush::write_into_spare(spare, &path, bytes, fsync_file)?
+        } else {
+            match flush::write_new(&path, bytes, fsync_file) {
+                Ok(file) => file,
+                Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+                    fsutil::write_atomic(&path, bytes)?;
+                    None
+                }
+                Err(e) => return Err(e),
             }
-            debug!(db = %db, %min, %max, size = bytes.len(), durable, "wrote LTX file");
-            return Ok(());
-        }
-        match flush::write_new(&path, bytes, durable) {
-            Ok(None) => {}
-            Ok(Some(file)) => self.unflushed.push(db, Unflushed { max, path, file, failed: false }),
-            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
-                fsutil::write_atomic(&path, bytes)?;
+        };
+        if let Some(file) = file {
+            let kept = small.then(|| bytes.to_vec());
+            let waiting = Unflushed { max, path, file, failed: false, bytes: kept };
+            if durable {
+                flush_files_logged(vec![waiting], log.as_deref()).map_err(|failed| failed.error)?;
+            } else {
+                self.unflushed.push(db, waiting);
             }
-            Err(e) => return Err(e),
         }
         debug!(db = %db, %min, %max, size = bytes.len(), durable, "wrote LTX file");
         Ok(())
@@ -236,6 +307,7 @@ impl Store {
         let verified = self.persist_ltx(db, min, max, bytes)?;
         self.unflushed.forget(db, max);
         if verified.header().is_snapshot() {
+            self.discard_commit_log(db)?;
             self.unflushed.forget_all(db);
             self.remove_all_ltx_except(db, min, max)?;
         }
@@ -275,6 +347,7 @@ impl Store {
         fsutil::sync_dir(&layout::ltx_dir(&self.dir, db))?;
         debug!(db = %db, %min, %max, "persisted spooled LTX file");
         if min == TxId(1) {
+            self.discard_commit_log(db)?;
             self.unflushed.forget_all(db);
             self.remove_all_ltx_except(db, min, max)?;
         }

@@ -68,6 +68,8 @@ pub fn recover(data_dir: &Path) -> Result<Recovery, StoreError> {
 
 fn recover_db(dir: &Path, name: &DbName) -> Result<DbRecovery, StoreError> {
     remove_temp_files(dir)?;
+    // Before the scan: files whose durability rested on the commit log are written back.
+    crate::store::commit_log::restore(dir, name)?;
     let mut rec = DbRecovery::default();
     // Page size of the newest valid LTX file: the fallback when the database header is unreadable.
     let mut ltx_page_size: Option<(replite_core::TxId, PageSize)> = None;
