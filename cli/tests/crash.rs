@@ -123,3 +123,57 @@ fn kill_9_in_wal_mode_loses_no_acknowledged_transaction() {
 fn kill_9_in_wal_mode_with_synchronous_normal_loses_no_acknowledged_transaction() {
     crash_and_recover_with("wal", "NORMAL");
 }
+
+/// A power loss imitated after kill -9: the newest LTX file, which was made durable only
+/// through the commit log (decision 0016), is taken from the disk. The restarted node writes
+/// it back from the log and is primary again at the same position, with every row.
+fn newest_ltx_file_lost_after_a_crash_comes_back_from_the_commit_log(journal_mode: &str) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut node = Node::new(root.path(), "solo", &Lease::Static { primary_url: None });
+    node.start();
+    node.wait_for("primary", |i| i["role"] == "primary");
+    let conn = Connection::open(node.db_path("app.db")).expect("open");
+    conn.pragma_update(None, "journal_mode", journal_mode).expect("journal mode");
+    conn.pragma_update(None, "synchronous", "FULL").expect("synchronous");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)").expect("create");
+    for i in 0..50i64 {
+        conn.execute("INSERT INTO t (id, v) VALUES (?1, randomblob(300))", [i]).expect("insert");
+    }
+    drop(conn);
+    let before = node.pos("app.db").expect("position");
+    node.kill();
+
+    let ltx_dir = node.dir.join("data/dbs/app.db/ltx");
+    let mut names: Vec<String> = std::fs::read_dir(&ltx_dir)
+        .expect("ltx dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".ltx"))
+        .collect();
+    names.sort();
+    let newest = ltx_dir.join(names.last().expect("an LTX file"));
+    let bytes = std::fs::read(&newest).expect("read the newest file");
+    std::fs::remove_file(&newest).expect("lose it");
+
+    node.start();
+    node.wait_for("primary again", |i| i["role"] == "primary");
+    assert_eq!(std::fs::read(&newest).expect("the file is back"), bytes, "{journal_mode}");
+    assert_eq!(node.pos("app.db").expect("position"), before, "{journal_mode}");
+    assert!(node.log_text().contains("restored LTX files"), "{journal_mode}: no restore logged");
+    let conn = Connection::open(node.db_path("app.db")).expect("reopen");
+    let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity");
+    assert_eq!(ok, "ok");
+    let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("count");
+    assert_eq!(rows, 50, "{journal_mode}");
+    drop(conn);
+    node.stop();
+}
+
+#[test]
+fn a_durable_commit_whose_file_a_crash_lost_comes_back_from_the_commit_log_in_delete_mode() {
+    newest_ltx_file_lost_after_a_crash_comes_back_from_the_commit_log("delete");
+}
+
+#[test]
+fn a_flushed_commit_whose_file_a_crash_lost_comes_back_from_the_commit_log_in_wal_mode() {
+    newest_ltx_file_lost_after_a_crash_comes_back_from_the_commit_log("wal");
+}
