@@ -174,9 +174,14 @@ impl Storage for DiskStorage {
         let wanted = self.store().spares_wanted(db);
         if !wanted.is_empty() {
             // Created outside the lock: commits keep writing meanwhile.
+            let asked = wanted.len();
             let made = crate::store::make_spares(wanted);
-            self.store().add_spares(db, made);
+            self.store().add_spares(db, made, asked);
         }
+    }
+
+    fn spares_low(&self, db: &DbName) -> bool {
+        self.store().spares_low(db)
     }
 
     fn replay_ltx(&self, db: &DbName, min: TxId, max: TxId, base: Checksum) -> Result<Pos, IoFailure> {

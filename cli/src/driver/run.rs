@@ -765,7 +765,11 @@ impl Driver {
                     // The FUSE thread holding this commit writes its file itself.
                     jobs.push(Box::new(move || {
                         let result = storage.persist_ltx(&db, min, max, &bytes, durable);
-                        (Input::LtxDone { op, result }, None)
+                        // Durable commits trigger no flush, which is what refills spares
+                        // otherwise: without this each would create its file.
+                        let refill: Option<Afterwards> =
+                            storage.spares_low(&db).then(|| Box::new(move || storage.refill_spares(&db)) as Afterwards);
+                        (Input::LtxDone { op, result }, refill)
                     }));
                     return;
                 }

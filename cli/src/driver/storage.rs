@@ -109,6 +109,10 @@ pub trait Storage: Send + Sync + 'static {
     fn flush_ltx(&self, db: &DbName, through: TxId) -> Result<(), IoFailure>;
     /// Prepares what makes the next writes of `db` cheaper (spare files), off the commit path.
     fn refill_spares(&self, _db: &DbName) {}
+    /// Whether `db` has used up half of its spare files, so a refill is due.
+    fn spares_low(&self, _db: &DbName) -> bool {
+        false
+    }
     /// Applies a file already stored (recovery replay).
     fn replay_ltx(&self, db: &DbName, min: TxId, max: TxId, base: Checksum) -> Result<Pos, IoFailure>;
     /// Reads a stored LTX file, to send it to a replica.

@@ -159,6 +159,9 @@ struct DirSpares {
     recycled: Vec<(PathBuf, u64)>,
     /// Bytes the recycled ones hold (old contents, disk space not yet reused).
     recycled_bytes: u64,
+    /// Names handed out by [`Spares::wanted`] whose files are still being made: counted as
+    /// had, so two refills at once do not both fill the directory.
+    pending: usize,
 }
 
 /// Spares created ahead per LTX directory (open files): a flush (every `flush_ms` under load)
@@ -198,13 +201,22 @@ impl Spares {
 
     /// How many spares `dir` lacks, and names for them.
     pub fn wanted(&mut self, dir: &Path) -> Vec<PathBuf> {
-        let have = self.by_dir.get(dir).map_or(0, |s| s.created.len() + s.recycled.len());
-        (have..SPARES_PER_DIR).map(|_| self.next_name(dir)).collect()
+        let have = self.count(dir);
+        let names: Vec<PathBuf> = (have..SPARES_PER_DIR).map(|_| self.next_name(dir)).collect();
+        self.by_dir.entry(dir.to_path_buf()).or_default().pending += names.len();
+        names
     }
 
-    /// Adds spares made outside the store's lock.
-    pub fn add(&mut self, dir: &Path, files: Vec<Spare>) {
-        self.by_dir.entry(dir.to_path_buf()).or_default().created.extend(files);
+    /// Spares `dir` has or is being given.
+    pub fn count(&self, dir: &Path) -> usize {
+        self.by_dir.get(dir).map_or(0, |s| s.created.len() + s.recycled.len() + s.pending)
+    }
+
+    /// Adds spares made outside the store's lock for `asked` names from [`Spares::wanted`].
+    pub fn add(&mut self, dir: &Path, files: Vec<Spare>, asked: usize) {
+        let spares = self.by_dir.entry(dir.to_path_buf()).or_default();
+        spares.pending = spares.pending.saturating_sub(asked);
+        spares.created.extend(files);
     }
 
     /// Turns the retired file `path` (`len` bytes) of `dir` into a spare if there is room.
@@ -357,6 +369,23 @@ mod tests {
         set.forget(&db, TxId(3));
         set.put_back(&db, taken);
         assert_eq!(set.take(&db, TxId(9)).iter().map(|f| f.max.0).collect::<Vec<_>>(), vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn spares_being_made_count_as_had_so_two_refills_do_not_both_fill_the_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut spares = Spares::default();
+        let first = spares.wanted(dir.path());
+        assert_eq!(first.len(), SPARES_PER_DIR);
+        assert!(spares.wanted(dir.path()).is_empty(), "a second refill asked for more while the first ran");
+        let asked = first.len();
+        let made = make_spares(first);
+        spares.add(dir.path(), made, asked);
+        assert_eq!(spares.count(dir.path()), SPARES_PER_DIR);
+        for _ in 0..SPARES_PER_DIR / 2 + 1 {
+            spares.take(dir.path()).expect("a spare");
+        }
+        assert_eq!(spares.wanted(dir.path()).len(), SPARES_PER_DIR / 2 + 1);
     }
 
     #[test]

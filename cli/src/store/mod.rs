@@ -276,9 +276,15 @@ impl Store {
         self.spares.wanted(&dir)
     }
 
-    /// Adds spare files made (outside the store's lock) at names from [`Store::spares_wanted`].
-    pub fn add_spares(&mut self, db: &DbName, files: Vec<Spare>) {
-        self.spares.add(&layout::ltx_dir(&self.dir, db), files);
+    /// Adds spare files made (outside the store's lock) for `asked` names from
+    /// [`Store::spares_wanted`].
+    pub fn add_spares(&mut self, db: &DbName, files: Vec<Spare>, asked: usize) {
+        self.spares.add(&layout::ltx_dir(&self.dir, db), files, asked);
+    }
+
+    /// Whether `db`'s LTX directory is down to half its spares (nothing is being made).
+    pub fn spares_low(&self, db: &DbName) -> bool {
+        self.spares.count(&layout::ltx_dir(&self.dir, db)) < SPARES_PER_DIR / 2
     }
 
     /// Takes every file waiting for a flush (clean shutdown).
