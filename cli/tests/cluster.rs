@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags};
 use support::cluster::{Lease, Node, WAIT};
 
 fn open(node: &Node, db: &str) -> Connection {
-    let conn = Connection::open(node.db_path(db)).expect("open through the mount");
+    let conn = support::cluster::open_on_primary(node, db);
     conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
     conn
 }

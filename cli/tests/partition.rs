@@ -168,7 +168,7 @@ fn same_rows_everywhere(nodes: &[Node], expected: &[i64], at: &str) {
 
 /// Starts the writer on the primary; the table is created first.
 fn start_writer(node: &Node) -> (Arc<AtomicBool>, std::thread::JoinHandle<Writes>) {
-    let conn = Connection::open(node.db_path("app.db")).expect("open on the primary");
+    let conn = support::cluster::open_on_primary(node, "app.db");
     conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -314,7 +314,7 @@ fn a_primary_cut_off_from_etcd_alone_steps_down_and_its_replicas_follow_the_new_
 fn a_replica_cut_off_from_its_primary_alone_stays_a_replica_and_catches_up() {
     let Some(Cluster { mut nodes, first, net, _root, _etcd }) = start_cluster(false) else { return };
     let replica = (first + 1) % 3;
-    let conn = Connection::open(nodes[first].db_path("app.db")).expect("open on the primary");
+    let conn = support::cluster::open_on_primary(&nodes[first], "app.db");
     conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").expect("create");
     converged(&nodes, first, "app.db");
 
@@ -378,7 +378,7 @@ fn while_nobody_reaches_etcd_nobody_takes_writes_and_they_resume_after() {
         net.unblock(i, &net.store_ip());
     }
     let (primary, took) = new_primary(&nodes, &[0, 1, 2], Instant::now());
-    let conn = Connection::open(nodes[primary].db_path("app.db")).expect("open on the primary");
+    let conn = support::cluster::open_on_primary(&nodes[primary], "app.db");
     conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
     conn.execute("INSERT INTO t (id, v) VALUES (-1, 'after')", []).expect("writes resume");
     let want = converged(&nodes, primary, "app.db");

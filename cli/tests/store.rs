@@ -837,3 +837,31 @@ fn a_snapshot_discards_the_commit_log_of_the_history_it_replaces() {
     let recovery = recover(dir.path()).expect("recover");
     assert_eq!(recovery.dbs[&name()].ltx, [info(&new_snap)], "the old history came back");
 }
+
+/// Synchronous replication: a replica's durable file goes through the commit log too.
+#[test]
+fn a_durable_replicated_file_a_crash_took_comes_back_from_the_commit_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let tx2 = model.tx(&[2], 0x22);
+    let (mut store, _) = Store::open(dir.path()).expect("open");
+    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    store.write_replicated(&name(), tx2.min, tx2.max, &tx2.bytes, true).expect("durable replicated file");
+    assert!(store.take_unflushed(&name(), TxId(99)).is_empty(), "a durable file waits for a flush");
+    drop(store);
+    let path = dir.path().join("dbs/app.db/ltx").join(replite_core::types::format_ltx_filename(tx2.min, tx2.max));
+    fs::remove_file(&path).expect("lost");
+    let recovery = recover(dir.path()).expect("recover");
+    assert_eq!(recovery.dbs[&name()].ltx, [info(&snap), info(&tx2)]);
+    // A malformed replicated file is still refused before anything is written.
+    let (mut store, _) = Store::open(dir.path()).expect("reopen");
+    let tx3 = model.tx(&[1], 0x33);
+    let mut bad = tx3.bytes.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    assert!(store.write_replicated(&name(), tx3.min, tx3.max, &bad, true).is_err());
+    assert!(
+        !dir.path().join("dbs/app.db/ltx").join(replite_core::types::format_ltx_filename(tx3.min, tx3.max)).exists()
+    );
+}

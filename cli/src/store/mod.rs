@@ -238,8 +238,9 @@ impl Store {
         Ok(Pos::new(max, Trailer::decode(tail).post_apply_checksum))
     }
 
-    /// A replicated file: verified in full (it came from outside), then written durably or
-    /// not. A snapshot is always written durably and atomically, and replaces every other
+    /// A replicated file: verified in full (it came from outside), then written durably
+    /// (synchronous replication: through the commit log, as a primary's own durable commit)
+    /// or not. A snapshot is always written durably and atomically, and replaces every other
     /// LTX file of the database (see [`Store::persist_replicated`]).
     pub fn write_replicated(
         &mut self,
@@ -249,11 +250,11 @@ impl Store {
         bytes: &[u8],
         durable: bool,
     ) -> Result<(), StoreError> {
-        if min == TxId(1) || durable {
+        if min == TxId(1) {
             return self.persist_replicated(db, min, max, bytes);
         }
         StoreError::verify_range(db, min, max, bytes)?;
-        self.write_ltx(db, min, max, bytes, false)
+        self.write_ltx(db, min, max, bytes, durable)
     }
 
     /// Takes the files of `db` written without an fsync, up to `through`, for

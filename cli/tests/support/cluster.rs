@@ -278,3 +278,18 @@ pub fn sync_yaml(ids: &[u64]) -> String {
         ids.iter().map(|i| format!("{i:016X}")).collect::<Vec<_>>().join(", ")
     )
 }
+
+/// Opens (creating it if needed) a database through the mount of a node `/info` just called
+/// primary. The mount follows the role a moment after `/info` shows it (the switch runs on
+/// the daemon's status thread), and until then creating a database there is refused: retried
+/// for up to [`WAIT`].
+pub fn open_on_primary(node: &Node, db: &str) -> rusqlite::Connection {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match rusqlite::Connection::open(node.db_path(db)) {
+            Ok(conn) => return conn,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("opening {db} on {}: {e}\n{}", node.name, node.log_text()),
+        }
+    }
+}
