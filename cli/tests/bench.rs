@@ -27,6 +27,9 @@ const ROWS: &[(&str, [bool; 4])] = &[
     ("lag p50, WAL/NORMAL", [false, false, false, true]),
     ("lag p99, WAL/NORMAL", [false, false, false, true]),
     ("snapshot catch-up (8 MiB)", [false, false, false, true]),
+    ("write tx, DELETE/FULL, synchronous", [true, false, true, false]),
+    ("write tx, WAL/NORMAL, synchronous", [true, false, true, false]),
+    ("write tx, WAL/FULL, synchronous", [true, false, true, false]),
 ];
 
 fn positive(cell: &str, what: &str) {

@@ -75,6 +75,9 @@ pub enum Workload {
     Snapshot,
     /// A speedtest1-like mix of inserts, scans, index builds, updates, deletes and VACUUM.
     Mixed,
+    /// Small write transactions on a second pair in synchronous replication (every commit
+    /// durable on the replica before it returns).
+    Sync,
 }
 
 /// Upper bound on one run of a small-write workload.
@@ -271,6 +274,33 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         pair.replica.stop();
         pair.primary.stop();
     }
+    if wanted(Workload::Sync) {
+        let pair = start_sync_pair(&handle, root)?;
+        report.notes.push(
+            "synchronous rows: a second pair whose primary returns a commit only once the replica has it \
+             durably (replication.sync.candidates names both); its figures are in the pair: primary column"
+                .into(),
+        );
+        // A native folder of its own: the write workloads name their databases by mode and round.
+        let native_sync = root.join("native-sync");
+        std::fs::create_dir_all(&native_sync)?;
+        let sync_sides = [
+            Side { column: Column::Native, dir: &native_sync, node: None, replica: None },
+            Side {
+                column: Column::Primary,
+                dir: &pair.primary.mount,
+                node: Some(&pair.primary),
+                replica: Some(&pair.replica),
+            },
+        ];
+        for (journal, n) in sizes.writes {
+            let mut row = Row::new(format!("write tx, {journal}, synchronous"), "tx/s", "-");
+            for_rounds(&mut row, &sync_sides, sizes.rounds, |side, round| write_run(side, journal, n, round))?;
+            report.rows.push(row);
+        }
+        pair.replica.stop();
+        pair.primary.stop();
+    }
     if let Some(single) = single {
         single.stop();
     }
@@ -306,6 +336,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 fn start_pair(handle: &Handle, root: &Path, retention: Option<u64>) -> anyhow::Result<Pair> {
     let primary = BenchNode::start_primary(handle, root, "primary", retention)?;
     let replica = BenchNode::start_replica(handle, root, "replica", &primary.url, retention)?;
+    replica.wait_until("in sync", nodes::CATCH_UP_TIMEOUT, |s| s.in_sync)?;
+    Ok(Pair { primary, replica })
+}
+
+/// A pair in synchronous replication: the primary's commits return once the replica has
+/// them durably (`replication.sync.candidates` names both).
+fn start_sync_pair(handle: &Handle, root: &Path) -> anyhow::Result<Pair> {
+    const PRIMARY_ID: u64 = 0x5E_0001;
+    const REPLICA_ID: u64 = 0x5E_0002;
+    let primary = BenchNode::start_sync_primary(handle, root, "sync-primary", &[PRIMARY_ID, REPLICA_ID])?;
+    let replica = BenchNode::start_sync_replica(handle, root, "sync-replica", &primary.url, &[REPLICA_ID, PRIMARY_ID])?;
     replica.wait_until("in sync", nodes::CATCH_UP_TIMEOUT, |s| s.in_sync)?;
     Ok(Pair { primary, replica })
 }

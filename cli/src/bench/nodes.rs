@@ -52,7 +52,17 @@ impl BenchNode {
         name: &str,
         retention: Option<u64>,
     ) -> anyhow::Result<BenchNode> {
-        let mut config = base_config(root, name, retention);
+        BenchNode::start_primary_with(handle, root, name, base_config(root, name, retention))
+    }
+
+    /// [`BenchNode::start_primary`] in synchronous replication with `sync`: node ids (the
+    /// first is this node's, written to its `data/id`).
+    pub fn start_sync_primary(handle: &Handle, root: &Path, name: &str, sync: &[u64]) -> anyhow::Result<BenchNode> {
+        BenchNode::start_primary_with(handle, root, name, sync_config(root, name, sync)?)
+    }
+
+    fn start_primary_with(handle: &Handle, root: &Path, name: &str, config: Config) -> anyhow::Result<BenchNode> {
+        let mut config = config;
         config.lease.candidate = true;
         // With no advertise URL the node advertises http://HOSTNAME:PORT with the port it
         // bound, so no port has to be picked (and raced for) in advance.
@@ -77,7 +87,29 @@ impl BenchNode {
         primary_url: &str,
         retention: Option<u64>,
     ) -> anyhow::Result<BenchNode> {
-        let mut config = base_config(root, name, retention);
+        BenchNode::start_replica_with(handle, root, name, primary_url, base_config(root, name, retention))
+    }
+
+    /// [`BenchNode::start_replica`] in synchronous replication with `sync`: node ids (the
+    /// first is this node's).
+    pub fn start_sync_replica(
+        handle: &Handle,
+        root: &Path,
+        name: &str,
+        primary_url: &str,
+        sync: &[u64],
+    ) -> anyhow::Result<BenchNode> {
+        BenchNode::start_replica_with(handle, root, name, primary_url, sync_config(root, name, sync)?)
+    }
+
+    fn start_replica_with(
+        handle: &Handle,
+        root: &Path,
+        name: &str,
+        primary_url: &str,
+        config: Config,
+    ) -> anyhow::Result<BenchNode> {
+        let mut config = config;
         config.lease.candidate = false;
         config.lease.hostname = "bench-primary".into();
         config.lease.advertise_url = primary_url.into();
@@ -219,6 +251,18 @@ fn base_config(root: &Path, name: &str, retention: Option<u64>) -> Config {
     config.http.addr = "127.0.0.1:0".into();
     config.lease.kind = LeaseType::Static;
     config
+}
+
+/// A node in synchronous replication: `ids[0]` is its own id (written to `data/id`), and
+/// every listed node must have a commit durably before it returns.
+fn sync_config(root: &Path, name: &str, ids: &[u64]) -> anyhow::Result<Config> {
+    let mut config = base_config(root, name, None);
+    std::fs::create_dir_all(&config.data.dir).with_context(|| format!("creating {}", config.data.dir.display()))?;
+    let id_file = config.data.dir.join(replite::daemon::ID_FILE);
+    std::fs::write(&id_file, format!("{:016X}\n", ids[0])).with_context(|| format!("writing {}", id_file.display()))?;
+    config.replication.sync.candidates = ids.iter().map(|id| format!("{id:016X}")).collect();
+    config.replication.sync.timeout = Duration::from_secs(10);
+    Ok(config)
 }
 
 fn is_mounted(path: &Path) -> bool {
