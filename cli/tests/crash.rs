@@ -23,6 +23,17 @@ fn next(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A single node (static lease) in `root`, primary, and a connection to its `app.db` in
+/// `journal_mode`.
+fn solo_primary(root: &std::path::Path, journal_mode: &str) -> (Node, Connection) {
+    let mut node = Node::new(root, "solo", &Lease::Static { primary_url: None });
+    node.start();
+    node.wait_for("primary", |i| i["role"] == "primary");
+    let conn = Connection::open(node.db_path("app.db")).expect("open");
+    conn.pragma_update(None, "journal_mode", journal_mode).expect("journal mode");
+    (node, conn)
+}
+
 fn crash_and_recover(journal_mode: &str) {
     crash_and_recover_with(journal_mode, "FULL");
 }
@@ -35,11 +46,7 @@ fn crash_and_recover_with(journal_mode: &str, synchronous: &str) {
     let seeds = env_u64("REPLITE_CRASH_SEEDS", 4);
     for seed in base..base + seeds {
         let root = tempfile::tempdir().expect("tempdir");
-        let mut node = Node::new(root.path(), "solo", &Lease::Static { primary_url: None });
-        node.start();
-        node.wait_for("primary", |i| i["role"] == "primary");
-        let conn = Connection::open(node.db_path("app.db")).expect("open");
-        conn.pragma_update(None, "journal_mode", journal_mode).expect("journal mode");
+        let (mut node, conn) = solo_primary(root.path(), journal_mode);
         conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)").expect("create");
         drop(conn);
 
@@ -129,11 +136,7 @@ fn kill_9_in_wal_mode_with_synchronous_normal_loses_no_acknowledged_transaction(
 /// it back from the log and is primary again at the same position, with every row.
 fn newest_ltx_file_lost_after_a_crash_comes_back_from_the_commit_log(journal_mode: &str) {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut node = Node::new(root.path(), "solo", &Lease::Static { primary_url: None });
-    node.start();
-    node.wait_for("primary", |i| i["role"] == "primary");
-    let conn = Connection::open(node.db_path("app.db")).expect("open");
-    conn.pragma_update(None, "journal_mode", journal_mode).expect("journal mode");
+    let (mut node, conn) = solo_primary(root.path(), journal_mode);
     conn.pragma_update(None, "synchronous", "FULL").expect("synchronous");
     conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)").expect("create");
     for i in 0..50i64 {

@@ -111,6 +111,17 @@ fn persist_and_apply(store: &mut Store, l: &Ltx, base: Checksum) -> Pos {
     store.persist_and_apply(&name(), l.min, l.max, &l.bytes, base).expect("persist and apply")
 }
 
+/// A snapshot of two pages and the three transactions after it, and a store in `dir` holding
+/// the snapshot (applied).
+fn store_after_a_snapshot(dir: &Path) -> (Store, Ltx, [Ltx; 3]) {
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let txs = [model.tx(&[2], 0x22), model.tx(&[1], 0x33), model.tx(&[2], 0x44)];
+    let (mut store, _) = Store::open(dir).expect("open");
+    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    (store, snap, txs)
+}
+
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .map(|rd| rd.map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned()).collect())
@@ -742,13 +753,7 @@ fn a_spare_renamed_into_place_before_its_new_bytes_were_durable_is_not_trusted_a
 fn a_file_whose_flush_failed_is_rewritten_from_a_verified_read_never_fsynced_again() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut model = Model::default();
-    let snap = model.snapshot(2, 0x11);
-    let tx2 = model.tx(&[2], 0x22);
-    let tx3 = model.tx(&[1], 0x33);
-    let tx4 = model.tx(&[2], 0x44);
-    let (mut store, _) = Store::open(dir.path()).expect("open");
-    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    let (mut store, _, [tx2, tx3, tx4]) = store_after_a_snapshot(dir.path());
     for tx in [&tx2, &tx3, &tx4] {
         store.write_commit(&name(), tx.min, tx.max, &tx.bytes, false).expect("deferred commit");
     }
@@ -784,13 +789,7 @@ fn a_file_whose_flush_failed_is_rewritten_from_a_verified_read_never_fsynced_aga
 #[test]
 fn durable_commits_a_crash_took_from_their_files_come_back_from_the_commit_log() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut model = Model::default();
-    let snap = model.snapshot(2, 0x11);
-    let tx2 = model.tx(&[2], 0x22);
-    let tx3 = model.tx(&[1], 0x33);
-    let tx4 = model.tx(&[2], 0x44);
-    let (mut store, _) = Store::open(dir.path()).expect("open");
-    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    let (mut store, snap, [tx2, tx3, tx4]) = store_after_a_snapshot(dir.path());
     store.write_commit(&name(), tx2.min, tx2.max, &tx2.bytes, true).expect("tx2, durable");
     store.write_commit(&name(), tx3.min, tx3.max, &tx3.bytes, false).expect("tx3, deferred");
     store.write_commit(&name(), tx4.min, tx4.max, &tx4.bytes, false).expect("tx4, deferred");
@@ -821,14 +820,8 @@ fn durable_commits_a_crash_took_from_their_files_come_back_from_the_commit_log()
 #[test]
 fn a_snapshot_discards_the_commit_log_of_the_history_it_replaces() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut old = Model::default();
-    let snap = old.snapshot(2, 0x11);
-    let tx2 = old.tx(&[2], 0x22);
-    let tx3 = old.tx(&[1], 0x33);
-    let mut new = Model::default();
-    let new_snap = new.snapshot(2, 0x66);
-    let (mut store, _) = Store::open(dir.path()).expect("open");
-    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    let (mut store, _, [tx2, tx3, _]) = store_after_a_snapshot(dir.path());
+    let new_snap = Model::default().snapshot(2, 0x66);
     store.write_commit(&name(), tx2.min, tx2.max, &tx2.bytes, true).expect("tx2");
     store.write_commit(&name(), tx3.min, tx3.max, &tx3.bytes, true).expect("tx3");
     let pos = persist_and_apply(&mut store, &new_snap, Checksum::ZERO);
@@ -842,11 +835,7 @@ fn a_snapshot_discards_the_commit_log_of_the_history_it_replaces() {
 #[test]
 fn a_durable_replicated_file_a_crash_took_comes_back_from_the_commit_log() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut model = Model::default();
-    let snap = model.snapshot(2, 0x11);
-    let tx2 = model.tx(&[2], 0x22);
-    let (mut store, _) = Store::open(dir.path()).expect("open");
-    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    let (mut store, snap, [tx2, tx3, _]) = store_after_a_snapshot(dir.path());
     store.write_replicated(&name(), tx2.min, tx2.max, &tx2.bytes, true).expect("durable replicated file");
     assert!(store.take_unflushed(&name(), TxId(99)).is_empty(), "a durable file waits for a flush");
     drop(store);
@@ -856,7 +845,6 @@ fn a_durable_replicated_file_a_crash_took_comes_back_from_the_commit_log() {
     assert_eq!(recovery.dbs[&name()].ltx, [info(&snap), info(&tx2)]);
     // A malformed replicated file is still refused before anything is written.
     let (mut store, _) = Store::open(dir.path()).expect("reopen");
-    let tx3 = model.tx(&[1], 0x33);
     let mut bad = tx3.bytes.clone();
     let last = bad.len() - 1;
     bad[last] ^= 0xff;
