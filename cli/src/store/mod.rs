@@ -51,10 +51,12 @@ pub fn flush_files_logged(files: Vec<Unflushed>, log: Option<&Mutex<CommitLog>>)
         return Ok(());
     }
     let loggable = files.iter().all(|f| !f.failed && f.bytes.is_some());
+    let mut files = files;
     let files = match log {
         Some(log) if loggable => {
             let mut log = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let bytes: Vec<Vec<u8>> = files.iter().map(|f| f.bytes.clone().unwrap_or_default()).collect();
+            // Taken out: the log keeps the files until its retirement, not their bytes.
+            let bytes: Vec<Vec<u8>> = files.iter_mut().map(|f| f.bytes.take().unwrap_or_default()).collect();
             let slices: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
             match log.append(files, &slices) {
                 Ok(()) => return Ok(()),
