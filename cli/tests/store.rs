@@ -853,3 +853,26 @@ fn a_durable_replicated_file_a_crash_took_comes_back_from_the_commit_log() {
         !dir.path().join("dbs/app.db/ltx").join(replite_core::types::format_ltx_filename(tx3.min, tx3.max)).exists()
     );
 }
+
+/// A disk with no room for the 2 MiB commit log: durable commits are fsynced one by one, and
+/// no partial log is left behind.
+#[test]
+fn without_room_for_a_commit_log_durable_commits_are_fsynced_by_themselves() {
+    let Some(fs_) = Tmpfs::mount("64k") else { return };
+    let mut model = Model::default();
+    let snap = model.snapshot(2, 0x11);
+    let tx2 = model.tx(&[2], 0x22);
+    let tx3 = model.tx(&[1], 0x33);
+    let (mut store, _) = Store::open(&fs_.path).expect("open");
+    persist_and_apply(&mut store, &snap, Checksum::ZERO);
+    store.write_commit(&name(), tx2.min, tx2.max, &tx2.bytes, true).expect("tx2 without a log");
+    assert!(store.commit_log(&name()).is_none(), "a 2 MiB log on a 64 KiB file system");
+    store.write_commit(&name(), tx3.min, tx3.max, &tx3.bytes, false).expect("tx3, deferred");
+    let waiting = store.take_unflushed(&name(), tx3.max);
+    replite::store::flush_files_logged(waiting, None).map_err(|f| f.error).expect("flushed by fsync");
+    let db_dir = fs_.path.join("dbs/app.db");
+    assert!(files_in(&db_dir).iter().all(|n| !n.starts_with("commit-log")), "{:?}", files_in(&db_dir));
+    drop(store);
+    let recovery = recover(&fs_.path).expect("recover");
+    assert_eq!(recovery.dbs[&name()].ltx, [info(&snap), info(&tx2), info(&tx3)]);
+}
