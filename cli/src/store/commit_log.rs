@@ -7,8 +7,8 @@
 //! preallocated, zero-filled file per database (`dbs/<name>/commit-log`). A commit that must be
 //! durable writes its LTX file at its final name without an fsync (as a deferred one is) and
 //! appends the same bytes here with one fdatasync; a flush of deferred files does the same for
-//! all of them at once. When the log is full it is retired: the files it holds are fsynced
-//! (one `syncfs` for many) and its generation is bumped, which makes every record in it stale.
+//! all of them at once. When the log is full it is retired: the files it holds are made
+//! durable by one `syncfs` and its generation is bumped, which makes every record in it stale.
 //! At start, recovery restores from the log every file that a crash left missing or torn,
 //! then bumps the generation. See `docs/decisions/0016-commit-log.md`.
 //!
@@ -55,8 +55,10 @@ pub struct CommitLog {
     generation: u64,
     /// Where the next append goes.
     end: u64,
-    /// Files whose durability rests on a record of this generation: fsynced at retirement.
-    logged: Vec<Unflushed>,
+    /// Records of this generation: files whose durability rests on the log until the
+    /// retirement's `syncfs` (their descriptors are not kept: hundreds per database would
+    /// run into the open-file limit and grow the descriptor table mid-run).
+    records: usize,
     /// A write to the log failed: what it holds past `end` is unknown (after a failed
     /// fdatasync Linux may mark unwritten pages clean), so it takes no more appends.
     broken: bool,
@@ -77,14 +79,14 @@ impl CommitLog {
             Some(found) => found,
             None => (create(&path)?, 0),
         };
-        let mut log = CommitLog { path, file, generation, end: HEADER_SIZE, logged: Vec::new(), broken: false };
+        let mut log = CommitLog { path, file, generation, end: HEADER_SIZE, records: 0, broken: false };
         log.start_generation(generation + 1)?;
         Ok(log)
     }
 
     /// Makes `files` durable by appending `bytes` (their contents, in the same order) as one
-    /// write and one fdatasync; the files are kept for the fsync at retirement. A full log is
-    /// retired first. On failure the files are handed back, not yet durable.
+    /// write and one fdatasync, then closes them. A full log is retired first. On failure the
+    /// files are handed back, not yet durable.
     pub fn append(&mut self, files: Vec<Unflushed>, bytes: &[&[u8]]) -> Result<(), Box<FlushFailed>> {
         let record_len = |b: &&[u8]| (RECORD_HEADER_SIZE + b.len()).next_multiple_of(8) as u64;
         let total = bytes.iter().map(record_len).sum::<u64>().next_multiple_of(BLOCK);
@@ -121,25 +123,28 @@ impl CommitLog {
             return Err(FlushFailed::new(e, files));
         }
         self.end += total;
-        self.logged.extend(files);
+        self.records += files.len();
         Ok(())
     }
 
-    /// Makes the files the log holds durable by themselves, then starts a new generation.
+    /// Makes the files the log holds durable by themselves (one `syncfs` of the file system
+    /// holding the log and the LTX files), then starts a new generation.
     pub fn retire(&mut self) -> Result<(), StoreError> {
-        if let Err(e) = flush::flush(&self.logged) {
+        if self.records > 0
+            && let Err(e) = flush::sync_filesystem_of(&self.file, &self.path)
+        {
             // Their records stay valid: recovery restores them if the files are lost.
             self.broken = true;
             return Err(e);
         }
-        self.logged.clear();
+        self.records = 0;
         self.start_generation(self.generation + 1)
     }
 
     /// Starts a new generation without making the logged files durable: their history is
     /// being replaced (a snapshot), and a crash must not bring any of them back.
     pub fn discard(&mut self) -> Result<(), StoreError> {
-        self.logged.clear();
+        self.records = 0;
         self.start_generation(self.generation + 1)
     }
 
@@ -410,7 +415,7 @@ mod tests {
             log.append(vec![unflushed(dir.path(), txid, &bytes)], &[&bytes]).expect("append");
         }
         assert!(log.generation > first_generation, "never retired");
-        assert!(log.logged.len() < appends as usize);
+        assert!(log.records < appends as usize);
         let too_big = vec![0u8; LOG_SIZE as usize];
         assert!(log.append(Vec::new(), &[&too_big]).is_err(), "a record larger than the log was taken");
     }
