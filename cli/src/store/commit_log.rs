@@ -181,13 +181,15 @@ pub fn restore(db_dir: &Path, name: &DbName) -> Result<usize, StoreError> {
     let oldest_kept = oldest_whole_file(&ltx_dir)?;
     let mut restored = 0;
     for (min, max, ltx_bytes) in records(&bytes, generation) {
-        // Retention removes the oldest files first, a crash loses the newest: a record
-        // older than every whole file is one retention retired, not one to bring back.
-        if oldest_kept.is_some_and(|oldest| max < oldest) {
+        let target = ltx_dir.join(format_ltx_filename(min, max));
+        // A file there but not whole is a crash's doing (retention renames or deletes, it
+        // never tears). A missing one older than every whole file is one retention retired
+        // (it removes the oldest first; a crash loses the newest): not brought back.
+        let missing = !target.exists();
+        if missing && oldest_kept.is_some_and(|oldest| max < oldest) {
             continue;
         }
-        let target = ltx_dir.join(format_ltx_filename(min, max));
-        if !whole_ltx_file(&target, min, max) {
+        if missing || !whole_ltx_file(&target, min, max) {
             fsutil::ensure_dir(&ltx_dir)?;
             fsutil::write_atomic(&target, ltx_bytes)?;
             restored += 1;
@@ -363,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn a_logged_file_retention_removed_before_the_crash_stays_removed() {
+    fn a_logged_file_retention_removed_stays_removed_and_an_older_torn_one_is_mended() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut log = CommitLog::open(dir.path()).expect("open");
         let files: Vec<Vec<u8>> = (1..=4).map(|t| ltx_file(t, t as u8)).collect();
@@ -373,13 +375,16 @@ mod tests {
         drop(log);
         let ltx = dir.path().join(LTX_DIR);
         let path = |t: u64| ltx.join(format_ltx_filename(TxId(t), TxId(t)));
-        // Retention removed 1 and 2; the crash lost 4.
-        for t in [1, 2, 4] {
+        // Retention removed 1; the crash tore 2 (older than the oldest whole file, 3) and
+        // lost 4.
+        for t in [1, 4] {
             fs::remove_file(path(t)).expect("remove");
         }
-        assert_eq!(restore(dir.path(), &name()).expect("restore"), 1);
+        fs::write(path(2), &files[1][..40]).expect("tear");
+        assert_eq!(restore(dir.path(), &name()).expect("restore"), 2);
+        assert_eq!(fs::read(path(2)).expect("2 is whole again"), files[1]);
         assert_eq!(fs::read(path(4)).expect("4 is back"), files[3]);
-        assert!(!path(1).exists() && !path(2).exists(), "a file retention removed came back");
+        assert!(!path(1).exists(), "a file retention removed came back");
     }
 
     #[test]
