@@ -376,23 +376,22 @@ impl Filesystem for ReplFs {
             Err(e) => return reply.error(e),
         };
         let Some(file) = &handle.file else { return reply.ok() };
-        let synced = if datasync { file.sync_data() } else { file.sync_all() };
-        if let Err(e) = synced {
-            return reply.error(io_errno(&e));
-        }
-        match handle.kind {
-            NodeKind::Journal | NodeKind::Database => {
+        let sync_file = || {
+            let synced = if datasync { file.sync_data() } else { file.sync_all() };
+            synced.map_err(|e| io_errno(&e))
+        };
+        let result = match handle.kind {
+            NodeKind::Journal | NodeKind::Database => sync_file().map(|()| {
                 let st = self.shared.db_state(&handle.db);
                 lock(&st).sync_seen = true;
-            }
-            NodeKind::Wal => {
-                if let Err(refusal) = self.shared.sink.sync(&handle.db) {
-                    return reply.error(refusal_errno(&handle.db, &refusal));
-                }
-            }
-            _ => {}
+            }),
+            NodeKind::Wal => self.shared.wal_fsync(&handle.db, sync_file),
+            _ => sync_file(),
+        };
+        match result {
+            Ok(()) => reply.ok(),
+            Err(errno) => reply.error(errno),
         }
-        reply.ok();
     }
 
     /// `ENOSYS` tells a kernel that granted `FUSE_NO_OPENDIR_SUPPORT` to open directories by

@@ -51,6 +51,7 @@ mod unjournaled;
 mod virtual_node;
 mod wal_fold;
 mod wal_node;
+mod wal_sync;
 
 pub use boundary::{CapturedPage, CapturedTx, CommitSink, Durability, JournalMode, Refusal, WalSegment};
 pub use copy::{CommittedCopy, CopiedTo, CopySink};
@@ -61,3 +62,4 @@ pub use layout::database_path;
 pub use mount::{Mount, MountOptions, Role};
 pub use names::{LAG_FILENAME, PRIMARY_FILENAME};
 pub use wal_fold::{FoldedWal, fold_wal};
+pub use wal_sync::WalSyncCounts;

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuser::{BackgroundSession, Config, MountOption, Notifier};
+
+use crate::wal_sync::WalSyncCounts;
 use replite_core::types::Pos;
 use tracing::{debug, info, warn};
 
@@ -129,6 +131,12 @@ impl Mount {
     #[must_use]
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// How SQLite's WAL fsyncs have been answered since the mount started (decision 0017).
+    #[must_use]
+    pub fn wal_sync_counts(&self) -> WalSyncCounts {
+        self.shared.wal_syncs.get()
     }
 
     /// What this node is now.

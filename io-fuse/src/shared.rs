@@ -25,6 +25,7 @@ use crate::names::{LAG_FILENAME, NodeKind, PRIMARY_FILENAME, classify, mount_nam
 use crate::unjournaled::Unjournaled;
 use crate::virtual_node::{self, Status};
 use crate::wal_node::{self, WalTrack};
+use crate::wal_sync::{WalSync, WalSyncCounters};
 
 /// Inode number of the mount's root directory.
 pub(crate) const ROOT_INO: u64 = 1;
@@ -91,6 +92,8 @@ pub(crate) struct DbState {
     /// and its rollback writes must go through.
     pub(crate) room_refused: bool,
     pub(crate) wal: WalTrack,
+    /// Which WAL fsyncs were answered from the LTX history (decision 0017).
+    pub(crate) wal_sync: WalSync,
 }
 
 /// State shared by every FUSE worker thread and the [`crate::Mount`] handle.
@@ -149,6 +152,8 @@ pub(crate) struct Shared {
     /// Database inodes retired at a demotion because WAL connections had them open, by inode
     /// (`demoted_wal`). Forgotten when the database's last WAL-index handle closes.
     pub(crate) retired: Mutex<HashMap<u64, String>>,
+    /// How WAL fsyncs were answered (decision 0017).
+    pub(crate) wal_syncs: WalSyncCounters,
 }
 
 impl Shared {
@@ -182,6 +187,7 @@ impl Shared {
             notifier: std::sync::OnceLock::new(),
             unlinked_attrs: Mutex::new(HashMap::new()),
             retired: Mutex::new(HashMap::new()),
+            wal_syncs: WalSyncCounters::default(),
         }
     }
 
@@ -636,6 +642,43 @@ impl Shared {
         }
     }
 
+    /// SQLite fsynced `db`'s WAL. Every commit in it is durable in the LTX history once the
+    /// sink answers; the WAL file itself is synced (`sync_file`) only where SQLite relies on
+    /// the order of its writes (decision 0017).
+    pub(crate) fn wal_fsync(&self, db: &str, sync_file: impl FnOnce() -> Result<(), Errno>) -> Result<(), Errno> {
+        self.sink.sync(db).map_err(|refusal| refusal_errno(db, &refusal))?;
+        let st = self.db_state(db);
+        let mut st = lock(&st);
+        let needed = st.wal_sync.fsync_needs_wal_sync();
+        if needed {
+            sync_file()?;
+            st.wal_sync.settled();
+        }
+        self.wal_syncs.count(needed);
+        Ok(())
+    }
+
+    /// Syncs `db`'s WAL before the database file is written (a checkpoint) if a fsync of the
+    /// WAL was answered from the LTX history alone since it was last synced (decision 0017).
+    fn sync_wal_before_checkpoint(&self, db: &str, st: &mut DbState) -> Result<(), Errno> {
+        if !st.wal_sync.database_write_needs_wal_sync() {
+            return Ok(());
+        }
+        let path = self.wal_path(db);
+        match File::open(&path).and_then(|wal| wal.sync_data()) {
+            Ok(()) => {}
+            // No WAL, nothing it could lose.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(db, error = %e, "syncing the WAL before a checkpoint writes the database");
+                return Err(io_errno(&e));
+            }
+        }
+        st.wal_sync.settled();
+        self.wal_syncs.count(true);
+        Ok(())
+    }
+
     pub(crate) fn commit_wal(&self, db: &str, st: &mut DbState, ready: wal_node::ReadyCommit) -> Result<(), Errno> {
         let path = self.wal_path(db);
         let result = if self.open_count(db, false) == 0 {
@@ -679,6 +722,7 @@ impl Shared {
             NodeKind::Database => {
                 let st = self.db_state(&handle.db);
                 let mut st = lock(&st);
+                self.sync_wal_before_checkpoint(&handle.db, &mut st)?;
                 if self.guard_db_write(&handle.db, &mut st)? {
                     st.written.push((offset, data.len() as u64));
                     st.written_bytes += data.len() as u64;
@@ -731,6 +775,7 @@ impl Shared {
                     warn!(db = handle.db, frame, "refusing the rest of a refused WAL commit");
                     return Err(errno);
                 }
+                st.wal_sync.wal_written(offset);
                 pwrite()?;
                 let Some(frame) = completed else { return Ok(()) };
                 match st.wal.ready_commit(file, &path, frame) {
@@ -759,6 +804,7 @@ impl Shared {
             NodeKind::Database => {
                 let st = self.db_state(db);
                 let mut st = lock(&st);
+                self.sync_wal_before_checkpoint(db, &mut st)?;
                 // SQLite shrinks the file after the commit point, cutting only pages the
                 // committed header already excludes.
                 if !self.cuts_only_dead_pages(db, size) {
@@ -768,8 +814,14 @@ impl Shared {
             }
             NodeKind::Wal => {
                 let st = self.db_state(db);
-                lock(&st).wal.reset();
-                set_len()
+                let mut st = lock(&st);
+                st.wal.reset();
+                set_len()?;
+                // An empty WAL holds nothing a crash could lose; a shorter one still does.
+                if size == 0 {
+                    st.wal_sync.settled();
+                }
+                Ok(())
             }
             _ => set_len(),
         }
@@ -803,8 +855,11 @@ impl Shared {
             }
             NodeKind::Wal => {
                 let st = self.db_state(db);
-                lock(&st).wal.reset();
-                remove()
+                let mut st = lock(&st);
+                st.wal.reset();
+                remove()?;
+                st.wal_sync.settled();
+                Ok(())
             }
             _ => remove(),
         }
