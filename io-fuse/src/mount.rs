@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fuser::{BackgroundSession, Config, MountOption, Notifier};
 
-use crate::wal_sync::WalSyncCounts;
+use crate::owed_syncs::SyncCounts;
 use replite_core::types::Pos;
 use tracing::{debug, info, warn};
 
@@ -133,10 +133,11 @@ impl Mount {
         &self.mountpoint
     }
 
-    /// How SQLite's WAL fsyncs have been answered since the mount started (decision 0017).
+    /// How SQLite's fsyncs of journals and WALs have been answered since the mount started
+    /// (decision 0017).
     #[must_use]
-    pub fn wal_sync_counts(&self) -> WalSyncCounts {
-        self.shared.wal_syncs.get()
+    pub fn sync_counts(&self) -> SyncCounts {
+        self.shared.syncs.get()
     }
 
     /// What this node is now.

@@ -22,10 +22,10 @@ use crate::layout::{self, BACKED_KINDS};
 use crate::ltx_room;
 use crate::mount::Role;
 use crate::names::{LAG_FILENAME, NodeKind, PRIMARY_FILENAME, classify, mount_name};
+use crate::owed_syncs::{SyncCounters, WalSync};
 use crate::unjournaled::Unjournaled;
 use crate::virtual_node::{self, Status};
 use crate::wal_node::{self, WalTrack};
-use crate::wal_sync::{WalSync, WalSyncCounters};
 
 /// Inode number of the mount's root directory.
 pub(crate) const ROOT_INO: u64 = 1;
@@ -94,6 +94,9 @@ pub(crate) struct DbState {
     pub(crate) wal: WalTrack,
     /// Which WAL fsyncs were answered from the LTX history (decision 0017).
     pub(crate) wal_sync: WalSync,
+    /// SQLite fsynced the rollback journal (or the directory) since the journal was last
+    /// synced: the sync is owed before the database file is written (decision 0017).
+    pub(crate) journal_owed: bool,
 }
 
 /// State shared by every FUSE worker thread and the [`crate::Mount`] handle.
@@ -152,8 +155,8 @@ pub(crate) struct Shared {
     /// Database inodes retired at a demotion because WAL connections had them open, by inode
     /// (`demoted_wal`). Forgotten when the database's last WAL-index handle closes.
     pub(crate) retired: Mutex<HashMap<u64, String>>,
-    /// How WAL fsyncs were answered (decision 0017).
-    pub(crate) wal_syncs: WalSyncCounters,
+    /// How journal and WAL fsyncs were answered (decision 0017).
+    pub(crate) syncs: SyncCounters,
 }
 
 impl Shared {
@@ -187,7 +190,7 @@ impl Shared {
             notifier: std::sync::OnceLock::new(),
             unlinked_attrs: Mutex::new(HashMap::new()),
             retired: Mutex::new(HashMap::new()),
-            wal_syncs: WalSyncCounters::default(),
+            syncs: SyncCounters::default(),
         }
     }
 
@@ -605,6 +608,7 @@ impl Shared {
         if result.is_ok() {
             st.write_ok = false;
             st.sync_seen = false;
+            st.journal_owed = false;
             st.written.clear();
             st.written_bytes = 0;
             st.room_check_at = 0;
@@ -654,7 +658,39 @@ impl Shared {
             sync_file()?;
             st.wal_sync.settled();
         }
-        self.wal_syncs.count(needed);
+        self.syncs.wal(needed);
+        Ok(())
+    }
+
+    /// SQLite fsynced `db`'s rollback journal: answered at once, the sync owed until the
+    /// database file is written (decision 0017).
+    pub(crate) fn journal_fsync(&self, db: &str) {
+        let st = self.db_state(db);
+        let mut st = lock(&st);
+        st.sync_seen = true;
+        st.journal_owed = true;
+        self.syncs.journal(false);
+    }
+
+    /// Pays an owed journal sync before the database file is written: the journal, then the
+    /// database directories whose entries changed (the journal's own, so that a rollback after
+    /// a power loss finds it).
+    fn sync_journal_before_database_write(&self, db: &str, st: &mut DbState) -> Result<(), Errno> {
+        if !st.journal_owed {
+            return Ok(());
+        }
+        let path = self.journal_path(db);
+        let synced = match File::open(&path).and_then(|journal| journal.sync_data()) {
+            // No journal: nothing to roll back with, nothing to make durable.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        };
+        if let Err(e) = synced.and_then(|()| self.sync_dirs()) {
+            warn!(db, error = %e, "syncing the rollback journal before the database is written");
+            return Err(io_errno(&e));
+        }
+        st.journal_owed = false;
+        self.syncs.journal(true);
         Ok(())
     }
 
@@ -675,7 +711,7 @@ impl Shared {
             }
         }
         st.wal_sync.settled();
-        self.wal_syncs.count(true);
+        self.syncs.wal(true);
         Ok(())
     }
 
@@ -722,6 +758,7 @@ impl Shared {
             NodeKind::Database => {
                 let st = self.db_state(&handle.db);
                 let mut st = lock(&st);
+                self.sync_journal_before_database_write(&handle.db, &mut st)?;
                 self.sync_wal_before_checkpoint(&handle.db, &mut st)?;
                 if self.guard_db_write(&handle.db, &mut st)? {
                     st.written.push((offset, data.len() as u64));
@@ -804,6 +841,7 @@ impl Shared {
             NodeKind::Database => {
                 let st = self.db_state(db);
                 let mut st = lock(&st);
+                self.sync_journal_before_database_write(db, &mut st)?;
                 self.sync_wal_before_checkpoint(db, &mut st)?;
                 // SQLite shrinks the file after the commit point, cutting only pages the
                 // committed header already excludes.

@@ -162,3 +162,29 @@ fn multi_segment_journals_from_cache_spills_are_captured_exactly() {
         integrity_ok(&conn);
     }
 }
+
+/// Decision 0017: SQLite's journal fsyncs (two per transaction with `synchronous=FULL`) are
+/// answered at once and paid in one sync of the journal before the database file is written
+/// (the one SQLite asks after truncating a TRUNCATE journal is paid in the next transaction's);
+/// every commit still reaches the copy and is marked durable.
+#[test]
+fn journal_fsyncs_are_paid_once_per_transaction_before_the_database_is_written() {
+    for mode in ["DELETE", "TRUNCATE", "PERSIST"] {
+        let fx = Fixture::primary();
+        let db = "owed.db";
+        let conn = fx.open(db);
+        journal_mode(&conn, mode);
+        conn.execute_batch("PRAGMA synchronous=FULL; CREATE TABLE t(x)").unwrap();
+        let before = fx.mount().sync_counts();
+        for i in 0..20 {
+            conn.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+        }
+        let after = fx.mount().sync_counts();
+        assert_eq!(after.journal_synced - before.journal_synced, 20, "{mode}: one journal sync per transaction");
+        // Two per transaction, and one more after each commit in TRUNCATE mode (the truncation).
+        let asked = after.journal_owed - before.journal_owed;
+        assert!(asked >= 40, "{mode}: {asked} fsyncs asked");
+        assert_same_pages(&fx.stored(db), &fx.sink.copy_of(db), 4096, mode);
+        integrity_ok(&conn);
+    }
+}

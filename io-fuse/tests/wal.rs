@@ -121,16 +121,20 @@ fn wal_fsyncs_are_answered_from_the_history_and_the_wal_is_synced_before_a_check
     let conn = fx.open(db);
     journal_mode(&conn, "WAL");
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0; CREATE TABLE t(x)").unwrap();
-    let created = fx.mount().wal_sync_counts();
-    assert!(created.synced >= 1, "the new WAL header was synced: {created:?}");
+    let created = fx.mount().sync_counts();
+    assert!(created.wal_synced >= 1, "the new WAL header was synced: {created:?}");
 
     let sink_syncs = fx.sink.syncs.load(std::sync::atomic::Ordering::SeqCst);
     for i in 0..20 {
         conn.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
     }
-    let committed = fx.mount().wal_sync_counts();
-    assert_eq!(committed.synced, created.synced, "no commit synced the WAL file");
-    assert_eq!(committed.from_history, created.from_history + 20, "each commit's fsync was answered from history");
+    let committed = fx.mount().sync_counts();
+    assert_eq!(committed.wal_synced, created.wal_synced, "no commit synced the WAL file");
+    assert_eq!(
+        committed.wal_from_history,
+        created.wal_from_history + 20,
+        "each commit's fsync was answered from history"
+    );
     assert!(
         fx.sink.syncs.load(std::sync::atomic::Ordering::SeqCst) >= sink_syncs + 20,
         "each one after a sync of the sink"
@@ -138,8 +142,8 @@ fn wal_fsyncs_are_answered_from_the_history_and_the_wal_is_synced_before_a_check
 
     let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(0)).unwrap();
     assert_eq!(busy, 0, "checkpoint blocked");
-    let checkpointed = fx.mount().wal_sync_counts();
-    assert_eq!(checkpointed.synced, committed.synced + 1, "one WAL sync before the database was written");
+    let checkpointed = fx.mount().sync_counts();
+    assert_eq!(checkpointed.wal_synced, committed.wal_synced + 1, "one WAL sync before the database was written");
     assert_same_pages(&fx.stored(db), &fx.sink.copy_of(db), 4096, "after the checkpoint");
     integrity_ok(&conn);
 }

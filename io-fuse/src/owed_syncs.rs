@@ -1,5 +1,15 @@
-//! When SQLite's fsync of a WAL must reach the WAL file (decision 0017).
+//! When SQLite's fsyncs must reach the disk (decision 0017).
 //!
+//! **Rollback journals.** SQLite fsyncs its journal (twice with `synchronous=FULL`, and the
+//! directory after creating it) so that the journal is durable before the database file is
+//! changed: that is all a rollback after a power loss needs. The mount owes those syncs until
+//! the first write to the database file after them and pays them there, in one `fdatasync`
+//! of the journal and one of the directories whose entries changed (which costs little right
+//! after: the journal's sync committed the file system's journal). Until then SQLite has
+//! changed nothing a rollback would have to undo. The commit itself is made durable by its
+//! LTX file, as before.
+//!
+//! **WAL.**
 //! A WAL fsync asks that every commit in the WAL survive a power loss. On a primary that is
 //! already the LTX history's job: the fsync is answered only once every commit handed in is
 //! durable there (`CommitSink::sync`), and after a crash the WAL fold keeps the WAL's longest
@@ -21,32 +31,45 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// How the mount has answered SQLite's WAL fsyncs since it started.
+/// How the mount has answered SQLite's fsyncs of journals and WALs since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WalSyncCounts {
+pub struct SyncCounts {
     /// WAL files synced: at fsyncs after a new header, and before checkpoints.
-    pub synced: u64,
+    pub wal_synced: u64,
     /// WAL fsyncs answered once the LTX history held every commit, without syncing the WAL.
-    pub from_history: u64,
+    pub wal_from_history: u64,
+    /// Rollback journals synced, before a write to their database.
+    pub journal_synced: u64,
+    /// Journal fsyncs answered at once, the sync owed until the database is written.
+    pub journal_owed: u64,
 }
 
-/// [`WalSyncCounts`], kept by every FUSE thread.
+/// [`SyncCounts`], kept by every FUSE thread.
 #[derive(Debug, Default)]
-pub(crate) struct WalSyncCounters {
-    synced: AtomicU64,
-    from_history: AtomicU64,
+pub(crate) struct SyncCounters {
+    wal_synced: AtomicU64,
+    wal_from_history: AtomicU64,
+    journal_synced: AtomicU64,
+    journal_owed: AtomicU64,
 }
 
-impl WalSyncCounters {
-    pub(crate) fn count(&self, synced: bool) {
-        let counter = if synced { &self.synced } else { &self.from_history };
+impl SyncCounters {
+    pub(crate) fn wal(&self, synced: bool) {
+        let counter = if synced { &self.wal_synced } else { &self.wal_from_history };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn get(&self) -> WalSyncCounts {
-        WalSyncCounts {
-            synced: self.synced.load(Ordering::Relaxed),
-            from_history: self.from_history.load(Ordering::Relaxed),
+    pub(crate) fn journal(&self, synced: bool) {
+        let counter = if synced { &self.journal_synced } else { &self.journal_owed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> SyncCounts {
+        SyncCounts {
+            wal_synced: self.wal_synced.load(Ordering::Relaxed),
+            wal_from_history: self.wal_from_history.load(Ordering::Relaxed),
+            journal_synced: self.journal_synced.load(Ordering::Relaxed),
+            journal_owed: self.journal_owed.load(Ordering::Relaxed),
         }
     }
 }
