@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, UNIX_EPOCH};
@@ -656,6 +656,8 @@ impl Shared {
         let needed = st.wal_sync.fsync_needs_wal_sync();
         if needed {
             sync_file()?;
+            // With the WAL's directory entry: SQLite's own `fsyncdir` is not carried out.
+            self.sync_dirs().map_err(|e| io_errno(&e))?;
             st.wal_sync.settled();
         }
         self.syncs.wal(needed);
@@ -679,13 +681,7 @@ impl Shared {
         if !st.journal_owed {
             return Ok(());
         }
-        let path = self.journal_path(db);
-        let synced = match File::open(&path).and_then(|journal| journal.sync_data()) {
-            // No journal: nothing to roll back with, nothing to make durable.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        };
-        if let Err(e) = synced.and_then(|()| self.sync_dirs()) {
+        if let Err(e) = self.sync_side_file(&self.journal_path(db)) {
             warn!(db, error = %e, "syncing the rollback journal before the database is written");
             return Err(io_errno(&e));
         }
@@ -694,21 +690,25 @@ impl Shared {
         Ok(())
     }
 
+    /// Syncs a journal or WAL's data, if it exists (none: nothing to lose), then the database
+    /// directories whose entries changed: SQLite's own `fsyncdir` is not carried out.
+    fn sync_side_file(&self, path: &Path) -> io::Result<()> {
+        match File::open(path).and_then(|file| file.sync_data()) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+        self.sync_dirs()
+    }
+
     /// Syncs `db`'s WAL before the database file is written (a checkpoint) if a fsync of the
     /// WAL was answered from the LTX history alone since it was last synced (decision 0017).
     fn sync_wal_before_checkpoint(&self, db: &str, st: &mut DbState) -> Result<(), Errno> {
         if !st.wal_sync.database_write_needs_wal_sync() {
             return Ok(());
         }
-        let path = self.wal_path(db);
-        match File::open(&path).and_then(|wal| wal.sync_data()) {
-            Ok(()) => {}
-            // No WAL, nothing it could lose.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                warn!(db, error = %e, "syncing the WAL before a checkpoint writes the database");
-                return Err(io_errno(&e));
-            }
+        if let Err(e) = self.sync_side_file(&self.wal_path(db)) {
+            warn!(db, error = %e, "syncing the WAL before a checkpoint writes the database");
+            return Err(io_errno(&e));
         }
         st.wal_sync.settled();
         self.syncs.wal(true);
