@@ -248,17 +248,25 @@ impl Filesystem for ReplFs {
         if kind != NodeKind::Database && !self.shared.database_path(db).exists() {
             return reply.error(Errno::ENOENT);
         }
+        // The journal SQLite deleted at its last commit, kept (decision 0018): it does not
+        // exist for SQLite, so an exclusive creation succeeds, and no directory entry changes.
+        let reused = kind == NodeKind::Journal && self.shared.reuse_kept_journal(db, &path);
+        if kind == NodeKind::Wal {
+            self.shared.remove_kept_journal(db);
+        }
         let opened = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .custom_flags(flags & libc::O_EXCL)
+            .custom_flags(if reused { 0 } else { flags & libc::O_EXCL })
             .mode(mode & !umask & 0o7777)
             .open(&path)
             .and_then(|file| file.metadata().map(|meta| (file, meta)));
         match opened {
             Ok((file, meta)) => {
-                self.shared.dir_changed(db);
+                if !reused {
+                    self.shared.dir_changed(db);
+                }
                 let ino = lock(&self.shared.inodes).ino(name);
                 let attr = self.shared.file_attr(ino, &meta);
                 let ttl = self.shared.ttl(kind);

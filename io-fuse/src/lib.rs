@@ -40,6 +40,7 @@ mod error;
 mod file_system;
 mod hot_journal;
 mod journal_node;
+mod kept_journal;
 mod layout;
 mod locks;
 mod ltx_room;

@@ -18,6 +18,7 @@ use crate::boundary::{CommitSink, Durability, JournalMode, Refusal};
 use crate::database_node::{DbFile, read_page_size};
 use crate::error::CaptureError;
 use crate::journal_node;
+use crate::kept_journal;
 use crate::layout::{self, BACKED_KINDS};
 use crate::ltx_room;
 use crate::mount::Role;
@@ -157,6 +158,9 @@ pub(crate) struct Shared {
     pub(crate) retired: Mutex<HashMap<u64, String>>,
     /// How journal and WAL fsyncs were answered (decision 0017).
     pub(crate) syncs: SyncCounters,
+    /// Databases whose journal SQLite deleted but the mount kept, hidden, for the next
+    /// transaction to reuse (`kept_journal`, decision 0018).
+    kept_journals: Mutex<BTreeSet<String>>,
 }
 
 impl Shared {
@@ -191,6 +195,7 @@ impl Shared {
             unlinked_attrs: Mutex::new(HashMap::new()),
             retired: Mutex::new(HashMap::new()),
             syncs: SyncCounters::default(),
+            kept_journals: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -229,6 +234,29 @@ impl Shared {
     }
 
     /// The gate between copies and the end of `db`'s rollback journals.
+    /// Whether `db`'s journal is kept on disk but deleted for SQLite (decision 0018).
+    pub(crate) fn journal_kept(&self, db: &str) -> bool {
+        lock(&self.kept_journals).contains(db)
+    }
+
+    /// SQLite creates `db`'s journal: whether it gets the kept one at `path` (which then shows
+    /// again). A kept journal something else removed since is created anew.
+    pub(crate) fn reuse_kept_journal(&self, db: &str, path: &Path) -> bool {
+        lock(&self.kept_journals).remove(db) && path.exists()
+    }
+
+    /// A WAL is being created for `db`: a WAL database has no use for a kept journal.
+    pub(crate) fn remove_kept_journal(&self, db: &str) {
+        if !lock(&self.kept_journals).remove(db) {
+            return;
+        }
+        match std::fs::remove_file(self.journal_path(db)) {
+            Ok(()) => self.dir_changed(db),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => warn!(db, error = %e, "removing a kept journal"),
+        }
+    }
+
     pub(crate) fn journal_gate(&self, db: &str) -> Arc<RwLock<()>> {
         Arc::clone(lock(&self.journal_gates).entry(db.to_owned()).or_default())
     }
@@ -539,6 +567,9 @@ impl Shared {
             return Ok(Some(self.virtual_attr(ino, contents.len())));
         }
         let Some(path) = self.path(kind, db) else { return Ok(None) };
+        if kind == NodeKind::Journal && self.journal_kept(db) {
+            return Ok(None);
+        }
         match std::fs::metadata(path) {
             Ok(meta) => {
                 let ino = lock(&self.inodes).ino(name);
@@ -879,10 +910,21 @@ impl Shared {
         };
         match kind {
             NodeKind::Journal => {
+                if self.journal_kept(db) {
+                    return Err(Errno::ENOENT);
+                }
                 let st = self.db_state(db);
                 let mut st = lock(&st);
                 self.commit_rollback(db, &mut st, JournalMode::Delete)?;
-                self.ending_journal(db, remove)
+                self.ending_journal(db, || match kept_journal::retire(&path) {
+                    Ok(true) => {
+                        lock(&self.kept_journals).insert(db.to_owned());
+                        lock(&self.inodes).forget_name(name);
+                        Ok(())
+                    }
+                    Ok(false) => remove(),
+                    Err(e) => Err(io_errno(&e)),
+                })
             }
             NodeKind::Database => {
                 if !self.is_primary() {
@@ -921,7 +963,7 @@ impl Shared {
             }
             for kind in BACKED_KINDS {
                 let Some(path) = self.path(kind, &db) else { continue };
-                if !path.exists() {
+                if !path.exists() || (kind == NodeKind::Journal && self.journal_kept(&db)) {
                     continue;
                 }
                 if kind == NodeKind::Database {

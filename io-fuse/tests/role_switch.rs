@@ -78,7 +78,10 @@ fn a_demoted_primary_refuses_new_write_transactions_as_sqlite_readonly() {
     assert!(is_readonly(&err), "{err:?}");
     assert_eq!(fx.stored("d.db"), before, "the database is untouched");
     assert_eq!(fx.sink.commits(), commits, "nothing reached the sink");
-    assert!(!fx.side_file("d.db", "journal").exists(), "no journal was created");
+    assert!(!fx.path("d.db-journal").exists(), "no journal was created");
+    // The last commit's journal is kept on disk for reuse (decision 0018), its header zeroed.
+    let kept = std::fs::read(fx.side_file("d.db", "journal")).unwrap_or_default();
+    assert!(kept.iter().take(28).all(|&b| b == 0), "no journal was started");
     // Reads go on, from the connection that tried and from new ones.
     assert_eq!(count(&conn), 1);
     assert_eq!(count(&fx.open("d.db")), 1);

@@ -188,3 +188,38 @@ fn journal_fsyncs_are_paid_once_per_transaction_before_the_database_is_written()
         integrity_ok(&conn);
     }
 }
+
+/// Decision 0018: in DELETE mode the journal SQLite deletes at a commit is kept on disk, its
+/// header zeroed and its name gone from the mount, and the next transaction's journal is the
+/// same file, stale tail and all; every commit is still captured exactly.
+#[test]
+fn a_deleted_journal_is_kept_hidden_and_reused_by_the_next_transaction() {
+    use std::os::unix::fs::MetadataExt;
+    let fx = Fixture::primary();
+    let db = "kept.db";
+    let conn = fx.open(db);
+    conn.execute_batch("PRAGMA synchronous=FULL; CREATE TABLE t(x)").unwrap();
+    let backing = fx.side_file(db, "journal");
+    let ino = std::fs::metadata(&backing).expect("the journal is kept").ino();
+    let listed =
+        |fx: &Fixture| std::fs::read_dir(&fx.mnt).unwrap().any(|e| e.unwrap().file_name() == "kept.db-journal");
+    // A large transaction, then small ones: each journal is shorter than the file it reuses.
+    conn.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200) \
+         INSERT INTO t SELECT randomblob(1000) FROM n; UPDATE t SET x = randomblob(900);",
+    )
+    .unwrap();
+    for i in 0..5 {
+        conn.execute("UPDATE t SET x = randomblob(10) WHERE rowid = ?1", [i + 1]).unwrap();
+        assert!(!fx.path("kept.db-journal").exists(), "the mount shows no journal between transactions");
+        assert!(!listed(&fx), "nor lists one");
+        let meta = std::fs::metadata(&backing).expect("kept");
+        assert_eq!(meta.ino(), ino, "the same file every time");
+        let header = std::fs::read(&backing).unwrap();
+        assert!(header[..28].iter().all(|&b| b == 0), "its header zeroed");
+        assert_same_pages(&fx.stored(db), &fx.sink.copy_of(db), 4096, "after a reused journal");
+    }
+    conn.execute_batch("BEGIN; UPDATE t SET x = randomblob(20); ROLLBACK;").unwrap();
+    assert_same_pages(&fx.stored(db), &fx.sink.copy_of(db), 4096, "after a rollback through a reused journal");
+    integrity_ok(&conn);
+}
