@@ -746,7 +746,14 @@ impl Shared {
         Ok(())
     }
 
-    pub(crate) fn commit_wal(&self, db: &str, st: &mut DbState, ready: wal_node::ReadyCommit) -> Result<(), Errno> {
+    /// A commit frame is complete in the WAL, written through `wal` (the writer's open file).
+    pub(crate) fn commit_wal(
+        &self,
+        db: &str,
+        st: &mut DbState,
+        wal: &File,
+        ready: wal_node::ReadyCommit,
+    ) -> Result<(), Errno> {
         let path = self.wal_path(db);
         let result = if self.open_count(db, false) == 0 {
             error!(
@@ -756,7 +763,7 @@ impl Shared {
             );
             Err(Errno::EPERM)
         } else {
-            match wal_node::capture(&path, db, ready) {
+            match wal_node::capture(wal, &path, db, ready) {
                 Ok(tx) => {
                     debug!(db, pages = tx.pages.len(), commit = tx.commit, "WAL commit");
                     self.sink.commit(&tx).map_err(|refusal| refusal_errno(db, &refusal))
@@ -847,7 +854,7 @@ impl Shared {
                 pwrite()?;
                 let Some(frame) = completed else { return Ok(()) };
                 match st.wal.ready_commit(file, &path, frame) {
-                    Ok(Some(ready)) => self.commit_wal(&handle.db, &mut st, ready),
+                    Ok(Some(ready)) => self.commit_wal(&handle.db, &mut st, file, ready),
                     Ok(None) => Ok(()),
                     Err(e) => Err(capture_errno(&handle.db, &e)),
                 }

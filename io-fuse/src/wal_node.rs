@@ -141,12 +141,12 @@ impl WalTrack {
     }
 }
 
-/// Reads the frames of a committed transaction back from the WAL.
-pub(crate) fn capture(path: &Path, db: &str, ready: ReadyCommit) -> Result<CapturedTx, CaptureError> {
+/// Reads the frames of a committed transaction back from `file`, the WAL at `path` (open
+/// already: the writer's own descriptor, which saves an open per commit).
+pub(crate) fn capture(file: &File, path: &Path, db: &str, ready: ReadyCommit) -> Result<CapturedTx, CaptureError> {
     let page_size = ready.page_size;
     let frame = FRAME_HEADER_SIZE + u64::from(page_size.get());
     let end = ready.frame + frame;
-    let file = File::open(path).map_err(|e| CaptureError::io(path, e))?;
     let len = usize::try_from(end - ready.tx_start).map_err(|_| CaptureError::InvalidWalFrame {
         db: db.to_owned(),
         offset: ready.tx_start,

@@ -185,14 +185,19 @@ impl Store {
     /// waits for [`Store::take_unflushed`]. A file already at that name (left by an older
     /// history) is replaced atomically instead.
     fn write_ltx(&mut self, db: &DbName, min: TxId, max: TxId, bytes: &[u8], durable: bool) -> Result<(), StoreError> {
-        fsutil::ensure_dir(&layout::ltx_dir(&self.dir, db))?;
+        let ltx_dir = layout::ltx_dir(&self.dir, db);
+        // A spare file lives in the directory, so the directory exists.
+        let spare = self.spares.take(&ltx_dir);
+        if spare.is_none() {
+            fsutil::ensure_dir(&ltx_dir)?;
+        }
         let path = self.ltx_path(db, min, max);
         self.unflushed.forget(db, max);
         let small = bytes.len() <= commit_log::RECORD_MAX;
         let log = if durable && small { self.commit_log(db) } else { None };
         // Through the log, the file itself is written like a deferred one.
         let fsync_file = durable && log.is_none();
-        let file = if let Some(spare) = self.spares.take(&layout::ltx_dir(&self.dir, db)) {
+        let file = if let Some(spare) = spare {
             flush::write_into_spare(spare, &path, bytes, fsync_file)?
         } else {
             match flush::write_new(&path, bytes, fsync_file) {
