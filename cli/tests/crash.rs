@@ -162,13 +162,17 @@ fn newest_ltx_file_lost_after_a_crash_comes_back_from_the_commit_log(journal_mod
     assert_eq!(std::fs::read(&newest).expect("the file is back"), bytes, "{journal_mode}");
     assert_eq!(node.pos("app.db").expect("position"), before, "{journal_mode}");
     assert!(node.log_text().contains("restored LTX files"), "{journal_mode}: no restore logged");
+    assert_whole_with_rows(&node, 50, journal_mode);
+    node.stop();
+}
+
+/// `app.db` on `node` passes `PRAGMA integrity_check` and its table `t` has `rows` rows.
+fn assert_whole_with_rows(node: &Node, rows: i64, what: &str) {
     let conn = Connection::open(node.db_path("app.db")).expect("reopen");
     let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity");
-    assert_eq!(ok, "ok");
-    let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("count");
-    assert_eq!(rows, 50, "{journal_mode}");
-    drop(conn);
-    node.stop();
+    assert_eq!(ok, "ok", "{what}");
+    let found: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("count");
+    assert_eq!(found, rows, "{what}");
 }
 
 #[test]
@@ -212,11 +216,6 @@ fn a_wal_tail_a_power_loss_took_is_replayed_from_the_ltx_history() {
     node.start();
     node.wait_for("primary again", |i| i["role"] == "primary");
     assert_eq!(node.pos("app.db").expect("position"), before);
-    let conn = Connection::open(node.db_path("app.db")).expect("reopen");
-    let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity");
-    assert_eq!(ok, "ok");
-    let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("count");
-    assert_eq!(rows, 50, "rows after the WAL lost all but 3 frames and a torn one");
-    drop(conn);
+    assert_whole_with_rows(&node, 50, "after the WAL lost all but 3 frames and a torn one");
     node.stop();
 }
