@@ -233,7 +233,6 @@ impl Shared {
         lock(&self.replica_versions).clear();
     }
 
-    /// The gate between copies and the end of `db`'s rollback journals.
     /// Whether `db`'s journal is kept on disk but deleted for SQLite (decision 0018).
     pub(crate) fn journal_kept(&self, db: &str) -> bool {
         lock(&self.kept_journals).contains(db)
@@ -257,6 +256,7 @@ impl Shared {
         }
     }
 
+    /// The gate between copies and the end of `db`'s rollback journals.
     pub(crate) fn journal_gate(&self, db: &str) -> Arc<RwLock<()>> {
         Arc::clone(lock(&self.journal_gates).entry(db.to_owned()).or_default())
     }
