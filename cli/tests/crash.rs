@@ -219,3 +219,82 @@ fn a_wal_tail_a_power_loss_took_is_replayed_from_the_ltx_history() {
     assert_whole_with_rows(&node, 50, "after the WAL lost all but 3 frames and a torn one");
     node.stop();
 }
+
+/// SQLite's journal record checksum: the nonce plus every 200th byte of the page, from the end.
+fn journal_record_checksum(nonce: u32, page: &[u8]) -> u32 {
+    let mut sum = nonce;
+    let mut i = page.len() - 200;
+    while i > 0 {
+        sum = sum.wrapping_add(u32::from(page[i]));
+        i = i.saturating_sub(200);
+    }
+    sum
+}
+
+/// Decision 0018: a power loss imitated after kill -9 in DELETE mode. The last commit's
+/// journal was kept with its header zeroed; here the zeroing "did not reach the disk": the
+/// header SQLite wrote is put back (rebuilt from the records it heads), so the journal is hot
+/// again. The start rolls the commit back and the Node replays it from its LTX file: same
+/// position, same rows, the last update included.
+#[test]
+fn a_kept_journal_whose_zeroing_a_power_loss_took_is_rolled_back_and_the_commit_replayed() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut node, conn) = solo_primary(root.path(), "delete");
+    conn.execute_batch("PRAGMA synchronous=FULL; CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)").expect("create");
+    for i in 0..50i64 {
+        conn.execute("INSERT INTO t (id, v) VALUES (?1, randomblob(300))", [i]).expect("insert");
+    }
+    conn.execute("UPDATE t SET v = randomblob(300) WHERE id = 7", []).expect("the last commit");
+    let last: Vec<u8> = conn.query_row("SELECT v FROM t WHERE id = 7", [], |r| r.get(0)).expect("read");
+    let before = node.pos("app.db").expect("position");
+    node.kill();
+    drop(conn);
+
+    let page = 4096usize;
+    let journal_path = node.dir.join("data/dbs/app.db/journal");
+    let mut journal = std::fs::read(&journal_path).expect("the journal was kept");
+    assert!(journal[..28].iter().all(|&b| b == 0), "its header was zeroed");
+    // The records start one sector in; the first one's checksum gives the nonce, and the
+    // records that verify with it are this transaction's (a stale tail would not).
+    let sector = [512usize, 1024, 2048, 4096]
+        .into_iter()
+        .find(|&s| {
+            journal.len() >= s + page + 8
+                && (1..=64).contains(&u32::from_be_bytes(journal[s..s + 4].try_into().unwrap()))
+        })
+        .expect("a first record at a sector boundary");
+    let record = |i: usize| {
+        let at = sector + i * (page + 8);
+        journal.get(at..at + page + 8)
+    };
+    let first = record(0).expect("a record");
+    let nonce = u32::from_be_bytes(first[4 + page..].try_into().unwrap())
+        .wrapping_sub(journal_record_checksum(0, &first[4..4 + page]));
+    let nrec = (0..)
+        .take_while(|&i| {
+            record(i).is_some_and(|r| {
+                u32::from_be_bytes(r[4 + page..].try_into().unwrap()) == journal_record_checksum(nonce, &r[4..4 + page])
+            })
+        })
+        .count();
+    assert!(nrec >= 1, "the last commit journaled its page");
+    let db_pages = std::fs::metadata(node.dir.join("data/dbs/app.db/database")).expect("database").len() / page as u64;
+    let mut header = Vec::new();
+    header.extend_from_slice(&[0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7]);
+    for field in [nrec as u32, nonce, db_pages as u32, sector as u32, page as u32] {
+        header.extend_from_slice(&field.to_be_bytes());
+    }
+    journal[..28].copy_from_slice(&header);
+    std::fs::write(&journal_path, &journal).expect("the zeroing is lost");
+
+    node.start();
+    node.wait_for("primary again", |i| i["role"] == "primary");
+    assert!(node.log_text().contains("rolled back a hot journal"), "the start rolled the journal back");
+    assert_eq!(node.pos("app.db").expect("position"), before, "the commit was replayed");
+    assert_whole_with_rows(&node, 50, "after the rollback and the replay");
+    let conn = Connection::open(node.db_path("app.db")).expect("reopen");
+    let now: Vec<u8> = conn.query_row("SELECT v FROM t WHERE id = 7", [], |r| r.get(0)).expect("read");
+    assert_eq!(now, last, "the last update is there");
+    drop(conn);
+    node.stop();
+}
