@@ -431,8 +431,6 @@ impl Filesystem for ReplFs {
         reply.ok();
     }
 
-    /// SQLite fsyncs the directory after creating or deleting a rollback journal
-    /// (`synchronous=FULL`); the database directories whose entries changed get that fsync.
     /// SQLite fsyncs the directory after creating a journal or WAL, so that a rollback after a
     /// power loss finds the journal. The sync is paid with the journal's, before the database
     /// is written (decision 0017); a WAL's commits are in the LTX history.
