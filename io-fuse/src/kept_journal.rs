@@ -11,8 +11,7 @@
 //! writes its header over the old one and, before it counts its records, breaks a stale
 //! header that follows them (`syncJournal`). On disk the file is never anything a PERSIST
 //! journal could not be, so rolling it back after a crash (SQLite's rules, `read_hot`) is
-//! unchanged. A journal larger than [`KEEP_MAX`] is deleted as before. TRUNCATE mode's
-//! truncation at a commit is carried out the same way (the file stays, shown, at its length).
+//! unchanged. A journal larger than [`KEEP_MAX`] is deleted as before.
 
 use std::fs::OpenOptions;
 use std::io;

@@ -874,13 +874,7 @@ impl Shared {
                 let st = self.db_state(db);
                 let mut st = lock(&st);
                 self.commit_rollback(db, &mut st, JournalMode::Truncate)?;
-                // Kept at its length with its header zeroed, as a PERSIST journal (decision
-                // 0018): the next transaction's journal overwrites blocks it already has.
-                self.ending_journal(db, || match kept_journal::retire(&path) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => set_len(),
-                    Err(e) => Err(io_errno(&e)),
-                })
+                self.ending_journal(db, set_len)
             }
             NodeKind::Database => {
                 let st = self.db_state(db);

@@ -223,26 +223,3 @@ fn a_deleted_journal_is_kept_hidden_and_reused_by_the_next_transaction() {
     assert_same_pages(&fx.stored(db), &fx.sink.copy_of(db), 4096, "after a rollback through a reused journal");
     integrity_ok(&conn);
 }
-
-/// Decision 0018, TRUNCATE mode: the commit's truncation keeps the journal at its length with
-/// its header zeroed (a PERSIST journal on disk), so the next transaction overwrites it.
-#[test]
-fn a_truncate_mode_journal_is_kept_at_its_length_with_its_header_zeroed() {
-    use std::os::unix::fs::MetadataExt;
-    let fx = Fixture::primary();
-    let db = "trunc.db";
-    let conn = fx.open(db);
-    journal_mode(&conn, "TRUNCATE");
-    conn.execute_batch("PRAGMA synchronous=FULL; CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(3000));").unwrap();
-    let backing = fx.side_file(db, "journal");
-    let first = std::fs::metadata(&backing).expect("journal");
-    assert!(first.len() > 0, "not cut to zero");
-    for i in 0..5 {
-        conn.execute("UPDATE t SET x = randomblob(10 + ?1)", [i]).unwrap();
-        let meta = std::fs::metadata(&backing).expect("journal");
-        assert_eq!(meta.ino(), first.ino(), "the same file");
-        assert!(std::fs::read(&backing).unwrap()[..28].iter().all(|&b| b == 0), "its header zeroed");
-        assert_same_pages(&fx.stored(db), &fx.sink.copy_of(db), 4096, "TRUNCATE over a kept journal");
-    }
-    integrity_ok(&conn);
-}
