@@ -117,6 +117,18 @@ fn three_static_nodes_replicate_every_write_and_replicas_refuse_writes() {
     let metrics =
         runtime.block_on(async { reqwest::get(format!("{}/metrics", b.url)).await?.text().await }).expect("metrics");
     assert!(metrics.contains("replite_db_txid{db=\"app.db\"} 51"), "{metrics}");
+    // The primary's mount: 51 DELETE-mode transactions, each paying its journal sync once,
+    // before its database write (decision 0017).
+    let primary_metrics =
+        runtime.block_on(async { reqwest::get(format!("{}/metrics", a.url)).await?.text().await }).expect("metrics");
+    let counter = |file: &str, answer: &str| -> u64 {
+        let key = format!("replite_sqlite_fsyncs_total{{file=\"{file}\",answer=\"{answer}\"}} ");
+        let line =
+            primary_metrics.lines().find(|l| l.starts_with(&key)).unwrap_or_else(|| panic!("{key}: {primary_metrics}"));
+        line[key.len()..].trim().parse().expect("a count")
+    };
+    assert_eq!(counter("journal", "synced"), 51, "{primary_metrics}");
+    assert!(counter("journal", "owed") >= 51, "{primary_metrics}");
     let first_event = runtime
         .block_on(async {
             let mut response = reqwest::get(format!("{}/events", a.url)).await?;

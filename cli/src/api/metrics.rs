@@ -2,6 +2,7 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -14,13 +15,19 @@ struct DbLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FsyncLabel {
+    file: &'static str,
+    answer: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReplicaLabel {
     db: String,
     replica: String,
 }
 
-/// The text exposition of `status`.
-pub fn render(status: &Status) -> String {
+/// The text exposition of `status`, and of how the mount answered SQLite's fsyncs.
+pub fn render(status: &Status, sync_counts: Option<replite_fuse::SyncCounts>) -> String {
     let mut registry = Registry::with_prefix("replite");
     let primary = Gauge::<i64>::default();
     primary.set(i64::from(status.role == "primary"));
@@ -53,6 +60,23 @@ pub fn render(status: &Status) -> String {
         }
     }
     registry.register("replica_behind_txids", "Transactions each replica has not acknowledged", behind);
+
+    if let Some(c) = sync_counts {
+        let fsyncs = Family::<FsyncLabel, Counter>::default();
+        for (file, answer, n) in [
+            ("wal", "synced", c.wal_synced),
+            ("wal", "from_history", c.wal_from_history),
+            ("journal", "synced", c.journal_synced),
+            ("journal", "owed", c.journal_owed),
+        ] {
+            fsyncs.get_or_create(&FsyncLabel { file, answer }).inc_by(n);
+        }
+        registry.register(
+            "sqlite_fsyncs",
+            "SQLite's fsyncs of journals and WALs: carried out, answered from the LTX history, or owed until the database is written",
+            fsyncs,
+        );
+    }
 
     let mut out = String::new();
     // Writing into a String cannot fail.

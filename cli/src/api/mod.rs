@@ -23,6 +23,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::driver::{EventLog, Status};
 
+/// Where `/metrics` reads how the mount answered SQLite's fsyncs (decision 0017).
+pub type SyncCountsSource = std::sync::Arc<dyn Fn() -> replite_fuse::SyncCounts + Send + Sync>;
+
 pub use client::{ApiError, export_database, get_info, import_database, post};
 
 #[derive(Clone)]
@@ -33,15 +36,18 @@ struct Api {
     me: NodeId,
     /// Whether the lease can move between nodes (not `static`): a handoff needs that.
     lease_moves: bool,
+    sync_counts: Option<SyncCountsSource>,
 }
 
-/// The API's routes. `lease_moves` is false for a static lease, whose primary is fixed.
+/// The API's routes. `lease_moves` is false for a static lease, whose primary is fixed;
+/// `sync_counts`, when given, adds the mount's fsync answers to `/metrics`.
 pub fn routes(
     status: watch::Receiver<Status>,
     events: EventLog,
     operator: mpsc::UnboundedSender<Input>,
     me: NodeId,
     lease_moves: bool,
+    sync_counts: Option<SyncCountsSource>,
 ) -> Router {
     Router::new()
         .route("/info", routing::get(info))
@@ -49,7 +55,7 @@ pub fn routes(
         .route("/metrics", routing::get(metrics_text))
         .route("/handoff", routing::post(handoff))
         .route("/promote", routing::post(promote))
-        .with_state(Api { status, events, operator, me, lease_moves })
+        .with_state(Api { status, events, operator, me, lease_moves, sync_counts })
 }
 
 async fn info(State(api): State<Api>) -> Response {
@@ -58,7 +64,8 @@ async fn info(State(api): State<Api>) -> Response {
 
 async fn metrics_text(State(api): State<Api>) -> Response {
     let status = api.status.borrow().clone();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render(&status)).into_response()
+    let counts = api.sync_counts.as_ref().map(|source| source());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render(&status, counts)).into_response()
 }
 
 async fn events_stream(State(api): State<Api>) -> Response {

@@ -188,7 +188,17 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let events = driver.events();
 
     let router = crate::http::stream_routes(accepted_tx)
-        .merge(crate::api::routes(status.clone(), events, operator_tx, node_id, config.lease.kind != LeaseType::Static))
+        .merge(crate::api::routes(
+            status.clone(),
+            events,
+            operator_tx,
+            node_id,
+            config.lease.kind != LeaseType::Static,
+            Some({
+                let mount = Arc::clone(&mount);
+                Arc::new(move || mount.sync_counts()) as crate::api::SyncCountsSource
+            }),
+        ))
         .merge(crate::api::transfer::routes(mount_dir, status.clone()));
     let (server_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
