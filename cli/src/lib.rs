@@ -13,5 +13,6 @@ pub mod fd_limit;
 pub mod fs_kind;
 pub mod http;
 pub mod lease;
+pub mod proxy;
 pub mod store;
 pub mod timefmt;

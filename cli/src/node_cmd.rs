@@ -132,6 +132,7 @@ mod tests {
                 sent_bytes: 1 << 20,
                 total_bytes: 4 << 20,
             }],
+            proxy_url: None,
         };
         insta::assert_snapshot!(render(&status));
     }

@@ -24,6 +24,7 @@ fn status(role: &str, primary: Option<Peer>) -> Status {
         in_sync: true,
         replicas: Vec::new(),
         snapshots: Vec::new(),
+        proxy_url: None,
     }
 }
 

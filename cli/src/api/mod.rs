@@ -37,10 +37,13 @@ struct Api {
     /// Whether the lease can move between nodes (not `static`): a handoff needs that.
     lease_moves: bool,
     sync_counts: Option<SyncCountsSource>,
+    /// This node's proxy URL, shown in `/info`.
+    proxy_url: Option<String>,
 }
 
 /// The API's routes. `lease_moves` is false for a static lease, whose primary is fixed;
-/// `sync_counts`, when given, adds the mount's fsync answers to `/metrics`.
+/// `sync_counts`, when given, adds the mount's fsync answers to `/metrics`; `proxy_url`, when
+/// the proxy runs, is shown in `/info` for replicas that forward writes to it.
 pub fn routes(
     status: watch::Receiver<Status>,
     events: EventLog,
@@ -48,6 +51,7 @@ pub fn routes(
     me: NodeId,
     lease_moves: bool,
     sync_counts: Option<SyncCountsSource>,
+    proxy_url: Option<String>,
 ) -> Router {
     Router::new()
         .route("/info", routing::get(info))
@@ -55,11 +59,13 @@ pub fn routes(
         .route("/metrics", routing::get(metrics_text))
         .route("/handoff", routing::post(handoff))
         .route("/promote", routing::post(promote))
-        .with_state(Api { status, events, operator, me, lease_moves, sync_counts })
+        .with_state(Api { status, events, operator, me, lease_moves, sync_counts, proxy_url })
 }
 
 async fn info(State(api): State<Api>) -> Response {
-    axum::Json(api.status.borrow().clone()).into_response()
+    let mut status = api.status.borrow().clone();
+    status.proxy_url.clone_from(&api.proxy_url);
+    axum::Json(status).into_response()
 }
 
 async fn metrics_text(State(api): State<Api>) -> Response {

@@ -191,6 +191,15 @@ impl Config {
                 format!("must be shorter than {key} ({ttl:?}), or the primary could never write"),
             ));
         }
+        if !self.proxy.target.is_empty() {
+            // As LiteFS: a target turns the proxy on, and then it needs both of these.
+            if self.proxy.addr.is_empty() {
+                return Err(invalid("proxy.addr", "required when proxy.target is set".into()));
+            }
+            if self.proxy.db.is_empty() {
+                return Err(invalid("proxy.db", "required when proxy.target is set".into()));
+            }
+        }
         if self.lease.candidate && !self.lease.databases.is_empty() {
             return Err(invalid("lease.databases", "only non-candidate replicas may replicate a subset".into()));
         }

@@ -140,6 +140,21 @@ pub struct ProxyConfig {
     /// Server idle timeout.
     #[serde(deserialize_with = "duration::deserialize")]
     pub idle_timeout: Duration,
+    /// replite's own key: how a replica's proxy sends a write on to the primary.
+    pub write_forwarding: WriteForwarding,
+}
+
+/// `proxy.write-forwarding`: how a replica's proxy hands a write to the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteForwarding {
+    /// `fly-replay` on Fly.io (where `FLY_APP_NAME` is set), `forward` elsewhere.
+    #[default]
+    Auto,
+    /// The replica sends the request to the primary's proxy and relays the answer.
+    Forward,
+    /// LiteFS's way: answer with a `fly-replay` header, which Fly.io's edge proxy follows.
+    FlyReplay,
 }
 
 impl Default for ProxyConfig {
@@ -157,6 +172,7 @@ impl Default for ProxyConfig {
             read_header_timeout: Duration::from_secs(10),
             write_timeout: Duration::ZERO,
             idle_timeout: Duration::from_secs(30),
+            write_forwarding: WriteForwarding::Auto,
         }
     }
 }

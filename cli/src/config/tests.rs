@@ -84,6 +84,15 @@ fn replite_keys_load() {
 }
 
 #[test]
+fn the_proxy_s_forwarding_defaults_to_auto_and_takes_replite_s_values() {
+    assert_eq!(parse("lease:\n  type: static\n").expect("loads").proxy.write_forwarding, WriteForwarding::Auto);
+    for (text, want) in [("forward", WriteForwarding::Forward), ("fly-replay", WriteForwarding::FlyReplay)] {
+        let config = parse(&format!("lease:\n  type: static\nproxy:\n  write-forwarding: {text}\n")).expect("loads");
+        assert_eq!(config.proxy.write_forwarding, want);
+    }
+}
+
+#[test]
 fn errors_name_the_key_and_the_line() {
     let cases = [
         ("unknown key", "lease:\n  type: static\n  consul:\n    ttll: 10s\n"),
@@ -99,6 +108,9 @@ fn errors_name_the_key_and_the_line() {
         ),
         ("bad exec", "lease:\n  type: static\nexec:\n  cmd: x\n"),
         ("malformed yaml", "lease:\n  type: static\n   bad-indent: 1\n"),
+        ("proxy without db", "lease:\n  type: static\nproxy:\n  addr: \":8080\"\n  target: localhost:8081\n"),
+        ("proxy without addr", "lease:\n  type: static\nproxy:\n  target: localhost:8081\n  db: app.db\n"),
+        ("bad write forwarding", "lease:\n  type: static\nproxy:\n  write-forwarding: redirect\n"),
     ];
     let report: String = cases
         .iter()

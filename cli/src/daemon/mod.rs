@@ -81,6 +81,8 @@ pub struct Running {
     driver: tokio::task::JoinHandle<()>,
     server: tokio::task::JoinHandle<()>,
     server_stop: tokio::sync::oneshot::Sender<()>,
+    /// The HTTP proxy (`proxy.*`), when configured: its task and its stop signal.
+    proxy: Option<(tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
 }
 
 /// Longest the mount may take to follow a role the driver published (the switch runs on the
@@ -107,6 +109,10 @@ impl Running {
 
     /// Shuts the Node down (releasing the lease), stops the API and unmounts.
     pub async fn stop(self) {
+        if let Some((task, stop)) = self.proxy {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
         let _ = self.shutdown.send(());
         if let Err(e) = self.driver.await {
             warn!(error = %e, "the driver task failed");
@@ -127,7 +133,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     }
     let data_dir = absolute(&config.data.dir)?;
     let node_id = load_node_id(&data_dir)?;
-    let http_addr = bind_addr(&config.http.addr)?;
+    let http_addr = bind_addr("http.addr", &config.http.addr)?;
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("binding the HTTP API to {}", config.http.addr))?;
@@ -153,6 +159,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         }
     };
     info!(node = %node_id, %hostname, %advertise_url, data = %data_dir.display(), "starting");
+    let proxy_listener = bind_proxy(config).await?;
+    let proxy_url = match &proxy_listener {
+        Some(listener) => Some(crate::proxy::public_url(listener.local_addr()?, &advertise_url)),
+        None => None,
+    };
     warn_if_unjournaled(&data_dir);
 
     roll_back_hot_journals(&data_dir)?;
@@ -198,6 +209,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 let mount = Arc::clone(&mount);
                 Arc::new(move || mount.sync_counts()) as crate::api::SyncCountsSource
             }),
+            proxy_url.clone(),
         ))
         .merge(crate::api::transfer::routes(mount_dir, status.clone()));
     let (server_stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -214,7 +226,36 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let _ = shutdown_rx.await;
     }));
     info!(addr = %http_addr, "HTTP API listening");
-    Ok(Running { status, http_addr, mount, shutdown, driver, server, server_stop })
+    let proxy = proxy_listener.map(|listener| {
+        let on_fly = std::env::var_os("FLY_APP_NAME").is_some();
+        let settings = crate::proxy::Settings::from_config(&config.proxy, node_id.to_string(), on_fly);
+        info!(url = ?proxy_url, target = %settings.target, db = %settings.db, forwarding = ?settings.forwarding, "proxy listening");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let status = status.clone();
+        let task = tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stopped.await;
+            };
+            if let Err(e) = crate::proxy::serve(listener, settings, status, stopped).await {
+                warn!(error = %e, "the proxy stopped");
+            }
+        });
+        (task, stop)
+    });
+    Ok(Running { status, http_addr, mount, shutdown, driver, server, server_stop, proxy })
+}
+
+/// The proxy's listener, when `proxy.target` is set (LiteFS runs the proxy only then).
+async fn bind_proxy(config: &Config) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    if config.proxy.target.is_empty() {
+        debug!("no proxy target set, skipping the proxy");
+        return Ok(None);
+    }
+    let addr = bind_addr("proxy.addr", &config.proxy.addr)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the proxy to {}", config.proxy.addr))?;
+    Ok(Some(listener))
 }
 
 /// Undoes what a crash left half-written: a transaction's pages in a database file whose
@@ -308,10 +349,10 @@ fn load_page_sums(data_dir: &Path, db: &DbName) -> std::io::Result<Option<PageSu
     PageSums::read(std::io::BufReader::new(file), header.page_size).map(Some)
 }
 
-/// LiteFS's `http.addr` form: `:20202` means every interface.
-fn bind_addr(addr: &str) -> anyhow::Result<SocketAddr> {
+/// LiteFS's address form (`key` names it in errors): `:20202` means every interface.
+fn bind_addr(key: &str, addr: &str) -> anyhow::Result<SocketAddr> {
     let full = if addr.starts_with(':') { format!("0.0.0.0{addr}") } else { addr.to_owned() };
-    full.parse().with_context(|| format!("http.addr {addr:?} is not HOST:PORT or :PORT"))
+    full.parse().with_context(|| format!("{key} {addr:?} is not HOST:PORT or :PORT"))
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
@@ -343,8 +384,9 @@ mod tests {
 
     #[test]
     fn litefs_style_addresses_bind_every_interface() {
-        assert_eq!(bind_addr(":20202").expect("parses"), "0.0.0.0:20202".parse().expect("addr"));
-        assert_eq!(bind_addr("127.0.0.1:9").expect("parses"), "127.0.0.1:9".parse().expect("addr"));
-        assert!(bind_addr("nonsense").is_err());
+        assert_eq!(bind_addr("http.addr", ":20202").expect("parses"), "0.0.0.0:20202".parse().expect("addr"));
+        assert_eq!(bind_addr("http.addr", "127.0.0.1:9").expect("parses"), "127.0.0.1:9".parse().expect("addr"));
+        let error = bind_addr("proxy.addr", "nonsense").expect_err("refused").to_string();
+        assert!(error.contains("proxy.addr"), "{error}");
     }
 }

@@ -37,6 +37,10 @@ pub struct Status {
     /// On a primary: snapshots being sent to replicas.
     #[serde(default)]
     pub snapshots: Vec<SnapshotProgress>,
+    /// Where this node's HTTP proxy (`proxy.*`) is reached, when it runs: replicas forward
+    /// writes there. Filled in by the API, not the driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_url: Option<String>,
 }
 
 /// A snapshot on its way to a replica.
@@ -143,6 +147,7 @@ impl Status {
             databases,
             replicas,
             snapshots: Vec::new(),
+            proxy_url: None,
         }
     }
 }
