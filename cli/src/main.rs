@@ -59,11 +59,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("REPLITE_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse_from(args::normalize(std::env::args_os()));
+    init_logging(&cli.command);
     if matches!(cli.command, Command::Mount { .. } | Command::Dev(_) | Command::Bench(_)) {
         // Before any thread starts (see `fd_limit`); a refusal only leaves the limit as it was.
         if let Err(e) = replite::fd_limit::raise() {
@@ -90,6 +87,35 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to stderr, filtered by `REPLITE_LOG` (tracing's filter syntax) when it is set.
+/// Otherwise `mount` logs at INFO (replite's own crates at DEBUG with `log.debug`), as LiteFS
+/// does, and follows `log.format` and `log.timestamp` (off by default: LiteFS's default, for
+/// log collectors that stamp lines themselves); the other commands log warnings and errors.
+fn init_logging(command: &Command) {
+    use replite::config::{Config, LogFormat};
+    // An unreadable config is reported by `mount` itself, once logging is up.
+    let log = match command {
+        Command::Mount { config, .. } => Config::load(config.as_deref()).ok().map(|(c, _)| c.log),
+        _ => None,
+    };
+    let default = match &log {
+        Some(l) if l.debug => "info,replite=debug,replite_core=debug,replite_fuse=debug",
+        Some(_) => "info",
+        None => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REPLITE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a terminal: a log file or collector would get escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match log {
+        Some(l) if l.format == LogFormat::Json && l.timestamp => builder.json().init(),
+        Some(l) if l.format == LogFormat::Json => builder.json().without_time().init(),
+        Some(l) if !l.timestamp => builder.without_time().init(),
+        _ => builder.init(),
     }
 }
 

@@ -332,7 +332,7 @@ pub struct BackupConfig {
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LogConfig {
     /// `text` or `json`.
-    pub format: String,
+    pub format: LogFormat,
     /// Include timestamps.
     pub timestamp: bool,
     /// Debug logging.
@@ -341,8 +341,19 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: "text".into(), timestamp: false, debug: false }
+        LogConfig { format: LogFormat::Text, timestamp: false, debug: false }
     }
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event.
+    Json,
 }
 
 /// `tracing:` — LiteFS's rotating trace file. Accepted so LiteFS configs load; replite logs

@@ -85,7 +85,7 @@ impl Node {
             std::fs::write(dir.join("data/id"), format!("{id:016X}\n")).expect("id file");
         }
         let yaml = format!(
-            "data:\n  dir: {}\nfuse:\n  dir: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{lease_yaml}{extra_yaml}",
+            "data:\n  dir: {}\nfuse:\n  dir: {}\nhttp:\n  addr: 127.0.0.1:{port}\nlog:\n  timestamp: true\n{lease_yaml}{extra_yaml}",
             dir.join("data").display(),
             mount.display()
         );
