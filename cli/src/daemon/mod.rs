@@ -165,6 +165,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         None => None,
     };
     warn_if_unjournaled(&data_dir);
+    if !config.backup.kind.is_empty() {
+        // LiteFS's only kind, litefs-cloud, was retired in 2024; replite's own are not built.
+        warn!(kind = %config.backup.kind, "backup is configured but replite does not take backups yet; none are taken");
+    }
 
     roll_back_hot_journals(&data_dir)?;
     fold_wals(&data_dir)?;
