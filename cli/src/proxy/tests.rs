@@ -272,3 +272,77 @@ fn auto_forwarding_is_fly_replay_only_on_fly() {
     assert_eq!(Forwarding::resolve(WriteForwarding::Forward, true), Forwarding::Forward);
     assert_eq!(Forwarding::resolve(WriteForwarding::FlyReplay, false), Forwarding::FlyReplay);
 }
+
+#[tokio::test]
+async fn large_bodies_stream_through_in_both_directions() {
+    // The application answers with the size of what it received, then that many bytes back.
+    let app = Router::new()
+        .fallback(any(|body: axum::body::Bytes| async move {
+            let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+            format!("{} {sum}\n{}", body.len(), "x".repeat(body.len()))
+        }))
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (_tx, rx) = watch::channel(status("primary", 3, None, None));
+    let proxy = start(settings(&target), rx).await;
+
+    let upload: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = upload.iter().map(|b| u64::from(*b)).sum();
+    let response = reqwest::Client::new().put(format!("{proxy}/blob")).body(upload.clone()).send().await.expect("put");
+    assert_eq!(response.status(), 200);
+    assert!(txid_cookie_of(&response).is_some(), "a PUT is a write");
+    let body = response.bytes().await.expect("body");
+    let (head, rest) = body.split_at(body.iter().position(|b| *b == b'\n').expect("newline") + 1);
+    assert_eq!(std::str::from_utf8(head).expect("utf-8"), format!("{} {sum}\n", upload.len()));
+    assert_eq!(rest.len(), upload.len());
+}
+
+#[tokio::test]
+async fn a_streamed_answer_reaches_the_client_chunk_by_chunk() {
+    // Server-sent events and the like: the first chunk must not wait for the last.
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let release = Arc::new(std::sync::Mutex::new(Some(release_rx)));
+    let app = Router::new().fallback(any(move || {
+        let release = release.lock().expect("lock").take();
+        async move {
+            let stream = futures_util::stream::unfold((0, release), |(i, release)| async move {
+                match i {
+                    0 => Some((Ok::<_, std::io::Error>("first\n"), (1, release))),
+                    1 => {
+                        if let Some(r) = release {
+                            let _ = r.await;
+                        }
+                        Some((Ok("second\n"), (2, None)))
+                    }
+                    _ => None,
+                }
+            });
+            axum::body::Body::from_stream(stream)
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (_tx, rx) = watch::channel(status("primary", 3, None, None));
+    let proxy = start(settings(&target), rx).await;
+
+    let mut response = reqwest::Client::new().get(format!("{proxy}/events")).send().await.expect("get");
+    let first = tokio::time::timeout(Duration::from_secs(5), response.chunk()).await.expect("first chunk in time");
+    assert_eq!(first.expect("chunk").expect("some").as_ref(), b"first\n");
+    release_tx.send(()).expect("release");
+    let second = response.chunk().await.expect("chunk").expect("some");
+    assert_eq!(second.as_ref(), b"second\n");
+}
+
+#[tokio::test]
+async fn head_requests_are_reads_and_answer_without_a_body() {
+    let (target, seen) = application().await;
+    let (_tx, rx) = watch::channel(status("replica", 5, Some("node-b"), Some(0)));
+    let proxy = start(settings(&target), rx).await;
+    let response = reqwest::Client::new().head(format!("{proxy}/rows")).send().await.expect("head");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("fly-replay").is_none(), "HEAD is a read, served here");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
