@@ -231,6 +231,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     }));
     info!(addr = %http_addr, "HTTP API listening");
     let proxy = proxy_listener.map(|listener| {
+        let defaults = crate::config::ProxyConfig::default();
+        for (key, set, default) in [
+            ("proxy.read-timeout", config.proxy.read_timeout, defaults.read_timeout),
+            ("proxy.write-timeout", config.proxy.write_timeout, defaults.write_timeout),
+            ("proxy.idle-timeout", config.proxy.idle_timeout, defaults.idle_timeout),
+        ] {
+            if set != default {
+                warn!(key, value = ?set, "not applied by replite's proxy (read-header-timeout is)");
+            }
+        }
         let on_fly = std::env::var_os("FLY_APP_NAME").is_some();
         let settings = crate::proxy::Settings::from_config(&config.proxy, node_id.to_string(), on_fly);
         info!(url = ?proxy_url, target = %settings.target, db = %settings.db, forwarding = ?settings.forwarding, "proxy listening");

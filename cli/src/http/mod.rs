@@ -12,7 +12,9 @@ use std::time::Duration;
 
 pub use posmap_split::{MAX_POS_MAP_BYTES, PosMapSplitter};
 pub use stream_client::{CONNECT_TIMEOUT, ConnectError, StreamError, UpstreamConn, connect, connect_via, connect_with};
-pub use stream_server::{DownstreamConn, FRAME_CHANNEL_CAPACITY, StreamServerEvent, serve, serve_with, stream_routes};
+pub use stream_server::{
+    DownstreamConn, FRAME_CHANNEL_CAPACITY, StreamServerEvent, serve, serve_tcp, serve_with, stream_routes,
+};
 
 /// Silence on a connection after which an HTTP/2 ping is sent. A primary sends a heartbeat at
 /// least once a second, so 5 s of silence already means something is wrong.

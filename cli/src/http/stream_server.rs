@@ -126,6 +126,17 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_tcp(listener, router, shutdown, None).await
+}
+
+/// [`serve`], with a limit on how long a client may take to send a request's headers
+/// (`None`: hyper's 30 s).
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    header_read_timeout: Option<Duration>,
+) -> std::io::Result<()> {
     // Frames are small and latency-bound: without TCP_NODELAY a DATA frame can wait ~40 ms
     // for the replica's delayed ACK (measured: docs/BENCHMARKS.md, lag).
     use axum::serve::ListenerExt;
@@ -134,12 +145,12 @@ pub async fn serve(
             tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
         }
     });
-    serve_with(listener, router, shutdown).await
+    serve_configured(listener, router, shutdown, header_read_timeout).await
 }
 
 /// [`serve`] over any listener (a simulated network in tests).
 pub async fn serve_with<L>(
-    mut listener: L,
+    listener: L,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
@@ -147,8 +158,24 @@ where
     L: Listener,
     L::Addr: Debug,
 {
+    serve_configured(listener, router, shutdown, None).await
+}
+
+async fn serve_configured<L>(
+    mut listener: L,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    header_read_timeout: Option<Duration>,
+) -> std::io::Result<()>
+where
+    L: Listener,
+    L::Addr: Debug,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
+    if let Some(timeout) = header_read_timeout {
+        builder.http1().header_read_timeout(timeout);
+    }
     // Pings find replicas that vanished without a FIN (a partition, a dead host) even while
     // the daemon has nothing to send, so their streams close instead of lingering.
     builder

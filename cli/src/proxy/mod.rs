@@ -84,6 +84,9 @@ pub struct Settings {
     pub target_patience: Duration,
     /// How writes on a replica reach the primary.
     pub forwarding: Forwarding,
+    /// Longest a client may take to send a request's headers (`proxy.read-header-timeout`;
+    /// zero: hyper's 30 s).
+    pub read_header_timeout: Duration,
     /// Log every request at INFO instead of DEBUG.
     pub debug: bool,
     /// This node's id, for [`FORWARDED_BY`].
@@ -104,6 +107,7 @@ impl Settings {
             txid_wait: TXID_WAIT,
             target_patience: upstream::TARGET_PATIENCE,
             forwarding: Forwarding::resolve(config.write_forwarding, on_fly),
+            read_header_timeout: config.read_header_timeout,
             debug: config.debug,
             node_id,
         }
@@ -356,7 +360,8 @@ pub async fn serve(
     status: watch::Receiver<Status>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::http::serve(listener, routes(settings, status), shutdown).await
+    let header_timeout = (!settings.read_header_timeout.is_zero()).then_some(settings.read_header_timeout);
+    crate::http::serve_tcp(listener, routes(settings, status), shutdown, header_timeout).await
 }
 
 #[cfg(test)]

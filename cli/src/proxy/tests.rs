@@ -66,6 +66,7 @@ fn settings(target: &str) -> Settings {
         txid_wait: Duration::from_secs(5),
         target_patience: Duration::from_millis(300),
         forwarding: Forwarding::FlyReplay,
+        read_header_timeout: Duration::from_millis(300),
         debug: false,
         node_id: "00000000000000AA".into(),
     }
@@ -345,4 +346,22 @@ async fn head_requests_are_reads_and_answer_without_a_body() {
     assert_eq!(response.status(), 200);
     assert!(response.headers().get("fly-replay").is_none(), "HEAD is a read, served here");
     assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off_after_read_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (target, seen) = application().await;
+    let (_tx, rx) = watch::channel(status("primary", 1, None, None));
+    let proxy = start(settings(&target), rx).await;
+    let mut conn = tokio::net::TcpStream::connect(proxy.trim_start_matches("http://")).await.expect("connect");
+    conn.write_all(b"GET /rows HTTP/1.1\r\nHost: x\r\n").await.expect("half a request");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    // The proxy closes the connection (hyper may first answer 408); either way it ends.
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "closed after {waited:?}");
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
 }
