@@ -64,6 +64,9 @@ pub struct Summary {
     pub stats: Stats,
     /// Durability promises checked against a node's recovery after a crash or restart.
     pub promises_checked: u64,
+    /// Acknowledged commits missing from the converged history: lost to a failover, which
+    /// asynchronous mode allows (synchronous mode fails the seed instead).
+    pub acked_lost: u64,
 }
 
 /// A completed handoff, as the checker remembers it.
@@ -453,12 +456,20 @@ pub fn run_seed(seed: u64, cfg: SimConfig) -> Result<Summary, String> {
             ));
         }
     }
+    let acked_lost = names
+        .iter()
+        .map(|db| {
+            let kept = checker.lineage(db, sim.node(p).map(|n| n.pos(db)).unwrap_or(Pos::ZERO));
+            checker.acked.iter().filter(|(d, pos, _)| d == db && !kept.contains(pos)).count() as u64
+        })
+        .sum();
     Ok(Summary {
         events: sim.events,
         acked: sim.acked_commits,
         elections: checker.elections,
         stats: sim.stats,
         promises_checked: checker.promises_checked,
+        acked_lost,
     })
 }
 
