@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests use: FUSE for real mounts, etcd for lease tests, protoc for the
-# etcd client build, sqlite3 for hand checks, iproute2 (ip netns) and util-linux (nsenter) for
+# etcd client build, sqlite3 (the application in a log test, and hand checks), iproute2 (ip netns) and util-linux (nsenter) for
 # daemons on hosts of their own. Installed only when missing.
 bash scripts/install-packages.sh fuse3 etcd-server protobuf-compiler sqlite3 iproute2 util-linux
 

@@ -101,10 +101,12 @@ fn init_logging(command: &Command) {
         Command::Mount { config, .. } => Config::load(config.as_deref()).ok().map(|(c, _)| c.log),
         _ => None,
     };
+    // fuser warns once per mount about each operation the file system leaves to the kernel
+    // (getxattr of security.capability at the first write, say): noise, not a problem.
     let default = match &log {
-        Some(l) if l.debug => "info,replite=debug,replite_core=debug,replite_fuse=debug",
-        Some(_) => "info",
-        None => "warn",
+        Some(l) if l.debug => "info,fuser=error,replite=debug,replite_core=debug,replite_fuse=debug",
+        Some(_) => "info,fuser=error",
+        None => "warn,fuser=error",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("REPLITE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

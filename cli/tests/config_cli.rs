@@ -37,8 +37,9 @@ fn config_check_finds_litefs_yml_and_reports_bad_keys_with_their_line() {
     insta::assert_snapshot!(stderr);
 }
 
-/// Runs `replite mount` over a static primary with `log_yaml` until `true` (its command)
-/// exits; its exit code and stderr. No `REPLITE_LOG`: the config decides.
+/// Runs `replite mount` over a static primary with `log_yaml` until its command, a commit
+/// through the mount with the `sqlite3` shell, exits; its exit code and stderr. No
+/// `REPLITE_LOG`: the config decides.
 fn mount_once(log_yaml: &str) -> (i32, String) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = tmp.path().join("replite.yml");
@@ -52,7 +53,9 @@ fn mount_once(log_yaml: &str) -> (i32, String) {
         .arg("mount")
         .arg("-config")
         .arg(&config)
-        .args(["--", "true"])
+        .args(["--", "sqlite3"])
+        .arg(tmp.path().join("mnt/app.db"))
+        .arg("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
         .env_remove("REPLITE_LOG")
         .output()
         .expect("replite runs");
@@ -66,6 +69,7 @@ fn mount_logs_at_info_by_default_without_timestamps_or_colours_as_litefs() {
     assert!(stderr.lines().any(|l| l.trim_start().starts_with("INFO") && l.contains("HTTP API listening")), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "escape codes in a log that is not a terminal:\n{stderr}");
     assert!(!stderr.contains("DEBUG"), "{stderr}");
+    assert!(!stderr.contains("Not Implemented"), "fuser's notes on operations left to the kernel:\n{stderr}");
 }
 
 #[test]
