@@ -34,8 +34,12 @@ pub const TXID_WAIT: Duration = Duration::from_secs(5);
 /// How long the `__txid` cookie lives in the client (LiteFS's).
 pub const COOKIE_EXPIRY: Duration = Duration::from_secs(5 * 60);
 
-/// How long a replica waits for the primary's proxy to accept a forwarded write's connection.
+/// How long a replica retries a refused connection to the primary's proxy.
 const PRIMARY_CONNECT_PATIENCE: Duration = Duration::from_secs(1);
+
+/// How long one connection attempt to the primary's proxy may go unanswered (a vanished
+/// host): a forwarded write fails after this rather than hang.
+const PRIMARY_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The header a forwarded write carries: the forwarding node's id. A node that is not the
 /// primary answers such a request with 503 instead of forwarding it again.
@@ -133,8 +137,8 @@ pub fn public_url(bound: std::net::SocketAddr, advertise_url: &str) -> String {
 pub fn routes(settings: Settings, status: watch::Receiver<Status>) -> Router {
     let proxy = Proxy {
         target_base: format!("http://{}", settings.target),
-        to_target: upstream::client(settings.target_patience),
-        to_primary: upstream::client(PRIMARY_CONNECT_PATIENCE),
+        to_target: upstream::client(settings.target_patience, upstream::TARGET_PATIENCE),
+        to_primary: upstream::client(PRIMARY_CONNECT_PATIENCE, PRIMARY_CONNECT_TIMEOUT),
         settings,
         status,
         primary_proxy: Mutex::new(None),

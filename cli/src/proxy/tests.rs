@@ -365,3 +365,68 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_after_read_header_t
     assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "closed after {waited:?}");
     assert_eq!(seen.load(Ordering::SeqCst), 0);
 }
+
+/// A stand-in for the primary's HTTP API: `/info` shows `proxy_url`.
+async fn primary_api(proxy_url: Option<String>) -> String {
+    let mut info = status("primary", 9, None, None);
+    info.proxy_url = proxy_url;
+    let api = Router::new().route("/info", axum::routing::get(move || async move { axum::Json(info) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, api).await });
+    url
+}
+
+fn replica_following(api_url: &str) -> Status {
+    let mut s = status("replica", 5, Some("node-b"), Some(0));
+    if let Some(p) = s.primary.as_mut() {
+        p.advertise_url = api_url.to_owned();
+    }
+    s
+}
+
+#[tokio::test]
+async fn a_write_on_a_replica_is_forwarded_to_the_primary_s_proxy_and_its_answer_relayed() {
+    let (primary_app, primary_seen) = application().await;
+    let (_ptx, prx) = watch::channel(status("primary", 9, None, None));
+    let primary_proxy = start(settings(&primary_app), prx).await;
+    let api = primary_api(Some(primary_proxy.clone())).await;
+
+    let (replica_app, replica_seen) = application().await;
+    let (_rtx, rrx) = watch::channel(replica_following(&api));
+    let mut s = settings(&replica_app);
+    s.forwarding = Forwarding::Forward;
+    let replica_proxy = start(s, rrx).await;
+
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let response = client
+            .post(format!("{replica_proxy}/rows"))
+            .header("host", "app.example")
+            .body("x=1")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status(), 200);
+        let cookie = txid_cookie_of(&response).expect("the primary's cookie is relayed");
+        assert!(cookie.starts_with("__txid=0000000000000009;"), "{cookie}");
+        assert_eq!(response.text().await.expect("body"), "POST /rows host=app.example");
+    }
+    assert_eq!(primary_seen.load(Ordering::SeqCst), 2, "the primary's application handled both");
+    assert_eq!(replica_seen.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_write_on_a_replica_whose_primary_runs_no_proxy_fails_with_the_reason() {
+    let api = primary_api(None).await;
+    let (replica_app, replica_seen) = application().await;
+    let (_rtx, rrx) = watch::channel(replica_following(&api));
+    let mut s = settings(&replica_app);
+    s.forwarding = Forwarding::Forward;
+    let replica_proxy = start(s, rrx).await;
+    let response = reqwest::Client::new().post(format!("{replica_proxy}/rows")).send().await.expect("post");
+    assert_eq!(response.status(), 502);
+    let body = response.text().await.expect("body");
+    assert!(body.contains("runs no proxy"), "{body}");
+    assert_eq!(replica_seen.load(Ordering::SeqCst), 0);
+}

@@ -23,12 +23,13 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// A pooled client; its connector retries refused connections for `patience`.
 pub type ProxyClient = Client<PatientConnector, Body>;
 
-/// A client whose connections are retried while refused for up to `patience`.
+/// A client whose connections are retried while refused for up to `patience`; one attempt
+/// that gets no answer at all (a vanished host) gives up after `connect_timeout`.
 #[must_use]
-pub fn client(patience: Duration) -> ProxyClient {
+pub fn client(patience: Duration, connect_timeout: Duration) -> ProxyClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(TARGET_PATIENCE));
+    http.set_connect_timeout(Some(connect_timeout));
     Client::builder(TokioExecutor::new()).build(PatientConnector { inner: http, patience })
 }
 
