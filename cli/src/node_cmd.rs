@@ -74,6 +74,9 @@ pub fn render(status: &Status) -> String {
     let _ = writeln!(tw, "role\t{}{}", status.role, if status.in_sync { "" } else { " (catching up)" });
     let _ = writeln!(tw, "epoch\t{epoch}");
     let _ = writeln!(tw, "primary\t{primary}");
+    if let Some(proxy) = &status.proxy_url {
+        let _ = writeln!(tw, "proxy\t{proxy}");
+    }
     let _ = writeln!(tw);
     let _ = writeln!(tw, "DATABASE\tTXID\tPOSITION\tLAG (TX)\tLAG (MS)");
     for db in &status.databases {
@@ -132,7 +135,7 @@ mod tests {
                 sent_bytes: 1 << 20,
                 total_bytes: 4 << 20,
             }],
-            proxy_url: None,
+            proxy_url: Some("http://10.0.0.7:8080".into()),
         };
         insta::assert_snapshot!(render(&status));
     }
