@@ -243,7 +243,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         }
         let on_fly = std::env::var_os("FLY_APP_NAME").is_some();
         let settings = crate::proxy::Settings::from_config(&config.proxy, node_id.to_string(), on_fly);
-        info!(url = ?proxy_url, target = %settings.target, db = %settings.db, forwarding = ?settings.forwarding, "proxy listening");
+        info!(url = proxy_url.as_deref().unwrap_or_default(), target = %settings.target, db = %settings.db, forwarding = ?settings.forwarding, "proxy listening");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let status = status.clone();
         let task = tokio::spawn(async move {
