@@ -225,6 +225,7 @@ fn with_etcd_a_killed_primary_is_replaced_and_returns_as_a_replica() {
     nodes[first].kill();
     let second = wait_for_primary(&nodes, &others);
     let took = killed_at.elapsed();
+    eprintln!("failover took {took:?}");
     // TTL 3 s plus the 500 ms safety margin, plus polling slack.
     assert!(took < Duration::from_secs(6), "failover took {took:?}");
 
