@@ -65,8 +65,8 @@ pub async fn handoff(args: HandoffArgs) -> anyhow::Result<ExitCode> {
 pub fn render(status: &Status) -> String {
     let mut tw = tabwriter::TabWriter::new(Vec::new()).padding(2);
     let primary = match &status.primary {
+        _ if status.role == "primary" => "this node".to_owned(),
         Some(p) => format!("{} ({}, {})", p.node_id, p.hostname, p.advertise_url),
-        None if status.role == "primary" => "this node".to_owned(),
         None => "-".to_owned(),
     };
     let epoch = status.epoch.map_or_else(|| "-".to_owned(), |e| e.to_string());
@@ -136,6 +136,9 @@ mod tests {
                 total_bytes: 4 << 20,
             }],
             proxy_url: Some("http://10.0.0.7:8080".into()),
+            is_primary: true,
+            candidate: false,
+            path: String::new(),
         };
         insta::assert_snapshot!(render(&status));
     }

@@ -112,6 +112,16 @@ fn three_static_nodes_replicate_every_write_and_replicas_refuse_writes() {
     let pos = converge(&a, &[&b, &c], "app.db");
     assert!(pos.starts_with("0000000000000033/"), "51 transactions: {pos}");
 
+    // `/info` answers LiteFS's fields too (scripts written against LiteFS read them).
+    // A static replica knows the primary by the hostname its own config gives it.
+    for (node, primary, primary_hostname) in [(&a, true, "a"), (&b, false, "primary")] {
+        let info = node.info().expect("info");
+        assert_eq!(info["isPrimary"], primary, "{info}");
+        assert_eq!(info["candidate"], primary, "only a is a candidate here: {info}");
+        assert_eq!(info["path"], node.dir.join("data").display().to_string(), "{info}");
+        assert_eq!(info["primary"]["hostname"], primary_hostname, "LiteFS names the primary on every node: {info}");
+    }
+
     // The API: Prometheus text and LiteFS-style events.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let metrics =

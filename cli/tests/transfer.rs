@@ -25,6 +25,9 @@ fn status(role: &str, primary: Option<Peer>) -> Status {
         replicas: Vec::new(),
         snapshots: Vec::new(),
         proxy_url: None,
+        is_primary: role == "primary",
+        candidate: false,
+        path: String::new(),
     }
 }
 

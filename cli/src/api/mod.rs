@@ -37,13 +37,27 @@ struct Api {
     /// Whether the lease can move between nodes (not `static`): a handoff needs that.
     lease_moves: bool,
     sync_counts: Option<SyncCountsSource>,
-    /// This node's proxy URL, shown in `/info`.
-    proxy_url: Option<String>,
+    facts: NodeFacts,
+}
+
+/// What `/info` shows beside the driver's status: LiteFS's fields (`isPrimary`, `candidate`,
+/// `path`, and on the primary itself `primary.hostname`, so scripts written against LiteFS's
+/// `/info` read the same answers) and replite's `proxyUrl`.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFacts {
+    /// This node's advertise URL.
+    pub advertise_url: String,
+    /// Its data directory.
+    pub data_dir: String,
+    /// Whether it may become primary.
+    pub candidate: bool,
+    /// Where its proxy listens, if it runs one.
+    pub proxy_url: Option<String>,
 }
 
 /// The API's routes. `lease_moves` is false for a static lease, whose primary is fixed;
-/// `sync_counts`, when given, adds the mount's fsync answers to `/metrics`; `proxy_url`, when
-/// the proxy runs, is shown in `/info` for replicas that forward writes to it.
+/// `sync_counts`, when given, adds the mount's fsync answers to `/metrics`; `facts` complete
+/// `/info`.
 pub fn routes(
     status: watch::Receiver<Status>,
     events: EventLog,
@@ -51,7 +65,7 @@ pub fn routes(
     me: NodeId,
     lease_moves: bool,
     sync_counts: Option<SyncCountsSource>,
-    proxy_url: Option<String>,
+    facts: NodeFacts,
 ) -> Router {
     Router::new()
         .route("/info", routing::get(info))
@@ -59,12 +73,23 @@ pub fn routes(
         .route("/metrics", routing::get(metrics_text))
         .route("/handoff", routing::post(handoff))
         .route("/promote", routing::post(promote))
-        .with_state(Api { status, events, operator, me, lease_moves, sync_counts, proxy_url })
+        .with_state(Api { status, events, operator, me, lease_moves, sync_counts, facts })
 }
 
 async fn info(State(api): State<Api>) -> Response {
     let mut status = api.status.borrow().clone();
-    status.proxy_url.clone_from(&api.proxy_url);
+    let facts = &api.facts;
+    status.proxy_url.clone_from(&facts.proxy_url);
+    status.candidate = facts.candidate;
+    status.path.clone_from(&facts.data_dir);
+    if status.is_primary && status.primary.is_none() {
+        // LiteFS names the primary on the primary too.
+        status.primary = Some(crate::driver::Peer {
+            node_id: status.node_id.clone(),
+            hostname: status.hostname.clone(),
+            advertise_url: facts.advertise_url.clone(),
+        });
+    }
     axum::Json(status).into_response()
 }
 

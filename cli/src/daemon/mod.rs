@@ -213,7 +213,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 let mount = Arc::clone(&mount);
                 Arc::new(move || mount.sync_counts()) as crate::api::SyncCountsSource
             }),
-            proxy_url.clone(),
+            crate::api::NodeFacts {
+                advertise_url: advertise_url.clone(),
+                data_dir: data_dir.display().to_string(),
+                candidate: config.lease.candidate,
+                proxy_url: proxy_url.clone(),
+            },
         ))
         .merge(crate::api::transfer::routes(mount_dir, status.clone()));
     let (server_stop, stopped) = tokio::sync::oneshot::channel::<()>();

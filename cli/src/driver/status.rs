@@ -41,6 +41,15 @@ pub struct Status {
     /// writes there. Filled in by the API, not the driver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_url: Option<String>,
+    /// LiteFS's `/info` field: whether this node is the primary.
+    #[serde(default)]
+    pub is_primary: bool,
+    /// LiteFS's `/info` field: whether this node may become primary. Filled in by the API.
+    #[serde(default)]
+    pub candidate: bool,
+    /// LiteFS's `/info` field: the data directory. Filled in by the API.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
 }
 
 /// A snapshot on its way to a replica.
@@ -148,6 +157,9 @@ impl Status {
             replicas,
             snapshots: Vec::new(),
             proxy_url: None,
+            is_primary: role == "primary",
+            candidate: false,
+            path: String::new(),
         }
     }
 }

@@ -52,6 +52,9 @@ fn status(role: &str, txid: u64, primary: Option<&str>, lag_ms: Option<u64>) -> 
         replicas: Vec::new(),
         snapshots: Vec::new(),
         proxy_url: None,
+        is_primary: role == "primary",
+        candidate: false,
+        path: String::new(),
     }
 }
 
