@@ -79,6 +79,20 @@ mod tests {
         assert!(!p.matches("/aXb(c)"));
     }
 
+    /// LiteFS compiles an expression to a regex: every character literal, `*` as `.*`,
+    /// anchored at both ends. The matcher must agree with that on any expression and path.
+    fn litefs_regex(expr: &str) -> regex::Regex {
+        let body = regex::escape(expr).replace(r"\*", ".*");
+        regex::Regex::new(&format!("^{body}$")).expect("a valid regex")
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn matching_agrees_with_litefs_s_regex(expr in "[ab/.*?]{0,8}", path in "[ab/.?]{0,12}") {
+            proptest::prop_assert_eq!(PathPattern::new(&expr).matches(&path), litefs_regex(&expr).is_match(&path));
+        }
+    }
+
     #[test]
     fn a_piece_must_not_overlap_the_one_before() {
         // "ab" then "ba" needs "aba" to be read twice; "/ab*ba" must not match "/aba".
