@@ -137,8 +137,7 @@ mod tests {
             }],
             proxy_url: Some("http://10.0.0.7:8080".into()),
             is_primary: true,
-            candidate: false,
-            path: String::new(),
+            ..replite::driver::Status::default()
         };
         insta::assert_snapshot!(render(&status));
     }

@@ -20,14 +20,9 @@ fn status(role: &str, primary: Option<Peer>) -> Status {
         role: role.into(),
         epoch: Some(1),
         primary,
-        databases: Vec::new(),
         in_sync: true,
-        replicas: Vec::new(),
-        snapshots: Vec::new(),
-        proxy_url: None,
         is_primary: role == "primary",
-        candidate: false,
-        path: String::new(),
+        ..Status::default()
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 use crate::lease::LeaseRecord;
 
 /// A node's state as the API reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     /// This node's id, 16 hex digits.

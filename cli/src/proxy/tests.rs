@@ -49,12 +49,8 @@ fn status(role: &str, txid: u64, primary: Option<&str>, lag_ms: Option<u64>) -> 
             lag_ms,
         }],
         in_sync: true,
-        replicas: Vec::new(),
-        snapshots: Vec::new(),
-        proxy_url: None,
         is_primary: role == "primary",
-        candidate: false,
-        path: String::new(),
+        ..Status::default()
     }
 }
 
