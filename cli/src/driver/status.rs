@@ -107,6 +107,13 @@ pub struct ReplicaStatus {
 }
 
 impl Status {
+    /// The largest lag of any database in milliseconds (zero on a primary, which has none):
+    /// what the mount's `.lag` and the proxy's health check show.
+    #[must_use]
+    pub fn max_lag_ms(&self) -> u64 {
+        self.databases.iter().filter_map(|d| d.lag_ms).max().unwrap_or(0)
+    }
+
     /// The status of `node`; `me` is this node's lease record, `peers` the ones it has seen.
     #[must_use]
     pub fn of(node: &Node, me: Option<&LeaseRecord>, peers: &BTreeMap<NodeId, LeaseRecord>, _now: Millis) -> Status {
@@ -183,8 +190,7 @@ impl Surface for replite_fuse::Mount {
                 self.set_position(name.as_str(), pos);
             }
         }
-        let lag = status.databases.iter().filter_map(|d| d.lag_ms).max().unwrap_or(0);
-        self.set_lag_ms(i64::try_from(lag).unwrap_or(i64::MAX));
+        self.set_lag_ms(i64::try_from(status.max_lag_ms()).unwrap_or(i64::MAX));
     }
 
     fn show_role(&self, status: &Status, before: Option<&Status>) {

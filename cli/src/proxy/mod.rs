@@ -184,15 +184,7 @@ fn plain(status: StatusCode, text: &str) -> Response {
 
 impl Proxy {
     fn health(&self) -> Response {
-        let lag_ms = {
-            let status = self.status.borrow();
-            if status.role == "primary" {
-                0
-            } else {
-                status.databases.iter().filter_map(|d| d.lag_ms).max().unwrap_or(0)
-            }
-        };
-        let lag = Duration::from_millis(lag_ms);
+        let lag = Duration::from_millis(self.status.borrow().max_lag_ms());
         if !self.settings.max_lag.is_zero() && lag > self.settings.max_lag {
             debug!(?lag, max = ?self.settings.max_lag, "proxy: health check failed, replication lag too high");
             return plain(StatusCode::SERVICE_UNAVAILABLE, "Replication lag exceeded");
