@@ -235,33 +235,41 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let _ = shutdown_rx.await;
     }));
     info!(addr = %http_addr, "HTTP API listening");
-    let proxy = proxy_listener.map(|listener| {
-        let defaults = crate::config::ProxyConfig::default();
-        for (key, set, default) in [
-            ("proxy.read-timeout", config.proxy.read_timeout, defaults.read_timeout),
-            ("proxy.write-timeout", config.proxy.write_timeout, defaults.write_timeout),
-            ("proxy.idle-timeout", config.proxy.idle_timeout, defaults.idle_timeout),
-        ] {
-            if set != default {
-                warn!(key, value = ?set, "not applied by replite's proxy (read-header-timeout is)");
-            }
-        }
-        let on_fly = std::env::var_os("FLY_APP_NAME").is_some();
-        let settings = crate::proxy::Settings::from_config(&config.proxy, node_id.to_string(), on_fly);
-        info!(url = proxy_url.as_deref().unwrap_or_default(), target = %settings.target, db = %settings.db, forwarding = ?settings.forwarding, "proxy listening");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let status = status.clone();
-        let task = tokio::spawn(async move {
-            let stopped = async move {
-                let _ = stopped.await;
-            };
-            if let Err(e) = crate::proxy::serve(listener, settings, status, stopped).await {
-                warn!(error = %e, "the proxy stopped");
-            }
-        });
-        (task, stop)
-    });
+    let proxy = proxy_listener.map(|listener| spawn_proxy(listener, config, node_id, proxy_url, status.clone()));
     Ok(Running { status, http_addr, mount, shutdown, driver, server, server_stop, proxy })
+}
+
+/// Serves the proxy on `listener` until the returned sender fires (or is dropped).
+fn spawn_proxy(
+    listener: tokio::net::TcpListener,
+    config: &Config,
+    node_id: replite_core::NodeId,
+    url: Option<String>,
+    status: watch::Receiver<Status>,
+) -> (tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
+    let defaults = crate::config::ProxyConfig::default();
+    for (key, set, default) in [
+        ("proxy.read-timeout", config.proxy.read_timeout, defaults.read_timeout),
+        ("proxy.write-timeout", config.proxy.write_timeout, defaults.write_timeout),
+        ("proxy.idle-timeout", config.proxy.idle_timeout, defaults.idle_timeout),
+    ] {
+        if set != default {
+            warn!(key, value = ?set, "not applied by replite's proxy (read-header-timeout is)");
+        }
+    }
+    let on_fly = std::env::var_os("FLY_APP_NAME").is_some();
+    let settings = crate::proxy::Settings::from_config(&config.proxy, node_id.to_string(), on_fly);
+    info!(url = url.unwrap_or_default(), target = %settings.target, db = %settings.db, forwarding = ?settings.forwarding, "proxy listening");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = crate::proxy::serve(listener, settings, status, stopped).await {
+            warn!(error = %e, "the proxy stopped");
+        }
+    });
+    (task, stop)
 }
 
 /// The proxy's listener, when `proxy.target` is set (LiteFS runs the proxy only then).
