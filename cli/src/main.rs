@@ -60,7 +60,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(args::normalize(std::env::args_os()));
-    init_logging(&cli.command);
+    // `mount`'s config is read once, before logging starts: its `log:` section sets it up.
+    let mount_config = match &cli.command {
+        Command::Mount { config, .. } => Some(replite::config::Config::load(config.as_deref())),
+        _ => None,
+    };
+    init_logging(mount_config.as_ref().and_then(|loaded| loaded.as_ref().ok()).map(|(c, _)| &c.log));
     if matches!(cli.command, Command::Mount { .. } | Command::Dev(_) | Command::Bench(_)) {
         // Before any thread starts (see `fd_limit`); a refusal only leaves the limit as it was.
         if let Err(e) = replite::fd_limit::raise() {
@@ -70,9 +75,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ltx(cmd) => cmd.run(),
         Command::ConfigCheck { config } => config_check(config.as_deref()),
-        Command::Mount { config, command } => {
-            runtime().and_then(|rt| rt.block_on(replite::daemon::mount(replite::daemon::MountArgs { config, command })))
-        }
+        Command::Mount { command, .. } => match mount_config {
+            Some(Ok((config, found))) => runtime().and_then(|rt| {
+                rt.block_on(replite::daemon::mount(replite::daemon::MountArgs { config, found, command }))
+            }),
+            Some(Err(e)) => Err(e.into()),
+            None => unreachable!("the mount command's config was loaded above"),
+        },
         Command::Dev(args) => dev::run(args),
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(node_cmd::status(args))),
         Command::Promote(args) => runtime().and_then(|rt| rt.block_on(node_cmd::promote(args))),
@@ -91,16 +100,12 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr, filtered by `REPLITE_LOG` (tracing's filter syntax) when it is set.
-/// Otherwise `mount` logs at INFO (replite's own crates at DEBUG with `log.debug`), as LiteFS
-/// does, and follows `log.format` and `log.timestamp` (off by default: LiteFS's default, for
-/// log collectors that stamp lines themselves); the other commands log warnings and errors.
-fn init_logging(command: &Command) {
-    use replite::config::{Config, LogFormat};
-    // An unreadable config is reported by `mount` itself, once logging is up.
-    let log = match command {
-        Command::Mount { config, .. } => Config::load(config.as_deref()).ok().map(|(c, _)| c.log),
-        _ => None,
-    };
+/// With `log` (`mount`'s config) replite logs at INFO (its own crates at DEBUG with
+/// `log.debug`), as LiteFS does, and follows `log.format` and `log.timestamp` (off by default:
+/// LiteFS's default, for log collectors that stamp lines themselves); the other commands log
+/// warnings and errors.
+fn init_logging(log: Option<&replite::config::LogConfig>) {
+    use replite::config::LogFormat;
     // fuser warns once per mount about each operation the file system leaves to the kernel
     // (getxattr of security.capability at the first write, say): noise, not a problem.
     let default = match &log {

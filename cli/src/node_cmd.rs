@@ -136,7 +136,6 @@ mod tests {
                 total_bytes: 4 << 20,
             }],
             proxy_url: Some("http://10.0.0.7:8080".into()),
-            is_primary: true,
             ..replite::driver::Status::default()
         };
         insta::assert_snapshot!(render(&status));

@@ -21,7 +21,6 @@ fn status(role: &str, primary: Option<Peer>) -> Status {
         epoch: Some(1),
         primary,
         in_sync: true,
-        is_primary: role == "primary",
         ..Status::default()
     }
 }

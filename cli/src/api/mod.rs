@@ -82,6 +82,7 @@ async fn info(State(api): State<Api>) -> Response {
     status.proxy_url.clone_from(&facts.proxy_url);
     status.candidate = facts.candidate;
     status.path.clone_from(&facts.data_dir);
+    status.is_primary = status.role == "primary";
     if status.is_primary && status.primary.is_none() {
         // LiteFS names the primary on the primary too.
         status.primary = Some(crate::driver::Peer {

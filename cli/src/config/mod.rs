@@ -21,7 +21,7 @@ pub const CONFIG_FILE_NAMES: [&str; 2] = ["replite.yml", "litefs.yml"];
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// The file.
         path: PathBuf,

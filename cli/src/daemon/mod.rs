@@ -34,10 +34,12 @@ pub use node_id::{ID_FILE, load_or_create as load_node_id};
 pub const DEFAULT_PORT: u16 = 20202;
 
 /// What `replite mount` was asked to do.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MountArgs {
-    /// Config file; `None` searches the usual places.
-    pub config: Option<PathBuf>,
+    /// The loaded config.
+    pub config: Config,
+    /// The file it came from.
+    pub found: PathBuf,
     /// The command after `--`, which replaces `exec:` from the config.
     pub command: Vec<String>,
 }
@@ -45,7 +47,7 @@ pub struct MountArgs {
 /// Runs the daemon until its command exits (returning that command's exit code) or, with no
 /// command, until SIGINT or SIGTERM.
 pub async fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
-    let (config, found) = Config::load(args.config.as_deref())?;
+    let MountArgs { config, found, command } = args;
     info!(config = %found.display(), "loaded config");
     let running = start(&config).await?;
     let status = running.status.clone();
@@ -64,7 +66,7 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
     let s = status.borrow().clone();
     info!(role = %s.role, node = %s.node_id, "ready");
 
-    let commands = exec::commands(&config, &args.command);
+    let commands = exec::commands(&config, &command);
     let code = exec::run_all(commands, &mut signals).await;
     running.stop().await;
     Ok(code)

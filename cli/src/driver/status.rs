@@ -41,7 +41,8 @@ pub struct Status {
     /// writes there. Filled in by the API, not the driver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_url: Option<String>,
-    /// LiteFS's `/info` field: whether this node is the primary.
+    /// LiteFS's `/info` field: whether this node is the primary (`role` says so too). Filled
+    /// in by the API.
     #[serde(default)]
     pub is_primary: bool,
     /// LiteFS's `/info` field: whether this node may become primary. Filled in by the API.
@@ -162,11 +163,8 @@ impl Status {
             primary,
             databases,
             replicas,
-            snapshots: Vec::new(),
-            proxy_url: None,
-            is_primary: role == "primary",
-            candidate: false,
-            path: String::new(),
+            // The rest is filled in by the API.
+            ..Status::default()
         }
     }
 }

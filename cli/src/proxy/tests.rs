@@ -49,7 +49,6 @@ fn status(role: &str, txid: u64, primary: Option<&str>, lag_ms: Option<u64>) -> 
             lag_ms,
         }],
         in_sync: true,
-        is_primary: role == "primary",
         ..Status::default()
     }
 }
