@@ -9,7 +9,7 @@ mode=${2:-WAL}
 sync=${3:-NORMAL}
 count=${4:-10000}
 here=$(cd "$(dirname "$0")" && pwd)
-work=$(mktemp -d /tmp/replite-commit-cost.XXXXXX)
+work=$(mktemp -d ${COST_DIR:-/tmp}/replite-commit-cost.XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$work/mnt" "$work/data"
 cat > "$work/replite.yml" <<YAML

@@ -354,7 +354,7 @@ impl Filesystem for ReplFs {
         if self.shared.unlinked(ino.0, handle.kind, &handle.db) {
             return reply.error(Errno::EROFS);
         }
-        match self.shared.write(&handle, offset, data) {
+        match self.shared.write(&handle, ino.0, offset, data) {
             Ok(()) => reply.written(u32::try_from(data.len()).unwrap_or(u32::MAX)),
             Err(e) => reply.error(e),
         }

@@ -51,6 +51,7 @@ mod replica;
 mod shared;
 mod unjournaled;
 mod virtual_node;
+mod wal_ahead;
 mod wal_fold;
 mod wal_node;
 

@@ -26,6 +26,7 @@ use crate::names::{LAG_FILENAME, NodeKind, PRIMARY_FILENAME, classify, mount_nam
 use crate::owed_syncs::{SyncCounters, WalSync};
 use crate::unjournaled::Unjournaled;
 use crate::virtual_node::{self, Status};
+use crate::wal_ahead;
 use crate::wal_node::{self, WalTrack};
 
 /// Inode number of the mount's root directory.
@@ -98,6 +99,9 @@ pub(crate) struct DbState {
     /// SQLite fsynced the rollback journal (or the directory) since the journal was last
     /// synced: the sync is owed before the database file is written (decision 0017).
     pub(crate) journal_owed: bool,
+    /// The kernel's cache of the WAL holds the backing file's bytes up to here, stored ahead
+    /// of the writer (`wal_ahead`); 0 when nothing is known to be.
+    pub(crate) wal_filled_to: u64,
 }
 
 /// State shared by every FUSE worker thread and the [`crate::Mount`] handle.
@@ -783,7 +787,7 @@ impl Shared {
         result
     }
 
-    pub(crate) fn write(&self, handle: &Handle, offset: u64, data: &[u8]) -> Result<(), Errno> {
+    pub(crate) fn write(&self, handle: &Handle, ino: u64, offset: u64, data: &[u8]) -> Result<(), Errno> {
         let file = handle.file.as_ref().ok_or(Errno::EACCES)?;
         let pwrite = || {
             file.write_all_at(data, offset).map_err(|e| {
@@ -852,14 +856,48 @@ impl Shared {
                 }
                 st.wal_sync.wal_written(offset);
                 pwrite()?;
+                self.fill_wal_ahead(&handle.db, &mut st, ino, file, offset + data.len() as u64);
                 let Some(frame) = completed else { return Ok(()) };
                 match st.wal.ready_commit(file, &path, frame) {
-                    Ok(Some(ready)) => self.commit_wal(&handle.db, &mut st, file, ready),
+                    Ok(Some(ready)) => {
+                        let frame = ready.frame;
+                        let result = self.commit_wal(&handle.db, &mut st, file, ready);
+                        if result.is_err() {
+                            self.drop_cached_header(&handle.db, ino, frame, offset);
+                        }
+                        result
+                    }
                     Ok(None) => Ok(()),
                     Err(e) => Err(capture_errno(&handle.db, &e)),
                 }
             }
             _ => pwrite(),
+        }
+    }
+
+    /// Stores the WAL's bytes ahead of a write that ended at `end` into the kernel's cache
+    /// (`wal_ahead`). Only a cost saving: a failure is logged and the write stands.
+    fn fill_wal_ahead(&self, db: &str, st: &mut DbState, ino: u64, wal: &File, end: u64) {
+        let Some(range) = wal_ahead::range_to_fill(st.wal_filled_to, end) else { return };
+        let Some(notifier) = self.notifier.get() else { return };
+        if let Err(e) = wal_ahead::fill(notifier, ino, wal, range.clone()) {
+            debug!(db, ?range, error = %e, "storing the WAL ahead of the writer in the kernel's cache");
+        }
+        // Not tried again for this range either way: a failure only costs requests.
+        st.wal_filled_to = range.end;
+    }
+
+    /// A refused commit frame's header at `frame` was erased in the backing file while the
+    /// write at `request_start` is answered with an error, which makes the kernel drop the
+    /// cache pages that write covers. A cache page before them holding part of the header
+    /// (filled ahead, `wal_ahead`) is dropped here, or a reader on this node could still find
+    /// the refused commit. That page is not one the request holds locked.
+    fn drop_cached_header(&self, db: &str, ino: u64, frame: u64, request_start: u64) {
+        let Some(range) = wal_ahead::header_outside_request(frame, request_start) else { return };
+        let Some(notifier) = self.notifier.get() else { return };
+        let (offset, len) = (range.start as i64, (range.end - range.start) as i64);
+        if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), offset, len) {
+            warn!(db, frame, error = %e, "dropping a refused commit frame's header from the kernel's cache");
         }
     }
 
@@ -892,6 +930,7 @@ impl Shared {
                 let st = self.db_state(db);
                 let mut st = lock(&st);
                 st.wal.reset();
+                st.wal_filled_to = 0;
                 set_len()?;
                 // An empty WAL holds nothing a crash could lose; a shorter one still does.
                 if size == 0 {
@@ -944,6 +983,7 @@ impl Shared {
                 let st = self.db_state(db);
                 let mut st = lock(&st);
                 st.wal.reset();
+                st.wal_filled_to = 0;
                 remove()?;
                 st.wal_sync.settled();
                 Ok(())

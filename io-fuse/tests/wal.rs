@@ -147,3 +147,95 @@ fn wal_fsyncs_are_answered_from_the_history_and_the_wal_is_synced_before_a_check
     assert_same_pages(&fx.stored(db), &fx.sink.copy_of(db), 4096, "after the checkpoint");
     integrity_ok(&conn);
 }
+
+/// The WAL as the kernel shows it through the mount equals the file in the data directory.
+fn assert_wal_as_stored(fx: &Fixture, db: &str, what: &str) {
+    let shown = std::fs::read(fx.path(&format!("{db}-wal"))).expect("the WAL through the mount");
+    let stored = std::fs::read(fx.side_file(db, "wal")).expect("the stored WAL");
+    assert_eq!(shown.len(), stored.len(), "{what}: WAL sizes");
+    if let Some(at) = shown.iter().zip(&stored).position(|(a, b)| a != b) {
+        panic!("{what}: the kernel's WAL differs from the stored one at byte {at}");
+    }
+}
+
+/// `wal_ahead`: the kernel's cache of the WAL is filled ahead of the writer, so frames are
+/// read back from the cache; what it holds is always the stored file, through commits,
+/// checkpoints that restart the WAL over its old frames, rollbacks and a truncation.
+#[test]
+fn the_wal_is_cached_ahead_of_the_writer_and_always_matches_the_stored_file() {
+    let fx = Fixture::primary();
+    let db = "ahead.db";
+    let conn = fx.open(db);
+    journal_mode(&conn, "WAL");
+    conn.execute_batch(
+        "PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=40; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
+    )
+    .unwrap();
+    for round in 0..300u32 {
+        if round % 37 == 5 {
+            conn.execute_batch("BEGIN; INSERT INTO t(v) VALUES (randomblob(3000)); ROLLBACK;").unwrap();
+        }
+        conn.execute("INSERT INTO t(v) VALUES (randomblob(?1))", [100 + round * 7 % 5000]).unwrap();
+        if round % 50 == 49 {
+            assert_wal_as_stored(&fx, db, &format!("round {round}"));
+        }
+    }
+    // The kernel serves the part past the frames from its cache: a change made behind its
+    // back there stays unseen through the mount (without the fill, each read would reach the
+    // daemon, which reads the stored file).
+    let wal_path = fx.side_file(db, "wal");
+    let stored = std::fs::read(&wal_path).unwrap();
+    let tail = stored.len() - 4096;
+    assert!(stored[tail..].iter().all(|&b| b == 0), "the WAL ends in zeros filled ahead of the writer");
+    {
+        use std::os::unix::fs::FileExt;
+        let behind = std::fs::OpenOptions::new().write(true).open(&wal_path).unwrap();
+        behind.write_all_at(b"behind the kernel", tail as u64).unwrap();
+        let shown = std::fs::read(fx.path(&format!("{db}-wal"))).unwrap();
+        assert!(shown[tail..].iter().all(|&b| b == 0), "the tail was read from the kernel's cache");
+        behind.write_all_at(&[0u8; 17], tail as u64).unwrap();
+    }
+    checkpoint(&conn);
+    assert_wal_as_stored(&fx, db, "after a truncating checkpoint");
+    assert_same_pages(&fx.stored(db), &fx.sink.copy_of(db), 4096, "after the checkpoint");
+    conn.execute("INSERT INTO t(v) VALUES (randomblob(10))", []).unwrap();
+    assert_wal_as_stored(&fx, db, "after the first commit of a truncated WAL");
+    integrity_ok(&conn);
+    drop(conn);
+    // SQLite recovers a WAL that ends in zeros: a new connection sees every row.
+    let conn = fx.open(db);
+    let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 301);
+    integrity_ok(&conn);
+}
+
+/// A refused commit's frame header is erased in the stored WAL; the kernel's cache must not
+/// keep it, even where the header lies in a cache page before the refused write's own (frame
+/// 339 of a 4 KiB-page WAL ends exactly at a cache page boundary).
+#[test]
+fn a_refused_commit_frame_is_erased_from_the_kernels_cache_too() {
+    use std::sync::atomic::Ordering;
+    let fx = Fixture::primary();
+    let db = "erased.db";
+    let conn = fx.open(db);
+    journal_mode(&conn, "WAL");
+    conn.execute_batch(
+        "PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER);
+         INSERT INTO t VALUES (1, 0);",
+    )
+    .unwrap();
+    checkpoint(&conn);
+    // One frame per commit: the table's only page.
+    for v in 1..=339 {
+        conn.execute("UPDATE t SET v = ?1", [v]).unwrap();
+    }
+    let frame = 32 + 339 * (24 + 4096);
+    assert_eq!((frame + 24) % 4096, 0);
+    assert_eq!(std::fs::read(fx.side_file(db, "wal")).unwrap()[frame..frame + 24], [0u8; 24], "frame 339 is unwritten");
+    fx.sink.refuse_commit.store(true, Ordering::SeqCst);
+    conn.execute("UPDATE t SET v = -1", []).expect_err("a refused commit fails");
+    fx.sink.refuse_commit.store(false, Ordering::SeqCst);
+    assert_wal_as_stored(&fx, db, "after the refused commit");
+    let v: i64 = conn.query_row("SELECT v FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, 339, "the refused update is not seen");
+}
