@@ -399,6 +399,42 @@ mod tests {
         map
     }
 
+    /// hyper's header-read timer also runs while an HTTP/1.1 keep-alive connection waits for
+    /// its next request, so an idle connection is closed after `header_read_timeout` (Go's
+    /// server, and so LiteFS's proxy, waits its idle timeout first; README, known gaps).
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let stopped = async move {
+            let _ = stopped.await;
+        };
+        let timeout = Duration::from_millis(300);
+        let server = tokio::spawn(serve_tcp(listener, router, stopped, Some(timeout)));
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("request");
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !answer.ends_with(b"\r\n\r\nok") {
+            let n = conn.read(&mut buf).await.expect("read the answer");
+            assert!(n > 0, "closed before answering: {:?}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
+        let idle_since = std::time::Instant::now();
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("the idle connection was not closed")
+            .expect("read");
+        assert_eq!(n, 0, "the server closed the idle connection");
+        assert!(idle_since.elapsed() >= timeout / 2, "closed at once, not by the timer");
+        let _ = stop.send(());
+        server.await.expect("server task").expect("server");
+    }
+
     #[test]
     fn node_ids_are_sixteen_hex_digits_in_either_case() {
         assert_eq!(parse_node_id(&headers(&[(HEADER_NODE_ID, "00000000000000AB")])), Ok(NodeId(0xab)));
