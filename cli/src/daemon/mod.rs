@@ -253,10 +253,9 @@ fn spawn_proxy(
     for (key, set, default) in [
         ("proxy.read-timeout", config.proxy.read_timeout, defaults.read_timeout),
         ("proxy.write-timeout", config.proxy.write_timeout, defaults.write_timeout),
-        ("proxy.idle-timeout", config.proxy.idle_timeout, defaults.idle_timeout),
     ] {
         if set != default {
-            warn!(key, value = ?set, "not applied by replite's proxy (read-header-timeout is)");
+            warn!(key, value = ?set, "not applied by replite's proxy (read-header-timeout and idle-timeout are)");
         }
     }
     let on_fly = std::env::var_os("FLY_APP_NAME").is_some();

@@ -4,12 +4,14 @@
 //! them belongs to the core `Node`. Unit tests sit beside the code; `cli/tests/stream_transport.rs`
 //! runs both ends over loopback TCP and over turmoil's simulated network.
 
+pub mod conn_timeouts;
 mod posmap_split;
 pub mod stream_client;
 pub mod stream_server;
 
 use std::time::Duration;
 
+pub use conn_timeouts::ConnTimeouts;
 pub use posmap_split::{MAX_POS_MAP_BYTES, PosMapSplitter};
 pub use stream_client::{CONNECT_TIMEOUT, ConnectError, StreamError, UpstreamConn, connect, connect_via, connect_with};
 pub use stream_server::{

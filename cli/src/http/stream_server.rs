@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use crate::http::conn_timeouts::{self, ConnActivity, ConnTimeouts, TimedStream};
 use crate::http::posmap_split::PosMapSplitter;
 use crate::http::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 
@@ -129,13 +130,13 @@ pub async fn serve(
     serve_tcp(listener, router, shutdown, None).await
 }
 
-/// [`serve`], with a limit on how long a client may take to send a request's headers
-/// (`None`: hyper's 30 s).
+/// [`serve`], with Go's timeouts between requests (`None`: hyper's 30 s header-read timeout,
+/// which also closes an idle keep-alive connection).
 pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    header_read_timeout: Option<Duration>,
+    timeouts: Option<ConnTimeouts>,
 ) -> std::io::Result<()> {
     // Frames are small and latency-bound: without TCP_NODELAY a DATA frame can wait ~40 ms
     // for the replica's delayed ACK (measured: docs/BENCHMARKS.md, lag).
@@ -145,7 +146,7 @@ pub async fn serve_tcp(
             tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
         }
     });
-    serve_configured(listener, router, shutdown, header_read_timeout).await
+    serve_configured(listener, router, shutdown, timeouts).await
 }
 
 /// [`serve`] over any listener (a simulated network in tests).
@@ -165,7 +166,7 @@ async fn serve_configured<L>(
     mut listener: L,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    header_read_timeout: Option<Duration>,
+    timeouts: Option<ConnTimeouts>,
 ) -> std::io::Result<()>
 where
     L: Listener,
@@ -173,8 +174,9 @@ where
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
-    if let Some(timeout) = header_read_timeout {
-        builder.http1().header_read_timeout(timeout);
+    if timeouts.is_some() {
+        // `TimedStream` keeps them instead.
+        builder.http1().header_read_timeout(None);
     }
     // Pings find replicas that vanished without a FIN (a partition, a dead host) even while
     // the daemon has nothing to send, so their streams close instead of lingering.
@@ -190,14 +192,18 @@ where
         tokio::select! {
             () = &mut shutdown => break,
             (io, addr) = listener.accept() => {
-                let service = TowerToHyperService::new(router.clone());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
-                let conn = graceful.watch(conn);
-                connections.spawn(async move {
-                    if let Err(error) = conn.await {
-                        debug!(peer = ?addr, %error, "HTTP connection ended with an error");
+                let accepted = Accepted { builder: &builder, graceful: &graceful, connections: &mut connections };
+                match timeouts {
+                    Some(timeouts) => {
+                        let activity = ConnActivity::new();
+                        let tracker = activity.clone();
+                        let router = router.clone().layer(axum::middleware::from_fn(move |request, next| {
+                            conn_timeouts::track_requests(tracker.clone(), request, next)
+                        }));
+                        accepted.serve(TimedStream::new(io, activity, timeouts), router, addr);
                     }
-                });
+                    None => accepted.serve(io, router.clone(), addr),
+                }
             }
             // Reap finished connections so the set holds only live ones.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -209,6 +215,29 @@ where
     }
     connections.shutdown().await;
     Ok(())
+}
+
+/// What serving an accepted connection needs from the accept loop.
+struct Accepted<'a> {
+    builder: &'a auto::Builder<TokioExecutor>,
+    graceful: &'a GracefulShutdown,
+    connections: &'a mut JoinSet<()>,
+}
+
+impl Accepted<'_> {
+    fn serve<I>(self, io: I, router: Router, peer: impl Debug + Send + 'static)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = TowerToHyperService::new(router);
+        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+        let conn = self.graceful.watch(conn);
+        self.connections.spawn(async move {
+            if let Err(error) = conn.await {
+                debug!(?peer, %error, "HTTP connection ended with an error");
+            }
+        });
+    }
 }
 
 /// A request refused before a stream was opened: 4xx/5xx with a one-line reason.
@@ -397,42 +426,6 @@ mod tests {
             map.append(*name, HeaderValue::from_str(value).expect("test header"));
         }
         map
-    }
-
-    /// hyper's header-read timer also runs while an HTTP/1.1 keep-alive connection waits for
-    /// its next request, so an idle connection is closed after `header_read_timeout` (Go's
-    /// server, and so LiteFS's proxy, waits its idle timeout first; README, known gaps).
-    #[tokio::test]
-    async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let stopped = async move {
-            let _ = stopped.await;
-        };
-        let timeout = Duration::from_millis(300);
-        let server = tokio::spawn(serve_tcp(listener, router, stopped, Some(timeout)));
-        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        conn.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("request");
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !answer.ends_with(b"\r\n\r\nok") {
-            let n = conn.read(&mut buf).await.expect("read the answer");
-            assert!(n > 0, "closed before answering: {:?}", String::from_utf8_lossy(&answer));
-            answer.extend_from_slice(&buf[..n]);
-        }
-        assert!(answer.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
-        let idle_since = std::time::Instant::now();
-        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
-            .await
-            .expect("the idle connection was not closed")
-            .expect("read");
-        assert_eq!(n, 0, "the server closed the idle connection");
-        assert!(idle_since.elapsed() >= timeout / 2, "closed at once, not by the timer");
-        let _ = stop.send(());
-        server.await.expect("server task").expect("server");
     }
 
     #[test]

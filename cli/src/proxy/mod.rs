@@ -88,9 +88,12 @@ pub struct Settings {
     pub target_patience: Duration,
     /// How writes on a replica reach the primary.
     pub forwarding: Forwarding,
-    /// Longest a client may take to send a request's headers (`proxy.read-header-timeout`;
-    /// zero: hyper's 30 s).
+    /// Longest a client may take to send a request's headers, from their first byte or the
+    /// connection's start (`proxy.read-header-timeout`; zero: no limit).
     pub read_header_timeout: Duration,
+    /// Longest a keep-alive connection may wait for its next request (`proxy.idle-timeout`;
+    /// zero: no limit).
+    pub idle_timeout: Duration,
     /// Log every request at INFO instead of DEBUG.
     pub debug: bool,
     /// This node's id, for [`FORWARDED_BY`].
@@ -112,6 +115,7 @@ impl Settings {
             target_patience: upstream::TARGET_PATIENCE,
             forwarding: Forwarding::resolve(config.write_forwarding, on_fly),
             read_header_timeout: config.read_header_timeout,
+            idle_timeout: config.idle_timeout,
             debug: config.debug,
             node_id,
         }
@@ -356,8 +360,8 @@ pub async fn serve(
     status: watch::Receiver<Status>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let header_timeout = (!settings.read_header_timeout.is_zero()).then_some(settings.read_header_timeout);
-    crate::http::serve_tcp(listener, routes(settings, status), shutdown, header_timeout).await
+    let timeouts = crate::http::ConnTimeouts { read_header: settings.read_header_timeout, idle: settings.idle_timeout };
+    crate::http::serve_tcp(listener, routes(settings, status), shutdown, Some(timeouts)).await
 }
 
 #[cfg(test)]

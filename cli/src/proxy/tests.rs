@@ -65,6 +65,7 @@ fn settings(target: &str) -> Settings {
         target_patience: Duration::from_millis(300),
         forwarding: Forwarding::FlyReplay,
         read_header_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(30),
         debug: false,
         node_id: "00000000000000AA".into(),
     }
