@@ -2,7 +2,8 @@
 //! LiteFS-compatible (`docs/protocol.md`). The server hands accepted streams to the daemon as
 //! events and the client hands it channels; both only move bytes, and every decision about
 //! them belongs to the core `Node`. Unit tests sit beside the code; `cli/tests/stream_transport.rs`
-//! runs both ends over loopback TCP and over turmoil's simulated network.
+//! runs both ends over loopback TCP and over turmoil's simulated network. The same server
+//! loop serves the proxy, with Go's timeouts between requests (`conn_timeouts`).
 
 pub mod conn_timeouts;
 mod posmap_split;

@@ -165,7 +165,7 @@ impl CommitLog {
 
 /// Starts writing logged files' data to disk, on a thread of its own, so that the
 /// retirement's `syncfs` finds little left to write (the log holds their durability until
-/// then). The commit that retires the log took 5.5–6.5 ms, 2.4–4.3 ms with this
+/// then). The commit that retires the log took 5.5–6.5 ms, 2.4–5 ms with this
 /// (`docs/BENCHMARKS.md`, session 12); started on the committing thread instead, the writeback
 /// cost every commit a few per cent.
 mod writeback {
