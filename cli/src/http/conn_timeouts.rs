@@ -8,7 +8,9 @@
 //! default) instead of the idle one (30 s). Here the connection's reads are watched
 //! ([`TimedStream`]), and requests are counted from the moment the router gets one until its
 //! response body is dropped ([`track_requests`]), so that a long response never counts as
-//! idle.
+//! idle. An HTTP/2 connection is watched the same way: a frame that begins no request (a
+//! ping) counts as a request's first byte, so pings alone keep it open only for the header
+//! timeout, where Go's HTTP/2 server waits the idle one.
 
 use std::future::Future as _;
 use std::io;
