@@ -249,15 +249,6 @@ fn spawn_proxy(
     url: Option<String>,
     status: watch::Receiver<Status>,
 ) -> (tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
-    let defaults = crate::config::ProxyConfig::default();
-    for (key, set, default) in [
-        ("proxy.read-timeout", config.proxy.read_timeout, defaults.read_timeout),
-        ("proxy.write-timeout", config.proxy.write_timeout, defaults.write_timeout),
-    ] {
-        if set != default {
-            warn!(key, value = ?set, "not applied by replite's proxy (read-header-timeout and idle-timeout are)");
-        }
-    }
     let on_fly = std::env::var_os("FLY_APP_NAME").is_some();
     let settings = crate::proxy::Settings::from_config(&config.proxy, node_id.to_string(), on_fly);
     info!(url = url.unwrap_or_default(), target = %settings.target, db = %settings.db, forwarding = ?settings.forwarding, "proxy listening");

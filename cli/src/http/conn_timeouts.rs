@@ -1,7 +1,10 @@
-//! Go's server timeouts between requests, as LiteFS's proxy has them (`read-header-timeout`,
-//! `idle-timeout`): a connection waits up to the idle timeout for the first byte of its next
-//! request, then up to the header timeout for the rest of it; a new connection has the header
-//! timeout from the start. No timeout runs while a request is being answered.
+//! Go's server timeouts, as LiteFS's proxy has them (`read-header-timeout`, `idle-timeout`,
+//! `read-timeout`, `write-timeout`): a connection waits up to the idle timeout for the first
+//! byte of its next request, then up to the header timeout for the rest of its head (a new
+//! connection has the header timeout from the start); from that first byte the whole request
+//! may take the read timeout, and from its head's end the answer may take the write timeout.
+//! Zero is no limit; a zero header or idle timeout falls back to the read timeout, as in Go.
+//! A timeout closes the connection (a read or write fails with `TimedOut`).
 //!
 //! hyper's own header-read timer starts as soon as a connection is ready for its next request,
 //! so an idle keep-alive connection would be closed after the header timeout (10 s by
@@ -36,6 +39,24 @@ pub struct ConnTimeouts {
     pub read_header: Duration,
     /// How long a connection may wait for the first byte of its next request.
     pub idle: Duration,
+    /// How long a whole request (head and body) may take, from its first byte.
+    pub read: Duration,
+    /// How long writing an answer may take, from the end of its request's head.
+    pub write: Duration,
+}
+
+impl ConnTimeouts {
+    fn header_limit(self) -> Option<Duration> {
+        nonzero(self.read_header).or(nonzero(self.read))
+    }
+
+    fn idle_limit(self) -> Option<Duration> {
+        nonzero(self.idle).or(nonzero(self.read))
+    }
+}
+
+fn nonzero(limit: Duration) -> Option<Duration> {
+    (!limit.is_zero()).then_some(limit)
 }
 
 /// One connection's requests, shared by its stream and its router.
@@ -50,6 +71,9 @@ struct Activity {
     idle_since: Instant,
     /// When the next request's first byte arrived (the connection's start, for the first).
     head_since: Option<Instant>,
+    /// When the router got the latest request: its answer's write timeout runs from here
+    /// until the next one.
+    answer_since: Option<Instant>,
     /// The connection's reader, waiting with no deadline while requests were in flight: woken
     /// when the last one ends, so that its idle deadline starts.
     reader: Option<Waker>,
@@ -63,6 +87,7 @@ impl ConnActivity {
             in_flight: 0,
             idle_since: now,
             head_since: Some(now),
+            answer_since: None,
             reader: None,
         })))
     }
@@ -80,21 +105,31 @@ impl ConnActivity {
     }
 
     fn request_started(&self) -> RequestGuard {
-        self.with(|a| a.in_flight += 1);
+        self.with(|a| {
+            a.in_flight += 1;
+            a.answer_since = Some(Instant::now());
+        });
         RequestGuard(self.clone())
     }
 
-    /// When the connection times out if nothing more arrives; `None` while a request is in
-    /// flight or the timeout that applies is off.
-    fn deadline(&self, timeouts: ConnTimeouts) -> Option<Instant> {
+    /// When a read still pending times out: the whole request's limit while one is in
+    /// flight, else its head's, else the idle one; `None` where no limit applies.
+    fn read_deadline(&self, timeouts: ConnTimeouts) -> Option<Instant> {
         self.with(|a| {
-            let (since, limit) = match a.head_since {
-                _ if a.in_flight > 0 => return None,
-                Some(head) => (head, timeouts.read_header),
-                None => (a.idle_since, timeouts.idle),
-            };
-            (!limit.is_zero()).then(|| since + limit)
+            if a.in_flight > 0 {
+                return a.head_since.zip(nonzero(timeouts.read)).map(|(since, limit)| since + limit);
+            }
+            match a.head_since {
+                Some(head) => timeouts.header_limit().map(|limit| head + limit),
+                None => timeouts.idle_limit().map(|limit| a.idle_since + limit),
+            }
         })
+    }
+
+    /// When a write times out: the latest request's head plus the write timeout, until the
+    /// next request's head is read (hyper may drop a short body before writing it).
+    fn write_deadline(&self, timeouts: ConnTimeouts) -> Option<Instant> {
+        self.with(|a| a.answer_since.zip(nonzero(timeouts.write)).map(|(since, limit)| since + limit))
     }
 }
 
@@ -163,14 +198,43 @@ pub struct TimedStream<S> {
     inner: S,
     activity: ConnActivity,
     timeouts: ConnTimeouts,
-    timer: Pin<Box<Sleep>>,
+    read_timer: Pin<Box<Sleep>>,
+    write_timer: Pin<Box<Sleep>>,
 }
 
 impl<S> TimedStream<S> {
     /// Watches `inner`'s reads for `activity` under `timeouts`.
     pub fn new(inner: S, activity: ConnActivity, timeouts: ConnTimeouts) -> TimedStream<S> {
         let far = Instant::now() + Duration::from_secs(86_400);
-        TimedStream { inner, activity, timeouts, timer: Box::pin(tokio::time::sleep_until(far)) }
+        let (read_timer, write_timer) =
+            (Box::pin(tokio::time::sleep_until(far)), Box::pin(tokio::time::sleep_until(far)));
+        TimedStream { inner, activity, timeouts, read_timer, write_timer }
+    }
+
+    /// Writes with `write` unless the answer's write timeout has passed; a write still
+    /// pending fails when it passes.
+    fn write_in_time<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>>
+    where
+        S: Unpin,
+    {
+        let deadline = self.activity.write_deadline(self.timeouts);
+        let timed_out = || Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "write timeout")));
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return timed_out();
+        }
+        let written = write(Pin::new(&mut self.inner), cx);
+        let Some(deadline) = deadline.filter(|_| written.is_pending()) else { return written };
+        if self.write_timer.deadline() != deadline {
+            self.write_timer.as_mut().reset(deadline);
+        }
+        match self.write_timer.as_mut().poll(cx) {
+            Poll::Ready(()) => timed_out(),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -186,16 +250,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for TimedStream<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let Some(deadline) = self.activity.deadline(self.timeouts) else {
+                let Some(deadline) = self.activity.read_deadline(self.timeouts) else {
                     self.activity.with(|a| a.reader = Some(cx.waker().clone()));
                     return Poll::Pending;
                 };
-                if self.timer.deadline() != deadline {
-                    self.timer.as_mut().reset(deadline);
+                if self.read_timer.deadline() != deadline {
+                    self.read_timer.as_mut().reset(deadline);
                 }
-                match self.timer.as_mut().poll(cx) {
+                match self.read_timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle or header timeout")))
+                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle, header or read timeout")))
                     }
                     Poll::Pending => Poll::Pending,
                 }
@@ -206,7 +270,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for TimedStream<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for TimedStream<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        self.write_in_time(cx, |inner, cx| inner.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -214,7 +278,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedStream<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        self.write_in_time(cx, |inner, cx| inner.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -244,9 +308,15 @@ mod tests {
     const IDLE: Duration = Duration::from_millis(1200);
     const STREAMED_FOR: Duration = Duration::from_millis(2000);
 
-    /// A server with both timeouts, answering `/` at once and `/slow` with a body streamed
-    /// over [`STREAMED_FOR`]; its address.
+    /// A server with header and idle timeouts only (see [`server_with`]).
     async fn server() -> String {
+        server_with(ConnTimeouts { read_header: HEADER, idle: IDLE, read: Duration::ZERO, write: Duration::ZERO }).await
+    }
+
+    /// A server under `timeouts`, answering `GET /` at once, `GET /slow` with a body streamed
+    /// over [`STREAMED_FOR`], `GET /late` after [`STREAMED_FOR`], and `POST /` once it has
+    /// read the request's body; its address.
+    async fn server_with(timeouts: ConnTimeouts) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address").to_string();
         let slow = || async {
@@ -259,9 +329,17 @@ mod tests {
             });
             Body::from_stream(chunks)
         };
-        let router =
-            Router::new().route("/", axum::routing::get(|| async { "ok" })).route("/slow", axum::routing::get(slow));
-        let timeouts = ConnTimeouts { read_header: HEADER, idle: IDLE };
+        let late = || async {
+            tokio::time::sleep(STREAMED_FOR).await;
+            "late"
+        };
+        let router = Router::new()
+            .route(
+                "/",
+                axum::routing::get(|| async { "ok" }).post(|body: Bytes| async move { format!("{}", body.len()) }),
+            )
+            .route("/slow", axum::routing::get(slow))
+            .route("/late", axum::routing::get(late));
         tokio::spawn(crate::http::serve_tcp(listener, router, std::future::pending(), Some(timeouts)));
         addr
     }
@@ -283,16 +361,23 @@ mod tests {
         answer
     }
 
-    /// How long until the server closes `conn` (bounded: 10 s).
+    /// How long until the server closes `conn` (bounded: 10 s), which it must do without
+    /// sending anything first.
     async fn closed_after(conn: &mut TcpStream) -> Duration {
+        let (waited, sent) = ended_after(conn).await;
+        assert!(sent.is_empty(), "the server sent {:?} before closing", String::from_utf8_lossy(&sent));
+        waited
+    }
+
+    /// How long until the server ends `conn` (bounded: 10 s), and what it sent meanwhile.
+    async fn ended_after(conn: &mut TcpStream) -> (Duration, Vec<u8>) {
         let since = StdInstant::now();
-        let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+        let mut sent = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut sent))
             .await
             .expect("the connection was not closed")
-            .unwrap_or(0);
-        assert_eq!(n, 0, "the server sent more instead of closing");
-        since.elapsed()
+            .ok();
+        (since.elapsed(), sent)
     }
 
     #[tokio::test]
@@ -332,5 +417,30 @@ mod tests {
         // And the connection is idle from the body's end on.
         let waited = closed_after(&mut conn).await;
         assert!(waited >= IDLE - HEADER, "closed after {waited:?}, idle timeout {IDLE:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_body_slower_than_the_read_timeout_closes_the_connection() {
+        let read = Duration::from_millis(600);
+        let timeouts = ConnTimeouts { read_header: HEADER, idle: IDLE, read, write: Duration::ZERO };
+        let mut conn = TcpStream::connect(server_with(timeouts).await).await.expect("connect");
+        conn.write_all(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\nten bytes.").await.expect("head");
+        // The router may still answer that the body failed (as Go's handler would see an
+        // error); the connection ends either way, and the body never counts as read.
+        let (waited, sent) = ended_after(&mut conn).await;
+        assert!(waited >= read / 2 && waited < IDLE, "ended after {waited:?}, read timeout {read:?}");
+        assert!(!String::from_utf8_lossy(&sent).contains("200 OK"), "{:?}", String::from_utf8_lossy(&sent));
+    }
+
+    #[tokio::test]
+    async fn an_answer_later_than_the_write_timeout_is_not_sent() {
+        let write = Duration::from_millis(400);
+        let timeouts = ConnTimeouts { read_header: HEADER, idle: IDLE, read: Duration::ZERO, write };
+        let mut conn = TcpStream::connect(server_with(timeouts).await).await.expect("connect");
+        // In time: answered.
+        get(&mut conn, "/", b"\r\n\r\nok").await;
+        conn.write_all(b"GET /late HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("request");
+        let waited = closed_after(&mut conn).await;
+        assert!(waited >= STREAMED_FOR / 2, "closed after {waited:?}, before the answer was due");
     }
 }

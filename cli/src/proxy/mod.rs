@@ -89,11 +89,16 @@ pub struct Settings {
     /// How writes on a replica reach the primary.
     pub forwarding: Forwarding,
     /// Longest a client may take to send a request's headers, from their first byte or the
-    /// connection's start (`proxy.read-header-timeout`; zero: no limit).
+    /// connection's start (`proxy.read-header-timeout`; zero: the read timeout).
     pub read_header_timeout: Duration,
     /// Longest a keep-alive connection may wait for its next request (`proxy.idle-timeout`;
-    /// zero: no limit).
+    /// zero: the read timeout).
     pub idle_timeout: Duration,
+    /// Longest a whole request may take to arrive (`proxy.read-timeout`; zero: no limit).
+    pub read_timeout: Duration,
+    /// Longest an answer may take to write, from its request's head (`proxy.write-timeout`;
+    /// zero: no limit).
+    pub write_timeout: Duration,
     /// Log every request at INFO instead of DEBUG.
     pub debug: bool,
     /// This node's id, for [`FORWARDED_BY`].
@@ -116,6 +121,8 @@ impl Settings {
             forwarding: Forwarding::resolve(config.write_forwarding, on_fly),
             read_header_timeout: config.read_header_timeout,
             idle_timeout: config.idle_timeout,
+            read_timeout: config.read_timeout,
+            write_timeout: config.write_timeout,
             debug: config.debug,
             node_id,
         }
@@ -360,7 +367,12 @@ pub async fn serve(
     status: watch::Receiver<Status>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let timeouts = crate::http::ConnTimeouts { read_header: settings.read_header_timeout, idle: settings.idle_timeout };
+    let timeouts = crate::http::ConnTimeouts {
+        read_header: settings.read_header_timeout,
+        idle: settings.idle_timeout,
+        read: settings.read_timeout,
+        write: settings.write_timeout,
+    };
     crate::http::serve_tcp(listener, routes(settings, status), shutdown, Some(timeouts)).await
 }
 

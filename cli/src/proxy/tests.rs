@@ -66,6 +66,8 @@ fn settings(target: &str) -> Settings {
         forwarding: Forwarding::FlyReplay,
         read_header_timeout: Duration::from_millis(300),
         idle_timeout: Duration::from_secs(30),
+        read_timeout: Duration::ZERO,
+        write_timeout: Duration::ZERO,
         debug: false,
         node_id: "00000000000000AA".into(),
     }
