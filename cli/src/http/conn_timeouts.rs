@@ -305,8 +305,8 @@ mod tests {
     use super::*;
 
     const HEADER: Duration = Duration::from_millis(300);
-    const IDLE: Duration = Duration::from_millis(1200);
-    const STREAMED_FOR: Duration = Duration::from_millis(2000);
+    const IDLE: Duration = Duration::from_millis(3000);
+    const STREAMED_FOR: Duration = Duration::from_millis(4000);
 
     /// A server with header and idle timeouts only (see [`server_with`]).
     async fn server() -> String {
