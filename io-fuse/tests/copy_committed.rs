@@ -217,6 +217,7 @@ fn copy_during_a_spilled_transaction(mode: &str) {
     let fx = primary_in(mode);
     let before = fx.sink.pos_of(DB).checksum;
     let conn = fx.open(DB);
+    let rows_before = rows_of(&conn);
     conn.execute_batch("PRAGMA cache_size=4; PRAGMA cache_spill=4; BEGIN; UPDATE t SET v = randomblob(2000);").unwrap();
     if mode == "WAL" {
         assert!(std::fs::metadata(fx.side_file(DB, "wal")).unwrap().len() > 32, "the update spilled frames");
@@ -231,9 +232,24 @@ fn copy_during_a_spilled_transaction(mode: &str) {
     let copy = copy.expect("copy");
     assert_eq!(check_copy(&fx, &copy, &dest, mode), before, "{mode}: the copy shows the state before");
     // With nobody writing, the rolled-back transaction's frames are still in the WAL, past
-    // the last commit: a copy now must ignore them.
+    // the last commit: a copy now must ignore them. In rollback mode SQLite neither journals
+    // a free page it reuses nor restores it at the rollback, so the file may now differ from
+    // `before` in such a page (about one run in 80, with these random rows), which the mount
+    // records as a commit of its own: the copy shows the latest committed state, whose rows
+    // are `before`'s.
     let copy = fx.mount().copy_committed(DB, &dest).expect("copy after the rollback");
-    assert_eq!(check_copy(&fx, &copy, &dest, mode), before, "{mode}: after the rollback");
+    let latest = fx.sink.pos_of(DB).checksum;
+    assert_eq!(check_copy(&fx, &copy, &dest, mode), latest, "{mode}: after the rollback");
+    if mode == "WAL" {
+        assert_eq!(latest, before, "{mode}: a rolled-back WAL transaction commits nothing");
+    }
+    assert_eq!(rows_of(&rusqlite::Connection::open(&dest).unwrap()), rows_before, "{mode}: the rows before");
+}
+
+/// Every row of `t`, in order.
+fn rows_of(conn: &rusqlite::Connection) -> Vec<(i64, Vec<u8>)> {
+    let mut stmt = conn.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
 }
 
 #[test]
