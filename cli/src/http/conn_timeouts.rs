@@ -31,7 +31,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// The two timeouts; zero means none.
+/// Go's four server timeouts; zero means none (a zero header or idle timeout: the read one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnTimeouts {
     /// How long a request's head may take to arrive, from its first byte (or the connection's
@@ -192,8 +192,8 @@ impl HttpBody for GuardedBody {
     }
 }
 
-/// A connection's stream, closed (a `TimedOut` read error) when [`ConnActivity::deadline`]
-/// passes with nothing read.
+/// A connection's stream: a read fails with `TimedOut` when [`ConnActivity`]'s read deadline
+/// passes with nothing read, a write when its write deadline has passed.
 pub struct TimedStream<S> {
     inner: S,
     activity: ConnActivity,
