@@ -934,7 +934,8 @@ impl Driver {
                     | replite_core::node::Event::SyncStalled { .. }
                     | replite_core::node::Event::SyncDegraded { .. }
                     | replite_core::node::Event::ReplicaCutOff { .. }
-                    | replite_core::node::Event::SnapshotRepeated { .. } => warn!(?event, "node event"),
+                    | replite_core::node::Event::SnapshotRepeated { .. }
+                    | replite_core::node::Event::SnapshotHeldOff { .. } => warn!(?event, "node event"),
                     _ => info!(?event, "node event"),
                 }
                 self.events.node_event(&event);

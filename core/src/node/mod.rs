@@ -114,8 +114,8 @@ pub struct Node {
     /// Latest durable position each replica acknowledged on our lineage, per database.
     acked: BTreeMap<(NodeId, DbName), Pos>,
     /// Per replica and database: live-database copies sent in a row without the replica
-    /// coming back at or past the last one, and that copy's position.
-    snapshot_tries: BTreeMap<(NodeId, DbName), (u32, Pos)>,
+    /// coming back at or past the last one.
+    snapshot_tries: BTreeMap<(NodeId, DbName), primary::CopyTries>,
     upstream: Option<Upstream>,
     /// The primary's wall clock from its last heartbeat (ms since the Unix epoch).
     primary_clock_ms: Option<i64>,
@@ -400,6 +400,7 @@ impl Node {
             TimerKind::Retention => self.on_retention_timer(now),
             TimerKind::Handoff => self.abandon_handoff("target did not catch up in time"),
             TimerKind::Flush => self.on_flush_timer(now),
+            TimerKind::CopyHoldOff => self.on_copy_hold_off_timer(now),
         }
     }
 }

@@ -351,8 +351,8 @@ pub enum Event {
     },
     /// A replica needs a copy of the live database again although it was sent one before and
     /// never reached it: the transfer keeps failing (too slow, a disk full on the replica, a
-    /// file it cannot verify). Each copy reads and sends the whole database; the replica's
-    /// reconnect backoff spaces the attempts out.
+    /// file it cannot verify). Each copy reads and sends the whole database: from the second
+    /// failed copy in a row the next one is held off (see [`Event::SnapshotHeldOff`]).
     SnapshotRepeated {
         /// The replica.
         peer: NodeId,
@@ -360,6 +360,20 @@ pub enum Event {
         db: DbName,
         /// Copies sent in a row without the replica reaching one.
         attempts: u32,
+    },
+    /// A replica that failed the last copies of a live database it was sent came back for
+    /// another: it gets it only after a wait that doubles with each failed copy (1 s after the
+    /// second, up to a minute), whatever its own reconnect backoff is. Its stream stays open
+    /// meanwhile (heartbeats, other databases).
+    SnapshotHeldOff {
+        /// The replica.
+        peer: NodeId,
+        /// The database.
+        db: DbName,
+        /// Copies it failed in a row.
+        failed: u32,
+        /// How long until the next copy may go.
+        wait_ms: u64,
     },
     /// A replica stopped acknowledging what it was sent; its stream was closed.
     ReplicaCutOff {

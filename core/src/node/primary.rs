@@ -163,6 +163,29 @@ fn encode_commit(
 /// is a transfer that keeps failing.
 const SNAPSHOT_TRIES_WARN: u32 = 3;
 
+/// The wait before a replica's third live copy in a row (after it failed two); it doubles
+/// with each further failed copy, up to [`COPY_HOLD_OFF_MAX_MS`]. The second copy goes at
+/// once: one failure is often an ordinary restart or a network blip.
+const COPY_HOLD_OFF_FIRST_MS: u64 = 1_000;
+
+/// The longest wait between copies a replica keeps failing: short enough that a replica whose
+/// disk was freed is back within a minute.
+const COPY_HOLD_OFF_MAX_MS: u64 = 60_000;
+
+/// Live-database copies one replica was sent in a row without coming back at or past the
+/// last one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CopyTries {
+    /// Copies sent in a row.
+    attempts: u32,
+    /// The last copy's position.
+    copy: Pos,
+    /// When the last copy was sent.
+    sent_at: Millis,
+    /// The end of the hold-off last reported, so that each is reported once.
+    reported_hold_off: Option<Millis>,
+}
+
 /// Replica-database pairs whose copies are counted: far more than a cluster has, so that
 /// peers connecting under ever new ids cannot grow the table without bound.
 const MAX_SNAPSHOT_TRIES_TRACKED: usize = 1024;
@@ -286,7 +309,7 @@ impl Node {
         }
         let conns: Vec<DownstreamId> = self.downstream.keys().copied().collect();
         for conn in conns {
-            self.catch_up_db(conn, name);
+            self.catch_up_db(now, conn, name);
         }
         if let Some(sync) = &self.cfg.sync {
             // One timer serves every database: keep the earliest deadline.
@@ -470,6 +493,9 @@ impl Node {
         }
         let ext = offered.intersect(Extensions::ALL);
         let decoder = StreamDecoder::new(ext);
+        for (name, pos) in &sent {
+            self.copy_reached(peer, name, *pos);
+        }
         let durable: Vec<(DbName, Pos)> =
             if ext.ack { sent.iter().map(|(n, p)| (n.clone(), *p)).collect() } else { Vec::new() };
         self.downstream
@@ -487,7 +513,7 @@ impl Node {
         self.send_drop_frames(conn);
         let names: Vec<DbName> = self.dbs.keys().cloned().collect();
         for name in &names {
-            self.catch_up_db(conn, name);
+            self.catch_up_db(now, conn, name);
         }
         encode_frame(&Frame::Ready, &mut bytes);
         encode_frame(&Frame::Heartbeat { timestamp_ms: 0 }, &mut bytes);
@@ -495,18 +521,22 @@ impl Node {
     }
 
     /// Sends a replica what it lacks of one database: the next LTX files, or a snapshot when
-    /// it is new, ahead of us, diverged, or behind our retained history.
-    fn catch_up_db(&mut self, conn: DownstreamId, name: &DbName) {
-        let Some(db) = self.dbs.get(name) else { return };
-        let Some(d) = self.downstream.get_mut(&conn) else { return };
+    /// it is new, ahead of us, diverged, or behind our retained history. A live copy it has
+    /// kept failing waits out its hold-off (see [`Event::SnapshotHeldOff`]).
+    fn catch_up_db(&mut self, now: Millis, conn: DownstreamId, name: &DbName) {
+        let Some(d) = self.downstream.get(&conn) else { return };
         if !d.carries(name) {
             return;
         }
+        let (peer, replica_at) = (d.peer, d.sent.get(name).copied().unwrap_or(Pos::ZERO));
+        let copy_not_before = self.copy_not_before(peer, name, replica_at);
+        let Some(db) = self.dbs.get(name) else { return };
+        let Some(d) = self.downstream.get_mut(&conn) else { return };
         let mut out = Vec::new();
-        let mut sent = d.sent.get(name).copied().unwrap_or(Pos::ZERO);
-        let (peer, replica_at) = (d.peer, sent);
+        let mut sent = replica_at;
         let mut live_copy_sent = false;
         let mut history_snapshot_sent = false;
+        let mut held_until = None;
         while sent != db.pos && db.pos.txid != TxId::ZERO {
             match (next_file(db, sent), db.history.first().copied()) {
                 (Some(f), _) => {
@@ -536,6 +566,11 @@ impl Node {
                     sent = db.pos;
                 }
                 (None, _) => {
+                    if let Some(at) = copy_not_before.filter(|&at| at > now) {
+                        // Only what was sent so far counts as sent: the copy goes later.
+                        held_until = Some(at);
+                        break;
+                    }
                     out.push(Output::StreamSnapshot { conn, db: name.clone(), pos: db.pos });
                     sent = db.pos;
                     live_copy_sent = true;
@@ -544,28 +579,75 @@ impl Node {
         }
         d.sent.insert(name.clone(), sent);
         self.out.extend(out);
-        self.count_snapshot_tries(peer, name, replica_at, live_copy_sent.then_some(sent));
+        match held_until {
+            Some(at) => self.hold_off_copy(now, peer, name, at),
+            None if live_copy_sent => self.count_snapshot_tries(now, peer, name, replica_at, sent),
+            None => {}
+        }
+    }
+
+    /// When the next live copy of `name` may go to `peer`, now at `replica_at`: `None` unless
+    /// it came back short of the last two copies or more it was sent in a row.
+    fn copy_not_before(&self, peer: NodeId, name: &DbName, replica_at: Pos) -> Option<Millis> {
+        let tries = self.snapshot_tries.get(&(peer, name.clone()))?;
+        if replica_at.txid >= tries.copy.txid || tries.attempts < 2 {
+            return None;
+        }
+        let doublings = (tries.attempts - 2).min(16);
+        Some(tries.sent_at + (COPY_HOLD_OFF_FIRST_MS << doublings).min(COPY_HOLD_OFF_MAX_MS))
+    }
+
+    /// A copy for `peer` waits until `at`: reported once per wait, and a timer sends it then
+    /// if no commit has meanwhile.
+    fn hold_off_copy(&mut self, now: Millis, peer: NodeId, name: &DbName, at: Millis) {
+        if let Some(tries) = self.snapshot_tries.get_mut(&(peer, name.clone()))
+            && tries.reported_hold_off != Some(at)
+        {
+            tries.reported_hold_off = Some(at);
+            let failed = tries.attempts;
+            self.event(Event::SnapshotHeldOff { peer, db: name.clone(), failed, wait_ms: at.0.saturating_sub(now.0) });
+        }
+        if self.timers.get(TimerKind::CopyHoldOff).is_none_or(|t| t > at) {
+            self.timers.set(TimerKind::CopyHoldOff, at);
+        }
+    }
+
+    /// A held-off copy may be due: every stream catches up again (a stream with nothing to
+    /// send sends nothing; a copy still held off re-arms the timer).
+    pub(crate) fn on_copy_hold_off_timer(&mut self, now: Millis) {
+        let conns: Vec<DownstreamId> = self.downstream.keys().copied().collect();
+        let names: Vec<DbName> = self.dbs.keys().cloned().collect();
+        for conn in conns {
+            for name in &names {
+                self.catch_up_db(now, conn, name);
+            }
+        }
     }
 
     /// Counts live-database copies a replica needed in a row (it came back short of the last
-    /// one), and says so once it reaches [`SNAPSHOT_TRIES_WARN`].
-    fn count_snapshot_tries(&mut self, peer: NodeId, name: &DbName, replica_at: Pos, copy: Option<Pos>) {
+    /// one), and says so once it reaches [`SNAPSHOT_TRIES_WARN`]. Called when a copy is sent;
+    /// the count ends when the replica states a position at or past the copy
+    /// ([`Node::copy_reached`]).
+    fn count_snapshot_tries(&mut self, now: Millis, peer: NodeId, name: &DbName, replica_at: Pos, copy: Pos) {
         let key = (peer, name.clone());
-        let failed_before = self.snapshot_tries.get(&key).filter(|(_, last)| replica_at.txid < last.txid);
-        let Some(copy) = copy else {
-            if failed_before.is_none() {
-                self.snapshot_tries.remove(&key);
-            }
-            return;
-        };
-        let attempts = failed_before.map_or(1, |(n, _)| n.saturating_add(1));
+        let failed_before = self.snapshot_tries.get(&key).filter(|t| replica_at.txid < t.copy.txid);
+        let attempts = failed_before.map_or(1, |t| t.attempts.saturating_add(1));
         if self.snapshot_tries.len() >= MAX_SNAPSHOT_TRIES_TRACKED && !self.snapshot_tries.contains_key(&key) {
-            // Only a report is lost by forgetting one.
+            // Only a report (and a hold-off) is lost by forgetting one.
             self.snapshot_tries.pop_first();
         }
-        self.snapshot_tries.insert(key, (attempts, copy));
+        self.snapshot_tries.insert(key, CopyTries { attempts, copy, sent_at: now, reported_hold_off: None });
         if attempts >= SNAPSHOT_TRIES_WARN {
             self.event(Event::SnapshotRepeated { peer, db: name.clone(), attempts });
+        }
+    }
+
+    /// `peer` stated it holds `name` at `pos` (its stream's position map, an acknowledgement):
+    /// a copy it reached no longer counts against it.
+    fn copy_reached(&mut self, peer: NodeId, name: &DbName, pos: Pos) {
+        let key = (peer, name.clone());
+        if self.snapshot_tries.get(&key).is_some_and(|t| pos.txid >= t.copy.txid) {
+            self.snapshot_tries.remove(&key);
         }
     }
 
@@ -599,6 +681,7 @@ impl Node {
 
     /// Records that `peer` holds `pos` of `name` durably, if it is on our lineage.
     fn record_ack(&mut self, peer: NodeId, name: &DbName, pos: Pos) {
+        self.copy_reached(peer, name, pos);
         let Some(db) = self.dbs.get(name) else { return };
         // Only acknowledgements of positions on our own lineage count.
         let on_lineage = pos != Pos::ZERO && (db.history.contains(pos) || pos == db.pos);

@@ -29,11 +29,14 @@ pub enum TimerKind {
     /// LTX files written without an fsync have waited [`crate::node::Config::flush_ms`]:
     /// make them durable.
     Flush,
+    /// A replica's next copy of a live database, held off after copies it kept failing,
+    /// may go.
+    CopyHoldOff,
 }
 
 impl TimerKind {
     /// All kinds, in table order.
-    pub const ALL: [TimerKind; 11] = [
+    pub const ALL: [TimerKind; 12] = [
         TimerKind::LeasePoll,
         TimerKind::LeaseRenew,
         TimerKind::WriteDeadline,
@@ -45,6 +48,7 @@ impl TimerKind {
         TimerKind::Retention,
         TimerKind::Handoff,
         TimerKind::Flush,
+        TimerKind::CopyHoldOff,
     ];
 
     fn index(self) -> usize {

@@ -429,19 +429,31 @@ fn once_retention_dropped_the_first_file_a_new_replica_gets_a_copy_of_the_databa
     );
 }
 
+/// What a primary sent on stream `conn` and reported, from outputs.
+fn copies_and_reports(out: Vec<Output>, conn: u64) -> (bool, Vec<Event>) {
+    let copied = out.iter().any(|o| matches!(o, Output::StreamSnapshot { conn: c, .. } if *c == DownstreamId(conn)));
+    let events = out
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Event(e @ (Event::SnapshotRepeated { .. } | Event::SnapshotHeldOff { .. })) => Some(e),
+            _ => None,
+        })
+        .collect();
+    (copied, events)
+}
+
 #[test]
-fn a_replica_that_keeps_coming_back_without_its_copy_is_reported_on_the_third_copy() {
+fn a_replica_that_keeps_coming_back_without_its_copy_waits_longer_each_time_and_is_reported() {
     let (mut node, _, _) = primary_with_two_commits();
-    let p2 = node.pos(&db());
     node.cfg.retention_bytes = 0;
     node.cfg.retention_ms = 0;
     node.handle(Millis(3_000), Input::Timeout);
     drain(&mut node);
     let mut map = BTreeMap::new();
     map.insert(db(), Pos::ZERO);
-    let open = |node: &mut Node, conn: u64, body: Vec<u8>| {
+    let open = |node: &mut Node, at: u64, conn: u64, body: Vec<u8>| {
         node.handle(
-            Millis(3_000 + conn),
+            Millis(at),
             Input::DownstreamOpened {
                 only: None,
                 conn: DownstreamId(conn),
@@ -450,22 +462,35 @@ fn a_replica_that_keeps_coming_back_without_its_copy_is_reported_on_the_third_co
                 body,
             },
         );
-        drain(node)
-            .into_iter()
-            .filter_map(|o| match o {
-                Output::Event(Event::SnapshotRepeated { peer, attempts, .. }) => Some((peer, attempts)),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
+        copies_and_reports(drain(node), conn)
     };
-    assert!(open(&mut node, 1, encode_pos_map(&map)).is_empty());
-    assert!(open(&mut node, 2, encode_pos_map(&map)).is_empty());
-    assert_eq!(open(&mut node, 3, encode_pos_map(&map)), vec![(NodeId(2), 3)]);
+    let held = |failed, wait_ms| Event::SnapshotHeldOff { peer: NodeId(2), db: db(), failed, wait_ms };
+    // The first copy, and the second after one failure, go at once.
+    assert_eq!(open(&mut node, 3_001, 1, encode_pos_map(&map)), (true, vec![]));
+    assert_eq!(open(&mut node, 3_002, 2, encode_pos_map(&map)), (true, vec![]));
+    // A commit meanwhile (sent on the streams that got the copies) forgets nothing.
+    let out = commit(&mut node, 3_050, 3, vec![change(2, Some(&page(9)), 10)], 2);
+    let (op, _, bytes) = persisted(&out);
+    let p3 = ltx::verify(bytes.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(3_051), Input::LtxDone { op, result: Ok(p3) });
+    drain(&mut node);
+    // After two failed copies the third waits a second from the last one.
+    assert_eq!(open(&mut node, 3_100, 3, encode_pos_map(&map)), (false, vec![held(2, 902)]));
+    node.handle(Millis(3_500), Input::Timeout);
+    assert_eq!(copies_and_reports(drain(&mut node), 3), (false, vec![]));
+    assert_eq!(node.timers.get(crate::node::timer::TimerKind::CopyHoldOff), Some(Millis(4_002)));
+    node.handle(Millis(4_002), Input::Timeout);
+    let repeated = Event::SnapshotRepeated { peer: NodeId(2), db: db(), attempts: 3 };
+    assert_eq!(copies_and_reports(drain(&mut node), 3), (true, vec![repeated]));
+    // Each further failure doubles the wait.
+    assert_eq!(open(&mut node, 4_010, 4, encode_pos_map(&map)), (false, vec![held(3, 1_992)]));
+    node.handle(Millis(6_002), Input::Timeout);
+    assert!(copies_and_reports(drain(&mut node), 4).0);
     // Once it comes back at the copy's position, the count starts again.
-    map.insert(db(), p2);
-    assert!(open(&mut node, 4, encode_pos_map(&map)).is_empty());
+    map.insert(db(), p3);
+    assert_eq!(open(&mut node, 6_100, 5, encode_pos_map(&map)), (false, vec![]));
     map.insert(db(), Pos::ZERO);
-    assert!(open(&mut node, 5, encode_pos_map(&map)).is_empty());
+    assert_eq!(open(&mut node, 6_200, 6, encode_pos_map(&map)), (true, vec![]));
 }
 
 #[test]
