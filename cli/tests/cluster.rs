@@ -1029,3 +1029,43 @@ fn with_consul_a_handoff_passes_the_session_and_loses_nothing() {
     }
     drop(consul);
 }
+
+/// A replica that keeps dropping its stream before a copy of the live database lands (as a
+/// LiteFS replica whose disk is full does) gets the first two at once, then waits: the third
+/// is sent only after the primary's hold-off, which it reports.
+#[test]
+fn a_replica_that_keeps_failing_copies_is_held_off_by_the_primary() {
+    use replite_core::stream::{DbName, Extensions, PosMap, encode_pos_map};
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = short_retention_primary(root.path());
+    let conn = open(&a, "app.db");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)").expect("create");
+    for _ in 0..20 {
+        conn.execute("INSERT INTO t (v) VALUES (randomblob(20000))", []).expect("insert");
+    }
+    wait_until_history_no_longer_starts_at_1(&a, "app.db");
+    let copies_sent = |a: &Node| a.log_text().matches("snapshot sent").count();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let map: PosMap = [(DbName::new("app.db").expect("valid"), replite_core::Pos::ZERO)].into_iter().collect();
+    let foreign = replite_core::NodeId(0x00F0_0000_0000_0001);
+    for attempt in 1..=3 {
+        // A LiteFS replica offers no extensions; it drops the stream once the copy is sent.
+        let stream = runtime
+            .block_on(replite::http::connect(&a.url, foreign, Extensions::NONE, encode_pos_map(&map)))
+            .expect("stream opens");
+        let deadline = Instant::now() + WAIT;
+        while copies_sent(&a) < attempt {
+            assert!(Instant::now() < deadline, "copy {attempt} never sent:\n{}", a.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(stream);
+    }
+    let log = a.log_text();
+    let held = log.find("SnapshotHeldOff").unwrap_or_else(|| panic!("the third copy was not held off:\n{log}"));
+    assert!(log[held..].contains("failed: 2, wait_ms:"), "{log}");
+    // Sent only after the hold-off was decided: two copies before that line, the third after.
+    assert_eq!(log[..held].matches("snapshot sent").count(), 2, "{log}");
+    assert_eq!(log[held..].matches("snapshot sent").count(), 1, "{log}");
+    drop(conn);
+    a.stop();
+}
