@@ -11,6 +11,7 @@ pub mod db_file;
 pub mod driver;
 pub mod fd_limit;
 pub mod fs_kind;
+pub mod halt;
 pub mod http;
 pub mod lease;
 pub mod proxy;

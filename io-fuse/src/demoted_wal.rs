@@ -186,6 +186,9 @@ pub(crate) fn page_count(file: &File) -> io::Result<u32> {
 pub(crate) struct WalGuard {
     shm: Arc<File>,
     header: [u8; HEADER_BYTES],
+    /// The first lock byte held: the writer's, or the next one when a halt lock holds the
+    /// writer's on a descriptor of its own ([`WalGuard::lock_index_under_halt`]).
+    first: i64,
 }
 
 impl WalGuard {
@@ -214,21 +217,40 @@ impl WalGuard {
         WalGuard::lock(mount, db, true, wait)
     }
 
+    /// [`WalGuard::lock_index`] on a primary whose WAL writer lock a halt lock holds (on a
+    /// descriptor of its own, which would conflict with this one's): every other lock of the
+    /// index, waiting for them.
+    pub(crate) fn lock_index_under_halt(mount: &Mount, db: &str) -> Result<WalGuard, ApplyLtxError> {
+        let guard = WalGuard::lock_from(mount, db, true, true, WAL_LOCKS_FIRST + 1)?;
+        Ok(guard.expect("a guard that waits for its locks always has them"))
+    }
+
     /// The locks on `db`'s WAL index through the mount's kept descriptor (`create`: made if
     /// missing; otherwise `None` when there is none). `None` too, without `wait`, when they
     /// are held.
     fn lock(mount: &Mount, db: &str, create: bool, wait: bool) -> Result<Option<WalGuard>, ApplyLtxError> {
+        WalGuard::lock_from(mount, db, create, wait, WAL_LOCKS_FIRST)
+    }
+
+    fn lock_from(
+        mount: &Mount,
+        db: &str,
+        create: bool,
+        wait: bool,
+        first: i64,
+    ) -> Result<Option<WalGuard>, ApplyLtxError> {
         let err = |step| move |source| ApplyLtxError::Lock { db: db.to_owned(), step, source };
+        let len = WAL_LOCKS_FIRST + WAL_LOCKS_LEN - first;
         let Some(shm) = mount.shm_locker(db, create).map_err(err("open the WAL index through the mount"))? else {
             return Ok(None);
         };
         if wait {
-            locks::lock_wait(&shm, Kind::Write, WAL_LOCKS_FIRST, WAL_LOCKS_LEN).map_err(err("WAL index locks"))?;
-        } else if !locks::try_lock(&shm, Kind::Write, WAL_LOCKS_FIRST, WAL_LOCKS_LEN).map_err(err("WAL index locks"))? {
+            locks::lock_wait(&shm, Kind::Write, first, len).map_err(err("WAL index locks"))?;
+        } else if !locks::try_lock(&shm, Kind::Write, first, len).map_err(err("WAL index locks"))? {
             return Ok(None);
         }
         // From here the guard releases the locks whatever happens.
-        let mut guard = WalGuard { shm, header: [0; HEADER_BYTES] };
+        let mut guard = WalGuard { shm, header: [0; HEADER_BYTES], first };
         match guard.shm.read_exact_at(&mut guard.header, 0) {
             Ok(()) => {}
             // No connection has initialised it: nothing to restart, the locks are what count.
@@ -303,6 +325,6 @@ impl Mount {
 
 impl Drop for WalGuard {
     fn drop(&mut self) {
-        let _ = locks::unlock(&self.shm, WAL_LOCKS_FIRST, WAL_LOCKS_LEN);
+        let _ = locks::unlock(&self.shm, self.first, WAL_LOCKS_FIRST + WAL_LOCKS_LEN - self.first);
     }
 }

@@ -96,6 +96,12 @@ pub enum ApplyLtxError {
         /// The name.
         db: String,
     },
+    /// A drop (commit size zero) where only a transaction may be written (under a halt lock).
+    #[error("not applying a drop of {db} under a halt lock")]
+    Drop {
+        /// Database name.
+        db: String,
+    },
     /// This node is the primary ([`crate::Mount::set_role`]): its database takes writes from
     /// applications only. Nothing was written.
     #[error("not applying LTX to {db}: this node is the primary")]
@@ -207,5 +213,41 @@ pub enum CopyError {
         step: &'static str,
         /// What is wrong.
         reason: String,
+    },
+}
+
+/// Why [`crate::Mount::lock_writers`] (a halt lock's writer locks) failed.
+#[derive(Debug, Error)]
+pub enum HaltError {
+    /// The database name is not one the mount can hold.
+    #[error("invalid database name {db:?}")]
+    InvalidName {
+        /// The name.
+        db: String,
+    },
+    /// The database does not exist here.
+    #[error("no database {db:?} on this node")]
+    NoDatabase {
+        /// The name.
+        db: String,
+    },
+    /// A lock stayed held by someone else until the deadline.
+    #[error("{db} is busy: {lock} stayed held")]
+    Busy {
+        /// Database name.
+        db: String,
+        /// Which lock.
+        lock: &'static str,
+    },
+    /// Opening or locking a file failed.
+    #[error("halting writes to {db} ({step}): {source}")]
+    Io {
+        /// Database name.
+        db: String,
+        /// Which step failed.
+        step: &'static str,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
     },
 }

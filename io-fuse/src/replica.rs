@@ -104,7 +104,7 @@ impl PageFile for RecordingFile {
 }
 
 /// How [`Mount::apply_verified`] changes the database file.
-enum Change<'a, R> {
+pub(crate) enum Change<'a, R> {
     /// Apply an LTX file, read from `ltx`, to a database at `current`.
     Apply { ltx: R, current: Checksum },
     /// Replace the database by the file at `image`, a whole database at `pos`.
@@ -216,14 +216,14 @@ impl Mount {
 
     /// Carries out `change` under the apply's locks; `Ok(None)` only with [`Locking::IfFree`],
     /// when one of them is held by someone else (nothing was written).
-    fn apply_verified<R: Read>(
+    pub(crate) fn apply_verified<R: Read>(
         &self,
         db: &str,
         change: Change<'_, R>,
         locking: Locking,
     ) -> Result<Option<Pos>, ApplyLtxError> {
         let mut lockers = match locking {
-            Locking::Wait => lock(&self.apply_lock),
+            Locking::Wait | Locking::UnderHalt => lock(&self.apply_lock),
             Locking::IfFree => match self.apply_lock.try_lock() {
                 Ok(lockers) => lockers,
                 Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
@@ -261,14 +261,16 @@ impl Mount {
         // index's locks instead of EXCLUSIVE, and PENDING keeps rollback-mode readers from
         // starting (decision 0015).
         let wal_mode = reads_in_wal_mode(&target).map_err(lock_err("read the database header"))?;
-        let wait = locking == Locking::Wait;
+        let wait = locking != Locking::IfFree;
         let taken = if wal_mode { HeldLocks::pending(locker, wait) } else { HeldLocks::exclusive(locker, wait) };
         let Some(_held) = taken.map_err(lock_err("EXCLUSIVE lock"))? else { return Ok(None) };
 
         // WAL connections: kept out by the WAL index's locks, and shown the result by a new
         // index header (`demoted_wal`). Those of a database read in WAL mode, and those opened
         // before a demotion on a database now read in rollback mode.
-        let wal_guard = if wal_mode {
+        let wal_guard = if wal_mode && locking == Locking::UnderHalt {
+            Some(WalGuard::lock_index_under_halt(self, db)?)
+        } else if wal_mode {
             match WalGuard::lock_index(self, db, wait)? {
                 Some(guard) => Some(guard),
                 None => return Ok(None),
@@ -493,9 +495,11 @@ pub(crate) fn reads_in_wal_mode(file: &File) -> io::Result<bool> {
 
 /// Whether an apply waits for the locks it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Locking {
+pub(crate) enum Locking {
     Wait,
     IfFree,
+    /// Waits, on a primary whose writer locks a halt lock holds (`halt`).
+    UnderHalt,
 }
 
 /// The position of an apply that waited for its locks, which always has one.

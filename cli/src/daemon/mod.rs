@@ -180,6 +180,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let deferred = startup::recover(&mut node, &mut store, || clock.now(), recovery);
 
     let (bridge, fs_requests) = CommitBridge::new();
+    let halt_requests = bridge.requests();
     let write_gate = bridge.gate();
     let direct_lane = bridge.lane();
     let options = MountOptions { role: Role::Replica, allow_other: config.fuse.allow_other, ..MountOptions::default() };
@@ -222,7 +223,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 proxy_url: proxy_url.clone(),
             },
         ))
-        .merge(crate::api::transfer::routes(mount_dir, status.clone()));
+        .merge(crate::api::transfer::routes(mount_dir, status.clone()))
+        .merge(crate::halt::routes(crate::halt::HaltLocks::new(Arc::clone(&mount), halt_requests, status.clone()), node_id));
     let (server_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let shutdown = async move {

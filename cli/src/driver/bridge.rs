@@ -51,6 +51,28 @@ pub enum FsRequest {
         /// Where the verdict goes.
         answer: Answer,
     },
+    /// A transaction a replica made under a halt lock (LiteFS's `/tx`, from `crate::halt`):
+    /// committed as this primary's own if `db` is still at `base` and the pages lead to
+    /// `post`. The database file is written afterwards, by the halt lock's handler.
+    RemoteCommit {
+        /// The transaction, as if the mount had captured it.
+        tx: CapturedTx,
+        /// The replica that made it, if its file says (its id goes in the LTX header).
+        origin: Option<replite_core::NodeId>,
+        /// The position it was made on.
+        base: replite_core::Pos,
+        /// The post-apply checksum its LTX file states.
+        post: replite_core::Checksum,
+        /// Where the verdict goes.
+        answer: Answer,
+    },
+    /// The Node's position of `db` (`crate::halt`).
+    Position {
+        /// The database.
+        db: String,
+        /// Where the position goes.
+        reply: sync_mpsc::Sender<replite_core::Pos>,
+    },
 }
 
 /// The driver's standing answer to "may this node write?": yes until an instant (the end of
@@ -167,6 +189,12 @@ impl CommitBridge {
     pub fn new() -> (CommitBridge, mpsc::UnboundedReceiver<FsRequest>) {
         let (requests, rx) = mpsc::unbounded_channel();
         (CommitBridge { requests, gate: Arc::new(WriteGate::new()), lane: Arc::new(DirectLane::new()) }, rx)
+    }
+
+    /// A sender of requests to the driver, for callers other than the mount (`crate::halt`).
+    #[must_use]
+    pub fn requests(&self) -> mpsc::UnboundedSender<FsRequest> {
+        self.requests.clone()
     }
 
     /// The lane the driver attaches to while it runs (`Driver::with_direct_lane`).

@@ -444,8 +444,58 @@ impl Driver {
                 }
             },
             FsRequest::Delete { db, answer } => self.on_drop(&db, answer),
-            FsRequest::Commit { tx, answer } => self.on_commit(tx, answer),
+            FsRequest::Commit { tx, answer } => self.on_commit(tx, answer, None),
+            FsRequest::RemoteCommit { tx, origin, base, post, answer } => {
+                self.on_remote_commit(tx, origin, base, post, answer);
+            }
+            FsRequest::Position { db, reply } => {
+                let pos = DbName::new(&db).map_or(replite_core::Pos::ZERO, |db| self.node.pos(&db));
+                let _ = reply.send(pos);
+            }
         }
+    }
+
+    /// A halt lock's transaction from a replica: refused unless the database is still where
+    /// the replica made it and the file's post-apply checksum follows from its pages (the
+    /// Node would otherwise record a position the replica never reaches); then a commit of
+    /// this node's own, marked with the replica's id.
+    fn on_remote_commit(
+        &mut self,
+        tx: CapturedTx,
+        origin: Option<replite_core::NodeId>,
+        base: replite_core::Pos,
+        post: replite_core::Checksum,
+        answer: Answer,
+    ) {
+        let refuse = |answer: Answer, reason: String| {
+            let _ = answer.send(Err(Refusal::Failed { reason }));
+        };
+        let Ok(name) = DbName::new(&tx.db) else { return refuse(answer, format!("invalid database name {:?}", tx.db)) };
+        let pos = self.node.pos(&name);
+        if pos != base || pos.txid == TxId::ZERO {
+            return refuse(answer, format!("position mismatch: the database is at {pos}, the transaction follows {base}"));
+        }
+        let Some(sums) = self.sums.get(&tx.db) else {
+            return refuse(answer, "page checksums unknown".into());
+        };
+        let change = sums.changes(tx.pages.iter().map(|p| (p.pgno, p.data.as_slice())), tx.commit);
+        let mut sum = replite_core::ltx::DatabaseChecksum::from_checksum(tx.page_size, base.checksum);
+        for page in &change.pages {
+            if let Some(old) = page.old {
+                sum.toggle(page.pgno, old);
+            }
+            sum.toggle(page.pgno, replite_core::ltx::page_checksum(page.pgno, &page.data));
+        }
+        for &(pgno, old) in &change.removed {
+            sum.toggle(pgno, old);
+        }
+        if sum.value() != post {
+            return refuse(
+                answer,
+                format!("the LTX file's post-apply checksum {post} does not follow from its pages ({})", sum.value()),
+            );
+        }
+        self.on_commit(tx, answer, origin);
     }
 
     fn may_write(&self, now: Millis) -> Result<(), Refusal> {
@@ -455,7 +505,7 @@ impl Driver {
         }
     }
 
-    fn on_commit(&mut self, tx: CapturedTx, answer: Answer) {
+    fn on_commit(&mut self, tx: CapturedTx, answer: Answer, origin: Option<replite_core::NodeId>) {
         let db = match DbName::new(&tx.db) {
             Ok(db) => db,
             Err(e) => {
@@ -487,6 +537,7 @@ impl Driver {
             pages: change.pages,
             commit_pages: tx.commit,
             removed: change.removed,
+            origin,
             durability: match tx.durability {
                 replite_fuse::Durability::Requested => Durability::Requested,
                 replite_fuse::Durability::Deferred => Durability::Deferred,

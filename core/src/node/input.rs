@@ -168,6 +168,10 @@ pub enum Input {
         removed: Vec<(Pgno, Checksum)>,
         /// Whether the application asked for durability before the acknowledgement.
         durability: Durability,
+        /// The node whose application made the transaction, when not this one: a replica
+        /// writing under a halt lock (LiteFS's `/tx`). Its id goes in the LTX header, by which
+        /// that replica knows the file when the stream brings it back.
+        origin: Option<NodeId>,
     },
     /// The application fsynced `db` (SQLite's WAL fsync): answer with
     /// [`crate::node::Output::SyncDone`] once every commit handed in so far is durable.

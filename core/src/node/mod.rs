@@ -198,8 +198,9 @@ impl Node {
                     self.retry_takeover(now, holder);
                 }
             }
-            Input::Commit { commit, db, page_size, pages, commit_pages, removed, durability } => {
-                self.on_commit(now, commit, db, page_size, pages, commit_pages, removed, durability);
+            Input::Commit { commit, db, page_size, pages, commit_pages, removed, durability, origin } => {
+                let tx = primary::CommitTx { page_size, pages, commit_pages, removed, durability, origin };
+                self.on_commit(now, commit, db, tx);
             }
             Input::DropDb { commit, db } => self.on_drop(now, commit, db),
             Input::Sync { sync, db } => self.on_sync(now, sync, db),

@@ -104,6 +104,16 @@ impl Downstream {
     }
 }
 
+/// A commit input's transaction (see [`crate::node::Input::Commit`]).
+pub(crate) struct CommitTx {
+    pub(crate) page_size: PageSize,
+    pub(crate) pages: Vec<PageChange>,
+    pub(crate) commit_pages: u32,
+    pub(crate) removed: Vec<(Pgno, Checksum)>,
+    pub(crate) durability: Durability,
+    pub(crate) origin: Option<NodeId>,
+}
+
 /// What a transaction changed, as the commit input described it.
 #[derive(Clone, Copy)]
 struct TxPages<'a> {
@@ -191,18 +201,8 @@ pub(crate) struct CopyTries {
 const MAX_SNAPSHOT_TRIES_TRACKED: usize = 1024;
 
 impl Node {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn on_commit(
-        &mut self,
-        now: Millis,
-        commit: CommitId,
-        name: DbName,
-        page_size: PageSize,
-        pages: Vec<PageChange>,
-        commit_pages: u32,
-        removed: Vec<(Pgno, Checksum)>,
-        durability: Durability,
-    ) {
+    pub(crate) fn on_commit(&mut self, now: Millis, commit: CommitId, name: DbName, tx: CommitTx) {
+        let CommitTx { page_size, pages, commit_pages, removed, durability, origin } = tx;
         let refuse = |node: &mut Node, reason| node.emit(Output::RefuseCommit { commit, reason });
         let Some(grant) = self.write_grant(now) else { return refuse(self, RefuseReason::NotPrimary) };
         let db = self.dbs.entry(name.clone()).or_default();
@@ -220,7 +220,7 @@ impl Node {
         }
         let pos = self.pos(&name);
         let tx = TxPages { page_size, pages: &pages, commit_pages, removed: &removed };
-        let Some((entry, bytes)) = encode_commit(self.cfg.node_id, now, grant, pos, &tx) else {
+        let Some((entry, bytes)) = encode_commit(origin.unwrap_or(self.cfg.node_id), now, grant, pos, &tx) else {
             return refuse(self, RefuseReason::Invalid);
         };
         let needs_durable = durability == Durability::Requested || self.cfg.sync.is_some();

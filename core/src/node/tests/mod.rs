@@ -67,6 +67,7 @@ fn commit(node: &mut Node, now: u64, id: u64, pages: Vec<PageChange>, commit_pag
             commit_pages,
             removed: Vec::new(),
             durability: Durability::Requested,
+            origin: None,
         },
     );
     drain(node)
@@ -790,6 +791,7 @@ fn databases_commit_independently_and_a_replica_catches_up_on_each() {
             commit_pages: 1,
             removed: Vec::new(),
             durability: Durability::Requested,
+            origin: None,
         },
     );
     let out = drain(&mut node);
@@ -837,6 +839,7 @@ fn a_commit_with_a_different_page_size_than_its_database_is_refused() {
             commit_pages: 1,
             removed: Vec::new(),
             durability: Durability::Requested,
+            origin: None,
         },
     );
     assert_eq!(drain(&mut node), vec![Output::RefuseCommit { commit: CommitId(3), reason: RefuseReason::Invalid }]);

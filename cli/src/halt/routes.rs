@@ -1,0 +1,149 @@
+//! The halt lock's HTTP paths, as LiteFS's replicas call them on their primary:
+//! `POST /halt?name=&id=` (answers LiteFS's `HaltLock` JSON), `DELETE /halt?name=&id=`, and
+//! `POST /tx?name=&lockID=` with an LTX file as the body.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing;
+use replite_core::NodeId;
+use replite_core::stream::HEADER_NODE_ID;
+use replite_fuse::HaltError;
+use serde::Deserialize;
+
+use super::{Granted, HaltLockError, HaltLocks};
+
+/// The largest transaction a replica may send under a halt lock (held in memory while it is
+/// committed).
+const MAX_TX_BYTES: usize = 1 << 30;
+
+#[derive(Clone)]
+struct Halt {
+    locks: Arc<HaltLocks>,
+    me: NodeId,
+}
+
+/// The halt lock's routes over `locks`; `me` is this node's id (a node never halts itself).
+pub fn routes(locks: Arc<HaltLocks>, me: NodeId) -> Router {
+    Router::new()
+        .route("/halt", routing::post(acquire).delete(release))
+        .route("/tx", routing::post(commit).layer(DefaultBodyLimit::max(MAX_TX_BYTES)))
+        .with_state(Halt { locks, me })
+}
+
+#[derive(Deserialize)]
+struct HaltQuery {
+    name: String,
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct TxQuery {
+    name: String,
+    #[serde(rename = "lockID")]
+    lock_id: String,
+}
+
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, message + "\n").into_response()
+}
+
+/// LiteFS's lock ids are signed 64-bit decimals.
+fn parse_id(id: &str) -> Result<i64, Response> {
+    match id.parse::<i64>() {
+        Ok(0) | Err(_) => Err(bad_request(format!("invalid id: {id:?}"))),
+        Ok(id) => Ok(id),
+    }
+}
+
+/// A request from this very node (by LiteFS's node id header): refused, as LiteFS does.
+fn from_myself(headers: &HeaderMap, me: NodeId) -> bool {
+    headers
+        .get(HEADER_NODE_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .is_some_and(|id| id == me.0)
+}
+
+async fn acquire(State(h): State<Halt>, headers: HeaderMap, query: Result<Query<HaltQuery>, QueryRejection>) -> Response {
+    let Ok(Query(q)) = query else { return bad_request("name and id are required".into()) };
+    let id = match parse_id(&q.id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    if from_myself(&headers, h.me) {
+        return bad_request("cannot remotely halt self".into());
+    }
+    let locks = Arc::clone(&h.locks);
+    match tokio::task::spawn_blocking(move || locks.acquire(&q.name, id)).await {
+        Ok(Ok(granted)) => (StatusCode::OK, [("content-type", "application/json")], granted_json(&granted)).into_response(),
+        Ok(Err(e)) => error_response(&e),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn release(State(h): State<Halt>, query: Result<Query<HaltQuery>, QueryRejection>) -> Response {
+    let Ok(Query(q)) = query else { return bad_request("name and id are required".into()) };
+    let id = match parse_id(&q.id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let locks = Arc::clone(&h.locks);
+    match tokio::task::spawn_blocking(move || locks.release(&q.name, id)).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn commit(
+    State(h): State<Halt>,
+    headers: HeaderMap,
+    query: Result<Query<TxQuery>, QueryRejection>,
+    body: Bytes,
+) -> Response {
+    let Ok(Query(q)) = query else { return bad_request("name and lockID are required".into()) };
+    let id = match parse_id(&q.lock_id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    if from_myself(&headers, h.me) {
+        return bad_request("cannot send a transaction to self".into());
+    }
+    let locks = Arc::clone(&h.locks);
+    match tokio::task::spawn_blocking(move || locks.commit(&q.name, id, &body)).await {
+        Ok(Ok(_)) => StatusCode::OK.into_response(),
+        Ok(Err(e)) => error_response(&e),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+fn error_response(e: &HaltLockError) -> Response {
+    let status = match e {
+        HaltLockError::NotPrimary | HaltLockError::NotHeld { .. } | HaltLockError::Refused(_) => StatusCode::CONFLICT,
+        HaltLockError::Invalid(_) | HaltLockError::Mount(HaltError::InvalidName { .. }) => StatusCode::BAD_REQUEST,
+        HaltLockError::Mount(HaltError::NoDatabase { .. }) => StatusCode::NOT_FOUND,
+        HaltLockError::Mount(HaltError::Busy { .. }) | HaltLockError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        HaltLockError::Mount(HaltError::Io { .. }) | HaltLockError::Write { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, format!("{e}\n")).into_response()
+}
+
+/// LiteFS's `HaltLock` as Go's JSON encoding writes it: `ltx.Pos` has no field tags, its
+/// TXID and checksum encode as 16 hex digits, the expiry as RFC 3339 with nanoseconds.
+fn granted_json(g: &Granted) -> String {
+    let expires = jiff::Timestamp::try_from(g.expires).map(|t| t.to_string()).unwrap_or_default();
+    serde_json::json!({
+        "id": g.id,
+        "pos": {
+            "TXID": format!("{:016x}", g.pos.txid.0),
+            "PostApplyChecksum": format!("{:016x}", g.pos.checksum.0),
+        },
+        "expires": expires,
+    })
+    .to_string()
+}

@@ -1,0 +1,223 @@
+//! LiteFS's halt lock on a replite primary, end to end: real daemons (a primary and a
+//! replica), real FUSE, real SQLite. The test plays a LiteFS replica running
+//! `litefs run -with-halt-lock-on`: it halts the primary's writers (`POST /halt`), makes a
+//! transaction with SQLite on a copy of the database at the primary's position, sends its LTX
+//! file (`POST /tx`) and lets go (`DELETE /halt`).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use replite_core::ltx::{Encoder, Header, checksum_database};
+use replite_core::{Checksum, NodeId, PageSize, Pgno, Pos, TxId};
+use rusqlite::{Connection, OpenFlags};
+use serde_json::Value;
+use support::cluster::{Lease, Node, WAIT};
+
+/// The LiteFS replica the test plays.
+const FOREIGN: NodeId = NodeId(0x0000_0000_0000_0f0f);
+
+fn http(method: reqwest::Method, url: String, body: Vec<u8>) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async move {
+        let response = reqwest::Client::new()
+            .request(method, url)
+            .header("Litefs-Id", format!("{:016X}", FOREIGN.0))
+            .body(body)
+            .timeout(WAIT)
+            .send()
+            .await
+            .expect("request answered");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    })
+}
+
+fn count(conn: &Connection) -> i64 {
+    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("count")
+}
+
+fn integrity(conn: &Connection) -> String {
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity_check")
+}
+
+/// Waits until `node` reports `want` for `db`.
+fn wait_for_pos(node: &Node, db: &str, want: &str) {
+    let deadline = Instant::now() + WAIT;
+    while node.pos(db).as_deref() != Some(want) {
+        assert!(Instant::now() < deadline, "{} never reached {want}: {:?}\n{}", node.name, node.pos(db), node.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pos_string(pos: Pos) -> String {
+    format!("{:016x}/{:016x}", pos.txid.0, pos.checksum.0)
+}
+
+/// What the replica does: on a copy of the database at `at` (the primary's file, complete
+/// while its writers are halted and its WAL checkpointed), runs `sql` with SQLite and
+/// encodes the pages that changed as the LTX file of transaction `at + 1`.
+fn replica_transaction(primary: &Node, db: &str, at: Pos, sql: &str) -> (Vec<u8>, Pos) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let before = std::fs::read(primary.dir.join("data/dbs").join(db).join("database")).expect("the primary's file");
+    let copy = work.path().join(db);
+    std::fs::write(&copy, &before).expect("copy");
+    {
+        let conn = Connection::open(&copy).expect("open the copy");
+        conn.execute_batch(sql).expect("the replica's transaction");
+        let _: (i64, i64, i64) =
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap_or((0, 0, 0));
+    }
+    let after = std::fs::read(&copy).expect("the copy after");
+    let page_size = PageSize::new(u32::from(u16::from_be_bytes([after[16], after[17]]))).expect("page size");
+    let size = page_size.bytes();
+    let commit = (after.len() / size) as u32;
+    let mut header = Header::new(page_size, commit, TxId(at.txid.0 + 1), TxId(at.txid.0 + 1), at.checksum);
+    header.node_id = FOREIGN;
+    let mut encoder = Encoder::new(Vec::new(), header).expect("encoder");
+    for (i, page) in after.chunks(size).enumerate() {
+        if before.get(i * size..(i + 1) * size) != Some(page) {
+            encoder.encode_page(Pgno(i as u32 + 1), page).expect("encode page");
+        }
+    }
+    let post = checksum_database(after.as_slice(), page_size).expect("checksum");
+    let (bytes, _) = encoder.finish(post).expect("finish");
+    (bytes, Pos::new(TxId(at.txid.0 + 1), post))
+}
+
+fn parse_granted(body: &str) -> (i64, Pos) {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let hex = |s: &Value| u64::from_str_radix(s.as_str().expect("a string"), 16).expect("16 hex digits");
+    assert!(v["expires"].as_str().is_some_and(|s| s.contains('T')), "an RFC 3339 expiry: {body}");
+    (v["id"].as_i64().expect("id"), Pos::new(TxId(hex(&v["pos"]["TXID"])), Checksum(hex(&v["pos"]["PostApplyChecksum"]))))
+}
+
+fn open_writer(node: &Node, db: &str, busy: Duration) -> Connection {
+    let conn = support::cluster::open_on_primary(node, db);
+    conn.busy_timeout(busy).expect("busy timeout");
+    conn
+}
+
+fn read_only(node: &Node, db: &str) -> Connection {
+    let conn = Connection::open_with_flags(node.db_path(db), OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open read-only");
+    conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    conn
+}
+
+fn halt_lock_round(journal_mode: &str) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
+    b.start();
+    let db = "app.db";
+    let local = open_writer(&a, db, Duration::from_secs(5));
+    local
+        .execute_batch(&format!(
+            "PRAGMA journal_mode={journal_mode}; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+             INSERT INTO t (v) VALUES ('one'), ('two');"
+        ))
+        .expect("create");
+    wait_for_pos(&b, db, &a.pos(db).expect("a position"));
+
+    // A replica is no primary to halt.
+    let (status, body) = http(reqwest::Method::POST, format!("{}/halt?name={db}&id=42", b.url), vec![]);
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = http(reqwest::Method::POST, format!("{}/halt?name=missing.db&id=42", a.url), vec![]);
+    assert_eq!(status, 404, "{body}");
+
+    let (status, body) = http(reqwest::Method::POST, format!("{}/halt?name={db}&id=42", a.url), vec![]);
+    assert_eq!(status, 200, "{body}");
+    let (id, at) = parse_granted(&body);
+    assert_eq!(id, 42);
+    assert_eq!(Some(pos_string(at)), a.pos(db), "the lock carries the primary's position");
+
+    // Local writers wait (and give up after their busy timeout); readers go on.
+    let impatient = open_writer(&a, db, Duration::from_millis(300));
+    let err = impatient.execute("INSERT INTO t (v) VALUES ('local')", []).expect_err("writers are halted");
+    assert_eq!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy), "{err:?}");
+    assert_eq!(count(&read_only(&a, db)), 2);
+
+    let (ltx, post) = replica_transaction(&a, db, at, "INSERT INTO t (v) VALUES ('from the replica');");
+    // Under another lock id, or broken, or not a transaction after the lock's position: refused.
+    let (status, body) = http(reqwest::Method::POST, format!("{}/tx?name={db}&lockID=7", a.url), ltx.clone());
+    assert_eq!(status, 409, "{body}");
+    let mut corrupt = ltx.clone();
+    let last = corrupt.len() - 20;
+    corrupt[last] ^= 0xff;
+    let (status, body) = http(reqwest::Method::POST, format!("{}/tx?name={db}&lockID=42", a.url), corrupt);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(a.pos(db), Some(pos_string(at)), "nothing was committed");
+
+    let (status, body) = http(reqwest::Method::POST, format!("{}/tx?name={db}&lockID=42", a.url), ltx.clone());
+    assert_eq!(status, 200, "{body}");
+    wait_for_pos(&a, db, &pos_string(post));
+    wait_for_pos(&b, db, &pos_string(post));
+    for node in [&a, &b] {
+        let reader = read_only(node, db);
+        let v: String = reader.query_row("SELECT v FROM t WHERE id = 3", [], |r| r.get(0)).expect("the row");
+        assert_eq!(v, "from the replica", "on {}", node.name);
+        assert_eq!(integrity(&reader), "ok");
+    }
+    // The same file again no longer follows the database's position.
+    let (status, body) = http(reqwest::Method::POST, format!("{}/tx?name={db}&lockID=42", a.url), ltx);
+    assert_eq!(status, 409, "{body}");
+
+    let (status, body) = http(reqwest::Method::DELETE, format!("{}/halt?name={db}&id=42", a.url), vec![]);
+    assert_eq!(status, 200, "{body}");
+    // The transaction was sent with the replica's id, by which LiteFS's replicas know it.
+    let ltx_name = format!("{:016x}-{:016x}.ltx", post.txid.0, post.txid.0);
+    let stored = std::fs::read(a.dir.join("data/dbs").join(db).join("ltx").join(&ltx_name)).expect("the stored LTX file");
+    assert_eq!(&stored[72..80], &FOREIGN.0.to_be_bytes(), "node id in the header");
+
+    // Writers on the primary go on from there.
+    local.execute("INSERT INTO t (v) VALUES ('local again')", []).expect("writes resume");
+    let want = a.pos(db).expect("position");
+    wait_for_pos(&b, db, &want);
+    let reader = read_only(&b, db);
+    assert_eq!(count(&reader), 4);
+    assert_eq!(integrity(&reader), "ok");
+    drop(reader);
+    drop((local, impatient));
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_litefs_replica_writes_through_a_halt_lock_on_a_rollback_journal_database() {
+    halt_lock_round("DELETE");
+}
+
+#[test]
+fn a_litefs_replica_writes_through_a_halt_lock_on_a_wal_database() {
+    halt_lock_round("WAL");
+}
+
+#[test]
+fn a_halt_lock_is_renewed_by_asking_again_and_another_waits_for_its_release() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    let db = "app.db";
+    let local = open_writer(&a, db, Duration::from_secs(5));
+    local.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);").expect("create");
+    let (status, body) = http(reqwest::Method::POST, format!("{}/halt?name={db}&id=1", a.url), vec![]);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(reqwest::Method::POST, format!("{}/halt?name={db}&id=1", a.url), vec![]);
+    assert_eq!(status, 200, "the holder asks again: {body}");
+    let url = a.url.clone();
+    let second = std::thread::spawn(move || http(reqwest::Method::POST, format!("{url}/halt?name={db}&id=2"), vec![]));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!second.is_finished(), "a second lock waits for the first");
+    let (status, _) = http(reqwest::Method::DELETE, format!("{}/halt?name={db}&id=1", a.url), vec![]);
+    assert_eq!(status, 200);
+    let (status, body) = second.join().expect("second request");
+    assert_eq!(status, 200, "granted once the first let go: {body}");
+    let (status, _) = http(reqwest::Method::DELETE, format!("{}/halt?name={db}&id=2", a.url), vec![]);
+    assert_eq!(status, 200);
+    local.execute("INSERT INTO t (v) VALUES ('x')", []).expect("writes resume");
+    drop(local);
+    a.stop();
+}
