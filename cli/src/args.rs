@@ -5,7 +5,8 @@
 use std::ffi::OsString;
 
 /// Multi-letter flags LiteFS users write with one dash.
-const GO_STYLE_LONG_FLAGS: &[&str] = &["db", "tsv", "config", "json", "name", "url"];
+const GO_STYLE_LONG_FLAGS: &[&str] =
+    &["db", "tsv", "config", "json", "name", "url", "promote", "if-candidate", "with-halt-lock-on"];
 
 /// Rewrites `-db` / `-db=x` to `--db` / `--db=x` for the flags above, up to a bare `--`.
 pub fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {

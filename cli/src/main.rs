@@ -5,6 +5,7 @@ mod bench;
 mod dev;
 mod ltx_cmd;
 mod node_cmd;
+mod run_cmd;
 mod transfer_cmd;
 use replite::timefmt;
 
@@ -47,6 +48,9 @@ enum Command {
     Status(node_cmd::StatusArgs),
     /// Make a node primary (it asks the current primary to hand off, or takes a free lease).
     Promote(node_cmd::NodeArgs),
+    /// Run a command with a guarantee from the local node (LiteFS's `run`): `-promote`,
+    /// `-if-candidate`, or `-with-halt-lock-on DB` to write DB from a replica.
+    Run(run_cmd::RunArgs),
     /// Ask the primary to hand its lease to a replica.
     Handoff(node_cmd::HandoffArgs),
     /// Upload a SQLite database to the primary, creating or replacing database NAME there.
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         Command::Dev(args) => dev::run(args),
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(node_cmd::status(args))),
         Command::Promote(args) => runtime().and_then(|rt| rt.block_on(node_cmd::promote(args))),
+        Command::Run(args) => runtime().and_then(|rt| rt.block_on(run_cmd::run(args))),
         Command::Handoff(args) => runtime().and_then(|rt| rt.block_on(node_cmd::handoff(args))),
         Command::Import(args) => runtime().and_then(|rt| rt.block_on(transfer_cmd::import(args))),
         Command::Export(args) => runtime().and_then(|rt| rt.block_on(transfer_cmd::export(args))),

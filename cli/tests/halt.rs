@@ -45,7 +45,13 @@ fn integrity(conn: &Connection) -> String {
 fn wait_for_pos(node: &Node, db: &str, want: &str) {
     let deadline = Instant::now() + WAIT;
     while node.pos(db).as_deref() != Some(want) {
-        assert!(Instant::now() < deadline, "{} never reached {want}: {:?}\n{}", node.name, node.pos(db), node.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "{} never reached {want}: {:?}\n{}",
+            node.name,
+            node.pos(db),
+            node.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -65,8 +71,9 @@ fn replica_transaction(primary: &Node, db: &str, at: Pos, sql: &str) -> (Vec<u8>
     {
         let conn = Connection::open(&copy).expect("open the copy");
         conn.execute_batch(sql).expect("the replica's transaction");
-        let _: (i64, i64, i64) =
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap_or((0, 0, 0));
+        let _: (i64, i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap_or((0, 0, 0));
     }
     let after = std::fs::read(&copy).expect("the copy after");
     let page_size = PageSize::new(u32::from(u16::from_be_bytes([after[16], after[17]]))).expect("page size");
@@ -89,7 +96,10 @@ fn parse_granted(body: &str) -> (i64, Pos) {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
     let hex = |s: &Value| u64::from_str_radix(s.as_str().expect("a string"), 16).expect("16 hex digits");
     assert!(v["expires"].as_str().is_some_and(|s| s.contains('T')), "an RFC 3339 expiry: {body}");
-    (v["id"].as_i64().expect("id"), Pos::new(TxId(hex(&v["pos"]["TXID"])), Checksum(hex(&v["pos"]["PostApplyChecksum"]))))
+    (
+        v["id"].as_i64().expect("id"),
+        Pos::new(TxId(hex(&v["pos"]["TXID"])), Checksum(hex(&v["pos"]["PostApplyChecksum"]))),
+    )
 }
 
 fn open_writer(node: &Node, db: &str, busy: Duration) -> Connection {
@@ -168,7 +178,8 @@ fn halt_lock_round(journal_mode: &str) {
     assert_eq!(status, 200, "{body}");
     // The transaction was sent with the replica's id, by which LiteFS's replicas know it.
     let ltx_name = format!("{:016x}-{:016x}.ltx", post.txid.0, post.txid.0);
-    let stored = std::fs::read(a.dir.join("data/dbs").join(db).join("ltx").join(&ltx_name)).expect("the stored LTX file");
+    let stored =
+        std::fs::read(a.dir.join("data/dbs").join(db).join("ltx").join(&ltx_name)).expect("the stored LTX file");
     assert_eq!(&stored[72..80], &FOREIGN.0.to_be_bytes(), "node id in the header");
 
     // Writers on the primary go on from there.
@@ -220,4 +231,112 @@ fn a_halt_lock_is_renewed_by_asking_again_and_another_waits_for_its_release() {
     local.execute("INSERT INTO t (v) VALUES ('x')", []).expect("writes resume");
     drop(local);
     a.stop();
+}
+
+/// `replite run -with-halt-lock-on DB -- CMD` on node `node`, CMD being `sh -c SCRIPT`.
+fn replite_run(node: &Node, db: &str, script: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_replite"))
+        .args(["run", "-url", &node.url, "-with-halt-lock-on"])
+        .arg(node.db_path(db))
+        .args(["--", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start replite run")
+}
+
+fn finished(child: std::process::Child) -> std::process::Output {
+    let output = child.wait_with_output().expect("replite run ends");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+fn replica_writes_under_replite_run(journal_mode: &str) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
+    b.start();
+    let db = "app.db";
+    let local = open_writer(&a, db, Duration::from_secs(10));
+    local
+        .execute_batch(&format!(
+            "PRAGMA journal_mode={journal_mode}; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+             INSERT INTO t (v) VALUES ('one');"
+        ))
+        .expect("create");
+    wait_for_pos(&b, db, &a.pos(db).expect("a position"));
+    let on_b = b.db_path(db).display().to_string();
+    let sqlite = format!("sqlite3 -cmd '.timeout 5000' {on_b}");
+
+    // Without the lock the replica's database is read-only.
+    let plain = std::process::Command::new("sh")
+        .args(["-c", &format!("{sqlite} \"INSERT INTO t (v) VALUES ('refused')\"")])
+        .output()
+        .expect("sqlite3");
+    assert!(!plain.status.success(), "a replica refuses writes without a halt lock");
+
+    // Two autocommit transactions and one explicit one, then the command waits for `go`.
+    let go = root.path().join("go");
+    let script = format!(
+        "{sqlite} \"INSERT INTO t (v) VALUES ('b1'); INSERT INTO t (v) VALUES ('b2');
+                    BEGIN; INSERT INTO t (v) VALUES ('b3'); UPDATE t SET v = 'ONE' WHERE id = 1; COMMIT;\" || exit 9
+         i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+        go = go.display()
+    );
+    let run = replite_run(&b, db, &script);
+    let deadline = Instant::now() + WAIT;
+    while count(&read_only(&a, db)) < 4 {
+        assert!(Instant::now() < deadline, "the replica's writes never reached the primary:\n{}", b.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // While the command holds the lock, the primary's own writers wait.
+    let impatient = open_writer(&a, db, Duration::from_millis(300));
+    let err =
+        impatient.execute("INSERT INTO t (v) VALUES ('local')", []).expect_err("the primary's writers are halted");
+    assert_eq!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy), "{err:?}");
+    std::fs::write(&go, b"").expect("go");
+    let output = finished(run);
+    assert!(output.status.success(), "replite run: {output:?}");
+
+    // Both nodes hold the replica's transactions at one position; writes on the primary go on.
+    let want = a.pos(db).expect("position");
+    wait_for_pos(&b, db, &want);
+    local.execute("INSERT INTO t (v) VALUES ('a2')", []).expect("the primary writes again");
+    let want = a.pos(db).expect("position");
+    wait_for_pos(&b, db, &want);
+    for node in [&a, &b] {
+        let reader = read_only(node, db);
+        let rows: Vec<String> = reader
+            .prepare("SELECT v FROM t ORDER BY id")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("rows");
+        assert_eq!(rows, ["ONE", "b1", "b2", "b3", "a2"], "on {}", node.name);
+        assert_eq!(integrity(&reader), "ok");
+    }
+    let log = b.log_text();
+    assert!(
+        !log.contains("Resync") && !log.contains("mismatch"),
+        "the replica took its own transactions back whole:\n{log}"
+    );
+    assert!(log.contains("halt lock released"), "{log}");
+
+    // A command that fails: its exit code is replite run's, and the lock is let go.
+    let output = finished(replite_run(&b, db, "exit 3"));
+    assert_eq!(output.status.code(), Some(3));
+    impatient.execute("INSERT INTO t (v) VALUES ('a3')", []).expect("the lock was let go");
+    drop((local, impatient));
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn replite_run_with_a_halt_lock_writes_a_rollback_journal_database_from_a_replica() {
+    replica_writes_under_replite_run("DELETE");
+}
+
+#[test]
+fn replite_run_with_a_halt_lock_writes_a_wal_database_from_a_replica() {
+    replica_writes_under_replite_run("WAL");
 }

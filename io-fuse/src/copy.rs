@@ -129,7 +129,7 @@ impl Mount {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(CopyError::Missing { db: db.to_owned() }),
             Err(e) => return Err(lock_err("open through the mount")(e)),
         };
-        let shared = if self.shared.is_primary() {
+        let shared = if self.shared.writes(db) {
             let pending = locks::try_lock(&locker, Kind::Read, PENDING_BYTE, 1).map_err(lock_err("PENDING lock"))?;
             let shared = pending
                 && locks::try_lock(&locker, Kind::Read, SHARED_FIRST, SHARED_SIZE).map_err(lock_err("SHARED lock"))?;
@@ -228,7 +228,7 @@ impl Mount {
             // file: the image is the node's last commit, and the position needs no checksum.
             // In WAL mode commits go on meanwhile (one the sink accepted may not be in the
             // index yet): a first pass computes the checksum that names the position.
-            let last_commit = shared && !wal_in_use && self.shared.is_primary();
+            let last_commit = shared && !wal_in_use && self.shared.writes(db);
             let announced = if last_commit {
                 None
             } else {
@@ -287,7 +287,7 @@ impl Mount {
     fn lock_wal_index(&self, db: &str, header_says_wal: bool) -> Result<Option<File>, CopyError> {
         let lock_err = |step| move |source| CopyError::Lock { db: db.to_owned(), step, source };
         let path = self.mountpoint.join(mount_name(NodeKind::Shm, db));
-        let create = self.shared.is_primary() || header_says_wal;
+        let create = self.shared.writes(db) || header_says_wal;
         let shm = OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path);
         let shm = match shm {
             Ok(shm) => shm,

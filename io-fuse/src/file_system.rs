@@ -230,7 +230,7 @@ impl Filesystem for ReplFs {
         }
         // A replica's WAL and WAL index belong to its own readers of a WAL database (never
         // replicated; a replica's WAL stays empty, its writes are refused).
-        if !self.shared.is_primary() && !matches!(kind, NodeKind::Wal | NodeKind::Shm) {
+        if !self.shared.writes(db) && !matches!(kind, NodeKind::Wal | NodeKind::Shm) {
             return reply.error(Errno::EROFS);
         }
         let Some(path) = self.shared.path(kind, db) else { return reply.error(Errno::EACCES) };
@@ -325,7 +325,7 @@ impl Filesystem for ReplFs {
             }
         }
         if handle.kind == NodeKind::Database
-            && !self.shared.is_primary()
+            && !self.shared.writes(&handle.db)
             && offset < database_node::PRESENTED_HEADER.end
             && offset + filled as u64 > database_node::PRESENTED_HEADER.start
         {

@@ -111,6 +111,21 @@ impl Mount {
         }
     }
 
+    /// On a replica holding a halt lock on `db` at its primary: lets its applications write
+    /// `db` as on a primary (`true`; their commits go to the [`crate::CommitSink`], which sends
+    /// them on), or no longer (`false`). Replicated files are not applied to it meanwhile.
+    /// What the kernel cached of page 1 was shown for the other way (a replica's readers see
+    /// the mount's change counter) and is dropped.
+    pub fn set_writable_under_halt(&self, db: &str, writable: bool) {
+        self.shared.set_writable_on_replica(db, writable);
+        self.shared.new_replica_version(db);
+        if let Some(ino) = self.shared.known_ino(db)
+            && let Err(e) = self.notifier.inval_inode(fuser::INodeNo(ino), 0, crate::mount::DATABASE_HEADER_BYTES)
+        {
+            tracing::debug!(db, error = %e, "page 1 invalidation");
+        }
+    }
+
     /// The path of `db` in the mount, for a connection that checkpoints it.
     #[must_use]
     pub fn database_in_mount(&self, db: &str) -> PathBuf {
@@ -123,7 +138,12 @@ impl Mount {
     ///
     /// The caller made the transaction durable (and replicated it) first: a crash before or
     /// during this write leaves a database that recovery brings to that position.
-    pub fn apply_under_halt(&self, locks: &WriterLocks, ltx_bytes: &[u8], current: Checksum) -> Result<Pos, ApplyLtxError> {
+    pub fn apply_under_halt(
+        &self,
+        locks: &WriterLocks,
+        ltx_bytes: &[u8],
+        current: Checksum,
+    ) -> Result<Pos, ApplyLtxError> {
         let db = locks.db.as_str();
         let verified = ltx::verify(ltx_bytes).map_err(|source| ApplyLtxError::Invalid { db: db.to_owned(), source })?;
         if verified.header().commit == 0 {

@@ -208,7 +208,7 @@ impl Mount {
         }
         // On a primary the database file is the applications' to write; pages written behind
         // their back would never be captured.
-        if self.shared.is_primary() {
+        if self.shared.writes(db) {
             return Err(ApplyLtxError::Primary { db: db.to_owned() });
         }
         Ok(())

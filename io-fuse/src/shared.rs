@@ -137,6 +137,9 @@ pub(crate) struct Shared {
     /// (`database_node::present_to_replica`): a new one at every apply and after every role
     /// switch, so a reader's page cache never outlives a change.
     replica_versions: Mutex<HashMap<String, u32>>,
+    /// Databases a replica's applications may write, under a halt lock the replica holds on
+    /// its primary (`halt`): for them the mount acts as on a primary.
+    writable_on_replica: Mutex<BTreeSet<String>>,
     /// The next version to hand out. Never repeats within a mount (until it wraps after 2^32
     /// applies, as SQLite's own counter does). It starts at a random number so that a version
     /// shown on a replica is unlikely to equal a primary's stored counter seen after a
@@ -192,6 +195,7 @@ impl Shared {
             backings: Mutex::new(HashMap::new()),
             unsynced_dirs: Mutex::new(BTreeSet::new()),
             replica_versions: Mutex::new(HashMap::new()),
+            writable_on_replica: Mutex::new(BTreeSet::new()),
             next_replica_version: AtomicU32::new(random_u32()),
             journal_gates: Mutex::new(HashMap::new()),
             unjournaled: Mutex::new(HashMap::new()),
@@ -215,6 +219,26 @@ impl Shared {
 
     pub(crate) fn is_primary(&self) -> bool {
         self.role() == Role::Primary
+    }
+
+    /// Whether applications may write `db` here: on a primary, or under a halt lock.
+    pub(crate) fn writes(&self, db: &str) -> bool {
+        self.is_primary() || self.writable_on_replica(db)
+    }
+
+    /// Whether `db` is a replica's database its applications may write under a halt lock.
+    pub(crate) fn writable_on_replica(&self, db: &str) -> bool {
+        lock(&self.writable_on_replica).contains(db)
+    }
+
+    /// Lets a replica's applications write `db` (under a halt lock), or no longer.
+    pub(crate) fn set_writable_on_replica(&self, db: &str, writable: bool) {
+        let mut set = lock(&self.writable_on_replica);
+        if writable {
+            set.insert(db.to_owned());
+        } else {
+            set.remove(db);
+        }
     }
 
     /// The change counter a replica's readers see for `db` now.
@@ -303,7 +327,7 @@ impl Shared {
     /// Whether a write transaction on `db` may start: never on a replica (the policy side is
     /// not asked, it has no say in what a replica's applications do), else the sink decides.
     pub(crate) fn may_start_write(&self, db: &str) -> Result<(), Refusal> {
-        if !self.is_primary() {
+        if !self.writes(db) {
             return Err(replica_refusal());
         }
         self.sink.may_write(db)
@@ -602,7 +626,7 @@ impl Shared {
             Ok(false) if self.open_count(db, true) > 0 => Ok(false),
             // Not SQLite rolling back a transaction, not a checkpoint: a plain write, which a
             // replica refuses as a read-only filesystem would.
-            Ok(false) if !self.is_primary() => Err(Errno::EROFS),
+            Ok(false) if !self.writes(db) => Err(Errno::EROFS),
             Ok(false) => {
                 error!(
                     db,
@@ -633,7 +657,7 @@ impl Shared {
             // just rolled back (which a replica must let SQLite finish, or the journal stays hot).
             Ok(None) => Ok(()),
             // A transaction that began while this node was primary: it may not commit now.
-            Ok(Some(_)) if !self.is_primary() => Err(refusal_errno(db, &replica_refusal())),
+            Ok(Some(_)) if !self.writes(db) => Err(refusal_errno(db, &replica_refusal())),
             Ok(Some(tx)) => {
                 debug!(db, pages = tx.pages.len(), commit = tx.commit, ?mode, "rollback journal commit");
                 self.sink.commit(&tx).map_err(|refusal| refusal_errno(db, &refusal))
@@ -656,7 +680,7 @@ impl Shared {
     /// `SQLITE_FULL`) when the transaction's LTX file would no longer fit (`ltx_room`). The
     /// write stays recorded: SQLite rolls the transaction back, rewriting it among others.
     fn check_ltx_room(&self, db: &str, st: &mut DbState) -> Result<(), Errno> {
-        if st.room_refused || st.written_bytes < st.room_check_at || !self.is_primary() {
+        if st.room_refused || st.written_bytes < st.room_check_at || !self.writes(db) {
             return Ok(());
         }
         st.room_check_at = st.written_bytes + ltx_room::CHECK_EVERY_BYTES;
@@ -828,7 +852,7 @@ impl Shared {
             NodeKind::Wal => {
                 let st = self.db_state(&handle.db);
                 let mut st = lock(&st);
-                if !self.is_primary() {
+                if !self.writes(&handle.db) {
                     // Every WAL write starts or continues a write transaction (checkpoints
                     // write the database, not the WAL): a replica refuses them all, so an open
                     // transaction can never reach its commit frame. SQLite reports

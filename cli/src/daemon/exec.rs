@@ -88,6 +88,13 @@ pub async fn run_all(steps: Vec<ExecStep>, signals: &mut Signals) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Runs `argv` to its end, SIGINT and SIGTERM forwarded to it; its exit code as a shell
+/// gives it (127 if it could not start).
+pub async fn run_command(argv: Vec<String>) -> std::io::Result<i32> {
+    let mut signals = Signals::new()?;
+    Ok(run_one(&ExecStep { argv }, &mut signals).await)
+}
+
 async fn run_one(step: &ExecStep, signals: &mut Signals) -> i32 {
     let Some((program, args)) = step.argv.split_first() else { return 0 };
     info!(cmd = ?step.argv, "starting");

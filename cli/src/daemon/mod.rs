@@ -27,7 +27,7 @@ use crate::driver::{Clock, CommitBridge, DiskStorage, Driver, Network, PageSums,
 use crate::lease::{LeaseRecord, Leaser};
 use crate::store::Store;
 
-pub use exec::{exit_code_of, split_command};
+pub use exec::{exit_code_of, run_command, split_command};
 pub use node_id::{ID_FILE, load_or_create as load_node_id};
 
 /// The default port of LiteFS's (and replite's) HTTP API.
@@ -224,7 +224,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             },
         ))
         .merge(crate::api::transfer::routes(mount_dir, status.clone()))
-        .merge(crate::halt::routes(crate::halt::HaltLocks::new(Arc::clone(&mount), halt_requests, status.clone()), node_id));
+        .merge(crate::halt::routes(
+            crate::halt::HaltLocks::new(Arc::clone(&mount), halt_requests.clone(), status.clone()),
+            crate::halt::ReplicaHalts::new(Arc::clone(&mount), halt_requests, status.clone(), node_id),
+            node_id,
+        ));
     let (server_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let shutdown = async move {

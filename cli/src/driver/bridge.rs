@@ -56,13 +56,34 @@ pub enum FsRequest {
     /// `post`. The database file is written afterwards, by the halt lock's handler.
     RemoteCommit {
         /// The transaction, as if the mount had captured it.
-        tx: CapturedTx,
+        tx: Box<CapturedTx>,
         /// The replica that made it, if its file says (its id goes in the LTX header).
         origin: Option<replite_core::NodeId>,
         /// The position it was made on.
         base: replite_core::Pos,
         /// The post-apply checksum its LTX file states.
         post: replite_core::Checksum,
+        /// Where the verdict goes.
+        answer: Answer,
+    },
+    /// This replica now holds halt lock `id` on `db` at its primary (`crate::halt`), granted
+    /// at `pos`: its applications' commits to `db` go to the primary from now on.
+    HaltHeld {
+        /// The database.
+        db: String,
+        /// The lock's id at the primary.
+        id: i64,
+        /// The primary's API URL.
+        primary_url: String,
+        /// The primary's position when it granted the lock (this replica's too by now).
+        pos: replite_core::Pos,
+        /// Where the verdict goes.
+        answer: Answer,
+    },
+    /// This replica let go of its halt lock on `db` (`crate::halt`).
+    HaltDropped {
+        /// The database.
+        db: String,
         /// Where the verdict goes.
         answer: Answer,
     },

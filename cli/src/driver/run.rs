@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::driver::bridge::{Answer, DirectLane, FsRequest, WriteGate};
 use crate::driver::clock::Clock;
 use crate::driver::downstream::{DownstreamCmd, DownstreamShared, PositionQuery, Transfers, run_downstream};
+use crate::driver::halt_writes::{ReplicaHalt, SentTransactions};
 use crate::driver::page_sums::PageSums;
 use crate::driver::recent_ltx::{self, SharedRecentLtx};
 use crate::driver::spool::{MakeImage, SpoolOutcome, SpoolWriter, Spooled};
@@ -82,8 +83,23 @@ struct UpstreamTask {
 /// Everything that comes back to the loop from tasks it started.
 enum Back {
     Input(Input),
-    Peer { id: NodeId, record: LeaseRecord },
-    Spooled { spool: SpoolId, outcome: SpoolOutcome },
+    /// The primary's answer to a transaction this replica sent under a halt lock.
+    Sent {
+        db: String,
+        txid: TxId,
+        post: replite_core::Pos,
+        result: Result<(), String>,
+        tx: CapturedTx,
+        answer: Answer,
+    },
+    Peer {
+        id: NodeId,
+        record: LeaseRecord,
+    },
+    Spooled {
+        spool: SpoolId,
+        outcome: SpoolOutcome,
+    },
 }
 
 /// Upstream reports queued for the loop. Bounded so that a loop slowed by the disk (a spool
@@ -158,6 +174,12 @@ pub struct Driver {
     /// Acknowledged commits, answered once the step's status is published: a client that
     /// reads `/info` after its commit returned always sees the commit's position.
     acknowledged: Vec<Answer>,
+    /// Halt locks this replica holds on its primary, by database (`halt_writes`).
+    halts: BTreeMap<String, ReplicaHalt>,
+    /// Transactions sent under them that the stream has not brought back.
+    sent: SentTransactions,
+    /// The client that sends them.
+    http: reqwest::Client,
 }
 
 impl Driver {
@@ -202,6 +224,9 @@ impl Driver {
             status,
             events: EventLog::default(),
             transfers: Transfers::default(),
+            halts: BTreeMap::new(),
+            sent: SentTransactions::default(),
+            http: reqwest::Client::new(),
             gate: None,
             surface: None,
             lane: None,
@@ -428,6 +453,24 @@ impl Driver {
     fn on_fs_request(&mut self, request: FsRequest) {
         let now = self.clock.now();
         match request {
+            FsRequest::MayWrite { db, answer } if self.halts.contains_key(&db) => {
+                let _ = answer.send(Ok(()));
+            }
+            // What is sent under a halt lock is durable at the primary before its commit returns.
+            FsRequest::Sync { db, answer } if self.halts.contains_key(&db) => {
+                let _ = answer.send(Ok(()));
+            }
+            FsRequest::Commit { tx, answer } if self.halts.contains_key(&tx.db) && !self.is_primary() => {
+                self.send_under_halt(tx, answer);
+            }
+            FsRequest::HaltHeld { db, id, primary_url, pos, answer } => {
+                let _ = answer.send(self.hold_halt(db, id, primary_url, pos));
+            }
+            FsRequest::HaltDropped { db, answer } => {
+                self.halts.remove(&db);
+                self.sums.remove(&db);
+                let _ = answer.send(Ok(()));
+            }
             FsRequest::MayWrite { answer, .. } if self.node.handing_off() => self.parked.push(answer),
             FsRequest::MayWrite { answer, .. } => {
                 let _ = answer.send(self.may_write(now));
@@ -446,11 +489,111 @@ impl Driver {
             FsRequest::Delete { db, answer } => self.on_drop(&db, answer),
             FsRequest::Commit { tx, answer } => self.on_commit(tx, answer, None),
             FsRequest::RemoteCommit { tx, origin, base, post, answer } => {
-                self.on_remote_commit(tx, origin, base, post, answer);
+                self.on_remote_commit(*tx, origin, base, post, answer);
             }
             FsRequest::Position { db, reply } => {
                 let pos = DbName::new(&db).map_or(replite_core::Pos::ZERO, |db| self.node.pos(&db));
                 let _ = reply.send(pos);
+            }
+        }
+    }
+
+    fn is_primary(&self) -> bool {
+        matches!(self.node.role(), Role::Primary { .. })
+    }
+
+    /// This replica holds a halt lock on `db` at `pos`: its page checksums are read from the
+    /// file (which must be at `pos`), and its applications' commits are sent to the primary.
+    fn hold_halt(&mut self, db: String, id: i64, primary_url: String, pos: replite_core::Pos) -> Result<(), Refusal> {
+        let refuse = |reason: String| Err(Refusal::Failed { reason });
+        let Ok(name) = DbName::new(&db) else { return refuse(format!("invalid database name {db:?}")) };
+        if self.is_primary() {
+            return refuse("this node is the primary".into());
+        }
+        if self.node.pos(&name) != pos {
+            return refuse(format!("this replica is at {}, not at the lock's {pos}", self.node.pos(&name)));
+        }
+        match (self.load_sums)(&name) {
+            Ok(Some(sums)) if sums.database_checksum() == pos.checksum => {
+                self.sums.insert(db.clone(), sums);
+            }
+            Ok(_) => return refuse("the database file does not match its position".into()),
+            Err(e) => return refuse(format!("reading page checksums: {e}")),
+        }
+        info!(db, id, %pos, primary = primary_url, "halt lock held: commits go to the primary");
+        self.halts.insert(db, ReplicaHalt { id, primary_url, head: pos });
+        Ok(())
+    }
+
+    /// A commit of this replica's application under a halt lock: encoded on top of the
+    /// lock's last position and sent to the primary; answered with the primary's verdict.
+    fn send_under_halt(&mut self, tx: CapturedTx, answer: Answer) {
+        let refuse = |answer: Answer, reason: String| {
+            let _ = answer.send(Err(Refusal::ReadOnly { reason }));
+        };
+        let (Some(halt), Some(sums)) = (self.halts.get(&tx.db), self.sums.get(&tx.db)) else {
+            return refuse(answer, "no halt lock".into());
+        };
+        let change = sums.changes(tx.pages.iter().map(|p| (p.pgno, p.data.as_slice())), tx.commit);
+        let transaction = replite_core::node::Transaction {
+            page_size: tx.page_size,
+            pages: &change.pages,
+            commit_pages: tx.commit,
+            removed: &change.removed,
+        };
+        let me = self.node.id();
+        let Some((entry, bytes)) =
+            replite_core::node::encode_transaction(me, self.clock.now(), halt.head, &transaction)
+        else {
+            return refuse(answer, "the transaction cannot be encoded".into());
+        };
+        // Recorded before it is sent: the stream may bring it back before the answer.
+        self.sent.sent(&tx.db, entry.max, entry.post);
+        let url = format!("{}/tx?name={}&lockID={}", halt.primary_url.trim_end_matches('/'), tx.db, halt.id);
+        let request = self.http.post(url).header(replite_core::stream::HEADER_NODE_ID, format!("{me}")).body(bytes);
+        let back = self.back_tx.clone();
+        let (db, txid, post) = (tx.db.clone(), entry.max, entry.post_pos());
+        tokio::spawn(async move {
+            let result = match request.send().await {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => {
+                    let status = response.status();
+                    Err(format!(
+                        "the primary refused it ({status}): {}",
+                        response.text().await.unwrap_or_default().trim()
+                    ))
+                }
+                Err(e) => Err(format!("sending it to the primary: {e}")),
+            };
+            let _ = back.send(Back::Sent { db, txid, post, result, tx, answer });
+        });
+    }
+
+    /// The primary's verdict on a transaction sent under a halt lock.
+    fn on_sent(
+        &mut self,
+        db: String,
+        txid: TxId,
+        post: replite_core::Pos,
+        result: Result<(), String>,
+        tx: CapturedTx,
+        answer: Answer,
+    ) {
+        match result {
+            Ok(()) => {
+                if let Some(sums) = self.sums.get_mut(&db) {
+                    sums.commit(tx.pages.iter().map(|pg| (pg.pgno, pg.data.as_slice())), tx.commit);
+                }
+                if let Some(halt) = self.halts.get_mut(&db) {
+                    halt.head = post;
+                }
+                debug!(db, %post, "transaction sent under a halt lock");
+                let _ = answer.send(Ok(()));
+            }
+            Err(reason) => {
+                warn!(db, %txid, reason, "transaction under a halt lock refused");
+                self.sent.refused(&db, txid);
+                let _ = answer.send(Err(Refusal::ReadOnly { reason }));
             }
         }
     }
@@ -473,7 +616,10 @@ impl Driver {
         let Ok(name) = DbName::new(&tx.db) else { return refuse(answer, format!("invalid database name {:?}", tx.db)) };
         let pos = self.node.pos(&name);
         if pos != base || pos.txid == TxId::ZERO {
-            return refuse(answer, format!("position mismatch: the database is at {pos}, the transaction follows {base}"));
+            return refuse(
+                answer,
+                format!("position mismatch: the database is at {pos}, the transaction follows {base}"),
+            );
         }
         let Some(sums) = self.sums.get(&tx.db) else {
             return refuse(answer, "page checksums unknown".into());
@@ -578,6 +724,7 @@ impl Driver {
     fn on_back(&mut self, back: Back) {
         match back {
             Back::Input(input) => self.node.handle(self.clock.now(), input),
+            Back::Sent { db, txid, post, result, tx, answer } => self.on_sent(db, txid, post, result, tx, answer),
             Back::Peer { id, record } => {
                 self.peers.insert(id, record);
             }
@@ -799,6 +946,19 @@ impl Driver {
                 // On a primary the file is its own commit (the pages are already in the
                 // database); otherwise it came from the primary and must be applied.
                 let own_commit = matches!(self.node.role(), Role::Primary { .. });
+                if min == TxId(1) {
+                    // A snapshot: nothing sent under a halt lock before it comes back now.
+                    self.sent.forget_through(db.as_str(), max);
+                }
+                if !own_commit && self.sent.take_echo(db.as_str(), min, max, &bytes) {
+                    // Sent by this replica under a halt lock: its pages are in the file.
+                    let (storage, back) = (Arc::clone(&self.storage), self.back_tx.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let result = storage.persist_applied(&db, min, max, &bytes, durable);
+                        let _ = back.send(Back::Input(Input::LtxDone { op, result }));
+                    });
+                    return;
+                }
                 let bytes = Bytes::from(bytes);
                 if own_commit {
                     recent_ltx::lock(&self.recent).insert(&db, min, max, bytes.clone());

@@ -80,6 +80,19 @@ pub trait Storage: Send + Sync + 'static {
     fn persist_and_apply_now(&self, db: &DbName, min: TxId, max: TxId, bytes: &[u8], base: Checksum) -> AppliedNow {
         AppliedNow::Done(self.persist_and_apply(db, min, max, bytes, base, false))
     }
+    /// A replicated file whose pages the database already holds (a transaction this replica
+    /// wrote under a halt lock, back from its primary): stored as
+    /// [`Storage::persist_and_apply`] stores it, not applied.
+    fn persist_applied(
+        &self,
+        db: &DbName,
+        min: TxId,
+        max: TxId,
+        bytes: &[u8],
+        durable: bool,
+    ) -> Result<Pos, IoFailure> {
+        self.persist_ltx(db, min, max, bytes, durable)
+    }
     /// Applies a file [`Storage::persist_and_apply_now`] stored but could not apply.
     fn apply_stored(&self, db: &DbName, min: TxId, max: TxId, bytes: &[u8], base: Checksum) -> Result<Pos, IoFailure> {
         self.persist_and_apply(db, min, max, bytes, base, false)

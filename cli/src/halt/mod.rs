@@ -11,6 +11,7 @@
 //! A halt lock lasts 30 s from its acquisition, as LiteFS's does; asking again with the same
 //! id renews it. `docs/decisions/0022-halt-lock.md` has the reasoning.
 
+mod replica;
 mod routes;
 
 use std::collections::HashMap;
@@ -18,14 +19,15 @@ use std::sync::mpsc as sync_mpsc;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use replite_core::ltx;
 use replite_core::Pos;
+use replite_core::ltx;
 use replite_fuse::{CapturedPage, CapturedTx, Durability, HaltError, JournalMode, Mount, Refusal, WriterLocks};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::driver::{FsRequest, Status};
 
+pub use replica::{LocalHalt, ReplicaHalts};
 pub use routes::routes;
 
 /// How long a halt lock lasts without being renewed (LiteFS's `HaltLockTTL`).
@@ -257,7 +259,7 @@ impl HaltLocks {
         }
         let (answer, verdict) = sync_mpsc::channel();
         self.requests
-            .send(FsRequest::RemoteCommit { tx, origin, base, post: post.checksum, answer })
+            .send(FsRequest::RemoteCommit { tx: Box::new(tx), origin, base, post: post.checksum, answer })
             .map_err(|_| HaltLockError::Stopped)?;
         match verdict.recv_timeout(COMMIT_TIMEOUT) {
             Ok(Ok(())) => {}
@@ -291,7 +293,7 @@ impl HaltLocks {
     }
 }
 
-fn refusal_reason(refusal: &Refusal) -> String {
+pub(crate) fn refusal_reason(refusal: &Refusal) -> String {
     match refusal {
         Refusal::ReadOnly { reason } | Refusal::Failed { reason } | Refusal::NoSpace { reason } => reason.clone(),
     }

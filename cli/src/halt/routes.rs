@@ -1,6 +1,9 @@
 //! The halt lock's HTTP paths, as LiteFS's replicas call them on their primary:
 //! `POST /halt?name=&id=` (answers LiteFS's `HaltLock` JSON), `DELETE /halt?name=&id=`, and
-//! `POST /tx?name=&lockID=` with an LTX file as the body.
+//! `POST /tx?name=&lockID=` with an LTX file as the body; and replite's own, which
+//! `replite run -with-halt-lock-on` calls on its node: `POST /local-halt?name=` (a line of
+//! JSON, then the lock is held while the connection stays open) and
+//! `DELETE /local-halt?name=&id=`.
 
 use std::sync::Arc;
 
@@ -16,6 +19,7 @@ use replite_core::stream::HEADER_NODE_ID;
 use replite_fuse::HaltError;
 use serde::Deserialize;
 
+use super::replica::{LocalHalt, ReplicaHalts};
 use super::{Granted, HaltLockError, HaltLocks};
 
 /// The largest transaction a replica may send under a halt lock (held in memory while it is
@@ -25,15 +29,64 @@ const MAX_TX_BYTES: usize = 1 << 30;
 #[derive(Clone)]
 struct Halt {
     locks: Arc<HaltLocks>,
+    local: Arc<ReplicaHalts>,
     me: NodeId,
 }
 
-/// The halt lock's routes over `locks`; `me` is this node's id (a node never halts itself).
-pub fn routes(locks: Arc<HaltLocks>, me: NodeId) -> Router {
+/// The halt lock's routes: `locks` as a primary, `local` as a replica; `me` is this node's
+/// id (a node never halts itself).
+pub fn routes(locks: Arc<HaltLocks>, local: Arc<ReplicaHalts>, me: NodeId) -> Router {
     Router::new()
         .route("/halt", routing::post(acquire).delete(release))
         .route("/tx", routing::post(commit).layer(DefaultBodyLimit::max(MAX_TX_BYTES)))
-        .with_state(Halt { locks, me })
+        .route("/local-halt", routing::post(acquire_local).delete(release_local))
+        .with_state(Halt { locks, local, me })
+}
+
+#[derive(Deserialize)]
+struct LocalQuery {
+    name: String,
+    id: Option<String>,
+}
+
+/// Takes a halt lock on the primary for this replica's applications; answers one line of
+/// JSON (`{"id":…,"pos":"…"}`, or `{"primary":true}` on the primary, where none is needed),
+/// then holds the lock while the connection stays open (a newline each second tells when it
+/// closed).
+async fn acquire_local(State(h): State<Halt>, query: Result<Query<LocalQuery>, QueryRejection>) -> Response {
+    let Ok(Query(q)) = query else { return bad_request("name is required".into()) };
+    let (line, id) = match h.local.acquire(&q.name).await {
+        Ok(LocalHalt::Primary) => (serde_json::json!({ "primary": true }), None),
+        Ok(LocalHalt::Held { id, pos }) => (serde_json::json!({ "id": id, "pos": pos.to_string() }), Some(id)),
+        Err(e) => return error_response(&e),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let _ = tx.send(Ok(Bytes::from(format!("{line}\n")))).await;
+    if let Some(id) = id {
+        let (local, db) = (Arc::clone(&h.local), q.name.clone());
+        tokio::spawn(async move {
+            // Ends when the holder's connection is gone (the body with it) or its lock is.
+            while tx.send(Ok(Bytes::from_static(b"\n"))).await.is_ok() && local.holds(&db, id).await {
+                tokio::time::sleep(super::replica::HEARTBEAT_EVERY).await;
+            }
+            local.release(&db, Some(id)).await;
+        });
+    }
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    (StatusCode::OK, [("content-type", "application/x-ndjson")], body).into_response()
+}
+
+async fn release_local(State(h): State<Halt>, query: Result<Query<LocalQuery>, QueryRejection>) -> Response {
+    let Ok(Query(q)) = query else { return bad_request("name is required".into()) };
+    let id = match q.id.as_deref() {
+        Some(raw) => match parse_id(raw) {
+            Some(id) => Some(id),
+            None => return invalid_id(raw),
+        },
+        None => None,
+    };
+    h.local.release(&q.name, id).await;
+    StatusCode::OK.into_response()
 }
 
 #[derive(Deserialize)]
@@ -53,12 +106,13 @@ fn bad_request(message: String) -> Response {
     (StatusCode::BAD_REQUEST, message + "\n").into_response()
 }
 
-/// LiteFS's lock ids are signed 64-bit decimals.
-fn parse_id(id: &str) -> Result<i64, Response> {
-    match id.parse::<i64>() {
-        Ok(0) | Err(_) => Err(bad_request(format!("invalid id: {id:?}"))),
-        Ok(id) => Ok(id),
-    }
+/// LiteFS's lock ids are signed 64-bit decimals, never zero.
+fn parse_id(id: &str) -> Option<i64> {
+    id.parse::<i64>().ok().filter(|&id| id != 0)
+}
+
+fn invalid_id(id: &str) -> Response {
+    bad_request(format!("invalid id: {id:?}"))
 }
 
 /// A request from this very node (by LiteFS's node id header): refused, as LiteFS does.
@@ -70,18 +124,21 @@ fn from_myself(headers: &HeaderMap, me: NodeId) -> bool {
         .is_some_and(|id| id == me.0)
 }
 
-async fn acquire(State(h): State<Halt>, headers: HeaderMap, query: Result<Query<HaltQuery>, QueryRejection>) -> Response {
+async fn acquire(
+    State(h): State<Halt>,
+    headers: HeaderMap,
+    query: Result<Query<HaltQuery>, QueryRejection>,
+) -> Response {
     let Ok(Query(q)) = query else { return bad_request("name and id are required".into()) };
-    let id = match parse_id(&q.id) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
+    let Some(id) = parse_id(&q.id) else { return invalid_id(&q.id) };
     if from_myself(&headers, h.me) {
         return bad_request("cannot remotely halt self".into());
     }
     let locks = Arc::clone(&h.locks);
     match tokio::task::spawn_blocking(move || locks.acquire(&q.name, id)).await {
-        Ok(Ok(granted)) => (StatusCode::OK, [("content-type", "application/json")], granted_json(&granted)).into_response(),
+        Ok(Ok(granted)) => {
+            (StatusCode::OK, [("content-type", "application/json")], granted_json(&granted)).into_response()
+        }
         Ok(Err(e)) => error_response(&e),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
@@ -89,10 +146,7 @@ async fn acquire(State(h): State<Halt>, headers: HeaderMap, query: Result<Query<
 
 async fn release(State(h): State<Halt>, query: Result<Query<HaltQuery>, QueryRejection>) -> Response {
     let Ok(Query(q)) = query else { return bad_request("name and id are required".into()) };
-    let id = match parse_id(&q.id) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
+    let Some(id) = parse_id(&q.id) else { return invalid_id(&q.id) };
     let locks = Arc::clone(&h.locks);
     match tokio::task::spawn_blocking(move || locks.release(&q.name, id)).await {
         Ok(()) => StatusCode::OK.into_response(),
@@ -107,10 +161,7 @@ async fn commit(
     body: Bytes,
 ) -> Response {
     let Ok(Query(q)) = query else { return bad_request("name and lockID are required".into()) };
-    let id = match parse_id(&q.lock_id) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
+    let Some(id) = parse_id(&q.lock_id) else { return invalid_id(&q.lock_id) };
     if from_myself(&headers, h.me) {
         return bad_request("cannot send a transaction to self".into());
     }

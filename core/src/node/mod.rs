@@ -38,6 +38,7 @@ pub use input::{
     SyncId, UpstreamId,
 };
 pub use output::{Event, Output, RefuseReason};
+pub use primary::{Transaction, encode_transaction};
 pub use rng::SplitMix64;
 pub use time::Millis;
 pub use timer::{TimerKind, Timers};

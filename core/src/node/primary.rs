@@ -114,13 +114,18 @@ pub(crate) struct CommitTx {
     pub(crate) origin: Option<NodeId>,
 }
 
-/// What a transaction changed, as the commit input described it.
+/// What a transaction changed: its pages with their old checksums, as a commit input
+/// describes them.
 #[derive(Clone, Copy)]
-struct TxPages<'a> {
-    page_size: PageSize,
-    pages: &'a [PageChange],
-    commit_pages: u32,
-    removed: &'a [(Pgno, Checksum)],
+pub struct Transaction<'a> {
+    /// The database's page size.
+    pub page_size: PageSize,
+    /// Changed pages, any order.
+    pub pages: &'a [PageChange],
+    /// Database size in pages after the transaction.
+    pub commit_pages: u32,
+    /// Pages beyond `commit_pages` the transaction removed, with their old checksums.
+    pub removed: &'a [(Pgno, Checksum)],
 }
 
 /// Builds the LTX file of a commit on top of `pos`. Needs the grant: no TXID is assigned
@@ -130,9 +135,21 @@ fn encode_commit(
     now: Millis,
     _grant: WriteGrant,
     pos: Pos,
-    tx: &TxPages<'_>,
+    tx: &Transaction<'_>,
 ) -> Option<(LtxEntry, Vec<u8>)> {
-    let TxPages { page_size, pages, commit_pages, removed } = *tx;
+    encode_transaction(node_id, now, pos, tx)
+}
+
+/// Encodes transaction `tx` on top of `pos` as the LTX file of TXID `pos.txid + 1` (the first
+/// one a snapshot, pre-apply checksum zero), made by `node_id` at `now`; the file's entry
+/// carries its post-apply checksum. `None` if a page is not one page long, or is page 0 or
+/// past the commit size, or a removed page is not past it.
+///
+/// A primary encodes its commits with it; a replica writing under a halt lock encodes what it
+/// sends its primary the same way.
+#[must_use]
+pub fn encode_transaction(node_id: NodeId, now: Millis, pos: Pos, tx: &Transaction<'_>) -> Option<(LtxEntry, Vec<u8>)> {
+    let Transaction { page_size, pages, commit_pages, removed } = *tx;
     let txid = pos.txid.next();
     // The first transaction is a snapshot: its pre-apply checksum is zero by LTX rule.
     let first = txid == TxId(1);
@@ -219,7 +236,7 @@ impl Node {
             return refuse(self, RefuseReason::AsyncWindow);
         }
         let pos = self.pos(&name);
-        let tx = TxPages { page_size, pages: &pages, commit_pages, removed: &removed };
+        let tx = Transaction { page_size, pages: &pages, commit_pages, removed: &removed };
         let Some((entry, bytes)) = encode_commit(origin.unwrap_or(self.cfg.node_id), now, grant, pos, &tx) else {
             return refuse(self, RefuseReason::Invalid);
         };
