@@ -326,6 +326,12 @@ fn replica_writes_under_replite_run(journal_mode: &str) {
     let output = finished(replite_run(&b, db, "exit 3"));
     assert_eq!(output.status.code(), Some(3));
     impatient.execute("INSERT INTO t (v) VALUES ('a3')", []).expect("the lock was let go");
+    // On the primary no lock is needed: the command just writes.
+    let on_a =
+        format!("sqlite3 -cmd '.timeout 5000' {} \"INSERT INTO t (v) VALUES ('run on a')\"", a.db_path(db).display());
+    let output = finished(replite_run(&a, db, &on_a));
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(count(&read_only(&a, db)), 7);
     drop((local, impatient));
     a.stop();
     b.stop();
@@ -339,4 +345,79 @@ fn replite_run_with_a_halt_lock_writes_a_rollback_journal_database_from_a_replic
 #[test]
 fn replite_run_with_a_halt_lock_writes_a_wal_database_from_a_replica() {
     replica_writes_under_replite_run("WAL");
+}
+
+/// The id of the halt lock `primary` granted last, from its log.
+fn granted_id(primary: &Node) -> i64 {
+    let log = primary.log_text();
+    let line =
+        log.lines().rev().find(|l| l.contains("halt lock granted")).unwrap_or_else(|| panic!("no grant:\n{log}"));
+    let at = line.find("id=").expect("an id field") + 3;
+    line[at..].split(|c: char| !c.is_ascii_digit()).next().and_then(|d| d.parse().ok()).expect("a numeric id")
+}
+
+fn refused_transaction_on_a_replica(journal_mode: &str) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
+    b.start();
+    let db = "app.db";
+    let local = open_writer(&a, db, Duration::from_secs(10));
+    local
+        .execute_batch(&format!(
+            "PRAGMA journal_mode={journal_mode}; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+             INSERT INTO t (v) VALUES ('one');"
+        ))
+        .expect("create");
+    wait_for_pos(&b, db, &a.pos(db).expect("a position"));
+    let sqlite = format!("sqlite3 -cmd '.timeout 5000' {}", b.db_path(db).display());
+    let cut = root.path().join("cut");
+    let script = format!(
+        "{sqlite} \"INSERT INTO t (v) VALUES ('b1')\" || exit 8
+         i=0; while [ ! -e {cut} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done
+         {sqlite} \"BEGIN; INSERT INTO t (v) VALUES ('b2'); INSERT INTO t (v) SELECT v FROM t; COMMIT;\" || exit 9",
+        cut = cut.display()
+    );
+    let run = replite_run(&b, db, &script);
+    let deadline = Instant::now() + WAIT;
+    while count(&read_only(&a, db)) < 2 {
+        assert!(Instant::now() < deadline, "b1 never reached the primary:\n{}", b.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The primary lets go of the lock behind the replica's back (as when it expires).
+    let id = granted_id(&a);
+    let (status, body) = http(reqwest::Method::DELETE, format!("{}/halt?name={db}&id={id}", a.url), vec![]);
+    assert_eq!(status, 200, "{body}");
+    std::fs::write(&cut, b"").expect("cut");
+    let output = finished(run);
+    assert_eq!(output.status.code(), Some(9), "the refused transaction failed the command: {output:?}");
+
+    // Nothing of it anywhere; both nodes at one position, whole.
+    local.execute("INSERT INTO t (v) VALUES ('a2')", []).expect("the primary writes");
+    let want = a.pos(db).expect("position");
+    wait_for_pos(&b, db, &want);
+    for node in [&a, &b] {
+        let reader = read_only(node, db);
+        let rows: Vec<String> = reader
+            .prepare("SELECT v FROM t ORDER BY id")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("rows");
+        assert_eq!(rows, ["one", "b1", "a2"], "on {}", node.name);
+        assert_eq!(integrity(&reader), "ok");
+    }
+    drop(local);
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_transaction_the_primary_refuses_fails_on_the_replica_and_leaves_nothing_rollback_journal() {
+    refused_transaction_on_a_replica("DELETE");
+}
+
+#[test]
+fn a_transaction_the_primary_refuses_fails_on_the_replica_and_leaves_nothing_wal() {
+    refused_transaction_on_a_replica("WAL");
 }
