@@ -149,6 +149,10 @@ impl Mount {
         if verified.header().commit == 0 {
             return Err(ApplyLtxError::Drop { db: db.to_owned() });
         }
+        // A copy that finds the database's writer lock held reads around the writer with its
+        // journal (`copy`); this write has none, so copies wait for it or it for them.
+        let gate = self.shared.journal_gate(db);
+        let _no_copy_reads = gate.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let applied = self.apply_verified(db, Change::Apply { ltx: ltx_bytes, current }, Locking::UnderHalt)?;
         Ok(applied.expect("an apply that waits for its locks always applies"))
     }
