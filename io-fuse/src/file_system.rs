@@ -325,9 +325,9 @@ impl Filesystem for ReplFs {
             }
         }
         if handle.kind == NodeKind::Database
-            && !self.shared.writes(&handle.db)
             && offset < database_node::PRESENTED_HEADER.end
             && offset + filled as u64 > database_node::PRESENTED_HEADER.start
+            && !self.shared.writes(&handle.db)
         {
             let version = self.shared.replica_version(&handle.db);
             database_node::present_to_replica(offset, &mut buf[..filled], version);
