@@ -251,22 +251,29 @@ fn finished(child: std::process::Child) -> std::process::Output {
     output
 }
 
-fn replica_writes_under_replite_run(journal_mode: &str) {
-    let root = tempfile::tempdir().expect("tempdir");
-    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+/// A static primary `a` with a replica `b`, and table `t` in `app.db` in `journal_mode`, made
+/// on `a` (one row, 'one') and replicated; the connection that made it (busy timeout 10 s).
+fn pair_with_table(root: &std::path::Path, journal_mode: &str) -> (Node, Node, Connection) {
+    let mut a = Node::new(root, "a", &Lease::Static { primary_url: None });
     a.start();
     a.wait_for("primary", |i| i["role"] == "primary");
-    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
+    let mut b = Node::new(root, "b", &Lease::Static { primary_url: Some(a.url.clone()) });
     b.start();
-    let db = "app.db";
-    let local = open_writer(&a, db, Duration::from_secs(10));
+    let local = open_writer(&a, "app.db", Duration::from_secs(10));
     local
         .execute_batch(&format!(
             "PRAGMA journal_mode={journal_mode}; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
              INSERT INTO t (v) VALUES ('one');"
         ))
         .expect("create");
-    wait_for_pos(&b, db, &a.pos(db).expect("a position"));
+    wait_for_pos(&b, "app.db", &a.pos("app.db").expect("a position"));
+    (a, b, local)
+}
+
+fn replica_writes_under_replite_run(journal_mode: &str) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut a, mut b, local) = pair_with_table(root.path(), journal_mode);
+    let db = "app.db";
     let on_b = b.db_path(db).display().to_string();
     let sqlite = format!("sqlite3 -cmd '.timeout 5000' {on_b}");
 
@@ -358,20 +365,8 @@ fn granted_id(primary: &Node) -> i64 {
 
 fn refused_transaction_on_a_replica(journal_mode: &str) {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
-    a.start();
-    a.wait_for("primary", |i| i["role"] == "primary");
-    let mut b = Node::new(root.path(), "b", &Lease::Static { primary_url: Some(a.url.clone()) });
-    b.start();
+    let (mut a, mut b, local) = pair_with_table(root.path(), journal_mode);
     let db = "app.db";
-    let local = open_writer(&a, db, Duration::from_secs(10));
-    local
-        .execute_batch(&format!(
-            "PRAGMA journal_mode={journal_mode}; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
-             INSERT INTO t (v) VALUES ('one');"
-        ))
-        .expect("create");
-    wait_for_pos(&b, db, &a.pos(db).expect("a position"));
     let sqlite = format!("sqlite3 -cmd '.timeout 5000' {}", b.db_path(db).display());
     let cut = root.path().join("cut");
     let script = format!(

@@ -81,17 +81,20 @@ struct UpstreamTask {
 }
 
 /// Everything that comes back to the loop from tasks it started.
+/// A transaction sent under a halt lock, with the primary's answer.
+struct SentOutcome {
+    db: String,
+    txid: TxId,
+    post: replite_core::Pos,
+    result: Result<(), String>,
+    tx: CapturedTx,
+    answer: Answer,
+}
+
 enum Back {
     Input(Input),
     /// The primary's answer to a transaction this replica sent under a halt lock.
-    Sent {
-        db: String,
-        txid: TxId,
-        post: replite_core::Pos,
-        result: Result<(), String>,
-        tx: CapturedTx,
-        answer: Answer,
-    },
+    Sent(Box<SentOutcome>),
     Peer {
         id: NodeId,
         record: LeaseRecord,
@@ -565,20 +568,13 @@ impl Driver {
                 }
                 Err(e) => Err(format!("sending it to the primary: {e}")),
             };
-            let _ = back.send(Back::Sent { db, txid, post, result, tx, answer });
+            let _ = back.send(Back::Sent(Box::new(SentOutcome { db, txid, post, result, tx, answer })));
         });
     }
 
     /// The primary's verdict on a transaction sent under a halt lock.
-    fn on_sent(
-        &mut self,
-        db: String,
-        txid: TxId,
-        post: replite_core::Pos,
-        result: Result<(), String>,
-        tx: CapturedTx,
-        answer: Answer,
-    ) {
+    fn on_sent(&mut self, sent: SentOutcome) {
+        let SentOutcome { db, txid, post, result, tx, answer } = sent;
         match result {
             Ok(()) => {
                 if let Some(sums) = self.sums.get_mut(&db) {
@@ -724,7 +720,7 @@ impl Driver {
     fn on_back(&mut self, back: Back) {
         match back {
             Back::Input(input) => self.node.handle(self.clock.now(), input),
-            Back::Sent { db, txid, post, result, tx, answer } => self.on_sent(db, txid, post, result, tx, answer),
+            Back::Sent(sent) => self.on_sent(*sent),
             Back::Peer { id, record } => {
                 self.peers.insert(id, record);
             }
