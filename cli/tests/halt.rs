@@ -251,6 +251,19 @@ fn finished(child: std::process::Child) -> std::process::Output {
     output
 }
 
+/// Every node holds exactly `want` in table `t` of `db`, and the database is whole.
+fn assert_rows(nodes: &[&Node], db: &str, want: &[&str]) {
+    for node in nodes {
+        let reader = read_only(node, db);
+        let rows: Vec<String> = reader
+            .prepare("SELECT v FROM t ORDER BY id")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("rows");
+        assert_eq!(rows, want, "on {}", node.name);
+        assert_eq!(integrity(&reader), "ok");
+    }
+}
+
 /// A static primary `a` with a replica `b`, and table `t` in `app.db` in `journal_mode`, made
 /// on `a` (one row, 'one') and replicated; the connection that made it (busy timeout 10 s).
 fn pair_with_table(root: &std::path::Path, journal_mode: &str) -> (Node, Node, Connection) {
@@ -313,15 +326,7 @@ fn replica_writes_under_replite_run(journal_mode: &str) {
     local.execute("INSERT INTO t (v) VALUES ('a2')", []).expect("the primary writes again");
     let want = a.pos(db).expect("position");
     wait_for_pos(&b, db, &want);
-    for node in [&a, &b] {
-        let reader = read_only(node, db);
-        let rows: Vec<String> = reader
-            .prepare("SELECT v FROM t ORDER BY id")
-            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-            .expect("rows");
-        assert_eq!(rows, ["ONE", "b1", "b2", "b3", "a2"], "on {}", node.name);
-        assert_eq!(integrity(&reader), "ok");
-    }
+    assert_rows(&[&a, &b], db, &["ONE", "b1", "b2", "b3", "a2"]);
     let log = b.log_text();
     assert!(
         !log.contains("Resync") && !log.contains("mismatch"),
@@ -393,15 +398,7 @@ fn refused_transaction_on_a_replica(journal_mode: &str) {
     local.execute("INSERT INTO t (v) VALUES ('a2')", []).expect("the primary writes");
     let want = a.pos(db).expect("position");
     wait_for_pos(&b, db, &want);
-    for node in [&a, &b] {
-        let reader = read_only(node, db);
-        let rows: Vec<String> = reader
-            .prepare("SELECT v FROM t ORDER BY id")
-            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-            .expect("rows");
-        assert_eq!(rows, ["one", "b1", "a2"], "on {}", node.name);
-        assert_eq!(integrity(&reader), "ok");
-    }
+    assert_rows(&[&a, &b], db, &["one", "b1", "a2"]);
     drop(local);
     a.stop();
     b.stop();
