@@ -413,3 +413,64 @@ fn a_transaction_the_primary_refuses_fails_on_the_replica_and_leaves_nothing_rol
 fn a_transaction_the_primary_refuses_fails_on_the_replica_and_leaves_nothing_wal() {
     refused_transaction_on_a_replica("WAL");
 }
+
+/// Halt locks taken over and over from a replica while the primary's own application writes
+/// without pause: its writers wait out each lock and go on, nothing is lost or refused on
+/// either side, and both nodes end with the same rows at one position.
+fn halt_locks_interleave_with_a_busy_primary_writer(journal_mode: &str) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut a, mut b, local) = pair_with_table(root.path(), journal_mode);
+    drop(local);
+    let db = "app.db";
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (std::sync::Arc::clone(&stop), a.db_path(db));
+        std::thread::spawn(move || {
+            let conn = Connection::open(path).expect("open on the primary");
+            conn.busy_timeout(Duration::from_secs(20)).expect("busy timeout");
+            let mut written = 0u32;
+            // Bounded: stops when told, or after 5 000 rows whatever happens.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && written < 5_000 {
+                conn.execute("INSERT INTO t (v) VALUES ('a')", []).expect("the primary's writer waits, never fails");
+                written += 1;
+            }
+            written
+        })
+    };
+    let sqlite = format!("sqlite3 -cmd '.timeout 5000' {}", b.db_path(db).display());
+    for round in 0..5 {
+        let script = format!(
+            "{sqlite} \"INSERT INTO t (v) VALUES ('b{round}'); BEGIN; INSERT INTO t (v) VALUES ('b{round}'); COMMIT;\" || exit 9"
+        );
+        let output = finished(replite_run(&b, db, &script));
+        assert!(output.status.success(), "round {round}: {output:?}\n{}", b.log_text());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().expect("writer");
+    assert!(written > 0);
+    eprintln!("the primary wrote {written} rows meanwhile");
+    let want = a.pos(db).expect("position");
+    wait_for_pos(&b, db, &want);
+    for node in [&a, &b] {
+        let reader = read_only(node, db);
+        let (from_a, from_b): (u32, u32) = reader
+            .query_row("SELECT sum(v = 'a'), sum(v LIKE 'b%') FROM t", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("counts");
+        assert_eq!((from_a, from_b), (written, 10), "on {}", node.name);
+        assert_eq!(integrity(&reader), "ok");
+    }
+    let log = b.log_text();
+    assert!(!log.contains("Resync") && !log.contains("mismatch"), "{log}");
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn halt_locks_from_a_replica_interleave_with_a_busy_primary_writer_wal() {
+    halt_locks_interleave_with_a_busy_primary_writer("WAL");
+}
+
+#[test]
+fn halt_locks_from_a_replica_interleave_with_a_busy_primary_writer_rollback_journal() {
+    halt_locks_interleave_with_a_busy_primary_writer("DELETE");
+}
