@@ -474,3 +474,32 @@ fn halt_locks_from_a_replica_interleave_with_a_busy_primary_writer_wal() {
 fn halt_locks_from_a_replica_interleave_with_a_busy_primary_writer_rollback_journal() {
     halt_locks_interleave_with_a_busy_primary_writer("DELETE");
 }
+
+/// A halt lock nobody renews lets go by itself after LiteFS's 30 s: the primary's writers
+/// go on, and a transaction sent under it afterwards is refused.
+#[test]
+fn a_halt_lock_that_is_not_renewed_expires_after_30_seconds() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    let db = "app.db";
+    let local = open_writer(&a, db, Duration::from_secs(5));
+    local.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);").expect("create");
+    let (status, body) = http(reqwest::Method::POST, format!("{}/halt?name={db}&id=5", a.url), vec![]);
+    assert_eq!(status, 200, "{body}");
+    let (_, at) = parse_granted(&body);
+    let taken = Instant::now();
+    let (ltx, _) = replica_transaction(&a, db, at, "INSERT INTO t (v) VALUES ('late');");
+    let writer = open_writer(&a, db, Duration::from_secs(45));
+    writer.execute("INSERT INTO t (v) VALUES ('local')", []).expect("the writer waits out the lock");
+    let waited = taken.elapsed();
+    assert!(waited >= Duration::from_secs(29), "the lock held for {waited:?}");
+    assert!(waited < Duration::from_secs(40), "the lock held for {waited:?}");
+    let (status, body) = http(reqwest::Method::POST, format!("{}/tx?name={db}&lockID=5", a.url), ltx);
+    assert_eq!(status, 409, "{body}");
+    assert!(a.log_text().contains("halt lock expired"), "{}", a.log_text());
+    assert_eq!(count(&read_only(&a, db)), 1);
+    drop((local, writer));
+    a.stop();
+}
