@@ -471,7 +471,11 @@ impl Driver {
             }
             FsRequest::HaltDropped { db, answer } => {
                 self.halts.remove(&db);
-                self.sums.remove(&db);
+                // A replica keeps no page checksums; a node promoted while it held the lock
+                // loaded its own at the promotion and needs them.
+                if !self.is_primary() {
+                    self.sums.remove(&db);
+                }
                 let _ = answer.send(Ok(()));
             }
             FsRequest::MayWrite { answer, .. } if self.node.handing_off() => self.parked.push(answer),
