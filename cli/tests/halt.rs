@@ -503,3 +503,32 @@ fn a_halt_lock_that_is_not_renewed_expires_after_30_seconds() {
     drop((local, writer));
     a.stop();
 }
+
+/// `replite run` killed while it holds a halt lock: its node notices the connection gone and
+/// lets go, so the primary's writers go on within seconds, not after the lock's 30 s.
+#[test]
+fn a_halt_lock_is_let_go_when_replite_run_dies() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut a, mut b, local) = pair_with_table(root.path(), "DELETE");
+    drop(local);
+    let db = "app.db";
+    // The command outlives the test's patience; `replite run` itself is killed.
+    let mut run = replite_run(&b, db, "sleep 8");
+    let deadline = Instant::now() + WAIT;
+    while !a.log_text().contains("halt lock granted") {
+        assert!(Instant::now() < deadline, "no halt lock:\n{}", b.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run.kill().expect("kill replite run");
+    let _ = run.wait();
+    let killed = Instant::now();
+    let writer = open_writer(&a, db, Duration::from_secs(25));
+    writer.execute("INSERT INTO t (v) VALUES ('after')", []).expect("the lock was let go");
+    assert!(killed.elapsed() < Duration::from_secs(10), "let go after {:?}", killed.elapsed());
+    assert!(b.log_text().contains("halt lock released"), "{}", b.log_text());
+    let want = a.pos(db).expect("position");
+    wait_for_pos(&b, db, &want);
+    drop(writer);
+    a.stop();
+    b.stop();
+}
