@@ -205,18 +205,27 @@ fn take_over_under_load(nodes: &[Node], first: usize, cut: impl FnOnce()) -> Tak
 
 fn cut_off_primary(synchronous: bool) {
     let Some(Cluster { mut nodes, first, net, _root, _etcd }) = start_cluster(synchronous) else { return };
-    let Takeover { second, took, writes, margin } = take_over_under_load(&nodes, first, || net.cut(first));
-
-    // The old node comes back as the new primary's replica, and the new primary takes writes
-    // (in synchronous mode only once every candidate, the old primary too, acknowledges).
+    let takeover = take_over_under_load(&nodes, first, || net.cut(first));
     net.heal(first);
+    rejoined_under_the_new_primary(&nodes, first, &takeover, synchronous);
+    for n in &mut nodes {
+        n.stop();
+    }
+}
+
+/// After the network is whole again: the old primary comes back as the new primary's replica,
+/// the new primary takes writes (in synchronous mode only once every candidate, the old
+/// primary too, acknowledges), every node ends with the new primary's rows, and of what the
+/// old primary acknowledged, synchronous mode kept all and asynchronous mode a prefix.
+fn rejoined_under_the_new_primary(nodes: &[Node], first: usize, takeover: &Takeover, synchronous: bool) {
+    let Takeover { second, took, ref writes, margin } = *takeover;
     let on_second = Connection::open(nodes[second].db_path("app.db")).expect("open on the new primary");
     on_second.execute("INSERT INTO t (id, v) VALUES (-1, 'after')", []).expect("the new primary writes");
-    let want = converged(&nodes, second, "app.db");
+    let want = converged(nodes, second, "app.db");
     assert_eq!(nodes[first].role().as_deref(), Some("replica"), "the old primary follows");
     let expected = rows(&on_second);
     assert!(expected.contains(&-1));
-    same_rows_everywhere(&nodes, &expected, &want);
+    same_rows_everywhere(nodes, &expected, &want);
     let kept: Vec<i64> = expected.iter().copied().filter(|&id| id >= 0).collect();
     let acked: Vec<i64> = writes.ok.iter().map(|w| i64::try_from(w.0).expect("small")).collect();
     if synchronous {
@@ -244,6 +253,51 @@ fn cut_off_primary(synchronous: bool) {
         kept.len(),
         writes.refused.len(),
     );
+}
+
+#[test]
+fn a_partition_that_splits_the_candidates_leaves_the_side_with_etcd_in_charge() {
+    split_candidates(false);
+}
+
+#[test]
+fn in_synchronous_mode_a_partition_that_splits_the_candidates_loses_no_acknowledged_write() {
+    split_candidates(true);
+}
+
+/// The primary and one replica on one side, the other replica and etcd on the other: only the
+/// lone replica can be elected, the primary (which still reaches a replica) must stop before
+/// it is, and once the network is whole the two follow it. The replica that stayed with the
+/// old primary may have received writes the new primary never saw (asynchronous mode): it
+/// must end with the new primary's history, not its own.
+fn split_candidates(synchronous: bool) {
+    let Some(Cluster { mut nodes, first, net, _root, _etcd }) = start_cluster(synchronous) else { return };
+    let (with_first, across) = ((first + 1) % 3, (first + 2) % 3);
+    let store = net.store_ip();
+    let routes = [
+        (first, store.clone()),
+        (first, net.host_ip(across)),
+        (with_first, store.clone()),
+        (with_first, net.host_ip(across)),
+        (across, net.host_ip(first)),
+        (across, net.host_ip(with_first)),
+    ];
+    let takeover = take_over_under_load(&nodes, first, || {
+        for (i, addr) in &routes {
+            net.block(*i, addr);
+        }
+    });
+    assert_eq!(takeover.second, across, "only the side that reaches etcd can elect");
+    for (i, addr) in &routes {
+        net.unblock(*i, addr);
+    }
+    rejoined_under_the_new_primary(&nodes, first, &takeover, synchronous);
+    if !synchronous {
+        // Both went on past what the new primary received: their own history was replaced.
+        for i in [first, with_first] {
+            assert!(nodes[i].log_text().contains("SnapshotReplaced"), "node {i}:\n{}", nodes[i].log_text());
+        }
+    }
     for n in &mut nodes {
         n.stop();
     }
