@@ -532,3 +532,38 @@ fn a_halt_lock_is_let_go_when_replite_run_dies() {
     a.stop();
     b.stop();
 }
+
+/// `replite run` killed while its node is still taking the lock (the replica is behind the
+/// lock's position, held back by a reader): the node finishes taking it, finds nobody
+/// waiting, and lets go, instead of leaving the primary halted until the lock expires.
+#[test]
+fn a_halt_lock_is_let_go_when_replite_run_dies_while_taking_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut a, mut b, local) = pair_with_table(root.path(), "DELETE");
+    let db = "app.db";
+    // A read transaction on the replica keeps the next apply out.
+    let reader = read_only(&b, db);
+    reader.execute_batch("BEGIN; SELECT count(*) FROM t;").expect("read transaction");
+    local.execute("INSERT INTO t (v) VALUES ('ahead')", []).expect("a commit the replica cannot apply yet");
+    drop(local);
+    let mut run = replite_run(&b, db, "sleep 8");
+    let deadline = Instant::now() + WAIT;
+    while !a.log_text().contains("halt lock granted") {
+        assert!(Instant::now() < deadline, "no halt lock:\n{}", b.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!b.log_text().contains("this replica writes the database"), "still taking it:\n{}", b.log_text());
+    run.kill().expect("kill replite run");
+    let _ = run.wait();
+    reader.execute_batch("COMMIT;").expect("end the read transaction");
+    let released = Instant::now();
+    let writer = open_writer(&a, db, Duration::from_secs(25));
+    writer.execute("INSERT INTO t (v) VALUES ('after')", []).expect("the lock was let go");
+    assert!(released.elapsed() < Duration::from_secs(10), "let go after {:?}", released.elapsed());
+    let want = a.pos(db).expect("position");
+    wait_for_pos(&b, db, &want);
+    drop((reader, writer));
+    a.stop();
+    b.stop();
+}

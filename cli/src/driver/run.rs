@@ -229,7 +229,8 @@ impl Driver {
             transfers: Transfers::default(),
             halts: BTreeMap::new(),
             sent: SentTransactions::default(),
-            http: reqwest::Client::new(),
+            // A transaction sent under a halt lock is answered within the commit's own wait.
+            http: reqwest::Client::builder().timeout(crate::driver::COMMIT_ANSWER_TIMEOUT).build().unwrap_or_default(),
             gate: None,
             surface: None,
             lane: None,

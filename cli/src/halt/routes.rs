@@ -53,27 +53,49 @@ struct LocalQuery {
 /// JSON (`{"id":…,"pos":"…"}`, or `{"primary":true}` on the primary, where none is needed),
 /// then holds the lock while the connection stays open (a newline each second tells when it
 /// closed).
+///
+/// The taking runs in a task of its own: a client that goes away meanwhile drops this
+/// handler, and the lock, once taken, must still be let go (the task finds the answer's
+/// channel closed).
 async fn acquire_local(State(h): State<Halt>, query: Result<Query<LocalQuery>, QueryRejection>) -> Response {
     let Ok(Query(q)) = query else { return bad_request("name is required".into()) };
-    let (line, id) = match h.local.acquire(&q.name).await {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let (verdict_tx, verdict) = tokio::sync::oneshot::channel();
+    tokio::spawn(hold_local(Arc::clone(&h.local), q.name, tx, verdict_tx));
+    match verdict.await {
+        Ok(Ok(())) => {
+            let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+            (StatusCode::OK, [("content-type", "application/x-ndjson")], body).into_response()
+        }
+        Ok(Err(e)) => error_response(&e),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
+}
+
+/// Takes the lock, says how it went on `verdict`, writes the answer's first line on `body`,
+/// then keeps it (heartbeats on `body`) until the holder's connection is gone or the lock is.
+async fn hold_local(
+    local: Arc<ReplicaHalts>,
+    db: String,
+    body: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    verdict: tokio::sync::oneshot::Sender<Result<(), HaltLockError>>,
+) {
+    let (line, id) = match local.acquire(&db).await {
         Ok(LocalHalt::Primary) => (serde_json::json!({ "primary": true }), None),
         Ok(LocalHalt::Held { id, pos }) => (serde_json::json!({ "id": id, "pos": pos.to_string() }), Some(id)),
-        Err(e) => return error_response(&e),
+        Err(e) => {
+            let _ = verdict.send(Err(e));
+            return;
+        }
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let _ = tx.send(Ok(Bytes::from(format!("{line}\n")))).await;
-    if let Some(id) = id {
-        let (local, db) = (Arc::clone(&h.local), q.name.clone());
-        tokio::spawn(async move {
-            // Ends when the holder's connection is gone (the body with it) or its lock is.
-            while tx.send(Ok(Bytes::from_static(b"\n"))).await.is_ok() && local.holds(&db, id).await {
-                tokio::time::sleep(super::replica::HEARTBEAT_EVERY).await;
-            }
-            local.release(&db, Some(id)).await;
-        });
+    let answered = verdict.send(Ok(())).is_ok() && body.send(Ok(Bytes::from(format!("{line}\n")))).await.is_ok();
+    let Some(id) = id else { return };
+    if answered {
+        while body.send(Ok(Bytes::from_static(b"\n"))).await.is_ok() && local.holds(&db, id).await {
+            tokio::time::sleep(super::replica::HEARTBEAT_EVERY).await;
+        }
     }
-    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    (StatusCode::OK, [("content-type", "application/x-ndjson")], body).into_response()
+    local.release(&db, Some(id)).await;
 }
 
 async fn release_local(State(h): State<Halt>, query: Result<Query<LocalQuery>, QueryRejection>) -> Response {
