@@ -92,6 +92,14 @@ pub fn render(status: &Status) -> String {
             let _ = writeln!(tw, "{}\t{}\t{}\t{}", r.node_id, r.db, pos, behind);
         }
     }
+    if !status.halt_locks.is_empty() {
+        let _ = writeln!(tw);
+        let _ = writeln!(tw, "HALT LOCK\tID\tWITH\tEXPIRES IN");
+        for h in &status.halt_locks {
+            let expires = h.expires_in_ms.map_or_else(|| "-".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0));
+            let _ = writeln!(tw, "{}\t{}\t{}\t{}", h.db, h.id, h.with, expires);
+        }
+    }
     if !status.snapshots.is_empty() {
         let _ = writeln!(tw);
         let _ = writeln!(tw, "SNAPSHOT\tSENT\tOF");
@@ -139,5 +147,31 @@ mod tests {
             ..replite::driver::Status::default()
         };
         insta::assert_snapshot!(render(&status));
+    }
+
+    #[test]
+    fn a_halt_lock_shows_as_a_table_of_its_own() {
+        let status = Status {
+            node_id: "00000000000000AA".into(),
+            role: "primary".into(),
+            halt_locks: vec![replite::driver::HaltLockStatus {
+                db: "app.db".into(),
+                id: 42,
+                with: "00000000000000BB".into(),
+                expires_in_ms: Some(21_500),
+            }],
+            ..Status::default()
+        };
+        let text = render(&status);
+        let table: Vec<Vec<&str>> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("HALT LOCK"))
+            .take(2)
+            .map(|l| l.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect())
+            .collect();
+        assert_eq!(
+            table,
+            [vec!["HALT LOCK", "ID", "WITH", "EXPIRES IN"], vec!["app.db", "42", "00000000000000BB", "21.5 s"]]
+        );
     }
 }

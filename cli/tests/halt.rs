@@ -142,6 +142,11 @@ fn halt_lock_round(journal_mode: &str) {
     let (id, at) = parse_granted(&body);
     assert_eq!(id, 42);
     assert_eq!(Some(pos_string(at)), a.pos(db), "the lock carries the primary's position");
+    let shown = a.info().expect("info")["haltLocks"].clone();
+    assert_eq!(shown[0]["db"], db, "{shown}");
+    assert_eq!(shown[0]["id"], 42, "{shown}");
+    assert_eq!(shown[0]["with"], format!("{:016X}", FOREIGN.0), "{shown}");
+    assert!(shown[0]["expiresInMs"].as_u64().is_some_and(|ms| ms <= 30_000), "{shown}");
 
     // Local writers wait (and give up after their busy timeout); readers go on.
     let impatient = open_writer(&a, db, Duration::from_millis(300));
@@ -311,6 +316,13 @@ fn replica_writes_under_replite_run(journal_mode: &str) {
         assert!(Instant::now() < deadline, "the replica's writes never reached the primary:\n{}", b.log_text());
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Both nodes show the lock: the primary whom it halts for, the replica where it holds one.
+    let on_a = a.info().expect("info")["haltLocks"].clone();
+    let b_id = b.info().expect("info")["nodeId"].clone();
+    assert_eq!(on_a[0]["with"], b_id, "{on_a}");
+    let on_b = b.info().expect("info")["haltLocks"].clone();
+    assert_eq!(on_b[0]["db"], db, "{on_b}");
+    assert_eq!(on_b[0]["with"], a.url.as_str(), "{on_b}");
     // While the command holds the lock, the primary's own writers wait.
     let impatient = open_writer(&a, db, Duration::from_millis(300));
     let err =
@@ -333,6 +345,9 @@ fn replica_writes_under_replite_run(journal_mode: &str) {
         "the replica took its own transactions back whole:\n{log}"
     );
     assert!(log.contains("halt lock released"), "{log}");
+    for node in [&a, &b] {
+        assert!(node.info().expect("info").get("haltLocks").is_none(), "{} shows no lock once let go", node.name);
+    }
 
     // A command that fails: its exit code is replite run's, and the lock is let go.
     let output = finished(replite_run(&b, db, "exit 3"));

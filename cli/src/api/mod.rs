@@ -26,6 +26,9 @@ use crate::driver::{EventLog, Status};
 /// Where `/metrics` reads how the mount answered SQLite's fsyncs (decision 0017).
 pub type SyncCountsSource = std::sync::Arc<dyn Fn() -> replite_fuse::SyncCounts + Send + Sync>;
 
+/// Where `/info` reads the halt locks held now (decision 0022).
+pub type HaltLocksSource = std::sync::Arc<dyn Fn() -> Vec<crate::driver::HaltLockStatus> + Send + Sync>;
+
 pub use client::{ApiError, export_database, get_info, import_database, post};
 
 #[derive(Clone)]
@@ -43,7 +46,7 @@ struct Api {
 /// What `/info` shows beside the driver's status: LiteFS's fields (`isPrimary`, `candidate`,
 /// `path`, and on the primary itself `primary.hostname`, so scripts written against LiteFS's
 /// `/info` read the same answers) and replite's `proxyUrl`.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct NodeFacts {
     /// This node's advertise URL.
     pub advertise_url: String,
@@ -53,6 +56,8 @@ pub struct NodeFacts {
     pub candidate: bool,
     /// Where its proxy listens, if it runs one.
     pub proxy_url: Option<String>,
+    /// The halt locks it holds, if it serves them.
+    pub halt_locks: Option<HaltLocksSource>,
 }
 
 /// The API's routes. `lease_moves` is false for a static lease, whose primary is fixed;
@@ -83,6 +88,9 @@ async fn info(State(api): State<Api>) -> Response {
     status.candidate = facts.candidate;
     status.path.clone_from(&facts.data_dir);
     status.is_primary = status.role == "primary";
+    if let Some(source) = &facts.halt_locks {
+        status.halt_locks = source();
+    }
     if status.is_primary && status.primary.is_none() {
         // LiteFS names the primary on the primary too.
         status.primary = Some(crate::driver::Peer {

@@ -205,6 +205,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let status = driver.status();
     let events = driver.events();
 
+    let halt_locks = crate::halt::HaltLocks::new(Arc::clone(&mount), halt_requests.clone(), status.clone());
+    let replica_halts = crate::halt::ReplicaHalts::new(Arc::clone(&mount), halt_requests, status.clone(), node_id);
+    let shown_halts: crate::api::HaltLocksSource = {
+        let (primary_side, replica_side) = (Arc::clone(&halt_locks), Arc::clone(&replica_halts));
+        Arc::new(move || primary_side.shown().into_iter().chain(replica_side.shown()).collect())
+    };
     let router = crate::http::stream_routes(accepted_tx)
         .merge(crate::api::routes(
             status.clone(),
@@ -221,14 +227,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 data_dir: data_dir.display().to_string(),
                 candidate: config.lease.candidate,
                 proxy_url: proxy_url.clone(),
+                halt_locks: Some(shown_halts),
             },
         ))
         .merge(crate::api::transfer::routes(mount_dir, status.clone()))
-        .merge(crate::halt::routes(
-            crate::halt::HaltLocks::new(Arc::clone(&mount), halt_requests.clone(), status.clone()),
-            crate::halt::ReplicaHalts::new(Arc::clone(&mount), halt_requests, status.clone(), node_id),
-            node_id,
-        ));
+        .merge(crate::halt::routes(halt_locks, replica_halts, node_id));
     let (server_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let shutdown = async move {

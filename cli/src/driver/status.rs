@@ -51,6 +51,24 @@ pub struct Status {
     /// LiteFS's `/info` field: the data directory. Filled in by the API.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
+    /// Halt locks: on a primary those it holds for replicas (its own writers wait), on a
+    /// replica those it holds on its primary (its applications write). Filled in by the API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub halt_locks: Vec<HaltLockStatus>,
+}
+
+/// One halt lock (decision 0022), as `/info` and `replite status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HaltLockStatus {
+    /// The database.
+    pub db: String,
+    /// The lock's id.
+    pub id: i64,
+    /// On a primary: the node holding it (its id, if it said); on a replica: the primary's URL.
+    pub with: String,
+    /// Milliseconds until it expires unless renewed (on the primary).
+    pub expires_in_ms: Option<u64>,
 }
 
 /// A snapshot on its way to a replica.

@@ -14,18 +14,18 @@
 mod replica;
 mod routes;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc as sync_mpsc;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use replite_core::Pos;
 use replite_core::ltx;
+use replite_core::{NodeId, Pos};
 use replite_fuse::{CapturedPage, CapturedTx, Durability, HaltError, JournalMode, Mount, Refusal, WriterLocks};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::driver::{FsRequest, Status};
+use crate::driver::{FsRequest, HaltLockStatus, Status};
 
 pub use replica::{LocalHalt, ReplicaHalts};
 pub use routes::routes;
@@ -107,6 +107,16 @@ pub struct HaltLocks {
     requests: mpsc::UnboundedSender<FsRequest>,
     status: watch::Receiver<Status>,
     held: Mutex<HashMap<String, Slot>>,
+    /// What `/info` shows of them (a slot is locked for as long as a transaction is written).
+    shown: Mutex<BTreeMap<String, Shown>>,
+}
+
+/// A held lock as `/info` shows it: id, holder, expiry.
+#[derive(Debug, Clone)]
+struct Shown {
+    id: i64,
+    holder: Option<NodeId>,
+    expires: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -121,7 +131,13 @@ impl HaltLocks {
         requests: mpsc::UnboundedSender<FsRequest>,
         status: watch::Receiver<Status>,
     ) -> Arc<HaltLocks> {
-        let locks = Arc::new(HaltLocks { mount, requests, status, held: Mutex::new(HashMap::new()) });
+        let locks = Arc::new(HaltLocks {
+            mount,
+            requests,
+            status,
+            held: Mutex::new(HashMap::new()),
+            shown: Mutex::new(BTreeMap::new()),
+        });
         let weak = Arc::downgrade(&locks);
         tokio::spawn(expire_until_gone(weak));
         locks
@@ -135,8 +151,37 @@ impl HaltLocks {
         Arc::clone(lock(&self.held).entry(db.to_owned()).or_default())
     }
 
-    /// Takes (or renews) halt lock `id` on `db`. Blocks: run it off the async threads.
-    pub fn acquire(&self, db: &str, id: i64) -> Result<Granted, HaltLockError> {
+    /// The locks held now, for `/info`.
+    pub fn shown(&self) -> Vec<HaltLockStatus> {
+        let now = Instant::now();
+        lock(&self.shown)
+            .iter()
+            .map(|(db, s)| HaltLockStatus {
+                db: db.clone(),
+                id: s.id,
+                with: s.holder.map_or_else(|| "a replica".to_owned(), |n| n.to_string()),
+                expires_in_ms: Some(
+                    u64::try_from(s.expires.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX),
+                ),
+            })
+            .collect()
+    }
+
+    fn show(&self, db: &str, shown: Option<Shown>) {
+        let mut all = lock(&self.shown);
+        match shown {
+            Some(s) => {
+                all.insert(db.to_owned(), s);
+            }
+            None => {
+                all.remove(db);
+            }
+        }
+    }
+
+    /// Takes (or renews) halt lock `id` on `db` for `holder` (the node that asked, if it
+    /// said). Blocks: run it off the async threads.
+    pub fn acquire(&self, db: &str, id: i64, holder: Option<NodeId>) -> Result<Granted, HaltLockError> {
         if !self.is_primary() {
             return Err(HaltLockError::NotPrimary);
         }
@@ -150,6 +195,7 @@ impl HaltLocks {
                     h.expires = Instant::now() + HALT_LOCK_TTL;
                     h.expires_wall = SystemTime::now() + HALT_LOCK_TTL;
                     let expires = h.expires_wall;
+                    self.show(db, Some(Shown { id, holder, expires: h.expires }));
                     drop(held);
                     return Ok(Granted { id, pos: self.position(db)?, expires });
                 }
@@ -163,6 +209,7 @@ impl HaltLocks {
                     let now = Instant::now();
                     let expires_wall = SystemTime::now() + HALT_LOCK_TTL;
                     *held = Some(Held { id, expires: now + HALT_LOCK_TTL, expires_wall, locks });
+                    self.show(db, Some(Shown { id, holder, expires: now + HALT_LOCK_TTL }));
                     drop(held);
                     let pos = match self.position(db) {
                         Ok(pos) => pos,
@@ -234,6 +281,7 @@ impl HaltLocks {
         let mut held = lock(&slot);
         if held.as_ref().is_some_and(|h| h.id == id) {
             *held = None;
+            self.show(db, None);
             info!(db, id, "halt lock released");
         }
     }
@@ -288,6 +336,7 @@ impl HaltLocks {
             {
                 info!(db, id = h.id, primary, "halt lock expired");
                 *held = None;
+                self.show(&db, None);
             }
         }
     }

@@ -12,7 +12,7 @@
 //! database is checkpointed while still writable, the mount refuses writes again, the driver
 //! stops sending, and the primary is told (`DELETE /halt`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::mpsc as sync_mpsc;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use super::{HALT_ACQUIRE_TIMEOUT, HaltLockError};
-use crate::driver::{FsRequest, Status};
+use crate::driver::{FsRequest, HaltLockStatus, Status};
 
 /// How often a held lock is renewed at the primary (a third of its lifetime).
 const RENEW_EVERY: Duration = Duration::from_secs(10);
@@ -64,6 +64,8 @@ pub struct ReplicaHalts {
     me: NodeId,
     http: reqwest::Client,
     held: Mutex<HashMap<String, Holding>>,
+    /// What `/info` shows of them: id and primary, by database.
+    shown: std::sync::Mutex<BTreeMap<String, (i64, String)>>,
 }
 
 #[derive(Deserialize)]
@@ -93,7 +95,41 @@ impl ReplicaHalts {
         me: NodeId,
     ) -> Arc<ReplicaHalts> {
         let http = reqwest::Client::builder().timeout(HALT_ACQUIRE_TIMEOUT * 2).build().unwrap_or_default();
-        Arc::new(ReplicaHalts { mount, requests, status, me, http, held: Mutex::new(HashMap::new()) })
+        Arc::new(ReplicaHalts {
+            mount,
+            requests,
+            status,
+            me,
+            http,
+            held: Mutex::new(HashMap::new()),
+            shown: std::sync::Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The locks this replica holds now, for `/info`.
+    pub fn shown(&self) -> Vec<HaltLockStatus> {
+        let shown = self.shown.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        shown
+            .iter()
+            .map(|(db, (id, primary))| HaltLockStatus {
+                db: db.clone(),
+                id: *id,
+                with: primary.clone(),
+                expires_in_ms: None,
+            })
+            .collect()
+    }
+
+    fn show(&self, db: &str, held: Option<(i64, String)>) {
+        let mut shown = self.shown.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match held {
+            Some(h) => {
+                shown.insert(db.to_owned(), h);
+            }
+            None => {
+                shown.remove(db);
+            }
+        }
     }
 
     /// Takes a halt lock on `db` at the primary and lets this replica's applications write
@@ -128,6 +164,7 @@ impl ReplicaHalts {
         }
         let (stop, stopped) = oneshot::channel();
         tokio::spawn(renew(Arc::clone(self), db.to_owned(), id, primary_url.clone(), stopped));
+        self.show(db, Some((id, primary_url.clone())));
         held.insert(db.to_owned(), Holding { id, primary_url, stop: Some(stop) });
         info!(db, id, %pos, "halt lock held on the primary: this replica writes the database");
         Ok(LocalHalt::Held { id, pos })
@@ -175,6 +212,7 @@ impl ReplicaHalts {
         if let Some(stop) = holding.stop.take() {
             let _ = stop.send(());
         }
+        self.show(db, None);
         let (mount, name) = (Arc::clone(&self.mount), db.to_owned());
         let _ = tokio::task::spawn_blocking(move || {
             checkpoint_if_wal(&mount, &name);

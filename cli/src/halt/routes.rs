@@ -137,13 +137,14 @@ fn invalid_id(id: &str) -> Response {
     bad_request(format!("invalid id: {id:?}"))
 }
 
-/// A request from this very node (by LiteFS's node id header): refused, as LiteFS does.
+/// The asking node's id, from LiteFS's node id header.
+fn node_id_of(headers: &HeaderMap) -> Option<NodeId> {
+    headers.get(HEADER_NODE_ID).and_then(|v| v.to_str().ok()).and_then(|v| u64::from_str_radix(v, 16).ok()).map(NodeId)
+}
+
+/// A request from this very node: refused, as LiteFS does.
 fn from_myself(headers: &HeaderMap, me: NodeId) -> bool {
-    headers
-        .get(HEADER_NODE_ID)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| u64::from_str_radix(v, 16).ok())
-        .is_some_and(|id| id == me.0)
+    node_id_of(headers) == Some(me)
 }
 
 async fn acquire(
@@ -156,8 +157,9 @@ async fn acquire(
     if from_myself(&headers, h.me) {
         return bad_request("cannot remotely halt self".into());
     }
+    let holder = node_id_of(&headers);
     let locks = Arc::clone(&h.locks);
-    match tokio::task::spawn_blocking(move || locks.acquire(&q.name, id)).await {
+    match tokio::task::spawn_blocking(move || locks.acquire(&q.name, id, holder)).await {
         Ok(Ok(granted)) => {
             (StatusCode::OK, [("content-type", "application/json")], granted_json(&granted)).into_response()
         }
