@@ -947,10 +947,10 @@ impl Driver {
                 // On a primary the file is its own commit (the pages are already in the
                 // database); otherwise it came from the primary and must be applied.
                 let own_commit = matches!(self.node.role(), Role::Primary { .. });
-                if min == TxId(1) {
-                    // A snapshot: nothing sent under a halt lock before it comes back now.
-                    self.sent.forget_through(db.as_str(), max);
-                }
+                // Nothing sent under a halt lock before this file (before its end, for a
+                // snapshot) can come back any more.
+                let overtaken = if min == TxId(1) { max } else { TxId(min.0.saturating_sub(1)) };
+                self.sent.forget_through(db.as_str(), overtaken);
                 if !own_commit && self.sent.take_echo(db.as_str(), min, max, &bytes) {
                     // Sent by this replica under a halt lock: its pages are in the file.
                     let (storage, back) = (Arc::clone(&self.storage), self.back_tx.clone());
