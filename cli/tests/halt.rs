@@ -210,15 +210,21 @@ fn a_litefs_replica_writes_through_a_halt_lock_on_a_wal_database() {
     halt_lock_round("WAL");
 }
 
+/// A static primary alone, with an empty table `t` in `app.db`, and the connection that made it.
+fn primary_with_table(root: &std::path::Path) -> (Node, Connection) {
+    let mut a = Node::new(root, "a", &Lease::Static { primary_url: None });
+    a.start();
+    a.wait_for("primary", |i| i["role"] == "primary");
+    let local = open_writer(&a, "app.db", Duration::from_secs(5));
+    local.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);").expect("create");
+    (a, local)
+}
+
 #[test]
 fn a_halt_lock_is_renewed_by_asking_again_and_another_waits_for_its_release() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
-    a.start();
-    a.wait_for("primary", |i| i["role"] == "primary");
+    let (mut a, local) = primary_with_table(root.path());
     let db = "app.db";
-    let local = open_writer(&a, db, Duration::from_secs(5));
-    local.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);").expect("create");
     let (status, body) = http(reqwest::Method::POST, format!("{}/halt?name={db}&id=1", a.url), vec![]);
     assert_eq!(status, 200, "{body}");
     let (status, body) = http(reqwest::Method::POST, format!("{}/halt?name={db}&id=1", a.url), vec![]);
@@ -495,12 +501,8 @@ fn halt_locks_from_a_replica_interleave_with_a_busy_primary_writer_rollback_jour
 #[test]
 fn a_halt_lock_that_is_not_renewed_expires_after_30_seconds() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut a = Node::new(root.path(), "a", &Lease::Static { primary_url: None });
-    a.start();
-    a.wait_for("primary", |i| i["role"] == "primary");
+    let (mut a, local) = primary_with_table(root.path());
     let db = "app.db";
-    let local = open_writer(&a, db, Duration::from_secs(5));
-    local.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);").expect("create");
     let (status, body) = http(reqwest::Method::POST, format!("{}/halt?name={db}&id=5", a.url), vec![]);
     assert_eq!(status, 200, "{body}");
     let (_, at) = parse_granted(&body);
