@@ -51,18 +51,14 @@ pub enum FsRequest {
         /// Where the verdict goes.
         answer: Answer,
     },
-    /// A transaction a replica made under a halt lock (LiteFS's `/tx`, from `crate::halt`):
-    /// committed as this primary's own if `db` is still at `base` and the pages lead to
-    /// `post`. The database file is written afterwards, by the halt lock's handler.
+    /// A transaction a replica made under a halt lock (LiteFS's `/tx`, from `crate::halt`),
+    /// committed as this primary's own if the Node finds it still applies. The database
+    /// file is written afterwards, by the halt lock's handler.
     RemoteCommit {
         /// The transaction, as if the mount had captured it.
         tx: Box<CapturedTx>,
-        /// The replica that made it, if its file says (its id goes in the LTX header).
-        origin: Option<replite_core::NodeId>,
-        /// The position it was made on.
-        base: replite_core::Pos,
-        /// The post-apply checksum its LTX file states.
-        post: replite_core::Checksum,
+        /// Who made it, on what, leading where.
+        remote: replite_core::node::RemoteCommit,
         /// Where the verdict goes.
         answer: Answer,
     },

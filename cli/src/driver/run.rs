@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use replite_core::ltx::{HEADER_SIZE, Header};
 use replite_core::node::{
-    CommitId, DownstreamId, Durability, Input, IoFailure, Millis, Node, OpId, Output, RefuseReason, Role, SpoolId,
-    SyncId, UpstreamId,
+    CommitId, DownstreamId, Durability, Input, IoFailure, Millis, Node, OpId, Output, RefuseReason, RemoteCommit, Role,
+    SpoolId, SyncId, UpstreamId,
 };
 use replite_core::stream::DbName;
 use replite_core::{Epoch, NodeId, TxId};
@@ -496,9 +496,7 @@ impl Driver {
             },
             FsRequest::Delete { db, answer } => self.on_drop(&db, answer),
             FsRequest::Commit { tx, answer } => self.on_commit(tx, answer, None),
-            FsRequest::RemoteCommit { tx, origin, base, post, answer } => {
-                self.on_remote_commit(*tx, origin, base, post, answer);
-            }
+            FsRequest::RemoteCommit { tx, remote, answer } => self.on_remote_commit(*tx, remote, answer),
             FsRequest::Position { db, reply } => {
                 let pos = DbName::new(&db).map_or(replite_core::Pos::ZERO, |db| self.node.pos(&db));
                 let _ = reply.send(pos);
@@ -599,50 +597,11 @@ impl Driver {
         }
     }
 
-    /// A halt lock's transaction from a replica: refused unless the database is still where
-    /// the replica made it and the file's post-apply checksum follows from its pages (the
-    /// Node would otherwise record a position the replica never reaches); then a commit of
-    /// this node's own, marked with the replica's id.
-    fn on_remote_commit(
-        &mut self,
-        tx: CapturedTx,
-        origin: Option<replite_core::NodeId>,
-        base: replite_core::Pos,
-        post: replite_core::Checksum,
-        answer: Answer,
-    ) {
-        let refuse = |answer: Answer, reason: String| {
-            let _ = answer.send(Err(Refusal::Failed { reason }));
-        };
-        let Ok(name) = DbName::new(&tx.db) else { return refuse(answer, format!("invalid database name {:?}", tx.db)) };
-        let pos = self.node.pos(&name);
-        if pos != base || pos.txid == TxId::ZERO {
-            return refuse(
-                answer,
-                format!("position mismatch: the database is at {pos}, the transaction follows {base}"),
-            );
-        }
-        let Some(sums) = self.sums.get(&tx.db) else {
-            return refuse(answer, "page checksums unknown".into());
-        };
-        let change = sums.changes(tx.pages.iter().map(|p| (p.pgno, p.data.as_slice())), tx.commit);
-        let mut sum = replite_core::ltx::DatabaseChecksum::from_checksum(tx.page_size, base.checksum);
-        for page in &change.pages {
-            if let Some(old) = page.old {
-                sum.toggle(page.pgno, old);
-            }
-            sum.toggle(page.pgno, replite_core::ltx::page_checksum(page.pgno, &page.data));
-        }
-        for &(pgno, old) in &change.removed {
-            sum.toggle(pgno, old);
-        }
-        if sum.value() != post {
-            return refuse(
-                answer,
-                format!("the LTX file's post-apply checksum {post} does not follow from its pages ({})", sum.value()),
-            );
-        }
-        self.on_commit(tx, answer, origin);
+    /// A halt lock's transaction from a replica: a commit of this node's own, which the Node
+    /// refuses unless the database is still where the replica made it and the pages lead where
+    /// the replica's file says.
+    fn on_remote_commit(&mut self, tx: CapturedTx, remote: RemoteCommit, answer: Answer) {
+        self.on_commit(tx, answer, Some(remote));
     }
 
     fn may_write(&self, now: Millis) -> Result<(), Refusal> {
@@ -652,7 +611,7 @@ impl Driver {
         }
     }
 
-    fn on_commit(&mut self, tx: CapturedTx, answer: Answer, origin: Option<replite_core::NodeId>) {
+    fn on_commit(&mut self, tx: CapturedTx, answer: Answer, remote: Option<RemoteCommit>) {
         let db = match DbName::new(&tx.db) {
             Ok(db) => db,
             Err(e) => {
@@ -684,7 +643,7 @@ impl Driver {
             pages: change.pages,
             commit_pages: tx.commit,
             removed: change.removed,
-            origin,
+            remote,
             durability: match tx.durability {
                 replite_fuse::Durability::Requested => Durability::Requested,
                 replite_fuse::Durability::Deferred => Durability::Deferred,
@@ -1349,6 +1308,9 @@ fn refusal_for(reason: RefuseReason, what: &str) -> Refusal {
     let reason_text = format!("{what} refused: {reason:?}");
     match reason {
         RefuseReason::Disk | RefuseReason::Invalid => Refusal::Failed { reason: reason_text },
+        RefuseReason::Moved => Refusal::Failed {
+            reason: format!("{what} refused: the database is no longer at the position it was made on"),
+        },
         RefuseReason::NoSpace => Refusal::NoSpace { reason: reason_text },
         RefuseReason::NotPrimary | RefuseReason::Busy | RefuseReason::AsyncWindow => {
             Refusal::ReadOnly { reason: reason_text }

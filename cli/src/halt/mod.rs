@@ -307,7 +307,11 @@ impl HaltLocks {
         }
         let (answer, verdict) = sync_mpsc::channel();
         self.requests
-            .send(FsRequest::RemoteCommit { tx: Box::new(tx), origin, base, post: post.checksum, answer })
+            .send(FsRequest::RemoteCommit {
+                tx: Box::new(tx),
+                remote: replite_core::node::RemoteCommit { origin, base, post: post.checksum },
+                answer,
+            })
             .map_err(|_| HaltLockError::Stopped)?;
         match verdict.recv_timeout(COMMIT_TIMEOUT) {
             Ok(Ok(())) => {}

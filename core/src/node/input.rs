@@ -56,6 +56,20 @@ pub struct PageChange {
     pub data: Vec<u8>,
 }
 
+/// A transaction a replica made under a halt lock (LiteFS's `/tx`), committed by the primary
+/// as its own: only if the database is still where the replica made it and the pages lead
+/// where the replica's file says, so that the replica ends at the primary's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteCommit {
+    /// The replica, if its file names it: its id goes in the LTX header, by which the replica
+    /// knows the file when the stream brings it back.
+    pub origin: Option<NodeId>,
+    /// The position it was made on.
+    pub base: Pos,
+    /// The post-apply checksum its file states.
+    pub post: Checksum,
+}
+
 /// What is durable on disk at start, as the caller found it: one entry per database.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovery {
@@ -168,10 +182,8 @@ pub enum Input {
         removed: Vec<(Pgno, Checksum)>,
         /// Whether the application asked for durability before the acknowledgement.
         durability: Durability,
-        /// The node whose application made the transaction, when not this one: a replica
-        /// writing under a halt lock (LiteFS's `/tx`). Its id goes in the LTX header, by which
-        /// that replica knows the file when the stream brings it back.
-        origin: Option<NodeId>,
+        /// Set when a replica made the transaction under a halt lock (LiteFS's `/tx`).
+        remote: Option<RemoteCommit>,
     },
     /// The application fsynced `db` (SQLite's WAL fsync): answer with
     /// [`crate::node::Output::SyncDone`] once every commit handed in so far is durable.

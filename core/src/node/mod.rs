@@ -34,8 +34,8 @@ pub use config::{
 };
 pub use history::{History, LtxEntry};
 pub use input::{
-    CommitId, DbRecovery, DownstreamId, Durability, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery, SpoolId,
-    SyncId, UpstreamId,
+    CommitId, DbRecovery, DownstreamId, Durability, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery,
+    RemoteCommit, SpoolId, SyncId, UpstreamId,
 };
 pub use output::{Event, Output, RefuseReason};
 pub use primary::{Transaction, encode_transaction};
@@ -199,8 +199,8 @@ impl Node {
                     self.retry_takeover(now, holder);
                 }
             }
-            Input::Commit { commit, db, page_size, pages, commit_pages, removed, durability, origin } => {
-                let tx = primary::CommitTx { page_size, pages, commit_pages, removed, durability, origin };
+            Input::Commit { commit, db, page_size, pages, commit_pages, removed, durability, remote } => {
+                let tx = primary::CommitTx { page_size, pages, commit_pages, removed, durability, remote };
                 self.on_commit(now, commit, db, tx);
             }
             Input::DropDb { commit, db } => self.on_drop(now, commit, db),

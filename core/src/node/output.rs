@@ -25,6 +25,9 @@ pub enum RefuseReason {
     Disk,
     /// The LTX file could not be written: the disk is full.
     NoSpace,
+    /// A replica's transaction (under a halt lock) was made on a position the database is no
+    /// longer at.
+    Moved,
 }
 
 impl RefuseReason {

@@ -8,7 +8,7 @@ use crate::node::Node;
 use crate::node::config::SyncPolicy;
 use crate::node::db::Db;
 use crate::node::history::LtxEntry;
-use crate::node::input::{CommitId, DownstreamId, Durability, IoFailure, OpId, PageChange};
+use crate::node::input::{CommitId, DownstreamId, Durability, IoFailure, OpId, PageChange, RemoteCommit};
 use crate::node::lease::WriteGrant;
 use crate::node::output::{Event, Output, RefuseReason};
 use crate::node::time::Millis;
@@ -111,7 +111,7 @@ pub(crate) struct CommitTx {
     pub(crate) commit_pages: u32,
     pub(crate) removed: Vec<(Pgno, Checksum)>,
     pub(crate) durability: Durability,
-    pub(crate) origin: Option<NodeId>,
+    pub(crate) remote: Option<RemoteCommit>,
 }
 
 /// What a transaction changed: its pages with their old checksums, as a commit input
@@ -219,7 +219,7 @@ const MAX_SNAPSHOT_TRIES_TRACKED: usize = 1024;
 
 impl Node {
     pub(crate) fn on_commit(&mut self, now: Millis, commit: CommitId, name: DbName, tx: CommitTx) {
-        let CommitTx { page_size, pages, commit_pages, removed, durability, origin } = tx;
+        let CommitTx { page_size, pages, commit_pages, removed, durability, remote } = tx;
         let refuse = |node: &mut Node, reason| node.emit(Output::RefuseCommit { commit, reason });
         let Some(grant) = self.write_grant(now) else { return refuse(self, RefuseReason::NotPrimary) };
         let db = self.dbs.entry(name.clone()).or_default();
@@ -236,10 +236,18 @@ impl Node {
             return refuse(self, RefuseReason::AsyncWindow);
         }
         let pos = self.pos(&name);
+        if remote.is_some_and(|r| r.base != pos || pos.txid == TxId::ZERO) {
+            return refuse(self, RefuseReason::Moved);
+        }
         let tx = Transaction { page_size, pages: &pages, commit_pages, removed: &removed };
-        let Some((entry, bytes)) = encode_commit(origin.unwrap_or(self.cfg.node_id), now, grant, pos, &tx) else {
+        let node_id = remote.and_then(|r| r.origin).unwrap_or(self.cfg.node_id);
+        let Some((entry, bytes)) = encode_commit(node_id, now, grant, pos, &tx) else {
             return refuse(self, RefuseReason::Invalid);
         };
+        if remote.is_some_and(|r| r.post != entry.post) {
+            // The replica's file claims a position its pages do not reach from here.
+            return refuse(self, RefuseReason::Invalid);
+        }
         let needs_durable = durability == Durability::Requested || self.cfg.sync.is_some();
         // One fsync of this file makes the commit durable only if every earlier file already
         // is; otherwise it is written like a deferred one and a flush covers it with the rest.

@@ -185,7 +185,7 @@ impl Sim {
             commit_pages,
             removed,
             durability,
-            origin: None,
+            remote: None,
         };
         self.feed(target, commit);
         self.note_moves(target, Via::Incremental, None);

@@ -12,7 +12,7 @@ fn commit_with(node: &mut Node, now: u64, id: u64, pages: Vec<PageChange>, durab
         commit_pages: 1,
         removed: Vec::new(),
         durability,
-        origin: None,
+        remote: None,
     };
     node.handle(Millis(now), input);
     drain(node)

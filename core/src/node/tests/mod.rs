@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::ltx::{self, DatabaseChecksum, page_checksum};
+use crate::ltx::{self, DatabaseChecksum, Encoder, Header, page_checksum};
 use crate::stream::{DbName, Extensions, Frame, encode_frame, encode_ltx_message, encode_pos_map};
 use crate::types::{Checksum, PageSize, Pgno, TxId};
 
@@ -67,7 +67,7 @@ fn commit(node: &mut Node, now: u64, id: u64, pages: Vec<PageChange>, commit_pag
             commit_pages,
             removed: Vec::new(),
             durability: Durability::Requested,
-            origin: None,
+            remote: None,
         },
     );
     drain(node)
@@ -791,7 +791,7 @@ fn databases_commit_independently_and_a_replica_catches_up_on_each() {
             commit_pages: 1,
             removed: Vec::new(),
             durability: Durability::Requested,
-            origin: None,
+            remote: None,
         },
     );
     let out = drain(&mut node);
@@ -839,7 +839,7 @@ fn a_commit_with_a_different_page_size_than_its_database_is_refused() {
             commit_pages: 1,
             removed: Vec::new(),
             durability: Durability::Requested,
-            origin: None,
+            remote: None,
         },
     );
     assert_eq!(drain(&mut node), vec![Output::RefuseCommit { commit: CommitId(3), reason: RefuseReason::Invalid }]);
@@ -1203,4 +1203,56 @@ fn files_received_before_the_primary_ended_its_stream_are_still_applied() {
     node.handle(Millis(4), Input::LtxDone { op, result: Ok(second) });
     drain(&mut node);
     assert_eq!(node.pos(&db()), second);
+}
+
+/// A replica's transaction under a halt lock, on `base`, claiming to reach `post`.
+fn remote_commit(node: &mut Node, id: u64, pages: Vec<PageChange>, base: Pos, post: Checksum) -> Vec<Output> {
+    node.handle(
+        Millis(3_000 + id),
+        Input::Commit {
+            commit: CommitId(id),
+            db: db(),
+            page_size: PageSize::new(PAGE).expect("valid"),
+            pages,
+            commit_pages: 2,
+            removed: Vec::new(),
+            durability: Durability::Requested,
+            remote: Some(RemoteCommit { origin: Some(NodeId(0x0f0f)), base, post }),
+        },
+    );
+    drain(node)
+}
+
+#[test]
+fn a_replicas_transaction_commits_only_where_it_was_made_and_where_its_file_says_it_leads() {
+    let (mut node, files, file_db) = primary_with_two_commits();
+    let p2 = node.pos(&db());
+    let p1 = ltx::verify(files[0].as_slice()).expect("valid").post_apply_pos();
+    let pages = || vec![change(1, Some(&page(1)), 7)];
+    let refused = |reason| vec![Output::RefuseCommit { commit: CommitId(3), reason }];
+    // Made on an older position: the database moved on.
+    assert_eq!(remote_commit(&mut node, 3, pages(), p1, p2.checksum), refused(RefuseReason::Moved));
+    // On the right position but claiming a checksum its pages do not reach.
+    assert_eq!(
+        remote_commit(&mut node, 3, pages(), p2, Checksum(0x8000_0000_0000_0001)),
+        refused(RefuseReason::Invalid)
+    );
+    assert_eq!(node.pos(&db()), p2, "nothing committed");
+    // Where the pages really lead, found by applying them to the database itself.
+    let mut replica_db = file_db.clone();
+    let mut probe =
+        Encoder::new(Vec::new(), Header::new(PageSize::new(PAGE).expect("valid"), 2, TxId(3), TxId(3), p2.checksum))
+            .expect("encoder");
+    probe.encode_page(Pgno(1), &page(7)).expect("page");
+    let mut sum = DatabaseChecksum::from_checksum(PageSize::new(PAGE).expect("valid"), p2.checksum);
+    sum.toggle(Pgno(1), page_checksum(Pgno(1), &page(1)));
+    sum.toggle(Pgno(1), page_checksum(Pgno(1), &page(7)));
+    let (probe, _) = probe.finish(sum.value()).expect("finish");
+    let post = ltx::apply(&mut replica_db, p2.checksum, probe.as_slice()).expect("the replica's file applies");
+    let out = remote_commit(&mut node, 3, pages(), p2, post.checksum);
+    let (_, txid, bytes) = persisted(&out);
+    assert_eq!(txid, TxId(3));
+    let verified = ltx::verify(bytes.as_slice()).expect("valid");
+    assert_eq!(verified.post_apply_pos(), post, "the primary reaches the replica's position");
+    assert_eq!(verified.header().node_id, NodeId(0x0f0f), "the file carries the replica's id");
 }
