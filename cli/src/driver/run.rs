@@ -48,6 +48,8 @@ struct SurfaceLink {
     surface: Arc<dyn Surface>,
     /// The status as of the last role or primary change, for the thread.
     roles: watch::Sender<Status>,
+    /// Disconnected once the thread has ended.
+    finished: std::sync::mpsc::Receiver<()>,
 }
 
 impl SurfaceLink {
@@ -278,7 +280,9 @@ impl Driver {
         let mut changes = roles.subscribe();
         changes.mark_changed();
         let shown = Arc::clone(&surface);
+        let (ending, finished) = std::sync::mpsc::channel::<()>();
         let spawned = std::thread::Builder::new().name("replite-surface".into()).spawn(move || {
+            let _ending = ending;
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else { return };
             let mut before: Option<Status> = None;
             while runtime.block_on(changes.changed()).is_ok() {
@@ -291,7 +295,7 @@ impl Driver {
             warn!(error = %e, "cannot start the thread that updates the mount's status files");
         }
         surface.show_positions(&self.status.borrow());
-        self.surface = Some(SurfaceLink { surface, roles });
+        self.surface = Some(SurfaceLink { surface, roles, finished });
         self
     }
 
@@ -1288,13 +1292,28 @@ async fn shut_down(driver: &std::sync::Mutex<Driver>) {
     if tokio::time::timeout(RELEASE_TIMEOUT, all).await.is_err() {
         warn!("releasing the lease timed out; it expires by itself");
     }
-    let mut d = lock(driver);
-    d.after_step();
-    for (_, up) in std::mem::take(&mut d.upstreams) {
-        up.task.abort();
+    // The status thread may be switching the mount's role for the last status (it looks
+    // files up through the mount): it must finish before the daemon unmounts, or its lookup
+    // waits for a FUSE loop that is gone and the process can never exit.
+    let finished = {
+        let mut d = lock(driver);
+        d.after_step();
+        for (_, up) in std::mem::take(&mut d.upstreams) {
+            up.task.abort();
+        }
+        d.downstreams.clear();
+        d.surface.take().map(|SurfaceLink { roles, finished, .. }| {
+            drop(roles);
+            finished
+        })
+    };
+    if let Some(finished) = finished {
+        let _ = tokio::task::spawn_blocking(move || finished.recv_timeout(SURFACE_FINISH_TIMEOUT)).await;
     }
-    d.downstreams.clear();
 }
+
+/// How long a stopping driver waits for the status thread's last role switch.
+const SURFACE_FINISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Largest deferred commit whose LTX file the driver writes on its own task (no fsync: a
 /// page-cache copy); larger ones go to a blocking task like every durable write.
