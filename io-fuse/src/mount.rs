@@ -232,6 +232,24 @@ impl Mount {
         }
     }
 
+    /// Unmounts for a process about to exit. If the mount is still busy, the FUSE connection
+    /// is aborted first (a forced unmount), then the mount is detached. Aborting fails every
+    /// request still pending on it, including one a FUSE worker has already read: a request
+    /// of this process's own (a thread of the daemon looking a file up through its mount) is
+    /// never answered once the process starts exiting, and its thread waits for that answer
+    /// without end, so the process could never finish exiting. Applications still holding
+    /// files in the mount see `ENOTCONN` at once instead of when the process has exited.
+    pub fn unmount_for_exit(&self) {
+        let Err(e) = self.unmount_shared() else { return };
+        warn!(
+            mountpoint = %self.mountpoint.display(),
+            error = %e,
+            "unmount failed; aborting the FUSE connection and detaching"
+        );
+        force_unmount(&self.mountpoint);
+        lazy_unmount(&self.mountpoint);
+    }
+
     fn unmount_shared(&self) -> io::Result<()> {
         // Descriptors through the mount would keep it busy.
         lock(&self.parked_lockers).clear();
@@ -247,6 +265,22 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         self.unmount_now();
+    }
+}
+
+/// A forced unmount of a FUSE file system aborts its connection before the kernel checks
+/// whether the mount is busy (`fuse_umount_begin`), so pending requests fail even when the
+/// unmount itself does not happen. Not an error when the mount is already gone.
+fn force_unmount(mountpoint: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()) else { return };
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::umount2(path.as_ptr(), libc::MNT_FORCE) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            warn!(mountpoint = %mountpoint.display(), error = %e, "forced unmount failed");
+        }
     }
 }
 

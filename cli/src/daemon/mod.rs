@@ -122,8 +122,10 @@ impl Running {
         let _ = self.server_stop.send(());
         let _ = self.server.await;
         // Now, not when the last holder lets go: the status thread may still hold the mount
-        // as the process exits, which would leave it mounted and unserved.
-        self.mount.unmount_now();
+        // as the process exits, which would leave it mounted and unserved. And for exit: a
+        // request of this process's own still pending on the mount is failed, not left to
+        // hang the exit (ROADMAP 9).
+        self.mount.unmount_for_exit();
         info!("stopped");
     }
 }
