@@ -771,17 +771,66 @@ fn a_file_whose_flush_failed_is_rewritten_from_a_verified_read_never_fsynced_aga
     assert_ne!(inode(&tx2), before, "a new file replaced the one whose fsync failed");
     assert_eq!(fs::read(store.ltx_path(&name(), tx2.min, tx2.max)).expect("read"), tx2.bytes);
 
-    // What the failed write-back lost cannot be made durable: reported, never flushed.
+    // What the failed write-back lost on disk comes back from the bytes kept in memory.
     store.put_back_unflushed(&name(), retry);
     let again = store.take_unflushed(&name(), tx4.max);
+    assert!(again.iter().all(|f| f.bytes.is_some()), "small files keep their bytes through a failure");
     let tx3_path = store.ltx_path(&name(), tx3.min, tx3.max);
     let mut damaged = tx3.bytes.clone();
     damaged[200] ^= 0xff;
     fs::write(&tx3_path, &damaged).expect("damage tx3");
-    let err = replite::store::flush_files(&again).expect_err("tx3 is lost");
+    replite::store::flush_files(&again).expect("tx3 written again from memory");
+    assert_eq!(fs::read(&tx3_path).expect("read"), tx3.bytes, "tx3 as it was committed");
+
+    // A file whose bytes were not kept (one too large for the commit log) cannot be made
+    // durable once the disk lost it: reported, never flushed.
+    store.put_back_unflushed(&name(), again);
+    let mut last = store.take_unflushed(&name(), tx4.max);
+    for f in &mut last {
+        f.bytes = None;
+    }
+    fs::write(&tx3_path, &damaged).expect("damage tx3 again");
+    let err = replite::store::flush_files(&last).expect_err("tx3 is lost");
     assert!(matches!(err, StoreError::LostUnflushed { .. }), "{err}");
     assert_eq!(err.failure(), IoFailure::Mismatch, "the Node resyncs a replica on this");
     assert_eq!(fs::read(&tx3_path).expect("read"), damaged, "a file that does not verify is left for recovery");
+}
+
+#[test]
+fn a_file_that_a_newer_history_wrote_at_the_same_name_is_not_overwritten_by_kept_bytes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut store, _, [tx2, _, _]) = store_after_a_snapshot(dir.path());
+    store.write_commit(&name(), tx2.min, tx2.max, &tx2.bytes, false).expect("deferred commit");
+    let taken = store.take_unflushed(&name(), tx2.max);
+    store.put_back_unflushed(&name(), taken);
+    let retry = store.take_unflushed(&name(), tx2.max);
+    // A snapshot replaced the history meanwhile and a different transaction 2 was stored.
+    let mut other = Model::default();
+    other.snapshot(2, 0x44);
+    let other_tx2 = other.tx(&[1], 0x55);
+    assert_eq!((other_tx2.min, other_tx2.max), (tx2.min, tx2.max));
+    let path = store.ltx_path(&name(), tx2.min, tx2.max);
+    fs::write(&path, &other_tx2.bytes).expect("the newer history's file");
+    replite::store::flush_files(&retry).expect("flush");
+    assert_eq!(fs::read(&path).expect("read"), other_tx2.bytes, "the newer file stays");
+}
+
+#[test]
+fn files_whose_log_append_failed_keep_their_bytes_for_a_retry() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut store, _, [tx2, _, _]) = store_after_a_snapshot(dir.path());
+    store.write_commit(&name(), tx2.min, tx2.max, &tx2.bytes, false).expect("deferred commit");
+    let log = store.commit_log(&name()).expect("a commit log");
+    let waiting = store.take_unflushed(&name(), tx2.max);
+    // The log refuses records larger than itself, and then the file's own fsync fails too
+    // (`sync_file_range` refuses anything but a regular file).
+    let mut failing = waiting;
+    let record = vec![7u8; replite::store::COMMIT_LOG_SIZE as usize];
+    failing[0].bytes = Some(record.clone());
+    failing[0].file = fs::File::open("/dev/null").expect("/dev/null");
+    let failed = replite::store::flush_files_logged(failing, Some(&*log)).expect_err("neither log nor fsync");
+    assert_eq!(failed.files.len(), 1);
+    assert_eq!(failed.files[0].bytes.as_deref(), Some(record.as_slice()), "the bytes come back with the file");
 }
 
 /// A power loss after durable commits, imitated: their files at their final names lost or

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use replite_core::TxId;
 use replite_core::stream::DbName;
+use tracing::warn;
 
 use crate::store::error::StoreError;
 
@@ -35,7 +36,8 @@ pub struct Unflushed {
     /// A flush of this file failed before: its next one rewrites it ([`flush`]).
     pub failed: bool,
     /// Its contents, kept for a small file so a flush can append them to the commit log
-    /// (`commit_log`) instead of fsyncing the file.
+    /// (`commit_log`) instead of fsyncing the file, and kept through a failed flush so that
+    /// the file can be written again from them if the failure lost what the disk held.
     pub bytes: Option<Vec<u8>>,
 }
 
@@ -55,6 +57,10 @@ impl FlushFailed {
         Box::new(FlushFailed { error, files })
     }
 }
+
+/// Most bytes of a database's files kept in memory through failed flushes (see
+/// [`UnflushedFiles::put_back`]).
+pub const KEPT_AFTER_FAILURE: usize = 64 << 20;
 
 /// Files waiting for a flush, per database, oldest first.
 #[derive(Debug, Default)]
@@ -85,6 +91,17 @@ impl UnflushedFiles {
         let entry = self.by_db.entry(db.clone()).or_default();
         files.append(entry);
         files.sort_by_key(|f| f.max);
+        // While flushes keep failing, commits go on: the bytes kept to write files again are
+        // bounded, oldest first (past the bound a file is only read back, as a large one is).
+        let mut kept = 0usize;
+        for f in files.iter_mut().filter(|f| f.failed) {
+            if let Some(bytes) = &f.bytes {
+                kept += bytes.len();
+                if kept > KEPT_AFTER_FAILURE {
+                    f.bytes = None;
+                }
+            }
+        }
         *entry = files;
     }
 
@@ -284,7 +301,8 @@ pub fn write_into_spare(spare: Spare, path: &Path, contents: &[u8], durable: boo
 /// failed before is rewritten instead: after a failed fsync Linux may have dropped its dirty
 /// pages or marked them clean, so fsyncing it again can succeed with the data never written
 /// (PostgreSQL's "fsyncgate"). It is read back, verified whole and written to a new file that
-/// replaces it durably; one that no longer verifies is reported lost, never flushed.
+/// replaces it durably; one that no longer verifies is written again from the bytes kept in
+/// memory (a small file), else reported lost, never flushed.
 pub fn flush(files: &[Unflushed]) -> Result<(), StoreError> {
     for f in files.iter().filter(|f| f.failed) {
         rewrite(f)?;
@@ -312,21 +330,35 @@ pub fn flush(files: &[Unflushed]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes a file whose flush failed again from what reading it back gives, if that is the
-/// whole LTX file it should be.
+/// Writes a file whose flush failed again: from what reading it back gives if that is the
+/// whole LTX file it should be, else from the bytes kept in memory.
+///
+/// What is on disk comes first: a file at this name that verifies whole with the expected
+/// range is either this one or one a newer history wrote since (a snapshot replaced the
+/// files), which the kept bytes must not overwrite.
 fn rewrite(f: &Unflushed) -> Result<(), StoreError> {
-    let lost = |reason: String| StoreError::LostUnflushed { path: f.path.clone(), reason };
-    let bytes = match std::fs::read(&f.path) {
+    let read_back = match std::fs::read(&f.path) {
         Ok(bytes) => bytes,
         // Retention removed (or recycled) it meanwhile: nothing of it is needed any more.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(lost(format!("reading it back: {e}"))),
+        Err(e) => return rewrite_from_memory(f, format!("reading it back: {e}")),
     };
-    let verified = replite_core::ltx::verify(bytes.as_slice()).map_err(|e| lost(e.to_string()))?;
-    if verified.header().max_txid != f.max {
-        return Err(lost(format!("it now holds TXID {}", verified.header().max_txid)));
+    match replite_core::ltx::verify(read_back.as_slice()) {
+        Ok(verified) if verified.header().max_txid == f.max => crate::store::write_atomic(&f.path, &read_back),
+        Ok(verified) => rewrite_from_memory(f, format!("it now holds TXID {}", verified.header().max_txid)),
+        Err(e) => rewrite_from_memory(f, e.to_string()),
     }
-    crate::store::write_atomic(&f.path, &bytes)
+}
+
+/// The disk no longer holds `f` as written (`damage` says how): writes it again from the
+/// bytes kept in memory, or reports it lost when none were kept (a file too large for the
+/// commit log).
+fn rewrite_from_memory(f: &Unflushed, damage: String) -> Result<(), StoreError> {
+    let Some(bytes) = &f.bytes else {
+        return Err(StoreError::LostUnflushed { path: f.path.clone(), reason: damage });
+    };
+    warn!(path = %f.path.display(), damage, "an LTX file whose flush failed was damaged on disk; writing it again from memory");
+    crate::store::write_atomic(&f.path, bytes)
 }
 
 /// `syncfs` on the file system holding `file`: everything written to it so far is durable.
@@ -349,7 +381,7 @@ pub fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
-    fn unflushed(dir: &Path, max: u64) -> Unflushed {
+    fn unflushed_file(dir: &Path, max: u64) -> Unflushed {
         let path = dir.join(format!("{max}.ltx"));
         let file = write_new(&path, b"bytes", false).expect("write").expect("an open file");
         Unflushed { max: TxId(max), path, file, failed: false, bytes: None }
@@ -361,7 +393,7 @@ mod tests {
         let db = DbName::new("a.db").expect("name");
         let mut set = UnflushedFiles::default();
         for max in 1..=4 {
-            set.push(&db, unflushed(dir.path(), max));
+            set.push(&db, unflushed_file(dir.path(), max));
         }
         let taken = set.take(&db, TxId(2));
         assert_eq!(taken.iter().map(|f| f.max.0).collect::<Vec<_>>(), vec![1, 2]);
@@ -369,6 +401,19 @@ mod tests {
         set.forget(&db, TxId(3));
         set.put_back(&db, taken);
         assert_eq!(set.take(&db, TxId(9)).iter().map(|f| f.max.0).collect::<Vec<_>>(), vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn bytes_kept_through_failed_flushes_are_bounded_oldest_first() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = DbName::new("a.db").expect("name");
+        let third = KEPT_AFTER_FAILURE / 3 + 1;
+        let mut unflushed = UnflushedFiles::default();
+        let files: Vec<Unflushed> =
+            (1..=3).map(|m| Unflushed { bytes: Some(vec![0u8; third]), ..unflushed_file(dir.path(), m) }).collect();
+        unflushed.put_back(&db, files);
+        let kept: Vec<bool> = unflushed.take(&db, TxId(3)).iter().map(|f| f.bytes.is_some()).collect();
+        assert_eq!(kept, [true, true, false]);
     }
 
     #[test]
@@ -391,7 +436,8 @@ mod tests {
     #[test]
     fn write_new_refuses_an_existing_path_and_flush_handles_many_files() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let files: Vec<Unflushed> = (1..=SYNCFS_ABOVE_FILES as u64 + 2).map(|m| unflushed(dir.path(), m)).collect();
+        let files: Vec<Unflushed> =
+            (1..=SYNCFS_ABOVE_FILES as u64 + 2).map(|m| unflushed_file(dir.path(), m)).collect();
         flush(&files).expect("syncfs flush");
         let err = write_new(&files[0].path, b"again", true).expect_err("path taken");
         assert!(matches!(err, StoreError::Io { op: "create", .. }), "{err}");

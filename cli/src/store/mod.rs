@@ -29,7 +29,7 @@ use replite_core::stream::DbName;
 use replite_core::{Checksum, Epoch, Pos, TxId};
 use tracing::{debug, info, warn};
 
-pub use commit_log::CommitLog;
+pub use commit_log::{CommitLog, LOG_SIZE as COMMIT_LOG_SIZE};
 pub use error::StoreError;
 pub use flush::{FlushFailed, SPARES_PER_DIR, SYNCFS_ABOVE_FILES, Spare, Unflushed, make_spares};
 pub use fsutil::{TEMP_SUFFIX, write_atomic};
@@ -62,7 +62,13 @@ pub fn flush_files_logged(files: Vec<Unflushed>, log: Option<&Mutex<CommitLog>>)
                 Ok(()) => return Ok(()),
                 Err(failed) => {
                     warn!(error = %failed.error, "appending to the commit log failed: fsyncing the files instead");
-                    failed.files
+                    // Given back, in order: should the fsyncs fail too, a retry can write
+                    // the files again from them (`flush::flush`).
+                    let mut files = failed.files;
+                    for (file, bytes) in files.iter_mut().zip(bytes) {
+                        file.bytes = Some(bytes);
+                    }
+                    files
                 }
             }
         }
