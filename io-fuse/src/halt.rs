@@ -154,7 +154,7 @@ impl Mount {
         let gate = self.shared.journal_gate(db);
         let _no_copy_reads = gate.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let applied = self.apply_verified(db, Change::Apply { ltx: ltx_bytes, current }, Locking::UnderHalt)?;
-        Ok(applied.expect("an apply that waits for its locks always applies"))
+        Ok(crate::replica::waited(applied))
     }
 }
 

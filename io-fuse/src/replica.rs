@@ -503,7 +503,7 @@ pub(crate) enum Locking {
 }
 
 /// The position of an apply that waited for its locks, which always has one.
-fn waited(pos: Option<Pos>) -> Pos {
+pub(crate) fn waited(pos: Option<Pos>) -> Pos {
     pos.expect("an apply that waits for its locks always applies")
 }
 
