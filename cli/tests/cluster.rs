@@ -750,6 +750,99 @@ fn a_wal_database_dropped_with_a_connection_open_on_a_replica_goes_without_waiti
     b.stop();
 }
 
+/// Reads `/events` of the node at `url` on a thread of its own until `limit` has passed: each
+/// JSON line comes through the channel, the `init` line first.
+fn watch_events(url: &str, limit: Duration) -> std::sync::mpsc::Receiver<serde_json::Value> {
+    let (lines, rx) = std::sync::mpsc::channel();
+    let url = format!("{url}/events");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let mut response = match reqwest::get(&url).await {
+                Ok(response) => response,
+                Err(e) => panic!("GET {url}: {e:?}"),
+            };
+            let deadline = tokio::time::Instant::now() + limit;
+            let mut pending = Vec::new();
+            while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, response.chunk()).await {
+                pending.extend_from_slice(&chunk);
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let event = serde_json::from_slice(line.trim_ascii()).expect("a JSON line");
+                    if lines.send(event).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    });
+    rx
+}
+
+/// The `tx` events of `db` from `events` up to and including the first with `commit` 0 (a
+/// drop), as (txID, postApplyChecksum, pageSize, commit).
+fn tx_events_through_drop(
+    events: &std::sync::mpsc::Receiver<serde_json::Value>,
+    db: &str,
+) -> Vec<(String, String, u64, u64)> {
+    let mut seen = Vec::new();
+    loop {
+        let event = events.recv_timeout(WAIT).unwrap_or_else(|_| panic!("no drop event; saw {seen:?}"));
+        if event["type"] != "tx" || event["db"] != db {
+            continue;
+        }
+        let data = &event["data"];
+        let text = |key: &str| data[key].as_str().unwrap_or_else(|| panic!("{key} in {event}")).to_owned();
+        let number = |key: &str| data[key].as_u64().unwrap_or_else(|| panic!("{key} in {event}"));
+        seen.push((text("txID"), text("postApplyChecksum"), number("pageSize"), number("commit")));
+        if number("commit") == 0 {
+            return seen;
+        }
+    }
+}
+
+/// LiteFS's `/events` on both sides: every transaction as a `tx` event with its size in
+/// pages, and a drop as one more transaction with `commit` 0, on the primary and the replica.
+#[test]
+fn events_show_every_transaction_and_the_drop_on_the_primary_and_the_replica() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut a, mut b) = static_pair(root.path());
+    b.wait_for("the replica's API", |i| i["role"] == "replica");
+    let watchers = [watch_events(&a.url, WAIT), watch_events(&b.url, WAIT)];
+    for events in &watchers {
+        let init = events.recv_timeout(WAIT).expect("the init line");
+        assert_eq!(init["type"], "init", "{init}");
+    }
+    let conn = open(&a, "ev.db");
+    create_table(&conn);
+    insert_rows(&conn, "row", 3);
+    drop(conn);
+    converge(&a, &[&b], "ev.db");
+    std::fs::remove_file(a.db_path("ev.db")).expect("the primary drops the database");
+    let dropped = converge(&a, &[&b], "ev.db");
+    let (drop_txid, drop_checksum) = dropped.split_once('/').expect("txid/checksum");
+
+    let on_primary = tx_events_through_drop(&watchers[0], "ev.db");
+    let on_replica = tx_events_through_drop(&watchers[1], "ev.db");
+    assert_eq!(on_primary.len(), 5, "four transactions and the drop: {on_primary:?}");
+    for (i, (txid, _, page_size, commit)) in on_primary.iter().enumerate() {
+        assert_eq!(txid, &format!("{:016x}", i + 1), "{on_primary:?}");
+        assert_eq!(*page_size, 4096, "{on_primary:?}");
+        assert_eq!(*commit > 0, i < 4, "only the drop leaves no pages: {on_primary:?}");
+    }
+    let last = on_primary.last().expect("the drop");
+    assert_eq!((last.0.as_str(), last.1.as_str()), (drop_txid, drop_checksum), "{on_primary:?}");
+    assert_eq!(on_replica, on_primary, "the replica reports the same transactions");
+    // The readers are still connected: a stopping node ends their streams instead of
+    // waiting out its HTTP server's grace period for them.
+    a.stop();
+    b.stop();
+    for node in [&a, &b] {
+        let log = node.log_text();
+        assert!(!log.contains("HTTP connections still open after shutdown"), "{}: {log}", node.name);
+    }
+}
+
 #[test]
 fn a_database_unlinked_on_the_primary_disappears_from_every_replica_and_can_be_created_again() {
     let root = tempfile::tempdir().expect("tempdir");

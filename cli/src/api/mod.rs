@@ -21,7 +21,7 @@ use replite_core::node::Input;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::driver::{EventLog, Status};
+use crate::driver::{EventLog, EventReader, Status};
 
 /// Where `/metrics` reads how the mount answered SQLite's fsyncs (decision 0017).
 pub type SyncCountsSource = std::sync::Arc<dyn Fn() -> replite_fuse::SyncCounts + Send + Sync>;
@@ -109,14 +109,19 @@ async fn metrics_text(State(api): State<Api>) -> Response {
 }
 
 async fn events_stream(State(api): State<Api>) -> Response {
-    let (init, mut rx) = api.events.subscribe();
+    let EventReader { init, events: mut rx, mut closed } = api.events.subscribe();
     let (tx, body_rx) = mpsc::channel::<Result<String, std::io::Error>>(16);
     tokio::spawn(async move {
         if tx.send(Ok(init + "\n")).await.is_err() {
             return;
         }
         loop {
-            match rx.recv().await {
+            let received = tokio::select! {
+                received = rx.recv() => received,
+                // The node stops: the stream ends (a closed sender counts as stopped too).
+                _ = closed.wait_for(|&stopped| stopped) => return,
+            };
+            match received {
                 Ok(line) => {
                     if tx.send(Ok(line + "\n")).await.is_err() {
                         return;

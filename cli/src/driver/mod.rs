@@ -22,5 +22,7 @@ pub use disk_storage::DiskStorage;
 pub use node_config::{NodeConfigError, node_config};
 pub use page_sums::{CommitPages, PageSums};
 pub use run::{Driver, LoadPageSums, Network};
-pub use status::{DbStatus, EventLog, HaltLockStatus, Peer, ReplicaStatus, SnapshotProgress, Status, Surface};
+pub use status::{
+    DbStatus, EventLog, EventReader, HaltLockStatus, Peer, ReplicaStatus, SnapshotProgress, Status, Surface,
+};
 pub use storage::{DatabaseImage, SnapshotImage, Storage, Streamed};

@@ -49,6 +49,12 @@ impl PageSums {
         }
     }
 
+    /// The database's page size.
+    #[must_use]
+    pub fn page_size(&self) -> PageSize {
+        self.page_size
+    }
+
     /// The database checksum these pages give (lock page excluded).
     #[must_use]
     pub fn database_checksum(&self) -> Checksum {

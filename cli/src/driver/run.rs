@@ -14,7 +14,7 @@ use replite_core::node::{
     SpoolId, SyncId, UpstreamId,
 };
 use replite_core::stream::DbName;
-use replite_core::{Epoch, NodeId, TxId};
+use replite_core::{Epoch, NodeId, Pos, TxId};
 use replite_fuse::{CapturedTx, Refusal};
 use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{debug, info, warn};
@@ -26,7 +26,7 @@ use crate::driver::halt_writes::{ReplicaHalt, SentTransactions};
 use crate::driver::page_sums::PageSums;
 use crate::driver::recent_ltx::{self, SharedRecentLtx};
 use crate::driver::spool::{MakeImage, SpoolOutcome, SpoolWriter, Spooled};
-use crate::driver::status::{EventLog, SnapshotProgress, Status, Surface};
+use crate::driver::status::{EventLog, SnapshotProgress, Status, Surface, TxFacts};
 use crate::driver::storage::{AppliedNow, Storage};
 use crate::driver::upstream::{UpstreamReport, run_upstream};
 use crate::http::{DownstreamConn, StreamServerEvent};
@@ -674,14 +674,17 @@ impl Driver {
         self.node.handle(self.clock.now(), Input::DropDb { commit, db });
     }
 
-    /// Answers a drop the Node decided on; `true` if `commit` was one.
-    fn answer_drop(&mut self, commit: CommitId, verdict: Result<(), Refusal>) -> bool {
+    /// Answers a drop the Node decided on (`Ok` with the position it committed at); `true` if
+    /// `commit` was one.
+    fn answer_drop(&mut self, commit: CommitId, verdict: Result<Pos, Refusal>) -> bool {
         let Some((db, answer)) = self.pending_drops.remove(&commit) else { return false };
-        if verdict.is_ok() {
+        if let Ok(pos) = verdict {
             // A database created again under this name starts from no pages.
-            self.sums.remove(db.as_str());
+            let page_size = self.sums.remove(db.as_str()).map_or(DROP_EVENT_PAGE_SIZE, |sums| sums.page_size().get());
+            // As LiteFS: a drop is a transaction that leaves no pages.
+            self.events.tx(&db, pos, page_size, 0);
         }
-        let _ = answer.send(verdict);
+        let _ = answer.send(verdict.map(|_| ()));
         true
     }
 
@@ -864,7 +867,7 @@ impl Driver {
 
     fn execute(&mut self, output: Output) {
         match output {
-            Output::AckCommit { commit, .. } if self.answer_drop(commit, Ok(())) => {}
+            Output::AckCommit { commit, pos, .. } if self.answer_drop(commit, Ok(pos)) => {}
             Output::AckCommit { db, commit, pos } => {
                 if let Some(p) = self.pending.remove(&commit) {
                     if let Some(sums) = self.sums.get_mut(db.as_str()) {
@@ -949,7 +952,7 @@ impl Driver {
                     return;
                 }
                 let back = self.back_tx.clone();
-                let (page_size, ts) = ltx_header_facts(&bytes);
+                let facts = ltx_header_facts(&bytes);
                 let events = self.events.clone();
                 if !own_commit
                     && !durable
@@ -963,7 +966,7 @@ impl Driver {
                     jobs.push(Box::new(move || match storage.persist_and_apply_now(&db, min, max, &bytes, base) {
                         AppliedNow::Done(result) => {
                             if let Ok(pos) = result {
-                                events.applied(&db, pos, page_size, ts);
+                                events.applied(&db, pos, facts);
                             }
                             Some(Input::LtxDone { op, result })
                         }
@@ -971,7 +974,7 @@ impl Driver {
                             tokio::task::spawn_blocking(move || {
                                 let result = storage.apply_stored(&db, min, max, &bytes, base);
                                 if let Ok(pos) = result {
-                                    events.applied(&db, pos, page_size, ts);
+                                    events.applied(&db, pos, facts);
                                 }
                                 let _ = back.send(Back::Input(Input::LtxDone { op, result }));
                             });
@@ -986,7 +989,7 @@ impl Driver {
                     } else {
                         let applied = storage.persist_and_apply(&db, min, max, &bytes, base, durable);
                         if let Ok(pos) = applied {
-                            events.applied(&db, pos, page_size, ts);
+                            events.applied(&db, pos, facts);
                         }
                         applied
                     };
@@ -1021,11 +1024,11 @@ impl Driver {
                 };
                 let storage = Arc::clone(&self.storage);
                 let events = self.events.clone();
-                let (page_size, ts) = (verified.header().page_size.get(), verified.header().timestamp_ms);
+                let facts = TxFacts::of(verified.header());
                 tokio::task::spawn_blocking(move || {
                     let result = storage.persist_spooled_and_apply(&db, min, max, file, image, base);
                     if let Ok(pos) = result {
-                        events.applied(&db, pos, page_size, ts);
+                        events.applied(&db, pos, facts);
                     }
                     let _ = back.send(Back::Input(Input::LtxDone { op, result }));
                 });
@@ -1302,6 +1305,7 @@ async fn shut_down(driver: &std::sync::Mutex<Driver>) {
             up.task.abort();
         }
         d.downstreams.clear();
+        d.events.close();
         d.surface.take().map(|SurfaceLink { roles, finished, .. }| {
             drop(roles);
             finished
@@ -1346,7 +1350,11 @@ enum LeaseRequest {
 
 /// The page size and timestamp an LTX file's header states, for events; zeros if unreadable
 /// (the store verifies the whole file before anything is applied).
-fn ltx_header_facts(bytes: &[u8]) -> (u32, i64) {
+/// The page size a drop's `tx` event names when this node never loaded the database's pages
+/// (the Node's drop file says the same then).
+const DROP_EVENT_PAGE_SIZE: u32 = 4096;
+
+fn ltx_header_facts(bytes: &[u8]) -> TxFacts {
     let header = bytes.get(..HEADER_SIZE).and_then(|b| <&[u8; HEADER_SIZE]>::try_from(b).ok());
-    header.and_then(|h| Header::decode(h).ok()).map_or((0, 0), |h| (h.page_size.get(), h.timestamp_ms))
+    header.and_then(|h| Header::decode(h).ok()).map_or_else(TxFacts::default, |h| TxFacts::of(&h))
 }

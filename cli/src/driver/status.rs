@@ -10,7 +10,7 @@ use replite_core::stream::DbName;
 use replite_core::{NodeId, Pos};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::lease::LeaseRecord;
 
@@ -231,6 +231,9 @@ pub struct EventLog {
     sender: broadcast::Sender<String>,
     /// The latest primary state, sent first to each new reader as the `init` event.
     current: Arc<Mutex<serde_json::Value>>,
+    /// Set when the node stops: readers' streams end then (a stream open past the stop
+    /// would hold the HTTP server's shutdown for its whole grace period).
+    closed: Arc<watch::Sender<bool>>,
 }
 
 impl Default for EventLog {
@@ -238,16 +241,36 @@ impl Default for EventLog {
         EventLog {
             sender: broadcast::Sender::new(EVENT_BACKLOG),
             current: Arc::new(Mutex::new(json!({"isPrimary": false, "hostname": ""}))),
+            closed: Arc::new(watch::Sender::new(false)),
         }
     }
 }
 
+/// One reader of an [`EventLog`].
+pub struct EventReader {
+    /// The `init` line.
+    pub init: String,
+    /// Every event from now on.
+    pub events: broadcast::Receiver<String>,
+    /// Becomes `true` when the node stops: no more events come.
+    pub closed: watch::Receiver<bool>,
+}
+
 impl EventLog {
-    /// A new reader: the `init` line, and every event from now on.
+    /// A new reader: the `init` line, and every event from now on until the node stops.
     #[must_use]
-    pub fn subscribe(&self) -> (String, broadcast::Receiver<String>) {
+    pub fn subscribe(&self) -> EventReader {
         let current = self.current.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        (json!({"type": "init", "data": current}).to_string(), self.sender.subscribe())
+        EventReader {
+            init: json!({"type": "init", "data": current}).to_string(),
+            events: self.sender.subscribe(),
+            closed: self.closed.subscribe(),
+        }
+    }
+
+    /// The node stops: every reader's stream ends.
+    pub(crate) fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     fn send(&self, event: serde_json::Value) {
@@ -276,21 +299,38 @@ impl EventLog {
         }));
     }
 
-    pub(crate) fn applied(&self, db: &DbName, pos: Pos, page_size: u32, timestamp_ms: i64) {
+    /// A file from the primary was applied (a drop's, with `commit` 0, too).
+    pub(crate) fn applied(&self, db: &DbName, pos: Pos, facts: TxFacts) {
         self.send(json!({
             "type": "tx",
             "db": db.as_str(),
             "data": {
                 "txID": pos.txid.to_string(),
                 "postApplyChecksum": pos.checksum.to_string(),
-                "pageSize": page_size,
-                "timestamp": crate::timefmt::rfc3339_nano_ms(timestamp_ms),
+                "pageSize": facts.page_size,
+                "commit": facts.commit,
+                "timestamp": crate::timefmt::rfc3339_nano_ms(facts.timestamp_ms),
             }
         }));
     }
 
     pub(crate) fn node_event(&self, event: &Event) {
         self.send(json!({"type": "node", "data": {"event": format!("{event:?}")}}));
+    }
+}
+
+/// What a `tx` event says of an applied LTX file beside its position: its header's fields.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TxFacts {
+    pub(crate) page_size: u32,
+    /// The database's size in pages after it (0 for a drop).
+    pub(crate) commit: u32,
+    pub(crate) timestamp_ms: i64,
+}
+
+impl TxFacts {
+    pub(crate) fn of(header: &replite_core::ltx::Header) -> TxFacts {
+        TxFacts { page_size: header.page_size.get(), commit: header.commit, timestamp_ms: header.timestamp_ms }
     }
 }
 
