@@ -381,6 +381,40 @@ fn replite_run_with_a_halt_lock_writes_a_wal_database_from_a_replica() {
 }
 
 /// The id of the halt lock `primary` granted last, from its log.
+/// A transaction under a halt lock whose file is larger than a replica keeps in memory comes
+/// back spooled to disk: stored like a small one, not applied over the pages already there.
+#[test]
+fn a_large_transaction_under_a_halt_lock_comes_back_to_the_replica_whole() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut a, mut b, local) = pair_with_table(root.path(), "DELETE");
+    let db = "app.db";
+    // 3 MiB of incompressible rows in one transaction: its LTX file passes the 1 MiB spool limit.
+    let script = format!(
+        "sqlite3 -cmd '.timeout 5000' {} \"BEGIN; WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 48)
+         INSERT INTO t (v) SELECT hex(randomblob(32768)) FROM n; COMMIT;\"",
+        b.db_path(db).display()
+    );
+    let output = finished(replite_run(&b, db, &script));
+    assert!(output.status.success(), "replite run: {output:?}");
+    let want = a.pos(db).expect("position");
+    wait_for_pos(&b, db, &want);
+    for node in [&a, &b] {
+        assert_eq!(count(&read_only(node, db)), 49, "on {}", node.name);
+    }
+    local.execute("INSERT INTO t (v) VALUES ('after')", []).expect("the primary writes again");
+    let want = a.pos(db).expect("position");
+    wait_for_pos(&b, db, &want);
+    assert_eq!(integrity(&read_only(&b, db)), "ok");
+    let log = b.log_text();
+    assert!(
+        !log.contains("Resync") && !log.contains("mismatch"),
+        "the replica took its transaction back whole:\n{log}"
+    );
+    drop(local);
+    a.stop();
+    b.stop();
+}
+
 fn granted_id(primary: &Node) -> i64 {
     let log = primary.log_text();
     let line =

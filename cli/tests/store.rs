@@ -494,7 +494,7 @@ fn run_storage(node: &mut replite_core::node::Node, store: &mut Store) -> Vec<(T
                 let result = store.apply_ltx(&db, min, max, base).map_err(|e| e.failure());
                 node.handle(Millis(0), Input::LtxDone { op, result });
             }
-            Output::PersistLtx { db, op, min, max, bytes, base, durable } => {
+            Output::PersistLtx { db, op, min, max, bytes, base, durable, .. } => {
                 let result = store
                     .write_replicated(&db, min, max, &bytes, durable)
                     .and_then(|()| store.apply_ltx(&db, min, max, base))

@@ -166,6 +166,21 @@ impl Storage for DiskStorage {
         })
     }
 
+    fn persist_spooled_applied(
+        &self,
+        db: &DbName,
+        min: TxId,
+        max: TxId,
+        spool: tempfile::NamedTempFile,
+        post: Pos,
+    ) -> Result<Pos, IoFailure> {
+        let mut store = self.store();
+        store.persist_spooled(db, min, max, spool).map_err(logged(db, "persisting a spooled LTX file"))?;
+        // The database file changed without the store: its idea of the checksum is stale.
+        store.forget_checksum(db);
+        Ok(post)
+    }
+
     fn flush_ltx(&self, db: &DbName, through: TxId) -> Result<(), IoFailure> {
         // Taken under the lock, fsynced outside it: a commit's write need not wait.
         let (files, log) = {

@@ -6,7 +6,6 @@ mod bridge;
 mod clock;
 mod disk_storage;
 mod downstream;
-mod halt_writes;
 mod node_config;
 mod page_sums;
 mod recent_ltx;

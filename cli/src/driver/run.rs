@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use replite_core::ltx::{HEADER_SIZE, Header};
 use replite_core::node::{
-    CommitId, DownstreamId, Durability, Input, IoFailure, Millis, Node, OpId, Output, RefuseReason, RemoteCommit, Role,
-    SpoolId, SyncId, UpstreamId,
+    CommitId, DownstreamId, Durability, HaltRefusal, Input, IoFailure, LtxOrigin, Millis, Node, OpId, Output,
+    RefuseReason, RemoteCommit, Role, SpoolId, SyncId, UpstreamId,
 };
 use replite_core::stream::DbName;
 use replite_core::{Epoch, NodeId, Pos, TxId};
@@ -22,7 +22,6 @@ use tracing::{debug, info, warn};
 use crate::driver::bridge::{Answer, DirectLane, FsRequest, WriteGate};
 use crate::driver::clock::Clock;
 use crate::driver::downstream::{DownstreamCmd, DownstreamShared, PositionQuery, Transfers, run_downstream};
-use crate::driver::halt_writes::{ReplicaHalt, SentTransactions};
 use crate::driver::page_sums::PageSums;
 use crate::driver::recent_ltx::{self, SharedRecentLtx};
 use crate::driver::spool::{MakeImage, SpoolOutcome, SpoolWriter, Spooled};
@@ -83,28 +82,10 @@ struct UpstreamTask {
 }
 
 /// Everything that comes back to the loop from tasks it started.
-/// A transaction sent under a halt lock, with the primary's answer.
-struct SentOutcome {
-    db: String,
-    txid: TxId,
-    post: replite_core::Pos,
-    result: Result<(), String>,
-    tx: CapturedTx,
-    answer: Answer,
-}
-
 enum Back {
     Input(Input),
-    /// The primary's answer to a transaction this replica sent under a halt lock.
-    Sent(Box<SentOutcome>),
-    Peer {
-        id: NodeId,
-        record: LeaseRecord,
-    },
-    Spooled {
-        spool: SpoolId,
-        outcome: SpoolOutcome,
-    },
+    Peer { id: NodeId, record: LeaseRecord },
+    Spooled { spool: SpoolId, outcome: SpoolOutcome },
 }
 
 /// Upstream reports queued for the loop. Bounded so that a loop slowed by the disk (a spool
@@ -179,11 +160,12 @@ pub struct Driver {
     /// Acknowledged commits, answered once the step's status is published: a client that
     /// reads `/info` after its commit returned always sees the commit's position.
     acknowledged: Vec<Answer>,
-    /// Halt locks this replica holds on its primary, by database (`halt_writes`).
-    halts: BTreeMap<String, ReplicaHalt>,
-    /// Transactions sent under them that the stream has not brought back.
-    sent: SentTransactions,
-    /// The client that sends them.
+    /// The primaries' API URLs of the halt locks this replica holds, by database: where the
+    /// Node's `SendUnderHalt` goes (which commits go there is the Node's decision).
+    halt_primaries: BTreeMap<String, String>,
+    /// Halt locks handed to the Node and not answered yet, by database.
+    halt_answers: BTreeMap<String, Answer>,
+    /// The client that sends transactions under them.
     http: reqwest::Client,
 }
 
@@ -229,8 +211,8 @@ impl Driver {
             status,
             events: EventLog::default(),
             transfers: Transfers::default(),
-            halts: BTreeMap::new(),
-            sent: SentTransactions::default(),
+            halt_primaries: BTreeMap::new(),
+            halt_answers: BTreeMap::new(),
             // A transaction sent under a halt lock is answered within the commit's own wait.
             http: reqwest::Client::builder().timeout(crate::driver::COMMIT_ANSWER_TIMEOUT).build().unwrap_or_default(),
             gate: None,
@@ -461,26 +443,17 @@ impl Driver {
     fn on_fs_request(&mut self, request: FsRequest) {
         let now = self.clock.now();
         match request {
-            FsRequest::MayWrite { db, answer } if self.halts.contains_key(&db) => {
+            FsRequest::MayWrite { db, answer } if DbName::new(&db).is_ok_and(|n| self.node.writes_under_halt(&n)) => {
                 let _ = answer.send(Ok(()));
-            }
-            // What is sent under a halt lock is durable at the primary before its commit returns.
-            FsRequest::Sync { db, answer } if self.halts.contains_key(&db) => {
-                let _ = answer.send(Ok(()));
-            }
-            FsRequest::Commit { tx, answer } if self.halts.contains_key(&tx.db) && !self.is_primary() => {
-                self.send_under_halt(tx, answer);
             }
             FsRequest::HaltHeld { db, id, primary_url, pos, answer } => {
-                let _ = answer.send(self.hold_halt(db, id, primary_url, pos));
+                self.hold_halt(db, id, primary_url, pos, answer)
             }
             FsRequest::HaltDropped { db, answer } => {
-                self.halts.remove(&db);
-                // A replica keeps no page checksums; a node promoted while it held the lock
-                // loaded its own at the promotion and needs them.
-                if !self.is_primary() {
-                    self.sums.remove(&db);
+                if let Ok(name) = DbName::new(&db) {
+                    self.node.handle(now, Input::ReleaseHalt { db: name });
                 }
+                self.forget_halt(&db);
                 let _ = answer.send(Ok(()));
             }
             FsRequest::MayWrite { answer, .. } if self.node.handing_off() => self.parked.push(answer),
@@ -512,93 +485,68 @@ impl Driver {
         matches!(self.node.role(), Role::Primary { .. })
     }
 
-    /// This replica holds a halt lock on `db` at `pos`: its page checksums are read from the
-    /// file (which must be at `pos`), and its applications' commits are sent to the primary.
-    fn hold_halt(&mut self, db: String, id: i64, primary_url: String, pos: replite_core::Pos) -> Result<(), Refusal> {
-        let refuse = |reason: String| Err(Refusal::Failed { reason });
-        let Ok(name) = DbName::new(&db) else { return refuse(format!("invalid database name {db:?}")) };
+    /// This replica took a halt lock on `db` at `pos`: its page checksums are read from the
+    /// file (which must be at `pos`), then the Node decides whether its commits go to the
+    /// primary (`Output::HaltHeld` answers).
+    fn hold_halt(&mut self, db: String, id: i64, primary_url: String, pos: replite_core::Pos, answer: Answer) {
+        let refuse = |answer: Answer, reason: String| {
+            let _ = answer.send(Err(Refusal::Failed { reason }));
+        };
+        let Ok(name) = DbName::new(&db) else { return refuse(answer, format!("invalid database name {db:?}")) };
         if self.is_primary() {
-            return refuse("this node is the primary".into());
-        }
-        if self.node.pos(&name) != pos {
-            return refuse(format!("this replica is at {}, not at the lock's {pos}", self.node.pos(&name)));
+            return refuse(answer, "this node is the primary".into());
         }
         match (self.load_sums)(&name) {
             Ok(Some(sums)) if sums.database_checksum() == pos.checksum => {
                 self.sums.insert(db.clone(), sums);
             }
-            Ok(_) => return refuse("the database file does not match its position".into()),
-            Err(e) => return refuse(format!("reading page checksums: {e}")),
+            Ok(_) => return refuse(answer, "the database file does not match the lock's position".into()),
+            Err(e) => return refuse(answer, format!("reading page checksums: {e}")),
         }
-        info!(db, id, %pos, primary = primary_url, "halt lock held: commits go to the primary");
-        self.halts.insert(db, ReplicaHalt { id, primary_url, head: pos });
-        Ok(())
+        self.halt_primaries.insert(db.clone(), primary_url);
+        self.halt_answers.insert(db, answer);
+        self.node.handle(self.clock.now(), Input::HoldHalt { db: name, lock_id: id, pos });
     }
 
-    /// A commit of this replica's application under a halt lock: encoded on top of the
-    /// lock's last position and sent to the primary; answered with the primary's verdict.
-    fn send_under_halt(&mut self, tx: CapturedTx, answer: Answer) {
-        let refuse = |answer: Answer, reason: String| {
-            let _ = answer.send(Err(Refusal::ReadOnly { reason }));
-        };
-        let (Some(halt), Some(sums)) = (self.halts.get(&tx.db), self.sums.get(&tx.db)) else {
-            return refuse(answer, "no halt lock".into());
-        };
-        let change = sums.changes(tx.pages.iter().map(|p| (p.pgno, p.data.as_slice())), tx.commit);
-        let transaction = replite_core::node::Transaction {
-            page_size: tx.page_size,
-            pages: &change.pages,
-            commit_pages: tx.commit,
-            removed: &change.removed,
-        };
-        let me = self.node.id();
-        let Some((entry, bytes)) =
-            replite_core::node::encode_transaction(me, self.clock.now(), halt.head, &transaction)
-        else {
-            return refuse(answer, "the transaction cannot be encoded".into());
-        };
-        // Recorded before it is sent: the stream may bring it back before the answer.
-        self.sent.sent(&tx.db, entry.max, entry.post);
-        let url = format!("{}/tx?name={}&lockID={}", halt.primary_url.trim_end_matches('/'), tx.db, halt.id);
-        let request = self.http.post(url).header(replite_core::stream::HEADER_NODE_ID, format!("{me}")).body(bytes);
+    /// What the driver keeps for a halt lock on `db` that is gone.
+    fn forget_halt(&mut self, db: &str) {
+        self.halt_primaries.remove(db);
+        // A replica keeps no page checksums; a node promoted while it held the lock loaded
+        // its own at the promotion and needs them.
+        if !self.is_primary() {
+            self.sums.remove(db);
+        }
+    }
+
+    /// Sends a transaction the Node made under a halt lock to the primary's `/tx`; the
+    /// primary's verdict goes back to the Node.
+    fn send_under_halt(&mut self, commit: CommitId, db: &DbName, lock_id: i64, bytes: Vec<u8>) {
         let back = self.back_tx.clone();
-        let (db, txid, post) = (tx.db.clone(), entry.max, entry.post_pos());
+        let Some(primary_url) = self.halt_primaries.get(db.as_str()) else {
+            warn!(%db, "a transaction under a halt lock with no primary to send it to");
+            let _ = back.send(Back::Input(Input::SentUnderHalt { commit, accepted: false }));
+            return;
+        };
+        let url = format!("{}/tx?name={db}&lockID={lock_id}", primary_url.trim_end_matches('/'));
+        let me = self.node.id();
+        let request = self.http.post(url).header(replite_core::stream::HEADER_NODE_ID, format!("{me}")).body(bytes);
+        let db = db.clone();
         tokio::spawn(async move {
-            let result = match request.send().await {
-                Ok(response) if response.status().is_success() => Ok(()),
+            let refused = match request.send().await {
+                Ok(response) if response.status().is_success() => None,
                 Ok(response) => {
                     let status = response.status();
-                    Err(format!(
-                        "the primary refused it ({status}): {}",
-                        response.text().await.unwrap_or_default().trim()
-                    ))
+                    let text = response.text().await.unwrap_or_default();
+                    Some(format!("the primary refused it ({status}): {}", text.trim()))
                 }
-                Err(e) => Err(format!("sending it to the primary: {e}")),
+                Err(e) => Some(format!("sending it to the primary: {e}")),
             };
-            let _ = back.send(Back::Sent(Box::new(SentOutcome { db, txid, post, result, tx, answer })));
+            match &refused {
+                Some(reason) => warn!(%db, reason, "transaction under a halt lock refused"),
+                None => debug!(%db, "transaction sent under a halt lock"),
+            }
+            let _ = back.send(Back::Input(Input::SentUnderHalt { commit, accepted: refused.is_none() }));
         });
-    }
-
-    /// The primary's verdict on a transaction sent under a halt lock.
-    fn on_sent(&mut self, sent: SentOutcome) {
-        let SentOutcome { db, txid, post, result, tx, answer } = sent;
-        match result {
-            Ok(()) => {
-                if let Some(sums) = self.sums.get_mut(&db) {
-                    sums.commit(tx.pages.iter().map(|pg| (pg.pgno, pg.data.as_slice())), tx.commit);
-                }
-                if let Some(halt) = self.halts.get_mut(&db) {
-                    halt.head = post;
-                }
-                debug!(db, %post, "transaction sent under a halt lock");
-                let _ = answer.send(Ok(()));
-            }
-            Err(reason) => {
-                warn!(db, %txid, reason, "transaction under a halt lock refused");
-                self.sent.refused(&db, txid);
-                let _ = answer.send(Err(Refusal::ReadOnly { reason }));
-            }
-        }
     }
 
     /// A halt lock's transaction from a replica: a commit of this node's own, which the Node
@@ -691,7 +639,6 @@ impl Driver {
     fn on_back(&mut self, back: Back) {
         match back {
             Back::Input(input) => self.node.handle(self.clock.now(), input),
-            Back::Sent(sent) => self.on_sent(*sent),
             Back::Peer { id, record } => {
                 self.peers.insert(id, record);
             }
@@ -886,6 +833,27 @@ impl Driver {
                     self.answer_drop(commit, Err(refusal));
                 }
             }
+            Output::HaltHeld { db, result } => {
+                let Some(answer) = self.halt_answers.remove(db.as_str()) else { return };
+                let verdict = match result {
+                    Ok(()) => {
+                        info!(%db, "halt lock held: commits go to the primary");
+                        Ok(())
+                    }
+                    Err(refusal) => {
+                        self.forget_halt(db.as_str());
+                        let reason = match refusal {
+                            HaltRefusal::NotAReplica => "this node does not follow a primary".to_owned(),
+                            HaltRefusal::NotAtLockPosition { at } => {
+                                format!("this replica is at {at}, not at the lock's position")
+                            }
+                        };
+                        Err(Refusal::Failed { reason })
+                    }
+                };
+                let _ = answer.send(verdict);
+            }
+            Output::SendUnderHalt { commit, db, lock_id, bytes } => self.send_under_halt(commit, &db, lock_id, bytes),
             Output::SyncDone { sync, result } => {
                 if let Some(answer) = self.syncs.remove(&sync) {
                     let verdict = result.map_err(|reason| refusal_for(reason, "fsync"));
@@ -909,16 +877,11 @@ impl Driver {
                     storage.refill_spares(&db);
                 });
             }
-            Output::PersistLtx { db, op, min, max, bytes, base, durable } => {
-                // On a primary the file is its own commit (the pages are already in the
-                // database); otherwise it came from the primary and must be applied.
-                let own_commit = matches!(self.node.role(), Role::Primary { .. });
-                // Nothing sent under a halt lock before this file (before its end, for a
-                // snapshot) can come back any more.
-                let overtaken = if min == TxId(1) { max } else { TxId(min.0.saturating_sub(1)) };
-                self.sent.forget_through(db.as_str(), overtaken);
-                if !own_commit && self.sent.take_echo(db.as_str(), min, max, &bytes) {
-                    // Sent by this replica under a halt lock: its pages are in the file.
+            Output::PersistLtx { db, op, min, max, bytes, base, durable, origin } => {
+                // A primary's own commit: the pages are already in the database.
+                let own_commit = origin == LtxOrigin::OwnCommit;
+                if origin == LtxOrigin::HaltEcho {
+                    // Sent by this replica under a halt lock: its pages are in the database.
                     let (storage, back) = (Arc::clone(&self.storage), self.back_tx.clone());
                     tokio::task::spawn_blocking(move || {
                         let result = storage.persist_applied(&db, min, max, &bytes, durable);
@@ -1015,7 +978,7 @@ impl Driver {
                 self.spooling.remove(&spool);
                 self.spooled.remove(&spool);
             }
-            Output::PersistSpooledLtx { db, op, spool, min, max, base } => {
+            Output::PersistSpooledLtx { db, op, spool, min, max, base, origin } => {
                 let back = self.back_tx.clone();
                 let Some(Spooled { verified, file, image }) = self.spooled.remove(&spool) else {
                     warn!(%db, spool = spool.0, "asked to persist a spool that is not ready");
@@ -1025,7 +988,14 @@ impl Driver {
                 let storage = Arc::clone(&self.storage);
                 let events = self.events.clone();
                 let facts = TxFacts::of(verified.header());
+                let post = verified.post_apply_pos();
                 tokio::task::spawn_blocking(move || {
+                    if origin == LtxOrigin::HaltEcho {
+                        // Sent by this replica under a halt lock: its pages are in the database.
+                        let result = storage.persist_spooled_applied(&db, min, max, file, post);
+                        let _ = back.send(Back::Input(Input::LtxDone { op, result }));
+                        return;
+                    }
                     let result = storage.persist_spooled_and_apply(&db, min, max, file, image, base);
                     if let Ok(pos) = result {
                         events.applied(&db, pos, facts);
@@ -1337,6 +1307,9 @@ fn refusal_for(reason: RefuseReason, what: &str) -> Refusal {
         RefuseReason::NoSpace => Refusal::NoSpace { reason: reason_text },
         RefuseReason::NotPrimary | RefuseReason::Busy | RefuseReason::AsyncWindow => {
             Refusal::ReadOnly { reason: reason_text }
+        }
+        RefuseReason::PrimaryRefused => {
+            Refusal::ReadOnly { reason: format!("{what} refused by the primary (under a halt lock)") }
         }
     }
 }

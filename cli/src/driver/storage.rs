@@ -118,6 +118,20 @@ pub trait Storage: Send + Sync + 'static {
         image: Option<SnapshotImage>,
         base: Checksum,
     ) -> Result<Pos, IoFailure>;
+    /// [`Storage::persist_applied`] for a file spooled into `spool` (verified whole, leading
+    /// to `post`, fsynced): the spool becomes the stored file, nothing is applied.
+    fn persist_spooled_applied(
+        &self,
+        db: &DbName,
+        min: TxId,
+        max: TxId,
+        spool: tempfile::NamedTempFile,
+        post: Pos,
+    ) -> Result<Pos, IoFailure> {
+        let bytes = std::fs::read(spool.path()).map_err(|_| IoFailure::Io)?;
+        self.persist_applied(db, min, max, &bytes, true)?;
+        Ok(post)
+    }
     /// Makes every LTX file of `db` written without `durable`, up to `through`, durable.
     fn flush_ltx(&self, db: &DbName, through: TxId) -> Result<(), IoFailure>;
     /// Prepares what makes the next writes of `db` cheaper (spare files), off the commit path.

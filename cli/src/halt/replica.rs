@@ -6,7 +6,7 @@
 //!
 //! Taking it: the primary grants a halt lock at its position (`POST /halt`), this replica
 //! waits until it is there too, then the driver loads the database's page checksums and
-//! sends the commits on (`driver::halt_writes`), and the mount lets writes through. The lock
+//! sends the commits on (the Node: `core::node::halt`), and the mount lets writes through. The lock
 //! is renewed at the primary every 10 s while held, so a command may run longer than the
 //! lock's 30 s. Letting go (`DELETE /local-halt`, or the command's connection closing): a WAL
 //! database is checkpointed while still writable, the mount refuses writes again, the driver

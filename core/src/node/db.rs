@@ -8,7 +8,7 @@ use crate::node::input::{LtxFileInfo, OpId, SyncId};
 use crate::node::primary::InflightCommit;
 use crate::node::replica::{Inbound, Persist};
 use crate::node::time::Millis;
-use crate::types::{PageSize, Pos, TxId};
+use crate::types::{Checksum, PageSize, Pos, TxId};
 
 /// One database's replication state.
 #[derive(Debug, Default)]
@@ -57,6 +57,12 @@ pub(crate) struct Db {
     pub(crate) synced_since_commit: bool,
     /// Application fsyncs waiting for the files up to a TXID to be durable.
     pub(crate) sync_waiters: Vec<(SyncId, TxId)>,
+    /// A halt lock this replica holds on its primary for this database (`halt`).
+    pub(crate) halt: Option<super::halt::HaltGrant>,
+    /// Transactions this replica sent its primary under a halt lock that the stream has not
+    /// brought back yet, with their post-apply checksums. Kept past the lock's release: the
+    /// last ones may come back after it.
+    pub(crate) sent_under_halt: BTreeMap<TxId, Checksum>,
 }
 
 impl Db {

@@ -22,7 +22,7 @@ use crate::node::db::Db;
 use crate::node::history::LtxEntry;
 use crate::node::input::{CommitId, DownstreamId};
 use crate::node::lease::WriteGrant;
-use crate::node::output::{Output, RefuseReason};
+use crate::node::output::{LtxOrigin, Output, RefuseReason};
 use crate::node::primary::InflightCommit;
 use crate::node::time::Millis;
 use crate::stream::{DbName, Frame, encode_frame};
@@ -119,7 +119,16 @@ impl Node {
         // A drop is always asked to be durable, as a rollback-journal commit is (see `on_commit`).
         let durable_write = self.cfg.sync.is_none() && self.may_persist_durably(&name);
         let (min, max, base) = (entry.min, entry.max, entry.pre);
-        self.emit(Output::PersistLtx { db: name.clone(), op, min, max, bytes, base, durable: durable_write });
+        self.emit(Output::PersistLtx {
+            db: name.clone(),
+            op,
+            min,
+            max,
+            bytes,
+            base,
+            durable: durable_write,
+            origin: LtxOrigin::OwnCommit,
+        });
         let early = self.cfg.faults.ack_before_durable;
         if early {
             self.emit(Output::AckCommit { db: name.clone(), commit, pos: entry.post_pos() });

@@ -32,6 +32,12 @@ use crate::types::{Pos, TxId};
 impl Node {
     /// The application fsynced `name`: answer once everything committed so far is durable.
     pub(crate) fn on_sync(&mut self, now: Millis, sync: SyncId, name: DbName) {
+        // What a replica sends under a halt lock is durable at the primary before its commit
+        // returns.
+        if self.writes_under_halt(&name) {
+            self.emit(Output::SyncDone { sync, result: Ok(()) });
+            return;
+        }
         // As before deferred commits existed: a node that may not write refuses the fsync
         // that would complete a write transaction (SQLite then abandons it).
         if self.write_grant(now).is_none() && self.dbs.get(&name).is_none_or(|db| !db.unflushed()) {

@@ -209,6 +209,31 @@ pub enum Input {
         /// The database.
         db: DbName,
     },
+    /// This replica took a halt lock on `db` at its primary (LiteFS's `/halt`, by the caller)
+    /// whose position is `pos`: from now on its applications' commits on `db` go to the
+    /// primary ([`crate::node::Output::SendUnderHalt`]) instead of being refused. Answered with
+    /// [`crate::node::Output::HaltHeld`]; refused unless this node is a replica at `pos`.
+    HoldHalt {
+        /// The database.
+        db: DbName,
+        /// The lock's id at the primary.
+        lock_id: i64,
+        /// The primary's position when it granted the lock.
+        pos: Pos,
+    },
+    /// The halt lock on `db` is gone (let go, expired, or this node's role changed).
+    ReleaseHalt {
+        /// The database.
+        db: DbName,
+    },
+    /// The primary's answer to [`crate::node::Output::SendUnderHalt`]: whether it committed
+    /// the transaction.
+    SentUnderHalt {
+        /// The commit it was sent for.
+        commit: CommitId,
+        /// Committed by the primary (durable there, and streamed back here).
+        accepted: bool,
+    },
     /// A persist or replay request finished.
     LtxDone {
         /// The request.

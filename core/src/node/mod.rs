@@ -15,6 +15,7 @@ mod config;
 mod db;
 mod drop;
 mod durability;
+mod halt;
 mod history;
 mod input;
 mod lease;
@@ -37,7 +38,7 @@ pub use input::{
     CommitId, DbRecovery, DownstreamId, Durability, Input, IoFailure, LtxFileInfo, OpId, PageChange, Recovery,
     RemoteCommit, SpoolId, SyncId, UpstreamId,
 };
-pub use output::{Event, Output, RefuseReason};
+pub use output::{Event, HaltRefusal, LtxOrigin, Output, RefuseReason};
 pub use primary::{Transaction, encode_transaction};
 pub use rng::SplitMix64;
 pub use time::Millis;
@@ -128,6 +129,8 @@ pub struct Node {
     /// The replica's applied TXIDs (summed over databases) when its idle timer last found the
     /// stream paused: a pause is excused only while applies progress.
     paused_progress: Option<u64>,
+    /// Commits sent to the primary under a halt lock, waiting for its answer (`halt`).
+    halt_commits: BTreeMap<CommitId, halt::SentCommit>,
 }
 
 impl Node {
@@ -161,6 +164,7 @@ impl Node {
             backoff_attempt: 0,
             store_failures: 0,
             paused_progress: None,
+            halt_commits: BTreeMap::new(),
         })
     }
 
@@ -204,6 +208,9 @@ impl Node {
                 self.on_commit(now, commit, db, tx);
             }
             Input::DropDb { commit, db } => self.on_drop(now, commit, db),
+            Input::HoldHalt { db, lock_id, pos } => self.on_hold_halt(db, lock_id, pos),
+            Input::ReleaseHalt { db } => self.on_release_halt(&db),
+            Input::SentUnderHalt { commit, accepted } => self.on_sent_under_halt(commit, accepted),
             Input::Sync { sync, db } => self.on_sync(now, sync, db),
             Input::LtxFlushed { op, result } => self.on_ltx_flushed(now, op, result),
             Input::LtxDone { op, result } => self.on_ltx_done(now, op, result),

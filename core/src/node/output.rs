@@ -28,6 +28,36 @@ pub enum RefuseReason {
     /// A replica's transaction (under a halt lock) was made on a position the database is no
     /// longer at.
     Moved,
+    /// The primary did not commit what this replica sent it under a halt lock.
+    PrimaryRefused,
+}
+
+/// Why a replica cannot write under a halt lock it took ([`Output::HaltHeld`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaltRefusal {
+    /// This node does not follow a primary (it is the primary, which writes without a lock,
+    /// or it is recovering or waiting for one).
+    NotAReplica,
+    /// This replica is not at the lock's position: its commits would be made on another
+    /// database than the primary's.
+    NotAtLockPosition {
+        /// Where this replica is.
+        at: Pos,
+    },
+}
+
+/// Whose pages an LTX file to persist ([`Output::PersistLtx`]) holds, and so whether the
+/// database already has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LtxOrigin {
+    /// A commit of this node's own as primary: the application wrote its pages through the
+    /// mount, so only durability is asked for.
+    OwnCommit,
+    /// A file from the primary: persist it, then apply it.
+    Upstream,
+    /// A transaction this replica sent its primary under a halt lock, brought back by the
+    /// stream: the application wrote its pages here already, so it is persisted, not applied.
+    HaltEcho,
 }
 
 impl RefuseReason {
@@ -105,6 +135,8 @@ pub enum Output {
         /// file suffices. Unset: write it (so it can be read and streamed) and answer; a
         /// later `FlushLtx` makes it durable.
         durable: bool,
+        /// Whose pages it holds: whether it is still to be applied.
+        origin: LtxOrigin,
     },
     /// Make every LTX file of `db` written so far, up to `through`, durable (files written
     /// with `durable` unset). Answer with `LtxFlushed`.
@@ -166,6 +198,8 @@ pub enum Output {
         max: TxId,
         /// The database checksum the file applies to.
         base: Checksum,
+        /// Whose pages it holds: whether it is still to be applied.
+        origin: LtxOrigin,
     },
     /// Apply an LTX file already on disk (recovery replay). Answer with `LtxDone`.
     ReplayLtx {
@@ -287,6 +321,26 @@ pub enum Output {
     CloseDownstream {
         /// The stream.
         conn: DownstreamId,
+    },
+    /// Answer to [`crate::node::Input::HoldHalt`].
+    HaltHeld {
+        /// The database.
+        db: DbName,
+        /// Whether this replica now writes `db` under the lock.
+        result: Result<(), HaltRefusal>,
+    },
+    /// Send a transaction made under the halt lock `lock_id` to the primary (LiteFS's
+    /// `POST /tx`); answer with [`crate::node::Input::SentUnderHalt`]. The commit is answered
+    /// (`AckCommit` or `RefuseCommit`) once the primary has.
+    SendUnderHalt {
+        /// The commit, to echo in the answer.
+        commit: CommitId,
+        /// The database.
+        db: DbName,
+        /// The lock's id at the primary.
+        lock_id: i64,
+        /// The transaction's LTX file, made on the lock's latest position.
+        bytes: Vec<u8>,
     },
     /// Something worth logging, counting or showing.
     Event(Event),

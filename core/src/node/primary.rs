@@ -10,7 +10,7 @@ use crate::node::db::Db;
 use crate::node::history::LtxEntry;
 use crate::node::input::{CommitId, DownstreamId, Durability, IoFailure, OpId, PageChange, RemoteCommit};
 use crate::node::lease::WriteGrant;
-use crate::node::output::{Event, Output, RefuseReason};
+use crate::node::output::{Event, LtxOrigin, Output, RefuseReason};
 use crate::node::time::Millis;
 use crate::node::timer::TimerKind;
 use crate::stream::{DbName, Extensions, Frame, PosMap, StreamDecoder, StreamEvent, decode_pos_map, encode_frame};
@@ -220,6 +220,10 @@ const MAX_SNAPSHOT_TRIES_TRACKED: usize = 1024;
 impl Node {
     pub(crate) fn on_commit(&mut self, now: Millis, commit: CommitId, name: DbName, tx: CommitTx) {
         let CommitTx { page_size, pages, commit_pages, removed, durability, remote } = tx;
+        if remote.is_none() && self.writes_under_halt(&name) {
+            let tx = Transaction { page_size, pages: &pages, commit_pages, removed: &removed };
+            return self.commit_under_halt(now, commit, name, &tx);
+        }
         let refuse = |node: &mut Node, reason| node.emit(Output::RefuseCommit { commit, reason });
         let Some(grant) = self.write_grant(now) else { return refuse(self, RefuseReason::NotPrimary) };
         let db = self.dbs.entry(name.clone()).or_default();
@@ -265,6 +269,7 @@ impl Node {
             bytes,
             base: entry.pre,
             durable: durable_write,
+            origin: LtxOrigin::OwnCommit,
         });
         let early = self.cfg.faults.ack_before_durable;
         if early {

@@ -453,12 +453,13 @@ impl Node {
             db.page_size = page_size;
             db.pending_ts_ms = timestamp_ms;
         }
+        let origin = self.origin_of_upstream_file(name, &entry);
         let (db, min, max) = (name.clone(), entry.min, entry.max);
         match payload {
-            Source::Inline(bytes) => self.emit(Output::PersistLtx { db, op, min, max, bytes, base, durable }),
+            Source::Inline(bytes) => self.emit(Output::PersistLtx { db, op, min, max, bytes, base, durable, origin }),
             // A spooled file is always stored durably (fsynced spool, renamed); `durable` above
             // stays what the inline rule says, so earlier unflushed files still get their flush.
-            Source::Spool(spool) => self.emit(Output::PersistSpooledLtx { db, op, spool, min, max, base }),
+            Source::Spool(spool) => self.emit(Output::PersistSpooledLtx { db, op, spool, min, max, base, origin }),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Carrying out what a Node asks: lease requests, disk writes, streams, acknowledgements.
 
 use super::*;
+use replite_core::node::LtxOrigin;
 
 impl Sim {
     pub(super) fn lease_rpc(&mut self, i: usize, op: Option<OpId>, req: LeaseReq) {
@@ -45,7 +46,8 @@ impl Sim {
             // The old primary just stops renewing; the store keeps its term until taken over.
             Output::HandOverLease { epoch } => self.trace(format!("node {i} hands over lease {epoch}")),
             Output::ObserveLease { op } => self.lease_rpc(i, Some(op), LeaseReq::Observe),
-            Output::PersistLtx { db, op, min, max, bytes, base, durable } => {
+            Output::PersistLtx { db, op, min, max, bytes, base, durable, origin } => {
+                assert_ne!(origin, LtxOrigin::HaltEcho, "seed {}: the simulation takes no halt locks", self.seed);
                 if is_commit {
                     let post = replite_core::ltx::verify(bytes.as_slice())
                         .map(|v| v.post_apply_pos())
@@ -86,7 +88,8 @@ impl Sim {
                     self.stats.spools_discarded += 1;
                 }
             }
-            Output::PersistSpooledLtx { db, op, spool, min, max, base } => {
+            Output::PersistSpooledLtx { db, op, spool, min, max, base, origin } => {
+                assert_ne!(origin, LtxOrigin::HaltEcho, "seed {}: the simulation takes no halt locks", self.seed);
                 let Some(bytes) = self.nodes[i].spools.remove(&spool) else {
                     panic!("seed {}: node {i} persists spool {spool:?}, which it never completed", self.seed);
                 };
@@ -220,6 +223,9 @@ impl Sim {
                     let pinc = self.nodes[p].inc;
                     self.schedule(lat, Ev::Request { node: p, inc: pinc, input: Input::Handoff { to } });
                 }
+            }
+            Output::HaltHeld { .. } | Output::SendUnderHalt { .. } => {
+                panic!("seed {}: node {i} acts on a halt lock, which the simulation never takes", self.seed)
             }
             Output::Event(e) => {
                 let positions = |sim: &Self| {

@@ -1105,6 +1105,7 @@ fn a_slow_answer_to_an_observation_sent_before_taking_the_lease_does_not_depose_
 
 mod drop;
 mod durability;
+mod halt;
 
 #[test]
 fn a_filtered_stream_carries_only_the_databases_it_asked_for() {
