@@ -32,6 +32,13 @@ pub struct Disk {
     db_after: Vec<((TxId, TxId), Vec<u8>)>,
 }
 
+/// What rolling back a transaction's pages puts back: the file's length and old contents.
+#[derive(Debug, Clone)]
+pub struct Rollback {
+    len: usize,
+    pages: Vec<(usize, Vec<u8>)>,
+}
+
 /// What a crash did to the volatile state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CrashLoss {
@@ -70,6 +77,60 @@ impl Disk {
             self.db_after.push(((min, max), self.db.clone()));
         }
         result
+    }
+
+    /// Writes an LTX file whose pages the database already holds (a transaction a replica
+    /// wrote under a halt lock, back from its primary), durable or volatile as
+    /// [`Disk::persist`]; the database is left as it is.
+    pub fn store(&mut self, min: TxId, max: TxId, bytes: Vec<u8>, durable: bool) -> Result<Pos, IoFailure> {
+        let post = ltx::verify(bytes.as_slice()).map_err(|_| IoFailure::Mismatch)?.post_apply_pos();
+        self.ltx.insert((min, max), bytes);
+        if durable {
+            self.unsynced.remove(&(min, max));
+            self.db_after.clear();
+            self.db_durable = self.db.clone();
+        } else {
+            self.unsynced.insert((min, max));
+            self.db_after.push(((min, max), self.db.clone()));
+        }
+        Ok(post)
+    }
+
+    /// An application writes a transaction's pages (the LTX file `bytes`) into the database
+    /// file itself, without an fsync: a crash may lose them. Nothing is checked: the pages
+    /// land whatever the file held. Returns what a rollback puts back ([`Disk::roll_back`]).
+    pub fn write_pages(&mut self, bytes: &[u8]) -> Rollback {
+        let mut decoder = ltx::Decoder::new(bytes).expect("a whole LTX file");
+        let header = *decoder.header();
+        let psize = header.page_size.bytes();
+        let mut undo = Rollback { len: self.db.len(), pages: Vec::new() };
+        let mut page = vec![0u8; psize];
+        while let Some(pgno) = decoder.next_page(&mut page).expect("a whole LTX file") {
+            let start = (pgno.0 as usize - 1) * psize;
+            if start < self.db.len() {
+                undo.pages.push((start, self.db[start..(start + psize).min(self.db.len())].to_vec()));
+            }
+            if self.db.len() < start + psize {
+                self.db.resize(start + psize, 0);
+            }
+            self.db[start..start + psize].copy_from_slice(&page);
+        }
+        let end = header.commit as usize * psize;
+        if self.db.len() > end {
+            undo.pages.push((end, self.db[end..].to_vec()));
+        }
+        self.db.truncate(end);
+        undo
+    }
+
+    /// SQLite rolls a transaction back: the pages [`Disk::write_pages`] changed get their old
+    /// contents, and the file its old length.
+    pub fn roll_back(&mut self, undo: Rollback) {
+        self.db.resize(undo.len.max(self.db.len()), 0);
+        for (start, old) in undo.pages {
+            self.db[start..start + old.len()].copy_from_slice(&old);
+        }
+        self.db.truncate(undo.len);
     }
 
     /// Applies an LTX file already on disk (recovery replay: of durable files).

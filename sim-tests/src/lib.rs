@@ -29,6 +29,8 @@ pub fn config_for_seed(seed: u64, node_faults: Faults) -> SimConfig {
         // A new node joins with an empty disk while the cluster is busy.
         cfg.late_join_ms = Some(3_000 + seed.wrapping_mul(7_919) % 12_000);
     }
+    // Replicas write through halt locks in half the seeds.
+    cfg.halt_locks = (seed / 8) % 2 == 1;
     match seed % 4 {
         0 => {
             // Asynchronous, a non-candidate replica that negotiates no extensions (as LiteFS).
@@ -326,6 +328,9 @@ impl Checker {
             Fact::ReplayFailed { node } => {
                 self.promised.retain(|(n, _), _| *n != node);
             }
+            Fact::HaltPagesAtCrash { node, db } => {
+                self.promised.remove(&(node, db));
+            }
             Fact::Started { node } => {
                 self.recovering.insert(node);
             }
@@ -364,7 +369,9 @@ impl Checker {
                 }
                 if via == Via::Incremental && to != Pos::ZERO {
                     let pre = self.parent_of(&db, to).map(|p| p.0);
-                    if pre != Some(from) {
+                    // A drop ends every history at the same position: any of its parents.
+                    let other_parent = self.other_parents.get(&(db.clone(), to)).is_some_and(|o| o.contains(&from));
+                    if pre != Some(from) && !other_parent {
                         return Err(format!(
                             "node {node} applied {to} on top of {from}, but it follows {pre:?}: out of order or twice"
                         ));

@@ -81,6 +81,10 @@ fn the_cluster_keeps_every_invariant_under_faults_for_many_seeds() {
         ("unflushed LTX files lost", total(|s| s.volatile_files_lost)),
         ("fsyncs answered", total(|s| s.fsyncs_answered)),
         ("replica streams paused", total(|s| s.stream_pauses)),
+        ("halt locks held", total(|s| s.halt_locks)),
+        ("transactions sent under halt locks", total(|s| s.halt_commits_sent)),
+        ("of them committed by the primary", total(|s| s.halt_commits_accepted)),
+        ("of them back at their replica", total(|s| s.halt_echoes)),
     ];
     eprintln!("fault mix: {mix:?}");
     if let Some(first) = failures.first() {

@@ -1321,12 +1321,12 @@ enum LeaseRequest {
     Observe,
 }
 
-/// The page size and timestamp an LTX file's header states, for events; zeros if unreadable
-/// (the store verifies the whole file before anything is applied).
 /// The page size a drop's `tx` event names when this node never loaded the database's pages
 /// (the Node's drop file says the same then).
 const DROP_EVENT_PAGE_SIZE: u32 = 4096;
 
+/// What an LTX file's header states, for events; zeros if unreadable (the store verifies the
+/// whole file before anything is applied).
 fn ltx_header_facts(bytes: &[u8]) -> TxFacts {
     let header = bytes.get(..HEADER_SIZE).and_then(|b| <&[u8; HEADER_SIZE]>::try_from(b).ok());
     header.and_then(|h| Header::decode(h).ok()).map_or_else(TxFacts::default, |h| TxFacts::of(&h))

@@ -8,7 +8,7 @@ use crate::node::input::{LtxFileInfo, OpId, SyncId};
 use crate::node::primary::InflightCommit;
 use crate::node::replica::{Inbound, Persist};
 use crate::node::time::Millis;
-use crate::types::{Checksum, PageSize, Pos, TxId};
+use crate::types::{PageSize, Pos, TxId};
 
 /// One database's replication state.
 #[derive(Debug, Default)]
@@ -60,9 +60,8 @@ pub(crate) struct Db {
     /// A halt lock this replica holds on its primary for this database (`halt`).
     pub(crate) halt: Option<super::halt::HaltGrant>,
     /// Transactions this replica sent its primary under a halt lock that the stream has not
-    /// brought back yet, with their post-apply checksums. Kept past the lock's release: the
-    /// last ones may come back after it.
-    pub(crate) sent_under_halt: BTreeMap<TxId, Checksum>,
+    /// brought back yet. Kept past the lock's release: the last ones may come back after it.
+    pub(crate) sent_under_halt: BTreeMap<TxId, super::halt::SentTx>,
 }
 
 impl Db {

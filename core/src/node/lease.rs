@@ -110,7 +110,7 @@ impl Node {
     }
 
     /// Whether a request that may give us the lease (acquire or take-over) is outstanding.
-    fn acquiring(&self) -> bool {
+    pub(crate) fn acquiring(&self) -> bool {
         self.lease_ops.values().any(|op| matches!(op.kind, LeaseOpKind::Acquire | LeaseOpKind::TakeOver(_)))
     }
 
@@ -131,10 +131,18 @@ impl Node {
     fn may_acquire(&self, now: Millis) -> bool {
         // Files received from the last primary and not yet applied are applied first: this
         // node then competes with everything it holds.
+        // Nor while a transaction sent under a halt lock waits for its answer: its pages are
+        // in the database file until then (`halt`).
         self.cfg.candidate
             && now >= self.acquire_not_before
+            && self.halt_commits.is_empty()
             && !self.dbs.values().any(|db| {
-                db.needs_snapshot || db.replaying() || db.rejoining() || !db.inbox.is_empty() || db.persist.is_some()
+                db.needs_snapshot
+                    || db.replaying()
+                    || db.rejoining()
+                    || !db.inbox.is_empty()
+                    || db.persist.is_some()
+                    || db.ahead_of_history()
             })
     }
 

@@ -210,7 +210,7 @@ impl Node {
             Input::DropDb { commit, db } => self.on_drop(now, commit, db),
             Input::HoldHalt { db, lock_id, pos } => self.on_hold_halt(db, lock_id, pos),
             Input::ReleaseHalt { db } => self.on_release_halt(&db),
-            Input::SentUnderHalt { commit, accepted } => self.on_sent_under_halt(commit, accepted),
+            Input::SentUnderHalt { commit, accepted } => self.on_sent_under_halt(now, commit, accepted),
             Input::Sync { sync, db } => self.on_sync(now, sync, db),
             Input::LtxFlushed { op, result } => self.on_ltx_flushed(now, op, result),
             Input::LtxDone { op, result } => self.on_ltx_done(now, op, result),

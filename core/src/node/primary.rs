@@ -226,6 +226,11 @@ impl Node {
         }
         let refuse = |node: &mut Node, reason| node.emit(Output::RefuseCommit { commit, reason });
         let Some(grant) = self.write_grant(now) else { return refuse(self, RefuseReason::NotPrimary) };
+        if self.halt_commit_pending(&name) {
+            // A transaction sent under a halt lock before this node became primary still
+            // waits for its answer (in SQLite it holds the write lock).
+            return refuse(self, RefuseReason::Busy);
+        }
         let db = self.dbs.entry(name.clone()).or_default();
         if db.needs_snapshot {
             return refuse(self, RefuseReason::NotPrimary);

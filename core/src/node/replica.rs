@@ -3,7 +3,7 @@
 //! extends our position (min TXID = ours + 1 and pre-apply checksum = ours) or a snapshot,
 //! acknowledge durable positions, and reconnect with jittered backoff.
 
-use crate::ltx::{VerifiedLtx, verify};
+use crate::ltx::{HEADER_SIZE, Header, TRAILER_SIZE, Trailer, VerifiedLtx, verify};
 use crate::node::config::MAX_INBOX_FILES;
 use crate::node::history::LtxEntry;
 use crate::node::input::{IoFailure, OpId, SpoolId, UpstreamId};
@@ -63,6 +63,26 @@ pub(crate) enum Inbound {
         /// The verified header and trailer.
         verified: Option<VerifiedLtx>,
     },
+}
+
+impl Inbound {
+    /// The file's transaction range and post-apply checksum, as its header and trailer say
+    /// (not verified, for an inline file); `None` if unreadable.
+    pub(crate) fn range_and_post(&self) -> Option<(TxId, TxId, crate::types::Checksum)> {
+        match self {
+            Inbound::Inline(bytes) => {
+                let header = bytes.get(..HEADER_SIZE).and_then(|h| <&[u8; HEADER_SIZE]>::try_from(h).ok())?;
+                let header = Header::decode(header).ok()?;
+                let at = bytes.len().checked_sub(TRAILER_SIZE)?;
+                let trailer = <&[u8; TRAILER_SIZE]>::try_from(&bytes[at..]).ok()?;
+                Some((header.min_txid, header.max_txid, Trailer::decode(trailer).post_apply_checksum))
+            }
+            Inbound::Spooled { verified: Some(v), .. } => {
+                Some((v.header().min_txid, v.header().max_txid, v.trailer().post_apply_checksum))
+            }
+            Inbound::Spooled { verified: None, .. } => None,
+        }
+    }
 }
 
 /// An LTX file being made durable and applied.
@@ -382,6 +402,9 @@ impl Node {
     }
 
     pub(crate) fn process_inbox(&mut self, now: Millis, name: &DbName) {
+        if !self.inbox_front_may_go(name) {
+            return;
+        }
         let Some(db) = self.dbs.get_mut(name) else { return };
         if db.busy() || matches!(db.inbox.front(), Some(Inbound::Spooled { verified: None, .. })) {
             return;
@@ -420,6 +443,20 @@ impl Node {
             size: proof.verified.size(),
             added_at: now,
         };
+        let Some(origin) = self.origin_of_upstream_file(name, &entry) else {
+            if let Source::Spool(spool) = payload {
+                self.emit(Output::SpoolDiscard { spool });
+            }
+            self.distrust_database(
+                now,
+                name,
+                "a transaction written here under a halt lock was lost with its primary: waiting for a snapshot",
+            );
+            return self.resync(
+                now,
+                format!("{name}: a transaction written here under a halt lock was lost with its primary"),
+            );
+        };
         // A drop's page size is not the database's (it has none left): a database created
         // again may choose another.
         let page_size = (h.commit != 0).then_some(h.page_size);
@@ -453,7 +490,6 @@ impl Node {
             db.page_size = page_size;
             db.pending_ts_ms = timestamp_ms;
         }
-        let origin = self.origin_of_upstream_file(name, &entry);
         let (db, min, max) = (name.clone(), entry.min, entry.max);
         match payload {
             Source::Inline(bytes) => self.emit(Output::PersistLtx { db, op, min, max, bytes, base, durable, origin }),
@@ -495,6 +531,8 @@ impl Node {
                 } else {
                     db.needs_snapshot = false;
                     db.applied_ts_ms = db.pending_ts_ms;
+                    // What was sent under a halt lock up to here is settled (back, or replaced).
+                    db.sent_under_halt.retain(|&txid, _| txid > p.entry.max);
                     self.advance(now, &name, p.entry);
                     if p.entry.min == TxId(1) {
                         self.reset_durability(&name, p.entry.max);

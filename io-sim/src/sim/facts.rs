@@ -76,6 +76,9 @@ pub struct SimConfig {
     pub plain_non_candidates: bool,
     /// How many databases the cluster replicates.
     pub databases: usize,
+    /// Replicas take halt locks on their primary and write through them (LiteFS's
+    /// `litefs run -with-halt-lock-on`; decision 0022).
+    pub halt_locks: bool,
 }
 
 impl Default for SimConfig {
@@ -93,6 +96,7 @@ impl Default for SimConfig {
             late_join_ms: None,
             plain_non_candidates: false,
             databases: 2,
+            halt_locks: false,
         }
     }
 }
@@ -140,6 +144,14 @@ pub struct Stats {
     pub fsyncs_answered: u64,
     /// Times a replica's stream was held because its Node had too many files waiting.
     pub stream_pauses: u64,
+    /// Halt locks a replica was granted writes under.
+    pub halt_locks: u64,
+    /// Transactions a replica sent its primary under a halt lock.
+    pub halt_commits_sent: u64,
+    /// Of those, committed by the primary.
+    pub halt_commits_accepted: u64,
+    /// Transactions that came back to the replica that sent them (stored, not applied).
+    pub halt_echoes: u64,
 }
 
 /// How a node's position changed.
@@ -248,6 +260,17 @@ pub enum Fact {
     ReplayFailed {
         /// Node index.
         node: usize,
+    },
+    /// A node crashed after its application wrote pages under a halt lock into `db`'s file
+    /// since it started: the file may hold a transaction its history lacks (written before
+    /// the commit point, or committed and not back yet), in which case recovery finds it
+    /// matching no history and starts over from a snapshot, so what it promised is up to
+    /// the rest of the cluster.
+    HaltPagesAtCrash {
+        /// Node index.
+        node: usize,
+        /// Database.
+        db: DbName,
     },
     /// A node (re)started; [`Fact::Recovered`] follows once it has replayed its history.
     Started {

@@ -15,6 +15,7 @@ use crate::disk::Disk;
 use crate::lease_store::{LeaseReply, LeaseStore};
 
 mod facts;
+mod halt;
 mod net;
 mod outputs;
 mod workload;
@@ -90,6 +91,16 @@ enum Ev {
         node: usize,
         inc: u64,
     },
+    /// A transaction a replica sent under a halt lock arrives at its primary (`POST /tx`).
+    HaltTx {
+        node: usize,
+        inc: u64,
+        replica: usize,
+        rinc: u64,
+        commit: CommitId,
+        db: DbName,
+        bytes: Vec<u8>,
+    },
     /// An HTTP request from another node (a promotion's handoff request).
     Request {
         node: usize,
@@ -119,6 +130,8 @@ enum DiskOp {
         base: replite_core::Checksum,
         source_epoch: Option<Epoch>,
         durable: bool,
+        /// Unset for a replica's own transaction coming back: its pages are in the database.
+        apply: bool,
     },
     Replay {
         min: TxId,
@@ -194,6 +207,17 @@ struct SimNode {
     syncs: BTreeMap<SyncId, (DbName, Pos)>,
     /// Commits the application asked to be durable, waiting for an answer.
     requested: BTreeSet<CommitId>,
+    /// The primary each halt lock this node holds was taken on, by database.
+    halt_primary: BTreeMap<DbName, usize>,
+    /// Transactions sent under a halt lock and not answered yet: the application wrote their
+    /// pages before the commit point; a refusal rolls them back.
+    halt_sent: BTreeMap<CommitId, (DbName, crate::disk::Rollback)>,
+    /// Databases whose file the application wrote under a halt lock since the node started.
+    halt_written: BTreeSet<DbName>,
+    /// The stream this node last asked to open (`Output::Connect`): only its acceptance
+    /// tells which epoch the node's data comes from (an older one accepted late is ignored
+    /// by the Node).
+    current_up: Option<UpstreamId>,
 }
 
 /// The simulator.
@@ -229,6 +253,11 @@ pub struct Sim {
     pub stats: Stats,
     /// Print every trace line as it happens (replaying one seed).
     pub echo_trace: bool,
+    /// Transactions from replicas under halt locks, by the primary's commit id: the replica,
+    /// its incarnation and its own commit id, to answer.
+    remote_commits: BTreeMap<CommitId, (usize, u64, CommitId)>,
+    /// The next halt lock's id.
+    next_lock: i64,
 }
 
 impl Sim {
@@ -290,6 +319,10 @@ impl Sim {
                 recovering: false,
                 syncs: BTreeMap::new(),
                 requested: BTreeSet::new(),
+                halt_primary: BTreeMap::new(),
+                halt_sent: BTreeMap::new(),
+                halt_written: BTreeSet::new(),
+                current_up: None,
             });
         }
         let cfg_databases = cfg.databases.max(1);
@@ -317,6 +350,8 @@ impl Sim {
             acked_commits: 0,
             stats: Stats::default(),
             echo_trace: false,
+            remote_commits: BTreeMap::new(),
+            next_lock: 1,
         };
         let n = sim.nodes.len();
         for i in 0..n {
@@ -516,7 +551,9 @@ impl Sim {
                 let Some(c) = self.conns.get(&key) else { return true };
                 let (r, up, rinc) = (c.replica, c.up, c.rinc);
                 if c.alive && self.nodes[r].inc == rinc {
-                    self.nodes[r].upstream_epoch = c.epoch;
+                    if self.nodes[r].current_up == Some(up) {
+                        self.nodes[r].upstream_epoch = c.epoch;
+                    }
                     self.feed(r, Input::UpstreamOpened { conn: up, ext });
                 }
             }
@@ -575,6 +612,12 @@ impl Sim {
                     self.feed(node, input);
                 }
             }
+            Ev::HaltTx { node, inc, replica, rinc, commit, db, bytes } => {
+                if self.nodes[node].inc == inc {
+                    self.deliver_halt_tx(node, (replica, rinc, commit), db, &bytes);
+                    self.note_moves(node, Via::Incremental, None);
+                }
+            }
             Ev::Crash { node, inc } => {
                 if self.nodes[node].inc == inc {
                     self.crash_node(node);
@@ -599,6 +642,7 @@ impl Sim {
             | Ev::LeaseAnswer { node, .. }
             | Ev::DiskDone { node, .. }
             | Ev::SpoolDone { node, .. }
+            | Ev::HaltTx { node, .. }
             | Ev::Request { node, .. } => Some(*node),
             Ev::ConnArrive { key } => self.conns.get(key).map(|c| c.primary),
             Ev::ConnAccepted { key, .. } | Ev::ReleaseHeld { key } => self.conns.get(key).map(|c| c.replica),
@@ -693,6 +737,9 @@ impl Sim {
         self.stats.disk_errors += u64::from(eio || enospc);
         let page_size = page_size();
         let disk = self.nodes[i].disks.entry(name.clone()).or_default();
+        // A replica's own transaction coming back leaves the database file as it is, which
+        // may be further on (its next one under the same lock) than the file's position.
+        let stored_only = matches!(disk_op, DiskOp::Persist { apply: false, .. });
         let (result, via, source_epoch) = match disk_op {
             DiskOp::Flush { through } => {
                 let result = if eio { Err(IoFailure::Io) } else { Ok(()) };
@@ -704,14 +751,16 @@ impl Sim {
                 self.note_moves(i, Via::Incremental, None);
                 return;
             }
-            DiskOp::Persist { min, max, bytes, base, source_epoch, durable } => {
+            DiskOp::Persist { min, max, bytes, base, source_epoch, durable, apply } => {
                 let via = if min == TxId(1) { Via::Snapshot } else { Via::Incremental };
                 let r = if eio {
                     Err(IoFailure::Io)
                 } else if enospc {
                     Err(IoFailure::NoSpace)
-                } else {
+                } else if apply {
                     disk.persist(min, max, bytes, base, durable)
+                } else {
+                    disk.store(min, max, bytes, durable)
                 };
                 (r, via, source_epoch)
             }
@@ -724,7 +773,9 @@ impl Sim {
                 (r, via, None)
             }
         };
-        if let Ok(pos) = result {
+        if let Ok(pos) = result
+            && !stored_only
+        {
             debug_assert_eq!(disk.db_checksum(page_size), pos.checksum);
         }
         if result == Err(IoFailure::Mismatch) {

@@ -47,7 +47,12 @@ impl Sim {
             Output::HandOverLease { epoch } => self.trace(format!("node {i} hands over lease {epoch}")),
             Output::ObserveLease { op } => self.lease_rpc(i, Some(op), LeaseReq::Observe),
             Output::PersistLtx { db, op, min, max, bytes, base, durable, origin } => {
-                assert_ne!(origin, LtxOrigin::HaltEcho, "seed {}: the simulation takes no halt locks", self.seed);
+                // A transaction back at the replica that sent it under a halt lock: its pages
+                // are in the database since the primary committed it.
+                let apply = origin != LtxOrigin::HaltEcho;
+                if !apply {
+                    self.stats.halt_echoes += 1;
+                }
                 if is_commit {
                     let post = replite_core::ltx::verify(bytes.as_slice())
                         .map(|v| v.post_apply_pos())
@@ -62,7 +67,7 @@ impl Sim {
                     i,
                     db,
                     op,
-                    DiskOp::Persist { min, max, bytes, base, source_epoch, durable },
+                    DiskOp::Persist { min, max, bytes, base, source_epoch, durable, apply },
                     !is_commit,
                 );
             }
@@ -89,7 +94,10 @@ impl Sim {
                 }
             }
             Output::PersistSpooledLtx { db, op, spool, min, max, base, origin } => {
-                assert_ne!(origin, LtxOrigin::HaltEcho, "seed {}: the simulation takes no halt locks", self.seed);
+                let apply = origin != LtxOrigin::HaltEcho;
+                if !apply {
+                    self.stats.halt_echoes += 1;
+                }
                 let Some(bytes) = self.nodes[i].spools.remove(&spool) else {
                     panic!("seed {}: node {i} persists spool {spool:?}, which it never completed", self.seed);
                 };
@@ -97,7 +105,8 @@ impl Sim {
                 // A spool is fsynced before `SpoolDone` and renamed into place with a directory fsync.
                 let durable = true;
                 self.trace(format!("node {i} persists spooled {db} {min}-{max}"));
-                self.start_persist(i, db, op, DiskOp::Persist { min, max, bytes, base, source_epoch, durable }, true);
+                let persist = DiskOp::Persist { min, max, bytes, base, source_epoch, durable, apply };
+                self.start_persist(i, db, op, persist, true);
             }
             Output::ReplayLtx { db, op, min, max, base } => {
                 self.nodes[i].ops.insert(op, (db, DiskOp::Replay { min, max, base }));
@@ -138,13 +147,27 @@ impl Sim {
                 if self.nodes[i].requested.remove(&commit) {
                     self.facts.push(Fact::Promised { node: i, db, pos });
                 }
+                self.answer_halt_tx(i, commit, true);
+                // The application's commit under a halt lock returns: its pages stay.
+                self.nodes[i].halt_sent.remove(&commit);
             }
             Output::RefuseCommit { commit, reason } => {
                 self.stats.refused += 1;
                 self.nodes[i].requested.remove(&commit);
+                self.answer_halt_tx(i, commit, false);
+                if let Some((db, undo)) = self.nodes[i].halt_sent.remove(&commit) {
+                    // SQLite rolls the transaction back: its pages leave the database file.
+                    self.nodes[i].disks.entry(db.clone()).or_default().roll_back(undo);
+                    // The command that wrote it fails, and `replite run` lets go of the lock.
+                    if self.nodes[i].halt_primary.remove(&db).is_some() {
+                        self.trace(format!("node {i} lets go of its halt lock on {db} (refused)"));
+                        self.feed(i, Input::ReleaseHalt { db });
+                    }
+                }
                 self.trace(format!("node {i} refuses commit {}: {reason:?}", commit.0))
             }
             Output::Connect { conn, peer, ext, body } => {
+                self.nodes[i].current_up = Some(conn);
                 let key = self.next_conn;
                 self.next_conn += 1;
                 let Some(p) = self.index_of(peer) else { return };
@@ -224,9 +247,15 @@ impl Sim {
                     self.schedule(lat, Ev::Request { node: p, inc: pinc, input: Input::Handoff { to } });
                 }
             }
-            Output::HaltHeld { .. } | Output::SendUnderHalt { .. } => {
-                panic!("seed {}: node {i} acts on a halt lock, which the simulation never takes", self.seed)
+            Output::HaltHeld { db, result } => {
+                self.trace(format!("node {i} halt lock on {db}: {result:?}"));
+                if result.is_ok() {
+                    self.stats.halt_locks += 1;
+                } else {
+                    self.nodes[i].halt_primary.remove(&db);
+                }
             }
+            Output::SendUnderHalt { commit, db, bytes, .. } => self.send_halt_tx(i, commit, db, bytes),
             Output::Event(e) => {
                 let positions = |sim: &Self| {
                     sim.nodes[i]

@@ -15,6 +15,9 @@ impl Sim {
         let n = &mut self.nodes[i];
         n.syncs.clear();
         n.requested.clear();
+        n.halt_primary.clear();
+        n.halt_sent.clear();
+        n.halt_written.clear();
         let recovery = Recovery {
             dbs: n.disks.iter_mut().map(|(name, d)| (name.clone(), d.recovery(page_size))).collect(),
             max_epoch: n.saved_epoch,
@@ -34,6 +37,9 @@ impl Sim {
         }
         self.trace(format!("node {i} crashes"));
         self.stats.crashes += 1;
+        for db in std::mem::take(&mut self.nodes[i].halt_written) {
+            self.facts.push(Fact::HaltPagesAtCrash { node: i, db });
+        }
         let ops = std::mem::take(&mut self.nodes[i].ops);
         self.nodes[i].spools.clear();
         for (_, (name, op)) in ops {
@@ -97,10 +103,43 @@ impl Sim {
             target = p;
         }
         let name = self.db_names[self.rng.below(self.db_names.len() as u64) as usize].clone();
+        if self.cfg.halt_locks {
+            // Replicas write through halt locks: a holder gets a share of the commits and
+            // lets go now and then; a replica without one sometimes takes one.
+            match self.halt_holder(&name) {
+                Some(r) if self.rng.chance(0.05) => {
+                    self.trace(format!("node {r} lets go of its halt lock on {name}"));
+                    self.nodes[r].halt_primary.remove(&name);
+                    self.feed(r, Input::ReleaseHalt { db: name });
+                    return;
+                }
+                Some(r) if self.rng.chance(0.4) => target = r,
+                // The lock halts the primary's own writers of this database.
+                Some(r) if self.nodes[r].halt_primary.get(&name) == Some(&target) => return,
+                None if self.rng.chance(0.05) => {
+                    let r = self.rng.below(n as u64) as usize;
+                    if matches!(self.nodes[r].node.as_ref().map(Node::role), Some(Role::Replica { .. })) {
+                        self.take_halt(r, &name);
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
         if self.nodes[target].paused_until > self.now {
             return;
         }
         let Some(node) = self.nodes[target].node.as_ref() else { return };
+        // Sent to the primary: durable there, not here, when acknowledged.
+        let under_halt = node.writes_under_halt(&name);
+        let applying = self.nodes[target]
+            .ops
+            .values()
+            .any(|(db, op)| *db == name && matches!(op, DiskOp::Persist { apply: true, .. }));
+        if under_halt && applying {
+            // An apply holds SQLite's locks: the application's transaction waits for it.
+            return;
+        }
         let pos = node.pos(&name);
         if pos.txid != TxId::ZERO && pos.checksum != replite_core::Checksum::EMPTY && self.rng.chance(0.01) {
             // The application deletes the database (it is created again by a later commit).
@@ -174,7 +213,7 @@ impl Sim {
         }
         // Half the commits are WAL-like (nobody asked for durability yet), half rollback-like.
         let durability = if self.rng.chance(0.5) { Durability::Deferred } else { Durability::Requested };
-        if durability == Durability::Requested {
+        if durability == Durability::Requested && !under_halt {
             self.nodes[target].requested.insert(CommitId(id));
         }
         let commit = Input::Commit {
@@ -191,7 +230,7 @@ impl Sim {
         self.note_moves(target, Via::Incremental, None);
         // Sometimes the application fsyncs right after (SQLite's WAL fsync, or a checkpoint):
         // everything committed before it must be durable when it is answered.
-        if self.rng.chance(0.3) && self.nodes[target].node.is_some() {
+        if self.rng.chance(0.3) && self.nodes[target].node.is_some() && !under_halt {
             let pos = self.nodes[target].node.as_ref().map_or(Pos::ZERO, |n| n.pos(&name));
             let sync = SyncId(self.next_commit);
             self.next_commit += 1;

@@ -115,3 +115,143 @@ fn without_the_lock_a_replica_refuses_commits_again() {
     let out = commit(&mut node, 160, 5, vec![change(1, Some(&page(1)), 7)], 2);
     assert_eq!(out, vec![Output::RefuseCommit { commit: CommitId(5), reason: RefuseReason::NotPrimary }]);
 }
+
+/// Transaction 3 of the replica's database as another primary made it: not the replica's.
+fn another_third(at: Pos) -> Vec<u8> {
+    let page_size = PageSize::new(PAGE).expect("valid");
+    let mut other =
+        Encoder::new(Vec::new(), Header::new(page_size, 2, TxId(3), TxId(3), at.checksum)).expect("encoder");
+    other.encode_page(Pgno(2), &page(6)).expect("page");
+    let mut sum = DatabaseChecksum::from_checksum(page_size, at.checksum);
+    sum.toggle(Pgno(2), page_checksum(Pgno(2), &page(9)));
+    sum.toggle(Pgno(2), page_checksum(Pgno(2), &page(6)));
+    other.finish(sum.value()).expect("finish").0
+}
+
+/// A replica whose transaction under a halt lock the primary committed (its pages are in
+/// the database file here) before it came back.
+fn replica_ahead_of_its_history() -> (Node, UpstreamId, Pos) {
+    let (mut node, conn) = replica_with_two_applied();
+    let p2 = node.pos(&db());
+    hold(&mut node, p2);
+    let (c3, _) = sent(&commit(&mut node, 110, 3, vec![change(1, Some(&page(1)), 7)], 2));
+    answer(&mut node, c3, true);
+    (node, conn, p2)
+}
+
+#[test]
+fn a_transaction_lost_with_the_primary_that_committed_it_makes_its_replica_start_over() {
+    // The primary died before streaming transaction 3; the next one made another.
+    let (mut node, conn, p2) = replica_ahead_of_its_history();
+    node.handle(Millis(300), Input::UpstreamData { conn, bytes: ltx_message(&another_third(p2)) });
+    let out = drain(&mut node);
+    // Applied over the pages of the lost one, it could leave some of them behind unnoticed.
+    assert!(!out.iter().any(|o| matches!(o, Output::PersistLtx { .. })), "{out:?}");
+    assert!(out.iter().any(|o| matches!(o, Output::Event(Event::Resync { .. }))), "{out:?}");
+    assert!(out.contains(&Output::CloseUpstream { conn }), "{out:?}");
+    assert_eq!(node.pos(&db()), Pos::ZERO, "waits for a snapshot");
+}
+
+#[test]
+fn a_replica_ahead_of_its_history_takes_no_free_lease() {
+    let (mut node, conn, _) = replica_ahead_of_its_history();
+    // Its primary is gone and the lease is free.
+    node.handle(Millis(400), Input::UpstreamClosed { conn });
+    node.handle(Millis(401), Input::LeaseObserved { op: OpId(901), holder: None });
+    let mut asked = false;
+    for t in 402..1_500 {
+        node.handle(Millis(t), Input::Timeout);
+        for o in drain(&mut node) {
+            match o {
+                Output::FlushLtx { op, .. } => node.handle(Millis(t), Input::LtxFlushed { op, result: Ok(()) }),
+                Output::ObserveLease { op } => node.handle(Millis(t), Input::LeaseObserved { op, holder: None }),
+                Output::AcquireLease { .. } => asked = true,
+                _ => {}
+            }
+        }
+    }
+    assert!(!asked, "a node whose database file holds a transaction its history lacks must not lead");
+}
+
+#[test]
+fn a_transaction_back_before_a_lost_answer_is_not_rolled_back_under_the_history() {
+    let (mut node, conn) = replica_with_two_applied();
+    let p2 = node.pos(&db());
+    hold(&mut node, p2);
+    let (c3, file3) = sent(&commit(&mut node, 110, 3, vec![change(1, Some(&page(1)), 7)], 2));
+    // The stream brings it back before the primary's answer: stored, the commit still waits.
+    let (op, origin) = arriving(&mut node, conn, &file3);
+    assert_eq!(origin, LtxOrigin::HaltEcho);
+    let p3 = ltx::verify(file3.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(310), Input::LtxDone { op, result: Ok(p3) });
+    let out = drain(&mut node);
+    assert!(!out.iter().any(|o| matches!(o, Output::AckCommit { .. })), "{out:?}");
+    // Then the request fails (its answer was lost): SQLite rolls the pages back, under a
+    // history that holds them. The replica starts over from the primary's copy.
+    let out = answer(&mut node, c3, false);
+    assert_eq!(out[0], Output::RefuseCommit { commit: c3, reason: RefuseReason::PrimaryRefused });
+    assert!(out.iter().any(|o| matches!(o, Output::Event(Event::Resync { .. }))), "{out:?}");
+    assert_eq!(node.pos(&db()), Pos::ZERO, "waits for a snapshot");
+}
+
+#[test]
+fn an_echo_whose_write_failed_is_still_known_when_it_comes_again() {
+    let (mut node, conn) = replica_with_two_applied();
+    let p2 = node.pos(&db());
+    hold(&mut node, p2);
+    let (c3, file3) = sent(&commit(&mut node, 110, 3, vec![change(1, Some(&page(1)), 7)], 2));
+    answer(&mut node, c3, true);
+    let (op, origin) = arriving(&mut node, conn, &file3);
+    assert_eq!(origin, LtxOrigin::HaltEcho);
+    node.handle(Millis(310), Input::LtxDone { op, result: Err(IoFailure::NoSpace) });
+    drain(&mut node);
+    // The replica reconnects and is sent the file again.
+    let conn = (0..20)
+        .find_map(|_| {
+            let (at, _) = node.poll_timeout()?;
+            node.handle(at, Input::Timeout);
+            let mut connected = None;
+            for o in drain(&mut node) {
+                match o {
+                    Output::FlushLtx { op, .. } => node.handle(at, Input::LtxFlushed { op, result: Ok(()) }),
+                    Output::ObserveLease { op } => {
+                        node.handle(at, Input::LeaseObserved { op, holder: Some((NodeId(1), Epoch(5))) });
+                    }
+                    Output::Connect { conn, .. } => connected = Some(conn),
+                    _ => {}
+                }
+            }
+            connected.or_else(|| {
+                drain(&mut node).into_iter().find_map(|o| match o {
+                    Output::Connect { conn, .. } => Some(conn),
+                    _ => None,
+                })
+            })
+        })
+        .expect("reconnects");
+    node.handle(Millis(6_000), Input::UpstreamOpened { conn, ext: Extensions::ALL });
+    drain(&mut node);
+    let (_, origin) = arriving(&mut node, conn, &file3);
+    assert_eq!(origin, LtxOrigin::HaltEcho, "applied over its own pages it would not fit");
+}
+
+#[test]
+fn a_replica_waiting_for_an_answer_under_a_halt_lock_takes_no_free_lease() {
+    let (mut node, conn) = replica_with_two_applied();
+    let p2 = node.pos(&db());
+    hold(&mut node, p2);
+    sent(&commit(&mut node, 110, 3, vec![change(1, Some(&page(1)), 7)], 2));
+    node.handle(Millis(400), Input::UpstreamClosed { conn });
+    node.handle(Millis(401), Input::LeaseObserved { op: OpId(901), holder: None });
+    for t in 402..1_500 {
+        node.handle(Millis(t), Input::Timeout);
+        for o in drain(&mut node) {
+            match o {
+                Output::FlushLtx { op, .. } => node.handle(Millis(t), Input::LtxFlushed { op, result: Ok(()) }),
+                Output::ObserveLease { op } => node.handle(Millis(t), Input::LeaseObserved { op, holder: None }),
+                Output::AcquireLease { .. } => panic!("took the lease with its transaction's pages in the file"),
+                _ => {}
+            }
+        }
+    }
+}
