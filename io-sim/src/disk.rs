@@ -66,9 +66,15 @@ impl Disk {
         }
         self.ltx.insert((min, max), bytes);
         let result = self.apply(min, max, base);
+        self.written(min, max, durable);
+        result
+    }
+
+    /// File `min`-`max` and the database as it is now were written: durable at once, or
+    /// volatile until a flush. Core asks for a durable write only when nothing earlier is
+    /// volatile (or for a snapshot, which replaced it all).
+    fn written(&mut self, min: TxId, max: TxId, durable: bool) {
         if durable {
-            // Core asks for a durable write only when nothing earlier is volatile (or for a
-            // snapshot, which replaced it all above).
             self.unsynced.remove(&(min, max));
             self.db_after.clear();
             self.db_durable = self.db.clone();
@@ -76,7 +82,6 @@ impl Disk {
             self.unsynced.insert((min, max));
             self.db_after.push(((min, max), self.db.clone()));
         }
-        result
     }
 
     /// Writes an LTX file whose pages the database already holds (a transaction a replica
@@ -85,14 +90,7 @@ impl Disk {
     pub fn store(&mut self, min: TxId, max: TxId, bytes: Vec<u8>, durable: bool) -> Result<Pos, IoFailure> {
         let post = ltx::verify(bytes.as_slice()).map_err(|_| IoFailure::Mismatch)?.post_apply_pos();
         self.ltx.insert((min, max), bytes);
-        if durable {
-            self.unsynced.remove(&(min, max));
-            self.db_after.clear();
-            self.db_durable = self.db.clone();
-        } else {
-            self.unsynced.insert((min, max));
-            self.db_after.push(((min, max), self.db.clone()));
-        }
+        self.written(min, max, durable);
         Ok(post)
     }
 
