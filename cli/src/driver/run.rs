@@ -213,8 +213,7 @@ impl Driver {
             transfers: Transfers::default(),
             halt_primaries: BTreeMap::new(),
             halt_answers: BTreeMap::new(),
-            // A transaction sent under a halt lock is answered within the commit's own wait.
-            http: reqwest::Client::builder().timeout(crate::driver::COMMIT_ANSWER_TIMEOUT).build().unwrap_or_default(),
+            http: reqwest::Client::builder().timeout(HALT_TX_TIMEOUT).build().unwrap_or_default(),
             gate: None,
             surface: None,
             lane: None,
@@ -1320,6 +1319,13 @@ enum LeaseRequest {
     Renew(Epoch),
     Observe,
 }
+
+/// How long a transaction sent under a halt lock waits for the primary's answer: well inside
+/// the commit's own wait (`COMMIT_ANSWER_TIMEOUT`), so that the verdict always reaches the
+/// Node while SQLite still waits for it. Were the commit's wait to end first, SQLite would
+/// roll the pages back and a late success would then be acknowledged on top of them.
+const HALT_TX_TIMEOUT: std::time::Duration =
+    std::time::Duration::from_secs(crate::driver::COMMIT_ANSWER_TIMEOUT.as_secs() / 2);
 
 /// The page size a drop's `tx` event names when this node never loaded the database's pages
 /// (the Node's drop file says the same then).
