@@ -163,6 +163,13 @@ impl Node {
     pub(crate) fn distrust_database(&mut self, now: Millis, name: &DbName, rule: &'static str) {
         let Some(db) = self.dbs.get_mut(name) else { return };
         db.replay.clear();
+        // A file being written now would land on the history just dropped: its answer is
+        // not waited for (a replica whose halt-lock transaction was rolled back while its
+        // echo was being stored, say).
+        if let Some(stale) = db.persist.take() {
+            self.ops.remove(&stale.op);
+        }
+        let Some(db) = self.dbs.get_mut(name) else { return };
         let dropped = db.history.clear();
         db.pos = Pos::ZERO;
         db.needs_snapshot = true;

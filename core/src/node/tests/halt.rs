@@ -251,3 +251,20 @@ fn a_replica_waiting_for_an_answer_under_a_halt_lock_takes_no_free_lease() {
     sent(&commit(&mut node, 110, 3, vec![change(1, Some(&page(1)), 7)], 2));
     assert!(!asks_for_the_free_lease(&mut node, conn), "took the lease with its transaction's pages in the file");
 }
+
+#[test]
+fn an_echo_still_being_stored_when_its_transaction_is_rolled_back_does_not_move_the_replica() {
+    let (mut node, conn) = replica_with_two_applied();
+    let p2 = node.pos(&db());
+    hold(&mut node, p2);
+    let (c3, file3) = sent(&commit(&mut node, 110, 3, vec![change(1, Some(&page(1)), 7)], 2));
+    let (op, origin) = arriving(&mut node, conn, &file3);
+    assert_eq!(origin, LtxOrigin::HaltEcho);
+    // The answer is lost before the echo's write reports back.
+    answer(&mut node, c3, false);
+    assert_eq!(node.pos(&db()), Pos::ZERO);
+    let p3 = ltx::verify(file3.as_slice()).expect("valid").post_apply_pos();
+    node.handle(Millis(320), Input::LtxDone { op, result: Ok(p3) });
+    drain(&mut node);
+    assert_eq!(node.pos(&db()), Pos::ZERO, "the history it would extend is gone: still waiting for a snapshot");
+}
