@@ -564,7 +564,10 @@ impl Sim {
                 }
                 let (r, p, up, epoch) = (c.replica, c.primary, c.up, c.epoch);
                 if to_replica {
-                    self.nodes[r].upstream_epoch = epoch;
+                    // Data on a stream the node no longer reads is dropped by its Node.
+                    if self.nodes[r].current_up == Some(up) {
+                        self.nodes[r].upstream_epoch = epoch;
+                    }
                     self.feed(r, Input::UpstreamData { conn: up, bytes });
                     self.note_moves(r, Via::Incremental, epoch);
                 } else {
