@@ -187,9 +187,14 @@ impl Node {
         if db.sent_under_halt.is_empty() {
             return Some(LtxOrigin::Upstream);
         }
+        if entry.min == TxId(1) {
+            // A snapshot replaces the whole file, the pages written here with the rest: what
+            // comes after it, this replica's transactions too, must be applied.
+            db.sent_under_halt.clear();
+            return Some(LtxOrigin::Upstream);
+        }
         let echo = entry.min == entry.max && db.sent_under_halt.get(&entry.max).is_some_and(|tx| tx.post == entry.post);
-        // A snapshot replaces the whole database file, whatever it held.
-        let lost = !echo && entry.min != TxId(1) && db.sent_under_halt.range(..=entry.max).any(|(_, tx)| tx.accepted);
+        let lost = !echo && db.sent_under_halt.range(..=entry.max).any(|(_, tx)| tx.accepted);
         let last_kept = if echo { entry.min.0.saturating_sub(1) } else { entry.max.0 };
         db.sent_under_halt.retain(|&txid, _| txid.0 > last_kept);
         if lost {

@@ -531,8 +531,13 @@ impl Node {
                 } else {
                     db.needs_snapshot = false;
                     db.applied_ts_ms = db.pending_ts_ms;
-                    // What was sent under a halt lock up to here is settled (back, or replaced).
-                    db.sent_under_halt.retain(|&txid, _| txid > p.entry.max);
+                    // What was sent under a halt lock up to here is settled (back, or replaced;
+                    // all of it by a snapshot, which replaced the file).
+                    if p.entry.min == TxId(1) {
+                        db.sent_under_halt.clear();
+                    } else {
+                        db.sent_under_halt.retain(|&txid, _| txid > p.entry.max);
+                    }
                     self.advance(now, &name, p.entry);
                     if p.entry.min == TxId(1) {
                         self.reset_durability(&name, p.entry.max);

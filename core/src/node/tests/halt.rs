@@ -268,3 +268,28 @@ fn an_echo_still_being_stored_when_its_transaction_is_rolled_back_does_not_move_
     drain(&mut node);
     assert_eq!(node.pos(&db()), Pos::ZERO, "the history it would extend is gone: still waiting for a snapshot");
 }
+
+#[test]
+fn after_a_snapshot_a_transaction_written_here_is_applied_when_it_comes_back() {
+    // Transaction 3 was committed for this replica, then a snapshot replaced its file (and
+    // the pages it wrote): transaction 3, when the primary sends it, must be applied.
+    let (mut node, conn, _) = replica_ahead_of_its_history();
+    let (_, files, _) = primary_with_two_commits();
+    // Transaction 3 as this replica made it (the same on a twin).
+    let file3 = {
+        let (mut twin, _) = replica_with_two_applied();
+        let p2 = twin.pos(&db());
+        hold(&mut twin, p2);
+        sent(&commit(&mut twin, 110, 3, vec![change(1, Some(&page(1)), 7)], 2)).1
+    };
+    // The primary's history from its first file, a snapshot (TXID 1).
+    for file in &files {
+        let (op, origin) = arriving(&mut node, conn, file);
+        assert_eq!(origin, LtxOrigin::Upstream);
+        let pos = ltx::verify(file.as_slice()).expect("valid").post_apply_pos();
+        node.handle(Millis(320), Input::LtxDone { op, result: Ok(pos) });
+        drain(&mut node);
+    }
+    let (_, origin) = arriving(&mut node, conn, &file3);
+    assert_eq!(origin, LtxOrigin::Upstream, "the snapshot took this replica's pages away");
+}
