@@ -170,6 +170,15 @@ impl Node {
             self.ops.remove(&stale.op);
         }
         let Some(db) = self.dbs.get_mut(name) else { return };
+        // Until it is back at its position it holds less than it may have acknowledged (in
+        // synchronous mode): it must not lead meanwhile, crash or not, as after a snapshot
+        // that moves it back. Recorded before its files go.
+        if db.pos.txid > db.rejoin_txid {
+            db.rejoin_txid = db.pos.txid;
+            let txid = db.rejoin_txid;
+            self.emit(Output::PersistRejoin { db: name.clone(), txid });
+        }
+        let Some(db) = self.dbs.get_mut(name) else { return };
         let dropped = db.history.clear();
         db.pos = Pos::ZERO;
         db.needs_snapshot = true;
