@@ -128,14 +128,23 @@ fn another_third(at: Pos) -> Vec<u8> {
     other.finish(sum.value()).expect("finish").0
 }
 
-/// A replica whose transaction under a halt lock the primary committed (its pages are in
-/// the database file here) before it came back.
-fn replica_ahead_of_its_history() -> (Node, UpstreamId, Pos) {
+/// A replica holding a halt lock at its position that sent transaction 3 under it, not
+/// answered yet: the node, its stream, the commit and the transaction's file.
+fn replica_waiting_for_its_third() -> (Node, UpstreamId, CommitId, Vec<u8>) {
     let (mut node, conn) = replica_with_two_applied();
     let p2 = node.pos(&db());
     hold(&mut node, p2);
-    let (c3, _) = sent(&commit(&mut node, 110, 3, vec![change(1, Some(&page(1)), 7)], 2));
+    let (c3, file3) = sent(&commit(&mut node, 110, 3, vec![change(1, Some(&page(1)), 7)], 2));
+    (node, conn, c3, file3)
+}
+
+/// A replica whose transaction under a halt lock the primary committed (its pages are in
+/// the database file here) before it came back.
+fn replica_ahead_of_its_history() -> (Node, UpstreamId, Pos) {
+    let (mut node, conn, c3, _) = replica_waiting_for_its_third();
     answer(&mut node, c3, true);
+    // Its position moves only when the transaction comes back.
+    let p2 = node.pos(&db());
     (node, conn, p2)
 }
 
@@ -183,10 +192,7 @@ fn a_replica_ahead_of_its_history_takes_no_free_lease() {
 
 #[test]
 fn a_transaction_back_before_a_lost_answer_is_not_rolled_back_under_the_history() {
-    let (mut node, conn) = replica_with_two_applied();
-    let p2 = node.pos(&db());
-    hold(&mut node, p2);
-    let (c3, file3) = sent(&commit(&mut node, 110, 3, vec![change(1, Some(&page(1)), 7)], 2));
+    let (mut node, conn, c3, file3) = replica_waiting_for_its_third();
     // The stream brings it back before the primary's answer: stored, the commit still waits.
     let (op, origin) = arriving(&mut node, conn, &file3);
     assert_eq!(origin, LtxOrigin::HaltEcho);
@@ -207,10 +213,7 @@ fn a_transaction_back_before_a_lost_answer_is_not_rolled_back_under_the_history(
 
 #[test]
 fn an_echo_whose_write_failed_is_still_known_when_it_comes_again() {
-    let (mut node, conn) = replica_with_two_applied();
-    let p2 = node.pos(&db());
-    hold(&mut node, p2);
-    let (c3, file3) = sent(&commit(&mut node, 110, 3, vec![change(1, Some(&page(1)), 7)], 2));
+    let (mut node, conn, c3, file3) = replica_waiting_for_its_third();
     answer(&mut node, c3, true);
     let (op, origin) = arriving(&mut node, conn, &file3);
     assert_eq!(origin, LtxOrigin::HaltEcho);
@@ -248,19 +251,13 @@ fn an_echo_whose_write_failed_is_still_known_when_it_comes_again() {
 
 #[test]
 fn a_replica_waiting_for_an_answer_under_a_halt_lock_takes_no_free_lease() {
-    let (mut node, conn) = replica_with_two_applied();
-    let p2 = node.pos(&db());
-    hold(&mut node, p2);
-    sent(&commit(&mut node, 110, 3, vec![change(1, Some(&page(1)), 7)], 2));
+    let (mut node, conn, _, _) = replica_waiting_for_its_third();
     assert!(!asks_for_the_free_lease(&mut node, conn), "took the lease with its transaction's pages in the file");
 }
 
 #[test]
 fn an_echo_still_being_stored_when_its_transaction_is_rolled_back_does_not_move_the_replica() {
-    let (mut node, conn) = replica_with_two_applied();
-    let p2 = node.pos(&db());
-    hold(&mut node, p2);
-    let (c3, file3) = sent(&commit(&mut node, 110, 3, vec![change(1, Some(&page(1)), 7)], 2));
+    let (mut node, conn, c3, file3) = replica_waiting_for_its_third();
     let (op, origin) = arriving(&mut node, conn, &file3);
     assert_eq!(origin, LtxOrigin::HaltEcho);
     // The answer is lost before the echo's write reports back.
@@ -279,12 +276,7 @@ fn after_a_snapshot_a_transaction_written_here_is_applied_when_it_comes_back() {
     let (mut node, conn, _) = replica_ahead_of_its_history();
     let (_, files, _) = primary_with_two_commits();
     // Transaction 3 as this replica made it (the same on a twin).
-    let file3 = {
-        let (mut twin, _) = replica_with_two_applied();
-        let p2 = twin.pos(&db());
-        hold(&mut twin, p2);
-        sent(&commit(&mut twin, 110, 3, vec![change(1, Some(&page(1)), 7)], 2)).1
-    };
+    let (_, _, _, file3) = replica_waiting_for_its_third();
     // The primary's history from its first file, a snapshot (TXID 1).
     for file in &files {
         let (op, origin) = arriving(&mut node, conn, file);
