@@ -492,6 +492,8 @@ impl Driver {
             let _ = answer.send(Err(Refusal::Failed { reason }));
         };
         let Ok(name) = DbName::new(&db) else { return refuse(answer, format!("invalid database name {db:?}")) };
+        // The Node refuses a primary too (`HaltRefusal::NotAReplica`); asked here first only
+        // so that a primary's own page checksums are neither read again nor replaced.
         if self.is_primary() {
             return refuse(answer, "this node is the primary".into());
         }
